@@ -1,0 +1,243 @@
+//! The storing half of every backup: deduplicate, compress, pack, index.
+//!
+//! ```text
+//!  readers ──submit──▶ [dedup] ──bounded──▶ compressors ──bounded──▶ packer
+//!                       pending set + index                 seal: fsync, rename, index
+//! ```
+//! Producers call [`ChunkSink::submit`] with a chunk's id and bytes; chunks
+//! the repository already holds (or that this run already queued) are
+//! dropped there, so only new data is copied and compressed. Channels are
+//! bounded, so memory stays bounded whatever the input size. A chunk id
+//! stays in the pending set until its pack is durable and indexed, after
+//! which the index answers for it; a rare race can store a chunk twice,
+//! which is harmless (the index points at one copy, prune drops the other).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::index::{PackRecord, Tier};
+use crate::pack::{self, ChunkCompressor, ChunkKind, CompressedChunk, PackWriter};
+use crate::repository::{Exclusive, Repository};
+use crate::storage::ObjectStore;
+
+/// Counters of what the pipeline stored.
+#[derive(Default)]
+pub struct StoreCounters {
+    pub chunks_new: AtomicU64,
+    pub bytes_new: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub packs: AtomicU64,
+}
+
+struct RawChunk {
+    id: ChunkId,
+    kind: ChunkKind,
+    data: Vec<u8>,
+}
+
+/// Where producers hand in chunks; shared by reference between threads.
+pub struct ChunkSink<'a> {
+    repo: &'a Repository<Exclusive>,
+    pending: &'a Mutex<HashSet<ChunkId>>,
+    to_compress: Sender<RawChunk>,
+    counters: &'a StoreCounters,
+}
+
+impl ChunkSink<'_> {
+    /// Stores `data` under `id` unless the repository already has it.
+    /// Returns whether it was new.
+    pub fn submit(&self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> Result<bool> {
+        if self.pending.lock().expect("pending lock").contains(&id)
+            || self.repo.index().has_chunk(&id)?
+        {
+            return Ok(false);
+        }
+        if !self.pending.lock().expect("pending lock").insert(id) {
+            return Ok(false);
+        }
+        self.counters.chunks_new.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_new
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.to_compress
+            .send(RawChunk {
+                id,
+                kind,
+                data: data.to_vec(),
+            })
+            .map_err(|_| Error::Interrupted("the pack writer stopped".into()))?;
+        Ok(true)
+    }
+
+    pub fn repo(&self) -> &Repository<Exclusive> {
+        self.repo
+    }
+}
+
+/// Runs `produce` with a sink, and returns once everything it submitted is
+/// durable and indexed (or the first error).
+pub fn with_chunk_sink<R>(
+    repo: &Repository<Exclusive>,
+    counters: &StoreCounters,
+    produce: impl FnOnce(&ChunkSink) -> Result<R>,
+) -> Result<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let level = repo.config().compression_level;
+    let pending = Mutex::new(HashSet::new());
+    let (to_compress, compress_rx) = bounded::<RawChunk>(threads * 2);
+    let (to_pack, pack_rx) = bounded::<CompressedChunk>(threads * 2);
+
+    std::thread::scope(|scope| {
+        let mut compressors = Vec::new();
+        for n in 0..threads {
+            let rx = compress_rx.clone();
+            let tx = to_pack.clone();
+            compressors.push(
+                std::thread::Builder::new()
+                    .name(format!("compress-{n}"))
+                    .spawn_scoped(scope, move || compress_stage(level, rx, tx))
+                    .expect("spawning a compressor thread"),
+            );
+        }
+        drop((compress_rx, to_pack));
+        let pending_ref = &pending;
+        let packer = std::thread::Builder::new()
+            .name("packer".into())
+            .spawn_scoped(scope, move || {
+                pack_stage(repo, pending_ref, counters, pack_rx)
+            })
+            .expect("spawning the packer thread");
+
+        let sink = ChunkSink {
+            repo,
+            pending: &pending,
+            to_compress,
+            counters,
+        };
+        let produced = produce(&sink);
+        drop(sink);
+        let mut first_error = None;
+        for handle in compressors {
+            if let Err(e) = handle.join().expect("compressor thread panicked") {
+                first_error.get_or_insert(e);
+            }
+        }
+        let packed = packer.join().expect("packer thread panicked");
+        // The packer's error is the cause; a producer's "pack writer
+        // stopped" is its consequence.
+        match (produced, packed, first_error) {
+            (_, Err(e), _) | (_, _, Some(e)) => Err(e),
+            (Err(e), Ok(()), None) => Err(e),
+            (Ok(r), Ok(()), None) => Ok(r),
+        }
+    })
+}
+
+fn compress_stage(level: i32, rx: Receiver<RawChunk>, tx: Sender<CompressedChunk>) -> Result<()> {
+    let _span = tracing::debug_span!("compress").entered();
+    let mut compressor = ChunkCompressor::new(level)?;
+    for raw in rx {
+        let compressed = compressor.compress(raw.id, raw.kind, raw.data);
+        if tx.send(compressed).is_err() {
+            break; // the packer failed; it reports why
+        }
+    }
+    Ok(())
+}
+
+/// One open pack per class, so metadata and data never share a pack.
+struct OpenPacks {
+    data: Option<PackWriter>,
+    metadata: Option<PackWriter>,
+}
+
+fn pack_stage(
+    repo: &Repository<Exclusive>,
+    pending: &Mutex<HashSet<ChunkId>>,
+    counters: &StoreCounters,
+    rx: Receiver<CompressedChunk>,
+) -> Result<()> {
+    let _span = tracing::debug_span!("pack").entered();
+    let target = repo.config().pack_target_size;
+    let mut open = OpenPacks {
+        data: None,
+        metadata: None,
+    };
+    let result = (|| {
+        for chunk in rx.iter() {
+            let metadata = chunk.kind.is_metadata();
+            let slot = if metadata {
+                &mut open.metadata
+            } else {
+                &mut open.data
+            };
+            let writer = match slot {
+                Some(writer) => writer,
+                None => slot.insert(PackWriter::create(&repo.store().staging_dir())?),
+            };
+            writer.append(&chunk)?;
+            counters
+                .bytes_stored
+                .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+            if writer.len() >= target {
+                seal(
+                    repo,
+                    pending,
+                    counters,
+                    slot.take().expect("just used"),
+                    metadata,
+                )?;
+            }
+        }
+        for (slot, metadata) in [(open.data.take(), false), (open.metadata.take(), true)] {
+            if let Some(writer) = slot {
+                seal(repo, pending, counters, writer, metadata)?;
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for writer in [open.data, open.metadata].into_iter().flatten() {
+            writer.abandon();
+        }
+    }
+    result
+}
+
+/// Makes a pack durable under its final name, then indexes it: the index
+/// never points into a pack that could still vanish.
+fn seal(
+    repo: &Repository<Exclusive>,
+    pending: &Mutex<HashSet<ChunkId>>,
+    counters: &StoreCounters,
+    writer: PackWriter,
+    metadata: bool,
+) -> Result<()> {
+    let finished = writer.finish()?;
+    let name = pack::object_name(&finished.id);
+    repo.store().put_file(&name, &finished.staging_path)?;
+    let record = PackRecord {
+        tier: Tier::Warm,
+        metadata,
+        size: finished.len,
+        chunk_count: finished.entries.len() as u32,
+        live_bytes: finished.entries.iter().map(|e| e.stored_len as u64).sum(),
+        created: crate::restore_point::now().sec,
+    };
+    repo.index()
+        .add_pack(finished.id, &record, &finished.entries)?;
+    counters.packs.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(pack = %finished.id, chunks = finished.entries.len(), bytes = finished.len, "sealed pack");
+    let mut pending = pending.lock().expect("pending lock");
+    for entry in &finished.entries {
+        pending.remove(&entry.id);
+    }
+    Ok(())
+}

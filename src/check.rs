@@ -1,0 +1,285 @@
+//! `strata check`: verifies that the repository is whole.
+//!
+//! Structure: every pack's trailer is valid and agrees with the index,
+//! every indexed chunk lies in an existing pack, and every tree and chunk
+//! that a restore point references is indexed. With `read_data`, every
+//! chunk is also read, decompressed and re-hashed, and each damaged chunk
+//! is traced to the restore points and files that use it.
+//! Memory: a set of pack ids, a set of visited tree ids, and the damaged
+//! chunks; nothing proportional to the number of data chunks.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::Result;
+use crate::id::{ChunkId, PackId};
+use crate::pack::{self, decode_chunk, PackEntry};
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::restore_point::{format_time, RestorePoint};
+use crate::storage::ObjectStore;
+use crate::tree::{Extent, NodeKind};
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub packs: u64,
+    pub chunks: u64,
+    pub restore_points: u64,
+    pub bytes_verified: u64,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub damaged: Vec<DamagedChunk>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct DamagedChunk {
+    pub chunk: String,
+    pub pack: String,
+    pub detail: String,
+    /// "restore point <id> (<source> at <time>): <path>" for each user.
+    pub affected: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty() && self.damaged.is_empty()
+    }
+}
+
+pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> Result<CheckReport> {
+    let _span = tracing::info_span!("check", read_data).entered();
+    let mut report = CheckReport::default();
+    let mut damaged: HashMap<ChunkId, (PackId, String)> = HashMap::new();
+    let mut listed_packs = HashSet::new();
+    let mut matched = 0u64;
+
+    let names = repo.store().list("packs/")?;
+    if read_data {
+        let total: u64 = names.iter().filter_map(|n| repo.store().size(n).ok()).sum();
+        progress.inc_length(total);
+    }
+    for name in &names {
+        let Some(pack_id) = pack::id_from_object_name(name) else {
+            report
+                .warnings
+                .push(format!("unexpected file {name} among packs"));
+            continue;
+        };
+        listed_packs.insert(pack_id);
+        report.packs += 1;
+        let entries = match pack::read_trailer(repo.store(), name) {
+            Ok(entries) => entries,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                continue;
+            }
+        };
+        for entry in &entries {
+            match repo.index().chunk(&entry.id)? {
+                Some(loc) if loc.pack == pack_id => {
+                    if loc.entry != *entry {
+                        report.errors.push(format!(
+                            "index entry of chunk {} disagrees with the trailer of pack {pack_id}",
+                            entry.id
+                        ));
+                    } else {
+                        matched += 1;
+                    }
+                }
+                Some(_) => {} // a duplicate copy; the index uses another
+                None => report.warnings.push(format!(
+                    "chunk {} in pack {pack_id} is not indexed (left by an interrupted run; `strata repair index` or prune resolves it)",
+                    entry.id
+                )),
+            }
+        }
+        if read_data {
+            verify_pack_data(repo, name, &pack_id, &entries, &mut damaged, &mut report)?;
+            progress.inc(repo.store().size(name).unwrap_or(0));
+        }
+    }
+
+    let mut indexed = 0u64;
+    for location in repo.index().chunks() {
+        let location = location?;
+        indexed += 1;
+        if !listed_packs.contains(&location.pack) {
+            report.errors.push(format!(
+                "chunk {} is indexed in pack {}, which does not exist",
+                location.entry.id, location.pack
+            ));
+        }
+    }
+    report.chunks = indexed;
+    let missing_packs = report
+        .errors
+        .iter()
+        .filter(|e| e.contains("which does not exist"))
+        .count() as u64;
+    if matched + missing_packs < indexed {
+        report.errors.push(format!(
+            "{} indexed chunks are not where the index says in their packs",
+            indexed - matched - missing_packs
+        ));
+    }
+
+    let restore_points = repo.restore_points()?;
+    report.restore_points = restore_points.len() as u64;
+    let mut visited = HashSet::new();
+    for rp in &restore_points {
+        walk_references(repo, rp, &mut visited, &damaged, &mut report)?;
+    }
+    let mut damaged_list: Vec<_> = damaged.into_iter().collect();
+    damaged_list.sort_by_key(|(id, _)| *id);
+    let mut affected = affected_files(repo, &restore_points, &damaged_list)?;
+    for (id, (pack, detail)) in damaged_list {
+        report.damaged.push(DamagedChunk {
+            chunk: id.to_string(),
+            pack: pack.to_string(),
+            detail,
+            affected: affected.remove(&id).unwrap_or_default(),
+        });
+    }
+    progress.finish();
+    Ok(report)
+}
+
+fn verify_pack_data<M>(
+    repo: &Repository<M>,
+    name: &str,
+    pack_id: &PackId,
+    entries: &[PackEntry],
+    damaged: &mut HashMap<ChunkId, (PackId, String)>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let bytes = match repo.store().get(name) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return Ok(());
+        }
+    };
+    if blake3::hash(&bytes).as_bytes()[..16] != pack_id.0 {
+        report.warnings.push(format!(
+            "pack {pack_id} does not hash to its name; checking its chunks one by one"
+        ));
+    }
+    for entry in entries {
+        let range = entry.offset as usize..(entry.offset + entry.stored_len as u64) as usize;
+        let Some(stored) = bytes.get(range) else {
+            damaged.insert(
+                entry.id,
+                (*pack_id, "pack is shorter than its trailer says".into()),
+            );
+            continue;
+        };
+        match decode_chunk(entry, pack_id, stored) {
+            Ok(plain) => report.bytes_verified += plain.len() as u64,
+            Err(e) => {
+                damaged.insert(entry.id, (*pack_id, e.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that everything a restore point references is indexed.
+fn walk_references<M>(
+    repo: &Repository<M>,
+    rp: &RestorePoint,
+    visited: &mut HashSet<ChunkId>,
+    damaged: &HashMap<ChunkId, (PackId, String)>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let mut stack = vec![(rp.manifest.root, String::new())];
+    while let Some((tree_id, path)) = stack.pop() {
+        if !visited.insert(tree_id) {
+            continue;
+        }
+        if damaged.contains_key(&tree_id) {
+            continue; // reported with its users below
+        }
+        let tree = match repo.load_tree(&tree_id) {
+            Ok(tree) => tree,
+            Err(e) => {
+                report.errors.push(format!(
+                    "restore point {}: directory {}/: {e}",
+                    rp.id.short(),
+                    path
+                ));
+                continue;
+            }
+        };
+        for node in &tree.nodes {
+            let child = format!("{path}/{}", String::from_utf8_lossy(&node.name));
+            match &node.kind {
+                NodeKind::Directory { subtree } => stack.push((*subtree, child)),
+                NodeKind::File { extents } => {
+                    for extent in extents {
+                        if let Extent::Data { id, .. } = extent {
+                            if !repo.index().has_chunk(id)? {
+                                report.errors.push(format!(
+                                    "restore point {}: {child} needs chunk {id}, which is not in the repository",
+                                    rp.id.short()
+                                ));
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Maps each damaged chunk to the restore points and paths that use it.
+fn affected_files<M>(
+    repo: &Repository<M>,
+    restore_points: &[RestorePoint],
+    damaged: &[(ChunkId, (PackId, String))],
+) -> Result<HashMap<ChunkId, Vec<String>>> {
+    let mut out: HashMap<ChunkId, Vec<String>> = HashMap::new();
+    if damaged.is_empty() {
+        return Ok(out);
+    }
+    let set: HashSet<ChunkId> = damaged.iter().map(|(id, _)| *id).collect();
+    for rp in restore_points {
+        let label = format!(
+            "restore point {} ({} at {})",
+            rp.id.short(),
+            rp.manifest.source,
+            format_time(rp.manifest.time)
+        );
+        let mut stack = vec![(rp.manifest.root, String::new())];
+        while let Some((tree_id, path)) = stack.pop() {
+            if set.contains(&tree_id) {
+                out.entry(tree_id)
+                    .or_default()
+                    .push(format!("{label}: directory {path}/"));
+                continue;
+            }
+            let Ok(tree) = repo.load_tree(&tree_id) else {
+                continue;
+            };
+            for node in &tree.nodes {
+                let child = format!("{path}/{}", String::from_utf8_lossy(&node.name));
+                match &node.kind {
+                    NodeKind::Directory { subtree } => stack.push((*subtree, child)),
+                    NodeKind::File { extents } => {
+                        for extent in extents {
+                            if let Extent::Data { id, .. } = extent {
+                                if set.contains(id) {
+                                    out.entry(*id)
+                                        .or_default()
+                                        .push(format!("{label}: {child}"));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(out)
+}

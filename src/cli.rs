@@ -1,0 +1,112 @@
+//! Command-line arguments. Parsing only: commands live in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Deduplicating backup repository with restorable, mountable restore points"
+)]
+pub struct Cli {
+    /// Repository directory.
+    #[arg(long, global = true, env = "STRATA_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a new, empty repository.
+    Init,
+    /// Back up a source.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// List restore points.
+    List(JsonFlag),
+    /// Show one restore point: metadata, statistics, missed files.
+    Show {
+        /// Restore point: id (prefix), SOURCE@latest or SOURCE@TIME.
+        restore_point: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List the entries of a directory in a restore point.
+    Ls {
+        restore_point: String,
+        /// Path inside the restore point (default: /).
+        path: Option<String>,
+        /// Descend into subdirectories.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// Repository statistics: sizes, deduplication, compression.
+    Stats(JsonFlag),
+    /// Verify the repository's structure, and with --read-data its data.
+    Check {
+        /// Also read, decompress and re-hash every chunk.
+        #[arg(long)]
+        read_data: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Repair derived state.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+    /// Restore from a restore point.
+    #[command(subcommand)]
+    Restore(RestoreCommand),
+}
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Back up file trees.
+    Files {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Source name; restore points of one source are incrementals of each other (default: host name).
+        #[arg(long)]
+        source: Option<String>,
+        /// Tag to record (repeatable).
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// Time to record instead of now, RFC 3339 (e.g. 2026-01-31T22:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        time: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the RocksDB index from packs and manifests.
+    Index(JsonFlag),
+}
+
+#[derive(Subcommand)]
+pub enum RestoreCommand {
+    /// Restore a file tree, or selected paths of it, under a directory.
+    Files {
+        restore_point: String,
+        /// Paths inside the restore point (default: everything).
+        paths: Vec<String>,
+        /// Target directory; the restore point's absolute paths are
+        /// recreated below it (`--to /` restores to the original location).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print a machine-readable JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,495 @@
+//! One function per command: open the repository, call the library,
+//! render human text or `--json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use strata::backup::files::{backup_files, FilesBackup};
+use strata::check::check;
+use strata::config::RepoConfig;
+use strata::progress::Progress;
+use strata::repair::repair_index;
+use strata::repository::{Exclusive, Repository};
+use strata::restore::files::{restore_files, FilesRestore};
+use strata::restore_point::{format_time, parse_time, RestorePoint};
+use strata::tree::{Node, NodeKind};
+
+use crate::cli::{BackupCommand, Cli, Command, RepairCommand, RestoreCommand};
+
+#[derive(Clone, Copy)]
+pub enum Status {
+    Ok = 0,
+    Error = 1,
+    Partial = 3,
+    CheckFailed = 4,
+}
+
+fn repo_path(cli_repo: &Option<PathBuf>) -> Result<PathBuf> {
+    cli_repo
+        .clone()
+        .context("no repository given: use --repo DIR or set STRATA_REPO")
+}
+
+fn open(path: &Path) -> Result<Repository> {
+    Ok(Repository::open(path)?)
+}
+
+fn open_exclusive(path: &Path, command: &str) -> Result<Repository<Exclusive>> {
+    Ok(Repository::open_exclusive(path, command)?)
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn mb_per_s(bytes: u64, ms: u64) -> f64 {
+    bytes as f64 / 1e6 / (ms.max(1) as f64 / 1000.0)
+}
+
+pub fn run(cli: Cli) -> Result<Status> {
+    let repo = repo_path(&cli.repo);
+    match cli.command {
+        Command::Init => {
+            let path = repo?;
+            let id = random_id()?;
+            Repository::init(&path, RepoConfig::new(id.clone()))?;
+            println!("created repository {id} at {}", path.display());
+            Ok(Status::Ok)
+        }
+        Command::Backup(BackupCommand::Files {
+            paths,
+            source,
+            tags,
+            time,
+            json,
+        }) => {
+            let path = repo?;
+            let time = time.as_deref().map(parse_time).transpose()?;
+            let repo = open_exclusive(&path, "strata backup files")?;
+            let progress = Progress::bytes("backup", !json.json);
+            let outcome = backup_files(
+                &repo,
+                &FilesBackup {
+                    paths,
+                    source,
+                    tags,
+                    time,
+                },
+                &progress,
+            )?;
+            let m = &outcome.manifest;
+            let s = &m.stats;
+            if json.json {
+                print_json(&json!({
+                    "restore_point": outcome.id.to_string(),
+                    "source": m.source,
+                    "time": format_time(m.time),
+                    "files": s.files,
+                    "directories": s.directories,
+                    "bytes_total": s.bytes_total,
+                    "bytes_read": s.bytes_read,
+                    "bytes_new": s.bytes_new,
+                    "bytes_stored": s.bytes_stored,
+                    "chunks_new": s.chunks_new,
+                    "duration_ms": s.duration_ms,
+                    "missed": m.missed,
+                }));
+            } else {
+                println!(
+                    "restore point {} of {} at {}: {} files, {} read, {} new, {} stored, {:.1}s ({:.0} MB/s)",
+                    outcome.id.short(),
+                    m.source,
+                    format_time(m.time),
+                    s.files,
+                    human_bytes(s.bytes_read),
+                    human_bytes(s.bytes_new),
+                    human_bytes(s.bytes_stored),
+                    s.duration_ms as f64 / 1000.0,
+                    mb_per_s(s.bytes_total, s.duration_ms),
+                );
+                for missed in &m.missed {
+                    eprintln!(
+                        "missed {}: {}",
+                        String::from_utf8_lossy(&missed.path),
+                        missed.reason
+                    );
+                }
+            }
+            if !m.missed.is_empty() {
+                eprintln!("strata: backup is partial: {} entries could not be read (they are retried next time)", m.missed.len());
+                return Ok(Status::Partial);
+            }
+            Ok(Status::Ok)
+        }
+        Command::List(json) => {
+            let repo = open(&repo?)?;
+            let points = repo.restore_points()?;
+            if json.json {
+                print_json(&serde_json::Value::Array(
+                    points.iter().map(rp_json).collect(),
+                ));
+            } else {
+                println!(
+                    "{:<10} {:<21} {:<16} {:>8} {:>10}  tags",
+                    "id", "time", "source", "files", "size"
+                );
+                for rp in &points {
+                    let m = &rp.manifest;
+                    println!(
+                        "{:<10} {:<21} {:<16} {:>8} {:>10}  {}",
+                        rp.id.short(),
+                        format_time(m.time),
+                        m.source,
+                        m.stats.files,
+                        human_bytes(m.stats.bytes_total),
+                        m.tags.join(",")
+                    );
+                }
+            }
+            Ok(Status::Ok)
+        }
+        Command::Show {
+            restore_point,
+            json,
+        } => {
+            let repo = open(&repo?)?;
+            let rp = repo.resolve(&restore_point)?;
+            if json.json {
+                print_json(&rp_json(&rp));
+            } else {
+                let m = &rp.manifest;
+                let s = &m.stats;
+                println!("restore point {}", rp.id);
+                println!("  source       {}", m.source);
+                println!("  time         {}", format_time(m.time));
+                println!("  host         {}", m.hostname);
+                println!("  tags         {}", m.tags.join(", "));
+                for p in &m.paths {
+                    println!("  path         {}", String::from_utf8_lossy(p));
+                }
+                println!(
+                    "  parent       {}",
+                    m.parent
+                        .map(|p| p.short())
+                        .unwrap_or_else(|| "none (full backup)".into())
+                );
+                println!(
+                    "  files        {} in {} directories",
+                    s.files, s.directories
+                );
+                println!("  size         {}", human_bytes(s.bytes_total));
+                println!("  read         {}", human_bytes(s.bytes_read));
+                println!(
+                    "  new          {} in {} chunks, {} stored",
+                    human_bytes(s.bytes_new),
+                    s.chunks_new,
+                    human_bytes(s.bytes_stored)
+                );
+                println!("  duration     {:.1}s", s.duration_ms as f64 / 1000.0);
+                println!("  missed       {}", m.missed.len());
+                for missed in &m.missed {
+                    println!(
+                        "    {}: {}",
+                        String::from_utf8_lossy(&missed.path),
+                        missed.reason
+                    );
+                }
+            }
+            Ok(Status::Ok)
+        }
+        Command::Ls {
+            restore_point,
+            path,
+            recursive,
+        } => {
+            let repo = open(&repo?)?;
+            let rp = repo.resolve(&restore_point)?;
+            let path = path.unwrap_or_else(|| "/".into());
+            let tree_id = match repo.lookup_path(&rp, &path)? {
+                None => rp.manifest.root,
+                Some(Node {
+                    kind: NodeKind::Directory { subtree },
+                    ..
+                }) => subtree,
+                Some(node) => {
+                    println!("{}", ls_line(&node, &path));
+                    return Ok(Status::Ok);
+                }
+            };
+            list_tree(&repo, tree_id, path.trim_end_matches('/'), recursive)?;
+            Ok(Status::Ok)
+        }
+        Command::Stats(json) => {
+            let repo = open(&repo?)?;
+            stats(&repo, json.json)?;
+            Ok(Status::Ok)
+        }
+        Command::Check { read_data, json } => {
+            let repo = open(&repo?)?;
+            let progress = Progress::bytes("check", read_data && !json.json);
+            let report = check(&repo, read_data, &progress)?;
+            if json.json {
+                print_json(&serde_json::to_value(&report)?);
+            } else {
+                println!(
+                    "checked {} packs, {} chunks, {} restore points{}",
+                    report.packs,
+                    report.chunks,
+                    report.restore_points,
+                    if read_data {
+                        format!(", read {}", human_bytes(report.bytes_verified))
+                    } else {
+                        String::new()
+                    }
+                );
+                for w in &report.warnings {
+                    println!("warning: {w}");
+                }
+                for e in &report.errors {
+                    println!("error: {e}");
+                }
+                for d in &report.damaged {
+                    println!("damaged chunk {} in pack {}: {}", d.chunk, d.pack, d.detail);
+                    for a in &d.affected {
+                        println!("  affects {a}");
+                    }
+                }
+                if report.is_clean() {
+                    println!("no errors found");
+                }
+            }
+            Ok(if report.is_clean() {
+                Status::Ok
+            } else {
+                Status::CheckFailed
+            })
+        }
+        Command::Repair(RepairCommand::Index(json)) => {
+            let mut repo = Repository::open_for_repair(&repo?, "strata repair index")?;
+            let progress = Progress::bytes("repair", false);
+            let report = repair_index(&mut repo, &progress)?;
+            if json.json {
+                print_json(&serde_json::to_value(&report)?);
+            } else {
+                println!(
+                    "rebuilt index: {} packs, {} chunks, {} restore points",
+                    report.packs, report.chunks, report.restore_points
+                );
+                for s in &report.skipped {
+                    println!("skipped: {s}");
+                }
+            }
+            Ok(if report.skipped.is_empty() {
+                Status::Ok
+            } else {
+                Status::Partial
+            })
+        }
+        Command::Restore(RestoreCommand::Files {
+            restore_point,
+            paths,
+            to,
+            json,
+        }) => {
+            let repo = open(&repo?)?;
+            let rp = repo.resolve(&restore_point)?;
+            let progress = Progress::bytes("restore", !json.json);
+            let summary = restore_files(
+                &repo,
+                &rp,
+                &FilesRestore {
+                    paths,
+                    target: to.clone(),
+                },
+                &progress,
+            )?;
+            if json.json {
+                print_json(&serde_json::to_value(&summary)?);
+            } else {
+                println!(
+                    "restored {} files, {} directories, {} other entries ({}) to {} in {:.1}s ({:.0} MB/s)",
+                    summary.files,
+                    summary.directories,
+                    summary.other,
+                    human_bytes(summary.bytes_written),
+                    to.display(),
+                    summary.duration_ms as f64 / 1000.0,
+                    mb_per_s(summary.bytes_written, summary.duration_ms),
+                );
+                for w in &summary.warnings {
+                    eprintln!("warning: {w}");
+                }
+                for (path, e) in &summary.failed {
+                    eprintln!("failed {path}: {e}");
+                }
+            }
+            if !summary.failed.is_empty() {
+                eprintln!(
+                    "strata: restore is partial: {} files failed",
+                    summary.failed.len()
+                );
+                return Ok(Status::Partial);
+            }
+            Ok(Status::Ok)
+        }
+    }
+}
+
+fn rp_json(rp: &RestorePoint) -> serde_json::Value {
+    let m = &rp.manifest;
+    json!({
+        "id": rp.id.to_string(),
+        "kind": m.kind,
+        "source": m.source,
+        "time": format_time(m.time),
+        "host": m.hostname,
+        "tags": m.tags,
+        "paths": m.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>(),
+        "parent": m.parent.map(|p| p.to_string()),
+        "stats": m.stats,
+        "missed": m.missed,
+    })
+}
+
+fn mode_string(node: &Node) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(node.kind.letter());
+    for shift in [6, 3, 0] {
+        let bits = (node.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn ls_line(node: &Node, path: &str) -> String {
+    let owner = if node.user.is_empty() {
+        node.uid.to_string()
+    } else {
+        String::from_utf8_lossy(&node.user).into_owned()
+    };
+    let group = if node.group.is_empty() {
+        node.gid.to_string()
+    } else {
+        String::from_utf8_lossy(&node.group).into_owned()
+    };
+    let mut line = format!(
+        "{} {:>3} {:<8} {:<8} {:>12} {} {}",
+        mode_string(node),
+        node.nlink,
+        owner,
+        group,
+        node.size,
+        format_time(node.mtime),
+        path
+    );
+    if let NodeKind::Symlink { target } = &node.kind {
+        line.push_str(" -> ");
+        line.push_str(&String::from_utf8_lossy(target));
+    }
+    line
+}
+
+fn list_tree(
+    repo: &Repository,
+    tree: strata::id::ChunkId,
+    prefix: &str,
+    recursive: bool,
+) -> Result<()> {
+    let tree = repo.load_tree(&tree)?;
+    for node in &tree.nodes {
+        let path = format!("{prefix}/{}", String::from_utf8_lossy(&node.name));
+        println!("{}", ls_line(node, &path));
+        if recursive {
+            if let NodeKind::Directory { subtree } = &node.kind {
+                list_tree(repo, *subtree, &path, true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stats(repo: &Repository, as_json: bool) -> Result<()> {
+    let (mut packs, mut pack_bytes) = (0u64, 0u64);
+    for pack in repo.index().packs() {
+        let (_, record) = pack?;
+        packs += 1;
+        pack_bytes += record.size;
+    }
+    let (mut chunks, mut raw, mut stored) = (0u64, 0u64, 0u64);
+    for chunk in repo.index().chunks() {
+        let chunk = chunk?;
+        chunks += 1;
+        raw += chunk.entry.raw_len as u64;
+        stored += chunk.entry.stored_len as u64;
+    }
+    let points = repo.restore_points()?;
+    let logical: u64 = points.iter().map(|rp| rp.manifest.stats.bytes_total).sum();
+    let dedup = if raw == 0 {
+        1.0
+    } else {
+        logical as f64 / raw as f64
+    };
+    let compression = if stored == 0 {
+        1.0
+    } else {
+        raw as f64 / stored as f64
+    };
+    if as_json {
+        print_json(&json!({
+            "restore_points": points.len(), "packs": packs, "pack_bytes": pack_bytes,
+            "chunks": chunks, "unique_bytes": raw, "stored_bytes": stored,
+            "logical_bytes": logical, "dedup_ratio": dedup, "compression_ratio": compression,
+        }));
+    } else {
+        println!("restore points   {}", points.len());
+        println!("logical data     {}", human_bytes(logical));
+        println!(
+            "unique data      {} in {} chunks (dedup {:.2}x)",
+            human_bytes(raw),
+            chunks,
+            dedup
+        );
+        println!(
+            "stored           {} (compression {:.2}x)",
+            human_bytes(stored),
+            compression
+        );
+        println!(
+            "packs            {} totalling {}",
+            packs,
+            human_bytes(pack_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    let mut urandom = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    std::io::Read::read_exact(&mut urandom, &mut bytes).context("reading /dev/urandom")?;
+    if bytes.iter().all(|b| *b == 0) {
+        bail!("/dev/urandom returned zeros");
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,157 @@
+//! The repository configuration, `config.json` at the repository's root.
+//!
+//! It is written once by `strata init` and read by every command. Chunker
+//! parameters are fixed for the life of a repository: changing them would
+//! move every chunk boundary and defeat deduplication.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::REPOSITORY_FORMAT_VERSION;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl ChunkerParams {
+    /// Chosen from the measurements in `docs/FORMAT.md` ("Chunk sizes").
+    pub const DEFAULT: ChunkerParams = ChunkerParams {
+        min_size: 256 * 1024,
+        avg_size: 1024 * 1024,
+        max_size: 4 * 1024 * 1024,
+    };
+
+    pub fn validate(&self) -> Result<()> {
+        // fastcdc's own bounds for the 2020 variant.
+        let ok = (64..=1_048_576).contains(&self.min_size)
+            && (256..=4_194_304).contains(&self.avg_size)
+            && (1024..=16_777_216).contains(&self.max_size)
+            && self.min_size <= self.avg_size
+            && self.avg_size <= self.max_size;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "chunker parameters out of range: {self:?}"
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierConfig {
+    /// Restore points older than this many days move to the cold tier.
+    pub warm_days: u32,
+    /// Directory of the cold tier; `None` until one is configured.
+    pub cold_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    /// Random identity of this repository, shown in messages and locks.
+    pub repository_id: String,
+    pub chunker: ChunkerParams,
+    pub compression_level: i32,
+    /// A pack is sealed once its data reaches this size.
+    pub pack_target_size: u64,
+    pub tiers: TierConfig,
+}
+
+impl RepoConfig {
+    pub const FILE_NAME: &'static str = "config.json";
+
+    pub fn new(repository_id: String) -> Self {
+        RepoConfig {
+            format_version: REPOSITORY_FORMAT_VERSION,
+            repository_id,
+            chunker: ChunkerParams::DEFAULT,
+            compression_level: 3,
+            pack_target_size: 32 * 1024 * 1024,
+            tiers: TierConfig {
+                warm_days: 90,
+                cold_dir: None,
+            },
+        }
+    }
+
+    pub fn load(repo: &Path) -> Result<Self> {
+        let path = repo.join(Self::FILE_NAME);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotARepository {
+                    path: repo.to_path_buf(),
+                    reason: format!(
+                        "{} is missing (create one with `strata init`)",
+                        path.display()
+                    ),
+                })
+            }
+            Err(e) => return Err(Error::io("reading", path, e)),
+        };
+        // Read the version first so that a future format is reported as
+        // such rather than as a parse error of fields we do not know.
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            format_version: u64,
+        }
+        let version: VersionOnly = serde_json::from_slice(&text)
+            .map_err(|e| Error::corrupt(path.display().to_string(), e))?;
+        if version.format_version != REPOSITORY_FORMAT_VERSION as u64 {
+            return Err(Error::UnsupportedVersion {
+                what: format!("repository {}", repo.display()),
+                found: version.format_version,
+                supported: REPOSITORY_FORMAT_VERSION as u64,
+            });
+        }
+        let config: RepoConfig = serde_json::from_slice(&text)
+            .map_err(|e| Error::corrupt(path.display().to_string(), e))?;
+        config.chunker.validate()?;
+        if !(1..=22).contains(&config.compression_level) {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                format!(
+                    "compression_level {} is outside 1..=22",
+                    config.compression_level
+                ),
+            ));
+        }
+        if config.pack_target_size < 1024 * 1024 || config.pack_target_size > 1 << 30 {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                format!(
+                    "pack_target_size {} is outside 1 MiB..1 GiB",
+                    config.pack_target_size
+                ),
+            ));
+        }
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("config serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Path of the file, for messages.
+    pub fn path(repo: &Path) -> PathBuf {
+        repo.join(Self::FILE_NAME)
+    }
+}
+
+/// Reads the whole config file for a check that it parses, used by `init`
+/// to refuse a directory that already holds a repository.
+pub fn exists(repo: &Path) -> Result<bool> {
+    match std::fs::metadata(RepoConfig::path(repo)) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).at("checking", RepoConfig::path(repo)),
+    }
+}

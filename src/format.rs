@@ -1,0 +1,37 @@
+//! Every magic number and format version Strata writes to disk, in one place.
+//!
+//! DO NOT MODIFY existing values: repositories in the field carry them. A new
+//! layout gets a new version number, a reader that accepts it, and an entry in
+//! `docs/FORMAT.md`. Readers refuse versions they do not know, naming them.
+
+/// Version of the repository layout recorded in `config.json`.
+pub const REPOSITORY_FORMAT_VERSION: u32 = 1;
+
+/// First bytes of every pack file, followed by a little-endian `u32` version.
+pub const PACK_MAGIC: [u8; 8] = *b"STRATAPK";
+/// Last bytes of every pack file; the footer ends with them.
+pub const PACK_FOOTER_MAGIC: [u8; 8] = *b"STRPKEND";
+pub const PACK_VERSION: u32 = 1;
+/// Size of the pack header: magic, version, reserved `u32`.
+pub const PACK_HEADER_LEN: usize = 16;
+/// Size of one trailer entry: id, offset, stored and raw length, kind,
+/// compression, six reserved bytes.
+pub const PACK_ENTRY_LEN: usize = 56;
+/// Size of the footer: entry count, reserved `u32`, BLAKE3 of the trailer
+/// entries, footer magic.
+pub const PACK_FOOTER_LEN: usize = 48;
+
+/// First bytes of an encoded directory (tree) object.
+pub const TREE_MAGIC: [u8; 4] = *b"STRT";
+pub const TREE_VERSION: u16 = 1;
+
+/// First bytes of a restore-point manifest object.
+pub const MANIFEST_MAGIC: [u8; 4] = *b"STRM";
+pub const MANIFEST_VERSION: u16 = 1;
+
+/// Version byte leading every value in the RocksDB index; lets a later
+/// release migrate records lazily.
+pub const INDEX_RECORD_VERSION: u8 = 1;
+
+/// Schema version of the RocksDB index as a whole, kept under a fixed key.
+pub const INDEX_SCHEMA_VERSION: u32 = 1;

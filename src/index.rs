@@ -1,0 +1,421 @@
+//! The RocksDB index: where every chunk is, what every pack holds, which
+//! restore points exist, and the file cache for incremental backups.
+//!
+//! The index is derived data. Packs and manifests are the repository's
+//! truth, and `strata repair index` rebuilds every column family except the
+//! file cache (which only saves reading) from them. The writer opens the
+//! database as RocksDB's primary; every other process opens a secondary
+//! instance, which never blocks the writer and can catch up with it.
+//!
+//! Column families, keys and values are listed in `docs/FORMAT.md`.
+
+pub mod records;
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
+
+use crate::codec::DecodeError;
+use crate::error::{Error, Result};
+use crate::format::INDEX_SCHEMA_VERSION;
+use crate::id::{ChunkId, PackId, RestorePointId};
+use crate::pack::PackEntry;
+
+pub use records::{ChunkLocation, FileCacheRecord, FileFingerprint, PackRecord, Tier};
+
+const CF_CHUNKS: &str = "chunks";
+const CF_PACKS: &str = "packs";
+const CF_RESTORE_POINTS: &str = "restore_points";
+const CF_FILE_CACHE: &str = "file_cache";
+const CF_META: &str = "meta";
+const ALL_CFS: [&str; 5] = [
+    CF_CHUNKS,
+    CF_PACKS,
+    CF_RESTORE_POINTS,
+    CF_FILE_CACHE,
+    CF_META,
+];
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// Memory RocksDB may use for blocks, index and filters, whatever the
+/// repository's size.
+const BLOCK_CACHE_BYTES: usize = 128 << 20;
+
+pub struct Index {
+    db: DB,
+    path: PathBuf,
+    secondary_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum IndexAccess {
+    /// Creates the database if missing; only `init` and `repair` use it.
+    Create,
+    /// The single writer.
+    Primary,
+    /// A reader beside a possible writer.
+    Secondary,
+}
+
+fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    let mut cf_opts = Options::default();
+    cf_opts.set_block_based_table_factory(&table);
+    let mut db_opts = Options::default();
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_open_files(512);
+    db_opts.set_keep_log_file_num(4);
+    let cfs = ALL_CFS
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, cf_opts.clone()))
+        .collect();
+    (db_opts, cfs)
+}
+
+fn file_cache_key(source: &str, path: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(source.len() + 1 + path.len());
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(path);
+    key
+}
+
+impl Index {
+    pub fn open(path: &Path, access: IndexAccess) -> Result<Self> {
+        let (mut opts, cfs) = options();
+        let wrap = |source| Error::Index {
+            path: path.to_path_buf(),
+            source,
+        };
+        if access != IndexAccess::Create && !path.join("CURRENT").exists() {
+            return Err(Error::corrupt(
+                format!("repository index {}", path.display()),
+                "it is missing; rebuild it with `strata repair index`",
+            ));
+        }
+        let (db, secondary_dir) = match access {
+            IndexAccess::Create | IndexAccess::Primary => {
+                opts.create_if_missing(access == IndexAccess::Create);
+                (
+                    DB::open_cf_descriptors(&opts, path, cfs).map_err(wrap)?,
+                    None,
+                )
+            }
+            IndexAccess::Secondary => {
+                // RocksDB wants max_open_files = -1 for secondaries so that
+                // SST files deleted by the primary stay readable.
+                opts.set_max_open_files(-1);
+                let dir = std::env::temp_dir().join(format!(
+                    "strata-index-reader-{}-{}",
+                    std::process::id(),
+                    crate::storage::local::staging_name("s")
+                ));
+                let db =
+                    DB::open_cf_descriptors_as_secondary(&opts, path, &dir, cfs).map_err(wrap)?;
+                (db, Some(dir))
+            }
+        };
+        let index = Index {
+            db,
+            path: path.to_path_buf(),
+            secondary_dir,
+        };
+        index.check_schema(access == IndexAccess::Create)?;
+        Ok(index)
+    }
+
+    fn check_schema(&self, creating: bool) -> Result<()> {
+        let cf = self.cf(CF_META);
+        match self.db.get_cf(cf, SCHEMA_KEY).map_err(|e| self.err(e))? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_slice())
+                    .map(u32::from_le_bytes)
+                    .unwrap_or(u32::MAX);
+                if found != INDEX_SCHEMA_VERSION {
+                    return Err(Error::UnsupportedVersion {
+                        what: format!("repository index {}", self.path.display()),
+                        found: found as u64,
+                        supported: INDEX_SCHEMA_VERSION as u64,
+                    });
+                }
+                Ok(())
+            }
+            None if creating => self
+                .db
+                .put_cf_opt(
+                    cf,
+                    SCHEMA_KEY,
+                    INDEX_SCHEMA_VERSION.to_le_bytes(),
+                    &sync_write(),
+                )
+                .map_err(|e| self.err(e)),
+            None => Err(Error::corrupt(
+                format!("repository index {}", self.path.display()),
+                "schema version missing; rebuild it with `strata repair index`",
+            )),
+        }
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created on open")
+    }
+
+    fn err(&self, source: rocksdb::Error) -> Error {
+        Error::Index {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, what: &str, err: DecodeError) -> Error {
+        Error::corrupt(
+            format!("repository index {} ({what})", self.path.display()),
+            err,
+        )
+    }
+
+    /// For secondaries: see what the writer has committed since opening.
+    pub fn catch_up(&self) -> Result<()> {
+        if self.secondary_dir.is_some() {
+            self.db
+                .try_catch_up_with_primary()
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    // ---- chunks -------------------------------------------------------
+
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_CHUNKS), id.as_bytes())
+            .map_err(|e| self.err(e))?
+        {
+            Some(v) => Ok(Some(
+                ChunkLocation::decode(*id, &v).map_err(|e| self.corrupt("chunk", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let cf = self.cf(CF_CHUNKS);
+        if !self.db.key_may_exist_cf(cf, id.as_bytes()) {
+            return Ok(false);
+        }
+        Ok(self
+            .db
+            .get_pinned_cf(cf, id.as_bytes())
+            .map_err(|e| self.err(e))?
+            .is_some())
+    }
+
+    /// True when every id is indexed; one batched lookup.
+    pub fn has_all_chunks(&self, ids: &[ChunkId]) -> Result<bool> {
+        let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+        for result in self
+            .db
+            .batched_multi_get_cf(self.cf(CF_CHUNKS), keys.iter().copied(), false)
+        {
+            if result.map_err(|e| self.err(e))?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Indexes a durable pack: its record and every chunk in it, in one
+    /// synced batch.
+    pub fn add_pack(&self, pack: PackId, record: &PackRecord, entries: &[PackEntry]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_PACKS), pack.as_bytes(), record.encode());
+        let chunks = self.cf(CF_CHUNKS);
+        for entry in entries {
+            let location = ChunkLocation {
+                pack,
+                tier: record.tier,
+                entry: *entry,
+            };
+            batch.put_cf(chunks, entry.id.as_bytes(), location.encode());
+        }
+        self.db
+            .write_opt(batch, &sync_write())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every chunk record, in id order.
+    pub fn chunks(&self) -> impl Iterator<Item = Result<ChunkLocation>> + '_ {
+        self.db
+            .iterator_cf(self.cf(CF_CHUNKS), IteratorMode::Start)
+            .map(move |item| {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                let id = ChunkId::from_slice(&k).ok_or_else(|| {
+                    self.corrupt(
+                        "chunk key",
+                        DecodeError {
+                            what: "chunk key",
+                            offset: 0,
+                            reason: format!("{} bytes", k.len()),
+                        },
+                    )
+                })?;
+                ChunkLocation::decode(id, &v).map_err(|e| self.corrupt("chunk", e))
+            })
+    }
+
+    // ---- packs --------------------------------------------------------
+
+    pub fn packs(&self) -> impl Iterator<Item = Result<(PackId, PackRecord)>> + '_ {
+        self.db
+            .iterator_cf(self.cf(CF_PACKS), IteratorMode::Start)
+            .map(move |item| {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                let id = PackId::from_slice(&k).ok_or_else(|| {
+                    self.corrupt(
+                        "pack key",
+                        DecodeError {
+                            what: "pack key",
+                            offset: 0,
+                            reason: format!("{} bytes", k.len()),
+                        },
+                    )
+                })?;
+                Ok((
+                    id,
+                    PackRecord::decode(&v).map_err(|e| self.corrupt("pack", e))?,
+                ))
+            })
+    }
+
+    // ---- restore points -----------------------------------------------
+
+    pub fn add_restore_point(&self, id: &RestorePointId, manifest: &[u8]) -> Result<()> {
+        self.db
+            .put_cf_opt(
+                self.cf(CF_RESTORE_POINTS),
+                id.as_bytes(),
+                manifest,
+                &sync_write(),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn remove_restore_point(&self, id: &RestorePointId) -> Result<()> {
+        self.db
+            .delete_cf_opt(self.cf(CF_RESTORE_POINTS), id.as_bytes(), &sync_write())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every catalogued restore point's id and encoded manifest.
+    pub fn restore_points(&self) -> Result<Vec<(RestorePointId, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RESTORE_POINTS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Some(id) = RestorePointId::from_slice(&k) {
+                out.push((id, v.into_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- file cache ---------------------------------------------------
+
+    pub fn cached_file(&self, source: &str, path: &[u8]) -> Result<Option<FileCacheRecord>> {
+        let key = file_cache_key(source, path);
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_FILE_CACHE), key)
+            .map_err(|e| self.err(e))?
+        {
+            // A damaged cache record only costs a re-read.
+            Some(v) => Ok(FileCacheRecord::decode(&v).ok()),
+            None => Ok(None),
+        }
+    }
+
+    pub fn file_cache_batch(&self) -> FileCacheBatch<'_> {
+        FileCacheBatch {
+            index: self,
+            batch: WriteBatch::default(),
+        }
+    }
+
+    /// Drops every index entry of every column family but the schema
+    /// version; used by `repair index` before rebuilding.
+    pub fn clear_derived(&self) -> Result<()> {
+        for name in [CF_CHUNKS, CF_PACKS, CF_RESTORE_POINTS, CF_FILE_CACHE] {
+            let cf = self.cf(name);
+            let mut batch = WriteBatch::default();
+            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                let (k, _) = item.map_err(|e| self.err(e))?;
+                batch.delete_cf(cf, k);
+                if batch.len() >= 10_000 {
+                    self.db
+                        .write(std::mem::take(&mut batch))
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            self.db
+                .write_opt(batch, &sync_write())
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.secondary_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// File cache updates, written together. They need no fsync: a lost entry
+/// only means the file is read again.
+pub struct FileCacheBatch<'a> {
+    index: &'a Index,
+    batch: WriteBatch,
+}
+
+impl FileCacheBatch<'_> {
+    pub fn put(&mut self, source: &str, path: &[u8], record: &FileCacheRecord) -> Result<()> {
+        self.batch.put_cf(
+            self.index.cf(CF_FILE_CACHE),
+            file_cache_key(source, path),
+            record.encode(),
+        );
+        if self.batch.len() >= 4096 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        self.index.db.write(batch).map_err(|e| self.index.err(e))
+    }
+}
+
+fn sync_write() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}

@@ -1,0 +1,38 @@
+//! Strata: a deduplicating backup repository whose restore points can be
+//! restored or mounted.
+//!
+//! The data path, module by module:
+//!
+//! ```text
+//! sources ─▶ backup (data movers) ─▶ chunker ─▶ backup::pipeline ─▶ pack ─▶ storage
+//!                                     (FastCDC)  (BLAKE3, dedup,   (pack files)
+//!                                                 zstd)              │
+//!                                   index (RocksDB: chunks, packs, ◀─┘
+//!                                          catalog, file cache)
+//! tree + restore_point (Merkle trees, manifests) ─▶ restore / check / repair
+//! ```
+//!
+//! On-disk formats are described in `docs/FORMAT.md`; every magic number
+//! and version lives in [`format`].
+
+pub mod backup;
+pub mod check;
+pub mod chunker;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod id;
+pub mod index;
+pub mod interrupt;
+pub mod lock;
+pub mod pack;
+pub mod progress;
+pub mod repair;
+pub mod repository;
+pub mod restore;
+pub mod restore_point;
+pub mod storage;
+pub mod tree;
+
+pub use error::{Error, Result};

@@ -1,0 +1,61 @@
+//! Progress display for commands a person waits on. Drawn on stderr only
+//! when it is a terminal and the output is not `--json`; otherwise every
+//! call is a cheap no-op.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Clone)]
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    pub fn hidden() -> Self {
+        Progress {
+            bar: ProgressBar::hidden(),
+        }
+    }
+
+    /// A byte-counting bar with throughput and ETA, shown if `wanted` and
+    /// stderr is a terminal.
+    pub fn bytes(label: &str, wanted: bool) -> Self {
+        if !wanted || !std::io::stderr().is_terminal() {
+            return Self::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(4));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_prefix(label.to_string());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Progress { bar }
+    }
+
+    pub fn is_visible(&self) -> bool {
+        !self.bar.is_hidden()
+    }
+
+    pub fn inc(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    pub fn inc_length(&self, bytes: u64) {
+        self.bar.inc_length(bytes);
+    }
+
+    pub fn set_message(&self, message: String) {
+        if self.is_visible() {
+            self.bar.set_message(message);
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

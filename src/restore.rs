@@ -1,0 +1,4 @@
+//! Bringing restore points back: whole trees or selected paths.
+
+pub mod files;
+pub mod fsops;
