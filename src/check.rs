@@ -10,14 +10,17 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::disk::map::{DiskMapPage, PAGE_ENTRIES};
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
 use crate::pack::{self, decode_chunk, PackEntry};
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::restore_point::RestorePointKind;
 use crate::restore_point::{format_time, RestorePoint};
 use crate::storage::ObjectStore;
 use crate::tree::{Extent, NodeKind};
+use crate::vm::description::VmDescription;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CheckReport {
@@ -190,6 +193,25 @@ fn walk_references<M>(
     damaged: &HashMap<ChunkId, (PackId, String)>,
     report: &mut CheckReport,
 ) -> Result<()> {
+    if rp.manifest.kind == RestorePointKind::Vm {
+        let mut missing = Vec::new();
+        let walked = walk_vm(repo, rp, visited, damaged, &mut |id, place| {
+            if !repo.index().has_chunk(id)? {
+                missing.push(format!(
+                    "restore point {}: {place} needs chunk {id}, which is not in the repository",
+                    rp.id.short()
+                ));
+            }
+            Ok(())
+        });
+        report.errors.extend(missing);
+        if let Err(e) = walked {
+            report
+                .errors
+                .push(format!("restore point {}: {e}", rp.id.short()));
+        }
+        return Ok(());
+    }
     let mut stack = vec![(rp.manifest.root, String::new())];
     while let Some((tree_id, path)) = stack.pop() {
         if !visited.insert(tree_id) {
@@ -232,6 +254,44 @@ fn walk_references<M>(
     Ok(())
 }
 
+/// Calls `visit` with every chunk a VM restore point references (its
+/// description, map pages and data chunks) and where it is used. Pages
+/// already in `visited` are not read again.
+fn walk_vm<M>(
+    repo: &Repository<M>,
+    rp: &RestorePoint,
+    visited: &mut HashSet<ChunkId>,
+    damaged: &HashMap<ChunkId, (PackId, String)>,
+    visit: &mut dyn FnMut(&ChunkId, &str) -> Result<()>,
+) -> Result<()> {
+    let root = rp.manifest.root;
+    visit(&root, "VM description")?;
+    if damaged.contains_key(&root) {
+        return Ok(());
+    }
+    let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
+    for disk in &description.disks {
+        for (p, page_ref) in disk.pages.iter().enumerate() {
+            let place = format!("disk {} ({}) map page {p}", disk.slot, disk.file_name);
+            visit(&page_ref.id, &place)?;
+            if damaged.contains_key(&page_ref.id) || !visited.insert(page_ref.id) {
+                continue;
+            }
+            let page = DiskMapPage::decode(&page_ref.id, &repo.read_chunk(&page_ref.id)?)?;
+            for (i, entry) in page.entries.iter().enumerate() {
+                if let Some(id) = entry {
+                    let offset = (p * PAGE_ENTRIES + i) as u64 * disk.chunk_size as u64;
+                    visit(
+                        id,
+                        &format!("disk {} ({}) at byte {offset}", disk.slot, disk.file_name),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Maps each damaged chunk to the restore points and paths that use it.
 fn affected_files<M>(
     repo: &Repository<M>,
@@ -250,6 +310,18 @@ fn affected_files<M>(
             rp.manifest.source,
             format_time(rp.manifest.time)
         );
+        if rp.manifest.kind == RestorePointKind::Vm {
+            let mut seen = HashSet::new();
+            let _ = walk_vm(repo, rp, &mut seen, &HashMap::new(), &mut |id, place| {
+                if set.contains(id) {
+                    out.entry(*id)
+                        .or_default()
+                        .push(format!("{label}: {place}"));
+                }
+                Ok(())
+            });
+            continue;
+        }
         let mut stack = vec![(rp.manifest.root, String::new())];
         while let Some((tree_id, path)) = stack.pop() {
             if set.contains(&tree_id) {

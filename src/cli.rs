@@ -80,6 +80,40 @@ pub enum BackupCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Back up a VM folder in VMware's layout (or its .vmx file).
+    Vm {
+        #[arg(value_name = "VM")]
+        vm: PathBuf,
+        #[command(flatten)]
+        args: DiskBackupArgs,
+    },
+    /// Back up one disk image (VMDK or raw) as a VM with one disk.
+    Image {
+        #[arg(value_name = "DISK")]
+        disk: PathBuf,
+        /// Name of the VM (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        args: DiskBackupArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct DiskBackupArgs {
+    /// Time to record instead of now, RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
+    /// Read every allocated block even when an earlier restore point exists.
+    #[arg(long)]
+    pub full: bool,
+    /// Changed-block list of a disk (slot, file name or name without .vmdk)
+    /// as JSON [{"start": bytes, "length": bytes}, …], as VMware's
+    /// QueryChangedDiskAreas returns it (repeatable).
+    #[arg(long = "changed-extents", value_name = "DISK=FILE")]
+    pub changed_extents: Vec<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +136,49 @@ pub enum RestoreCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Restore a whole VM as a new VM folder DIR/<name>_<counter>.
+    Vm {
+        restore_point: String,
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Base name of the new VM (default: the backed-up VM's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "vmdk")]
+        disk_format: DiskFormatArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Restore one disk as a new minimal VM, or its raw contents to a file or device.
+    Disk {
+        restore_point: String,
+        /// Disk slot (scsi0:1), file name, or file name without .vmdk.
+        disk: String,
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "raw_to",
+            conflicts_with = "raw_to"
+        )]
+        to: Option<PathBuf>,
+        /// Write the disk's raw contents to this file or block device.
+        #[arg(long, value_name = "PATH")]
+        raw_to: Option<PathBuf>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "vmdk")]
+        disk_format: DiskFormatArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskFormatArg {
+    /// monolithicSparse VMDK, holes kept sparse.
+    Vmdk,
+    /// monolithicFlat: descriptor plus a sparse raw -flat.vmdk.
+    Raw,
 }
 
 #[derive(Args, Clone, Copy)]

@@ -5,17 +5,24 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use strata::backup::files::{backup_files, FilesBackup};
+use strata::backup::files::{backup_files, BackupOutcome, FilesBackup};
+use strata::backup::vm::{backup_vm, describe_format, VmBackup, VmSource};
 use strata::check::check;
 use strata::config::RepoConfig;
 use strata::progress::Progress;
 use strata::repair::repair_index;
 use strata::repository::{Exclusive, Repository};
 use strata::restore::files::{restore_files, FilesRestore};
+use strata::restore::vm::{
+    load_description, restore_disk_raw, restore_vm, DiskOutput, VmRestore, VmRestoreSummary,
+};
+use strata::restore_point::RestorePointKind;
 use strata::restore_point::{format_time, parse_time, RestorePoint};
 use strata::tree::{Node, NodeKind};
 
-use crate::cli::{BackupCommand, Cli, Command, RepairCommand, RestoreCommand};
+use crate::cli::{
+    BackupCommand, Cli, Command, DiskBackupArgs, DiskFormatArg, RepairCommand, RestoreCommand,
+};
 
 #[derive(Clone, Copy)]
 pub enum Status {
@@ -96,49 +103,15 @@ pub fn run(cli: Cli) -> Result<Status> {
                 },
                 &progress,
             )?;
-            let m = &outcome.manifest;
-            let s = &m.stats;
-            if json.json {
-                print_json(&json!({
-                    "restore_point": outcome.id.to_string(),
-                    "source": m.source,
-                    "time": format_time(m.time),
-                    "files": s.files,
-                    "directories": s.directories,
-                    "bytes_total": s.bytes_total,
-                    "bytes_read": s.bytes_read,
-                    "bytes_new": s.bytes_new,
-                    "bytes_stored": s.bytes_stored,
-                    "chunks_new": s.chunks_new,
-                    "duration_ms": s.duration_ms,
-                    "missed": m.missed,
-                }));
-            } else {
-                println!(
-                    "restore point {} of {} at {}: {} files, {} read, {} new, {} stored, {:.1}s ({:.0} MB/s)",
-                    outcome.id.short(),
-                    m.source,
-                    format_time(m.time),
-                    s.files,
-                    human_bytes(s.bytes_read),
-                    human_bytes(s.bytes_new),
-                    human_bytes(s.bytes_stored),
-                    s.duration_ms as f64 / 1000.0,
-                    mb_per_s(s.bytes_total, s.duration_ms),
-                );
-                for missed in &m.missed {
-                    eprintln!(
-                        "missed {}: {}",
-                        String::from_utf8_lossy(&missed.path),
-                        missed.reason
-                    );
-                }
-            }
-            if !m.missed.is_empty() {
-                eprintln!("strata: backup is partial: {} entries could not be read (they are retried next time)", m.missed.len());
-                return Ok(Status::Partial);
-            }
-            Ok(Status::Ok)
+            Ok(render_backup(&outcome, json.json))
+        }
+        Command::Backup(BackupCommand::Vm { vm, args }) => {
+            let source = VmSource::Vm(vm);
+            backup_disks(repo?, source, args, "strata backup vm")
+        }
+        Command::Backup(BackupCommand::Image { disk, name, args }) => {
+            let source = VmSource::Image { path: disk, name };
+            backup_disks(repo?, source, args, "strata backup image")
         }
         Command::List(json) => {
             let repo = open(&repo?)?;
@@ -205,6 +178,28 @@ pub fn run(cli: Cli) -> Result<Status> {
                     human_bytes(s.bytes_stored)
                 );
                 println!("  duration     {:.1}s", s.duration_ms as f64 / 1000.0);
+                if m.kind == RestorePointKind::Vm {
+                    let d = load_description(&repo, &rp)?;
+                    let guest = if d.guest_os.is_empty() {
+                        "unknown"
+                    } else {
+                        &d.guest_os
+                    };
+                    println!(
+                        "  vm           {} ({} vCPU, {} MB, guest {guest})",
+                        d.name, d.cpus, d.memory_mb
+                    );
+                    for disk in &d.disks {
+                        println!(
+                            "  disk         {} {}: {} capacity, {} allocated, from {}",
+                            disk.slot,
+                            disk.file_name,
+                            human_bytes(disk.capacity),
+                            human_bytes(disk.allocated_bytes()),
+                            describe_format(disk.source_format)
+                        );
+                    }
+                }
                 println!("  missed       {}", m.missed.len());
                 for missed in &m.missed {
                     println!(
@@ -223,6 +218,19 @@ pub fn run(cli: Cli) -> Result<Status> {
         } => {
             let repo = open(&repo?)?;
             let rp = repo.resolve(&restore_point)?;
+            if rp.manifest.kind == RestorePointKind::Vm {
+                let d = load_description(&repo, &rp)?;
+                if !d.vmx.is_empty() {
+                    println!("{:<10} {:>14}  {}.vmx", "config", d.vmx.len(), d.name);
+                }
+                for disk in &d.disks {
+                    println!(
+                        "{:<10} {:>14}  {}",
+                        disk.slot, disk.capacity, disk.file_name
+                    );
+                }
+                return Ok(Status::Ok);
+            }
             let path = path.unwrap_or_else(|| "/".into());
             let tree_id = match repo.lookup_path(&rp, &path)? {
                 None => rp.manifest.root,
@@ -304,6 +312,54 @@ pub fn run(cli: Cli) -> Result<Status> {
                 Status::Partial
             })
         }
+        Command::Restore(RestoreCommand::Vm {
+            restore_point,
+            to,
+            name,
+            disk_format,
+            json,
+        }) => {
+            let repo = open(&repo?)?;
+            let rp = repo.resolve(&restore_point)?;
+            let progress = Progress::bytes("restore", !json.json);
+            let request = VmRestore {
+                target_dir: to,
+                name,
+                disk_output: disk_output(disk_format),
+                disk: None,
+            };
+            let summary = restore_vm(&repo, &rp, &request, &progress)?;
+            render_vm_restore(&summary, json.json);
+            Ok(Status::Ok)
+        }
+        Command::Restore(RestoreCommand::Disk {
+            restore_point,
+            disk,
+            to,
+            raw_to,
+            name,
+            disk_format,
+            json,
+        }) => {
+            let repo = open(&repo?)?;
+            let rp = repo.resolve(&restore_point)?;
+            let progress = Progress::bytes("restore", !json.json);
+            let summary = match (to, raw_to) {
+                (_, Some(path)) => restore_disk_raw(&repo, &rp, &disk, &path, &progress)?,
+                (Some(to), None) => {
+                    let request = VmRestore {
+                        target_dir: to,
+                        name,
+                        disk_output: disk_output(disk_format),
+                        disk: Some(disk),
+                    };
+                    restore_vm(&repo, &rp, &request, &progress)?
+                }
+                (None, None) => bail!("give --to DIR or --raw-to PATH"),
+            };
+            render_vm_restore(&summary, json.json);
+            Ok(Status::Ok)
+        }
         Command::Restore(RestoreCommand::Files {
             restore_point,
             paths,
@@ -312,6 +368,12 @@ pub fn run(cli: Cli) -> Result<Status> {
         }) => {
             let repo = open(&repo?)?;
             let rp = repo.resolve(&restore_point)?;
+            if rp.manifest.kind == RestorePointKind::Vm {
+                bail!(
+                    "restore point {} is a VM; use `strata restore vm` or `strata restore disk`",
+                    rp.id.short()
+                );
+            }
             let progress = Progress::bytes("restore", !json.json);
             let summary = restore_files(
                 &repo,
@@ -350,6 +412,114 @@ pub fn run(cli: Cli) -> Result<Status> {
                 return Ok(Status::Partial);
             }
             Ok(Status::Ok)
+        }
+    }
+}
+
+fn disk_output(arg: DiskFormatArg) -> DiskOutput {
+    match arg {
+        DiskFormatArg::Vmdk => DiskOutput::Vmdk,
+        DiskFormatArg::Raw => DiskOutput::Raw,
+    }
+}
+
+fn backup_disks(
+    path: PathBuf,
+    source: VmSource,
+    args: DiskBackupArgs,
+    command: &str,
+) -> Result<Status> {
+    let time = args.time.as_deref().map(parse_time).transpose()?;
+    let mut changed_extents = Vec::new();
+    for spec in &args.changed_extents {
+        let (disk, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--changed-extents {spec:?}: expected DISK=FILE"))?;
+        changed_extents.push((disk.to_string(), PathBuf::from(file)));
+    }
+    let repo = open_exclusive(&path, command)?;
+    let progress = Progress::bytes("backup", !args.json.json);
+    let outcome = backup_vm(
+        &repo,
+        &VmBackup {
+            source,
+            time,
+            full: args.full,
+            changed_extents,
+        },
+        &progress,
+    )?;
+    Ok(render_backup(&outcome, args.json.json))
+}
+
+fn render_backup(outcome: &BackupOutcome, as_json: bool) -> Status {
+    let m = &outcome.manifest;
+    let s = &m.stats;
+    if as_json {
+        print_json(&json!({
+            "restore_point": outcome.id.to_string(),
+            "kind": m.kind,
+            "source": m.source,
+            "time": format_time(m.time),
+            "files": s.files,
+            "directories": s.directories,
+            "bytes_total": s.bytes_total,
+            "bytes_read": s.bytes_read,
+            "bytes_new": s.bytes_new,
+            "bytes_stored": s.bytes_stored,
+            "chunks_new": s.chunks_new,
+            "duration_ms": s.duration_ms,
+            "missed": m.missed,
+        }));
+    } else {
+        let what = match m.kind {
+            RestorePointKind::Files => format!("{} files", s.files),
+            RestorePointKind::Vm => format!("{} disks", s.files),
+        };
+        println!(
+            "restore point {} of {} at {}: {} ({}), {} read, {} new, {} stored, {:.1}s",
+            outcome.id.short(),
+            m.source,
+            format_time(m.time),
+            what,
+            human_bytes(s.bytes_total),
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_new),
+            human_bytes(s.bytes_stored),
+            s.duration_ms as f64 / 1000.0,
+        );
+        for missed in &m.missed {
+            eprintln!(
+                "missed {}: {}",
+                String::from_utf8_lossy(&missed.path),
+                missed.reason
+            );
+        }
+    }
+    if !m.missed.is_empty() {
+        eprintln!(
+            "strata: backup is partial: {} entries could not be read (they are retried next time)",
+            m.missed.len()
+        );
+        return Status::Partial;
+    }
+    Status::Ok
+}
+
+fn render_vm_restore(summary: &VmRestoreSummary, as_json: bool) {
+    if as_json {
+        print_json(&serde_json::to_value(summary).expect("summary serializes"));
+    } else {
+        println!(
+            "restored {} to {} ({}) in {:.1}s ({:.0} MB/s)",
+            summary.name,
+            summary.folder.display(),
+            human_bytes(summary.bytes_written),
+            summary.duration_ms as f64 / 1000.0,
+            mb_per_s(summary.bytes_written, summary.duration_ms),
+        );
+        for file in &summary.files {
+            println!("  {file}");
         }
     }
 }

@@ -60,7 +60,15 @@ pub struct RepoConfig {
     pub compression_level: i32,
     /// A pack is sealed once its data reaches this size.
     pub pack_target_size: u64,
+    /// Size of the fixed, aligned chunks disks are cut into.
+    #[serde(default = "default_disk_chunk_size")]
+    pub disk_chunk_size: u32,
     pub tiers: TierConfig,
+}
+
+/// Chosen from the measurements in `docs/FORMAT.md` ("Disk chunk size").
+fn default_disk_chunk_size() -> u32 {
+    1024 * 1024
 }
 
 impl RepoConfig {
@@ -73,6 +81,7 @@ impl RepoConfig {
             chunker: ChunkerParams::DEFAULT,
             compression_level: 3,
             pack_target_size: 32 * 1024 * 1024,
+            disk_chunk_size: default_disk_chunk_size(),
             tiers: TierConfig {
                 warm_days: 90,
                 cold_dir: None,
@@ -119,6 +128,17 @@ impl RepoConfig {
                 format!(
                     "compression_level {} is outside 1..=22",
                     config.compression_level
+                ),
+            ));
+        }
+        if !config.disk_chunk_size.is_power_of_two()
+            || !(64 * 1024..=16 * 1024 * 1024).contains(&config.disk_chunk_size)
+        {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                format!(
+                    "disk_chunk_size {} is not a power of two from 64 KiB to 16 MiB",
+                    config.disk_chunk_size
                 ),
             ));
         }

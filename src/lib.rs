@@ -20,6 +20,7 @@ pub mod check;
 pub mod chunker;
 pub mod codec;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod format;
 pub mod id;
@@ -34,5 +35,6 @@ pub mod restore;
 pub mod restore_point;
 pub mod storage;
 pub mod tree;
+pub mod vm;
 
 pub use error::{Error, Result};

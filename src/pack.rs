@@ -31,6 +31,10 @@ pub enum ChunkKind {
     Data = 0,
     /// An encoded directory (see `tree`).
     Tree = 1,
+    /// A VM's description: configuration and disk records.
+    VmDescription = 2,
+    /// A page of a disk map.
+    DiskMapPage = 3,
 }
 
 impl ChunkKind {
@@ -38,6 +42,8 @@ impl ChunkKind {
         match v {
             0 => Some(ChunkKind::Data),
             1 => Some(ChunkKind::Tree),
+            2 => Some(ChunkKind::VmDescription),
+            3 => Some(ChunkKind::DiskMapPage),
             _ => None,
         }
     }

@@ -1,4 +1,6 @@
-//! Bringing restore points back: whole trees or selected paths.
+//! Bringing restore points back: file trees (whole or selected paths),
+//! whole VMs, single disks.
 
 pub mod files;
 pub mod fsops;
+pub mod vm;

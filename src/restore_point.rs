@@ -21,6 +21,8 @@ use crate::tree::Timestamp;
 pub enum RestorePointKind {
     /// A file tree; `root` is its top tree.
     Files = 0,
+    /// A virtual machine or disk image; `root` is its VM description.
+    Vm = 1,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -152,6 +154,7 @@ impl Manifest {
     fn decode_body(d: &mut Decoder) -> Result<Manifest, DecodeError> {
         let kind = match d.u8()? {
             0 => RestorePointKind::Files,
+            1 => RestorePointKind::Vm,
             other => return Err(d.error(format!("unknown restore point kind {other}"))),
         };
         let text = |d: &mut Decoder| -> Result<String, DecodeError> {

@@ -1,0 +1,532 @@
+//! The VM data mover: backs up a VM folder (its `.vmx` and every disk it
+//! names) or a single disk image as a VM restore point.
+//!
+//! Disks are cut into fixed, aligned chunks. Chunks that lie in holes of
+//! the image, or that read as all zeros, are stored as holes. The first
+//! backup of a VM reads every allocated chunk; later ones are incremental
+//! against the latest restore point of the same VM: with changed-block
+//! tracking (`--changed-extents`) only chunks touching a changed extent are
+//! read and every untouched map page is reused by id; without it, every
+//! allocated chunk is read but only new chunks are stored.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::files::BackupOutcome;
+use super::pipeline::{with_chunk_sink, ChunkSink, StoreCounters};
+use crate::disk::map::{DiskMapPage, PageRef, PAGE_ENTRIES};
+use crate::disk::{DiskFormat, VirtualDisk};
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::pack::ChunkKind;
+use crate::progress::Progress;
+use crate::repository::{Exclusive, Repository};
+use crate::restore_point::{self, BackupStats, Manifest, RestorePointKind};
+use crate::tree::Timestamp;
+use crate::vm::description::{DiskRecord, VmDescription};
+use crate::vm::vmx::Vmx;
+
+const MAX_VMX_LEN: u64 = 4 << 20;
+
+pub enum VmSource {
+    /// A VM folder, or its `.vmx` file.
+    Vm(PathBuf),
+    /// One disk image, backed up as a VM with one disk.
+    Image { path: PathBuf, name: Option<String> },
+}
+
+pub struct VmBackup {
+    pub source: VmSource,
+    pub time: Option<Timestamp>,
+    /// Read every allocated chunk even when a parent exists.
+    pub full: bool,
+    /// `(disk, file)`: changed extents of a disk, as JSON
+    /// `[{"start": bytes, "length": bytes}, …]`. The disk is named by slot,
+    /// file name, or file name without `.vmdk`.
+    pub changed_extents: Vec<(String, PathBuf)>,
+}
+
+struct SourceDisk {
+    slot: String,
+    file_name: String,
+    path: PathBuf,
+}
+
+struct ResolvedVm {
+    name: String,
+    origin: PathBuf,
+    vmx: Option<Vmx>,
+    vmx_bytes: Vec<u8>,
+    disks: Vec<SourceDisk>,
+}
+
+fn find_vmx(path: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::InvalidInput(format!("cannot back up VM {}: {e}", path.display())))?;
+    if meta.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .at("listing VM folder", path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("vmx")))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Error::InvalidInput(format!(
+            "VM folder {} holds no .vmx file",
+            path.display()
+        ))),
+        _ => Err(Error::InvalidInput(format!(
+            "VM folder {} holds several .vmx files; name one: {}",
+            path.display(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.contains('@') || name.contains('\0') {
+        return Err(Error::InvalidInput(format!(
+            "VM name {name:?} may not be empty or contain '/' or '@'"
+        )));
+    }
+    Ok(())
+}
+
+fn stem(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for ext in [".vmdk", ".img", ".raw", ".vmx"] {
+        if let Some(s) = name.strip_suffix(ext) {
+            return s.to_string();
+        }
+    }
+    name
+}
+
+fn resolve(source: &VmSource) -> Result<ResolvedVm> {
+    match source {
+        VmSource::Image { path, name } => {
+            std::fs::metadata(path).map_err(|e| {
+                Error::InvalidInput(format!("cannot back up image {}: {e}", path.display()))
+            })?;
+            let name = name.clone().unwrap_or_else(|| stem(path));
+            check_name(&name)?;
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(ResolvedVm {
+                name,
+                origin: path.clone(),
+                vmx: None,
+                vmx_bytes: Vec::new(),
+                disks: vec![SourceDisk {
+                    slot: "image".into(),
+                    file_name,
+                    path: path.clone(),
+                }],
+            })
+        }
+        VmSource::Vm(path) => {
+            let vmx_path = find_vmx(path)?;
+            let len = std::fs::metadata(&vmx_path)
+                .at("reading metadata of", &vmx_path)?
+                .len();
+            if len > MAX_VMX_LEN {
+                return Err(Error::corrupt(
+                    format!("VM configuration {}", vmx_path.display()),
+                    format!("{len} bytes is too large for a .vmx"),
+                ));
+            }
+            let bytes = std::fs::read(&vmx_path).at("reading", &vmx_path)?;
+            let text = String::from_utf8(bytes.clone()).map_err(|_| {
+                Error::corrupt(
+                    format!("VM configuration {}", vmx_path.display()),
+                    "not UTF-8 text",
+                )
+            })?;
+            let vmx = Vmx::parse(&text, &vmx_path.display().to_string())?;
+            let name = vmx
+                .display_name()
+                .map(str::to_string)
+                .unwrap_or_else(|| stem(&vmx_path));
+            check_name(&name)?;
+            let folder = vmx_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let mut disks = Vec::new();
+            for disk in vmx.disks() {
+                let path = folder.join(&disk.file_name);
+                if !path.exists() {
+                    return Err(Error::InvalidInput(format!(
+                        "{} names disk {} ({}), which does not exist",
+                        vmx_path.display(),
+                        path.display(),
+                        disk.slot
+                    )));
+                }
+                disks.push(SourceDisk {
+                    slot: disk.slot,
+                    file_name: disk.file_name,
+                    path,
+                });
+            }
+            if disks.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "{} names no hard disks",
+                    vmx_path.display()
+                )));
+            }
+            Ok(ResolvedVm {
+                name,
+                origin: folder,
+                vmx: Some(vmx),
+                vmx_bytes: bytes,
+                disks,
+            })
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ChangedExtent {
+    start: u64,
+    length: u64,
+}
+
+fn load_changed(path: &Path, capacity: u64) -> Result<Vec<(u64, u64)>> {
+    let text = std::fs::read(path).at("reading changed extents", path)?;
+    let list: Vec<ChangedExtent> = serde_json::from_slice(&text).map_err(|e| {
+        Error::InvalidInput(format!(
+            "changed extents {}: {e} (expected [{{\"start\": N, \"length\": N}}, …])",
+            path.display()
+        ))
+    })?;
+    let mut ranges = Vec::with_capacity(list.len());
+    for e in list {
+        let end = e
+            .start
+            .checked_add(e.length)
+            .filter(|end| *end <= capacity)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "changed extents {}: {}+{} lies beyond the disk's {capacity} bytes",
+                    path.display(),
+                    e.start,
+                    e.length
+                ))
+            })?;
+        if e.length > 0 {
+            ranges.push((e.start, end));
+        }
+    }
+    Ok(merge(ranges))
+}
+
+fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// The ranges of a sorted, merged list that overlap `[a, b)`.
+fn overlapping(ranges: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)] {
+    let first = ranges.partition_point(|r| r.1 <= a);
+    let last = ranges.partition_point(|r| r.0 < b);
+    &ranges[first..last.max(first)]
+}
+
+pub fn backup_vm(
+    repo: &Repository<Exclusive>,
+    request: &VmBackup,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let vm = resolve(&request.source)?;
+    let span = tracing::info_span!("backup_vm", vm = %vm.name, disks = vm.disks.len());
+    let _entered = span.enter();
+    let parent = repo
+        .restore_points()?
+        .into_iter()
+        .filter(|rp| rp.manifest.kind == RestorePointKind::Vm && rp.manifest.source == vm.name)
+        .max_by_key(|rp| rp.manifest.time.as_nanos());
+    let parent_description = match &parent {
+        Some(rp) => Some(VmDescription::decode(
+            &rp.manifest.root,
+            &repo.read_chunk(&rp.manifest.root)?,
+        )?),
+        None => None,
+    };
+
+    let mut opened = Vec::new();
+    for disk in &vm.disks {
+        opened.push(VirtualDisk::open(&disk.path)?);
+    }
+    let mut changed: Vec<Option<Vec<(u64, u64)>>> = vec![None; vm.disks.len()];
+    for (selector, file) in &request.changed_extents {
+        let i = vm
+            .disks
+            .iter()
+            .position(|d| {
+                d.slot == *selector
+                    || d.file_name == *selector
+                    || stem(Path::new(&d.file_name)) == *selector
+            })
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "--changed-extents names disk {selector:?}, which VM {} does not have",
+                    vm.name
+                ))
+            })?;
+        changed[i] = Some(load_changed(file, opened[i].capacity())?);
+    }
+
+    let chunk_size = repo.config().disk_chunk_size;
+    let counters = StoreCounters::default();
+    let bytes_read = AtomicU64::new(0);
+    let description_id = with_chunk_sink(repo, &counters, |sink| {
+        let mut records = Vec::new();
+        for (i, (disk, image)) in vm.disks.iter().zip(&opened).enumerate() {
+            let parent_disk = parent_description
+                .as_ref()
+                .and_then(|p| p.disks.iter().find(|d| d.slot == disk.slot))
+                .filter(|d| d.capacity == image.capacity() && d.chunk_size == chunk_size);
+            let cbt = match (&changed[i], parent_disk) {
+                (Some(extents), Some(parent)) if !request.full => {
+                    Some((extents.as_slice(), parent))
+                }
+                (Some(_), None) => {
+                    tracing::info!(disk = %disk.slot, "no matching disk in a parent restore point; reading the whole disk");
+                    None
+                }
+                _ => None,
+            };
+            let _disk_span =
+                tracing::info_span!("disk", slot = %disk.slot, capacity = image.capacity())
+                    .entered();
+            let pages = backup_disk(repo, sink, image, chunk_size, cbt, &bytes_read, progress)?;
+            records.push(DiskRecord {
+                slot: disk.slot.clone(),
+                file_name: disk.file_name.clone(),
+                source_format: image.format(),
+                capacity: image.capacity(),
+                chunk_size,
+                pages,
+            });
+        }
+        let description = VmDescription {
+            name: vm.name.clone(),
+            cpus: vm.vmx.as_ref().map_or(1, Vmx::cpus),
+            memory_mb: vm.vmx.as_ref().map_or(0, Vmx::memory_mb),
+            guest_os: vm
+                .vmx
+                .as_ref()
+                .map_or(String::new(), |v| v.guest_os().to_string()),
+            vmx: vm.vmx_bytes.clone(),
+            disks: records,
+        };
+        let bytes = description.encode();
+        let id = ChunkId::of(&bytes);
+        sink.submit(id, ChunkKind::VmDescription, &bytes)?;
+        Ok(id)
+    })?;
+    progress.finish();
+
+    let stats = BackupStats {
+        files: vm.disks.len() as u64,
+        directories: 0,
+        bytes_total: opened.iter().map(VirtualDisk::capacity).sum(),
+        bytes_read: bytes_read.load(Ordering::Relaxed),
+        bytes_new: counters.bytes_new.load(Ordering::Relaxed),
+        bytes_stored: counters.bytes_stored.load(Ordering::Relaxed),
+        chunks_new: counters.chunks_new.load(Ordering::Relaxed),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let manifest = Manifest {
+        kind: RestorePointKind::Vm,
+        source: vm.name.clone(),
+        time: request.time.unwrap_or_else(restore_point::now),
+        hostname: super::files::default_source(),
+        tags: Vec::new(),
+        paths: vec![std::os::unix::ffi::OsStrExt::as_bytes(vm.origin.as_os_str()).to_vec()],
+        root: description_id,
+        parent: parent.map(|p| p.id),
+        stats,
+        missed: Vec::new(),
+    };
+    let id = repo.commit_restore_point(&manifest)?;
+    tracing::info!(restore_point = %id, vm = %vm.name, "committed");
+    Ok(BackupOutcome { id, manifest })
+}
+
+/// Stores one disk; returns its map pages.
+fn backup_disk(
+    repo: &Repository<Exclusive>,
+    sink: &ChunkSink,
+    image: &VirtualDisk,
+    chunk_size: u32,
+    cbt: Option<(&[(u64, u64)], &DiskRecord)>,
+    bytes_read: &AtomicU64,
+    progress: &Progress,
+) -> Result<Vec<PageRef>> {
+    let capacity = image.capacity();
+    let chunk = chunk_size as u64;
+    let chunks = capacity.div_ceil(chunk);
+    let allocated = image.allocated()?;
+    let wanted: &[(u64, u64)] = match cbt {
+        Some((changed, _)) => changed,
+        None => &allocated,
+    };
+    progress.inc_length(wanted.iter().map(|(a, b)| b - a).sum());
+    let mut pages = Vec::new();
+    let page_span = PAGE_ENTRIES as u64;
+    for page in 0..chunks.div_ceil(page_span) {
+        crate::interrupt::check()?;
+        let first = page * page_span;
+        let last = ((page + 1) * page_span).min(chunks);
+        let (start, end) = (first * chunk, (last * chunk).min(capacity));
+        let mut entries = match cbt {
+            Some((changed, parent)) => {
+                if overlapping(changed, start, end).is_empty() {
+                    pages.push(parent.pages[page as usize]);
+                    continue;
+                }
+                let parent_page = &parent.pages[page as usize];
+                DiskMapPage::decode(&parent_page.id, &repo.read_chunk(&parent_page.id)?)?.entries
+            }
+            None => vec![None; (last - first) as usize],
+        };
+        if entries.len() != (last - first) as usize {
+            return Err(Error::corrupt(
+                "parent disk map",
+                format!(
+                    "page {page} has {} entries, expected {}",
+                    entries.len(),
+                    last - first
+                ),
+            ));
+        }
+        let to_read: Vec<u64> = (first..last)
+            .filter(|i| !overlapping(wanted, i * chunk, ((i + 1) * chunk).min(capacity)).is_empty())
+            .collect();
+        for (index, entry) in read_chunks(
+            image, sink, &allocated, &to_read, chunk, bytes_read, progress,
+        )? {
+            entries[(index - first) as usize] = entry;
+        }
+        let data_chunks = entries.iter().filter(|e| e.is_some()).count() as u32;
+        let bytes = DiskMapPage { entries }.encode();
+        let id = ChunkId::of(&bytes);
+        sink.submit(id, ChunkKind::DiskMapPage, &bytes)?;
+        pages.push(PageRef { id, data_chunks });
+    }
+    Ok(pages)
+}
+
+/// Reads, hashes and submits the given chunks on all cores; returns each
+/// chunk's entry (`None` for chunks that are holes or all zeros).
+fn read_chunks(
+    image: &VirtualDisk,
+    sink: &ChunkSink,
+    allocated: &[(u64, u64)],
+    indices: &[u64],
+    chunk: u64,
+    bytes_read: &AtomicU64,
+    progress: &Progress,
+) -> Result<Vec<(u64, Option<ChunkId>)>> {
+    let capacity = image.capacity();
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(indices.len()));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(indices.len().max(1));
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut buf = vec![0u8; chunk as usize];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&index) = indices.get(i) else {
+                            return Ok(());
+                        };
+                        crate::interrupt::check()?;
+                        let start = index * chunk;
+                        let end = (start + chunk).min(capacity);
+                        let window = &mut buf[..(end - start) as usize];
+                        window.fill(0);
+                        for &(a, b) in overlapping(allocated, start, end) {
+                            let (a, b) = (a.max(start), b.min(end));
+                            image.read_at(
+                                a,
+                                &mut window[(a - start) as usize..(b - start) as usize],
+                            )?;
+                            bytes_read.fetch_add(b - a, Ordering::Relaxed);
+                        }
+                        progress.inc(end - start);
+                        let entry = if window.iter().all(|b| *b == 0) {
+                            None
+                        } else {
+                            let id = ChunkId::of(window);
+                            sink.submit(id, ChunkKind::Data, window)?;
+                            Some(id)
+                        };
+                        results.lock().expect("results").push((index, entry));
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("disk reader panicked")?;
+        }
+        Ok(())
+    })?;
+    Ok(results.into_inner().expect("results"))
+}
+
+/// For messages: a disk image's format.
+pub fn describe_format(format: DiskFormat) -> &'static str {
+    match format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::MonolithicSparse => "monolithicSparse",
+        DiskFormat::TwoGbMaxExtentSparse => "twoGbMaxExtentSparse",
+        DiskFormat::MonolithicFlat => "monolithicFlat",
+        DiskFormat::TwoGbMaxExtentFlat => "twoGbMaxExtentFlat",
+        DiskFormat::StreamOptimized => "streamOptimized",
+        DiskFormat::Vmfs => "vmfs",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_finds_exactly_the_touching_ranges() {
+        let r = [(0, 10), (20, 30), (40, 50)];
+        assert_eq!(overlapping(&r, 10, 20), &[] as &[(u64, u64)]);
+        assert_eq!(overlapping(&r, 5, 25), &[(0, 10), (20, 30)]);
+        assert_eq!(overlapping(&r, 29, 41), &[(20, 30), (40, 50)]);
+        assert_eq!(overlapping(&r, 60, 70), &[] as &[(u64, u64)]);
+        assert_eq!(
+            merge(vec![(5, 10), (0, 6), (20, 21)]),
+            vec![(0, 10), (20, 21)]
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The stored description of a backed-up VM: its `.vmx` verbatim, a
+//! summary, and for each disk its slot, capacity and disk map. It is the
+//! root object of a VM restore point and a metadata chunk, so it stays
+//! warm and is shared when nothing changed.
+
+use crate::codec::{DecodeError, Decoder, Encoder};
+use crate::disk::map::PageRef;
+use crate::disk::DiskFormat;
+use crate::error::{Error, Result};
+use crate::format::{VM_DESCRIPTION_MAGIC, VM_DESCRIPTION_VERSION};
+use crate::id::ChunkId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRecord {
+    /// Controller slot (`scsi0:0`), or `image` for `backup image`.
+    pub slot: String,
+    /// File name as the `.vmx` gives it.
+    pub file_name: String,
+    pub source_format: DiskFormat,
+    pub capacity: u64,
+    pub chunk_size: u32,
+    pub pages: Vec<PageRef>,
+}
+
+impl DiskRecord {
+    pub fn chunk_count(&self) -> u64 {
+        self.capacity.div_ceil(self.chunk_size as u64)
+    }
+
+    /// Bytes of the disk held in data chunks (holes excluded).
+    pub fn allocated_bytes(&self) -> u64 {
+        let chunks: u64 = self.pages.iter().map(|p| p.data_chunks as u64).sum();
+        (chunks * self.chunk_size as u64).min(self.capacity)
+    }
+
+    /// Length of chunk `index` (the last one may be short).
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        let start = index * self.chunk_size as u64;
+        (self.capacity - start).min(self.chunk_size as u64)
+    }
+
+    /// The disk's name without the `.vmdk` extension, for messages.
+    pub fn stem(&self) -> &str {
+        let base = self.file_name.rsplit('/').next().unwrap_or(&self.file_name);
+        base.strip_suffix(".vmdk").unwrap_or(base)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDescription {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub guest_os: String,
+    /// The `.vmx` as backed up; empty for a single image.
+    pub vmx: Vec<u8>,
+    pub disks: Vec<DiskRecord>,
+}
+
+fn format_code(f: DiskFormat) -> u8 {
+    match f {
+        DiskFormat::Raw => 0,
+        DiskFormat::MonolithicSparse => 1,
+        DiskFormat::TwoGbMaxExtentSparse => 2,
+        DiskFormat::MonolithicFlat => 3,
+        DiskFormat::TwoGbMaxExtentFlat => 4,
+        DiskFormat::StreamOptimized => 5,
+        DiskFormat::Vmfs => 6,
+    }
+}
+
+fn format_from(code: u8) -> Option<DiskFormat> {
+    Some(match code {
+        0 => DiskFormat::Raw,
+        1 => DiskFormat::MonolithicSparse,
+        2 => DiskFormat::TwoGbMaxExtentSparse,
+        3 => DiskFormat::MonolithicFlat,
+        4 => DiskFormat::TwoGbMaxExtentFlat,
+        5 => DiskFormat::StreamOptimized,
+        6 => DiskFormat::Vmfs,
+        _ => return None,
+    })
+}
+
+impl VmDescription {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.raw(&VM_DESCRIPTION_MAGIC)
+            .u16(VM_DESCRIPTION_VERSION)
+            .bytes(self.name.as_bytes())
+            .u32(self.cpus)
+            .u64(self.memory_mb)
+            .bytes(self.guest_os.as_bytes())
+            .bytes(&self.vmx)
+            .count(self.disks.len());
+        for d in &self.disks {
+            e.bytes(d.slot.as_bytes())
+                .bytes(d.file_name.as_bytes())
+                .u8(format_code(d.source_format))
+                .u64(d.capacity)
+                .u32(d.chunk_size)
+                .count(d.pages.len());
+            for p in &d.pages {
+                e.raw(p.id.as_bytes()).u32(p.data_chunks);
+            }
+        }
+        e.into_bytes()
+    }
+
+    pub fn decode(id: &ChunkId, bytes: &[u8]) -> Result<Self> {
+        let object = || format!("VM description {id}");
+        let mut d = Decoder::new(bytes, "VM description");
+        let version = (|| {
+            d.expect_magic(&VM_DESCRIPTION_MAGIC)?;
+            d.u16()
+        })()
+        .map_err(|e| Error::decode(object(), e))?;
+        if version != VM_DESCRIPTION_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: object(),
+                found: version as u64,
+                supported: VM_DESCRIPTION_VERSION as u64,
+            });
+        }
+        let description = Self::decode_body(&mut d).map_err(|e| Error::decode(object(), e))?;
+        d.finish().map_err(|e| Error::decode(object(), e))?;
+        Ok(description)
+    }
+
+    fn decode_body(d: &mut Decoder) -> std::result::Result<Self, DecodeError> {
+        let text = |d: &mut Decoder| -> std::result::Result<String, DecodeError> {
+            let raw = d.bytes()?;
+            String::from_utf8(raw.to_vec()).map_err(|_| d.error("text is not UTF-8"))
+        };
+        let name = text(d)?;
+        let cpus = d.u32()?;
+        let memory_mb = d.u64()?;
+        let guest_os = text(d)?;
+        let vmx = d.bytes()?.to_vec();
+        let n = d.count(30)?;
+        let mut disks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let slot = text(d)?;
+            let file_name = text(d)?;
+            let code = d.u8()?;
+            let source_format =
+                format_from(code).ok_or_else(|| d.error(format!("unknown disk format {code}")))?;
+            let capacity = d.u64()?;
+            let chunk_size = d.u32()?;
+            if chunk_size == 0 {
+                return Err(d.error("chunk size 0"));
+            }
+            let pages_n = d.count(36)?;
+            let expected = capacity
+                .div_ceil(chunk_size as u64)
+                .div_ceil(crate::disk::map::PAGE_ENTRIES as u64);
+            if pages_n as u64 != expected {
+                return Err(d.error(format!(
+                    "{pages_n} map pages for a disk that needs {expected}"
+                )));
+            }
+            let mut pages = Vec::with_capacity(pages_n);
+            for _ in 0..pages_n {
+                pages.push(PageRef {
+                    id: ChunkId(d.array()?),
+                    data_chunks: d.u32()?,
+                });
+            }
+            disks.push(DiskRecord {
+                slot,
+                file_name,
+                source_format,
+                capacity,
+                chunk_size,
+                pages,
+            });
+        }
+        Ok(VmDescription {
+            name,
+            cpus,
+            memory_mb,
+            guest_os,
+            vmx,
+            disks,
+        })
+    }
+
+    /// Finds a disk by slot (`scsi0:1`) or file name (`web01_1.vmdk` or
+    /// `web01_1`).
+    pub fn find_disk(&self, selector: &str) -> Option<&DiskRecord> {
+        self.disks
+            .iter()
+            .find(|d| d.slot == selector || d.file_name == selector || d.stem() == selector)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_golden() {
+        let desc = VmDescription {
+            name: "web01".into(),
+            cpus: 2,
+            memory_mb: 4096,
+            guest_os: "ubuntu-64".into(),
+            vmx: b"displayName = \"web01\"\n".to_vec(),
+            disks: vec![DiskRecord {
+                slot: "scsi0:0".into(),
+                file_name: "web01.vmdk".into(),
+                source_format: DiskFormat::MonolithicSparse,
+                capacity: 3 << 20,
+                chunk_size: 1 << 20,
+                pages: vec![PageRef {
+                    id: ChunkId([9; 32]),
+                    data_chunks: 2,
+                }],
+            }],
+        };
+        let bytes = desc.encode();
+        crate::codec::assert_golden("vm_description_v1.bin", &bytes);
+        assert_eq!(
+            VmDescription::decode(&ChunkId::of(&bytes), &bytes).unwrap(),
+            desc
+        );
+        assert_eq!(desc.disks[0].allocated_bytes(), 2 << 20);
+        assert!(desc.find_disk("web01").is_some() && desc.find_disk("scsi0:0").is_some());
+        for len in 0..bytes.len() {
+            assert!(VmDescription::decode(&ChunkId([0; 32]), &bytes[..len]).is_err());
+        }
+    }
+}
