@@ -6,3 +6,4 @@ mod util;
 mod backup_restore;
 mod faults;
 mod incremental;
+mod vm;
