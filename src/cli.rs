@@ -60,6 +60,47 @@ pub enum Command {
     /// Restore from a restore point.
     #[command(subcommand)]
     Restore(RestoreCommand),
+    /// Mount the repository read-only: files/<source>/<time>/…, vms/<vm>/<time>/….
+    Mount {
+        mountpoint: PathBuf,
+        /// Let other users in (the backed-up permissions then apply).
+        #[arg(long)]
+        allow_other: bool,
+        /// Memory for decompressed chunks, e.g. 256M or 2G.
+        #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
+        cache_size: u64,
+        /// Stay in the foreground (the default; unmount with Ctrl-C or `strata umount`).
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Unmount a Strata mount, also a stale one left by a killed process.
+    Umount { mountpoint: PathBuf },
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 256M"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{text:?} has an unknown unit")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Subcommand)]

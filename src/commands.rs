@@ -246,6 +246,31 @@ pub fn run(cli: Cli) -> Result<Status> {
             list_tree(&repo, tree_id, path.trim_end_matches('/'), recursive)?;
             Ok(Status::Ok)
         }
+        Command::Mount {
+            mountpoint,
+            allow_other,
+            cache_size,
+            foreground: _,
+        } => {
+            let path = repo?;
+            let repo = open(&path)?;
+            let options = strata::mount::MountOptions {
+                allow_other,
+                cache_size,
+            };
+            let shown = mountpoint.display().to_string();
+            strata::mount::mount(repo, &mountpoint, &options, || {
+                println!(
+                    "mounted {} at {shown}; unmount with Ctrl-C or `strata umount {shown}`",
+                    path.display()
+                );
+            })?;
+            Ok(Status::Ok)
+        }
+        Command::Umount { mountpoint } => {
+            strata::mount::unmount(&mountpoint)?;
+            Ok(Status::Ok)
+        }
         Command::Stats(json) => {
             let repo = open(&repo?)?;
             stats(&repo, json.json)?;

@@ -21,9 +21,9 @@ pub struct ChunkerParams {
 impl ChunkerParams {
     /// Chosen from the measurements in `docs/FORMAT.md` ("Chunk sizes").
     pub const DEFAULT: ChunkerParams = ChunkerParams {
-        min_size: 256 * 1024,
-        avg_size: 1024 * 1024,
-        max_size: 4 * 1024 * 1024,
+        min_size: 128 * 1024,
+        avg_size: 512 * 1024,
+        max_size: 2 * 1024 * 1024,
     };
 
     pub fn validate(&self) -> Result<()> {

@@ -27,6 +27,7 @@ pub mod id;
 pub mod index;
 pub mod interrupt;
 pub mod lock;
+pub mod mount;
 pub mod pack;
 pub mod progress;
 pub mod repair;

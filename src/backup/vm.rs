@@ -44,7 +44,8 @@ pub struct VmBackup {
     pub full: bool,
     /// `(disk, file)`: changed extents of a disk, as JSON
     /// `[{"start": bytes, "length": bytes}, …]`. The disk is named by slot,
-    /// file name, or file name without `.vmdk`.
+    /// file name, or file name without `.vmdk` (for a single-disk image,
+    /// also by the VM name).
     pub changed_extents: Vec<(String, PathBuf)>,
 }
 
@@ -286,6 +287,7 @@ pub fn backup_vm(
                 d.slot == *selector
                     || d.file_name == *selector
                     || stem(Path::new(&d.file_name)) == *selector
+                    || (vm.disks.len() == 1 && *selector == vm.name)
             })
             .ok_or_else(|| {
                 Error::InvalidInput(format!(

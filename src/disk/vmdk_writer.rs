@@ -36,14 +36,19 @@ fn descriptor_text(create_type: &str, extent_line: &str, sectors: u64) -> String
     )
 }
 
-/// Writes the descriptor of a monolithicFlat disk whose data is `flat_name`.
-pub fn write_flat_descriptor(path: &Path, flat_name: &str, capacity: u64) -> Result<()> {
+/// The descriptor of a monolithicFlat disk whose data is `flat_name`.
+pub fn flat_descriptor_text(flat_name: &str, capacity: u64) -> String {
     let sectors = capacity.div_ceil(SECTOR);
-    let text = descriptor_text(
+    descriptor_text(
         "monolithicFlat",
         &format!("RW {sectors} FLAT \"{flat_name}\" 0"),
         sectors,
-    );
+    )
+}
+
+/// Writes the descriptor of a monolithicFlat disk whose data is `flat_name`.
+pub fn write_flat_descriptor(path: &Path, flat_name: &str, capacity: u64) -> Result<()> {
+    let text = flat_descriptor_text(flat_name, capacity);
     std::fs::write(path, text).at("writing descriptor", path)?;
     File::open(path)
         .and_then(|f| f.sync_all())

@@ -6,4 +6,5 @@ mod util;
 mod backup_restore;
 mod faults;
 mod incremental;
+mod mount;
 mod vm;

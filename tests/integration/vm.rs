@@ -9,7 +9,7 @@ use rand::{RngCore, SeedableRng};
 
 use crate::util::*;
 
-fn qemu_img(args: &[&str]) -> String {
+pub fn qemu_img(args: &[&str]) -> String {
     let out = Command::new("qemu-img")
         .args(args)
         .output()
@@ -23,7 +23,7 @@ fn qemu_img(args: &[&str]) -> String {
 }
 
 /// A raw disk image of `mib` MiB holding an ext4 file system with files.
-fn ext4_image(dir: &Path, name: &str, mib: u64, seed: u64) -> PathBuf {
+pub fn ext4_image(dir: &Path, name: &str, mib: u64, seed: u64) -> PathBuf {
     let content = dir.join(format!("{name}-content"));
     std::fs::create_dir_all(content.join("etc")).unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
@@ -53,7 +53,7 @@ fn ext4_image(dir: &Path, name: &str, mib: u64, seed: u64) -> PathBuf {
     image
 }
 
-fn convert(raw: &Path, subformat: &str, out: &Path) {
+pub fn convert(raw: &Path, subformat: &str, out: &Path) {
     qemu_img(&[
         "convert",
         "-f",

@@ -1,0 +1,552 @@
+//! The FUSE boundary: kernel requests in, `Result`s turned into replies.
+//!
+//! Metadata requests are answered on the session thread from the lazily
+//! built namespace. Reads go to a pool of worker threads, so parallel
+//! readers scale and one slow chunk never blocks other requests; each
+//! reply is sent from the worker. Sequential readers get the next chunks
+//! prefetched into the shared cache. Damaged or missing data yields EIO and
+//! a log line naming the restore point, path and chunk, never wrong bytes.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+use fuser::{
+    consts, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use libc::{EIO, ENODATA, ENOENT, ENOTDIR, ERANGE};
+
+use super::cache::ChunkCache;
+use super::namespace::{Inode, Kind, Namespace};
+use crate::disk::map::{DiskMapPage, PAGE_ENTRIES};
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::tree::{Extent, NodeKind};
+
+/// Restore points never change: the kernel may cache everything below
+/// them for long. The top directories change as backups arrive.
+const STABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+const DYNAMIC_TTL: Duration = Duration::from_secs(1);
+const PREFETCH_CHUNKS: usize = 2;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+pub struct StrataFs<M: Send + Sync + 'static> {
+    ns: Arc<Namespace<M>>,
+    cache: Arc<ChunkCache>,
+    pool: Sender<Job>,
+}
+
+impl<M: Send + Sync + 'static> StrataFs<M> {
+    pub fn new(ns: Arc<Namespace<M>>, cache_bytes: u64) -> Self {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
+            * 2;
+        let (pool, jobs) = bounded::<Job>(threads * 16);
+        for n in 0..threads {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("fuse-read-{n}"))
+                .spawn(move || {
+                    for job in jobs {
+                        job();
+                    }
+                })
+                .expect("spawning a FUSE worker");
+        }
+        StrataFs {
+            ns,
+            cache: Arc::new(ChunkCache::new(cache_bytes)),
+            pool,
+        }
+    }
+
+    fn ttl(inode: &Inode) -> &'static Duration {
+        if inode.kind.is_dynamic() {
+            &DYNAMIC_TTL
+        } else {
+            &STABLE_TTL
+        }
+    }
+
+    fn inode(&self, ino: u64) -> std::result::Result<Arc<Inode>, i32> {
+        self.ns.get(ino).ok_or(ENOENT)
+    }
+}
+
+fn errno(e: &Error) -> i32 {
+    match e {
+        Error::Io { source, .. } => source.raw_os_error().unwrap_or(EIO),
+        _ => EIO,
+    }
+}
+
+/// Reads one chunk through the cache.
+fn load_chunk<M>(ns: &Namespace<M>, cache: &ChunkCache, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+    if let Some(data) = cache.get(id) {
+        return Ok(data);
+    }
+    let data = Arc::new(ns.repo.read_chunk(id)?);
+    cache.insert(*id, data.clone());
+    Ok(data)
+}
+
+/// Where a read of a regular file finds its bytes.
+enum Source {
+    Extents(Arc<super::namespace::FileContent>),
+    Disk,
+    Blob(Arc<Vec<u8>>),
+}
+
+/// The chunks covering `[offset, offset + len)` of a disk, with offsets.
+fn disk_chunks<M: Send + Sync>(
+    ns: &Namespace<M>,
+    inode: &Inode,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<(u64, u64, Option<ChunkId>)>> {
+    let Kind::FlatDisk {
+        description, disk, ..
+    } = &inode.kind
+    else {
+        return Ok(Vec::new());
+    };
+    let disk = &description.disks[*disk];
+    let chunk = disk.chunk_size as u64;
+    let mut out = Vec::new();
+    let end = (offset + len).min(disk.capacity);
+    let mut index = offset / chunk;
+    while index * chunk < end {
+        let page_index = (index / PAGE_ENTRIES as u64) as usize;
+        let page = {
+            let cached = inode.pages.lock().expect("pages").get(&page_index).cloned();
+            match cached {
+                Some(page) => page,
+                None => {
+                    let page_ref = disk.pages.get(page_index).ok_or_else(|| {
+                        Error::corrupt("disk map", format!("page {page_index} missing"))
+                    })?;
+                    let page = Arc::new(DiskMapPage::decode(
+                        &page_ref.id,
+                        &ns.repo.read_chunk(&page_ref.id)?,
+                    )?);
+                    inode
+                        .pages
+                        .lock()
+                        .expect("pages")
+                        .insert(page_index, page.clone());
+                    page
+                }
+            }
+        };
+        let id = page
+            .entries
+            .get((index % PAGE_ENTRIES as u64) as usize)
+            .copied()
+            .flatten();
+        out.push((index * chunk, disk.chunk_len(index), id));
+        index += 1;
+    }
+    Ok(out)
+}
+
+/// The bytes `[offset, offset + size)` of a file; also returns the chunks
+/// that follow, for prefetching.
+fn read_range<M: Send + Sync>(
+    ns: &Namespace<M>,
+    cache: &ChunkCache,
+    inode: &Inode,
+    source: &Source,
+    offset: u64,
+    size: u32,
+) -> Result<(Vec<u8>, Vec<ChunkId>)> {
+    let mut out = Vec::with_capacity(size as usize);
+    let mut upcoming = Vec::new();
+    let want_end = offset + size as u64;
+    let mut pieces: Vec<(u64, u64, Option<ChunkId>)> = Vec::new();
+    match source {
+        Source::Blob(data) => {
+            let start = (offset as usize).min(data.len());
+            let end = (want_end as usize).min(data.len());
+            return Ok((data[start..end].to_vec(), upcoming));
+        }
+        Source::Extents(content) => {
+            let mut i = content.extent_at(offset);
+            while i < content.extents.len() {
+                let start = content.starts[i];
+                let extent = &content.extents[i];
+                if start >= want_end {
+                    if let Extent::Data { id, .. } = extent {
+                        upcoming.push(*id);
+                        if upcoming.len() >= PREFETCH_CHUNKS {
+                            break;
+                        }
+                    }
+                } else {
+                    let id = match extent {
+                        Extent::Data { id, .. } => Some(*id),
+                        Extent::Hole { .. } => None,
+                    };
+                    pieces.push((start, extent.len(), id));
+                }
+                i += 1;
+            }
+        }
+        Source::Disk => {
+            pieces = disk_chunks(ns, inode, offset, size as u64)?;
+            if let Some(&(start, len, _)) = pieces.last() {
+                upcoming = disk_chunks(ns, inode, start + len, PREFETCH_CHUNKS as u64)?
+                    .into_iter()
+                    .filter_map(|(_, _, id)| id)
+                    .collect();
+            }
+        }
+    }
+    for (start, len, id) in pieces {
+        let from = offset.max(start);
+        let to = want_end.min(start + len);
+        if from >= to {
+            continue;
+        }
+        match id {
+            None => out.resize(out.len() + (to - from) as usize, 0),
+            Some(id) => {
+                let data = load_chunk(ns, cache, &id)
+                    .map_err(|e| Error::corrupt(format!("chunk {id}"), e))?;
+                let a = (from - start) as usize;
+                let b = (to - start) as usize;
+                if b > data.len() {
+                    return Err(Error::corrupt(
+                        format!("chunk {id}"),
+                        format!("holds {} bytes, the map expects {len}", data.len()),
+                    ));
+                }
+                out.extend_from_slice(&data[a..b]);
+            }
+        }
+    }
+    Ok((out, upcoming))
+}
+
+/// The first offset at or after `offset` that is data (or a hole), by the
+/// stored layout: holes of files and disks are known without reading.
+fn seek<M: Send + Sync>(
+    ns: &Namespace<M>,
+    inode: &Inode,
+    offset: u64,
+    size: u64,
+    want_data: bool,
+) -> Result<Option<u64>> {
+    let segments: Box<dyn Iterator<Item = Result<(u64, u64, bool)>>> = match &inode.kind {
+        Kind::Entry { .. } => {
+            let Some(content) = ns.file_content(inode) else {
+                return Ok(Some(offset));
+            };
+            let first = content.extent_at(offset);
+            let items: Vec<_> = (first..content.extents.len())
+                .map(|i| {
+                    let e = &content.extents[i];
+                    Ok((content.starts[i], e.len(), matches!(e, Extent::Data { .. })))
+                })
+                .collect();
+            Box::new(items.into_iter())
+        }
+        Kind::FlatDisk {
+            description, disk, ..
+        } => {
+            let chunk = description.disks[*disk].chunk_size as u64;
+            let first = offset / chunk;
+            Box::new((first..size.div_ceil(chunk)).map(move |index| {
+                let pieces = disk_chunks(ns, inode, index * chunk, 1)?;
+                let (start, len, id) = pieces.first().copied().unwrap_or((index * chunk, 0, None));
+                Ok((start, len, id.is_some()))
+            }))
+        }
+        _ => return Ok(if want_data { Some(offset) } else { Some(size) }),
+    };
+    for segment in segments {
+        let (start, len, is_data) = segment?;
+        if start + len <= offset {
+            continue;
+        }
+        if is_data == want_data {
+            return Ok(Some(start.max(offset)));
+        }
+    }
+    Ok(if want_data { None } else { Some(size) })
+}
+
+impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
+    fn init(
+        &mut self,
+        _req: &Request<'_>,
+        config: &mut KernelConfig,
+    ) -> std::result::Result<(), libc::c_int> {
+        let _ = config.set_max_readahead(4 << 20);
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.add_capabilities(
+            consts::FUSE_ASYNC_READ | consts::FUSE_PARALLEL_DIROPS | consts::FUSE_CACHE_SYMLINKS,
+        );
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let parent = match self.inode(parent) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        if parent.kind.file_type() != FileType::Directory {
+            return reply.error(ENOTDIR);
+        }
+        match self.ns.lookup(&parent, name.as_bytes()) {
+            Ok(Some(inode)) => reply.entry(Self::ttl(&parent), &self.ns.attr(&inode), 0),
+            Ok(None) => reply.error(ENOENT),
+            Err(e) => {
+                tracing::error!(error = %e, name = %name.to_string_lossy(), "lookup failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.inode(ino) {
+            Ok(inode) => reply.attr(Self::ttl(&inode), &self.ns.attr(&inode)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        let inode = match self.inode(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        match &inode.kind {
+            Kind::Latest(target) => reply.data(target),
+            Kind::Entry { node, .. } => match &node.kind {
+                NodeKind::Symlink { target } => reply.data(target),
+                _ => reply.error(libc::EINVAL),
+            },
+            _ => reply.error(libc::EINVAL),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(libc::EROFS);
+        }
+        match self.inode(ino) {
+            Ok(_) => reply.opened(0, consts::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let inode = match self.inode(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let source = match &inode.kind {
+            Kind::Blob { data, .. } => Source::Blob(data.clone()),
+            Kind::FlatDisk { .. } => Source::Disk,
+            Kind::Entry { .. } => match self.ns.file_content(&inode) {
+                Some(content) => Source::Extents(content),
+                None => return reply.error(libc::EINVAL),
+            },
+            _ => return reply.error(libc::EISDIR),
+        };
+        let offset = offset.max(0) as u64;
+        let (ns, cache, pool) = (self.ns.clone(), self.cache.clone(), self.pool.clone());
+        let job: Job = Box::new(move || {
+            let sequential = inode.last_end.swap(offset + size as u64, Ordering::Relaxed) == offset;
+            match read_range(&ns, &cache, &inode, &source, offset, size) {
+                Ok((data, upcoming)) => {
+                    reply.data(&data);
+                    if sequential {
+                        for id in upcoming {
+                            if cache.contains(&id) {
+                                continue;
+                            }
+                            let (ns, cache) = (ns.clone(), cache.clone());
+                            let _ = pool.try_send(Box::new(move || {
+                                let _ = load_chunk(&ns, &cache, &id);
+                            }));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let (rp, path) = match &inode.kind {
+                        Kind::Entry { rp, path, .. } => (rp.id.short(), path.clone()),
+                        Kind::FlatDisk { rp, path, .. } => (rp.id.short(), path.clone()),
+                        _ => (String::new(), String::new()),
+                    };
+                    tracing::error!(restore_point = %rp, path = %path, offset, error = %e, "read failed");
+                    reply.error(EIO)
+                }
+            }
+        });
+        if let Err(job) = self.pool.send(job) {
+            (job.into_inner())();
+        }
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    /// SEEK_DATA and SEEK_HOLE, so that tools like qemu-img and cp skip
+    /// holes without reading them.
+    fn lseek(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let inode = match self.inode(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let size = self.ns.attr(&inode).size;
+        let offset = offset.max(0) as u64;
+        if offset >= size || !(whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE) {
+            return reply.error(libc::ENXIO);
+        }
+        let want_data = whence == libc::SEEK_DATA;
+        match seek(&self.ns, &inode, offset, size, want_data) {
+            Ok(Some(found)) => reply.offset(found as i64),
+            Ok(None) => reply.error(libc::ENXIO),
+            Err(e) => {
+                tracing::error!(error = %e, "lseek failed");
+                reply.error(EIO)
+            }
+        }
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let inode = match self.inode(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        if inode.kind.file_type() != FileType::Directory {
+            return reply.error(ENOTDIR);
+        }
+        let children = match self.ns.children(&inode) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "listing failed");
+                return reply.error(errno(&e));
+            }
+        };
+        let mut index = offset.max(0) as usize;
+        if index == 0 {
+            if reply.add(inode.ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            index = 1;
+        }
+        if index == 1 {
+            if reply.add(inode.parent, 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            index = 2;
+        }
+        for (i, child) in children.iter().enumerate().skip(index - 2) {
+            let child_inode = self.ns.intern(inode.ino, child);
+            if reply.add(
+                child_inode.ino,
+                (i + 3) as i64,
+                child.kind.file_type(),
+                OsStr::from_bytes(&child.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, 0, 0, 128 * 1024, 255, 128 * 1024);
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        let inode = match self.inode(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let value = match &inode.kind {
+            Kind::Entry { node, .. } | Kind::Dir { node, .. } => node
+                .xattrs
+                .iter()
+                .find(|(n, _)| n.as_slice() == name.as_bytes())
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        };
+        match value {
+            None => reply.error(ENODATA),
+            Some(v) if size == 0 => reply.size(v.len() as u32),
+            Some(v) if v.len() > size as usize => reply.error(ERANGE),
+            Some(v) => reply.data(&v),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let inode = match self.inode(ino) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let mut list = Vec::new();
+        if let Kind::Entry { node, .. } | Kind::Dir { node, .. } = &inode.kind {
+            for (name, _) in &node.xattrs {
+                list.extend_from_slice(name);
+                list.push(0);
+            }
+        }
+        if size == 0 {
+            reply.size(list.len() as u32)
+        } else if list.len() > size as usize {
+            reply.error(ERANGE)
+        } else {
+            reply.data(&list)
+        }
+    }
+}

@@ -1,0 +1,62 @@
+"""Turns tools/bench's hyperfine results into the README's tables."""
+import json
+import os
+import random
+import statistics
+import sys
+
+
+def make_changes(path, out):
+    """64 scattered 1 MiB writes, and their changed-extents list."""
+    random.seed(7)
+    size = os.path.getsize(path)
+    extents = []
+    with open(path, "r+b") as f:
+        for _ in range(64):
+            start = random.randrange(0, size - (1 << 20)) // 4096 * 4096
+            f.seek(start)
+            f.write(os.urandom(1 << 20))
+            extents.append({"start": start, "length": 1 << 20})
+    json.dump(extents, open(out, "w"))
+
+
+def main():
+    if sys.argv[1] == "make-changes":
+        return make_changes(sys.argv[2], sys.argv[3])
+    jdir, section = sys.argv[1], sys.argv[2]
+
+    def med(name):
+        return statistics.median(json.load(open(os.path.join(jdir, name + ".json")))["results"][0]["times"])
+
+    if section == "files":
+        size, files, limits, peak = int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+        cell = lambda name: f"{size / 1e6 / med(name):.0f} MB/s ({med(name):.1f} s)"
+        print(f"Data set: {files} files, {size / 1e9:.2f} GB; medians of hyperfine runs; caches dropped unless 'warm'.\n")
+        print("Limits on the same data (both cores, warm cache unless noted):\n")
+        for line in open(limits):
+            print("    " + line.rstrip())
+        print("\n| task | strata | restic | borg | reference |")
+        print("|---|---|---|---|---|")
+        print(f"| first backup | {cell('strata-first')} | {cell('restic-first')} | {cell('borg-first')} | |")
+        print(f"| first backup, warm cache | {cell('strata-first-warm')} | | | |")
+        print(f"| unchanged second backup | {cell('strata-second')} | {cell('restic-second')} | {cell('borg-second')} | |")
+        print(f"| unchanged second backup, warm cache | {cell('strata-second-warm')} | | | |")
+        print(f"| restore | {cell('strata-restore')} | {cell('restic-restore')} | {cell('borg-restore')} | cp -a: {cell('cp')} |")
+        print(f"\nSecond/first backup time (strata): {med('strata-second') / med('strata-first'):.3f} cold, "
+              f"{med('strata-second-warm') / med('strata-first-warm'):.3f} warm. Peak RSS of a strata backup: {int(peak) / 1024:.0f} MiB.")
+    else:
+        logical, allocated, limits = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+        cell = lambda name: f"{logical / 1e6 / med(name):.0f} MB/s logical, {allocated / 1e6 / med(name):.0f} MB/s allocated ({med(name):.1f} s)"
+        print(f"\nDisk image: {logical / 2**30:.0f} GiB raw with ext4, {allocated / 1e9:.2f} GB allocated; medians, caches dropped before each run.\n")
+        print("Limits on the files inside the image (both cores, warm cache):\n")
+        for line in open(limits):
+            print("    " + line.rstrip())
+        print("\n| task | strata | restic | borg | reference |")
+        print("|---|---|---|---|---|")
+        print(f"| first backup | {cell('vm-strata-first')} | {cell('vm-restic-first')} | {cell('vm-borg-first')} | |")
+        print(f"| incremental, 64 MiB changed (CBT) | {med('vm-strata-incremental'):.2f} s | | | |")
+        print(f"| restore whole VM (sparse VMDK) | {cell('vm-strata-restore')} | {cell('vm-restic-restore')} | {cell('vm-borg-restore')} | cp --sparse=always: {cell('vm-cp')} |")
+        print(f"| restore disk raw | {cell('vm-strata-restore-raw')} | | | |")
+
+
+main()
