@@ -20,9 +20,21 @@ def make_changes(path, out):
     json.dump(extents, open(out, "w"))
 
 
+def make_tree(root, count):
+    """`count` small files of 1 KiB in directories of 1000."""
+    for i in range(count):
+        d = os.path.join(root, f"d{i // 1000:03}")
+        if i % 1000 == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:06}"), "wb") as f:
+            f.write(os.urandom(512) + b"x" * 512)
+
+
 def main():
     if sys.argv[1] == "make-changes":
         return make_changes(sys.argv[2], sys.argv[3])
+    if sys.argv[1] == "make-tree":
+        return make_tree(sys.argv[2], int(sys.argv[3]))
     jdir, section = sys.argv[1], sys.argv[2]
 
     def med(name):
@@ -44,6 +56,25 @@ def main():
         print(f"| restore | {cell('strata-restore')} | {cell('restic-restore')} | {cell('borg-restore')} | cp -a: {cell('cp')} |")
         print(f"\nSecond/first backup time (strata): {med('strata-second') / med('strata-first'):.3f} cold, "
               f"{med('strata-second-warm') / med('strata-first-warm'):.3f} warm. Peak RSS of a strata backup: {int(peak) / 1024:.0f} MiB.")
+    elif section == "mount":
+        big, disk, rss = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+        mbs = lambda name, size: f"{size / 1e6 / med(name):.0f} MB/s ({med(name):.2f} s)"
+        print(f"\nMount: 2 GiB incompressible file, 4 GiB VM disk, 100,000-file restore point; medians, caches dropped unless 'warm'.\n")
+        print("| read | MB/s |")
+        print("|---|---|")
+        print(f"| 2 GiB file through the mount, cold | {mbs('mount-seq-cold', big)} |")
+        print(f"| 2 GiB file through the mount, warm | {mbs('mount-seq-warm', big)} |")
+        print(f"| 4 GiB VM disk (-flat.vmdk), cold | {mbs('mount-disk-cold', disk)} |")
+        print(f"| strata restore of the 2 GiB file | {mbs('mount-restore', big)} |")
+        print(f"| FUSE ceiling: zeros from a trivial in-memory FUSE file system | {mbs('mount-ceiling', big)} |")
+        print("\n| random 4 KiB reads | IOPS | p99 latency |")
+        print("|---|---|---|")
+        for jobs in (1, 4):
+            r = json.load(open(os.path.join(jdir, f"fio-{jobs}.json")))["jobs"][0]["read"]
+            p99 = r["clat_ns"]["percentile"]["99.000000"] / 1e6
+            print(f"| {jobs} thread{'s' if jobs > 1 else ''} | {r['iops']:.0f} | {p99:.2f} ms |")
+        print(f"\n`find` over 100,000 files: {med('mount-find'):.2f} s; `ls -lR`: {med('mount-lsR'):.2f} s. "
+              f"Mount process RSS after the runs: {rss / 1024:.0f} MiB with --cache-size 256M.")
     else:
         logical, allocated, limits = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
         cell = lambda name: f"{logical / 1e6 / med(name):.0f} MB/s logical, {allocated / 1e6 / med(name):.0f} MB/s allocated ({med(name):.1f} s)"
