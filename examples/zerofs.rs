@@ -7,7 +7,10 @@
 use std::ffi::OsStr;
 use std::time::{Duration, UNIX_EPOCH};
 
-use fuser::{consts, FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyEntry, ReplyOpen, Request};
+use fuser::{
+    consts, FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyEntry,
+    ReplyOpen, Request,
+};
 
 struct ZeroFs {
     size: u64,
@@ -23,7 +26,11 @@ fn attr(ino: u64, size: u64) -> FileAttr {
         mtime: UNIX_EPOCH,
         ctime: UNIX_EPOCH,
         crtime: UNIX_EPOCH,
-        kind: if ino == 1 { FileType::Directory } else { FileType::RegularFile },
+        kind: if ino == 1 {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        },
         perm: if ino == 1 { 0o555 } else { 0o444 },
         nlink: 1,
         uid: 0,
@@ -57,7 +64,17 @@ impl Filesystem for ZeroFs {
         reply.opened(0, consts::FOPEN_KEEP_CACHE)
     }
     #[allow(clippy::too_many_arguments)]
-    fn read(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, offset: i64, size: u32, _flags: i32, _lock: Option<u64>, reply: ReplyData) {
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
         let end = (offset as u64 + size as u64).min(self.size);
         let len = end.saturating_sub(offset as u64) as usize;
         reply.data(&self.zeros[..len.min(self.zeros.len())])
@@ -67,10 +84,25 @@ impl Filesystem for ZeroFs {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mountpoint = args.next().expect("usage: zerofs MOUNTPOINT SIZE");
-    let size: u64 = args.next().expect("usage: zerofs MOUNTPOINT SIZE").parse().expect("size in bytes");
+    let size: u64 = args
+        .next()
+        .expect("usage: zerofs MOUNTPOINT SIZE")
+        .parse()
+        .expect("size in bytes");
     strata::interrupt::install();
-    let fs = ZeroFs { size, zeros: vec![0; 4 << 20] };
-    let session = fuser::spawn_mount2(fs, &mountpoint, &[fuser::MountOption::RO, fuser::MountOption::FSName("zerofs".into())]).expect("mount");
+    let fs = ZeroFs {
+        size,
+        zeros: vec![0; 4 << 20],
+    };
+    let session = fuser::spawn_mount2(
+        fs,
+        &mountpoint,
+        &[
+            fuser::MountOption::RO,
+            fuser::MountOption::FSName("zerofs".into()),
+        ],
+    )
+    .expect("mount");
     while !strata::interrupt::requested() && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -9,6 +9,7 @@ use strata::backup::files::{backup_files, BackupOutcome, FilesBackup};
 use strata::backup::vm::{backup_vm, describe_format, VmBackup, VmSource};
 use strata::check::check;
 use strata::config::RepoConfig;
+use strata::forget::{forget, KeepPolicy};
 use strata::progress::Progress;
 use strata::repair::repair_index;
 use strata::repository::{Exclusive, Repository};
@@ -250,6 +251,7 @@ pub fn run(cli: Cli) -> Result<Status> {
             mountpoint,
             allow_other,
             cache_size,
+            no_xattrs,
             foreground: _,
         } => {
             let path = repo?;
@@ -257,6 +259,7 @@ pub fn run(cli: Cli) -> Result<Status> {
             let options = strata::mount::MountOptions {
                 allow_other,
                 cache_size,
+                no_xattrs,
             };
             let shown = mountpoint.display().to_string();
             strata::mount::mount(repo, &mountpoint, &options, || {
@@ -265,6 +268,54 @@ pub fn run(cli: Cli) -> Result<Status> {
                     path.display()
                 );
             })?;
+            Ok(Status::Ok)
+        }
+        Command::Forget {
+            source,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+            json,
+        } => {
+            let repo = open_exclusive(&repo?, "strata forget")?;
+            let policy = KeepPolicy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+            };
+            let decisions = forget(&repo, source.as_deref(), &policy, dry_run)?;
+            if json.json {
+                print_json(&serde_json::to_value(&decisions)?);
+            } else {
+                for d in &decisions {
+                    let verdict = if d.keep {
+                        format!("keep   ({})", d.reasons.join(", "))
+                    } else if dry_run {
+                        "would remove".into()
+                    } else {
+                        "removed".into()
+                    };
+                    println!("{} {:<16} {}  {verdict}", &d.id[..8], d.source, d.time);
+                }
+                let removed = decisions.iter().filter(|d| !d.keep).count();
+                println!(
+                    "{} {removed} of {} restore points{}",
+                    if dry_run { "would remove" } else { "removed" },
+                    decisions.len(),
+                    if dry_run {
+                        ""
+                    } else {
+                        "; run `strata prune` to free their data"
+                    }
+                );
+            }
             Ok(Status::Ok)
         }
         Command::Umount { mountpoint } => {

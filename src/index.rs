@@ -42,7 +42,9 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 
 /// Memory RocksDB may use for blocks, index and filters, whatever the
 /// repository's size.
-const BLOCK_CACHE_BYTES: usize = 128 << 20;
+const WRITER_BLOCK_CACHE_BYTES: usize = 128 << 20;
+/// Readers, such as a long-running mount, look up far less.
+const READER_BLOCK_CACHE_BYTES: usize = 32 << 20;
 
 pub struct Index {
     db: DB,
@@ -60,8 +62,8 @@ pub enum IndexAccess {
     Secondary,
 }
 
-fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
-    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+fn options(cache_bytes: usize) -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let cache = Cache::new_lru_cache(cache_bytes);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&cache);
     table.set_bloom_filter(10.0, false);
@@ -89,7 +91,11 @@ fn file_cache_key(source: &str, path: &[u8]) -> Vec<u8> {
 
 impl Index {
     pub fn open(path: &Path, access: IndexAccess) -> Result<Self> {
-        let (mut opts, cfs) = options();
+        let cache_bytes = match access {
+            IndexAccess::Secondary => READER_BLOCK_CACHE_BYTES,
+            _ => WRITER_BLOCK_CACHE_BYTES,
+        };
+        let (mut opts, cfs) = options(cache_bytes);
         let wrap = |source| Error::Index {
             path: path.to_path_buf(),
             source,

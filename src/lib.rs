@@ -22,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod disk;
 pub mod error;
+pub mod forget;
 pub mod format;
 pub mod id;
 pub mod index;

@@ -22,6 +22,10 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Bytes of decompressed chunks kept in memory.
     pub cache_size: u64,
+    /// Hide extended attributes. `ls -l` asks for two attributes of every
+    /// file, each a round trip to this process; without xattrs the kernel
+    /// learns once that there are none.
+    pub no_xattrs: bool,
 }
 
 /// Refuses a mount point left behind by a killed mount, with the command
@@ -48,7 +52,7 @@ pub fn mount<M: Send + Sync + 'static>(
 ) -> Result<()> {
     check_mountpoint(mountpoint)?;
     let ns = Arc::new(namespace::Namespace::new(Arc::new(repo)));
-    let fs = fs::StrataFs::new(ns, options.cache_size);
+    let fs = fs::StrataFs::new(ns, options.cache_size, options.no_xattrs);
     let mut mount_options = vec![
         MountOption::RO,
         MountOption::FSName("strata".into()),

@@ -130,16 +130,20 @@ impl Repository<Exclusive> {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
-        for name in self.store.list("manifests/")? {
-            let Some(id) = restore_point::id_from_object_name(&name) else {
-                continue;
-            };
-            if !catalogued.contains(&id) {
-                let bytes = self.store.get(&name)?;
-                Manifest::decode(&id, &bytes)?;
-                self.index.add_restore_point(&id, &bytes)?;
-                tracing::info!(restore_point = %id, "catalogued a restore point committed before a crash");
-            }
+        let names = self.store.list("manifests/")?;
+        let stored: std::collections::HashSet<_> = names
+            .iter()
+            .filter_map(|n| restore_point::id_from_object_name(n))
+            .collect();
+        for id in catalogued.difference(&stored) {
+            // Forgotten, but the process died before the catalog followed.
+            self.index.remove_restore_point(id)?;
+        }
+        for id in stored.difference(&catalogued) {
+            let bytes = self.store.get(&restore_point::object_name(id))?;
+            Manifest::decode(id, &bytes)?;
+            self.index.add_restore_point(id, &bytes)?;
+            tracing::info!(restore_point = %id, "catalogued a restore point committed before a crash");
         }
         Ok(())
     }

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 use fuser::{
-    consts, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    consts, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 use libc::{EIO, ENODATA, ENOENT, ENOTDIR, ERANGE};
 
@@ -39,10 +40,12 @@ pub struct StrataFs<M: Send + Sync + 'static> {
     ns: Arc<Namespace<M>>,
     cache: Arc<ChunkCache>,
     pool: Sender<Job>,
+    /// Answer xattr requests with ENOSYS, so the kernel stops asking.
+    no_xattrs: bool,
 }
 
 impl<M: Send + Sync + 'static> StrataFs<M> {
-    pub fn new(ns: Arc<Namespace<M>>, cache_bytes: u64) -> Self {
+    pub fn new(ns: Arc<Namespace<M>>, cache_bytes: u64, no_xattrs: bool) -> Self {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -64,6 +67,7 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
             ns,
             cache: Arc::new(ChunkCache::new(cache_bytes)),
             pool,
+            no_xattrs,
         }
     }
 
@@ -282,6 +286,64 @@ fn seek<M: Send + Sync>(
     Ok(if want_data { None } else { Some(size) })
 }
 
+/// Receives one directory entry; returns true when the reply is full.
+type AddEntry<'a> = dyn FnMut(u64, i64, FileType, &OsStr, Option<(&Inode, &Duration)>) -> bool + 'a;
+
+impl<M: Send + Sync + 'static> StrataFs<M> {
+    /// Walks a directory's entries from `offset` ("." and ".." first).
+    fn list(&self, ino: u64, offset: i64, add: &mut AddEntry) -> std::result::Result<(), i32> {
+        let inode = self.inode(ino)?;
+        if inode.kind.file_type() != FileType::Directory {
+            return Err(ENOTDIR);
+        }
+        let children = self.ns.children(&inode).map_err(|e| {
+            tracing::error!(error = %e, "listing failed");
+            errno(&e)
+        })?;
+        let ttl = Self::ttl(&inode);
+        let mut index = offset.max(0) as usize;
+        if index == 0 {
+            if add(
+                inode.ino,
+                1,
+                FileType::Directory,
+                OsStr::new("."),
+                Some((&inode, ttl)),
+            ) {
+                return Ok(());
+            }
+            index = 1;
+        }
+        if index == 1 {
+            let parent = self.ns.get(inode.parent).unwrap_or_else(|| inode.clone());
+            if add(
+                parent.ino,
+                2,
+                FileType::Directory,
+                OsStr::new(".."),
+                Some((&parent, ttl)),
+            ) {
+                return Ok(());
+            }
+            index = 2;
+        }
+        for (i, child) in children.iter().enumerate().skip(index - 2) {
+            let child_inode = self.ns.intern(inode.ino, child);
+            let name = OsStr::from_bytes(&child.name);
+            if add(
+                child_inode.ino,
+                (i + 3) as i64,
+                child.kind.file_type(),
+                name,
+                Some((&child_inode, ttl)),
+            ) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
     fn init(
         &mut self,
@@ -291,7 +353,11 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         let _ = config.set_max_readahead(4 << 20);
         let _ = config.set_max_write(1 << 20);
         let _ = config.add_capabilities(
-            consts::FUSE_ASYNC_READ | consts::FUSE_PARALLEL_DIROPS | consts::FUSE_CACHE_SYMLINKS,
+            consts::FUSE_ASYNC_READ
+                | consts::FUSE_PARALLEL_DIROPS
+                | consts::FUSE_CACHE_SYMLINKS
+                | consts::FUSE_DO_READDIRPLUS
+                | consts::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.set_max_background(64);
         Ok(())
@@ -456,45 +522,37 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let inode = match self.inode(ino) {
-            Ok(i) => i,
-            Err(e) => return reply.error(e),
-        };
-        if inode.kind.file_type() != FileType::Directory {
-            return reply.error(ENOTDIR);
+        let result = self.list(ino, offset, &mut |entry_ino, next, kind, name, _| {
+            reply.add(entry_ino, next, kind, name)
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        let children = match self.ns.children(&inode) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "listing failed");
-                return reply.error(errno(&e));
-            }
-        };
-        let mut index = offset.max(0) as usize;
-        if index == 0 {
-            if reply.add(inode.ino, 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            index = 1;
+    }
+
+    /// Entries with their attributes, so `ls -l` needs no lookup per file.
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ns = self.ns.clone();
+        let result = self.list(
+            ino,
+            offset,
+            &mut |entry_ino, next, _, name, entry| match entry {
+                Some((inode, ttl)) => reply.add(entry_ino, next, name, ttl, &ns.attr(inode), 0),
+                None => false,
+            },
+        );
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        if index == 1 {
-            if reply.add(inode.parent, 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            index = 2;
-        }
-        for (i, child) in children.iter().enumerate().skip(index - 2) {
-            let child_inode = self.ns.intern(inode.ino, child);
-            if reply.add(
-                child_inode.ino,
-                (i + 3) as i64,
-                child.kind.file_type(),
-                OsStr::from_bytes(&child.name),
-            ) {
-                break;
-            }
-        }
-        reply.ok()
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
@@ -509,6 +567,9 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         size: u32,
         reply: ReplyXattr,
     ) {
+        if self.no_xattrs {
+            return reply.error(libc::ENOSYS);
+        }
         let inode = match self.inode(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
@@ -530,6 +591,9 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            return reply.error(libc::ENOSYS);
+        }
         let inode = match self.inode(ino) {
             Ok(i) => i,
             Err(e) => return reply.error(e),

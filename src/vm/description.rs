@@ -39,10 +39,14 @@ impl DiskRecord {
         (self.capacity - start).min(self.chunk_size as u64)
     }
 
-    /// The disk's name without the `.vmdk` extension, for messages.
+    /// The disk's file name without directory and disk-image extension
+    /// (`.vmdk`, `.raw`, `.img`).
     pub fn stem(&self) -> &str {
         let base = self.file_name.rsplit('/').next().unwrap_or(&self.file_name);
-        base.strip_suffix(".vmdk").unwrap_or(base)
+        [".vmdk", ".raw", ".img"]
+            .iter()
+            .find_map(|ext| base.strip_suffix(ext))
+            .unwrap_or(base)
     }
 }
 
