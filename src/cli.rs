@@ -83,6 +83,17 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Delete data no restore point references; repack mostly-empty packs.
+    Prune {
+        /// Rewrite packs whose live data is below this fraction of their size.
+        #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
+        repack_below: f64,
+        /// Report what would be freed without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Mount the repository read-only: files/<source>/<time>/…, vms/<vm>/<time>/….
     Mount {
         mountpoint: PathBuf,

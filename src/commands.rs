@@ -318,6 +318,43 @@ pub fn run(cli: Cli) -> Result<Status> {
             }
             Ok(Status::Ok)
         }
+        Command::Prune {
+            repack_below,
+            dry_run,
+            json,
+        } => {
+            if !(0.0..=1.0).contains(&repack_below) {
+                bail!("--repack-below must be between 0 and 1");
+            }
+            let repo = open_exclusive(&repo?, "strata prune")?;
+            let progress = Progress::bytes("prune", !json.json);
+            let report = strata::prune::prune(
+                &repo,
+                &strata::prune::PruneOptions {
+                    repack_below,
+                    dry_run,
+                },
+                &progress,
+            )?;
+            if json.json {
+                print_json(&serde_json::to_value(&report)?);
+            } else {
+                println!(
+                    "{} {} of {} in {} packs: {} packs deleted, {} repacked into {}, {} chunks removed ({} restore points kept, mark filter {})",
+                    if dry_run { "would free" } else { "freed" },
+                    human_bytes(report.bytes_freed),
+                    human_bytes(report.bytes_before),
+                    report.packs_before,
+                    report.packs_deleted,
+                    report.packs_repacked,
+                    report.packs_written,
+                    report.chunks_removed,
+                    report.restore_points,
+                    human_bytes(report.mark_filter_bytes),
+                );
+            }
+            Ok(Status::Ok)
+        }
         Command::Umount { mountpoint } => {
             strata::mount::unmount(&mountpoint)?;
             Ok(Status::Ok)

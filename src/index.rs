@@ -259,6 +259,22 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Removes a pack's record and the given chunk records that point into
+    /// it, in one synced batch.
+    pub fn remove_pack(&self, pack: &PackId, chunks: &[ChunkId]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_CHUNKS);
+        for id in chunks {
+            if self.chunk(id)?.is_some_and(|loc| loc.pack == *pack) {
+                batch.delete_cf(cf, id.as_bytes());
+            }
+        }
+        batch.delete_cf(self.cf(CF_PACKS), pack.as_bytes());
+        self.db
+            .write_opt(batch, &sync_write())
+            .map_err(|e| self.err(e))
+    }
+
     /// Every chunk record, in id order.
     pub fn chunks(&self) -> impl Iterator<Item = Result<ChunkLocation>> + '_ {
         self.db

@@ -31,6 +31,7 @@ pub mod lock;
 pub mod mount;
 pub mod pack;
 pub mod progress;
+pub mod prune;
 pub mod repair;
 pub mod repository;
 pub mod restore;

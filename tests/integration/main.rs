@@ -7,4 +7,5 @@ mod backup_restore;
 mod faults;
 mod incremental;
 mod mount;
+mod retention;
 mod vm;
