@@ -65,7 +65,7 @@ pub fn restore_files<M: Sync>(
     let started = Instant::now();
     let span = tracing::info_span!("restore_files", restore_point = %rp.id.short(), target = %request.target.display());
     let _entered = span.enter();
-    let target = prepare_target(repo, &request.target)?;
+    let target = super::prepare_target(repo.root(), &request.target)?;
     let selected = select(repo, rp, &request.paths)?;
 
     let mut needed = 0u64;
@@ -75,7 +75,7 @@ pub fn restore_files<M: Sync>(
             Some(node) => measure_node(repo, node)?,
         };
     }
-    check_space(&target, needed)?;
+    super::check_space(&target, needed)?;
     progress.inc_length(needed);
 
     let root_fd = fsops::open_dir(None, target.as_os_str(), &target)?;
@@ -127,50 +127,6 @@ pub fn restore_files<M: Sync>(
     summary.duration_ms = started.elapsed().as_millis() as u64;
     progress.finish();
     Ok(summary)
-}
-
-fn prepare_target<M>(repo: &Repository<M>, target: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(target).map_err(|e| {
-        Error::InvalidInput(format!(
-            "cannot use {} as restore target: {e}",
-            target.display()
-        ))
-    })?;
-    let target = std::fs::canonicalize(target).at("resolving", target)?;
-    if !target.is_dir() {
-        return Err(Error::InvalidInput(format!(
-            "restore target {} is not a directory",
-            target.display()
-        )));
-    }
-    nix::unistd::access(&target, nix::unistd::AccessFlags::W_OK).map_err(|e| {
-        Error::InvalidInput(format!(
-            "restore target {} is not writable: {e}",
-            target.display()
-        ))
-    })?;
-    let repo_root = std::fs::canonicalize(repo.root()).at("resolving", repo.root())?;
-    if target.starts_with(&repo_root) {
-        return Err(Error::InvalidInput(format!(
-            "restore target {} is inside the repository {}",
-            target.display(),
-            repo_root.display()
-        )));
-    }
-    Ok(target)
-}
-
-fn check_space(target: &Path, needed: u64) -> Result<()> {
-    let stat = nix::sys::statvfs::statvfs(target).at("checking free space of", target)?;
-    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-    if needed > available {
-        return Err(Error::NoSpace {
-            path: target.to_path_buf(),
-            needed,
-            available,
-        });
-    }
-    Ok(())
 }
 
 fn select<M>(repo: &Repository<M>, rp: &RestorePoint, paths: &[String]) -> Result<Vec<Selected>> {

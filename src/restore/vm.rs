@@ -79,36 +79,8 @@ fn select_disk<'d>(description: &'d VmDescription, selector: &str) -> Result<&'d
 }
 
 fn prepare_dir<M>(repo: &Repository<M>, dir: &Path, needed: u64) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Error::InvalidInput(format!(
-            "cannot use {} as restore target: {e}",
-            dir.display()
-        ))
-    })?;
-    let dir = std::fs::canonicalize(dir).at("resolving", dir)?;
-    nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).map_err(|e| {
-        Error::InvalidInput(format!(
-            "restore target {} is not writable: {e}",
-            dir.display()
-        ))
-    })?;
-    let repo_root = std::fs::canonicalize(repo.root()).at("resolving", repo.root())?;
-    if dir.starts_with(&repo_root) {
-        return Err(Error::InvalidInput(format!(
-            "restore target {} is inside the repository {}",
-            dir.display(),
-            repo_root.display()
-        )));
-    }
-    let stat = nix::sys::statvfs::statvfs(&dir).at("checking free space of", &dir)?;
-    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-    if needed > available {
-        return Err(Error::NoSpace {
-            path: dir,
-            needed,
-            available,
-        });
-    }
+    let dir = super::prepare_target(repo.root(), dir)?;
+    super::check_space(&dir, needed)?;
     Ok(dir)
 }
 

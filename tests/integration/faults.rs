@@ -85,7 +85,7 @@ fn flipped_byte_is_found_and_named() {
     // Find the data pack and flip a byte inside the victim's chunk: it is
     // the larger, incompressible one, so its bytes start right after the
     // header or after the bystander's.
-    let packs: Vec<_> = walk_files(&t.repo.join("packs"));
+    let packs: Vec<_> = files_under(&t.repo.join("packs"));
     let data_pack = packs
         .iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
@@ -137,19 +137,6 @@ fn flipped_byte_is_found_and_named() {
         "{}",
         stderr_of(&out)
     );
-}
-
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk_files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]

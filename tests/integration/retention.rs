@@ -8,20 +8,10 @@ use rand::{Rng, SeedableRng};
 use crate::util::*;
 
 fn pack_bytes(t: &TestRepo) -> u64 {
-    fn walk(dir: &std::path::Path) -> u64 {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    walk(&p)
-                } else {
-                    std::fs::metadata(&p).unwrap().len()
-                }
-            })
-            .sum()
-    }
-    walk(&t.repo.join("packs"))
+    files_under(&t.repo.join("packs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
 }
 
 /// Two restore points of one source whose data differs entirely, and one

@@ -304,7 +304,7 @@ fn failed_restore_leaves_no_vm_folder() {
     let raw = ext4_image(t.dir.path(), "disk", 32, 6);
     t.ok(&["backup", "image", raw.to_str().unwrap(), "--name", "vm"]);
     // Damage the data pack so that reading fails part way through.
-    let packs: Vec<PathBuf> = walk(&t.repo.join("packs"));
+    let packs: Vec<PathBuf> = files_under(&t.repo.join("packs"));
     let biggest = packs
         .iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
@@ -329,19 +329,6 @@ fn failed_restore_leaves_no_vm_folder() {
         std::fs::read_dir(&target).unwrap().next().is_none(),
         "a partial VM folder was left behind"
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]
