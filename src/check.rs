@@ -60,6 +60,29 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
         let total: u64 = names.iter().filter_map(|n| repo.store().size(n).ok()).sum();
         progress.inc_length(total);
     }
+    // Cold packs: their trailers are checked against the index; their data
+    // is not read, since reading the archival tier is what thaw is for.
+    if let Ok(cold) = repo.cold_store() {
+        for name in cold.list("packs/")? {
+            let Some(pack_id) = pack::id_from_object_name(&name) else {
+                continue;
+            };
+            listed_packs.insert(pack_id);
+            report.packs += 1;
+            match pack::read_trailer(cold, &name) {
+                Ok(entries) => {
+                    for entry in &entries {
+                        if let Some(loc) = repo.index().chunk(&entry.id)? {
+                            if loc.pack == pack_id && loc.entry == *entry {
+                                matched += 1;
+                            }
+                        }
+                    }
+                }
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+    }
     for name in &names {
         let Some(pack_id) = pack::id_from_object_name(name) else {
             report

@@ -22,7 +22,14 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a new, empty repository.
-    Init,
+    Init {
+        /// Directory of the cold (archival) tier, e.g. on another disk.
+        #[arg(long, value_name = "DIR")]
+        cold: Option<PathBuf>,
+        /// Restore points older than this many days become cold on `tier run`.
+        #[arg(long, default_value_t = 90)]
+        warm_days: u32,
+    },
     /// Back up a source.
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -60,6 +67,21 @@ pub enum Command {
     /// Restore from a restore point.
     #[command(subcommand)]
     Restore(RestoreCommand),
+    /// Warm and cold tiers: status, and moving old restore points to cold.
+    #[command(subcommand)]
+    Tier(TierCommand),
+    /// Make a cold restore point readable for some days.
+    Thaw {
+        restore_point: String,
+        /// Keep the thawed copy this many days.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Only print the packs and bytes that would be fetched.
+        #[arg(long)]
+        plan: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Remove restore points outside a retention policy (data is freed by prune).
     Forget {
         /// Apply the policy to this source only.
@@ -193,6 +215,20 @@ pub struct DiskBackupArgs {
     pub changed_extents: Vec<String>,
     #[command(flatten)]
     pub json: JsonFlag,
+}
+
+#[derive(Subcommand)]
+pub enum TierCommand {
+    /// Bytes, packs and restore points per tier.
+    Status(JsonFlag),
+    /// Move data only old restore points use to the cold tier; expire thaws.
+    Run {
+        /// Age in days after which restore points become cold (default: the config's).
+        #[arg(long)]
+        warm_days: Option<u32>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Subcommand)]

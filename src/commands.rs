@@ -23,6 +23,7 @@ use strata::tree::{Node, NodeKind};
 
 use crate::cli::{
     BackupCommand, Cli, Command, DiskBackupArgs, DiskFormatArg, RepairCommand, RestoreCommand,
+    TierCommand,
 };
 
 #[derive(Clone, Copy)]
@@ -76,11 +77,103 @@ fn mb_per_s(bytes: u64, ms: u64) -> f64 {
 pub fn run(cli: Cli) -> Result<Status> {
     let repo = repo_path(&cli.repo);
     match cli.command {
-        Command::Init => {
+        Command::Init { cold, warm_days } => {
             let path = repo?;
             let id = random_id()?;
-            Repository::init(&path, RepoConfig::new(id.clone()))?;
+            let mut config = RepoConfig::new(id.clone());
+            config.tiers.warm_days = warm_days;
+            if let Some(cold) = &cold {
+                std::fs::create_dir_all(cold)
+                    .with_context(|| format!("creating cold tier {}", cold.display()))?;
+                config.tiers.cold_dir = Some(std::fs::canonicalize(cold)?);
+            }
+            Repository::init(&path, config)?;
             println!("created repository {id} at {}", path.display());
+            Ok(Status::Ok)
+        }
+        Command::Tier(TierCommand::Status(json)) => {
+            let repo = open(&repo?)?;
+            let status = strata::tier::status(&repo)?;
+            if json.json {
+                print_json(&serde_json::to_value(&status)?);
+            } else {
+                println!(
+                    "warm: {} in {} packs; {} restore points younger than {} days",
+                    human_bytes(status.warm_bytes),
+                    status.warm_packs,
+                    status.restore_points_warm,
+                    status.warm_days
+                );
+                println!(
+                    "cold: {} in {} packs at {}; {} older restore points",
+                    human_bytes(status.cold_bytes),
+                    status.cold_packs,
+                    status
+                        .cold_dir
+                        .as_deref()
+                        .unwrap_or("(no cold tier configured)"),
+                    status.restore_points_cold
+                );
+                println!("thawed: {} packs", status.thawed_packs);
+                for (rp, until) in &status.thawed {
+                    println!("  restore point {rp} until {until}");
+                }
+            }
+            Ok(Status::Ok)
+        }
+        Command::Tier(TierCommand::Run { warm_days, json }) => {
+            let repo = open_exclusive(&repo?, "strata tier run")?;
+            let progress = Progress::bytes("tier", false);
+            let report = strata::tier::run(&repo, warm_days, &progress)?;
+            if json.json {
+                print_json(&serde_json::to_value(&report)?);
+            } else {
+                println!(
+                    "{} restore points older than {} days: moved {} chunks ({}) to {} cold packs ({}); freed {} warm; {} thaw copies expired",
+                    report.restore_points_cold,
+                    report.warm_days,
+                    report.chunks_moved,
+                    human_bytes(report.bytes_moved),
+                    report.cold_packs_written,
+                    human_bytes(report.cold_bytes_written),
+                    human_bytes(report.warm_bytes_freed),
+                    report.thaw_copies_expired
+                );
+            }
+            Ok(Status::Ok)
+        }
+        Command::Thaw {
+            restore_point,
+            days,
+            plan,
+            json,
+        } => {
+            let repo = open_exclusive(&repo?, "strata thaw")?;
+            let rp = repo.resolve(&restore_point)?;
+            let progress = Progress::bytes("thaw", !json.json && !plan);
+            let report = strata::tier::thaw(&repo, &rp, days, plan, &progress)?;
+            if json.json {
+                print_json(&serde_json::to_value(&report)?);
+            } else if plan {
+                println!(
+                    "thawing {} would fetch {} cold packs, {}:",
+                    rp.id.short(),
+                    report.packs.len(),
+                    human_bytes(report.bytes)
+                );
+                for (pack, size) in &report.packs {
+                    println!("  {pack} {}", human_bytes(*size));
+                }
+            } else {
+                println!(
+                    "thawed {} until {}: fetched {} packs ({}), {} already thawed",
+                    rp.id.short(),
+                    report.until,
+                    report.packs_fetched,
+                    human_bytes(report.bytes_fetched),
+                    report.packs_already_thawed
+                );
+            }
             Ok(Status::Ok)
         }
         Command::Backup(BackupCommand::Files {

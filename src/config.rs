@@ -49,6 +49,11 @@ pub struct TierConfig {
     pub warm_days: u32,
     /// Directory of the cold tier; `None` until one is configured.
     pub cold_dir: Option<PathBuf>,
+    /// Run by `strata thaw` when it finishes, through `sh -c`, with
+    /// STRATA_RESTORE_POINT, STRATA_THAW_RESULT (`ok` or `failed`) and
+    /// STRATA_THAW_UNTIL in its environment (e.g. to mail administrators).
+    #[serde(default)]
+    pub notify_command: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +90,7 @@ impl RepoConfig {
             tiers: TierConfig {
                 warm_days: 90,
                 cold_dir: None,
+                notify_command: None,
             },
         }
     }

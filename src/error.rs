@@ -55,6 +55,12 @@ pub enum Error {
         detail: String,
     },
 
+    #[error("chunk {chunk} is in cold pack {pack}, which must be thawed first (`strata thaw RP`)")]
+    Cold { chunk: ChunkId, pack: PackId },
+
+    #[error("restore point {restore_point} is on the cold tier; make it readable with `strata thaw {restore_point}`")]
+    RestorePointCold { restore_point: String },
+
     #[error("no restore point matches {selector:?}")]
     RestorePointNotFound { selector: String },
 

@@ -31,12 +31,15 @@ const CF_PACKS: &str = "packs";
 const CF_RESTORE_POINTS: &str = "restore_points";
 const CF_FILE_CACHE: &str = "file_cache";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 5] = [
+/// Thawed cold packs and restore points, with their expiry.
+const CF_THAW: &str = "thaw";
+const ALL_CFS: [&str; 6] = [
     CF_CHUNKS,
     CF_PACKS,
     CF_RESTORE_POINTS,
     CF_FILE_CACHE,
     CF_META,
+    CF_THAW,
 ];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -351,6 +354,79 @@ impl Index {
             }
         }
         Ok(out)
+    }
+
+    // ---- thaw -----------------------------------------------------------
+
+    fn thaw_key(kind: u8, id: &[u8]) -> Vec<u8> {
+        let mut key = vec![kind];
+        key.extend_from_slice(id);
+        key
+    }
+
+    fn get_expiry(&self, key: &[u8]) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_THAW), key)
+            .map_err(|e| self.err(e))?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok().map(i64::from_le_bytes)))
+    }
+
+    /// Records that a cold pack's copy in the thaw area is usable until
+    /// `until` (Unix seconds).
+    pub fn set_pack_thawed(&self, pack: &PackId, until: i64) -> Result<()> {
+        self.db
+            .put_cf_opt(
+                self.cf(CF_THAW),
+                Self::thaw_key(b'p', pack.as_bytes()),
+                until.to_le_bytes(),
+                &sync_write(),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn pack_thawed_until(&self, pack: &PackId) -> Result<Option<i64>> {
+        self.get_expiry(&Self::thaw_key(b'p', pack.as_bytes()))
+    }
+
+    pub fn set_restore_point_thawed(&self, id: &RestorePointId, until: i64) -> Result<()> {
+        self.db
+            .put_cf_opt(
+                self.cf(CF_THAW),
+                Self::thaw_key(b'r', id.as_bytes()),
+                until.to_le_bytes(),
+                &sync_write(),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn restore_point_thawed_until(&self, id: &RestorePointId) -> Result<Option<i64>> {
+        self.get_expiry(&Self::thaw_key(b'r', id.as_bytes()))
+    }
+
+    /// Thawed packs and restore points: (is_pack, id bytes, until).
+    pub fn thaws(&self) -> Result<Vec<(bool, Vec<u8>, i64)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_THAW), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Ok(until) = <[u8; 8]>::try_from(&v[..]).map(i64::from_le_bytes) else {
+                continue;
+            };
+            if let Some((&kind, id)) = k.split_first() {
+                out.push((kind == b'p', id.to_vec(), until));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn remove_thaw(&self, is_pack: bool, id: &[u8]) -> Result<()> {
+        self.db
+            .delete_cf_opt(
+                self.cf(CF_THAW),
+                Self::thaw_key(if is_pack { b'p' } else { b'r' }, id),
+                &sync_write(),
+            )
+            .map_err(|e| self.err(e))
     }
 
     // ---- file cache ---------------------------------------------------

@@ -32,11 +32,13 @@ pub mod mount;
 pub mod pack;
 pub mod progress;
 pub mod prune;
+pub mod reachability;
 pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod restore_point;
 pub mod storage;
+pub mod tier;
 pub mod tree;
 pub mod vm;
 

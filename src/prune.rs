@@ -20,17 +20,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::disk::map::DiskMapPage;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{PackRecord, Tier};
 use crate::pack::{self, CompressedChunk, PackEntry, PackWriter};
 use crate::progress::Progress;
+use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{Exclusive, Repository};
-use crate::restore_point::RestorePointKind;
 use crate::storage::ObjectStore;
-use crate::tree::{Extent, NodeKind};
-use crate::vm::description::VmDescription;
 
 pub struct PruneOptions {
     /// Packs whose live bytes are below this fraction of their bytes are
@@ -57,111 +54,23 @@ pub struct PruneReport {
     pub mark_filter_bytes: u64,
 }
 
-/// A Bloom filter over chunk ids. Ids are BLAKE3 hashes, so their own bytes
-/// serve as independent hash values.
-struct ChunkFilter {
-    bits: Vec<u64>,
-    mask: u64,
-}
-
-const FILTER_PROBES: usize = 7;
-
-impl ChunkFilter {
-    fn with_capacity(items: u64) -> Self {
-        let bits = (items.max(1024) * 10).next_power_of_two();
-        ChunkFilter {
-            bits: vec![0; (bits / 64) as usize],
-            mask: bits - 1,
-        }
-    }
-
-    fn probes(id: &ChunkId) -> impl Iterator<Item = u64> + '_ {
-        let b = id.as_bytes();
-        let h1 = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
-        let h2 = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")) | 1;
-        (0..FILTER_PROBES as u64).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)))
-    }
-
-    fn insert(&mut self, id: &ChunkId) {
-        for p in Self::probes(id) {
-            let bit = p & self.mask;
-            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
-        }
-    }
-
-    fn contains(&self, id: &ChunkId) -> bool {
-        Self::probes(id).all(|p| {
-            let bit = p & self.mask;
-            self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0
-        })
-    }
-
-    fn bytes(&self) -> u64 {
-        self.bits.len() as u64 * 8
-    }
-}
-
 fn mark(repo: &Repository<Exclusive>, report: &mut PruneReport) -> Result<ChunkFilter> {
     let records = repo.index().chunks().count() as u64;
     let mut filter = ChunkFilter::with_capacity(records);
     let mut visited: HashSet<ChunkId> = HashSet::new();
-    let need = |filter: &mut ChunkFilter, id: &ChunkId| -> Result<()> {
-        if !repo.index().has_chunk(id)? {
-            return Err(Error::corrupt(
-                "repository",
-                format!(
-                    "chunk {id} is referenced but not indexed; run `strata check` before pruning"
-                ),
-            ));
-        }
-        filter.insert(id);
-        Ok(())
-    };
     for rp in repo.restore_points()? {
         report.restore_points += 1;
         crate::interrupt::check()?;
-        match rp.manifest.kind {
-            RestorePointKind::Files => {
-                let mut stack = vec![rp.manifest.root];
-                while let Some(tree_id) = stack.pop() {
-                    need(&mut filter, &tree_id)?;
-                    if !visited.insert(tree_id) {
-                        continue;
-                    }
-                    for node in repo.load_tree(&tree_id)?.nodes {
-                        match node.kind {
-                            NodeKind::Directory { subtree } => stack.push(subtree),
-                            NodeKind::File { extents } => {
-                                for extent in extents {
-                                    if let Extent::Data { id, .. } = extent {
-                                        need(&mut filter, &id)?;
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
+        for_each_chunk(repo, &rp, &mut visited, &mut |id, _| {
+            if !repo.index().has_chunk(id)? {
+                return Err(Error::corrupt(
+                    "repository",
+                    format!("chunk {id} is referenced but not indexed; run `strata check` before pruning"),
+                ));
             }
-            RestorePointKind::Vm => {
-                let root = rp.manifest.root;
-                need(&mut filter, &root)?;
-                let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
-                for disk in &description.disks {
-                    for page_ref in &disk.pages {
-                        need(&mut filter, &page_ref.id)?;
-                        if !visited.insert(page_ref.id) {
-                            continue;
-                        }
-                        let page =
-                            DiskMapPage::decode(&page_ref.id, &repo.read_chunk(&page_ref.id)?)?;
-                        for id in page.entries.iter().flatten() {
-                            need(&mut filter, id)?;
-                        }
-                    }
-                }
-            }
-        }
+            filter.insert(id);
+            Ok(())
+        })?;
     }
     report.mark_filter_bytes = filter.bytes();
     Ok(filter)
@@ -404,28 +313,4 @@ pub fn prune(
     report.bytes_freed = report.bytes_freed.saturating_sub(report.bytes_rewritten);
     progress.finish();
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_has_no_false_negatives_and_few_false_positives() {
-        let mut filter = ChunkFilter::with_capacity(10_000);
-        let ids: Vec<ChunkId> = (0..10_000u32)
-            .map(|i| ChunkId::of(&i.to_le_bytes()))
-            .collect();
-        for id in &ids {
-            filter.insert(id);
-        }
-        assert!(ids.iter().all(|id| filter.contains(id)));
-        let false_positives = (10_000..110_000u32)
-            .filter(|i| filter.contains(&ChunkId::of(&i.to_le_bytes())))
-            .count();
-        assert!(
-            false_positives < 2_000,
-            "{false_positives} false positives in 100000"
-        );
-    }
 }

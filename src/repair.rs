@@ -23,14 +23,26 @@ pub fn repair_index(repo: &mut Repository<Exclusive>, progress: &Progress) -> Re
     let _span = tracing::info_span!("repair_index").entered();
     repo.recreate_index()?;
     let mut report = RepairReport::default();
-    let names = repo.store().list("packs/")?;
+    let mut names: Vec<(String, Tier)> = repo
+        .store()
+        .list("packs/")?
+        .into_iter()
+        .map(|n| (n, Tier::Warm))
+        .collect();
+    if let Ok(cold) = repo.cold_store() {
+        names.extend(cold.list("packs/")?.into_iter().map(|n| (n, Tier::Cold)));
+    }
     progress.inc_length(names.len() as u64);
-    for name in names {
+    for (name, tier) in names {
         progress.inc(1);
         let Some(id) = pack::id_from_object_name(&name) else {
             continue;
         };
-        let entries = match pack::read_trailer(repo.store(), &name) {
+        let store: &dyn ObjectStore = match tier {
+            Tier::Warm => repo.store(),
+            Tier::Cold => repo.cold_store()?,
+        };
+        let entries = match pack::read_trailer(store, &name) {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(pack = %name, error = %e, "skipping unreadable pack");
@@ -38,18 +50,13 @@ pub fn repair_index(repo: &mut Repository<Exclusive>, progress: &Progress) -> Re
                 continue;
             }
         };
-        let created = std::fs::metadata(repo.root().join(&name))
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs() as i64);
         let record = PackRecord {
-            tier: Tier::Warm,
+            tier,
             metadata: !entries.is_empty() && entries.iter().all(|e| e.kind.is_metadata()),
-            size: repo.store().size(&name)?,
+            size: store.size(&name)?,
             chunk_count: entries.len() as u32,
             live_bytes: entries.iter().map(|e| e.stored_len as u64).sum(),
-            created,
+            created: crate::restore_point::now().sec,
         };
         repo.index().add_pack(id, &record, &entries)?;
         report.packs += 1;

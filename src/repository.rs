@@ -30,12 +30,33 @@ pub struct Repository<Mode = ReadOnly> {
     root: PathBuf,
     config: RepoConfig,
     store: LocalStore,
+    /// The cold tier, when one is configured.
+    cold: Option<LocalStore>,
     index: Index,
     _lock: Option<RepositoryLock>,
     _mode: PhantomData<Mode>,
 }
 
 const INDEX_DIR: &str = "index";
+
+/// The cold tier's store. `STRATA_COLD_DELAY_MS` adds a delay to every
+/// request, to exercise code against a slow archival backend.
+fn cold_store(config: &RepoConfig) -> Option<LocalStore> {
+    let dir = config.tiers.cold_dir.as_ref()?;
+    let delay = std::env::var("STRATA_COLD_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0);
+    Some(match delay {
+        Some(ms) => LocalStore::with_delay(dir, std::time::Duration::from_millis(ms)),
+        None => LocalStore::new(dir),
+    })
+}
+
+/// Object name of a thawed copy of a cold pack, in the warm store.
+pub fn thaw_object_name(pack: &crate::id::PackId) -> String {
+    format!("thaw/{}", &pack::object_name(pack)["packs/".len()..])
+}
 
 fn check_layout(root: &Path) -> Result<RepoConfig> {
     if !root.is_dir() {
@@ -53,6 +74,7 @@ impl Repository<ReadOnly> {
         let index = Index::open(&root.join(INDEX_DIR), IndexAccess::Secondary)?;
         Ok(Repository {
             root: root.to_path_buf(),
+            cold: cold_store(&config),
             config,
             store: LocalStore::new(root),
             index,
@@ -113,6 +135,7 @@ impl Repository<Exclusive> {
         let index = Index::open(&root.join(INDEX_DIR), IndexAccess::Primary)?;
         let repo = Repository {
             root: root.to_path_buf(),
+            cold: cold_store(&config),
             config,
             store,
             index,
@@ -204,6 +227,7 @@ impl Repository<Exclusive> {
         };
         Ok(Repository {
             root: root.to_path_buf(),
+            cold: cold_store(&config),
             config,
             store,
             index,
@@ -241,19 +265,47 @@ impl<Mode> Repository<Mode> {
     }
 
     pub fn read_located(&self, location: &ChunkLocation) -> Result<Vec<u8>> {
-        if location.tier == Tier::Cold {
-            return Err(Error::InvalidInput(format!(
-                "chunk {} is on the cold tier; thaw its restore point first",
-                location.entry.id
-            )));
-        }
+        let name = match location.tier {
+            Tier::Warm => pack::object_name(&location.pack),
+            Tier::Cold => {
+                let now = crate::restore_point::now().sec;
+                match self.index.pack_thawed_until(&location.pack)? {
+                    Some(until) if until > now => thaw_object_name(&location.pack),
+                    _ => {
+                        return Err(Error::Cold {
+                            chunk: location.entry.id,
+                            pack: location.pack,
+                        })
+                    }
+                }
+            }
+        };
         let mut stored = vec![0u8; location.entry.stored_len as usize];
-        self.store.read_at(
-            &pack::object_name(&location.pack),
-            location.entry.offset,
-            &mut stored,
-        )?;
+        self.store
+            .read_at(&name, location.entry.offset, &mut stored)?;
         pack::decode_chunk(&location.entry, &location.pack, &stored)
+    }
+
+    /// Whether a chunk can be read now: warm, or cold with a live thaw copy.
+    pub fn is_readable(&self, id: &ChunkId) -> Result<bool> {
+        let location = self.locate(id)?;
+        Ok(match location.tier {
+            Tier::Warm => true,
+            Tier::Cold => self
+                .index
+                .pack_thawed_until(&location.pack)?
+                .is_some_and(|u| u > crate::restore_point::now().sec),
+        })
+    }
+
+    /// The cold tier's store, or an error saying none is configured.
+    pub fn cold_store(&self) -> Result<&LocalStore> {
+        self.cold.as_ref().ok_or_else(|| {
+            Error::InvalidInput(
+                "this repository has no cold tier (create one with `strata init --cold DIR`)"
+                    .into(),
+            )
+        })
     }
 
     pub fn load_tree(&self, id: &ChunkId) -> Result<Tree> {

@@ -71,8 +71,8 @@ pub fn restore_files<M: Sync>(
     let mut needed = 0u64;
     for sel in &selected {
         needed += match &sel.node {
-            None => measure_tree(repo, &rp.manifest.root)?,
-            Some(node) => measure_node(repo, node)?,
+            None => measure_tree(repo, rp, &rp.manifest.root)?,
+            Some(node) => measure_node(repo, rp, node)?,
         };
     }
     super::check_space(&target, needed)?;
@@ -178,19 +178,32 @@ fn file_data_bytes(node: &Node) -> Result<u64> {
 }
 
 /// Data bytes below a tree, validating every name on the way.
-fn measure_tree<M>(repo: &Repository<M>, id: &ChunkId) -> Result<u64> {
+fn measure_tree<M>(repo: &Repository<M>, rp: &RestorePoint, id: &ChunkId) -> Result<u64> {
     let tree = repo.load_tree(id)?;
     let mut total = 0;
     for node in &tree.nodes {
-        total += measure_node(repo, node)?;
+        total += measure_node(repo, rp, node)?;
     }
     Ok(total)
 }
 
-fn measure_node<M>(repo: &Repository<M>, node: &Node) -> Result<u64> {
+fn measure_node<M>(repo: &Repository<M>, rp: &RestorePoint, node: &Node) -> Result<u64> {
     validate_name(&node.name, "restore point")?;
     match &node.kind {
-        NodeKind::Directory { subtree } => measure_tree(repo, subtree),
+        NodeKind::Directory { subtree } => measure_tree(repo, rp, subtree),
+        NodeKind::File { extents } => {
+            // Cold data is refused before anything is written.
+            if let Some(Extent::Data { id, .. }) =
+                extents.iter().find(|e| matches!(e, Extent::Data { .. }))
+            {
+                if !repo.is_readable(id)? {
+                    return Err(Error::RestorePointCold {
+                        restore_point: rp.id.short(),
+                    });
+                }
+            }
+            file_data_bytes(node)
+        }
         _ => file_data_bytes(node),
     }
 }

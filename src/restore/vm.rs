@@ -147,6 +147,9 @@ pub fn restore_vm<M: Sync>(
     }
     let span = tracing::info_span!("restore_vm", restore_point = %rp.id.short(), vm = %base);
     let _entered = span.enter();
+    for disk in &disks {
+        check_readable(repo, rp, disk)?;
+    }
     let needed: u64 = disks.iter().map(|d| d.allocated_bytes()).sum::<u64>() + (1 << 20);
     let dir = prepare_dir(repo, &request.target_dir, needed)?;
     let (name, mut guard) = create_vm_folder(&dir, &base)?;
@@ -206,6 +209,25 @@ pub fn restore_vm<M: Sync>(
     })
 }
 
+/// Refuses a disk whose data is on the cold tier, before writing.
+fn check_readable<M>(repo: &Repository<M>, rp: &RestorePoint, disk: &DiskRecord) -> Result<()> {
+    let map = DiskMapReader::new(repo, &disk.pages);
+    for (p, page_ref) in disk.pages.iter().enumerate() {
+        if page_ref.data_chunks == 0 {
+            continue;
+        }
+        if let Some(id) = map.page(p)?.entries.iter().flatten().next() {
+            if !repo.is_readable(id)? {
+                return Err(Error::RestorePointCold {
+                    restore_point: rp.id.short(),
+                });
+            }
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Writes one disk's raw contents to a file (created sparse) or a block
 /// device (holes written as zeros).
 pub fn restore_disk_raw<M: Sync>(
@@ -218,6 +240,7 @@ pub fn restore_disk_raw<M: Sync>(
     let started = Instant::now();
     let description = load_description(repo, rp)?;
     let disk = select_disk(&description, selector)?;
+    check_readable(repo, rp, disk)?;
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -24,6 +24,8 @@ const STAGING: &str = "tmp";
 pub struct LocalStore {
     root: PathBuf,
     open_files: Mutex<HashMap<String, Arc<File>>>,
+    /// Added to every request, to behave like a slow archival backend.
+    delay: Option<std::time::Duration>,
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -45,6 +47,21 @@ impl LocalStore {
         LocalStore {
             root: root.into(),
             open_files: Mutex::new(HashMap::new()),
+            delay: None,
+        }
+    }
+
+    /// A store that waits `delay` before answering each request.
+    pub fn with_delay(root: impl Into<PathBuf>, delay: std::time::Duration) -> Self {
+        LocalStore {
+            delay: Some(delay),
+            ..Self::new(root)
+        }
+    }
+
+    fn wait(&self) {
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
         }
     }
 
@@ -117,6 +134,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.wait();
         let staging = self.staging_dir().join(staging_name("put"));
         let mut file = OpenOptions::new()
             .write(true)
@@ -132,16 +150,33 @@ impl ObjectStore for LocalStore {
     fn put_file(&self, name: &str, staging: &Path) -> Result<()> {
         let path = self.path_of(name)?;
         self.ensure_parent(&path)?;
-        fs::rename(staging, &path).at("renaming staging file to", &path)?;
+        match fs::rename(staging, &path) {
+            Ok(()) => {}
+            // The staging file is on another file system (a cold tier on
+            // another disk): copy into our own staging area, then rename.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let local = self.staging_dir().join(staging_name("copy"));
+                fs::create_dir_all(self.staging_dir()).at("creating", self.staging_dir())?;
+                fs::copy(staging, &local).at("copying to", &local)?;
+                File::open(&local)
+                    .and_then(|f| f.sync_all())
+                    .at("syncing", &local)?;
+                fs::rename(&local, &path).at("renaming staging file to", &path)?;
+                fs::remove_file(staging).at("removing", staging)?;
+            }
+            Err(e) => return Err(Error::io("renaming staging file to", path, e)),
+        }
         fsync_dir(path.parent().expect("object paths have a parent"))
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
+        self.wait();
         let path = self.path_of(name)?;
         fs::read(&path).at("reading", &path)
     }
 
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.wait();
         let file = self.open_cached(name)?;
         file.read_exact_at(buf, offset).map_err(|e| {
             let e = if e.kind() == ErrorKind::UnexpectedEof {
@@ -162,6 +197,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.wait();
         let base = self.root.join(prefix.trim_end_matches('/'));
         let mut names = Vec::new();
         let mut stack = vec![base.clone()];

@@ -8,4 +8,5 @@ mod faults;
 mod incremental;
 mod mount;
 mod retention;
+mod tiering;
 mod vm;

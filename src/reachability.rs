@@ -1,0 +1,138 @@
+//! What restore points reference: walks a restore point's trees, VM
+//! description and disk maps, and a compact filter to remember chunk ids.
+//! Shared by prune (what is live) and tiering (what only old restore
+//! points use).
+
+use std::collections::HashSet;
+
+use crate::disk::map::DiskMapPage;
+use crate::error::Result;
+use crate::id::ChunkId;
+use crate::repository::Repository;
+use crate::restore_point::{RestorePoint, RestorePointKind};
+use crate::tree::{Extent, NodeKind};
+use crate::vm::description::VmDescription;
+
+/// Calls `visit(id, is_data)` for every chunk `rp` references. Metadata
+/// chunks in `visited` are not read again (and their chunks not visited
+/// again), so shared trees cost once per walk.
+pub fn for_each_chunk<M>(
+    repo: &Repository<M>,
+    rp: &RestorePoint,
+    visited: &mut HashSet<ChunkId>,
+    visit: &mut dyn FnMut(&ChunkId, bool) -> Result<()>,
+) -> Result<()> {
+    match rp.manifest.kind {
+        RestorePointKind::Files => {
+            let mut stack = vec![rp.manifest.root];
+            while let Some(tree_id) = stack.pop() {
+                visit(&tree_id, false)?;
+                if !visited.insert(tree_id) {
+                    continue;
+                }
+                for node in repo.load_tree(&tree_id)?.nodes {
+                    match node.kind {
+                        NodeKind::Directory { subtree } => stack.push(subtree),
+                        NodeKind::File { extents } => {
+                            for extent in extents {
+                                if let Extent::Data { id, .. } = extent {
+                                    visit(&id, true)?;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        RestorePointKind::Vm => {
+            let root = rp.manifest.root;
+            visit(&root, false)?;
+            let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
+            for disk in &description.disks {
+                for page_ref in &disk.pages {
+                    visit(&page_ref.id, false)?;
+                    if !visited.insert(page_ref.id) {
+                        continue;
+                    }
+                    let page = DiskMapPage::decode(&page_ref.id, &repo.read_chunk(&page_ref.id)?)?;
+                    for id in page.entries.iter().flatten() {
+                        visit(id, true)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Bloom filter over chunk ids, about 10 bits per expected id (120 MB
+/// for 100 million chunks). It never forgets an id; it may claim an id it
+/// never saw (about 1 % of the time), so callers use it only where such a
+/// mistake is harmless (keeping a chunk, leaving it warm). Ids are BLAKE3
+/// hashes, so their own bytes serve as the hash values.
+pub struct ChunkFilter {
+    bits: Vec<u64>,
+    mask: u64,
+}
+
+const FILTER_PROBES: u64 = 7;
+
+impl ChunkFilter {
+    pub fn with_capacity(items: u64) -> Self {
+        let bits = (items.max(1024) * 10).next_power_of_two();
+        ChunkFilter {
+            bits: vec![0; (bits / 64) as usize],
+            mask: bits - 1,
+        }
+    }
+
+    fn probes(id: &ChunkId) -> impl Iterator<Item = u64> + '_ {
+        let b = id.as_bytes();
+        let h1 = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+        let h2 = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")) | 1;
+        (0..FILTER_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)))
+    }
+
+    pub fn insert(&mut self, id: &ChunkId) {
+        for p in Self::probes(id) {
+            let bit = p & self.mask;
+            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+    }
+
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        Self::probes(id).all(|p| {
+            let bit = p & self.mask;
+            self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bits.len() as u64 * 8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_has_no_false_negatives_and_few_false_positives() {
+        let mut filter = ChunkFilter::with_capacity(10_000);
+        let ids: Vec<ChunkId> = (0..10_000u32)
+            .map(|i| ChunkId::of(&i.to_le_bytes()))
+            .collect();
+        for id in &ids {
+            filter.insert(id);
+        }
+        assert!(ids.iter().all(|id| filter.contains(id)));
+        let false_positives = (10_000..110_000u32)
+            .filter(|i| filter.contains(&ChunkId::of(&i.to_le_bytes())))
+            .count();
+        assert!(
+            false_positives < 2_000,
+            "{false_positives} false positives in 100000"
+        );
+    }
+}

@@ -1,0 +1,419 @@
+//! Warm and cold tiers.
+//!
+//! `tier run` makes restore points older than the policy age cold: data
+//! chunks that only such restore points reference are recompressed (zstd
+//! level 19 where that shrinks them) into packs on the cold tier, and their
+//! warm copies are then reclaimed by the prune sweep. Chunks that any warm
+//! restore point also uses stay warm, and metadata (trees, VM descriptions,
+//! disk maps) always stays warm, so listing and browsing a cold restore
+//! point need no thaw. A chunk's old copy is deleted only after its new
+//! copy is durable and indexed, so kill -9 at any moment loses nothing.
+//!
+//! `thaw` copies the cold packs a restore point needs into the warm store's
+//! thaw area (`thaw/…`), indexes them with an expiry, and runs the
+//! configured notification command. Packs already copied are skipped, so an
+//! interrupted thaw resumes where it stopped. Expired copies are removed by
+//! the next `tier run`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, PackId};
+use crate::index::{PackRecord, Tier};
+use crate::pack::{self, ChunkCompressor, CompressedChunk, PackWriter};
+use crate::progress::Progress;
+use crate::reachability::{for_each_chunk, ChunkFilter};
+use crate::repository::{thaw_object_name, Exclusive, Repository};
+use crate::restore_point::{format_time, now, RestorePoint};
+use crate::storage::ObjectStore;
+
+const COLD_COMPRESSION_LEVEL: i32 = 19;
+const DAY: i64 = 86_400;
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TierReport {
+    pub warm_days: u32,
+    pub restore_points_cold: u64,
+    pub restore_points_warm: u64,
+    pub chunks_moved: u64,
+    pub bytes_moved: u64,
+    pub cold_bytes_written: u64,
+    pub cold_packs_written: u64,
+    pub warm_bytes_freed: u64,
+    pub thaw_copies_expired: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TierStatus {
+    pub warm_days: u32,
+    pub cold_dir: Option<String>,
+    pub warm_packs: u64,
+    pub warm_bytes: u64,
+    pub cold_packs: u64,
+    pub cold_bytes: u64,
+    pub thawed_packs: u64,
+    pub restore_points_warm: u64,
+    pub restore_points_cold: u64,
+    /// Thawed restore points with the time their thaw expires.
+    pub thawed: Vec<(String, String)>,
+}
+
+fn is_cold(rp: &RestorePoint, cutoff: i64) -> bool {
+    rp.manifest.time.sec < cutoff
+}
+
+pub fn status<M>(repo: &Repository<M>) -> Result<TierStatus> {
+    let config = &repo.config().tiers;
+    let mut status = TierStatus {
+        warm_days: config.warm_days,
+        cold_dir: config.cold_dir.as_ref().map(|d| d.display().to_string()),
+        ..Default::default()
+    };
+    for pack in repo.index().packs() {
+        let (_, record) = pack?;
+        match record.tier {
+            Tier::Warm => {
+                status.warm_packs += 1;
+                status.warm_bytes += record.size;
+            }
+            Tier::Cold => {
+                status.cold_packs += 1;
+                status.cold_bytes += record.size;
+            }
+        }
+    }
+    let cutoff = now().sec - config.warm_days as i64 * DAY;
+    for rp in repo.restore_points()? {
+        if is_cold(&rp, cutoff) {
+            status.restore_points_cold += 1;
+        } else {
+            status.restore_points_warm += 1;
+        }
+    }
+    let current = now().sec;
+    for (is_pack, id, until) in repo.index().thaws()? {
+        if until <= current {
+            continue;
+        }
+        if is_pack {
+            status.thawed_packs += 1;
+        } else if let Some(id) = crate::id::RestorePointId::from_slice(&id) {
+            status.thawed.push((
+                id.short(),
+                format_time(crate::tree::Timestamp {
+                    sec: until,
+                    nsec: 0,
+                }),
+            ));
+        }
+    }
+    Ok(status)
+}
+
+/// Moves chunks into cold packs, one open pack at a time.
+struct ColdPacker<'r> {
+    repo: &'r Repository<Exclusive>,
+    compressor: ChunkCompressor,
+    writer: Option<PackWriter>,
+    /// Chunks in the open pack, not yet indexed as cold.
+    pending: HashSet<ChunkId>,
+    report: &'r mut TierReport,
+}
+
+impl ColdPacker<'_> {
+    fn move_chunk(&mut self, id: &ChunkId) -> Result<()> {
+        if self.pending.contains(id) {
+            return Ok(());
+        }
+        let Some(location) = self.repo.index().chunk(id)? else {
+            return Ok(());
+        };
+        if location.tier != Tier::Warm {
+            return Ok(());
+        }
+        let mut stored = vec![0u8; location.entry.stored_len as usize];
+        self.repo.store().read_at(
+            &pack::object_name(&location.pack),
+            location.entry.offset,
+            &mut stored,
+        )?;
+        let plain = pack::decode_chunk(&location.entry, &location.pack, &stored)?;
+        let recompressed = self.compressor.compress(*id, location.entry.kind, plain);
+        let chunk = if recompressed.bytes.len() < stored.len() {
+            recompressed
+        } else {
+            CompressedChunk {
+                id: *id,
+                kind: location.entry.kind,
+                raw_len: location.entry.raw_len,
+                compression: location.entry.compression,
+                bytes: stored,
+            }
+        };
+        let staging = self.repo.store().staging_dir();
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => self.writer.insert(PackWriter::create(&staging)?),
+        };
+        writer.append(&chunk)?;
+        self.pending.insert(*id);
+        self.report.chunks_moved += 1;
+        self.report.bytes_moved += chunk.raw_len as u64;
+        if writer.len() >= self.repo.config().pack_target_size {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the cold pack durable on the cold tier, then points the index
+    /// at it.
+    fn seal(&mut self) -> Result<()> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        let finished = writer.finish()?;
+        self.repo
+            .cold_store()?
+            .put_file(&pack::object_name(&finished.id), &finished.staging_path)?;
+        let record = PackRecord {
+            tier: Tier::Cold,
+            metadata: false,
+            size: finished.len,
+            chunk_count: finished.entries.len() as u32,
+            live_bytes: finished.entries.iter().map(|e| e.stored_len as u64).sum(),
+            created: now().sec,
+        };
+        self.repo
+            .index()
+            .add_pack(finished.id, &record, &finished.entries)?;
+        self.report.cold_packs_written += 1;
+        self.report.cold_bytes_written += finished.len;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+pub fn run(
+    repo: &Repository<Exclusive>,
+    warm_days: Option<u32>,
+    progress: &Progress,
+) -> Result<TierReport> {
+    let days = warm_days.unwrap_or(repo.config().tiers.warm_days);
+    let _span = tracing::info_span!("tier_run", warm_days = days).entered();
+    repo.cold_store()?;
+    let mut report = TierReport {
+        warm_days: days,
+        ..Default::default()
+    };
+    let cutoff = now().sec - days as i64 * DAY;
+    let (cold, warm): (Vec<RestorePoint>, Vec<RestorePoint>) = repo
+        .restore_points()?
+        .into_iter()
+        .partition(|rp| is_cold(rp, cutoff));
+    report.restore_points_cold = cold.len() as u64;
+    report.restore_points_warm = warm.len() as u64;
+
+    // Chunks any warm restore point uses stay warm (a filter false positive
+    // only leaves a chunk warm).
+    let mut keep_warm = ChunkFilter::with_capacity(repo.index().chunks().count() as u64);
+    let mut visited = HashSet::new();
+    for rp in &warm {
+        for_each_chunk(repo, rp, &mut visited, &mut |id, is_data| {
+            if is_data {
+                keep_warm.insert(id);
+            }
+            Ok(())
+        })?;
+    }
+    let mut packer = ColdPacker {
+        repo,
+        compressor: ChunkCompressor::new(COLD_COMPRESSION_LEVEL)?,
+        writer: None,
+        pending: HashSet::new(),
+        report: &mut report,
+    };
+    let mut visited = HashSet::new();
+    let result = (|| -> Result<()> {
+        for rp in &cold {
+            crate::interrupt::check()?;
+            for_each_chunk(repo, rp, &mut visited, &mut |id, is_data| {
+                if is_data && !keep_warm.contains(id) {
+                    progress.inc(1);
+                    packer.move_chunk(id)?;
+                }
+                Ok(())
+            })?;
+        }
+        packer.seal()
+    })();
+    if result.is_err() {
+        if let Some(writer) = packer.writer.take() {
+            writer.abandon();
+        }
+    }
+    result?;
+
+    // The warm copies of moved chunks are now unindexed: reclaim them.
+    // Packs left mostly dead by the move are rewritten, so moving data
+    // really frees warm space.
+    let swept = crate::prune::prune(
+        repo,
+        &crate::prune::PruneOptions {
+            repack_below: 0.8,
+            dry_run: false,
+        },
+        &Progress::hidden(),
+    )?;
+    report.warm_bytes_freed = swept.bytes_freed;
+    report.thaw_copies_expired = expire_thaws(repo)?;
+    progress.finish();
+    Ok(report)
+}
+
+/// Removes thaw copies and marks whose time has passed.
+fn expire_thaws(repo: &Repository<Exclusive>) -> Result<u64> {
+    let current = now().sec;
+    let mut expired = 0;
+    for (is_pack, id, until) in repo.index().thaws()? {
+        if until > current {
+            continue;
+        }
+        if is_pack {
+            if let Some(pack) = PackId::from_slice(&id) {
+                // Unindex first: a reader then gets the "thaw first" error,
+                // never a missing file.
+                repo.index().remove_thaw(true, &id)?;
+                repo.store().delete(&thaw_object_name(&pack))?;
+                expired += 1;
+            }
+        } else {
+            repo.index().remove_thaw(false, &id)?;
+        }
+    }
+    Ok(expired)
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ThawReport {
+    pub restore_point: String,
+    pub until: String,
+    /// Cold packs the restore point needs, with their sizes.
+    pub packs: BTreeMap<String, u64>,
+    pub bytes: u64,
+    pub packs_fetched: u64,
+    pub bytes_fetched: u64,
+    pub packs_already_thawed: u64,
+}
+
+/// The cold packs holding data of `rp`.
+fn cold_packs(repo: &Repository<Exclusive>, rp: &RestorePoint) -> Result<BTreeMap<PackId, u64>> {
+    let sizes: std::collections::HashMap<PackId, u64> = repo
+        .index()
+        .packs()
+        .filter_map(|p| p.ok())
+        .filter(|(_, r)| r.tier == Tier::Cold)
+        .map(|(id, r)| (id, r.size))
+        .collect();
+    let mut packs = BTreeMap::new();
+    let mut visited = HashSet::new();
+    for_each_chunk(repo, rp, &mut visited, &mut |id, is_data| {
+        if is_data {
+            if let Some(location) = repo.index().chunk(id)? {
+                if location.tier == Tier::Cold {
+                    packs.insert(
+                        location.pack,
+                        sizes.get(&location.pack).copied().unwrap_or(0),
+                    );
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(packs)
+}
+
+pub fn thaw(
+    repo: &Repository<Exclusive>,
+    rp: &RestorePoint,
+    days: u32,
+    plan: bool,
+    progress: &Progress,
+) -> Result<ThawReport> {
+    let _span = tracing::info_span!("thaw", restore_point = %rp.id.short(), days).entered();
+    let until = now().sec + days as i64 * DAY;
+    let packs = cold_packs(repo, rp)?;
+    let mut report = ThawReport {
+        restore_point: rp.id.to_string(),
+        until: format_time(crate::tree::Timestamp {
+            sec: until,
+            nsec: 0,
+        }),
+        packs: packs
+            .iter()
+            .map(|(id, size)| (id.to_string(), *size))
+            .collect(),
+        bytes: packs.values().sum(),
+        ..Default::default()
+    };
+    if plan {
+        return Ok(report);
+    }
+    progress.inc_length(report.bytes);
+    let fetched = (|| -> Result<()> {
+        let cold = repo.cold_store()?;
+        for (pack, size) in &packs {
+            crate::interrupt::check()?;
+            let name = thaw_object_name(pack);
+            if repo.store().size(&name).is_ok_and(|s| s == *size) {
+                // Copied by an earlier, interrupted thaw: just extend it.
+                repo.index().set_pack_thawed(pack, until)?;
+                report.packs_already_thawed += 1;
+                progress.inc(*size);
+                continue;
+            }
+            let bytes = cold.get(&pack::object_name(pack))?;
+            if blake3::hash(&bytes).as_bytes()[..16] != pack.0 {
+                return Err(Error::corrupt(
+                    format!("cold pack {pack}"),
+                    "content does not match its name",
+                ));
+            }
+            repo.store().put(&name, &bytes)?;
+            repo.index().set_pack_thawed(pack, until)?;
+            report.packs_fetched += 1;
+            report.bytes_fetched += bytes.len() as u64;
+            progress.inc(*size);
+        }
+        repo.index().set_restore_point_thawed(&rp.id, until)
+    })();
+    progress.finish();
+    notify(repo, rp, &report, fetched.is_ok());
+    fetched.map(|_| report)
+}
+
+/// Runs the configured notification command; its failure is logged, not
+/// fatal.
+fn notify(repo: &Repository<Exclusive>, rp: &RestorePoint, report: &ThawReport, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    tracing::info!(restore_point = %rp.id.short(), result, until = %report.until, packs = report.packs.len(), "thaw finished");
+    let Some(command) = &repo.config().tiers.notify_command else {
+        return;
+    };
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("STRATA_RESTORE_POINT", rp.id.to_string())
+        .env("STRATA_SOURCE", &rp.manifest.source)
+        .env("STRATA_THAW_RESULT", result)
+        .env("STRATA_THAW_UNTIL", &report.until)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            tracing::warn!(command = %command, status = %s, "thaw notification command failed")
+        }
+        Err(e) => {
+            tracing::warn!(command = %command, error = %e, "thaw notification command could not run")
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Warm and cold tiers: old restore points move to cold, stay browsable,
+//! refuse data reads until thawed, read byte for byte after thaw, and lose
+//! nothing to kill -9 during tier run or thaw.
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+
+use crate::util::*;
+
+struct Tiered {
+    t: TestRepo,
+    src: std::path::PathBuf,
+    old_copy: std::path::PathBuf,
+}
+
+/// A repository with a cold tier, an old restore point (400 days ago) and
+/// a new one sharing a file with it.
+fn tiered(seed: u64) -> Tiered {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let cold = dir.path().join("cold");
+    let out = std::process::Command::new(strata_bin())
+        .args([
+            "--repo",
+            repo.to_str().unwrap(),
+            "init",
+            "--cold",
+            cold.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = TestRepo { dir, repo };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("shared"), random_bytes(&mut rng, 4_000_000)).unwrap();
+    std::fs::write(src.join("old-only"), random_bytes(&mut rng, 3_000_000)).unwrap();
+    let old_time = time_days_ago(400);
+    t.ok(&[
+        "backup",
+        "files",
+        src.to_str().unwrap(),
+        "--source",
+        "s",
+        "--time",
+        &old_time,
+    ]);
+    let old_copy = t.path("old-copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&old_copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(src.join("old-only")).unwrap();
+    std::fs::write(src.join("new-only"), random_bytes(&mut rng, 2_000_000)).unwrap();
+    t.backup(&src, "s");
+    Tiered { t, src, old_copy }
+}
+
+fn time_days_ago(days: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() - time::Duration::days(days);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn old_selector(t: &TestRepo) -> String {
+    t.json(&["list"])[0]["id"].as_str().unwrap()[..12].to_string()
+}
+
+#[test]
+fn old_restore_points_go_cold_and_thaw_back() {
+    let Tiered { t, src, old_copy } = tiered(41);
+    let old = old_selector(&t);
+    let report = t.json(&["tier", "run"]);
+    assert_eq!(report["restore_points_cold"], 1, "{report}");
+    assert!(
+        report["bytes_moved"].as_u64().unwrap() >= 3_000_000,
+        "{report}"
+    );
+    assert!(
+        report["bytes_moved"].as_u64().unwrap() < 4_000_000,
+        "shared data must stay warm: {report}"
+    );
+    let status = t.json(&["tier", "status"]);
+    assert!(status["cold_packs"].as_u64().unwrap() >= 1, "{status}");
+
+    // Browsing needs no thaw; reading data does, and says so.
+    let ls = t.ok(&["ls", &old, src.to_str().unwrap()]);
+    assert!(ls.contains("old-only"), "{ls}");
+    let out = t.run(&[
+        "restore",
+        "files",
+        &old,
+        "--to",
+        t.path("r1").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cold tier") && err.contains("strata thaw"),
+        "{err}"
+    );
+    // The new restore point, sharing the warm file, restores as usual.
+    let r2 = t.path("r2");
+    t.restore("s@latest", &r2);
+    assert_same_tree(&src, &under(&r2, &src));
+
+    // Thaw: plan, notification, byte-identical reads.
+    let plan = t.json(&["thaw", &old, "--plan"]);
+    assert!(plan["bytes"].as_u64().unwrap() > 0, "{plan}");
+    let hook_out = t.path("hook.txt");
+    let config_path = t.repo.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["tiers"]["notify_command"] = serde_json::json!(format!(
+        "echo \"$STRATA_RESTORE_POINT $STRATA_THAW_RESULT\" > {}",
+        hook_out.display()
+    ));
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let thawed = t.json(&["thaw", &old]);
+    assert!(thawed["packs_fetched"].as_u64().unwrap() >= 1, "{thawed}");
+    let hook = std::fs::read_to_string(&hook_out).unwrap();
+    assert!(hook.ends_with(" ok\n") && hook.starts_with(&old), "{hook}");
+    let r3 = t.path("r3");
+    t.restore(&old, &r3);
+    assert_same_tree(&old_copy, &under(&r3, &src));
+    t.ok(&["check", "--read-data"]);
+
+    // An expired thaw copy is removed by the next tier run.
+    t.ok(&["thaw", &old, "--days", "0"]);
+    let report = t.json(&["tier", "run"]);
+    assert!(
+        report["thaw_copies_expired"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    let out = t.run(&[
+        "restore",
+        "files",
+        &old,
+        "--to",
+        t.path("r4").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // The index can be rebuilt with cold packs in it.
+    std::fs::remove_dir_all(t.repo.join("index")).unwrap();
+    t.ok(&["repair", "index"]);
+    t.ok(&["thaw", &old]);
+    let r5 = t.path("r5");
+    t.restore(&old, &r5);
+    assert_same_tree(&old_copy, &under(&r5, &src));
+}
+
+#[test]
+fn kill_9_during_tier_run_and_thaw_loses_nothing() {
+    let Tiered { t, src, old_copy } = tiered(42);
+    let old = old_selector(&t);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(43);
+    let verify = |t: &TestRepo, round: usize| {
+        let check = t.run(&["check"]);
+        assert!(
+            check.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+        let r = t.path(&format!("new-{round}"));
+        t.restore("s@latest", &r);
+        assert_same_tree(&src, &under(&r, &src));
+        std::fs::remove_dir_all(&r).unwrap();
+    };
+    for round in 0..5 {
+        let mut child = t
+            .command(&["tier", "run"])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(5..300)));
+        let _ = child.kill();
+        let _ = child.wait();
+        verify(&t, round);
+    }
+    t.ok(&["tier", "run"]);
+    for round in 5..10 {
+        let mut child = t
+            .command(&["thaw", &old])
+            .env("STRATA_COLD_DELAY_MS", "50")
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(5..300)));
+        let _ = child.kill();
+        let _ = child.wait();
+        verify(&t, round);
+    }
+    t.ok(&["thaw", &old]);
+    let r = t.path("old");
+    t.restore(&old, &r);
+    assert_same_tree(&old_copy, &under(&r, &src));
+    t.ok(&["check", "--read-data"]);
+}
