@@ -27,7 +27,7 @@ use crate::pack::{self, CompressedChunk, PackEntry, PackWriter};
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{Exclusive, Repository};
-use crate::storage::ObjectStore;
+use crate::storage::{LocalStore, ObjectStore};
 
 pub struct PruneOptions {
     /// Packs whose live bytes are below this fraction of their bytes are
@@ -83,8 +83,21 @@ struct PackState {
     live: Vec<bool>,
 }
 
-fn inspect(repo: &Repository<Exclusive>, id: &PackId, filter: &ChunkFilter) -> Result<PackState> {
-    let entries = pack::read_trailer(repo.store(), &pack::object_name(id))?;
+/// The store holding a tier's packs.
+fn store_of(repo: &Repository<Exclusive>, tier: Tier) -> Result<&LocalStore> {
+    match tier {
+        Tier::Warm => Ok(repo.store()),
+        Tier::Cold => repo.cold_store(),
+    }
+}
+
+fn inspect(
+    repo: &Repository<Exclusive>,
+    tier: Tier,
+    id: &PackId,
+    filter: &ChunkFilter,
+) -> Result<PackState> {
+    let entries = pack::read_trailer(store_of(repo, tier)?, &pack::object_name(id))?;
     let mut indexed = Vec::with_capacity(entries.len());
     let mut live = Vec::with_capacity(entries.len());
     for entry in &entries {
@@ -106,10 +119,11 @@ fn inspect(repo: &Repository<Exclusive>, id: &PackId, filter: &ChunkFilter) -> R
 /// once the copies are durable and indexed.
 struct Repacker<'r> {
     repo: &'r Repository<Exclusive>,
-    writers: HashMap<bool, PackWriter>,
+    /// Open output packs per (tier, metadata class).
+    writers: HashMap<(Tier, bool), PackWriter>,
     /// Old packs (with their dead indexed ids) waiting for their live
-    /// chunks' new pack to be sealed, per class.
-    waiting: HashMap<bool, Vec<(PackId, Vec<ChunkId>)>>,
+    /// chunks' new pack to be sealed.
+    waiting: HashMap<(Tier, bool), Vec<(PackId, Vec<ChunkId>)>>,
 }
 
 impl Repacker<'_> {
@@ -120,15 +134,16 @@ impl Repacker<'_> {
         state: &PackState,
         report: &mut PruneReport,
     ) -> Result<()> {
-        let class = record.metadata;
+        let class = (record.tier, record.metadata);
         let staging = self.repo.store().staging_dir();
         let name = pack::object_name(&old);
+        let source = store_of(self.repo, record.tier)?;
         for (i, entry) in state.entries.iter().enumerate() {
             if !state.live[i] {
                 continue;
             }
             let mut bytes = vec![0u8; entry.stored_len as usize];
-            self.repo.store().read_at(&name, entry.offset, &mut bytes)?;
+            source.read_at(&name, entry.offset, &mut bytes)?;
             // Verify before copying: never spread damage into a new pack.
             pack::decode_chunk(entry, &old, &bytes)?;
             let writer = match self.writers.get_mut(&class) {
@@ -165,18 +180,17 @@ impl Repacker<'_> {
         Ok(())
     }
 
-    fn seal(&mut self, class: bool, report: &mut PruneReport) -> Result<()> {
+    fn seal(&mut self, class: (Tier, bool), report: &mut PruneReport) -> Result<()> {
         if let Some(writer) = self.writers.remove(&class) {
             if writer.is_empty() {
                 writer.abandon();
             } else {
                 let finished = writer.finish()?;
-                self.repo
-                    .store()
+                store_of(self.repo, class.0)?
                     .put_file(&pack::object_name(&finished.id), &finished.staging_path)?;
                 let record = PackRecord {
-                    tier: Tier::Warm,
-                    metadata: class,
+                    tier: class.0,
+                    metadata: class.1,
                     size: finished.len,
                     chunk_count: finished.entries.len() as u32,
                     live_bytes: finished.entries.iter().map(|e| e.stored_len as u64).sum(),
@@ -190,13 +204,19 @@ impl Repacker<'_> {
             }
         }
         for (old, dead) in self.waiting.remove(&class).unwrap_or_default() {
-            drop_pack(self.repo, &old, &dead, report)?;
+            drop_pack(self.repo, class.0, &old, &dead, report)?;
         }
         Ok(())
     }
 
     fn finish(mut self, report: &mut PruneReport) -> Result<()> {
-        for class in [false, true] {
+        let classes: Vec<(Tier, bool)> = self
+            .writers
+            .keys()
+            .chain(self.waiting.keys())
+            .copied()
+            .collect();
+        for class in classes {
             self.seal(class, report)?;
         }
         Ok(())
@@ -207,14 +227,21 @@ impl Repacker<'_> {
 /// the file.
 fn drop_pack(
     repo: &Repository<Exclusive>,
+    tier: Tier,
     id: &PackId,
     dead: &[ChunkId],
     report: &mut PruneReport,
 ) -> Result<()> {
     let name = pack::object_name(id);
-    let size = repo.store().size(&name).unwrap_or(0);
+    let store = store_of(repo, tier)?;
+    let size = store.size(&name).unwrap_or(0);
     repo.index().remove_pack(id, dead)?;
-    repo.store().delete(&name)?;
+    store.delete(&name)?;
+    if tier == Tier::Cold && repo.index().pack_thawed_until(id)?.is_some() {
+        repo.index().remove_thaw(true, id.as_bytes())?;
+        repo.store()
+            .delete(&crate::repository::thaw_object_name(id))?;
+    }
     report.packs_deleted += 1;
     report.chunks_removed += dead.len() as u64;
     report.bytes_freed += size;
@@ -243,10 +270,7 @@ pub fn prune(
     for (id, record) in &packs {
         crate::interrupt::check()?;
         progress.inc(record.size);
-        if record.tier != Tier::Warm {
-            continue; // the cold tier is pruned by `tier run`
-        }
-        let state = match inspect(repo, id, &filter) {
+        let state = match inspect(repo, record.tier, id, &filter) {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(pack = %id, error = %e, "skipping unreadable pack; run `strata check`");
@@ -279,7 +303,7 @@ pub fn prune(
             continue;
         }
         if live == 0 {
-            drop_pack(repo, id, &dead, &mut report)?;
+            drop_pack(repo, record.tier, id, &dead, &mut report)?;
         } else if (live as f64) < options.repack_below * total as f64 {
             repacker.add(*id, record, &state, &mut report)?;
         }
@@ -299,7 +323,7 @@ pub fn prune(
             if known.contains(&id) || indexed.contains(&id) {
                 continue;
             }
-            let state = inspect(repo, &id, &filter)?;
+            let state = inspect(repo, Tier::Warm, &id, &filter)?;
             let needed = state.entries.iter().any(|e| {
                 filter.contains(&e.id) && repo.index().chunk(&e.id).ok().flatten().is_none()
             });
@@ -307,7 +331,7 @@ pub fn prune(
                 tracing::warn!(pack = %id, "unindexed pack holds referenced chunks; run `strata repair index`");
                 continue;
             }
-            drop_pack(repo, &id, &[], &mut report)?;
+            drop_pack(repo, Tier::Warm, &id, &[], &mut report)?;
         }
     }
     report.bytes_freed = report.bytes_freed.saturating_sub(report.bytes_rewritten);

@@ -6,7 +6,7 @@ use crate::id::{ChunkId, PackId};
 use crate::pack::{ChunkKind, Compression, PackEntry};
 
 /// Which storage tier holds a pack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Tier {
     Warm = 0,

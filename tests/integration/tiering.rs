@@ -157,6 +157,44 @@ fn old_restore_points_go_cold_and_thaw_back() {
     let r5 = t.path("r5");
     t.restore(&old, &r5);
     assert_same_tree(&old_copy, &under(&r5, &src));
+
+    // Forgetting the cold restore point lets prune empty the cold tier.
+    t.ok(&["forget", "--keep-last", "1"]);
+    let pruned = t.json(&["prune"]);
+    assert!(pruned["packs_deleted"].as_u64().unwrap() >= 1, "{pruned}");
+    assert_eq!(t.json(&["tier", "status"])["cold_packs"], 0);
+    t.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn mount_browses_cold_restore_points_and_refuses_their_data() {
+    if !is_root() || !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let Tiered { t, src, .. } = tiered(44);
+    t.ok(&["tier", "run"]);
+    let mnt = t.path("mnt");
+    let _guard = crate::mount::MountGuard::mount(&t, &mnt);
+    let points: Vec<_> = std::fs::read_dir(mnt.join("files/s"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut times: Vec<_> = points.into_iter().filter(|n| n != "latest").collect();
+    times.sort();
+    let old_dir = under(&mnt.join("files/s").join(&times[0]), &src);
+    // Metadata stays warm: listing and stat work without a thaw.
+    assert_eq!(
+        std::fs::metadata(old_dir.join("old-only")).unwrap().len(),
+        3_000_000
+    );
+    let err = std::fs::read(old_dir.join("old-only")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Data shared with a warm restore point reads as usual.
+    assert_eq!(
+        std::fs::read(old_dir.join("shared")).unwrap(),
+        std::fs::read(src.join("shared")).unwrap()
+    );
 }
 
 #[test]
