@@ -56,6 +56,18 @@ def main():
         print(f"| restore | {cell('strata-restore')} | {cell('restic-restore')} | {cell('borg-restore')} | cp -a: {cell('cp')} |")
         print(f"\nSecond/first backup time (strata): {med('strata-second') / med('strata-first'):.3f} cold, "
               f"{med('strata-second-warm') / med('strata-first-warm'):.3f} warm. Peak RSS of a strata backup: {int(peak) / 1024:.0f} MiB.")
+    elif section == "tier":
+        logical = int(sys.argv[3])
+        load = lambda name: json.load(open(os.path.join(jdir, name + ".json")))
+        timing = lambda name: [float(x) for x in open(os.path.join(jdir, name + ".time")).read().split()]
+        run, thaw, prune = load("tier-run"), load("thaw"), load("prune")
+        (t_run, m_run), (t_thaw, m_thaw), (t_prune, m_prune) = timing("tier-run"), timing("thaw"), timing("prune")
+        print(f"\nTiering: {logical / 1e9:.1f} GB of logical data in 14 restore points, one every 30 days; single runs, caches dropped.\n")
+        print("| operation | data | time | throughput | peak RSS |")
+        print("|---|---|---|---|---|")
+        print(f"| tier run ({run['restore_points_cold']} restore points go cold) | {run['bytes_moved'] / 1e6:.0f} MB moved, {run['cold_bytes_written'] / 1e6:.0f} MB written cold | {t_run:.1f} s | {run['bytes_moved'] / 1e6 / t_run:.0f} MB/s | {m_run / 1024:.0f} MiB |")
+        print(f"| thaw of the oldest restore point | {thaw['bytes_fetched'] / 1e6:.0f} MB fetched | {t_thaw:.1f} s | {thaw['bytes_fetched'] / 1e6 / max(t_thaw, 0.001):.0f} MB/s | {m_thaw / 1024:.0f} MiB |")
+        print(f"| prune after forget --keep-last 3 | {prune['bytes_freed'] / 1e6:.0f} MB freed of {prune['bytes_before'] / 1e6:.0f} MB | {t_prune:.1f} s | {prune['bytes_before'] / 1e6 / t_prune:.0f} MB/s swept | {m_prune / 1024:.0f} MiB (mark filter {prune['mark_filter_bytes'] / 1024:.0f} KiB) |")
     elif section == "mount":
         big, disk, rss = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         mbs = lambda name, size: f"{size / 1e6 / med(name):.0f} MB/s ({med(name):.2f} s)"
