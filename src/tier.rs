@@ -2,7 +2,7 @@
 //!
 //! `tier run` makes restore points older than the policy age cold: data
 //! chunks that only such restore points reference are recompressed (zstd
-//! level 19 where that shrinks them) into packs on the cold tier, and their
+//! level 12 where that shrinks them) into packs on the cold tier, and their
 //! warm copies are then reclaimed by the prune sweep. Chunks that any warm
 //! restore point also uses stay warm, and metadata (trees, VM descriptions,
 //! disk maps) always stays warm, so listing and browsing a cold restore
@@ -20,14 +20,16 @@ use std::collections::{BTreeMap, HashSet};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{PackRecord, Tier};
-use crate::pack::{self, ChunkCompressor, CompressedChunk, PackWriter};
+use crate::pack::{self, ChunkCompressor, CompressedChunk, Compression, PackWriter};
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
 use crate::restore_point::{format_time, now, RestorePoint};
 use crate::storage::ObjectStore;
 
-const COLD_COMPRESSION_LEVEL: i32 = 19;
+/// Higher than the default 3: cold data is written once and rarely read.
+/// Level 19 ran at 5 MB/s a core here; 12 keeps most of its gain.
+const COLD_COMPRESSION_LEVEL: i32 = 12;
 const DAY: i64 = 86_400;
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -138,8 +140,13 @@ impl ColdPacker<'_> {
             &mut stored,
         )?;
         let plain = pack::decode_chunk(&location.entry, &location.pack, &stored)?;
-        let recompressed = self.compressor.compress(*id, location.entry.kind, plain);
-        let chunk = if recompressed.bytes.len() < stored.len() {
+        // A chunk stored raw did not compress at level 3; it will not at a
+        // higher level either.
+        let recompressed = match location.entry.compression {
+            Compression::None => None,
+            Compression::Zstd => Some(self.compressor.compress(*id, location.entry.kind, plain)),
+        };
+        let chunk = if let Some(recompressed) = recompressed.filter(|r| r.bytes.len() < stored.len()) {
             recompressed
         } else {
             CompressedChunk {
