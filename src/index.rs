@@ -126,6 +126,14 @@ impl Index {
                     std::process::id(),
                     crate::storage::local::staging_name("s")
                 ));
+                // A reader cannot create column families: open those the
+                // writer has made (one added by a newer release may not
+                // exist yet in an older repository; it reads as empty).
+                let existing = DB::list_cf(&opts, path).map_err(wrap)?;
+                let cfs: Vec<ColumnFamilyDescriptor> = cfs
+                    .into_iter()
+                    .filter(|cf| existing.iter().any(|name| name == cf.name()))
+                    .collect();
                 let db =
                     DB::open_cf_descriptors_as_secondary(&opts, path, &dir, cfs).map_err(wrap)?;
                 (db, Some(dir))
@@ -367,7 +375,13 @@ impl Index {
     fn get_expiry(&self, key: &[u8]) -> Result<Option<i64>> {
         Ok(self
             .db
-            .get_pinned_cf(self.cf(CF_THAW), key)
+            .get_pinned_cf(
+                match self.db.cf_handle(CF_THAW) {
+                    Some(cf) => cf,
+                    None => return Ok(None),
+                },
+                key,
+            )
             .map_err(|e| self.err(e))?
             .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok().map(i64::from_le_bytes)))
     }
@@ -407,7 +421,10 @@ impl Index {
     /// Thawed packs and restore points: (is_pack, id bytes, until).
     pub fn thaws(&self) -> Result<Vec<(bool, Vec<u8>, i64)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_THAW), IteratorMode::Start) {
+        let Some(cf) = self.db.cf_handle(CF_THAW) else {
+            return Ok(out);
+        };
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let Ok(until) = <[u8; 8]>::try_from(&v[..]).map(i64::from_le_bytes) else {
                 continue;

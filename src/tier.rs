@@ -146,17 +146,18 @@ impl ColdPacker<'_> {
             Compression::None => None,
             Compression::Zstd => Some(self.compressor.compress(*id, location.entry.kind, plain)),
         };
-        let chunk = if let Some(recompressed) = recompressed.filter(|r| r.bytes.len() < stored.len()) {
-            recompressed
-        } else {
-            CompressedChunk {
-                id: *id,
-                kind: location.entry.kind,
-                raw_len: location.entry.raw_len,
-                compression: location.entry.compression,
-                bytes: stored,
-            }
-        };
+        let chunk =
+            if let Some(recompressed) = recompressed.filter(|r| r.bytes.len() < stored.len()) {
+                recompressed
+            } else {
+                CompressedChunk {
+                    id: *id,
+                    kind: location.entry.kind,
+                    raw_len: location.entry.raw_len,
+                    compression: location.entry.compression,
+                    bytes: stored,
+                }
+            };
         let staging = self.repo.store().staging_dir();
         let writer = match &mut self.writer {
             Some(w) => w,

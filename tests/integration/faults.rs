@@ -431,3 +431,31 @@ fn unsafe_names_in_a_manifest_are_refused_before_writing() {
         "nothing was written"
     );
 }
+
+/// A repository made before a column family existed (here: `thaw`) must
+/// still open for readers, which cannot create column families.
+#[test]
+fn readers_open_repositories_without_newer_column_families() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"older repository").unwrap();
+    t.backup(&src, "s");
+    {
+        let path = t.repo.join("index");
+        let opts = rocksdb::Options::default();
+        let names = rocksdb::DB::list_cf(&opts, &path).unwrap();
+        let mut db = rocksdb::DB::open_cf(&opts, &path, &names).unwrap();
+        db.drop_cf("thaw").unwrap();
+    }
+    assert_eq!(t.json(&["list"]).as_array().unwrap().len(), 1);
+    let target = t.path("restored");
+    t.restore("s@latest", &target);
+    assert_eq!(
+        std::fs::read(under(&target, &src).join("f")).unwrap(),
+        b"older repository"
+    );
+    // The next writer adds the missing column family.
+    t.backup(&src, "s");
+    t.ok(&["tier", "status"]);
+}
