@@ -115,6 +115,9 @@ fn inspect(
     })
 }
 
+/// An old pack and the chunk records in it that no restore point uses.
+type DeadPack = (PackId, Vec<ChunkId>);
+
 /// Copies live chunks into new packs and deletes the packs they came from
 /// once the copies are durable and indexed.
 struct Repacker<'r> {
@@ -123,7 +126,7 @@ struct Repacker<'r> {
     writers: HashMap<(Tier, bool), PackWriter>,
     /// Old packs (with their dead indexed ids) waiting for their live
     /// chunks' new pack to be sealed.
-    waiting: HashMap<(Tier, bool), Vec<(PackId, Vec<ChunkId>)>>,
+    waiting: HashMap<(Tier, bool), Vec<DeadPack>>,
 }
 
 impl Repacker<'_> {
