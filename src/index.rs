@@ -237,15 +237,36 @@ impl Index {
             .is_some())
     }
 
-    /// True when every id is indexed; one batched lookup.
-    pub fn has_all_chunks(&self, ids: &[ChunkId]) -> Result<bool> {
+    /// True when the chunk is indexed on the warm tier. New backups dedup
+    /// only against warm chunks: a warm restore point must never depend on
+    /// data that needs a thaw.
+    pub fn has_warm_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let cf = self.cf(CF_CHUNKS);
+        if !self.db.key_may_exist_cf(cf, id.as_bytes()) {
+            return Ok(false);
+        }
+        Ok(
+            match self
+                .db
+                .get_pinned_cf(cf, id.as_bytes())
+                .map_err(|e| self.err(e))?
+            {
+                Some(v) => ChunkLocation::decode(*id, &v).is_ok_and(|l| l.tier == Tier::Warm),
+                None => false,
+            },
+        )
+    }
+
+    /// True when every id is indexed on the warm tier; one batched lookup.
+    pub fn has_all_warm_chunks(&self, ids: &[ChunkId]) -> Result<bool> {
         let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
-        for result in self
+        let results = self
             .db
-            .batched_multi_get_cf(self.cf(CF_CHUNKS), keys.iter().copied(), false)
-        {
-            if result.map_err(|e| self.err(e))?.is_none() {
-                return Ok(false);
+            .batched_multi_get_cf(self.cf(CF_CHUNKS), keys.iter().copied(), false);
+        for (id, result) in ids.iter().zip(results) {
+            match result.map_err(|e| self.err(e))? {
+                Some(v) if ChunkLocation::decode(*id, &v).is_ok_and(|l| l.tier == Tier::Warm) => {}
+                _ => return Ok(false),
             }
         }
         Ok(true)

@@ -633,7 +633,8 @@ impl<'a, 's> Walker<'a, 's> {
         if record.fingerprint != *fingerprint {
             return Ok(None);
         }
-        // Chunks of a run that never committed may have been pruned since.
+        // Chunks of a run that never committed may be missing, and chunks
+        // moved to the cold tier must be stored warm again.
         let ids: Vec<ChunkId> = record
             .extents
             .iter()
@@ -642,7 +643,7 @@ impl<'a, 's> Walker<'a, 's> {
                 Extent::Hole { .. } => None,
             })
             .collect();
-        if !self.repo.index().has_all_chunks(&ids)? {
+        if !self.repo.index().has_all_warm_chunks(&ids)? {
             return Ok(None);
         }
         Ok(Some(record.extents))

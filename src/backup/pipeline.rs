@@ -53,7 +53,7 @@ impl ChunkSink<'_> {
     /// Returns whether it was new.
     pub fn submit(&self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> Result<bool> {
         if self.pending.lock().expect("pending lock").contains(&id)
-            || self.repo.index().has_chunk(&id)?
+            || self.repo.index().has_warm_chunk(&id)?
         {
             return Ok(false);
         }

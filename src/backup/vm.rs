@@ -278,6 +278,10 @@ pub fn backup_vm(
     for disk in &vm.disks {
         opened.push(VirtualDisk::open(&disk.path)?);
     }
+    let warm_cutoff = restore_point::now().sec - repo.config().tiers.warm_days as i64 * 86_400;
+    let parent_is_warm = parent
+        .as_ref()
+        .is_some_and(|p| p.manifest.time.sec >= warm_cutoff);
     let mut changed: Vec<Option<Vec<(u64, u64)>>> = vec![None; vm.disks.len()];
     for (selector, file) in &request.changed_extents {
         let i = vm
@@ -309,8 +313,14 @@ pub fn backup_vm(
                 .and_then(|p| p.disks.iter().find(|d| d.slot == disk.slot))
                 .filter(|d| d.capacity == image.capacity() && d.chunk_size == chunk_size);
             let cbt = match (&changed[i], parent_disk) {
-                (Some(extents), Some(parent)) if !request.full => {
+                (Some(extents), Some(parent)) if !request.full && parent_is_warm => {
                     Some((extents.as_slice(), parent))
+                }
+                (Some(_), Some(_)) if !parent_is_warm => {
+                    // Its data may be on the cold tier: reusing its map would
+                    // make this restore point depend on data needing a thaw.
+                    tracing::info!(disk = %disk.slot, "the parent restore point is past the warm period; reading the whole disk");
+                    None
                 }
                 (Some(_), None) => {
                     tracing::info!(disk = %disk.slot, "no matching disk in a parent restore point; reading the whole disk");

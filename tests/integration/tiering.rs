@@ -198,6 +198,22 @@ fn mount_browses_cold_restore_points_and_refuses_their_data() {
 }
 
 #[test]
+fn new_backups_store_cold_data_warm_again() {
+    let Tiered { t, src, old_copy } = tiered(45);
+    t.ok(&["tier", "run"]);
+    std::fs::copy(old_copy.join("old-only"), src.join("old-only")).unwrap();
+    let summary = t.backup(&src, "s");
+    assert!(
+        summary["bytes_new"].as_u64().unwrap() >= 3_000_000,
+        "cold data must be stored warm again: {summary}"
+    );
+    let restored = t.path("restored");
+    t.restore("s@latest", &restored);
+    assert_same_tree(&src, &under(&restored, &src));
+    t.ok(&["check", "--read-data"]);
+}
+
+#[test]
 fn kill_9_during_tier_run_and_thaw_loses_nothing() {
     let Tiered { t, src, old_copy } = tiered(42);
     let old = old_selector(&t);
