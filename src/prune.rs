@@ -118,6 +118,18 @@ fn inspect(
 /// An old pack and the chunk records in it that no restore point uses.
 type DeadPack = (PackId, Vec<ChunkId>);
 
+impl PackState {
+    /// Chunk records pointing into this pack that nothing references.
+    fn dead_ids(&self) -> Vec<ChunkId> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.indexed[*i] && !self.live[*i])
+            .map(|(_, e)| e.id)
+            .collect()
+    }
+}
+
 /// Copies live chunks into new packs and deletes the packs they came from
 /// once the copies are durable and indexed.
 struct Repacker<'r> {
@@ -164,13 +176,7 @@ impl Repacker<'_> {
                 bytes,
             })?;
         }
-        let dead: Vec<ChunkId> = state
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| state.indexed[*i] && !state.live[*i])
-            .map(|(_, e)| e.id)
-            .collect();
+        let dead = state.dead_ids();
         self.waiting.entry(class).or_default().push((old, dead));
         report.packs_repacked += 1;
         if self
@@ -288,13 +294,7 @@ pub fn prune(
             .filter(|(_, l)| **l)
             .map(|(e, _)| e.stored_len as u64)
             .sum();
-        let dead: Vec<ChunkId> = state
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| state.indexed[*i] && !state.live[*i])
-            .map(|(_, e)| e.id)
-            .collect();
+        let dead = state.dead_ids();
         if options.dry_run {
             if live == 0 {
                 report.packs_deleted += 1;
