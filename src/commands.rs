@@ -425,6 +425,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                 &repo,
                 &strata::prune::PruneOptions {
                     repack_below,
+                    repack_cold: true,
                     dry_run,
                 },
                 &progress,

@@ -100,9 +100,10 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
             "{} is busy (a process is using it); close it or use `umount -l {0}`",
             mountpoint.display()
         ))),
-        Err(nix::errno::Errno::EINVAL) => {
-            Err(Error::InvalidInput(format!("{} is not mounted", mountpoint.display())))
-        }
+        Err(nix::errno::Errno::EINVAL) => Err(Error::InvalidInput(format!(
+            "{} is not mounted",
+            mountpoint.display()
+        ))),
         Err(e) => Err(Error::io("unmounting", mountpoint, e.into())),
     }
 }

@@ -33,6 +33,9 @@ pub struct PruneOptions {
     /// Packs whose live bytes are below this fraction of their bytes are
     /// rewritten.
     pub repack_below: f64,
+    /// Also rewrite cold packs (reading the archival tier). Thawed cold
+    /// packs are never rewritten: that would cancel their thaw.
+    pub repack_cold: bool,
     pub dry_run: bool,
 }
 
@@ -295,11 +298,16 @@ pub fn prune(
             .map(|(e, _)| e.stored_len as u64)
             .sum();
         let dead = state.dead_ids();
+        let may_repack = match record.tier {
+            Tier::Warm => true,
+            Tier::Cold => options.repack_cold && repo.index().pack_thawed_until(id)?.is_none(),
+        };
+        let repack = may_repack && (live as f64) < options.repack_below * total as f64;
         if options.dry_run {
             if live == 0 {
                 report.packs_deleted += 1;
                 report.bytes_freed += record.size;
-            } else if (live as f64) < options.repack_below * total as f64 {
+            } else if repack {
                 report.packs_repacked += 1;
                 report.bytes_freed += total - live;
             }
@@ -307,7 +315,7 @@ pub fn prune(
         }
         if live == 0 {
             drop_pack(repo, record.tier, id, &dead, &mut report)?;
-        } else if (live as f64) < options.repack_below * total as f64 {
+        } else if repack {
             repacker.add(*id, record, &state, &mut report)?;
         }
     }

@@ -268,6 +268,9 @@ pub fn run(
         repo,
         &crate::prune::PruneOptions {
             repack_below: 0.8,
+            // Cold packs are only dropped when empty: rewriting them would
+            // read the archival tier and cancel thaws.
+            repack_cold: false,
             dry_run: false,
         },
         &Progress::hidden(),

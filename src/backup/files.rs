@@ -548,7 +548,12 @@ impl<'a, 's> Walker<'a, 's> {
     }
 
     fn set_extents(&mut self, dir: usize, slot: usize, extents: Vec<Extent>) {
-        self.node_mut(dir, slot).kind = NodeKind::File { extents };
+        // The size is what was read: a file that grew or shrank between its
+        // stat and its read (or between two names of a hard link) must
+        // still have extents that add up to its size.
+        let node = self.node_mut(dir, slot);
+        node.size = extents.iter().map(Extent::len).sum();
+        node.kind = NodeKind::File { extents };
     }
 
     fn mark_missed(&mut self, dir: usize, slot: usize) -> Result<()> {

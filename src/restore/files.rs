@@ -193,13 +193,13 @@ fn measure_node<M>(repo: &Repository<M>, rp: &RestorePoint, node: &Node) -> Resu
         NodeKind::Directory { subtree } => measure_tree(repo, rp, subtree),
         NodeKind::File { extents } => {
             // Cold data is refused before anything is written.
-            if let Some(Extent::Data { id, .. }) =
-                extents.iter().find(|e| matches!(e, Extent::Data { .. }))
-            {
-                if !repo.is_readable(id)? {
-                    return Err(Error::RestorePointCold {
-                        restore_point: rp.id.short(),
-                    });
+            for extent in extents {
+                if let Extent::Data { id, .. } = extent {
+                    if !repo.is_readable(id)? {
+                        return Err(Error::RestorePointCold {
+                            restore_point: rp.id.short(),
+                        });
+                    }
                 }
             }
             file_data_bytes(node)

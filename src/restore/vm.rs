@@ -209,20 +209,19 @@ pub fn restore_vm<M: Sync>(
     })
 }
 
-/// Refuses a disk whose data is on the cold tier, before writing.
+/// Refuses a disk any of whose data is on the cold tier, before writing.
 fn check_readable<M>(repo: &Repository<M>, rp: &RestorePoint, disk: &DiskRecord) -> Result<()> {
     let map = DiskMapReader::new(repo, &disk.pages);
     for (p, page_ref) in disk.pages.iter().enumerate() {
         if page_ref.data_chunks == 0 {
             continue;
         }
-        if let Some(id) = map.page(p)?.entries.iter().flatten().next() {
+        for id in map.page(p)?.entries.iter().flatten() {
             if !repo.is_readable(id)? {
                 return Err(Error::RestorePointCold {
                     restore_point: rp.id.short(),
                 });
             }
-            break;
         }
     }
     Ok(())
@@ -281,7 +280,11 @@ pub fn write_disk<M: Sync>(
         .map(|n| n.get())
         .unwrap_or(2);
     let (to_writer, windows) = bounded::<Vec<(u64, Option<Vec<u8>>)>>(1);
+    // Set once every window was sent: only then is the output finished
+    // (grain tables, size), so a failed restore never looks complete.
+    let complete = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| -> Result<u64> {
+        let complete = &complete;
         let writer = scope.spawn(move || -> Result<u64> {
             let mut written = 0;
             for window in windows {
@@ -296,6 +299,11 @@ pub fn write_disk<M: Sync>(
                         None => sink.hole(offset, disk.chunk_len(index))?,
                     }
                 }
+            }
+            if !complete.load(Ordering::Acquire) {
+                return Err(Error::Interrupted(
+                    "disk restore stopped before its end".into(),
+                ));
             }
             sink.finish()?;
             Ok(written)
@@ -320,15 +328,16 @@ pub fn write_disk<M: Sync>(
                                     let Some(id) = ids.get(i) else { return Ok(()) };
                                     let Some(id) = id else { continue };
                                     let index = start + i as u64;
-                                    let data = repo.read_chunk(id).map_err(|e| {
-                                        Error::corrupt(
+                                    let data = repo.read_chunk(id).map_err(|e| match e {
+                                        Error::Cold { .. } => e,
+                                        e => Error::corrupt(
                                             format!(
                                                 "disk {} at byte {}",
                                                 disk.slot,
                                                 index * disk.chunk_size as u64
                                             ),
                                             e,
-                                        )
+                                        ),
                                     })?;
                                     if data.len() as u64 != disk.chunk_len(index) {
                                         return Err(Error::corrupt(
@@ -360,6 +369,7 @@ pub fn write_disk<M: Sync>(
                 }
                 start = end;
             }
+            complete.store(start >= chunks, Ordering::Release);
             Ok(())
         })();
         drop(to_writer);

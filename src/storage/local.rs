@@ -166,7 +166,16 @@ impl ObjectStore for LocalStore {
             }
             Err(e) => return Err(Error::io("renaming staging file to", path, e)),
         }
-        fsync_dir(path.parent().expect("object paths have a parent"))
+        let dir = path.parent().expect("object paths have a parent");
+        fsync_dir(dir)?;
+        // Also the directory's own entry: it may have been created by a
+        // process that died before making it durable.
+        match dir.parent() {
+            Some(grandparent) if grandparent != self.root.parent().unwrap_or(&self.root) => {
+                fsync_dir(grandparent)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {

@@ -262,3 +262,24 @@ fn kill_9_during_tier_run_and_thaw_loses_nothing() {
     assert_same_tree(&old_copy, &under(&r, &src));
     t.ok(&["check", "--read-data"]);
 }
+
+/// A file whose first chunks stay warm (shared with a new restore point)
+/// but whose later chunks went cold is refused before anything is written.
+#[test]
+fn partly_cold_files_are_refused_before_writing() {
+    let Tiered { t, src, old_copy } = tiered(46);
+    // The new restore point shares only the beginning of old-only.
+    let old_only = std::fs::read(old_copy.join("old-only")).unwrap();
+    std::fs::write(src.join("prefix"), &old_only[..1_000_000]).unwrap();
+    t.backup(&src, "s");
+    t.ok(&["tier", "run"]);
+    let old = old_selector(&t);
+    let target = t.path("target");
+    let out = t.run(&["restore", "files", &old, "--to", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cold tier"));
+    assert!(
+        !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),
+        "nothing may be written"
+    );
+}
