@@ -128,7 +128,10 @@ impl Repository<Exclusive> {
         let config = check_layout(root)?;
         let lock = RepositoryLock::acquire(root, command)?;
         let store = LocalStore::new(root);
-        let leftovers = store.clear_staging()?;
+        let mut leftovers = store.clear_staging()?;
+        if let Some(cold) = cold_store(&config) {
+            leftovers += cold.clear_staging()?;
+        }
         if leftovers > 0 {
             tracing::info!(leftovers, "removed staging files of an interrupted run");
         }
