@@ -125,10 +125,12 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     }
 
     let mut indexed = 0u64;
+    let mut missing_packs = 0u64;
     for location in repo.index().chunks() {
         let location = location?;
         indexed += 1;
         if !listed_packs.contains(&location.pack) {
+            missing_packs += 1;
             report.errors.push(format!(
                 "chunk {} is indexed in pack {}, which does not exist",
                 location.entry.id, location.pack
@@ -136,11 +138,6 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
         }
     }
     report.chunks = indexed;
-    let missing_packs = report
-        .errors
-        .iter()
-        .filter(|e| e.contains("which does not exist"))
-        .count() as u64;
     if matched + missing_packs < indexed {
         report.errors.push(format!(
             "{} indexed chunks are not where the index says in their packs",

@@ -30,7 +30,7 @@ use crate::index::{FileCacheBatch, FileCacheRecord, FileFingerprint};
 use crate::pack::{ChunkKind, MAX_CHUNK_LEN};
 use crate::progress::Progress;
 use crate::repository::{Exclusive, Repository};
-use crate::restore_point::{self, BackupStats, Manifest, MissedFile, RestorePointKind};
+use crate::restore_point::{self, Manifest, MissedFile, RestorePointKind};
 use crate::tree::{Extent, Node, NodeKind, Timestamp, Tree};
 
 const MAX_IN_FLIGHT: usize = 256;
@@ -166,16 +166,13 @@ pub fn backup_files(
     })?;
     progress.finish();
 
-    let stats = BackupStats {
-        files: walked.files,
-        directories: walked.directories,
-        bytes_total: walked.bytes_total,
-        bytes_read: walked.bytes_read,
-        bytes_new: counters.bytes_new.load(Ordering::Relaxed),
-        bytes_stored: counters.bytes_stored.load(Ordering::Relaxed),
-        chunks_new: counters.chunks_new.load(Ordering::Relaxed),
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
+    let stats = counters.stats(
+        walked.files,
+        walked.directories,
+        walked.bytes_total,
+        walked.bytes_read,
+        started,
+    );
     let manifest = Manifest {
         kind: RestorePointKind::Files,
         source,

@@ -23,6 +23,7 @@ use crate::id::ChunkId;
 use crate::index::{PackRecord, Tier};
 use crate::pack::{self, ChunkCompressor, ChunkKind, CompressedChunk, PackWriter};
 use crate::repository::{Exclusive, Repository};
+use crate::restore_point::BackupStats;
 use crate::storage::ObjectStore;
 
 /// Counters of what the pipeline stored.
@@ -32,6 +33,30 @@ pub struct StoreCounters {
     pub bytes_new: AtomicU64,
     pub bytes_stored: AtomicU64,
     pub packs: AtomicU64,
+}
+
+impl StoreCounters {
+    /// A restore point's statistics: what the mover saw, plus what the
+    /// pipeline stored.
+    pub fn stats(
+        &self,
+        files: u64,
+        directories: u64,
+        bytes_total: u64,
+        bytes_read: u64,
+        started: std::time::Instant,
+    ) -> BackupStats {
+        BackupStats {
+            files,
+            directories,
+            bytes_total,
+            bytes_read,
+            bytes_new: self.bytes_new.load(Ordering::Relaxed),
+            bytes_stored: self.bytes_stored.load(Ordering::Relaxed),
+            chunks_new: self.chunks_new.load(Ordering::Relaxed),
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
 }
 
 struct RawChunk {

@@ -23,7 +23,7 @@ use crate::id::ChunkId;
 use crate::pack::ChunkKind;
 use crate::progress::Progress;
 use crate::repository::{Exclusive, Repository};
-use crate::restore_point::{self, BackupStats, Manifest, RestorePointKind};
+use crate::restore_point::{self, Manifest, RestorePointKind};
 use crate::tree::Timestamp;
 use crate::vm::description::{DiskRecord, VmDescription};
 use crate::vm::vmx::Vmx;
@@ -359,16 +359,13 @@ pub fn backup_vm(
     })?;
     progress.finish();
 
-    let stats = BackupStats {
-        files: vm.disks.len() as u64,
-        directories: 0,
-        bytes_total: opened.iter().map(VirtualDisk::capacity).sum(),
-        bytes_read: bytes_read.load(Ordering::Relaxed),
-        bytes_new: counters.bytes_new.load(Ordering::Relaxed),
-        bytes_stored: counters.bytes_stored.load(Ordering::Relaxed),
-        chunks_new: counters.chunks_new.load(Ordering::Relaxed),
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
+    let stats = counters.stats(
+        vm.disks.len() as u64,
+        0,
+        opened.iter().map(VirtualDisk::capacity).sum(),
+        bytes_read.load(Ordering::Relaxed),
+        started,
+    );
     let manifest = Manifest {
         kind: RestorePointKind::Vm,
         source: vm.name.clone(),

@@ -274,22 +274,17 @@ impl<M: Sync + Send> Namespace<M> {
     }
 
     fn compute_children(&self, inode: &Inode) -> Result<Vec<Child>> {
-        let dirs = |names: Vec<&str>| {
-            names
-                .into_iter()
-                .map(|n| Child {
-                    name: n.as_bytes().to_vec(),
-                    kind: Kind::Root,
-                })
-                .collect()
-        };
         let mut children: Vec<Child> = match &inode.kind {
-            Kind::Root => {
-                let mut c: Vec<Child> = dirs(vec!["files", "vms"]);
-                c[0].kind = Kind::FilesRoot;
-                c[1].kind = Kind::VmsRoot;
-                c
-            }
+            Kind::Root => vec![
+                Child {
+                    name: b"files".to_vec(),
+                    kind: Kind::FilesRoot,
+                },
+                Child {
+                    name: b"vms".to_vec(),
+                    kind: Kind::VmsRoot,
+                },
+            ],
             Kind::FilesRoot | Kind::VmsRoot => {
                 let kind = if matches!(inode.kind, Kind::FilesRoot) {
                     RestorePointKind::Files

@@ -271,7 +271,13 @@ fn partly_cold_files_are_refused_before_writing() {
     // The new restore point shares only the beginning of old-only.
     let old_only = std::fs::read(old_copy.join("old-only")).unwrap();
     std::fs::write(src.join("prefix"), &old_only[..1_000_000]).unwrap();
-    t.backup(&src, "s");
+    let shared = t.backup(&src, "s");
+    // Precondition: the prefix really shares old-only's first chunk(s),
+    // which therefore stay warm while the rest of old-only goes cold.
+    assert!(
+        shared["bytes_new"].as_u64().unwrap() < 1_000_000,
+        "prefix shares no chunk: {shared}"
+    );
     t.ok(&["tier", "run"]);
     let old = old_selector(&t);
     let target = t.path("target");
