@@ -4,9 +4,11 @@
 mod util;
 
 mod backup_restore;
+mod cli_output;
 mod faults;
 mod incremental;
 mod mount;
+mod restore_safety;
 mod retention;
 mod tiering;
 mod vm;
