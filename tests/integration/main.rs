@@ -10,3 +10,5 @@ mod mount;
 mod retention;
 mod tiering;
 mod vm;
+mod vm_images;
+mod vm_restores;
