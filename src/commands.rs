@@ -238,8 +238,18 @@ pub fn run(cli: Cli) -> Result<Status> {
             let source = VmSource::Vm(vm);
             backup_disks(repo?, source, args, "strata backup vm")
         }
-        Command::Backup(BackupCommand::Image { disk, name, args }) => {
-            let source = VmSource::Image { path: disk, name };
+        Command::Backup(BackupCommand::Image {
+            disk,
+            name,
+            format,
+            args,
+        }) => {
+            let format = format.map(Into::into);
+            let source = VmSource::Image {
+                path: disk,
+                name,
+                format,
+            };
             backup_disks(repo?, source, args, "strata backup image")
         }
         Command::List(json) => {

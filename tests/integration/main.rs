@@ -12,3 +12,5 @@ mod restore_safety;
 mod retention;
 mod tiering;
 mod vm;
+mod vm_images;
+mod vm_restores;
