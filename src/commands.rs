@@ -812,6 +812,7 @@ fn vm_json(d: &strata::vm::description::VmDescription) -> serde_json::Value {
             "slot": disk.slot,
             "controller": disk.slot.split_once(':').map_or(disk.slot.as_str(), |(c, _)| c),
             "file_name": disk.file_name,
+            "adapter_type": disk.adapter_type,
             "capacity": disk.capacity,
             "allocated": disk.allocated_bytes(),
             "source_format": describe_format(disk.source_format),

@@ -98,11 +98,6 @@ impl RestoreTarget {
     }
 }
 
-/// Validates a restore destination and creates it; see [`plan_target`].
-pub fn prepare_target(repo_root: &Path, target: &Path) -> Result<PathBuf> {
-    plan_target(repo_root, target)?.create()
-}
-
 /// Refuses a restore that would not fit, before anything is written.
 pub fn check_space(target: &Path, needed: u64) -> Result<()> {
     let stat = nix::sys::statvfs::statvfs(target).at("checking free space of", target)?;

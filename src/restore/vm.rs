@@ -81,10 +81,12 @@ fn select_disk<'d>(description: &'d VmDescription, selector: &str) -> Result<&'d
     })
 }
 
+/// Validates the target and its free space, then creates it: a refused
+/// restore creates nothing.
 fn prepare_dir<M>(repo: &Repository<M>, dir: &Path, needed: u64) -> Result<PathBuf> {
-    let dir = super::prepare_target(repo.root(), dir)?;
-    super::check_space(&dir, needed)?;
-    Ok(dir)
+    let target = super::plan_target(repo.root(), dir)?;
+    target.check_space(needed)?;
+    target.create()
 }
 
 /// Removes a half-made VM folder unless disarmed.

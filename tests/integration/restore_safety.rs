@@ -204,3 +204,22 @@ fn a_reader_follows_chunks_that_prune_moved() {
     }
     assert!(data == kept, "read different bytes after the chunks moved");
 }
+
+#[test]
+fn a_refused_vm_restore_creates_nothing() {
+    let t = TestRepo::new();
+    let image = t.path("db.img");
+    let file = std::fs::File::create(&image).unwrap();
+    file.set_len(2 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"boot sector", 0).unwrap();
+    t.ok(&["backup", "image", image.to_str().unwrap(), "--name", "db"]);
+    let inside = t.repo.join("vms-inside");
+    for args in [
+        vec!["restore", "vm", "db@latest", "--to", inside.to_str().unwrap()],
+        vec!["restore", "disk", "db@latest", "image", "--to", inside.to_str().unwrap()],
+    ] {
+        let out = t.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", err_text(&out));
+        assert!(!inside.exists(), "{args:?} created its refused target");
+    }
+}
