@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 use fuser::{
-    consts, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    consts, fuse_forget_one, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use libc::{EIO, ENODATA, ENOENT, ENOTDIR, ERANGE};
 
@@ -42,10 +42,18 @@ pub struct StrataFs<M: Send + Sync + 'static> {
     pool: Sender<Job>,
     /// Answer xattr requests with ENOSYS, so the kernel stops asking.
     no_xattrs: bool,
+    /// Ask the kernel to enforce the backed-up POSIX ACLs, which it reads
+    /// as `system.posix_acl_*` xattrs through `getxattr`.
+    kernel_acls: bool,
 }
 
 impl<M: Send + Sync + 'static> StrataFs<M> {
-    pub fn new(ns: Arc<Namespace<M>>, cache_bytes: u64, no_xattrs: bool) -> Self {
+    pub fn new(
+        ns: Arc<Namespace<M>>,
+        cache_bytes: u64,
+        no_xattrs: bool,
+        kernel_acls: bool,
+    ) -> Self {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -68,6 +76,7 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
             cache: Arc::new(ChunkCache::new(cache_bytes)),
             pool,
             no_xattrs,
+            kernel_acls,
         }
     }
 
@@ -82,6 +91,30 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
     fn inode(&self, ino: u64) -> std::result::Result<Arc<Inode>, i32> {
         self.ns.get(ino).ok_or(ENOENT)
     }
+}
+
+/// `trusted.*` attributes are for CAP_SYS_ADMIN only, as on every Linux
+/// file system; the VFS checks `getxattr` of them but passes `listxattr`
+/// through, so the file system filters the list itself.
+fn is_trusted(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.")
+}
+
+/// Whether the calling process holds CAP_SYS_ADMIN (and is root), read from
+/// its `/proc/<pid>/status`; unknown means no.
+fn may_see_trusted(req: &Request<'_>) -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    if req.uid() != 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 fn errno(e: &Error) -> i32 {
@@ -289,9 +322,21 @@ fn seek<M: Send + Sync>(
 /// Receives one directory entry; returns true when the reply is full.
 type AddEntry<'a> = dyn FnMut(u64, i64, FileType, &OsStr, Option<(&Inode, &Duration)>) -> bool + 'a;
 
+/// The inode number `readdir` gives an entry the kernel has not looked up
+/// (libfuse's FUSE_UNKNOWN_INO): making an inode for every name listed
+/// would hold one per entry ever listed.
+const UNKNOWN_INO: u64 = 0xffff_ffff;
+
 impl<M: Send + Sync + 'static> StrataFs<M> {
     /// Walks a directory's entries from `offset` ("." and ".." first).
-    fn list(&self, ino: u64, offset: i64, add: &mut AddEntry) -> std::result::Result<(), i32> {
+    /// With `plus`, every entry comes with its inode, made if need be.
+    fn list(
+        &self,
+        ino: u64,
+        offset: i64,
+        plus: bool,
+        add: &mut AddEntry,
+    ) -> std::result::Result<(), i32> {
         let inode = self.inode(ino)?;
         if inode.kind.file_type() != FileType::Directory {
             return Err(ENOTDIR);
@@ -328,15 +373,26 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
             index = 2;
         }
         for (i, child) in children.iter().enumerate().skip(index - 2) {
-            let child_inode = self.ns.intern(inode.ino, child);
             let name = OsStr::from_bytes(&child.name);
-            if add(
-                child_inode.ino,
-                (i + 3) as i64,
-                child.kind.file_type(),
-                name,
-                Some((&child_inode, ttl)),
-            ) {
+            let next = (i + 3) as i64;
+            let full = if plus {
+                let child_inode = self.ns.intern(inode.ino, child);
+                add(
+                    child_inode.ino,
+                    next,
+                    child.kind.file_type(),
+                    name,
+                    Some((&child_inode, ttl)),
+                )
+            } else {
+                let child_ino = self
+                    .ns
+                    .inodes
+                    .bound(inode.ino, child)
+                    .unwrap_or(UNKNOWN_INO);
+                add(child_ino, next, child.kind.file_type(), name, None)
+            };
+            if full {
                 break;
             }
         }
@@ -360,6 +416,14 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
                 | consts::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.set_max_background(64);
+        if self.kernel_acls {
+            // Also turns on default_permissions: the kernel checks mode
+            // bits and ACLs itself, and caches each inode's ACL.
+            if let Err(missing) = config.add_capabilities(consts::FUSE_POSIX_ACL) {
+                tracing::error!(missing, "the kernel cannot enforce POSIX ACLs in FUSE");
+                return Err(libc::ENOSYS);
+            }
+        }
         Ok(())
     }
 
@@ -372,7 +436,10 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
             return reply.error(ENOTDIR);
         }
         match self.ns.lookup(&parent, name.as_bytes()) {
-            Ok(Some(inode)) => reply.entry(Self::ttl(&parent), &self.ns.attr(&inode), 0),
+            Ok(Some(inode)) => {
+                self.ns.inodes.looked_up(inode.ino);
+                reply.entry(Self::ttl(&parent), &self.ns.attr(&inode), 0);
+            }
             Ok(None) => reply.error(ENOENT),
             Err(e) => {
                 tracing::error!(error = %e, name = %name.to_string_lossy(), "lookup failed");
@@ -522,7 +589,7 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let result = self.list(ino, offset, &mut |entry_ino, next, kind, name, _| {
+        let result = self.list(ino, offset, false, &mut |entry_ino, next, kind, name, _| {
             reply.add(entry_ino, next, kind, name)
         });
         match result {
@@ -544,8 +611,17 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         let result = self.list(
             ino,
             offset,
+            true,
             &mut |entry_ino, next, _, name, entry| match entry {
-                Some((inode, ttl)) => reply.add(entry_ino, next, name, ttl, &ns.attr(inode), 0),
+                Some((inode, ttl)) => {
+                    let full = reply.add(entry_ino, next, name, ttl, &ns.attr(inode), 0);
+                    // The kernel counts a lookup for every entry it gets
+                    // but `.` and `..`.
+                    if !full && name != "." && name != ".." {
+                        ns.inodes.looked_up(entry_ino);
+                    }
+                    full
+                }
                 None => false,
             },
         );
@@ -555,13 +631,25 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         }
     }
 
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
+        self.ns.inodes.forget(ino, nlookup);
+    }
+
+    fn batch_forget(&mut self, _req: &Request<'_>, nodes: &[fuse_forget_one]) {
+        for node in nodes {
+            self.ns.inodes.forget(node.nodeid, node.nlookup);
+        }
+    }
+
+    /// `files` is the number of inodes the mount holds now (`df -i`).
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, 0, 0, 128 * 1024, 255, 128 * 1024);
+        let held = self.ns.inodes.held() as u64;
+        reply.statfs(0, 0, 0, held, 0, 128 * 1024, 255, 128 * 1024);
     }
 
     fn getxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         size: u32,
@@ -574,6 +662,9 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
+        if is_trusted(name.as_bytes()) && !may_see_trusted(req) {
+            return reply.error(ENODATA);
+        }
         let value = match &inode.kind {
             Kind::Entry { node, .. } | Kind::Dir { node, .. } => node
                 .xattrs
@@ -590,7 +681,7 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         }
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+    fn listxattr(&mut self, req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
         if self.no_xattrs {
             return reply.error(libc::ENOSYS);
         }
@@ -600,7 +691,12 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         };
         let mut list = Vec::new();
         if let Kind::Entry { node, .. } | Kind::Dir { node, .. } = &inode.kind {
+            let show_trusted =
+                node.xattrs.iter().any(|(n, _)| is_trusted(n)) && may_see_trusted(req);
             for (name, _) in &node.xattrs {
+                if is_trusted(name) && !show_trusted {
+                    continue;
+                }
                 list.extend_from_slice(name);
                 list.push(0);
             }

@@ -7,6 +7,8 @@ mod backup_restore;
 mod faults;
 mod incremental;
 mod mount;
+mod mount_lifecycle;
+mod mount_security;
 mod retention;
 mod tiering;
 mod vm;
