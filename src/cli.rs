@@ -195,9 +195,32 @@ pub enum BackupCommand {
         /// Name of the VM (default: the file name without extension).
         #[arg(long)]
         name: Option<String>,
+        /// Read the image as this format (default: a .vmdk name must be a
+        /// VMDK, a .img/.raw name or block device raw data; other names
+        /// are read as VMDK or raw by content). Content that contradicts
+        /// the format is refused.
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        format: Option<ImageFormatArg>,
         #[command(flatten)]
         args: DiskBackupArgs,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFormatArg {
+    /// The bytes as they are, whatever they hold.
+    Raw,
+    /// A VMDK: sparse, stream-optimized, or a descriptor with extents.
+    Vmdk,
+}
+
+impl From<ImageFormatArg> for strata::disk::ImageFormat {
+    fn from(arg: ImageFormatArg) -> Self {
+        match arg {
+            ImageFormatArg::Raw => Self::Raw,
+            ImageFormatArg::Vmdk => Self::Vmdk,
+        }
+    }
 }
 
 #[derive(Args)]

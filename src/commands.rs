@@ -1,6 +1,7 @@
 //! One function per command: open the repository, call the library,
 //! render human text or `--json`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -18,13 +19,33 @@ use strata::restore::vm::{
     load_description, restore_disk_raw, restore_vm, DiskOutput, VmRestore, VmRestoreSummary,
 };
 use strata::restore_point::RestorePointKind;
-use strata::restore_point::{format_time, parse_time, RestorePoint};
+use strata::restore_point::{
+    format_time, format_time_exact, parse_time, select, time_labels, RestorePoint,
+};
 use strata::tree::{Node, NodeKind};
 
 use crate::cli::{
     BackupCommand, Cli, Command, DiskBackupArgs, DiskFormatArg, RepairCommand, RestoreCommand,
     TierCommand,
 };
+
+/// Writes a line to standard output. Output is what a person or a script
+/// asked for; when the reader goes away (`strata list | head -1`), the
+/// error travels up like any other and `main` ends quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
+
+/// True when `error` is standard output's reader having gone away.
+pub fn is_closed_stdout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 #[derive(Clone, Copy)]
 pub enum Status {
@@ -48,11 +69,12 @@ fn open_exclusive(path: &Path, command: &str) -> Result<Repository<Exclusive>> {
     Ok(Repository::open_exclusive(path, command)?)
 }
 
-fn print_json(value: &serde_json::Value) {
-    println!(
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    out!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values serialize")
     );
+    Ok(())
 }
 
 fn human_bytes(n: u64) -> String {
@@ -88,23 +110,23 @@ pub fn run(cli: Cli) -> Result<Status> {
                 config.tiers.cold_dir = Some(std::fs::canonicalize(cold)?);
             }
             Repository::init(&path, config)?;
-            println!("created repository {id} at {}", path.display());
+            out!("created repository {id} at {}", path.display());
             Ok(Status::Ok)
         }
         Command::Tier(TierCommand::Status(json)) => {
             let repo = open(&repo?)?;
             let status = strata::tier::status(&repo)?;
             if json.json {
-                print_json(&serde_json::to_value(&status)?);
+                print_json(&serde_json::to_value(&status)?)?;
             } else {
-                println!(
+                out!(
                     "warm: {} in {} packs; {} restore points younger than {} days",
                     human_bytes(status.warm_bytes),
                     status.warm_packs,
                     status.restore_points_warm,
                     status.warm_days
                 );
-                println!(
+                out!(
                     "cold: {} in {} packs at {}; {} older restore points",
                     human_bytes(status.cold_bytes),
                     status.cold_packs,
@@ -114,9 +136,9 @@ pub fn run(cli: Cli) -> Result<Status> {
                         .unwrap_or("(no cold tier configured)"),
                     status.restore_points_cold
                 );
-                println!("thawed: {} packs", status.thawed_packs);
+                out!("thawed: {} packs", status.thawed_packs);
                 for (rp, until) in &status.thawed {
-                    println!("  restore point {rp} until {until}");
+                    out!("  restore point {rp} until {until}");
                 }
             }
             Ok(Status::Ok)
@@ -126,9 +148,9 @@ pub fn run(cli: Cli) -> Result<Status> {
             let progress = Progress::bytes("tier", false);
             let report = strata::tier::run(&repo, warm_days, &progress)?;
             if json.json {
-                print_json(&serde_json::to_value(&report)?);
+                print_json(&serde_json::to_value(&report)?)?;
             } else {
-                println!(
+                out!(
                     "{} restore points older than {} days: moved {} chunks ({}) to {} cold packs ({}); freed {} warm; {} thaw copies expired",
                     report.restore_points_cold,
                     report.warm_days,
@@ -148,24 +170,37 @@ pub fn run(cli: Cli) -> Result<Status> {
             plan,
             json,
         } => {
-            let repo = open_exclusive(&repo?, "strata thaw")?;
+            let path = repo?;
+            let repo = open_exclusive(&path, "strata thaw")?;
             let rp = repo.resolve(&restore_point)?;
             let progress = Progress::bytes("thaw", !json.json && !plan);
-            let report = strata::tier::thaw(&repo, &rp, days, plan, &progress)?;
+            let thawed = strata::tier::thaw(&repo, &rp, days, plan, &progress);
+            // The notification runs after the writer lock is released.
+            let config = repo.config().clone();
+            drop(repo);
+            if !plan {
+                let notice = strata::notify::ThawNotice {
+                    restore_point: &rp,
+                    ok: thawed.is_ok(),
+                    until: thawed.as_ref().ok().map(|r| r.until.as_str()),
+                };
+                strata::notify::notify_thaw(&path, &config, &notice);
+            }
+            let report = thawed?;
             if json.json {
-                print_json(&serde_json::to_value(&report)?);
+                print_json(&serde_json::to_value(&report)?)?;
             } else if plan {
-                println!(
+                out!(
                     "thawing {} would fetch {} cold packs, {}:",
                     rp.id.short(),
                     report.packs.len(),
                     human_bytes(report.bytes)
                 );
                 for (pack, size) in &report.packs {
-                    println!("  {pack} {}", human_bytes(*size));
+                    out!("  {pack} {}", human_bytes(*size));
                 }
             } else {
-                println!(
+                out!(
                     "thawed {} until {}: fetched {} packs ({}), {} already thawed",
                     rp.id.short(),
                     report.until,
@@ -197,34 +232,45 @@ pub fn run(cli: Cli) -> Result<Status> {
                 },
                 &progress,
             )?;
-            Ok(render_backup(&outcome, json.json))
+            render_backup(&outcome, json.json)
         }
         Command::Backup(BackupCommand::Vm { vm, args }) => {
             let source = VmSource::Vm(vm);
             backup_disks(repo?, source, args, "strata backup vm")
         }
-        Command::Backup(BackupCommand::Image { disk, name, args }) => {
-            let source = VmSource::Image { path: disk, name };
+        Command::Backup(BackupCommand::Image {
+            disk,
+            name,
+            format,
+            args,
+        }) => {
+            let format = format.map(Into::into);
+            let source = VmSource::Image {
+                path: disk,
+                name,
+                format,
+            };
             backup_disks(repo?, source, args, "strata backup image")
         }
         Command::List(json) => {
             let repo = open(&repo?)?;
             let points = repo.restore_points()?;
+            let labels = time_labels(&points);
             if json.json {
                 print_json(&serde_json::Value::Array(
                     points.iter().map(rp_json).collect(),
-                ));
+                ))?;
             } else {
-                println!(
-                    "{:<10} {:<21} {:<16} {:>8} {:>10}  tags",
+                out!(
+                    "{:<10} {:<24} {:<16} {:>8} {:>10}  tags",
                     "id", "time", "source", "files", "size"
                 );
                 for rp in &points {
                     let m = &rp.manifest;
-                    println!(
-                        "{:<10} {:<21} {:<16} {:>8} {:>10}  {}",
+                    out!(
+                        "{:<10} {:<24} {:<16} {:>8} {:>10}  {}",
                         rp.id.short(),
-                        format_time(m.time),
+                        labels[&rp.id],
                         m.source,
                         m.stats.files,
                         human_bytes(m.stats.bytes_total),
@@ -239,52 +285,57 @@ pub fn run(cli: Cli) -> Result<Status> {
             json,
         } => {
             let repo = open(&repo?)?;
-            let rp = repo.resolve(&restore_point)?;
+            let points = repo.restore_points()?;
+            let rp = select(&points, &restore_point)?;
             if json.json {
-                print_json(&rp_json(&rp));
+                let mut value = rp_json(rp);
+                if rp.manifest.kind == RestorePointKind::Vm {
+                    value["vm"] = vm_json(&load_description(&repo, rp)?);
+                }
+                print_json(&value)?;
             } else {
                 let m = &rp.manifest;
                 let s = &m.stats;
-                println!("restore point {}", rp.id);
-                println!("  source       {}", m.source);
-                println!("  time         {}", format_time(m.time));
-                println!("  host         {}", m.hostname);
-                println!("  tags         {}", m.tags.join(", "));
+                out!("restore point {}", rp.id);
+                out!("  source       {}", m.source);
+                out!("  time         {}", time_labels(&points)[&rp.id]);
+                out!("  host         {}", m.hostname);
+                out!("  tags         {}", m.tags.join(", "));
                 for p in &m.paths {
-                    println!("  path         {}", String::from_utf8_lossy(p));
+                    out!("  path         {}", escape_name(p));
                 }
-                println!(
+                out!(
                     "  parent       {}",
                     m.parent
                         .map(|p| p.short())
                         .unwrap_or_else(|| "none (full backup)".into())
                 );
-                println!(
+                out!(
                     "  files        {} in {} directories",
                     s.files, s.directories
                 );
-                println!("  size         {}", human_bytes(s.bytes_total));
-                println!("  read         {}", human_bytes(s.bytes_read));
-                println!(
+                out!("  size         {}", human_bytes(s.bytes_total));
+                out!("  read         {}", human_bytes(s.bytes_read));
+                out!(
                     "  new          {} in {} chunks, {} stored",
                     human_bytes(s.bytes_new),
                     s.chunks_new,
                     human_bytes(s.bytes_stored)
                 );
-                println!("  duration     {:.1}s", s.duration_ms as f64 / 1000.0);
+                out!("  duration     {:.1}s", s.duration_ms as f64 / 1000.0);
                 if m.kind == RestorePointKind::Vm {
-                    let d = load_description(&repo, &rp)?;
+                    let d = load_description(&repo, rp)?;
                     let guest = if d.guest_os.is_empty() {
                         "unknown"
                     } else {
                         &d.guest_os
                     };
-                    println!(
+                    out!(
                         "  vm           {} ({} vCPU, {} MB, guest {guest})",
                         d.name, d.cpus, d.memory_mb
                     );
                     for disk in &d.disks {
-                        println!(
+                        out!(
                             "  disk         {} {}: {} capacity, {} allocated, from {}",
                             disk.slot,
                             disk.file_name,
@@ -294,11 +345,11 @@ pub fn run(cli: Cli) -> Result<Status> {
                         );
                     }
                 }
-                println!("  missed       {}", m.missed.len());
+                out!("  missed       {}", m.missed.len());
                 for missed in &m.missed {
-                    println!(
+                    out!(
                         "    {}: {}",
-                        String::from_utf8_lossy(&missed.path),
+                        escape_name(&missed.path),
                         missed.reason
                     );
                 }
@@ -315,10 +366,10 @@ pub fn run(cli: Cli) -> Result<Status> {
             if rp.manifest.kind == RestorePointKind::Vm {
                 let d = load_description(&repo, &rp)?;
                 if !d.vmx.is_empty() {
-                    println!("{:<10} {:>14}  {}.vmx", "config", d.vmx.len(), d.name);
+                    out!("{:<10} {:>14}  {}.vmx", "config", d.vmx.len(), d.name);
                 }
                 for disk in &d.disks {
-                    println!(
+                    out!(
                         "{:<10} {:>14}  {}",
                         disk.slot, disk.capacity, disk.file_name
                     );
@@ -333,7 +384,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                     ..
                 }) => subtree,
                 Some(node) => {
-                    println!("{}", ls_line(&node, &path));
+                    out!("{}", ls_line(&node, &path));
                     return Ok(Status::Ok);
                 }
             };
@@ -356,7 +407,8 @@ pub fn run(cli: Cli) -> Result<Status> {
             };
             let shown = mountpoint.display().to_string();
             strata::mount::mount(repo, &mountpoint, &options, || {
-                println!(
+                let _ = writeln!(
+                    std::io::stdout(),
                     "mounted {} at {shown}; unmount with Ctrl-C or `strata umount {shown}`",
                     path.display()
                 );
@@ -385,7 +437,7 @@ pub fn run(cli: Cli) -> Result<Status> {
             };
             let decisions = forget(&repo, source.as_deref(), &policy, dry_run)?;
             if json.json {
-                print_json(&serde_json::to_value(&decisions)?);
+                print_json(&serde_json::to_value(&decisions)?)?;
             } else {
                 for d in &decisions {
                     let verdict = if d.keep {
@@ -395,10 +447,10 @@ pub fn run(cli: Cli) -> Result<Status> {
                     } else {
                         "removed".into()
                     };
-                    println!("{} {:<16} {}  {verdict}", &d.id[..8], d.source, d.time);
+                    out!("{} {:<16} {}  {verdict}", &d.id[..8], d.source, d.time);
                 }
                 let removed = decisions.iter().filter(|d| !d.keep).count();
-                println!(
+                out!(
                     "{} {removed} of {} restore points{}",
                     if dry_run { "would remove" } else { "removed" },
                     decisions.len(),
@@ -431,9 +483,9 @@ pub fn run(cli: Cli) -> Result<Status> {
                 &progress,
             )?;
             if json.json {
-                print_json(&serde_json::to_value(&report)?);
+                print_json(&serde_json::to_value(&report)?)?;
             } else {
-                println!(
+                out!(
                     "{} {} of {} in {} packs: {} packs deleted, {} repacked into {}, {} chunks removed ({} restore points kept, mark filter {})",
                     if dry_run { "would free" } else { "freed" },
                     human_bytes(report.bytes_freed),
@@ -463,9 +515,9 @@ pub fn run(cli: Cli) -> Result<Status> {
             let progress = Progress::bytes("check", read_data && !json.json);
             let report = check(&repo, read_data, &progress)?;
             if json.json {
-                print_json(&serde_json::to_value(&report)?);
+                print_json(&serde_json::to_value(&report)?)?;
             } else {
-                println!(
+                out!(
                     "checked {} packs, {} chunks, {} restore points{}",
                     report.packs,
                     report.chunks,
@@ -477,19 +529,19 @@ pub fn run(cli: Cli) -> Result<Status> {
                     }
                 );
                 for w in &report.warnings {
-                    println!("warning: {w}");
+                    out!("warning: {w}");
                 }
                 for e in &report.errors {
-                    println!("error: {e}");
+                    out!("error: {e}");
                 }
                 for d in &report.damaged {
-                    println!("damaged chunk {} in pack {}: {}", d.chunk, d.pack, d.detail);
+                    out!("damaged chunk {} in pack {}: {}", d.chunk, d.pack, d.detail);
                     for a in &d.affected {
-                        println!("  affects {a}");
+                        out!("  affects {a}");
                     }
                 }
                 if report.is_clean() {
-                    println!("no errors found");
+                    out!("no errors found");
                 }
             }
             Ok(if report.is_clean() {
@@ -503,14 +555,14 @@ pub fn run(cli: Cli) -> Result<Status> {
             let progress = Progress::bytes("repair", false);
             let report = repair_index(&mut repo, &progress)?;
             if json.json {
-                print_json(&serde_json::to_value(&report)?);
+                print_json(&serde_json::to_value(&report)?)?;
             } else {
-                println!(
+                out!(
                     "rebuilt index: {} packs, {} chunks, {} restore points",
                     report.packs, report.chunks, report.restore_points
                 );
                 for s in &report.skipped {
-                    println!("skipped: {s}");
+                    out!("skipped: {s}");
                 }
             }
             Ok(if report.skipped.is_empty() {
@@ -536,7 +588,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                 disk: None,
             };
             let summary = restore_vm(&repo, &rp, &request, &progress)?;
-            render_vm_restore(&summary, json.json);
+            render_vm_restore(&summary, json.json)?;
             Ok(Status::Ok)
         }
         Command::Restore(RestoreCommand::Disk {
@@ -564,7 +616,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                 }
                 (None, None) => bail!("give --to DIR or --raw-to PATH"),
             };
-            render_vm_restore(&summary, json.json);
+            render_vm_restore(&summary, json.json)?;
             Ok(Status::Ok)
         }
         Command::Restore(RestoreCommand::Files {
@@ -592,9 +644,9 @@ pub fn run(cli: Cli) -> Result<Status> {
                 &progress,
             )?;
             if json.json {
-                print_json(&serde_json::to_value(&summary)?);
+                print_json(&serde_json::to_value(&summary)?)?;
             } else {
-                println!(
+                out!(
                     "restored {} files, {} directories, {} other entries ({}) to {} in {:.1}s ({:.0} MB/s)",
                     summary.files,
                     summary.directories,
@@ -656,10 +708,10 @@ fn backup_disks(
         },
         &progress,
     )?;
-    Ok(render_backup(&outcome, args.json.json))
+    render_backup(&outcome, args.json.json)
 }
 
-fn render_backup(outcome: &BackupOutcome, as_json: bool) -> Status {
+fn render_backup(outcome: &BackupOutcome, as_json: bool) -> Result<Status> {
     let m = &outcome.manifest;
     let s = &m.stats;
     if as_json {
@@ -667,7 +719,7 @@ fn render_backup(outcome: &BackupOutcome, as_json: bool) -> Status {
             "restore_point": outcome.id.to_string(),
             "kind": m.kind,
             "source": m.source,
-            "time": format_time(m.time),
+            "time": format_time_exact(m.time),
             "files": s.files,
             "directories": s.directories,
             "bytes_total": s.bytes_total,
@@ -677,17 +729,17 @@ fn render_backup(outcome: &BackupOutcome, as_json: bool) -> Status {
             "chunks_new": s.chunks_new,
             "duration_ms": s.duration_ms,
             "missed": m.missed,
-        }));
+        }))?;
     } else {
         let what = match m.kind {
             RestorePointKind::Files => format!("{} files", s.files),
             RestorePointKind::Vm => format!("{} disks", s.files),
         };
-        println!(
+        out!(
             "restore point {} of {} at {}: {} ({}), {} read, {} new, {} stored, {:.1}s",
             outcome.id.short(),
             m.source,
-            format_time(m.time),
+            format_time_exact(m.time),
             what,
             human_bytes(s.bytes_total),
             human_bytes(s.bytes_read),
@@ -698,7 +750,7 @@ fn render_backup(outcome: &BackupOutcome, as_json: bool) -> Status {
         for missed in &m.missed {
             eprintln!(
                 "missed {}: {}",
-                String::from_utf8_lossy(&missed.path),
+                escape_name(&missed.path),
                 missed.reason
             );
         }
@@ -708,16 +760,16 @@ fn render_backup(outcome: &BackupOutcome, as_json: bool) -> Status {
             "strata: backup is partial: {} entries could not be read (they are retried next time)",
             m.missed.len()
         );
-        return Status::Partial;
+        return Ok(Status::Partial);
     }
-    Status::Ok
+    Ok(Status::Ok)
 }
 
-fn render_vm_restore(summary: &VmRestoreSummary, as_json: bool) {
+fn render_vm_restore(summary: &VmRestoreSummary, as_json: bool) -> Result<()> {
     if as_json {
-        print_json(&serde_json::to_value(summary).expect("summary serializes"));
+        print_json(&serde_json::to_value(summary).expect("summary serializes"))?;
     } else {
-        println!(
+        out!(
             "restored {} to {} ({}) in {:.1}s ({:.0} MB/s)",
             summary.name,
             summary.folder.display(),
@@ -726,9 +778,10 @@ fn render_vm_restore(summary: &VmRestoreSummary, as_json: bool) {
             mb_per_s(summary.bytes_written, summary.duration_ms),
         );
         for file in &summary.files {
-            println!("  {file}");
+            out!("  {file}");
         }
     }
+    Ok(())
 }
 
 fn rp_json(rp: &RestorePoint) -> serde_json::Value {
@@ -737,13 +790,32 @@ fn rp_json(rp: &RestorePoint) -> serde_json::Value {
         "id": rp.id.to_string(),
         "kind": m.kind,
         "source": m.source,
-        "time": format_time(m.time),
+        "time": format_time_exact(m.time),
         "host": m.hostname,
         "tags": m.tags,
         "paths": m.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>(),
         "parent": m.parent.map(|p| p.to_string()),
         "stats": m.stats,
         "missed": m.missed,
+    })
+}
+
+/// A VM restore point's machine and disks, as `show` prints them; the
+/// disk names are what `restore disk` takes.
+fn vm_json(d: &strata::vm::description::VmDescription) -> serde_json::Value {
+    json!({
+        "name": d.name,
+        "cpus": d.cpus,
+        "memory_mb": d.memory_mb,
+        "guest_os": d.guest_os,
+        "disks": d.disks.iter().map(|disk| json!({
+            "slot": disk.slot,
+            "controller": disk.slot.split_once(':').map_or(disk.slot.as_str(), |(c, _)| c),
+            "file_name": disk.file_name,
+            "capacity": disk.capacity,
+            "allocated": disk.allocated_bytes(),
+            "source_format": describe_format(disk.source_format),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -759,16 +831,48 @@ fn mode_string(node: &Node) -> String {
     s
 }
 
+/// A name from a restore point, made safe for a terminal as `ls -b` does:
+/// control characters (escape sequences, newlines), backslashes, bytes
+/// that are not UTF-8 and characters that reorder text become escapes, so
+/// a hostile name can neither rewrite the screen nor pass for another.
+fn escape_name(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\{b:03o}"));
+                    }
+                }
+                '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\{b:03o}"));
+        }
+    }
+    out
+}
+
 fn ls_line(node: &Node, path: &str) -> String {
     let owner = if node.user.is_empty() {
         node.uid.to_string()
     } else {
-        String::from_utf8_lossy(&node.user).into_owned()
+        escape_name(&node.user)
     };
     let group = if node.group.is_empty() {
         node.gid.to_string()
     } else {
-        String::from_utf8_lossy(&node.group).into_owned()
+        escape_name(&node.group)
     };
     let mut line = format!(
         "{} {:>3} {:<8} {:<8} {:>12} {} {}",
@@ -782,7 +886,7 @@ fn ls_line(node: &Node, path: &str) -> String {
     );
     if let NodeKind::Symlink { target } = &node.kind {
         line.push_str(" -> ");
-        line.push_str(&String::from_utf8_lossy(target));
+        line.push_str(&escape_name(target));
     }
     line
 }
@@ -795,8 +899,8 @@ fn list_tree(
 ) -> Result<()> {
     let tree = repo.load_tree(&tree)?;
     for node in &tree.nodes {
-        let path = format!("{prefix}/{}", String::from_utf8_lossy(&node.name));
-        println!("{}", ls_line(node, &path));
+        let path = format!("{prefix}/{}", escape_name(&node.name));
+        out!("{}", ls_line(node, &path));
         if recursive {
             if let NodeKind::Directory { subtree } = &node.kind {
                 list_tree(repo, *subtree, &path, true)?;
@@ -837,22 +941,22 @@ fn stats(repo: &Repository, as_json: bool) -> Result<()> {
             "restore_points": points.len(), "packs": packs, "pack_bytes": pack_bytes,
             "chunks": chunks, "unique_bytes": raw, "stored_bytes": stored,
             "logical_bytes": logical, "dedup_ratio": dedup, "compression_ratio": compression,
-        }));
+        }))?;
     } else {
-        println!("restore points   {}", points.len());
-        println!("logical data     {}", human_bytes(logical));
-        println!(
+        out!("restore points   {}", points.len());
+        out!("logical data     {}", human_bytes(logical));
+        out!(
             "unique data      {} in {} chunks (dedup {:.2}x)",
             human_bytes(raw),
             chunks,
             dedup
         );
-        println!(
+        out!(
             "stored           {} (compression {:.2}x)",
             human_bytes(stored),
             compression
         );
-        println!(
+        out!(
             "packs            {} totalling {}",
             packs,
             human_bytes(pack_bytes)

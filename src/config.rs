@@ -49,11 +49,34 @@ pub struct TierConfig {
     pub warm_days: u32,
     /// Directory of the cold tier; `None` until one is configured.
     pub cold_dir: Option<PathBuf>,
-    /// Run by `strata thaw` when it finishes, through `sh -c`, with
-    /// STRATA_RESTORE_POINT, STRATA_THAW_RESULT (`ok` or `failed`) and
-    /// STRATA_THAW_UNTIL in its environment (e.g. to mail administrators).
+    /// Run by `strata thaw` when it finishes (e.g. to mail administrators);
+    /// see [`NotifyCommand`].
     #[serde(default)]
-    pub notify_command: Option<String>,
+    pub notify_command: Option<NotifyCommand>,
+    /// Seconds the notification may run before it is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_timeout_secs: Option<u64>,
+}
+
+/// A program and its arguments, run directly (never through a shell) with
+/// STRATA_RESTORE_POINT, STRATA_SOURCE, STRATA_THAW_RESULT (`ok` or
+/// `failed`) and STRATA_THAW_UNTIL in its environment. In `config.json`
+/// either an array (`["/usr/local/bin/notify", "--thaw"]`) or a string,
+/// which is the path of the program alone, not a command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NotifyCommand {
+    Program(String),
+    Argv(Vec<String>),
+}
+
+impl NotifyCommand {
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            NotifyCommand::Program(program) => vec![program.clone()],
+            NotifyCommand::Argv(argv) => argv.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +114,7 @@ impl RepoConfig {
                 warm_days: 90,
                 cold_dir: None,
                 notify_command: None,
+                notify_timeout_secs: None,
             },
         }
     }

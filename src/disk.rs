@@ -7,16 +7,21 @@
 
 pub mod descriptor;
 pub mod map;
+pub mod probe;
 pub mod sparse;
 pub mod vmdk_writer;
 
 use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
-use descriptor::{Descriptor, ExtentKind};
-use sparse::{SparseExtent, SECTOR, SPARSE_MAGIC};
+use descriptor::{Descriptor, ExtentKind, TextEncoding};
+pub use probe::ImageFormat;
+use probe::Looks;
+use sparse::{SparseExtent, SECTOR};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -63,6 +68,8 @@ pub struct VirtualDisk {
     path: PathBuf,
     format: DiskFormat,
     capacity: u64,
+    /// `ddb.adapterType` of the descriptor, if it has one.
+    adapter_type: Option<String>,
     extents: Vec<Extent>,
 }
 
@@ -71,74 +78,123 @@ fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
 }
 
 impl VirtualDisk {
-    pub fn open(path: &Path) -> Result<VirtualDisk> {
+    /// Opens an image as `format`, or as its name asks when `None` (see
+    /// [`probe`]); content that contradicts the format is refused, named.
+    pub fn open(path: &Path, format: Option<ImageFormat>) -> Result<VirtualDisk> {
         let file = File::open(path).at("opening disk", path)?;
-        let len = file.metadata().at("reading metadata of", path)?.len();
-        let mut head = [0u8; 512];
-        let got = file.read_at(&mut head, 0).at("reading", path)?;
-        if got >= 4 && head[..4] == SPARSE_MAGIC {
-            let (extent, embedded) = SparseExtent::open(path)?;
-            let format = match &embedded {
-                Some(text) => {
-                    let d = Descriptor::parse(text, &path.display().to_string())?;
-                    reject_delta(path, &d)?;
-                    DiskFormat::from_create_type(&d.create_type)
-                        .unwrap_or(DiskFormat::MonolithicSparse)
-                }
-                None => DiskFormat::MonolithicSparse,
-            };
-            let capacity = extent.capacity();
-            return Ok(VirtualDisk {
-                path: path.to_path_buf(),
-                format,
-                capacity,
-                extents: vec![Extent {
-                    start: 0,
-                    len: capacity,
-                    path: path.to_path_buf(),
-                    data: ExtentData::Sparse(extent),
-                }],
-            });
-        }
-        if got >= 4 && &head[..4] == b"COWD" {
-            return Err(bad(path, "ESX COWD sparse extents are not supported"));
-        }
-        let text_head = String::from_utf8_lossy(&head[..got]);
-        if text_head.starts_with("# Disk DescriptorFile") || text_head.contains("createType=") {
-            if len > descriptor::MAX_DESCRIPTOR_LEN {
-                return Err(bad(
-                    path,
-                    format!("descriptor file of {len} bytes is too large"),
-                ));
+        let len = byte_len(&file, path)?;
+        let device = file
+            .metadata()
+            .at("reading metadata of", path)?
+            .file_type()
+            .is_block_device();
+        let looks = probe::probe(&file, path, len)?;
+        let expected = format.or(if device {
+            Some(ImageFormat::Raw)
+        } else {
+            probe::format_for_name(path)
+        });
+        let refuse = |why: String| Err(Error::InvalidInput(format!("{}: {why}", path.display())));
+        match (looks, expected) {
+            (Looks::Empty, _) => refuse(format!("it is {looks}; there is no disk to back up")),
+            (_, Some(ImageFormat::Raw)) if format.is_some() => Ok(Self::raw(path, file, len)),
+            (Looks::SparseVmdk, None | Some(ImageFormat::Vmdk)) => Self::from_sparse(path),
+            (Looks::Descriptor, None | Some(ImageFormat::Vmdk)) => {
+                Self::from_descriptor_file(path, &file, len)
             }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| bad(path, format!("descriptor is not text: {e}")))?;
-            return Self::from_descriptor(
-                path,
-                &Descriptor::parse(&text, &path.display().to_string())?,
-            );
+            (Looks::CowdVmdk, None | Some(ImageFormat::Vmdk)) => refuse(
+                "it is an ESX COWD (vmfsSparse) extent, a snapshot delta Strata does not read; consolidate the snapshot or back up the base disk".into(),
+            ),
+            (_, Some(ImageFormat::Vmdk)) => refuse(format!(
+                "it is not a VMDK, it looks like {looks}; back up the descriptor that names it, or pass --format raw to store its bytes as a raw disk"
+            )),
+            (_, _) if looks.is_vmdk() => refuse(format!(
+                "it is named as a raw image but looks like {looks}; pass --format vmdk to read it as a VMDK, or --format raw to store its bytes as they are"
+            )),
+            (_, _) if looks.is_recognised() => refuse(format!(
+                "it looks like {looks}, not a disk image Strata reads; convert it to VMDK or raw first, or pass --format raw to store its bytes as they are"
+            )),
+            _ => Ok(Self::raw(path, file, len)),
         }
-        Ok(VirtualDisk {
+    }
+
+    fn raw(path: &Path, file: File, len: u64) -> VirtualDisk {
+        VirtualDisk {
             path: path.to_path_buf(),
             format: DiskFormat::Raw,
             capacity: len,
+            adapter_type: None,
             extents: vec![Extent {
                 start: 0,
                 len,
                 path: path.to_path_buf(),
                 data: ExtentData::Flat { file, offset: 0 },
             }],
+        }
+    }
+
+    fn from_sparse(path: &Path) -> Result<VirtualDisk> {
+        let (extent, embedded) = SparseExtent::open(path)?;
+        let capacity = extent.capacity();
+        let mut format = DiskFormat::MonolithicSparse;
+        let mut adapter_type = None;
+        if let Some(bytes) = embedded {
+            let d = Descriptor::read(&bytes, &format!("embedded in {}", path.display()))?;
+            reject_delta(path, &d)?;
+            format = DiskFormat::from_create_type(&d.create_type).unwrap_or(format);
+            if format == DiskFormat::StreamOptimized && !extent.is_compressed() {
+                return Err(bad(
+                    path,
+                    "its descriptor says streamOptimized, but its header says grains are not compressed",
+                ));
+            }
+            if extent.is_compressed() {
+                // As qemu does: compressed grains make it stream-optimized.
+                format = DiskFormat::StreamOptimized;
+            }
+            if d.capacity_sectors().checked_mul(SECTOR) != Some(capacity) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "its descriptor gives {} sectors, but its header {}",
+                        d.capacity_sectors(),
+                        capacity / SECTOR
+                    ),
+                ));
+            }
+            adapter_type = d.adapter_type;
+        }
+        Ok(VirtualDisk {
+            path: path.to_path_buf(),
+            format,
+            capacity,
+            adapter_type,
+            extents: vec![Extent {
+                start: 0,
+                len: capacity,
+                path: path.to_path_buf(),
+                data: ExtentData::Sparse(extent),
+            }],
         })
+    }
+
+    fn from_descriptor_file(path: &Path, file: &File, len: u64) -> Result<VirtualDisk> {
+        if len > descriptor::MAX_DESCRIPTOR_LEN {
+            return Err(bad(
+                path,
+                format!("descriptor file of {len} bytes is too large"),
+            ));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact_at(&mut bytes, 0).at("reading", path)?;
+        let d = Descriptor::read(&bytes, &path.display().to_string())?;
+        Self::from_descriptor(path, &d)
     }
 
     fn from_descriptor(path: &Path, d: &Descriptor) -> Result<VirtualDisk> {
         reject_delta(path, d)?;
-        let format = DiskFormat::from_create_type(&d.create_type).ok_or_else(|| {
-            bad(
-                path,
-                format!("createType {:?} is not supported", d.create_type),
-            )
-        })?;
+        let format = DiskFormat::from_create_type(&d.create_type)
+            .ok_or_else(|| unsupported_create_type(path, &d.create_type))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut extents = Vec::new();
         let mut start = 0u64;
@@ -147,28 +203,16 @@ impl VirtualDisk {
                 .sectors
                 .checked_mul(SECTOR)
                 .ok_or_else(|| bad(path, "extent size overflows"))?;
-            let file_path = dir.join(&line.file);
-            let data = match line.kind {
+            let file_path = extent_path(dir, &line.file, d.encoding);
+            let data = match &line.kind {
                 ExtentKind::Zero => ExtentData::Zero,
+                ExtentKind::Unsupported(kind) => return Err(unsupported_extent(path, kind)),
                 ExtentKind::Flat { offset } => {
-                    let file = File::open(&file_path).at("opening extent", &file_path)?;
-                    let have = file.metadata().at("reading metadata of", &file_path)?.len();
-                    let offset = offset
-                        .checked_mul(SECTOR)
-                        .ok_or_else(|| bad(path, "extent offset overflows"))?;
-                    if offset.checked_add(len).is_none_or(|end| end > have) {
-                        return Err(bad(
-                            &file_path,
-                            format!(
-                                "flat extent is {have} bytes, but the descriptor {} needs {}",
-                                path.display(),
-                                offset + len
-                            ),
-                        ));
-                    }
-                    ExtentData::Flat { file, offset }
+                    let file = open_extent(path, &file_path)?;
+                    flat_extent(path, &file_path, file, *offset, len)?
                 }
                 ExtentKind::Sparse => {
+                    open_extent(path, &file_path)?;
                     let (extent, _) = SparseExtent::open(&file_path)?;
                     if extent.capacity() != len {
                         return Err(bad(
@@ -197,6 +241,7 @@ impl VirtualDisk {
             path: path.to_path_buf(),
             format,
             capacity: start,
+            adapter_type: d.adapter_type.clone(),
             extents,
         })
     }
@@ -207,6 +252,11 @@ impl VirtualDisk {
 
     pub fn format(&self) -> DiskFormat {
         self.format
+    }
+
+    /// The descriptor's `ddb.adapterType` (`ide`, `lsilogic`, …), if any.
+    pub fn adapter_type(&self) -> Option<&str> {
+        self.adapter_type.as_deref()
     }
 
     /// Size of the virtual disk in bytes.
@@ -271,6 +321,103 @@ impl VirtualDisk {
         }
         Ok(())
     }
+}
+
+/// Size in bytes of a file or block device (whose metadata says 0).
+pub fn byte_len(file: &File, path: &Path) -> Result<u64> {
+    let meta = file.metadata().at("reading metadata of", path)?;
+    if meta.file_type().is_block_device() {
+        // Reads use explicit offsets, so moving the file position is harmless.
+        let mut handle = file;
+        return handle
+            .seek(SeekFrom::End(0))
+            .at("finding the size of device", path);
+    }
+    Ok(meta.len())
+}
+
+/// Where an extent named in a descriptor lies: by its decoded name, or,
+/// for a windows-1252 descriptor, by the bytes that name had there (as
+/// qemu, which uses the bytes as they are).
+fn extent_path(dir: &Path, name: &str, encoding: TextEncoding) -> PathBuf {
+    let path = dir.join(name);
+    if encoding == TextEncoding::Windows1252 && std::fs::symlink_metadata(&path).is_err() {
+        if let Some(bytes) = descriptor::encode_1252(name) {
+            let legacy = dir.join(std::ffi::OsStr::from_bytes(&bytes));
+            if std::fs::symlink_metadata(&legacy).is_ok() {
+                return legacy;
+            }
+        }
+    }
+    path
+}
+
+fn open_extent(descriptor: &Path, extent: &Path) -> Result<File> {
+    File::open(extent).map_err(|e| {
+        Error::InvalidInput(format!(
+            "VMDK descriptor {} names extent {}, which cannot be opened: {e}",
+            descriptor.display(),
+            extent.display()
+        ))
+    })
+}
+
+fn flat_extent(
+    descriptor: &Path,
+    path: &Path,
+    file: File,
+    offset: u64,
+    len: u64,
+) -> Result<ExtentData> {
+    let have = byte_len(&file, path)?;
+    let end = offset
+        .checked_mul(SECTOR)
+        .and_then(|start| start.checked_add(len).map(|end| (start, end)));
+    match end {
+        Some((start, end)) if end <= have => Ok(ExtentData::Flat {
+            file,
+            offset: start,
+        }),
+        Some((_, end)) => Err(bad(
+            path,
+            format!(
+                "flat extent is {have} bytes, but the descriptor {} needs {end}",
+                descriptor.display()
+            ),
+        )),
+        None => Err(bad(
+            path,
+            format!(
+                "the descriptor {} gives a flat extent offset of {offset} sectors, beyond any file",
+                descriptor.display()
+            ),
+        )),
+    }
+}
+
+fn unsupported_create_type(path: &Path, create_type: &str) -> Error {
+    let why = match create_type {
+        "vmfsSparse" | "seSparse" => "a snapshot delta; consolidate the snapshot or back up the base disk",
+        "fullDevice" | "partitionedDevice" | "vmfsRaw" | "vmfsRDM" | "vmfsRawDeviceMap"
+        | "vmfsPassthroughRawDeviceMap" => {
+            "a physical disk or raw device mapping; back up the device itself with `strata backup image DEVICE`"
+        }
+        _ => "not a disk type Strata reads",
+    };
+    Error::InvalidInput(format!(
+        "{}: createType {create_type:?} is {why}",
+        path.display()
+    ))
+}
+
+fn unsupported_extent(path: &Path, kind: &str) -> Error {
+    let why = match kind {
+        "SESPARSE" | "VMFSSPARSE" => {
+            "a snapshot delta; consolidate the snapshot or back up the base disk"
+        }
+        _ => "not an extent type Strata reads",
+    };
+    Error::InvalidInput(format!("{}: extent type {kind} is {why}", path.display()))
 }
 
 fn reject_delta(path: &Path, d: &Descriptor) -> Result<()> {

@@ -110,6 +110,11 @@ impl Error {
         Error::corrupt(object, err)
     }
 
+    /// True when an object or file the operation needed does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
     /// True when the underlying cause is a full file system.
     pub fn is_no_space(&self) -> bool {
         match self {

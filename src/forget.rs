@@ -108,7 +108,7 @@ pub fn decide(points: &[RestorePoint], policy: &KeepPolicy) -> Vec<Decision> {
         .map(|(rp, reasons)| Decision {
             id: rp.id.to_string(),
             source: rp.manifest.source.clone(),
-            time: restore_point::format_time(rp.manifest.time),
+            time: restore_point::format_time_exact(rp.manifest.time),
             keep: !reasons.is_empty(),
             reasons,
         })

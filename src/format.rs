@@ -42,4 +42,6 @@ pub const DISK_MAP_PAGE_VERSION: u16 = 1;
 
 /// First bytes of a VM description (see `vm::description`).
 pub const VM_DESCRIPTION_MAGIC: [u8; 4] = *b"STRV";
-pub const VM_DESCRIPTION_VERSION: u16 = 1;
+/// Version 2 added each disk's adapter type; version 1 is still read.
+pub const VM_DESCRIPTION_VERSION: u16 = 2;
+pub const VM_DESCRIPTION_VERSION_1: u16 = 1;

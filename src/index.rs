@@ -14,7 +14,7 @@ pub mod records;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options,
+    BlockBasedIndexType, BlockBasedOptions, Cache, LruCacheOptions, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options,
     WriteBatch, WriteOptions, DB,
 };
 
@@ -65,12 +65,30 @@ pub enum IndexAccess {
     Secondary,
 }
 
+/// Table options chosen so that a lookup costs one data-block read at most.
+///
+/// Index and filter blocks live in the block cache, so their memory is
+/// bounded, but partitioned: a large table's index is a small top-level
+/// block (pinned) over 4 KiB partitions that the cache holds like data.
+/// With one monolithic index block, a table of a million chunks has an
+/// index block of about 800 KB; RocksDB splits a 32 MiB cache into 64
+/// shards of 512 KiB, a block larger than its shard is evicted as soon as
+/// it is used, and every lookup then re-read the whole index block.
 fn options(cache_bytes: usize) -> (Options, Vec<ColumnFamilyDescriptor>) {
-    let cache = Cache::new_lru_cache(cache_bytes);
+    let mut cache_opts = LruCacheOptions::default();
+    cache_opts.set_capacity(cache_bytes);
+    // Shards of at least 4 MiB, so that no single block outgrows one.
+    cache_opts.set_num_shard_bits(((cache_bytes >> 22).max(1).ilog2() as i32).min(6));
+    let cache = Cache::new_lru_cache_opts(&cache_opts);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&cache);
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     let mut cf_opts = Options::default();
     cf_opts.set_block_based_table_factory(&table);
     let mut db_opts = Options::default();
@@ -198,6 +216,11 @@ impl Index {
             format!("repository index {} ({what})", self.path.display()),
             err,
         )
+    }
+
+    /// True for a reader's instance, whose view can fall behind the writer.
+    pub fn is_secondary(&self) -> bool {
+        self.secondary_dir.is_some()
     }
 
     /// For secondaries: see what the writer has committed since opening.
@@ -554,4 +577,82 @@ fn sync_write() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     opts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{ChunkKind, Compression};
+
+    /// Bytes this thread has read through system calls so far; RocksDB
+    /// reads table blocks on the thread that looks up.
+    fn thread_read_bytes() -> u64 {
+        let tid = nix::unistd::gettid();
+        let io = std::fs::read_to_string(format!("/proc/self/task/{tid}/io")).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn chunk_id(n: u64) -> ChunkId {
+        ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes())
+    }
+
+    /// A reader's lookups must cost a data block each, not a re-read of a
+    /// table's whole index block: with a million chunks, that block is
+    /// about 800 KB, larger than a shard of the reader's block cache.
+    #[test]
+    fn reader_lookups_in_a_large_index_read_little() {
+        const CHUNKS: u64 = 1_000_000;
+        const PER_PACK: u64 = 50_000;
+        const LOOKUPS: u64 = 20_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let writer = Index::open(&path, IndexAccess::Create).unwrap();
+        for p in 0..CHUNKS / PER_PACK {
+            let pack = PackId(blake3::hash(&p.to_be_bytes()).as_bytes()[..16].try_into().unwrap());
+            let entries: Vec<PackEntry> = (p * PER_PACK..(p + 1) * PER_PACK)
+                .map(|n| PackEntry {
+                    id: chunk_id(n),
+                    offset: n * 4096,
+                    stored_len: 4000,
+                    raw_len: 8000,
+                    kind: ChunkKind::Data,
+                    compression: Compression::Zstd,
+                })
+                .collect();
+            let record = PackRecord {
+                tier: Tier::Warm,
+                metadata: false,
+                size: PER_PACK * 4096,
+                chunk_count: PER_PACK as u32,
+                live_bytes: PER_PACK * 4000,
+                created: 0,
+            };
+            writer.add_pack(pack, &record, &entries).unwrap();
+        }
+        let chunks = writer.cf(CF_CHUNKS);
+        writer.db.flush_cf(chunks).unwrap();
+        writer
+            .db
+            .compact_range_cf(chunks, None::<&[u8]>, None::<&[u8]>);
+
+        let reader = Index::open(&path, IndexAccess::Secondary).unwrap();
+        let before = thread_read_bytes();
+        for n in 0..LOOKUPS {
+            let id = chunk_id(n * (CHUNKS / LOOKUPS));
+            let location = reader.chunk(&id).unwrap().expect("indexed chunk");
+            assert_eq!(location.entry.id, id);
+        }
+        let read = thread_read_bytes() - before;
+        // One 4 KiB data block and at most a few index and filter
+        // partitions per lookup; the monolithic index block cost 16 GB here.
+        assert!(
+            read < 64 * LOOKUPS * 1024,
+            "{LOOKUPS} lookups read {read} bytes"
+        );
+    }
 }

@@ -29,6 +29,7 @@ pub mod index;
 pub mod interrupt;
 pub mod lock;
 pub mod mount;
+pub mod notify;
 pub mod pack;
 pub mod progress;
 pub mod prune;

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
     strata::interrupt::install();
     match commands::run(cli) {
         Ok(status) => ExitCode::from(status as u8),
+        Err(e) if commands::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata: {e:#}");
             ExitCode::from(commands::Status::Error as u8)

@@ -257,14 +257,42 @@ impl<Mode> Repository<Mode> {
         &self.index
     }
 
+    /// Where a chunk is. A reader whose view of the index is older than
+    /// the chunk catches up with the writer before giving up.
     pub fn locate(&self, id: &ChunkId) -> Result<ChunkLocation> {
-        self.index.chunk(id)?.ok_or(Error::ChunkMissing { id: *id })
+        if let Some(location) = self.index.chunk(id)? {
+            return Ok(location);
+        }
+        if self.index.is_secondary() {
+            self.index.catch_up()?;
+            if let Some(location) = self.index.chunk(id)? {
+                return Ok(location);
+            }
+        }
+        Err(Error::ChunkMissing { id: *id })
     }
 
     /// Reads, decompresses and verifies one chunk.
+    ///
+    /// A reader beside a writer sees the index as it was when it last
+    /// caught up; since then `prune` may have repacked the chunk or `tier
+    /// run` moved it, deleting the pack this reader knows of. A missing
+    /// pack therefore means "look again", not "damaged": the reader catches
+    /// up and reads from wherever the chunk lives now.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let location = self.locate(id)?;
-        self.read_located(&location)
+        match self.read_located(&location) {
+            Err(e) if e.is_not_found() && self.index.is_secondary() => {
+                self.index.catch_up()?;
+                let current = self.locate(id)?;
+                if current == location {
+                    return Err(e);
+                }
+                tracing::debug!(chunk = %id, from = %location.pack, to = %current.pack, "chunk moved; reading its new location");
+                self.read_located(&current)
+            }
+            result => result,
+        }
     }
 
     pub fn read_located(&self, location: &ChunkLocation) -> Result<Vec<u8>> {

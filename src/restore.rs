@@ -9,38 +9,98 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
-/// Validates a restore destination: it exists or can be created, is a
-/// writable directory, and is not inside the repository. Returns its
-/// canonical path.
-pub fn prepare_target(repo_root: &Path, target: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(target).map_err(|e| {
-        Error::InvalidInput(format!(
-            "cannot use {} as restore target: {e}",
-            target.display()
-        ))
-    })?;
-    let target = std::fs::canonicalize(target).at("resolving", target)?;
-    if !target.is_dir() {
-        return Err(Error::InvalidInput(format!(
-            "restore target {} is not a directory",
-            target.display()
-        )));
+/// A restore destination that has been validated but not yet created: a
+/// refused restore must leave the file system as it was.
+#[derive(Debug, Clone)]
+pub struct RestoreTarget {
+    /// Absolute, with every existing component resolved.
+    path: PathBuf,
+    /// The deepest part of `path` that exists now (where free space is
+    /// measured).
+    existing: PathBuf,
+}
+
+/// Validates a restore destination without touching it: it exists or its
+/// nearest existing ancestor is a writable directory, it is a directory,
+/// and it is not inside the repository.
+pub fn plan_target(repo_root: &Path, target: &Path) -> Result<RestoreTarget> {
+    let refuse = |why: String| {
+        Error::InvalidInput(format!("cannot use {} as restore target: {why}", target.display()))
+    };
+    let absolute = if target.is_absolute() {
+        target.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .at("resolving the current directory for", target)?
+            .join(target)
+    };
+    // Walk up to what exists; below it nothing exists, so nothing there can
+    // be a symlink and the rest of the path is resolved by its text alone.
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    loop {
+        match std::fs::symlink_metadata(existing) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing.push(existing.file_name());
+                existing = existing
+                    .parent()
+                    .ok_or_else(|| refuse("no part of it exists".into()))?;
+            }
+            Err(e) => return Err(refuse(e.to_string())),
+        }
     }
-    nix::unistd::access(&target, nix::unistd::AccessFlags::W_OK).map_err(|e| {
-        Error::InvalidInput(format!(
-            "restore target {} is not writable: {e}",
-            target.display()
-        ))
-    })?;
+    let existing = std::fs::canonicalize(existing).map_err(|e| refuse(e.to_string()))?;
+    if !existing.is_dir() {
+        return Err(refuse(format!("{} is not a directory", existing.display())));
+    }
+    let mut path = existing.clone();
+    for component in missing.into_iter().rev() {
+        match component {
+            Some(name) => path.push(name),
+            // `..` below a missing directory.
+            None => {
+                path.pop();
+            }
+        }
+    }
+    nix::unistd::access(&existing, nix::unistd::AccessFlags::W_OK)
+        .map_err(|e| refuse(format!("{} is not writable: {e}", existing.display())))?;
     let repo_root = std::fs::canonicalize(repo_root).at("resolving", repo_root)?;
-    if target.starts_with(&repo_root) {
-        return Err(Error::InvalidInput(format!(
-            "restore target {} is inside the repository {}",
-            target.display(),
+    if path.starts_with(&repo_root) {
+        return Err(refuse(format!(
+            "it is inside the repository {}",
             repo_root.display()
         )));
     }
-    Ok(target)
+    Ok(RestoreTarget { path, existing })
+}
+
+impl RestoreTarget {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Refuses a restore that would not fit, before anything is written.
+    pub fn check_space(&self, needed: u64) -> Result<()> {
+        check_space(&self.existing, needed)
+    }
+
+    /// Creates the directory once the restore is known to go ahead.
+    pub fn create(&self) -> Result<PathBuf> {
+        std::fs::create_dir_all(&self.path).map_err(|e| {
+            Error::InvalidInput(format!(
+                "cannot use {} as restore target: {e}",
+                self.path.display()
+            ))
+        })?;
+        Ok(self.path.clone())
+    }
+}
+
+/// Validates a restore destination and creates it; see [`plan_target`].
+pub fn prepare_target(repo_root: &Path, target: &Path) -> Result<PathBuf> {
+    plan_target(repo_root, target)?.create()
 }
 
 /// Refuses a restore that would not fit, before anything is written.

@@ -398,33 +398,5 @@ pub fn thaw(
         repo.index().set_restore_point_thawed(&rp.id, until)
     })();
     progress.finish();
-    notify(repo, rp, &report, fetched.is_ok());
     fetched.map(|_| report)
-}
-
-/// Runs the configured notification command; its failure is logged, not
-/// fatal.
-fn notify(repo: &Repository<Exclusive>, rp: &RestorePoint, report: &ThawReport, ok: bool) {
-    let result = if ok { "ok" } else { "failed" };
-    tracing::info!(restore_point = %rp.id.short(), result, until = %report.until, packs = report.packs.len(), "thaw finished");
-    let Some(command) = &repo.config().tiers.notify_command else {
-        return;
-    };
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .env("STRATA_RESTORE_POINT", rp.id.to_string())
-        .env("STRATA_SOURCE", &rp.manifest.source)
-        .env("STRATA_THAW_RESULT", result)
-        .env("STRATA_THAW_UNTIL", &report.until)
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => {
-            tracing::warn!(command = %command, status = %s, "thaw notification command failed")
-        }
-        Err(e) => {
-            tracing::warn!(command = %command, error = %e, "thaw notification command could not run")
-        }
-    }
 }

@@ -17,7 +17,8 @@ use std::time::Instant;
 use super::files::BackupOutcome;
 use super::pipeline::{with_chunk_sink, ChunkSink, StoreCounters};
 use crate::disk::map::{DiskMapPage, PageRef, PAGE_ENTRIES};
-use crate::disk::{DiskFormat, VirtualDisk};
+use crate::disk::vmdk_writer::ADAPTER_TYPES;
+use crate::disk::{DiskFormat, ImageFormat, VirtualDisk};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::pack::ChunkKind;
@@ -25,7 +26,7 @@ use crate::progress::Progress;
 use crate::repository::{Exclusive, Repository};
 use crate::restore_point::{self, Manifest, RestorePointKind};
 use crate::tree::Timestamp;
-use crate::vm::description::{DiskRecord, VmDescription};
+use crate::vm::description::{adapter_for_slot, DiskRecord, VmDescription};
 use crate::vm::vmx::Vmx;
 
 const MAX_VMX_LEN: u64 = 4 << 20;
@@ -33,8 +34,13 @@ const MAX_VMX_LEN: u64 = 4 << 20;
 pub enum VmSource {
     /// A VM folder, or its `.vmx` file.
     Vm(PathBuf),
-    /// One disk image, backed up as a VM with one disk.
-    Image { path: PathBuf, name: Option<String> },
+    /// One disk image, backed up as a VM with one disk; `format` as asked
+    /// with `--format` (`None`: as its name asks, see `disk::probe`).
+    Image {
+        path: PathBuf,
+        name: Option<String>,
+        format: Option<ImageFormat>,
+    },
 }
 
 pub struct VmBackup {
@@ -53,6 +59,7 @@ struct SourceDisk {
     slot: String,
     file_name: String,
     path: PathBuf,
+    format: Option<ImageFormat>,
 }
 
 struct ResolvedVm {
@@ -117,7 +124,7 @@ fn stem(path: &Path) -> String {
 
 fn resolve(source: &VmSource) -> Result<ResolvedVm> {
     match source {
-        VmSource::Image { path, name } => {
+        VmSource::Image { path, name, format } => {
             std::fs::metadata(path).map_err(|e| {
                 Error::InvalidInput(format!("cannot back up image {}: {e}", path.display()))
             })?;
@@ -136,6 +143,7 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
                     slot: "image".into(),
                     file_name,
                     path: path.clone(),
+                    format: *format,
                 }],
             })
         }
@@ -179,6 +187,7 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
                     slot: disk.slot,
                     file_name: disk.file_name,
                     path,
+                    format: None,
                 });
             }
             if disks.is_empty() {
@@ -276,7 +285,7 @@ pub fn backup_vm(
 
     let mut opened = Vec::new();
     for disk in &vm.disks {
-        opened.push(VirtualDisk::open(&disk.path)?);
+        opened.push(VirtualDisk::open(&disk.path, disk.format)?);
     }
     let warm_cutoff = restore_point::now().sec - repo.config().tiers.warm_days as i64 * 86_400;
     let parent_is_warm = parent
@@ -336,6 +345,7 @@ pub fn backup_vm(
                 slot: disk.slot.clone(),
                 file_name: disk.file_name.clone(),
                 source_format: image.format(),
+                adapter_type: adapter_type(&disk.slot, image),
                 capacity: image.capacity(),
                 chunk_size,
                 pages,
@@ -381,6 +391,17 @@ pub fn backup_vm(
     let id = repo.commit_restore_point(&manifest)?;
     tracing::info!(restore_point = %id, vm = %vm.name, "committed");
     Ok(BackupOutcome { id, manifest })
+}
+
+/// The adapter a restored descriptor names: IDE for a disk on an IDE
+/// slot, else the source descriptor's, else the slot's default.
+fn adapter_type(slot: &str, image: &VirtualDisk) -> String {
+    match image.adapter_type() {
+        Some(adapter) if !slot.starts_with("ide") && ADAPTER_TYPES.contains(&adapter) => {
+            adapter.to_string()
+        }
+        _ => adapter_for_slot(slot).to_string(),
+    }
 }
 
 /// Stores one disk; returns its map pages.

@@ -19,10 +19,16 @@ pub const SECTOR: u64 = 512;
 pub const SPARSE_MAGIC: [u8; 4] = *b"KDMV";
 const FLAG_COMPRESSED: u32 = 1 << 16;
 const FLAG_MARKERS: u32 = 1 << 17;
+const COMPRESSION_DEFLATE: u16 = 1;
 const GD_AT_END: u64 = u64::MAX;
-const MAX_CAPACITY_SECTORS: u64 = 1 << 40; // 512 TiB
+const MARKER_FOOTER: u32 = 3;
+/// Largest capacity read or written: 512 TiB.
+pub const MAX_CAPACITY_SECTORS: u64 = 1 << 40;
 const MAX_GRAIN_SECTORS: u64 = 1 << 16;
-const MAX_GTES_PER_GT: u32 = 4096;
+/// qemu refuses more ("L2 table size too big"); VMware writes 512.
+const MAX_GTES_PER_GT: u32 = 512;
+/// qemu's bound on a grain directory ("L1 size too big").
+const MAX_DIRECTORY_ENTRIES: u64 = 32 << 20;
 
 /// The fields of a sparse extent header that reading needs.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +41,8 @@ pub struct SparseHeader {
     pub descriptor_sectors: u64,
     pub gtes_per_gt: u32,
     pub gd_offset: u64,
+    /// Sectors before the first grain (`overHead`).
+    pub grain_offset: u64,
     pub compression: u16,
 }
 
@@ -54,6 +62,7 @@ impl SparseHeader {
             descriptor_sectors: u64_at(36),
             gtes_per_gt: u32_at(44),
             gd_offset: u64_at(56),
+            grain_offset: u64_at(64),
             compression: u16::from_le_bytes([bytes[77], bytes[78]]),
         })
     }
@@ -75,10 +84,11 @@ fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
 }
 
 impl SparseExtent {
-    /// Opens a sparse extent; also returns its embedded descriptor text.
-    pub fn open(path: &Path) -> Result<(SparseExtent, Option<String>)> {
+    /// Opens a sparse extent; also returns its embedded descriptor's bytes
+    /// (up to the first NUL; `None` if it has none).
+    pub fn open(path: &Path) -> Result<(SparseExtent, Option<Vec<u8>>)> {
         let file = File::open(path).at("opening", path)?;
-        let len = file.metadata().at("reading metadata of", path)?.len();
+        let len = super::byte_len(&file, path)?;
         let mut raw = [0u8; 512];
         if len < 512 {
             return Err(damaged(
@@ -88,48 +98,21 @@ impl SparseExtent {
         }
         file.read_exact_at(&mut raw, 0)
             .at("reading header of", path)?;
+        if raw.starts_with(b"COWD") {
+            return Err(Error::InvalidInput(format!(
+                "{}: it is an ESX COWD (vmfsSparse) extent, a snapshot delta Strata does not read; consolidate the snapshot or back up the base disk",
+                path.display()
+            )));
+        }
         let mut header =
             SparseHeader::parse(&raw).map_err(|e| damaged(path, format!("header: {e}")))?;
-        if !(1..=3).contains(&header.version) {
-            return Err(Error::UnsupportedVersion {
-                what: format!("VMDK sparse extent {}", path.display()),
-                found: header.version as u64,
-                supported: 3,
-            });
-        }
+        check_version(path, header.version)?;
         let descriptor = read_embedded_descriptor(&file, path, len, &header)?;
         if header.gd_offset == GD_AT_END {
-            // streamOptimized: the real header is the footer, 1 KiB before
-            // the end (footer marker, footer, end-of-stream marker).
-            if len < 1536 {
-                return Err(damaged(
-                    path,
-                    "stream-optimized file too short for a footer",
-                ));
-            }
-            file.read_exact_at(&mut raw, len - 1024)
-                .at("reading footer of", path)?;
-            let footer =
-                SparseHeader::parse(&raw).map_err(|e| damaged(path, format!("footer: {e}")))?;
-            if footer.gd_offset == GD_AT_END {
-                return Err(damaged(path, "footer has no grain directory offset"));
-            }
-            header = footer;
+            header = read_footer(&file, path, len)?;
         }
         validate(path, len, &header)?;
         let compressed = header.flags & FLAG_COMPRESSED != 0;
-        if compressed && header.compression != 1 {
-            return Err(damaged(
-                path,
-                format!("unknown compression algorithm {}", header.compression),
-            ));
-        }
-        if compressed && header.flags & FLAG_MARKERS == 0 {
-            return Err(damaged(
-                path,
-                "compressed grains without markers are not supported",
-            ));
-        }
         let tables = directory_len(&header);
         let gd_bytes = tables * 4;
         let gd_start = header.gd_offset * SECTOR;
@@ -178,6 +161,11 @@ impl SparseExtent {
 
     pub fn capacity(&self) -> u64 {
         self.header.capacity * SECTOR
+    }
+
+    /// True for zlib-compressed grains (stream-optimized).
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
     }
 
     fn grain_bytes(&self) -> u64 {
@@ -352,6 +340,47 @@ fn directory_len(h: &SparseHeader) -> u64 {
     h.capacity.div_ceil(per_table)
 }
 
+fn check_version(path: &Path, version: u32) -> Result<()> {
+    if (1..=3).contains(&version) {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "VMDK sparse extent {} has header version {version}; Strata reads versions 1 to 3",
+        path.display()
+    )))
+}
+
+/// A stream-optimized file's real header is its footer, 1 KiB before the
+/// end: footer marker, footer, end-of-stream marker (checked as qemu does).
+fn read_footer(file: &File, path: &Path, len: u64) -> Result<SparseHeader> {
+    if len < 1536 {
+        return Err(damaged(
+            path,
+            "stream-optimized file too short for a footer",
+        ));
+    }
+    let mut tail = [0u8; 1536];
+    file.read_exact_at(&mut tail, len - 1536)
+        .at("reading footer of", path)?;
+    let u32_at = |o: usize| u32::from_le_bytes(tail[o..o + 4].try_into().expect("4 bytes"));
+    let eos_clear = tail[1024..1040].iter().all(|b| *b == 0);
+    if u32_at(8) != 0 || u32_at(12) != MARKER_FOOTER || !eos_clear {
+        return Err(damaged(
+            path,
+            "the header defers to a footer, but the file does not end with footer and end-of-stream markers",
+        ));
+    }
+    let footer = SparseHeader::parse(tail[512..1024].try_into().expect("512 bytes"))
+        .map_err(|e| damaged(path, format!("footer: {e}")))?;
+    check_version(path, footer.version)?;
+    if footer.gd_offset == GD_AT_END {
+        return Err(damaged(path, "footer has no grain directory offset"));
+    }
+    Ok(footer)
+}
+
+/// Checks the header's fields against each other and the file's length,
+/// with qemu's vmdk driver's limits where it has them.
 fn validate(path: &Path, len: u64, h: &SparseHeader) -> Result<()> {
     let fail = |what: String| Err(damaged(path, what));
     if h.capacity == 0 || h.capacity > MAX_CAPACITY_SECTORS {
@@ -371,14 +400,45 @@ fn validate(path: &Path, len: u64, h: &SparseHeader) -> Result<()> {
     }
     if h.gtes_per_gt == 0 || h.gtes_per_gt > MAX_GTES_PER_GT {
         return fail(format!(
-            "{} grain table entries per table is out of range",
+            "{} grain table entries per table; VMDK allows 1 to {MAX_GTES_PER_GT}",
             h.gtes_per_gt
         ));
+    }
+    if directory_len(h) > MAX_DIRECTORY_ENTRIES {
+        return fail(format!(
+            "{} grain tables for {} sectors is more than a VMDK may have",
+            directory_len(h),
+            h.capacity
+        ));
+    }
+    let compressed = h.flags & FLAG_COMPRESSED != 0;
+    match (compressed, h.compression) {
+        (true, COMPRESSION_DEFLATE) | (false, 0) => {}
+        (false, COMPRESSION_DEFLATE) => {
+            return fail(
+                "the header names deflate compression, but its flags say grains are not compressed"
+                    .into(),
+            )
+        }
+        (true, 0) => return fail(
+            "its flags say grains are compressed, but the header names no compression algorithm"
+                .into(),
+        ),
+        (_, other) => return fail(format!("unknown compression algorithm {other}")),
+    }
+    if compressed && h.flags & FLAG_MARKERS == 0 {
+        return fail("compressed grains without markers are not supported".into());
     }
     if h.gd_offset == 0 || h.gd_offset.checked_mul(SECTOR).is_none_or(|b| b >= len) {
         return fail(format!(
             "grain directory offset {} lies outside the file",
             h.gd_offset
+        ));
+    }
+    if h.grain_offset.checked_mul(SECTOR).is_none_or(|b| b > len) {
+        return fail(format!(
+            "file is {len} bytes, but its header says grains start at sector {}",
+            h.grain_offset
         ));
     }
     Ok(())
@@ -389,7 +449,7 @@ fn read_embedded_descriptor(
     path: &Path,
     len: u64,
     h: &SparseHeader,
-) -> Result<Option<String>> {
+) -> Result<Option<Vec<u8>>> {
     if h.descriptor_offset == 0 || h.descriptor_sectors == 0 {
         return Ok(None);
     }
@@ -411,5 +471,6 @@ fn read_embedded_descriptor(
     file.read_exact_at(&mut raw, start)
         .at("reading descriptor of", path)?;
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-    Ok(Some(String::from_utf8_lossy(&raw[..end]).into_owned()))
+    raw.truncate(end);
+    Ok((!raw.is_empty()).then_some(raw))
 }

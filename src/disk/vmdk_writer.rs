@@ -6,15 +6,19 @@
 //! its grain directory and tables are written when it finishes.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::sparse::{SECTOR, SPARSE_MAGIC};
+use super::sparse::{MAX_CAPACITY_SECTORS, SECTOR, SPARSE_MAGIC};
 use crate::error::{Error, IoContext, Result};
 
 const GRAIN_SECTORS: u64 = 128; // 64 KiB grains, as VMware writes them
 const GTES_PER_GT: u64 = 512;
 const DESCRIPTOR_SECTORS: u64 = 20;
+const TABLE_SECTORS: u64 = GTES_PER_GT * 4 / SECTOR;
+
+/// Adapter types a VMDK descriptor may name (those qemu and VMware know).
+pub const ADAPTER_TYPES: [&str; 4] = ["ide", "buslogic", "lsilogic", "legacyESX"];
 
 pub trait DiskSink: Send {
     fn write_chunk(&mut self, offset: u64, data: &[u8]) -> Result<()>;
@@ -25,61 +29,85 @@ pub trait DiskSink: Send {
     fn finish(self: Box<Self>) -> Result<()>;
 }
 
+/// Sectors a VMDK of a disk of `capacity` bytes has: rounded up to a whole
+/// sector as qemu does, and at least one, since no VMDK reader accepts an
+/// extent of 0 sectors.
+pub fn vmdk_sectors(capacity: u64) -> u64 {
+    capacity.div_ceil(SECTOR).max(1)
+}
+
 fn geometry_cylinders(sectors: u64) -> u64 {
     (sectors / (16 * 63)).clamp(1, 65535)
 }
 
-fn descriptor_text(create_type: &str, extent_line: &str, sectors: u64) -> String {
+fn descriptor_text(create_type: &str, extent_line: &str, sectors: u64, adapter: &str) -> String {
+    let adapter = if ADAPTER_TYPES.contains(&adapter) {
+        adapter
+    } else {
+        "lsilogic"
+    };
     format!(
-        "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"{create_type}\"\n\n# Extent description\n{extent_line}\n\n# The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"4\"\nddb.geometry.cylinders = \"{}\"\nddb.geometry.heads = \"16\"\nddb.geometry.sectors = \"63\"\nddb.adapterType = \"lsilogic\"\n",
+        "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"{create_type}\"\n\n# Extent description\n{extent_line}\n\n# The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"4\"\nddb.geometry.cylinders = \"{}\"\nddb.geometry.heads = \"16\"\nddb.geometry.sectors = \"63\"\nddb.adapterType = \"{adapter}\"\n",
         geometry_cylinders(sectors)
     )
 }
 
-/// The descriptor of a monolithicFlat disk whose data is `flat_name`.
-pub fn flat_descriptor_text(flat_name: &str, capacity: u64) -> String {
-    let sectors = capacity.div_ceil(SECTOR);
+/// The descriptor of a monolithicFlat disk whose data is `flat_name`; the
+/// flat file must hold [`vmdk_sectors`] whole sectors.
+pub fn flat_descriptor_text(flat_name: &str, capacity: u64, adapter: &str) -> String {
+    let sectors = vmdk_sectors(capacity);
     descriptor_text(
         "monolithicFlat",
         &format!("RW {sectors} FLAT \"{flat_name}\" 0"),
         sectors,
+        adapter,
     )
 }
 
 /// Writes the descriptor of a monolithicFlat disk whose data is `flat_name`.
-pub fn write_flat_descriptor(path: &Path, flat_name: &str, capacity: u64) -> Result<()> {
-    let text = flat_descriptor_text(flat_name, capacity);
+pub fn write_flat_descriptor(
+    path: &Path,
+    flat_name: &str,
+    capacity: u64,
+    adapter: &str,
+) -> Result<()> {
+    let text = flat_descriptor_text(flat_name, capacity, adapter);
     std::fs::write(path, text).at("writing descriptor", path)?;
     File::open(path)
         .and_then(|f| f.sync_all())
         .at("syncing", path)
 }
 
+/// A monolithicSparse VMDK written front to back. Grains that hold data
+/// are appended as they come; a grain table is appended once the grains of
+/// its 32 MiB span are all past, and only if one of them holds data, so
+/// time, memory and file size follow the data, not the capacity. The grain
+/// directory's place is reserved after the descriptor and left a hole
+/// (entries of 0: no table) except where a table was written.
 pub struct SparseVmdkWriter {
     file: File,
     path: PathBuf,
-    capacity_sectors: u64,
+    grains: u64,
     gd_sector: u64,
-    gt_sector: u64,
-    tables: Vec<u32>,
+    /// Index and entries of the grain table being filled.
+    table: Option<(u64, Vec<u32>)>,
     next_sector: u64,
 }
 
 impl SparseVmdkWriter {
-    pub fn create(path: &Path, capacity: u64) -> Result<Self> {
-        if capacity % SECTOR != 0 {
+    pub fn create(path: &Path, capacity: u64, adapter: &str) -> Result<Self> {
+        let capacity_sectors = vmdk_sectors(capacity);
+        if capacity_sectors > MAX_CAPACITY_SECTORS {
             return Err(Error::InvalidInput(format!(
-                "the disk is {capacity} bytes, not a whole number of sectors; restore it as raw"
+                "{}: a disk of {capacity} bytes is larger than a VMDK may be",
+                path.display()
             )));
         }
-        let capacity_sectors = capacity / SECTOR;
         let grains = capacity_sectors.div_ceil(GRAIN_SECTORS);
         let table_count = grains.div_ceil(GTES_PER_GT);
         let gd_sector = 1 + DESCRIPTOR_SECTORS;
         let gd_sectors = (table_count * 4).div_ceil(SECTOR);
-        let gt_sector = gd_sector + gd_sectors;
-        let gt_sectors = table_count * GTES_PER_GT * 4 / SECTOR;
-        let overhead = (gt_sector + gt_sectors).div_ceil(GRAIN_SECTORS) * GRAIN_SECTORS;
+        let overhead = (gd_sector + gd_sectors).div_ceil(GRAIN_SECTORS) * GRAIN_SECTORS;
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -110,6 +138,7 @@ impl SparseVmdkWriter {
             "monolithicSparse",
             &format!("RW {capacity_sectors} SPARSE \"{name}\""),
             capacity_sectors,
+            adapter,
         );
         if descriptor.len() as u64 > DESCRIPTOR_SECTORS * SECTOR {
             return Err(Error::InvalidInput(format!(
@@ -121,12 +150,37 @@ impl SparseVmdkWriter {
         Ok(SparseVmdkWriter {
             file,
             path: path.to_path_buf(),
-            capacity_sectors,
+            grains,
             gd_sector,
-            gt_sector,
-            tables: vec![0; (table_count * GTES_PER_GT) as usize],
+            table: None,
             next_sector: overhead,
         })
+    }
+
+    fn sector_entry(&self) -> Result<u32> {
+        u32::try_from(self.next_sector).map_err(|_| {
+            Error::InvalidInput(format!(
+                "{} would exceed 2 TiB of data, the most a sparse VMDK holds",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Appends the table being filled and points its directory entry at it.
+    fn flush_table(&mut self) -> Result<()> {
+        let Some((index, entries)) = self.table.take() else {
+            return Ok(());
+        };
+        let at = self.sector_entry()?;
+        let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+        self.file
+            .write_all_at(&bytes, self.next_sector * SECTOR)
+            .at("writing grain table of", &self.path)?;
+        self.file
+            .write_all_at(&at.to_le_bytes(), self.gd_sector * SECTOR + index * 4)
+            .at("writing grain directory of", &self.path)?;
+        self.next_sector += TABLE_SECTORS;
+        Ok(())
     }
 }
 
@@ -143,12 +197,26 @@ impl DiskSink for SparseVmdkWriter {
             if piece.iter().all(|b| *b == 0) {
                 continue;
             }
-            let grain = (offset / grain_bytes as u64) as usize + n;
-            if grain as u64 >= self.capacity_sectors.div_ceil(GRAIN_SECTORS) {
+            let grain = offset / grain_bytes as u64 + n as u64;
+            if grain >= self.grains {
                 return Err(Error::InvalidInput(format!(
                     "data beyond the end of {}",
                     self.path.display()
                 )));
+            }
+            let index = grain / GTES_PER_GT;
+            match self.table.as_ref().map(|(current, _)| *current) {
+                Some(current) if current == index => {}
+                Some(current) if current > index => {
+                    return Err(Error::InvalidInput(format!(
+                        "grain {grain} of {} comes after a later one",
+                        self.path.display()
+                    )))
+                }
+                _ => {
+                    self.flush_table()?;
+                    self.table = Some((index, vec![0; GTES_PER_GT as usize]));
+                }
             }
             let bytes = if piece.len() == grain_bytes {
                 piece
@@ -157,84 +225,130 @@ impl DiskSink for SparseVmdkWriter {
                 padded.resize(grain_bytes, 0);
                 &padded
             };
+            let entry = self.sector_entry()?;
             self.file
                 .write_all_at(bytes, self.next_sector * SECTOR)
                 .at("writing", &self.path)?;
-            self.tables[grain] = u32::try_from(self.next_sector).map_err(|_| {
-                Error::InvalidInput(format!(
-                    "{} would exceed 2 TiB of grains",
-                    self.path.display()
-                ))
-            })?;
+            if let Some((_, entries)) = &mut self.table {
+                entries[(grain % GTES_PER_GT) as usize] = entry;
+            }
             self.next_sector += GRAIN_SECTORS;
         }
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
-        let tables = self.tables.len() as u64 / GTES_PER_GT;
-        let directory: Vec<u8> = (0..tables)
-            .flat_map(|i| ((self.gt_sector + i * GTES_PER_GT * 4 / SECTOR) as u32).to_le_bytes())
-            .collect();
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.flush_table()?;
+        // Readers want the file to reach at least the first grain's sector.
         self.file
-            .write_all_at(&directory, self.gd_sector * SECTOR)
-            .at("writing grain directory of", &self.path)?;
-        let entries: Vec<u8> = self.tables.iter().flat_map(|e| e.to_le_bytes()).collect();
-        self.file
-            .write_all_at(&entries, self.gt_sector * SECTOR)
-            .at("writing grain tables of", &self.path)?;
+            .set_len(self.next_sector * SECTOR)
+            .at("setting size of", &self.path)?;
         self.file.sync_all().at("syncing", &self.path)
     }
 }
 
 /// Raw bytes at their offsets: a flat extent, a raw image, or a block
 /// device (where holes must be written as zeros).
+///
+/// A regular file that may already exist is written under a temporary
+/// name beside it and renamed over it only once complete, so a failed
+/// restore leaves the old copy as it was; the temporary file is removed
+/// if the writer is dropped unfinished. Block devices are written in place.
 pub struct RawWriter {
     file: File,
     path: PathBuf,
+    /// The temporary name being written, renamed to `path` by `finish`.
+    temp: Option<PathBuf>,
     capacity: u64,
     block_device: bool,
 }
 
 impl RawWriter {
-    /// `create_new` refuses to overwrite an existing regular file.
-    pub fn create(path: &Path, capacity: u64, create_new: bool) -> Result<Self> {
-        let block_device = std::fs::metadata(path)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
-        let file = if block_device {
-            OpenOptions::new()
-                .write(true)
-                .open(path)
-                .at("opening device", path)?
-        } else {
-            let mut options = OpenOptions::new();
-            options.write(true);
-            if create_new {
-                options.create_new(true);
-            } else {
-                options.create(true).truncate(true);
-            }
-            options.open(path).at("creating", path)?
-        };
-        if block_device {
-            let size = std::fs::File::open(path)
-                .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
-                .at("reading size of", path)?;
-            if size < capacity {
-                return Err(Error::NoSpace {
-                    path: path.to_path_buf(),
-                    needed: capacity,
-                    available: size,
-                });
-            }
+    /// A regular file that must not exist yet (a flat extent in a new VM
+    /// folder), `capacity` bytes long.
+    pub fn create_new(path: &Path, capacity: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .at("creating", path)?;
+        Ok(RawWriter {
+            file,
+            path: path.to_path_buf(),
+            temp: None,
+            capacity,
+            block_device: false,
+        })
+    }
+
+    /// A block device (written in place) or a regular file, new or to be
+    /// replaced only when complete.
+    pub fn replace(path: &Path, capacity: u64) -> Result<Self> {
+        let existing = std::fs::metadata(path).ok();
+        if existing
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_block_device())
+        {
+            return Self::device(path, capacity);
+        }
+        let name = path.file_name().ok_or_else(|| {
+            Error::InvalidInput(format!("{} does not name a file", path.display()))
+        })?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".strata-partial-{}", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        // A leftover of an earlier run of this process id is ours to replace.
+        let _ = std::fs::remove_file(&temp);
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        if let Some(meta) = &existing {
+            options.mode(meta.permissions().mode() & 0o7777);
+        }
+        let file = options.open(&temp).at("creating", &temp)?;
+        Ok(RawWriter {
+            file,
+            path: path.to_path_buf(),
+            temp: Some(temp),
+            capacity,
+            block_device: false,
+        })
+    }
+
+    fn device(path: &Path, capacity: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .at("opening device", path)?;
+        let size = super::byte_len(&file, path)?;
+        if size < capacity {
+            return Err(Error::NoSpace {
+                path: path.to_path_buf(),
+                needed: capacity,
+                available: size,
+            });
         }
         Ok(RawWriter {
             file,
             path: path.to_path_buf(),
+            temp: None,
             capacity,
-            block_device,
+            block_device: true,
         })
+    }
+
+    fn written_path(&self) -> &Path {
+        self.temp.as_deref().unwrap_or(&self.path)
+    }
+}
+
+impl Drop for RawWriter {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            if let Err(e) = std::fs::remove_file(&temp) {
+                tracing::error!(file = %temp.display(), error = %e, "could not remove incomplete restore");
+            }
+        }
     }
 }
 
@@ -242,7 +356,7 @@ impl DiskSink for RawWriter {
     fn write_chunk(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.file
             .write_all_at(data, offset)
-            .at("writing", &self.path)
+            .at("writing", self.written_path())
     }
 
     fn hole(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -255,12 +369,23 @@ impl DiskSink for RawWriter {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(mut self: Box<Self>) -> Result<()> {
         if !self.block_device {
             self.file
                 .set_len(self.capacity)
-                .at("setting size of", &self.path)?;
+                .at("setting size of", self.written_path())?;
         }
-        self.file.sync_all().at("syncing", &self.path)
+        self.file.sync_all().at("syncing", self.written_path())?;
+        if let Some(temp) = &self.temp {
+            std::fs::rename(temp, &self.path).at("renaming into place", &self.path)?;
+            self.temp = None;
+            let dir = self
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            crate::storage::local::fsync_dir(dir)?;
+        }
+        Ok(())
     }
 }

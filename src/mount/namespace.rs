@@ -378,7 +378,11 @@ impl<M: Sync + Send> Namespace<M> {
                 for (i, disk) in d.disks.iter().enumerate() {
                     let stem = disk_stem(&d, i);
                     let flat = format!("{stem}-flat.vmdk");
-                    let text = crate::disk::vmdk_writer::flat_descriptor_text(&flat, disk.capacity);
+                    let text = crate::disk::vmdk_writer::flat_descriptor_text(
+                        &flat,
+                        disk.capacity,
+                        &disk.adapter_type,
+                    );
                     c.push(Child {
                         name: format!("{stem}.vmdk").into_bytes(),
                         kind: Kind::Blob {

@@ -1,29 +1,34 @@
 //! Restores a file-tree restore point, or selected paths of it, into a
 //! target directory.
 //!
-//! A first pass walks the selected trees to validate every name (nothing is
-//! written if the restore point holds an unsafe one) and to size the data,
-//! which is checked against the target's free space. The second pass
-//! creates entries in tree order through directory descriptors: files are
-//! created by the walker and filled by worker threads (chunk reads,
-//! decompression and writes run in parallel), holes are left unwritten, and
-//! every entry gets its metadata back. A directory's own metadata is set
-//! once its entries exist, so its mtime is the backed-up one.
+//! A first pass walks the selected trees to validate every name and to size
+//! the data, which is checked against the target's free space: a refused
+//! restore writes nothing, not even the target directory. The second pass
+//! creates entries in tree order through directory descriptors. Files are
+//! created under a temporary name by the walker and filled by worker
+//! threads (chunk reads, decompression and writes run in parallel; holes
+//! are left unwritten); only a file whose every chunk verified is renamed
+//! over its final name, so a failure leaves an existing file as it was and
+//! never a truncated one under the restored name. Every entry gets its
+//! metadata back through a descriptor of its own. A directory's metadata
+//! is set once everything below it is done, so its mtime is the backed-up
+//! one.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
-use nix::sys::stat::{fchmodat, FchmodatFlags, Mode, SFlag};
+use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
-use super::fsops::{self, os};
+use super::fsops::{self, os, SpecialKind};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::progress::Progress;
@@ -65,9 +70,10 @@ pub fn restore_files<M: Sync>(
     let started = Instant::now();
     let span = tracing::info_span!("restore_files", restore_point = %rp.id.short(), target = %request.target.display());
     let _entered = span.enter();
-    let target = super::prepare_target(repo.root(), &request.target)?;
+    // Everything that can refuse the restore runs before anything is
+    // created: the target, every name, cold data, free space.
+    let target = super::plan_target(repo.root(), &request.target)?;
     let selected = select(repo, rp, &request.paths)?;
-
     let mut needed = 0u64;
     for sel in &selected {
         needed += match &sel.node {
@@ -75,33 +81,29 @@ pub fn restore_files<M: Sync>(
             Some(node) => measure_node(repo, rp, node)?,
         };
     }
-    super::check_space(&target, needed)?;
+    target.check_space(needed)?;
+    let target = target.create()?;
     progress.inc_length(needed);
 
     let root_fd = fsops::open_dir(None, target.as_os_str(), &target)?;
-    let summary = Mutex::new(RestoreSummary::default());
-    let written = AtomicU64::new(0);
-    let is_root = nix::unistd::geteuid().is_root();
+    let outcome = Outcome {
+        summary: Mutex::new(RestoreSummary::default()),
+        written: AtomicU64::new(0),
+        is_root: nix::unistd::geteuid().is_root(),
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .max(2);
-    let (jobs, job_rx) = bounded::<FileJob>(threads * 4);
+    let (jobs, job_rx) = bounded::<Job>(threads * 4);
 
     let walked = std::thread::scope(|scope| -> Result<()> {
         for _ in 0..threads {
             let rx = job_rx.clone();
-            let (summary, written) = (&summary, &written);
+            let (outcome, root_fd) = (&outcome, &root_fd);
             scope.spawn(move || {
                 for job in rx {
-                    if let Err(e) = fill_file(repo, &job, is_root, written, progress) {
-                        tracing::error!(path = %job.shown.display(), error = %e, "restore failed");
-                        summary
-                            .lock()
-                            .expect("summary")
-                            .failed
-                            .push((job.shown.display().to_string(), e.to_string()));
-                    }
+                    run_job(repo, root_fd, job, outcome, progress);
                 }
             });
         }
@@ -109,10 +111,17 @@ pub fn restore_files<M: Sync>(
         let mut walker = RestoreWalker {
             repo,
             jobs,
-            summary: &summary,
-            is_root,
+            outcome: &outcome,
             links: HashMap::new(),
-            root: &root_fd,
+            root: Arc::new(OpenDir {
+                fd: root_fd
+                    .try_clone()
+                    .at("duplicating descriptor of", &target)?,
+                node: None,
+                shown: target.clone(),
+                _parent: None,
+                outcome: &outcome,
+            }),
             root_tree: rp.manifest.root,
         };
         for sel in &selected {
@@ -122,8 +131,8 @@ pub fn restore_files<M: Sync>(
     });
     walked?;
 
-    let mut summary = summary.into_inner().expect("summary");
-    summary.bytes_written = written.load(Ordering::Relaxed);
+    let mut summary = outcome.summary.into_inner().expect("summary lock");
+    summary.bytes_written = outcome.written.load(Ordering::Relaxed);
     summary.duration_ms = started.elapsed().as_millis() as u64;
     progress.finish();
     Ok(summary)
@@ -208,165 +217,270 @@ fn measure_node<M>(repo: &Repository<M>, rp: &RestorePoint, node: &Node) -> Resu
     }
 }
 
-struct FileJob {
-    file: std::fs::File,
-    node: Node,
-    shown: PathBuf,
+/// What the walker and the workers report, shared by both.
+struct Outcome {
+    summary: Mutex<RestoreSummary>,
+    written: AtomicU64,
+    is_root: bool,
 }
 
-struct RestoreWalker<'a, M> {
-    repo: &'a Repository<M>,
-    jobs: crossbeam_channel::Sender<FileJob>,
-    summary: &'a Mutex<RestoreSummary>,
-    is_root: bool,
-    /// First restored name of each hard-linked file, relative to the root.
-    links: HashMap<u64, PathBuf>,
-    root: &'a OwnedFd,
+impl Outcome {
+    fn record(&self, update: impl FnOnce(&mut RestoreSummary)) {
+        update(&mut self.summary.lock().expect("summary lock"));
+    }
+
+    fn fail(&self, shown: &Path, error: &Error) {
+        tracing::error!(path = %shown.display(), error = %error, "restore failed");
+        self.record(|s| s.failed.push((shown.display().to_string(), error.to_string())));
+    }
+
+    fn warn(&self, message: String) {
+        tracing::warn!("{message}");
+        self.record(|s| s.warnings.push(message));
+    }
+}
+
+/// A directory being restored. Its metadata is set when the last entry
+/// below it is done, i.e. when the last `Arc` to it is dropped: workers
+/// finish files (and rename them into place) after the walker has moved
+/// on, and each of those would move the directory's times.
+struct OpenDir<'a> {
+    fd: OwnedFd,
+    /// `None` for the target itself, whose metadata stays as it is.
+    node: Option<Node>,
+    shown: PathBuf,
+    /// Keeps the parent open, and its metadata pending, until this is done.
+    _parent: Option<Arc<OpenDir<'a>>>,
+    outcome: &'a Outcome,
+}
+
+impl Drop for OpenDir<'_> {
+    fn drop(&mut self) {
+        if let Some(node) = &self.node {
+            if let Err(e) = apply_metadata(self.fd.as_fd(), node, &self.shown, self.outcome.is_root)
+            {
+                self.outcome.fail(&self.shown, &e);
+            }
+        }
+    }
+}
+
+/// The first name of a hard-linked file. Later names are linked to it once
+/// it is complete, and fail with it if it fails.
+struct LinkTarget {
+    /// Relative to the restore target.
+    rel: PathBuf,
+    done: Mutex<Option<bool>>,
+    finished: Condvar,
+}
+
+impl LinkTarget {
+    fn finish(&self, ok: bool) {
+        *self.done.lock().expect("link lock") = Some(ok);
+        self.finished.notify_all();
+    }
+
+    /// Whether the first name was restored. The first name's job was queued
+    /// before any job that waits here, so a worker is already on it.
+    fn wait(&self) -> bool {
+        let mut done = self.done.lock().expect("link lock");
+        loop {
+            match *done {
+                Some(ok) => return ok,
+                None => done = self.finished.wait(done).expect("link lock"),
+            }
+        }
+    }
+}
+
+enum Job<'a> {
+    /// Fill `partial` with the file's data and metadata, then rename it to
+    /// the file's name.
+    File {
+        dir: Arc<OpenDir<'a>>,
+        partial: OsString,
+        file: std::fs::File,
+        node: Box<Node>,
+        shown: PathBuf,
+        link: Option<Arc<LinkTarget>>,
+    },
+    /// Another name of a hard-linked file.
+    Link {
+        dir: Arc<OpenDir<'a>>,
+        name: OsString,
+        shown: PathBuf,
+        first: Arc<LinkTarget>,
+    },
+}
+
+struct RestoreWalker<'a, 'r, M> {
+    repo: &'r Repository<M>,
+    jobs: crossbeam_channel::Sender<Job<'a>>,
+    outcome: &'a Outcome,
+    links: HashMap<u64, Arc<LinkTarget>>,
+    root: Arc<OpenDir<'a>>,
     root_tree: ChunkId,
 }
 
-impl<M> RestoreWalker<'_, M> {
+impl<'a, M> RestoreWalker<'a, '_, M> {
     fn restore_selected(&mut self, sel: &Selected) -> Result<()> {
         let Some(node) = &sel.node else {
             let tree = self.repo.load_tree(&self.root_tree)?;
-            let root = self
-                .root
-                .try_clone()
-                .at("duplicating descriptor of", "restore target")?;
+            let root = self.root.clone();
             for child in &tree.nodes {
                 self.restore_node(&root, PathBuf::new(), child)?;
             }
             return Ok(());
         };
-        // Create the ancestors, restore the node, then give the ancestors
-        // their metadata (their mtimes change while we create entries).
-        let mut fds = vec![self
-            .root
-            .try_clone()
-            .at("duplicating descriptor of", "restore target")?];
+        // The ancestors get their metadata once the node below is done.
+        let mut dir = self.root.clone();
         let mut rel = PathBuf::new();
         for ancestor in &sel.ancestors {
             validate_name(&ancestor.name, "restore point")?;
             rel.push(os(&ancestor.name));
-            let fd = fsops::make_dir(fds.last().expect("root"), os(&ancestor.name), &rel)?;
-            fds.push(fd);
+            dir = Arc::new(OpenDir {
+                fd: fsops::make_dir(&dir.fd, os(&ancestor.name), &rel)?,
+                node: Some(ancestor.clone()),
+                shown: rel.clone(),
+                _parent: Some(dir),
+                outcome: self.outcome,
+            });
         }
-        self.restore_node(fds.last().expect("root"), rel.clone(), node)?;
-        for (ancestor, fd) in sel.ancestors.iter().zip(fds.iter().skip(1)).rev() {
-            self.apply_fd_metadata(fd, ancestor, &rel)?;
-        }
-        Ok(())
+        self.restore_node(&dir, rel, node)
     }
 
-    fn restore_node(&mut self, parent: &OwnedFd, parent_rel: PathBuf, node: &Node) -> Result<()> {
+    fn restore_node(&mut self, parent: &Arc<OpenDir<'a>>, parent_rel: PathBuf, node: &Node) -> Result<()> {
         crate::interrupt::check()?;
         validate_name(&node.name, "restore point")?;
         let name = os(&node.name);
         let rel = parent_rel.join(name);
         match &node.kind {
             NodeKind::Directory { subtree } => {
-                let fd = fsops::make_dir(parent, name, &rel)?;
+                let dir = Arc::new(OpenDir {
+                    fd: fsops::make_dir(&parent.fd, name, &rel)?,
+                    node: Some(node.clone()),
+                    shown: rel.clone(),
+                    _parent: Some(parent.clone()),
+                    outcome: self.outcome,
+                });
                 let tree = self.repo.load_tree(subtree)?;
                 for child in &tree.nodes {
-                    self.restore_node(&fd, rel.clone(), child)?;
+                    self.restore_node(&dir, rel.clone(), child)?;
                 }
-                self.apply_fd_metadata(&fd, node, &rel)?;
-                self.summary.lock().expect("summary").directories += 1;
+                self.outcome.record(|s| s.directories += 1);
             }
-            NodeKind::File { .. } => {
-                if node.link_id != 0 {
-                    if let Some(first) = self.links.get(&node.link_id) {
-                        fsops::clear_entry(parent, name, &rel)?;
-                        nix::unistd::linkat(
-                            Some(self.root.as_raw_fd()),
-                            first.as_os_str(),
-                            Some(parent.as_raw_fd()),
-                            name,
-                            nix::fcntl::AtFlags::empty(),
-                        )
-                        .at("hard-linking", &rel)?;
-                        self.summary.lock().expect("summary").files += 1;
-                        return Ok(());
-                    }
-                    self.links.insert(node.link_id, rel.clone());
-                }
-                let file = fsops::create_file(parent, name, &rel)?;
-                self.summary.lock().expect("summary").files += 1;
-                self.jobs
-                    .send(FileJob {
-                        file,
-                        node: node.clone(),
-                        shown: rel,
-                    })
-                    .map_err(|_| Error::Interrupted("restore workers stopped".into()))?;
-            }
+            NodeKind::File { .. } => self.queue_file(parent, rel, node)?,
             NodeKind::Symlink { target } => {
-                fsops::clear_entry(parent, name, &rel)?;
-                nix::unistd::symlinkat(os(target), Some(parent.as_raw_fd()), name)
+                let partial = fsops::partial_name();
+                nix::unistd::symlinkat(os(target), Some(parent.fd.as_raw_fd()), partial.as_os_str())
                     .at("creating symlink", &rel)?;
-                self.apply_at_metadata(parent, node, &rel, false)?;
+                self.in_place(parent, &partial, &rel, |partial| {
+                    self.set_symlink_metadata(parent, partial, node, &rel)
+                })?;
             }
             NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
                 let (kind, rdev) = match node.kind {
-                    NodeKind::Fifo => (SFlag::S_IFIFO, 0),
-                    NodeKind::CharDevice { rdev } => (SFlag::S_IFCHR, rdev),
-                    NodeKind::BlockDevice { rdev } => (SFlag::S_IFBLK, rdev),
-                    _ => unreachable!(),
+                    NodeKind::CharDevice { rdev } => (SpecialKind::CharDevice, rdev),
+                    NodeKind::BlockDevice { rdev } => (SpecialKind::BlockDevice, rdev),
+                    _ => (SpecialKind::Fifo, 0),
                 };
-                fsops::clear_entry(parent, name, &rel)?;
-                match nix::sys::stat::mknodat(
-                    Some(parent.as_raw_fd()),
-                    name,
-                    kind,
-                    Mode::from_bits_truncate(0o600),
-                    rdev,
-                ) {
-                    Ok(()) => self.apply_at_metadata(parent, node, &rel, true)?,
-                    Err(nix::errno::Errno::EPERM) => {
-                        self.warn(format!(
+                let partial = fsops::partial_name();
+                let fd = match fsops::make_special(&parent.fd, &partial, kind, rdev, &rel) {
+                    Ok(fd) => fd,
+                    Err(Error::Io { source, .. })
+                        if source.raw_os_error() == Some(libc::EPERM) && kind != SpecialKind::Fifo =>
+                    {
+                        self.outcome.warn(format!(
                             "{}: device nodes can only be created by root",
                             rel.display()
                         ));
                         return Ok(());
                     }
-                    Err(e) => return Err(e).at("creating", &rel),
-                }
+                    Err(e) => return Err(e),
+                };
+                self.in_place(parent, &partial, &rel, |_| {
+                    let owner = self.outcome.is_root.then_some((node.uid, node.gid));
+                    let times = (&timespec(node.atime), &timespec(node.mtime));
+                    fsops::set_special_metadata(&fd, owner, node.mode, times, &rel)
+                })?;
             }
             NodeKind::Socket => {
-                self.warn(format!("{}: sockets are not restored", rel.display()));
-                return Ok(());
+                self.outcome
+                    .warn(format!("{}: sockets are not restored", rel.display()));
             }
-        }
-        if !matches!(
-            node.kind,
-            NodeKind::Directory { .. } | NodeKind::File { .. }
-        ) {
-            self.summary.lock().expect("summary").other += 1;
         }
         Ok(())
     }
 
-    fn warn(&self, message: String) {
-        tracing::warn!("{message}");
-        self.summary.lock().expect("summary").warnings.push(message);
-    }
-
-    fn apply_fd_metadata(&self, fd: &OwnedFd, node: &Node, shown: &Path) -> Result<()> {
-        apply_metadata(fd.as_fd(), node, shown, self.is_root)
-    }
-
-    /// Metadata of entries that cannot be opened (symlinks, devices, FIFOs).
-    fn apply_at_metadata(
+    /// Finishes an entry made under `partial` and renames it into place;
+    /// on failure the partial entry is removed.
+    fn in_place(
         &self,
-        parent: &OwnedFd,
-        node: &Node,
-        shown: &Path,
-        chmod: bool,
+        parent: &OpenDir,
+        partial: &OsString,
+        rel: &Path,
+        finish: impl FnOnce(&OsStr) -> Result<()>,
     ) -> Result<()> {
-        let name = os(&node.name);
-        if self.is_root {
+        let name = rel.file_name().expect("restored entries have a name");
+        finish(partial)
+            .and_then(|()| fsops::commit_partial(&parent.fd, partial, name, rel))
+            .inspect_err(|_| fsops::discard_partial(&parent.fd, partial))?;
+        self.outcome.record(|s| s.other += 1);
+        Ok(())
+    }
+
+    fn queue_file(&mut self, parent: &Arc<OpenDir<'a>>, rel: PathBuf, node: &Node) -> Result<()> {
+        let mut link = None;
+        if node.link_id != 0 {
+            if let Some(first) = self.links.get(&node.link_id) {
+                let job = Job::Link {
+                    dir: parent.clone(),
+                    name: os(&node.name).to_os_string(),
+                    shown: rel,
+                    first: first.clone(),
+                };
+                return self.send(job);
+            }
+            let first = Arc::new(LinkTarget {
+                rel: rel.clone(),
+                done: Mutex::new(None),
+                finished: Condvar::new(),
+            });
+            self.links.insert(node.link_id, first.clone());
+            link = Some(first);
+        }
+        let partial = fsops::partial_name();
+        let file = match fsops::create_partial_file(&parent.fd, &partial, &rel) {
+            Ok(file) => file,
+            Err(e) => {
+                if let Some(link) = &link {
+                    link.finish(false);
+                }
+                return Err(e);
+            }
+        };
+        self.send(Job::File {
+            dir: parent.clone(),
+            partial,
+            file,
+            node: Box::new(node.clone()),
+            shown: rel,
+            link,
+        })
+    }
+
+    fn send(&self, job: Job<'a>) -> Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::Interrupted("restore workers stopped".into()))
+    }
+
+    /// Owner and times of a symlink, on the link itself: these calls never
+    /// follow it, so a swapped entry cannot redirect them.
+    fn set_symlink_metadata(&self, parent: &OpenDir, name: &OsStr, node: &Node, shown: &Path) -> Result<()> {
+        if self.outcome.is_root {
             nix::unistd::fchownat(
-                Some(parent.as_raw_fd()),
+                Some(parent.fd.as_raw_fd()),
                 name,
                 Some(Uid::from_raw(node.uid)),
                 Some(Gid::from_raw(node.gid)),
@@ -374,17 +488,8 @@ impl<M> RestoreWalker<'_, M> {
             )
             .at("setting owner of", shown)?;
         }
-        if chmod {
-            fchmodat(
-                Some(parent.as_raw_fd()),
-                name,
-                Mode::from_bits_truncate(node.mode),
-                FchmodatFlags::FollowSymlink,
-            )
-            .at("setting mode of", shown)?;
-        }
         nix::sys::stat::utimensat(
-            Some(parent.as_raw_fd()),
+            Some(parent.fd.as_raw_fd()),
             name,
             &timespec(node.atime),
             &timespec(node.mtime),
@@ -435,14 +540,72 @@ fn apply_metadata(
         .at("setting times of", shown)
 }
 
+/// Runs one job; a failure is the entry's own and is reported, the rest of
+/// the restore goes on.
+fn run_job<M>(repo: &Repository<M>, root: &OwnedFd, job: Job, outcome: &Outcome, progress: &Progress) {
+    match job {
+        Job::File {
+            dir,
+            partial,
+            file,
+            node,
+            shown,
+            link,
+        } => {
+            let name = os(&node.name);
+            let result = crate::interrupt::check()
+                .and_then(|()| fill_file(repo, &file, &node, &shown, outcome, progress))
+                .and_then(|()| {
+                    drop(file);
+                    fsops::commit_partial(&dir.fd, &partial, name, &shown)
+                });
+            if let Some(link) = link {
+                link.finish(result.is_ok());
+            }
+            match result {
+                Ok(()) => outcome.record(|s| s.files += 1),
+                Err(e) => {
+                    fsops::discard_partial(&dir.fd, &partial);
+                    outcome.fail(&shown, &e);
+                }
+            }
+        }
+        Job::Link {
+            dir,
+            name,
+            shown,
+            first,
+        } => {
+            let result = if first.wait() {
+                let first_name = first.rel.file_name().expect("restored files have a name");
+                let first_dir = first.rel.parent().unwrap_or(Path::new(""));
+                fsops::open_dir_path(root, first_dir)
+                    .and_then(|fd| fsops::link_in_place(&fd, first_name, &dir.fd, &name, &shown))
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "not restored: it is a hard link of {}, which failed",
+                    first.rel.display()
+                )))
+            };
+            match result {
+                Ok(()) => outcome.record(|s| s.files += 1),
+                Err(e) => outcome.fail(&shown, &e),
+            }
+        }
+    }
+}
+
+/// Writes a file's data, chunk by chunk as each is verified, and its
+/// metadata, into the partial file; the caller renames it into place.
 fn fill_file<M>(
     repo: &Repository<M>,
-    job: &FileJob,
-    is_root: bool,
-    written: &AtomicU64,
+    file: &std::fs::File,
+    node: &Node,
+    shown: &Path,
+    outcome: &Outcome,
     progress: &Progress,
 ) -> Result<()> {
-    let NodeKind::File { extents } = &job.node.kind else {
+    let NodeKind::File { extents } = &node.kind else {
         return Ok(());
     };
     let mut offset = 0u64;
@@ -451,7 +614,7 @@ fn fill_file<M>(
             let data = repo.read_chunk(id).map_err(|e| match e {
                 Error::ChunkMissing { .. } | Error::ChunkDamaged { .. } | Error::Corrupt { .. } => {
                     Error::corrupt(
-                        format!("file {}", job.shown.display()),
+                        format!("file {}", shown.display()),
                         format!("at byte {offset}: {e}"),
                     )
                 }
@@ -459,24 +622,22 @@ fn fill_file<M>(
             })?;
             if data.len() != *len as usize {
                 return Err(Error::corrupt(
-                    format!("file {}", job.shown.display()),
+                    format!("file {}", shown.display()),
                     format!(
                         "chunk {id} holds {} bytes, the file expects {len}",
                         data.len()
                     ),
                 ));
             }
-            job.file
-                .write_all_at(&data, offset)
-                .at("writing", &job.shown)?;
-            written.fetch_add(data.len() as u64, Ordering::Relaxed);
+            file.write_all_at(&data, offset).at("writing", shown)?;
+            outcome
+                .written
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             progress.inc(data.len() as u64);
         }
         offset += extent.len();
     }
     // Sets the size and recreates a trailing hole.
-    job.file
-        .set_len(job.node.size)
-        .at("setting size of", &job.shown)?;
-    apply_metadata(job.file.as_fd(), &job.node, &job.shown, is_root)
+    file.set_len(node.size).at("setting size of", shown)?;
+    apply_metadata(file.as_fd(), node, shown, outcome.is_root)
 }

@@ -1,21 +1,51 @@
 //! File-system operations relative to directory descriptors, so that a
 //! restore never follows a symlink that already exists in the target and
 //! never writes outside it. Names are validated before they get here.
+//!
+//! Every entry other than a directory is built under a temporary name
+//! beside its final one and renamed over it only once it is complete: an
+//! existing file is never lost to a restore that fails half way, and a
+//! name never shows a half-written file. Metadata is always set through a
+//! descriptor of the entry itself, never through a path that the owner of
+//! the directory could swap for a symlink between two calls.
 
-use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
-use nix::sys::stat::{mkdirat, Mode};
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+use nix::unistd::{unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::error::{Error, IoContext, Result};
 
+/// Temporary names start with this, so that what a killed restore leaves
+/// behind says what it is.
+pub const PARTIAL_PREFIX: &str = ".strata-partial-";
+
 pub fn os(name: &[u8]) -> &OsStr {
     OsStr::from_bytes(name)
+}
+
+/// A fresh temporary name, unique within this process and short enough for
+/// any directory (it does not embed the final name, which may already use
+/// the whole 255 bytes).
+pub fn partial_name() -> OsString {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    OsString::from(format!(
+        "{PARTIAL_PREFIX}{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass a descriptor that openat just returned and that
+    // nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 pub fn open_dir(parent: Option<RawFd>, name: &OsStr, shown: &Path) -> Result<OwnedFd> {
@@ -26,8 +56,17 @@ pub fn open_dir(parent: Option<RawFd>, name: &OsStr, shown: &Path) -> Result<Own
         Mode::empty(),
     )
     .at("opening directory", shown)?;
-    // SAFETY: openat returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(owned(fd))
+}
+
+/// Opens the directory at `rel` below `root`, one component at a time and
+/// never following a symlink.
+pub fn open_dir_path(root: &OwnedFd, rel: &Path) -> Result<OwnedFd> {
+    let mut fd = root.try_clone().at("duplicating descriptor of", rel)?;
+    for component in rel.components() {
+        fd = open_dir(Some(fd.as_raw_fd()), component.as_os_str(), rel)?;
+    }
+    Ok(fd)
 }
 
 /// Removes whatever non-directory sits at `name`; a directory in the way is
@@ -35,12 +74,16 @@ pub fn open_dir(parent: Option<RawFd>, name: &OsStr, shown: &Path) -> Result<Own
 pub fn clear_entry(parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<()> {
     match unlinkat(Some(parent.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::EISDIR) => Err(Error::InvalidInput(format!(
-            "{} is a directory in the target, where the restore point has a file",
-            shown.display()
-        ))),
+        Err(Errno::EISDIR) => Err(directory_in_the_way(shown)),
         Err(e) => Err(e).at("removing existing", shown),
     }
+}
+
+fn directory_in_the_way(shown: &Path) -> Error {
+    Error::InvalidInput(format!(
+        "{} is a directory in the target, where the restore point has a file",
+        shown.display()
+    ))
 }
 
 /// Opens directory `name` in `parent`, creating it if needed; an existing
@@ -75,19 +118,220 @@ pub fn make_dir(parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<OwnedFd>
     }
 }
 
-pub fn create_file(parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<std::fs::File> {
-    clear_entry(parent, name, shown)?;
+/// Creates a new, empty file under the temporary name `partial`.
+pub fn create_partial_file(parent: &OwnedFd, partial: &OsStr, shown: &Path) -> Result<std::fs::File> {
     let fd = openat(
         Some(parent.as_raw_fd()),
-        name,
+        partial,
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )
     .at("creating", shown)?;
-    // SAFETY: openat returned a new descriptor that nothing else owns.
-    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    Ok(std::fs::File::from(owned(fd)))
+}
+
+/// Puts the finished entry `partial` in place of `name`, atomically
+/// replacing whatever non-directory was there.
+pub fn commit_partial(parent: &OwnedFd, partial: &OsStr, name: &OsStr, shown: &Path) -> Result<()> {
+    let fd = Some(parent.as_raw_fd());
+    match nix::fcntl::renameat(fd, partial, fd, name) {
+        Ok(()) => Ok(()),
+        Err(Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST) => Err(directory_in_the_way(shown)),
+        Err(e) => Err(e).at("putting in place", shown),
+    }
+}
+
+/// Removes a temporary entry after a failure; the failure itself is what
+/// gets reported.
+pub fn discard_partial(parent: &OwnedFd, partial: &OsStr) {
+    let _ = unlinkat(Some(parent.as_raw_fd()), partial, UnlinkatFlags::NoRemoveDir);
+}
+
+/// Hard-links `name` in `parent` to the entry `first_name` in `first_dir`,
+/// through a temporary name so that an existing file is replaced
+/// atomically.
+pub fn link_in_place(
+    first_dir: &OwnedFd,
+    first_name: &OsStr,
+    parent: &OwnedFd,
+    name: &OsStr,
+    shown: &Path,
+) -> Result<()> {
+    let partial = partial_name();
+    nix::unistd::linkat(
+        Some(first_dir.as_raw_fd()),
+        first_name,
+        Some(parent.as_raw_fd()),
+        partial.as_os_str(),
+        AtFlags::empty(),
+    )
+    .at("hard-linking", shown)?;
+    commit_partial(parent, &partial, name, shown).inspect_err(|_| discard_partial(parent, &partial))
+}
+
+/// The kinds of entry made by `mknod`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialKind {
+    Fifo,
+    CharDevice,
+    BlockDevice,
+}
+
+impl SpecialKind {
+    fn flag(self) -> SFlag {
+        match self {
+            SpecialKind::Fifo => SFlag::S_IFIFO,
+            SpecialKind::CharDevice => SFlag::S_IFCHR,
+            SpecialKind::BlockDevice => SFlag::S_IFBLK,
+        }
+    }
+}
+
+/// Makes a FIFO or device node under the temporary name `partial` and
+/// returns an `O_PATH` descriptor of it. Such entries cannot be opened for
+/// I/O without side effects (a FIFO blocks, a tape rewinds), so their
+/// metadata is set through this descriptor; see [`open_special`].
+pub fn make_special(
+    parent: &OwnedFd,
+    partial: &OsStr,
+    kind: SpecialKind,
+    rdev: u64,
+    shown: &Path,
+) -> Result<OwnedFd> {
+    nix::sys::stat::mknodat(
+        Some(parent.as_raw_fd()),
+        partial,
+        kind.flag(),
+        Mode::from_bits_truncate(0o600),
+        rdev,
+    )
+    .at("creating", shown)?;
+    open_special(parent, partial, kind, shown)
+}
+
+/// Opens the entry at `name` without following it and checks that it is a
+/// node of `kind` that this process owns, i.e. the one just made: if the
+/// directory's owner swapped in a symlink or another file between the two
+/// calls, nothing is changed through it.
+pub fn open_special(parent: &OwnedFd, name: &OsStr, kind: SpecialKind, shown: &Path) -> Result<OwnedFd> {
+    let fd = owned(
+        openat(
+            Some(parent.as_raw_fd()),
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .at("opening", shown)?,
+    );
+    let stat = fstat(fd.as_raw_fd()).at("inspecting", shown)?;
+    let is_kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == kind.flag();
+    if !is_kind || stat.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(Error::InvalidInput(format!(
+            "{} was replaced while being restored; leaving it alone",
+            shown.display()
+        )));
+    }
+    Ok(fd)
+}
+
+/// The `/proc/self/fd` name of an `O_PATH` descriptor: calls through it
+/// reach exactly the inode the descriptor holds (the kernel resolves the
+/// magic link to it, not to a path), which is how `chmod` and `utimensat`
+/// act on such a descriptor.
+fn proc_path(fd: BorrowedFd) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Owner (when `chown`), mode and times of a node opened by
+/// [`open_special`], in that order: chown clears setuid bits, and every
+/// change moves the times.
+pub fn set_special_metadata(
+    fd: &OwnedFd,
+    owner: Option<(u32, u32)>,
+    mode: u32,
+    times: (&nix::sys::time::TimeSpec, &nix::sys::time::TimeSpec),
+    shown: &Path,
+) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchownat(
+            Some(fd.as_raw_fd()),
+            "",
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_EMPTY_PATH,
+        )
+        .at("setting owner of", shown)?;
+    }
+    let path = proc_path(fd.as_fd());
+    nix::sys::stat::fchmodat(
+        None,
+        &path,
+        Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .at("setting mode of", shown)?;
+    nix::sys::stat::utimensat(
+        None,
+        &path,
+        times.0,
+        times.1,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )
+    .at("setting times of", shown)
 }
 
 pub fn no_follow() -> AtFlags {
     AtFlags::AT_SYMLINK_NOFOLLOW
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The race of issue 9: the owner of a directory being restored swaps
+    /// the FIFO just made for a symlink to a file of someone else's before
+    /// its mode is set. The mode must not reach the symlink's target.
+    #[test]
+    fn a_node_swapped_for_a_symlink_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let parent = open_dir(None, dir.path().as_os_str(), dir.path()).unwrap();
+        let partial = partial_name();
+        let shown = Path::new("fifo");
+        nix::sys::stat::mknodat(
+            Some(parent.as_raw_fd()),
+            partial.as_os_str(),
+            SFlag::S_IFIFO,
+            Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
+        // The swap, between creating the node and setting its metadata.
+        std::fs::remove_file(dir.path().join(&partial)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(&partial)).unwrap();
+
+        let opened = open_special(&parent, &partial, SpecialKind::Fifo, shown);
+        assert!(opened.is_err(), "a swapped-in symlink was accepted");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn special_metadata_is_set_through_the_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = open_dir(None, dir.path().as_os_str(), dir.path()).unwrap();
+        let partial = partial_name();
+        let shown = Path::new("fifo");
+        let fd = make_special(&parent, &partial, SpecialKind::Fifo, 0, shown).unwrap();
+        let t = nix::sys::time::TimeSpec::new(1_000_000_000, 5);
+        set_special_metadata(&fd, None, 0o640, (&t, &t), shown).unwrap();
+        commit_partial(&parent, &partial, OsStr::new("fifo"), shown).unwrap();
+        let meta = std::fs::symlink_metadata(dir.path().join("fifo")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+        assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_000_000_000);
+    }
 }

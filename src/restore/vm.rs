@@ -16,7 +16,10 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use crate::disk::map::DiskMapReader;
-use crate::disk::vmdk_writer::{write_flat_descriptor, DiskSink, RawWriter, SparseVmdkWriter};
+use crate::disk::sparse::SECTOR;
+use crate::disk::vmdk_writer::{
+    vmdk_sectors, write_flat_descriptor, DiskSink, RawWriter, SparseVmdkWriter,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -113,14 +116,22 @@ fn create_vm_folder(dir: &Path, base: &str) -> Result<(String, FolderGuard)> {
     unreachable!("counters are unbounded")
 }
 
-fn minimal_vmx(name: &str, guest_os: &str, disk_file: &str) -> String {
+fn minimal_vmx(name: &str, guest_os: &str, disk_file: &str, adapter: &str) -> String {
     let guest = if guest_os.is_empty() {
         "other-64"
     } else {
         guest_os
     };
+    // The disk goes where its descriptor's adapter type says it belongs.
+    let controller = match adapter {
+        "ide" => "ide0.present = \"TRUE\"\nide0:0.present = \"TRUE\"\nide0:0.fileName".to_string(),
+        _ => format!(
+            "scsi0.present = \"TRUE\"\nscsi0.virtualDev = \"{}\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName",
+            if adapter == "buslogic" { "buslogic" } else { "lsilogic" }
+        ),
+    };
     format!(
-        ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"14\"\ndisplayName = \"{name}\"\nnumvcpus = \"1\"\nmemsize = \"128\"\nguestOS = \"{guest}\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"lsilogic\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"{disk_file}\"\n"
+        ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"14\"\ndisplayName = \"{name}\"\nnumvcpus = \"1\"\nmemsize = \"128\"\nguestOS = \"{guest}\"\n{controller} = \"{disk_file}\"\n"
     )
 }
 
@@ -169,15 +180,21 @@ pub fn restore_vm<M: Sync>(
             DiskOutput::Vmdk => Box::new(SparseVmdkWriter::create(
                 &guard.path.join(&descriptor),
                 disk.capacity,
+                &disk.adapter_type,
             )?),
             DiskOutput::Raw => {
                 let flat = format!("{stem}-flat.vmdk");
-                write_flat_descriptor(&guard.path.join(&descriptor), &flat, disk.capacity)?;
-                files.push(flat.clone());
-                Box::new(RawWriter::create(
-                    &guard.path.join(&flat),
+                write_flat_descriptor(
+                    &guard.path.join(&descriptor),
+                    &flat,
                     disk.capacity,
-                    true,
+                    &disk.adapter_type,
+                )?;
+                files.push(flat.clone());
+                // The flat file holds the whole sectors its descriptor gives.
+                Box::new(RawWriter::create_new(
+                    &guard.path.join(&flat),
+                    vmdk_sectors(disk.capacity) * SECTOR,
                 )?)
             }
         };
@@ -190,7 +207,12 @@ pub fn restore_vm<M: Sync>(
             let text = String::from_utf8_lossy(&description.vmx).into_owned();
             Vmx::parse(&text, "the backed-up .vmx")?.rewrite(&changes)
         }
-        _ => minimal_vmx(&name, &description.guest_os, &changes[1].1),
+        _ => minimal_vmx(
+            &name,
+            &description.guest_os,
+            &changes[1].1,
+            &disks[0].adapter_type,
+        ),
     };
     let vmx_name = format!("{name}.vmx");
     std::fs::write(guard.path.join(&vmx_name), vmx_text)
@@ -227,8 +249,9 @@ fn check_readable<M>(repo: &Repository<M>, rp: &RestorePoint, disk: &DiskRecord)
     Ok(())
 }
 
-/// Writes one disk's raw contents to a file (created sparse) or a block
-/// device (holes written as zeros).
+/// Writes one disk's raw contents to a file (created sparse, under a
+/// temporary name renamed over the target only when complete) or a block
+/// device (written in place, holes written as zeros).
 pub fn restore_disk_raw<M: Sync>(
     repo: &Repository<M>,
     rp: &RestorePoint,
@@ -251,18 +274,14 @@ pub fn restore_disk_raw<M: Sync>(
         prepare_dir(repo, parent, disk.allocated_bytes())?;
     }
     progress.inc_length(disk.allocated_bytes());
-    let existed = path.exists();
-    let sink = Box::new(RawWriter::create(path, disk.capacity, false)?);
-    let written = write_disk(repo, disk, sink, progress);
-    if written.is_err() && !existed && !is_device {
-        let _ = std::fs::remove_file(path);
-    }
+    let sink = Box::new(RawWriter::replace(path, disk.capacity)?);
+    let written = write_disk(repo, disk, sink, progress)?;
     progress.finish();
     Ok(VmRestoreSummary {
         folder: parent.to_path_buf(),
         name: description.name.clone(),
         files: vec![path.display().to_string()],
-        bytes_written: written?,
+        bytes_written: written,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }
@@ -319,8 +338,14 @@ pub fn write_disk<M: Sync>(
                 let slots: Vec<Mutex<Option<Vec<u8>>>> =
                     (start..end).map(|_| Mutex::new(None)).collect();
                 let next = AtomicUsize::new(0);
+                // Windows of holes (most of a big, empty disk) cost no threads.
+                let fetch_threads = if ids.iter().any(Option::is_some) {
+                    threads
+                } else {
+                    0
+                };
                 std::thread::scope(|fetchers| -> Result<()> {
-                    let workers: Vec<_> = (0..threads)
+                    let workers: Vec<_> = (0..fetch_threads)
                         .map(|_| {
                             fetchers.spawn(|| -> Result<()> {
                                 loop {

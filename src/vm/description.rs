@@ -7,7 +7,7 @@ use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::disk::map::PageRef;
 use crate::disk::DiskFormat;
 use crate::error::{Error, Result};
-use crate::format::{VM_DESCRIPTION_MAGIC, VM_DESCRIPTION_VERSION};
+use crate::format::{VM_DESCRIPTION_MAGIC, VM_DESCRIPTION_VERSION, VM_DESCRIPTION_VERSION_1};
 use crate::id::ChunkId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,9 +17,22 @@ pub struct DiskRecord {
     /// File name as the `.vmx` gives it.
     pub file_name: String,
     pub source_format: DiskFormat,
+    /// The source descriptor's `ddb.adapterType` (`ide`, `lsilogic`, …),
+    /// written into restored and mounted descriptors.
+    pub adapter_type: String,
     pub capacity: u64,
     pub chunk_size: u32,
     pub pages: Vec<PageRef>,
+}
+
+/// The adapter type of a disk whose descriptor gives none, or of a
+/// version 1 record (which did not keep it): from its controller slot.
+pub fn adapter_for_slot(slot: &str) -> &'static str {
+    if slot.starts_with("ide") {
+        "ide"
+    } else {
+        "lsilogic"
+    }
 }
 
 impl DiskRecord {
@@ -101,6 +114,7 @@ impl VmDescription {
             e.bytes(d.slot.as_bytes())
                 .bytes(d.file_name.as_bytes())
                 .u8(format_code(d.source_format))
+                .bytes(d.adapter_type.as_bytes())
                 .u64(d.capacity)
                 .u32(d.chunk_size)
                 .count(d.pages.len());
@@ -119,19 +133,20 @@ impl VmDescription {
             d.u16()
         })()
         .map_err(|e| Error::decode(object(), e))?;
-        if version != VM_DESCRIPTION_VERSION {
+        if version != VM_DESCRIPTION_VERSION && version != VM_DESCRIPTION_VERSION_1 {
             return Err(Error::UnsupportedVersion {
                 what: object(),
                 found: version as u64,
                 supported: VM_DESCRIPTION_VERSION as u64,
             });
         }
-        let description = Self::decode_body(&mut d).map_err(|e| Error::decode(object(), e))?;
+        let description =
+            Self::decode_body(&mut d, version).map_err(|e| Error::decode(object(), e))?;
         d.finish().map_err(|e| Error::decode(object(), e))?;
         Ok(description)
     }
 
-    fn decode_body(d: &mut Decoder) -> std::result::Result<Self, DecodeError> {
+    fn decode_body(d: &mut Decoder, version: u16) -> std::result::Result<Self, DecodeError> {
         let text = |d: &mut Decoder| -> std::result::Result<String, DecodeError> {
             let raw = d.bytes()?;
             String::from_utf8(raw.to_vec()).map_err(|_| d.error("text is not UTF-8"))
@@ -149,6 +164,11 @@ impl VmDescription {
             let code = d.u8()?;
             let source_format =
                 format_from(code).ok_or_else(|| d.error(format!("unknown disk format {code}")))?;
+            let adapter_type = if version == VM_DESCRIPTION_VERSION_1 {
+                adapter_for_slot(&slot).to_string()
+            } else {
+                text(d)?
+            };
             let capacity = d.u64()?;
             let chunk_size = d.u32()?;
             if chunk_size == 0 {
@@ -174,6 +194,7 @@ impl VmDescription {
                 slot,
                 file_name,
                 source_format,
+                adapter_type,
                 capacity,
                 chunk_size,
                 pages,
@@ -202,9 +223,8 @@ impl VmDescription {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_golden() {
-        let desc = VmDescription {
+    fn sample(adapter_type: &str) -> VmDescription {
+        VmDescription {
             name: "web01".into(),
             cpus: 2,
             memory_mb: 4096,
@@ -214,6 +234,7 @@ mod tests {
                 slot: "scsi0:0".into(),
                 file_name: "web01.vmdk".into(),
                 source_format: DiskFormat::MonolithicSparse,
+                adapter_type: adapter_type.into(),
                 capacity: 3 << 20,
                 chunk_size: 1 << 20,
                 pages: vec![PageRef {
@@ -221,9 +242,14 @@ mod tests {
                     data_chunks: 2,
                 }],
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn round_trip_and_golden() {
+        let desc = sample("buslogic");
         let bytes = desc.encode();
-        crate::codec::assert_golden("vm_description_v1.bin", &bytes);
+        crate::codec::assert_golden("vm_description_v2.bin", &bytes);
         assert_eq!(
             VmDescription::decode(&ChunkId::of(&bytes), &bytes).unwrap(),
             desc
@@ -233,5 +259,17 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(VmDescription::decode(&ChunkId([0; 32]), &bytes[..len]).is_err());
         }
+    }
+
+    /// Version 1 records, written before the adapter type was kept, still
+    /// read; their adapter comes from the slot.
+    #[test]
+    fn version_1_records_still_read() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/vm_description_v1.bin");
+        let bytes = std::fs::read(path).unwrap();
+        let desc = VmDescription::decode(&ChunkId::of(&bytes), &bytes).unwrap();
+        assert_eq!(desc, sample("lsilogic"));
+        assert_eq!(adapter_for_slot("ide0:1"), "ide");
     }
 }

@@ -4,11 +4,15 @@
 mod util;
 
 mod backup_restore;
+mod cli_output;
 mod faults;
 mod incremental;
 mod mount;
 mod mount_lifecycle;
 mod mount_security;
+mod restore_safety;
 mod retention;
 mod tiering;
 mod vm;
+mod vm_images;
+mod vm_restores;

@@ -116,19 +116,28 @@ fn old_restore_points_go_cold_and_thaw_back() {
     // Thaw: plan, notification, byte-identical reads.
     let plan = t.json(&["thaw", &old, "--plan"]);
     assert!(plan["bytes"].as_u64().unwrap() > 0, "{plan}");
+    // The notifier runs from argv, after the writer lock is released: a
+    // backup it starts itself succeeds.
     let hook_out = t.path("hook.txt");
-    let config_path = t.repo.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
-    config["tiers"]["notify_command"] = serde_json::json!(format!(
-        "echo \"$STRATA_RESTORE_POINT $STRATA_THAW_RESULT\" > {}",
-        hook_out.display()
-    ));
-    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let hook = write_script(
+        &t.path("hook.sh"),
+        &format!(
+            "echo \"$STRATA_RESTORE_POINT $STRATA_THAW_RESULT\" > \"$1\"\n\
+             {} --repo {} backup files {} --source during-notify\n\
+             echo \"backup status $?\" >> \"$1\"\n",
+            strata_bin(),
+            t.repo.display(),
+            src.display()
+        ),
+    );
+    set_notify_command(&t, serde_json::json!([hook, hook_out]), None);
     let thawed = t.json(&["thaw", &old]);
     assert!(thawed["packs_fetched"].as_u64().unwrap() >= 1, "{thawed}");
     let hook = std::fs::read_to_string(&hook_out).unwrap();
-    assert!(hook.ends_with(" ok\n") && hook.starts_with(&old), "{hook}");
+    assert!(
+        hook.starts_with(&old) && hook.contains(" ok\n") && hook.ends_with("backup status 0\n"),
+        "{hook}"
+    );
     let r3 = t.path("r3");
     t.restore(&old, &r3);
     assert_same_tree(&old_copy, &under(&r3, &src));
@@ -288,4 +297,84 @@ fn partly_cold_files_are_refused_before_writing() {
         !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),
         "nothing may be written"
     );
+}
+
+fn write_script(path: &std::path::Path, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn set_notify_command(t: &TestRepo, argv: serde_json::Value, timeout_secs: Option<u64>) {
+    let config_path = t.repo.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["tiers"]["notify_command"] = argv;
+    if let Some(secs) = timeout_secs {
+        config["tiers"]["notify_timeout_secs"] = serde_json::json!(secs);
+    }
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+}
+
+/// A notifier that hangs is killed, with what it started, after its
+/// timeout; one given as a shell command line is not run through a shell;
+/// and one in a `config.json` that others may write is not run at all.
+#[test]
+fn thaw_notification_is_bounded_and_never_a_shell_line() {
+    let Tiered { t, .. } = tiered(45);
+    t.ok(&["tier", "run", "--warm-days", "30"]);
+    let old = t.json(&["list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let pid_file = t.path("sleeper.pid");
+    let hang = write_script(
+        &t.path("hang.sh"),
+        "sleep 300 &\necho $! > \"$1\"\nwait\n",
+    );
+    set_notify_command(&t, serde_json::json!([hang, pid_file]), Some(1));
+    let started = std::time::Instant::now();
+    t.ok(&["thaw", &old]);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let pid = pid.trim();
+    // SIGKILL is delivered asynchronously: give the kernel a moment.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    };
+    for _ in 0..100 {
+        if gone() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gone(), "the notifier's child {pid} outlived its timeout");
+
+    let marker = t.path("shell-ran");
+    set_notify_command(
+        &t,
+        serde_json::json!(format!("touch {}", marker.display())),
+        None,
+    );
+    t.ok(&["thaw", &old]);
+    assert!(!marker.exists(), "a command line ran through a shell");
+
+    let touched = t.path("touched");
+    let touch = write_script(&t.path("touch.sh"), "touch \"$1\"\n");
+    set_notify_command(&t, serde_json::json!([touch, touched]), None);
+    let config_path = t.repo.join("config.json");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    t.ok(&["thaw", &old]);
+    assert!(!touched.exists(), "ran a notifier from a world-writable config");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    t.ok(&["thaw", &old]);
+    assert!(touched.exists(), "the notifier did not run");
 }

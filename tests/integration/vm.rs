@@ -298,12 +298,9 @@ fn changed_extents_incremental_reads_only_what_changed() {
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&raw).unwrap());
 }
 
-#[test]
-fn failed_restore_leaves_no_vm_folder() {
-    let t = TestRepo::new();
-    let raw = ext4_image(t.dir.path(), "disk", 32, 6);
-    t.ok(&["backup", "image", raw.to_str().unwrap(), "--name", "vm"]);
-    // Damage the data pack so that reading fails part way through.
+/// Flips bytes in the middle of the biggest pack (the data pack), so that
+/// reading a disk fails part way through.
+pub fn damage_biggest_pack(t: &TestRepo) {
     let packs: Vec<PathBuf> = files_under(&t.repo.join("packs"));
     let biggest = packs
         .iter()
@@ -311,8 +308,18 @@ fn failed_restore_leaves_no_vm_folder() {
         .unwrap();
     let mut bytes = std::fs::read(biggest).unwrap();
     let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
     std::fs::write(biggest, &bytes).unwrap();
+}
+
+#[test]
+fn failed_restore_leaves_no_vm_folder() {
+    let t = TestRepo::new();
+    let raw = ext4_image(t.dir.path(), "disk", 32, 6);
+    t.ok(&["backup", "image", raw.to_str().unwrap(), "--name", "vm"]);
+    damage_biggest_pack(&t);
 
     let target = t.path("vms");
     let out = t.run(&[
@@ -416,7 +423,7 @@ fn mutated_vmdks_never_panic() {
                 bytes.truncate(rng.next_u32() as usize % bytes.len());
             }
             std::fs::write(&mutated_path, &bytes).unwrap();
-            if let Ok(disk) = VirtualDisk::open(&mutated_path) {
+            if let Ok(disk) = VirtualDisk::open(&mutated_path, None) {
                 if let Ok(ranges) = disk.allocated() {
                     let mut buf = vec![0u8; 1 << 20];
                     for (start, end) in ranges.into_iter().take(16) {
