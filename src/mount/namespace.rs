@@ -28,7 +28,7 @@ use crate::disk::map::DiskMapPage;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, RestorePointId};
 use crate::repository::Repository;
-use crate::restore_point::{format_time, RestorePoint, RestorePointKind};
+use crate::restore_point::{format_time, time_labels, RestorePoint, RestorePointKind};
 use crate::tree::{Extent, Node, NodeKind, Timestamp};
 use crate::vm::description::VmDescription;
 
@@ -140,8 +140,15 @@ pub struct Inode {
     pub last_end: AtomicU64,
 }
 
-/// Restore points as last read, and when.
-type CatalogSnapshot = (Option<Instant>, Arc<Vec<Arc<RestorePoint>>>);
+/// Restore points as last read, with the times `list` shows for them.
+#[derive(Default)]
+struct Catalog {
+    points: Vec<Arc<RestorePoint>>,
+    labels: HashMap<RestorePointId, String>,
+}
+
+/// The catalog as last read, and when.
+type CatalogSnapshot = (Option<Instant>, Arc<Catalog>);
 
 pub struct Namespace<M> {
     pub repo: Arc<Repository<M>>,
@@ -216,7 +223,7 @@ impl<M: Sync + Send> Namespace<M> {
         Namespace {
             repo,
             inodes: InodeTable::new(),
-            catalog: Mutex::new((None, Arc::new(Vec::new()))),
+            catalog: Mutex::new((None, Arc::new(Catalog::default()))),
             descriptions: Mutex::new(HashMap::new()),
             mounted_at: SystemTime::now(),
             uid: nix::unistd::getuid().as_raw(),
@@ -230,17 +237,14 @@ impl<M: Sync + Send> Namespace<M> {
         self.inodes.get(ino)
     }
 
-    fn catalog(&self) -> Result<Arc<Vec<Arc<RestorePoint>>>> {
+    fn catalog(&self) -> Result<Arc<Catalog>> {
         let mut catalog = self.catalog.lock().expect("catalog");
         if catalog.0.is_none_or(|at| at.elapsed() > CATALOG_MAX_AGE) {
             self.repo.index().catch_up()?;
-            let points = self
-                .repo
-                .restore_points()?
-                .into_iter()
-                .map(Arc::new)
-                .collect();
-            *catalog = (Some(Instant::now()), Arc::new(points));
+            let points = self.repo.restore_points()?;
+            let labels = time_labels(&points);
+            let points = points.into_iter().map(Arc::new).collect();
+            *catalog = (Some(Instant::now()), Arc::new(Catalog { points, labels }));
         }
         Ok(catalog.1.clone())
     }
@@ -260,20 +264,28 @@ impl<M: Sync + Send> Namespace<M> {
         Ok(d)
     }
 
-    /// Restore points of one source and kind, named by time. Restore
-    /// points that share a printed time all get their id appended, so a
+    /// Restore points of one source and kind, named by time as `list`
+    /// shows it (with as many fractional digits as it takes). Restore
+    /// points that still share a time all get their id appended, so a
     /// name never passes from one restore point to another while both
-    /// exist, and the plain time never names one of several.
+    /// exist, and a plain time never names one of several.
     fn points_of(
         &self,
         kind: RestorePointKind,
         source: &str,
     ) -> Result<Vec<(String, Arc<RestorePoint>)>> {
-        let points: Vec<(String, Arc<RestorePoint>)> = self
-            .catalog()?
+        let catalog = self.catalog()?;
+        let points: Vec<(String, Arc<RestorePoint>)> = catalog
+            .points
             .iter()
             .filter(|rp| rp.manifest.kind == kind && rp.manifest.source == source)
-            .map(|rp| (format_time(rp.manifest.time), rp.clone()))
+            .map(|rp| {
+                let label = catalog.labels.get(&rp.id).cloned();
+                (
+                    label.unwrap_or_else(|| format_time(rp.manifest.time)),
+                    rp.clone(),
+                )
+            })
             .collect();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (name, _) in &points {
@@ -316,6 +328,7 @@ impl<M: Sync + Send> Namespace<M> {
                 };
                 let mut names: Vec<String> = self
                     .catalog()?
+                    .points
                     .iter()
                     .filter(|rp| rp.manifest.kind == kind)
                     .map(|rp| rp.manifest.source.clone())

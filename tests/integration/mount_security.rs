@@ -65,7 +65,7 @@ fn backed_up_acls_are_enforced_for_other_users() {
     t.backup(&src, "s");
 
     let mnt = t.path("mnt");
-    let _guard = MountGuard::mount_with(&t, &mnt, &["--allow-other"]);
+    let mut guard = MountGuard::mount_with(&t, &mnt, &["--allow-other"]);
     let mounted = under(&mnt.join("files/s/latest"), &src);
     let plain = nobody_reads(&mounted.join("plain"));
     assert!(plain.status.success(), "{plain:?}");
@@ -87,6 +87,20 @@ fn backed_up_acls_are_enforced_for_other_users() {
         .success());
     // Root still reads everything.
     assert_eq!(std::fs::read(mounted.join("denied")).unwrap(), b"denied");
+    guard.stop();
+
+    // With --no-xattrs the kernel cannot see the ACLs: entries that have
+    // one are closed to everyone but their owner, grants included.
+    let _guard = MountGuard::mount_with(&t, &mnt, &["--allow-other", "--no-xattrs"]);
+    for name in ["denied", "granted"] {
+        let meta = std::fs::metadata(mounted.join(name)).unwrap();
+        assert_eq!(meta.mode() & 0o077, 0, "{name}");
+        assert!(
+            !nobody_reads(&mounted.join(name)).status.success(),
+            "{name}"
+        );
+    }
+    assert!(nobody_reads(&mounted.join("plain")).status.success());
 }
 
 #[test]
