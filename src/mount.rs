@@ -1,14 +1,16 @@
 //! `strata mount`: the repository as a read-only FUSE file system.
 //!
-//! [`namespace`] decides what the tree looks like, [`fs`] answers the
-//! kernel, [`cache`] keeps decompressed chunks. Mounting goes through the
-//! mount syscall when run as root (fuser without libfuse) and through
-//! fusermount3 otherwise.
+//! [`namespace`] decides what the tree looks like, [`inodes`] which inode
+//! is what while the kernel holds it, [`fs`] answers the kernel, [`read`]
+//! finds and reads the bytes, [`cache`] keeps decompressed chunks.
+//! Mounting goes through the mount syscall when run as root (fuser without
+//! libfuse) and through fusermount3 otherwise.
 
 pub mod cache;
 pub mod fs;
 pub mod inodes;
 pub mod namespace;
+pub mod read;
 
 use std::path::Path;
 use std::sync::Arc;
