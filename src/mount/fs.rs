@@ -6,6 +6,12 @@
 //! reply is sent from the worker. Sequential readers get the next chunks
 //! prefetched into the shared cache. Damaged or missing data yields EIO and
 //! a log line naming the restore point, path and chunk, never wrong bytes.
+//!
+//! Every entry handed to the kernel (`lookup`, `readdirplus`) counts one
+//! lookup in the inode table and `forget` gives it back. With
+//! `--allow-other` the kernel enforces permissions itself
+//! (default_permissions), ACLs included: it reads them through `getxattr`
+//! once FUSE_POSIX_ACL is granted.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
