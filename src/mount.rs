@@ -1,13 +1,16 @@
 //! `strata mount`: the repository as a read-only FUSE file system.
 //!
-//! [`namespace`] decides what the tree looks like, [`fs`] answers the
-//! kernel, [`cache`] keeps decompressed chunks. Mounting goes through the
-//! mount syscall when run as root (fuser without libfuse) and through
-//! fusermount3 otherwise.
+//! [`namespace`] decides what the tree looks like, [`inodes`] which inode
+//! is what while the kernel holds it, [`fs`] answers the kernel, [`read`]
+//! finds and reads the bytes, [`cache`] keeps decompressed chunks.
+//! Mounting goes through the mount syscall when run as root (fuser without
+//! libfuse) and through fusermount3 otherwise.
 
 pub mod cache;
 pub mod fs;
+pub mod inodes;
 pub mod namespace;
+pub mod read;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,10 +32,17 @@ pub struct MountOptions {
 }
 
 /// Refuses a mount point left behind by a killed mount, with the command
-/// that clears it.
+/// that clears it, and one where a FUSE file system is mounted already
+/// (stacking a second mount would hide the first).
 pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
     match std::fs::metadata(mountpoint) {
-        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) if meta.is_dir() => match fuse_mount_at(mountpoint) {
+            Some(fstype) => Err(Error::InvalidInput(format!(
+                "{} is already mounted ({fstype}); unmount it first with `strata umount {0}`",
+                mountpoint.display()
+            ))),
+            None => Ok(()),
+        },
         Ok(_) => Err(Error::InvalidInput(format!("mount point {} is not a directory", mountpoint.display()))),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(Error::InvalidInput(format!(
             "{} is a stale mount of a process that is gone; clear it with `strata umount {0}` (or `umount -l {0}`)",
@@ -40,6 +50,47 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
         ))),
         Err(e) => Err(Error::InvalidInput(format!("mount point {}: {e}", mountpoint.display()))),
     }
+}
+
+/// The type of the FUSE file system mounted at `path`, if there is one,
+/// from `/proc/self/mountinfo`.
+fn fuse_mount_at(path: &Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        // `id parent dev root mountpoint options [optional…] - fstype source …`
+        let mut fields = line.split(' ');
+        let at = fields.nth(4)?;
+        let fstype = fields.skip_while(|f| *f != "-").nth(1)?;
+        let is_fuse = fstype == "fuse" || fstype.starts_with("fuse.");
+        (is_fuse && Path::new(&unescape_mountinfo(at)) == path).then(|| fstype.to_string())
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// Mounts and serves until unmounted (`strata umount`, `umount`) or until
@@ -51,8 +102,12 @@ pub fn mount<M: Send + Sync + 'static>(
     on_mounted: impl FnOnce(),
 ) -> Result<()> {
     check_mountpoint(mountpoint)?;
-    let ns = Arc::new(namespace::Namespace::new(Arc::new(repo)));
-    let fs = fs::StrataFs::new(ns, options.cache_size, options.no_xattrs);
+    // ACLs only matter to other users; the kernel enforces them when it
+    // may read them as xattrs.
+    let acls_hidden = options.allow_other && options.no_xattrs;
+    let kernel_acls = options.allow_other && !options.no_xattrs;
+    let ns = Arc::new(namespace::Namespace::new(Arc::new(repo), acls_hidden));
+    let fs = fs::StrataFs::new(ns, options.cache_size, options.no_xattrs, kernel_acls);
     let mut mount_options = vec![
         MountOption::RO,
         MountOption::FSName("strata".into()),
@@ -105,5 +160,16 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
             mountpoint.display()
         ))),
         Err(e) => Err(Error::io("unmounting", mountpoint, e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b\\134c"), "/mnt/a b\\c");
+        assert_eq!(unescape_mountinfo("/plain\\9"), "/plain\\9");
     }
 }

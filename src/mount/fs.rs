@@ -6,6 +6,12 @@
 //! reply is sent from the worker. Sequential readers get the next chunks
 //! prefetched into the shared cache. Damaged or missing data yields EIO and
 //! a log line naming the restore point, path and chunk, never wrong bytes.
+//!
+//! Every entry handed to the kernel (`lookup`, `readdirplus`) counts one
+//! lookup in the inode table and `forget` gives it back. With
+//! `--allow-other` the kernel enforces permissions itself
+//! (default_permissions), ACLs included: it reads them through `getxattr`
+//! once FUSE_POSIX_ACL is granted.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -15,24 +21,22 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 use fuser::{
-    consts, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    consts, fuse_forget_one, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use libc::{EIO, ENODATA, ENOENT, ENOTDIR, ERANGE};
 
 use super::cache::ChunkCache;
 use super::namespace::{Inode, Kind, Namespace};
-use crate::disk::map::{DiskMapPage, PAGE_ENTRIES};
-use crate::error::{Error, Result};
-use crate::id::ChunkId;
-use crate::tree::{Extent, NodeKind};
+use super::read::{load_chunk, read_range, seek, Source};
+use crate::error::Error;
+use crate::tree::NodeKind;
 
 /// Restore points never change: the kernel may cache everything below
 /// them for long. The top directories change as backups arrive.
 const STABLE_TTL: Duration = Duration::from_secs(24 * 3600);
 const DYNAMIC_TTL: Duration = Duration::from_secs(1);
-const PREFETCH_CHUNKS: usize = 2;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -42,10 +46,18 @@ pub struct StrataFs<M: Send + Sync + 'static> {
     pool: Sender<Job>,
     /// Answer xattr requests with ENOSYS, so the kernel stops asking.
     no_xattrs: bool,
+    /// Ask the kernel to enforce the backed-up POSIX ACLs, which it reads
+    /// as `system.posix_acl_*` xattrs through `getxattr`.
+    kernel_acls: bool,
 }
 
 impl<M: Send + Sync + 'static> StrataFs<M> {
-    pub fn new(ns: Arc<Namespace<M>>, cache_bytes: u64, no_xattrs: bool) -> Self {
+    pub fn new(
+        ns: Arc<Namespace<M>>,
+        cache_bytes: u64,
+        no_xattrs: bool,
+        kernel_acls: bool,
+    ) -> Self {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -68,6 +80,7 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
             cache: Arc::new(ChunkCache::new(cache_bytes)),
             pool,
             no_xattrs,
+            kernel_acls,
         }
     }
 
@@ -84,6 +97,30 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
     }
 }
 
+/// `trusted.*` attributes are for CAP_SYS_ADMIN only, as on every Linux
+/// file system; the VFS checks `getxattr` of them but passes `listxattr`
+/// through, so the file system filters the list itself.
+fn is_trusted(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.")
+}
+
+/// Whether the calling process holds CAP_SYS_ADMIN (and is root), read from
+/// its `/proc/<pid>/status`; unknown means no.
+fn may_see_trusted(req: &Request<'_>) -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    if req.uid() != 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
 fn errno(e: &Error) -> i32 {
     match e {
         Error::Io { source, .. } => source.raw_os_error().unwrap_or(EIO),
@@ -91,207 +128,24 @@ fn errno(e: &Error) -> i32 {
     }
 }
 
-/// Reads one chunk through the cache.
-fn load_chunk<M>(ns: &Namespace<M>, cache: &ChunkCache, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
-    if let Some(data) = cache.get(id) {
-        return Ok(data);
-    }
-    let data = Arc::new(ns.repo.read_chunk(id)?);
-    cache.insert(*id, data.clone());
-    Ok(data)
-}
-
-/// Where a read of a regular file finds its bytes.
-enum Source {
-    Extents(Arc<super::namespace::FileContent>),
-    Disk,
-    Blob(Arc<Vec<u8>>),
-}
-
-/// The chunks covering `[offset, offset + len)` of a disk, with offsets.
-fn disk_chunks<M: Send + Sync>(
-    ns: &Namespace<M>,
-    inode: &Inode,
-    offset: u64,
-    len: u64,
-) -> Result<Vec<(u64, u64, Option<ChunkId>)>> {
-    let Kind::FlatDisk {
-        description, disk, ..
-    } = &inode.kind
-    else {
-        return Ok(Vec::new());
-    };
-    let disk = &description.disks[*disk];
-    let chunk = disk.chunk_size as u64;
-    let mut out = Vec::new();
-    let end = (offset + len).min(disk.capacity);
-    let mut index = offset / chunk;
-    while index * chunk < end {
-        let page_index = (index / PAGE_ENTRIES as u64) as usize;
-        let page = {
-            let cached = inode.pages.lock().expect("pages").get(&page_index).cloned();
-            match cached {
-                Some(page) => page,
-                None => {
-                    let page_ref = disk.pages.get(page_index).ok_or_else(|| {
-                        Error::corrupt("disk map", format!("page {page_index} missing"))
-                    })?;
-                    let page = Arc::new(DiskMapPage::decode(
-                        &page_ref.id,
-                        &ns.repo.read_chunk(&page_ref.id)?,
-                    )?);
-                    inode
-                        .pages
-                        .lock()
-                        .expect("pages")
-                        .insert(page_index, page.clone());
-                    page
-                }
-            }
-        };
-        let id = page
-            .entries
-            .get((index % PAGE_ENTRIES as u64) as usize)
-            .copied()
-            .flatten();
-        out.push((index * chunk, disk.chunk_len(index), id));
-        index += 1;
-    }
-    Ok(out)
-}
-
-/// The bytes `[offset, offset + size)` of a file; also returns the chunks
-/// that follow, for prefetching.
-fn read_range<M: Send + Sync>(
-    ns: &Namespace<M>,
-    cache: &ChunkCache,
-    inode: &Inode,
-    source: &Source,
-    offset: u64,
-    size: u32,
-) -> Result<(Vec<u8>, Vec<ChunkId>)> {
-    let mut out = Vec::with_capacity(size as usize);
-    let mut upcoming = Vec::new();
-    let want_end = offset + size as u64;
-    let mut pieces: Vec<(u64, u64, Option<ChunkId>)> = Vec::new();
-    match source {
-        Source::Blob(data) => {
-            let start = (offset as usize).min(data.len());
-            let end = (want_end as usize).min(data.len());
-            return Ok((data[start..end].to_vec(), upcoming));
-        }
-        Source::Extents(content) => {
-            let mut i = content.extent_at(offset);
-            while i < content.extents.len() {
-                let start = content.starts[i];
-                let extent = &content.extents[i];
-                if start >= want_end {
-                    if let Extent::Data { id, .. } = extent {
-                        upcoming.push(*id);
-                        if upcoming.len() >= PREFETCH_CHUNKS {
-                            break;
-                        }
-                    }
-                } else {
-                    let id = match extent {
-                        Extent::Data { id, .. } => Some(*id),
-                        Extent::Hole { .. } => None,
-                    };
-                    pieces.push((start, extent.len(), id));
-                }
-                i += 1;
-            }
-        }
-        Source::Disk => {
-            pieces = disk_chunks(ns, inode, offset, size as u64)?;
-            if let Some(&(start, len, _)) = pieces.last() {
-                upcoming = disk_chunks(ns, inode, start + len, PREFETCH_CHUNKS as u64)?
-                    .into_iter()
-                    .filter_map(|(_, _, id)| id)
-                    .collect();
-            }
-        }
-    }
-    for (start, len, id) in pieces {
-        let from = offset.max(start);
-        let to = want_end.min(start + len);
-        if from >= to {
-            continue;
-        }
-        match id {
-            None => out.resize(out.len() + (to - from) as usize, 0),
-            Some(id) => {
-                let data = load_chunk(ns, cache, &id)
-                    .map_err(|e| Error::corrupt(format!("chunk {id}"), e))?;
-                let a = (from - start) as usize;
-                let b = (to - start) as usize;
-                if b > data.len() {
-                    return Err(Error::corrupt(
-                        format!("chunk {id}"),
-                        format!("holds {} bytes, the map expects {len}", data.len()),
-                    ));
-                }
-                out.extend_from_slice(&data[a..b]);
-            }
-        }
-    }
-    Ok((out, upcoming))
-}
-
-/// The first offset at or after `offset` that is data (or a hole), by the
-/// stored layout: holes of files and disks are known without reading.
-fn seek<M: Send + Sync>(
-    ns: &Namespace<M>,
-    inode: &Inode,
-    offset: u64,
-    size: u64,
-    want_data: bool,
-) -> Result<Option<u64>> {
-    let segments: Box<dyn Iterator<Item = Result<(u64, u64, bool)>>> = match &inode.kind {
-        Kind::Entry { .. } => {
-            let Some(content) = ns.file_content(inode) else {
-                return Ok(Some(offset));
-            };
-            let first = content.extent_at(offset);
-            let items: Vec<_> = (first..content.extents.len())
-                .map(|i| {
-                    let e = &content.extents[i];
-                    Ok((content.starts[i], e.len(), matches!(e, Extent::Data { .. })))
-                })
-                .collect();
-            Box::new(items.into_iter())
-        }
-        Kind::FlatDisk {
-            description, disk, ..
-        } => {
-            let chunk = description.disks[*disk].chunk_size as u64;
-            let first = offset / chunk;
-            Box::new((first..size.div_ceil(chunk)).map(move |index| {
-                let pieces = disk_chunks(ns, inode, index * chunk, 1)?;
-                let (start, len, id) = pieces.first().copied().unwrap_or((index * chunk, 0, None));
-                Ok((start, len, id.is_some()))
-            }))
-        }
-        _ => return Ok(if want_data { Some(offset) } else { Some(size) }),
-    };
-    for segment in segments {
-        let (start, len, is_data) = segment?;
-        if start + len <= offset {
-            continue;
-        }
-        if is_data == want_data {
-            return Ok(Some(start.max(offset)));
-        }
-    }
-    Ok(if want_data { None } else { Some(size) })
-}
-
 /// Receives one directory entry; returns true when the reply is full.
 type AddEntry<'a> = dyn FnMut(u64, i64, FileType, &OsStr, Option<(&Inode, &Duration)>) -> bool + 'a;
 
+/// The inode number `readdir` gives an entry the kernel has not looked up
+/// (libfuse's FUSE_UNKNOWN_INO): making an inode for every name listed
+/// would hold one per entry ever listed.
+const UNKNOWN_INO: u64 = 0xffff_ffff;
+
 impl<M: Send + Sync + 'static> StrataFs<M> {
     /// Walks a directory's entries from `offset` ("." and ".." first).
-    fn list(&self, ino: u64, offset: i64, add: &mut AddEntry) -> std::result::Result<(), i32> {
+    /// With `plus`, every entry comes with its inode, made if need be.
+    fn list(
+        &self,
+        ino: u64,
+        offset: i64,
+        plus: bool,
+        add: &mut AddEntry,
+    ) -> std::result::Result<(), i32> {
         let inode = self.inode(ino)?;
         if inode.kind.file_type() != FileType::Directory {
             return Err(ENOTDIR);
@@ -328,15 +182,26 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
             index = 2;
         }
         for (i, child) in children.iter().enumerate().skip(index - 2) {
-            let child_inode = self.ns.intern(inode.ino, child);
             let name = OsStr::from_bytes(&child.name);
-            if add(
-                child_inode.ino,
-                (i + 3) as i64,
-                child.kind.file_type(),
-                name,
-                Some((&child_inode, ttl)),
-            ) {
+            let next = (i + 3) as i64;
+            let full = if plus {
+                let child_inode = self.ns.intern(inode.ino, child);
+                add(
+                    child_inode.ino,
+                    next,
+                    child.kind.file_type(),
+                    name,
+                    Some((&child_inode, ttl)),
+                )
+            } else {
+                let child_ino = self
+                    .ns
+                    .inodes
+                    .bound(inode.ino, child)
+                    .unwrap_or(UNKNOWN_INO);
+                add(child_ino, next, child.kind.file_type(), name, None)
+            };
+            if full {
                 break;
             }
         }
@@ -360,6 +225,14 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
                 | consts::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.set_max_background(64);
+        if self.kernel_acls {
+            // Also turns on default_permissions: the kernel checks mode
+            // bits and ACLs itself, and caches each inode's ACL.
+            if let Err(missing) = config.add_capabilities(consts::FUSE_POSIX_ACL) {
+                tracing::error!(missing, "the kernel cannot enforce POSIX ACLs in FUSE");
+                return Err(libc::ENOSYS);
+            }
+        }
         Ok(())
     }
 
@@ -372,7 +245,10 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
             return reply.error(ENOTDIR);
         }
         match self.ns.lookup(&parent, name.as_bytes()) {
-            Ok(Some(inode)) => reply.entry(Self::ttl(&parent), &self.ns.attr(&inode), 0),
+            Ok(Some(inode)) => {
+                self.ns.inodes.looked_up(inode.ino);
+                reply.entry(Self::ttl(&parent), &self.ns.attr(&inode), 0);
+            }
             Ok(None) => reply.error(ENOENT),
             Err(e) => {
                 tracing::error!(error = %e, name = %name.to_string_lossy(), "lookup failed");
@@ -522,7 +398,7 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let result = self.list(ino, offset, &mut |entry_ino, next, kind, name, _| {
+        let result = self.list(ino, offset, false, &mut |entry_ino, next, kind, name, _| {
             reply.add(entry_ino, next, kind, name)
         });
         match result {
@@ -544,8 +420,17 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         let result = self.list(
             ino,
             offset,
+            true,
             &mut |entry_ino, next, _, name, entry| match entry {
-                Some((inode, ttl)) => reply.add(entry_ino, next, name, ttl, &ns.attr(inode), 0),
+                Some((inode, ttl)) => {
+                    let full = reply.add(entry_ino, next, name, ttl, &ns.attr(inode), 0);
+                    // The kernel counts a lookup for every entry it gets
+                    // but `.` and `..`.
+                    if !full && name != "." && name != ".." {
+                        ns.inodes.looked_up(entry_ino);
+                    }
+                    full
+                }
                 None => false,
             },
         );
@@ -555,13 +440,25 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         }
     }
 
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
+        self.ns.inodes.forget(ino, nlookup);
+    }
+
+    fn batch_forget(&mut self, _req: &Request<'_>, nodes: &[fuse_forget_one]) {
+        for node in nodes {
+            self.ns.inodes.forget(node.nodeid, node.nlookup);
+        }
+    }
+
+    /// `files` is the number of inodes the mount holds now (`df -i`).
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, 0, 0, 128 * 1024, 255, 128 * 1024);
+        let held = self.ns.inodes.held() as u64;
+        reply.statfs(0, 0, 0, held, 0, 128 * 1024, 255, 128 * 1024);
     }
 
     fn getxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         size: u32,
@@ -574,6 +471,9 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
+        if is_trusted(name.as_bytes()) && !may_see_trusted(req) {
+            return reply.error(ENODATA);
+        }
         let value = match &inode.kind {
             Kind::Entry { node, .. } | Kind::Dir { node, .. } => node
                 .xattrs
@@ -590,7 +490,7 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         }
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+    fn listxattr(&mut self, req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
         if self.no_xattrs {
             return reply.error(libc::ENOSYS);
         }
@@ -600,7 +500,12 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         };
         let mut list = Vec::new();
         if let Kind::Entry { node, .. } | Kind::Dir { node, .. } = &inode.kind {
+            let show_trusted =
+                node.xattrs.iter().any(|(n, _)| is_trusted(n)) && may_see_trusted(req);
             for (name, _) in &node.xattrs {
+                if is_trusted(name) && !show_trusted {
+                    continue;
+                }
                 list.extend_from_slice(name);
                 list.push(0);
             }

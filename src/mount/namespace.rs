@@ -9,23 +9,26 @@
 //! /vms/<vm>/<time>/<disk>-flat.vmdk          the raw disk, holes included
 //! /vms/<vm>/latest -> <time>
 //! ```
-//! Inode numbers are assigned on first lookup and stay stable for the life
-//! of the mount; all names of a hard-linked file share one inode. The
+//! Restore points that share a printed time are named `<time>-<id>`. The
 //! restore-point catalog is re-read at most once a second, so restore
-//! points made after mounting appear without remounting.
+//! points made after mounting appear, and forgotten ones disappear,
+//! without remounting; [`super::inodes`] keeps a name from reaching the
+//! object it named before.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType};
 
+use super::inodes::InodeTable;
 use crate::disk::map::DiskMapPage;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, RestorePointId};
 use crate::repository::Repository;
-use crate::restore_point::{format_time, RestorePoint, RestorePointKind};
+use crate::restore_point::{format_time, time_labels, RestorePoint, RestorePointKind};
 use crate::tree::{Extent, Node, NodeKind, Timestamp};
 use crate::vm::description::VmDescription;
 
@@ -137,20 +140,38 @@ pub struct Inode {
     pub last_end: AtomicU64,
 }
 
-/// Restore points as last read, and when.
-type CatalogSnapshot = (Option<Instant>, Arc<Vec<Arc<RestorePoint>>>);
+/// Restore points as last read, with the times `list` shows for them.
+#[derive(Default)]
+struct Catalog {
+    points: Vec<Arc<RestorePoint>>,
+    labels: HashMap<RestorePointId, String>,
+}
+
+/// The catalog as last read, and when.
+type CatalogSnapshot = (Option<Instant>, Arc<Catalog>);
 
 pub struct Namespace<M> {
     pub repo: Arc<Repository<M>>,
-    inodes: RwLock<Vec<Arc<Inode>>>,
-    names: Mutex<HashMap<(u64, Vec<u8>), u64>>,
-    links: Mutex<HashMap<(RestorePointId, u64), u64>>,
+    pub inodes: InodeTable,
     catalog: Mutex<CatalogSnapshot>,
     descriptions: Mutex<HashMap<RestorePointId, Arc<VmDescription>>>,
     mounted_at: SystemTime,
     uid: u32,
     gid: u32,
+    /// Owner of the VM files, whose own owners and modes are not recorded.
+    vm_owner: (u32, u32),
+    /// The ACLs are hidden from the kernel (`--no-xattrs`), so it cannot
+    /// enforce them: entries with an ACL show their owner's bits only.
+    acls_hidden: bool,
 }
+
+/// Mode of a VM's `.vmx`, descriptors and disks in the mount. VM restore
+/// points do not record their files' modes and owners; disks usually hold
+/// whole systems, so only the repository's owner (and root) may read them.
+const VM_FILE_MODE: u16 = 0o400;
+
+/// The xattr in which Linux keeps a file's access ACL.
+const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 
 fn to_system_time(t: Timestamp) -> SystemTime {
     if t.sec >= 0 {
@@ -166,7 +187,7 @@ fn encode_rdev(rdev: u64) -> u32 {
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
-fn new_inode(ino: u64, parent: u64, kind: Kind) -> Arc<Inode> {
+pub(super) fn new_inode(ino: u64, parent: u64, kind: Kind) -> Arc<Inode> {
     Arc::new(Inode {
         ino,
         parent,
@@ -195,44 +216,35 @@ pub fn disk_stem(description: &VmDescription, index: usize) -> String {
 }
 
 impl<M: Sync + Send> Namespace<M> {
-    pub fn new(repo: Arc<Repository<M>>) -> Self {
-        let ns = Namespace {
+    pub fn new(repo: Arc<Repository<M>>, acls_hidden: bool) -> Self {
+        let vm_owner = std::fs::metadata(repo.root())
+            .map(|m| (m.uid(), m.gid()))
+            .unwrap_or((0, 0));
+        Namespace {
             repo,
-            inodes: RwLock::new(Vec::new()),
-            names: Mutex::new(HashMap::new()),
-            links: Mutex::new(HashMap::new()),
-            catalog: Mutex::new((None, Arc::new(Vec::new()))),
+            inodes: InodeTable::new(),
+            catalog: Mutex::new((None, Arc::new(Catalog::default()))),
             descriptions: Mutex::new(HashMap::new()),
             mounted_at: SystemTime::now(),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
-        };
-        ns.inodes
-            .write()
-            .expect("inodes")
-            .push(new_inode(ROOT, ROOT, Kind::Root));
-        ns
+            vm_owner,
+            acls_hidden,
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
-        self.inodes
-            .read()
-            .expect("inodes")
-            .get(ino.checked_sub(1)? as usize)
-            .cloned()
+        self.inodes.get(ino)
     }
 
-    fn catalog(&self) -> Result<Arc<Vec<Arc<RestorePoint>>>> {
+    fn catalog(&self) -> Result<Arc<Catalog>> {
         let mut catalog = self.catalog.lock().expect("catalog");
         if catalog.0.is_none_or(|at| at.elapsed() > CATALOG_MAX_AGE) {
             self.repo.index().catch_up()?;
-            let points = self
-                .repo
-                .restore_points()?
-                .into_iter()
-                .map(Arc::new)
-                .collect();
-            *catalog = (Some(Instant::now()), Arc::new(points));
+            let points = self.repo.restore_points()?;
+            let labels = time_labels(&points);
+            let points = points.into_iter().map(Arc::new).collect();
+            *catalog = (Some(Instant::now()), Arc::new(Catalog { points, labels }));
         }
         Ok(catalog.1.clone())
     }
@@ -252,25 +264,48 @@ impl<M: Sync + Send> Namespace<M> {
         Ok(d)
     }
 
-    /// Restore points of one source and kind, named by time.
+    /// Restore points of one source and kind, named by time as `list`
+    /// shows it (with as many fractional digits as it takes). Restore
+    /// points that still share a time all get their id appended, so a
+    /// name never passes from one restore point to another while both
+    /// exist, and a plain time never names one of several.
     fn points_of(
         &self,
         kind: RestorePointKind,
         source: &str,
     ) -> Result<Vec<(String, Arc<RestorePoint>)>> {
-        let mut out: Vec<(String, Arc<RestorePoint>)> = Vec::new();
-        for rp in self
-            .catalog()?
+        let catalog = self.catalog()?;
+        let points: Vec<(String, Arc<RestorePoint>)> = catalog
+            .points
             .iter()
             .filter(|rp| rp.manifest.kind == kind && rp.manifest.source == source)
-        {
-            let mut name = format_time(rp.manifest.time);
-            if out.iter().any(|(n, _)| *n == name) {
-                name = format!("{name}-{}", rp.id.short());
-            }
-            out.push((name, rp.clone()));
+            .map(|rp| {
+                let label = catalog.labels.get(&rp.id).cloned();
+                (
+                    label.unwrap_or_else(|| format_time(rp.manifest.time)),
+                    rp.clone(),
+                )
+            })
+            .collect();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (name, _) in &points {
+            *seen.entry(name.as_str()).or_default() += 1;
         }
-        Ok(out)
+        let shared: Vec<bool> = points
+            .iter()
+            .map(|(name, _)| seen[name.as_str()] > 1)
+            .collect();
+        Ok(points
+            .into_iter()
+            .zip(shared)
+            .map(|((name, rp), shared)| {
+                if shared {
+                    (format!("{name}-{}", rp.id.short()), rp)
+                } else {
+                    (name, rp)
+                }
+            })
+            .collect())
     }
 
     fn compute_children(&self, inode: &Inode) -> Result<Vec<Child>> {
@@ -293,6 +328,7 @@ impl<M: Sync + Send> Namespace<M> {
                 };
                 let mut names: Vec<String> = self
                     .catalog()?
+                    .points
                     .iter()
                     .filter(|rp| rp.manifest.kind == kind)
                     .map(|rp| rp.manifest.source.clone())
@@ -444,34 +480,7 @@ impl<M: Sync + Send> Namespace<M> {
 
     /// The inode for a child, created on first use.
     pub fn intern(&self, parent: u64, child: &Child) -> Arc<Inode> {
-        let key = (parent, child.name.clone());
-        if let Some(&ino) = self.names.lock().expect("names").get(&key) {
-            if let Some(inode) = self.get(ino) {
-                return inode;
-            }
-        }
-        let link = match &child.kind {
-            Kind::Entry { rp, node, .. } if node.link_id != 0 => Some((rp.id, node.link_id)),
-            _ => None,
-        };
-        if let Some(link) = link {
-            if let Some(&ino) = self.links.lock().expect("links").get(&link) {
-                self.names.lock().expect("names").insert(key, ino);
-                return self.get(ino).expect("linked inode exists");
-            }
-        }
-        let inode = {
-            let mut inodes = self.inodes.write().expect("inodes");
-            let ino = inodes.len() as u64 + 1;
-            let inode = new_inode(ino, parent, child.kind.clone());
-            inodes.push(inode.clone());
-            inode
-        };
-        self.names.lock().expect("names").insert(key, inode.ino);
-        if let Some(link) = link {
-            self.links.lock().expect("links").insert(link, inode.ino);
-        }
-        inode
+        self.inodes.intern(parent, child)
     }
 
     pub fn file_content(&self, inode: &Inode) -> Option<Arc<FileContent>> {
@@ -518,10 +527,12 @@ impl<M: Sync + Send> Namespace<M> {
             },
             Kind::Blob { time, data } => FileAttr {
                 kind: FileType::RegularFile,
-                perm: 0o444,
+                perm: VM_FILE_MODE,
                 size: data.len() as u64,
                 blocks: (data.len() as u64).div_ceil(512),
                 nlink: 1,
+                uid: self.vm_owner.0,
+                gid: self.vm_owner.1,
                 ..dir(to_system_time(*time))
             },
             Kind::FlatDisk {
@@ -533,10 +544,12 @@ impl<M: Sync + Send> Namespace<M> {
                 let d = &description.disks[*disk];
                 FileAttr {
                     kind: FileType::RegularFile,
-                    perm: 0o444,
+                    perm: VM_FILE_MODE,
                     size: d.capacity,
                     blocks: d.allocated_bytes() / 512,
                     nlink: 1,
+                    uid: self.vm_owner.0,
+                    gid: self.vm_owner.1,
                     ..dir(to_system_time(rp.manifest.time))
                 }
             }
@@ -556,6 +569,11 @@ impl<M: Sync + Send> Namespace<M> {
                     _ => 0,
                 };
                 let mtime = to_system_time(node.mtime);
+                let mut perm = (node.mode & 0o7777) as u16;
+                if self.acls_hidden && node.xattrs.iter().any(|(n, _)| n == ACL_ACCESS) {
+                    // Never grant more than the ACL would: no group or others.
+                    perm &= !0o077;
+                }
                 FileAttr {
                     ino: inode.ino,
                     size: node.size,
@@ -565,7 +583,7 @@ impl<M: Sync + Send> Namespace<M> {
                     ctime: mtime,
                     crtime: mtime,
                     kind: inode.kind.file_type(),
-                    perm: (node.mode & 0o7777) as u16,
+                    perm,
                     nlink: if matches!(inode.kind, Kind::Dir { .. }) {
                         2
                     } else {

@@ -8,6 +8,8 @@ mod cli_output;
 mod faults;
 mod incremental;
 mod mount;
+mod mount_lifecycle;
+mod mount_security;
 mod restore_safety;
 mod retention;
 mod tiering;

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use crate::util::*;
 use crate::vm::{convert, ext4_image, qemu_img};
 
-fn is_mounted(path: &Path) -> bool {
+pub fn is_mounted(path: &Path) -> bool {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     std::fs::read_to_string("/proc/mounts")
         .unwrap()
@@ -29,23 +29,50 @@ pub struct MountGuard {
 
 impl MountGuard {
     pub fn mount(t: &TestRepo, path: &Path) -> MountGuard {
-        std::fs::create_dir_all(path).unwrap();
-        let child = t
-            .command(&["mount", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let guard = MountGuard {
-            path: path.to_path_buf(),
-            child: Some(child),
-        };
+        Self::mount_with(t, path, &[])
+    }
+
+    /// `strata mount PATH ARGS…`, waiting until the mount is there.
+    pub fn mount_with(t: &TestRepo, path: &Path, args: &[&str]) -> MountGuard {
+        let guard = Self::spawn(t, path, args, Stdio::null());
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_mounted(path) {
             assert!(Instant::now() < deadline, "mount did not appear");
             std::thread::sleep(Duration::from_millis(20));
         }
         guard
+    }
+
+    /// Starts `strata mount PATH ARGS…` without waiting for the mount.
+    pub fn spawn(t: &TestRepo, path: &Path, args: &[&str], stderr: Stdio) -> MountGuard {
+        std::fs::create_dir_all(path).unwrap();
+        let mut all = vec!["mount", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let child = t
+            .command(&all)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        MountGuard {
+            path: path.to_path_buf(),
+            child: Some(child),
+        }
+    }
+
+    /// The exit status once the process ends by itself, or None if it is
+    /// still running at `deadline`.
+    pub fn wait_until(&mut self, deadline: Instant) -> Option<std::process::Output> {
+        loop {
+            let child = self.child.as_mut()?;
+            if child.try_wait().unwrap().is_some() {
+                return self.child.take()?.wait_with_output().ok();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, as a person would press Ctrl-C; returns the exit status.
@@ -87,8 +114,21 @@ impl Drop for LoopGuard {
     }
 }
 
-fn fuse_available() -> bool {
+pub fn fuse_available() -> bool {
     is_root() && Path::new("/dev/fuse").exists()
+}
+
+/// A repository and an empty source folder `src` for a mount test, or
+/// None (the test is skipped) where kernel FUSE mounts cannot be made.
+pub fn fuse_test_repo() -> Option<(TestRepo, PathBuf)> {
+    if !fuse_available() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return None;
+    }
+    let t = TestRepo::new();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    Some((t, src))
 }
 
 #[test]
