@@ -26,7 +26,7 @@ use crate::progress::Progress;
 use crate::repository::{Exclusive, Repository};
 use crate::restore_point::{self, Manifest, RestorePointKind};
 use crate::tree::Timestamp;
-use crate::vm::description::{adapter_for_slot, DiskRecord, VmDescription};
+use crate::vm::description::{adapter_for_slot, DiskRecord, FileOwner, VmDescription};
 use crate::vm::vmx::Vmx;
 
 const MAX_VMX_LEN: u64 = 4 << 20;
@@ -59,6 +59,7 @@ struct SourceDisk {
     slot: String,
     file_name: String,
     path: PathBuf,
+    owner: FileOwner,
     format: Option<ImageFormat>,
 }
 
@@ -67,6 +68,7 @@ struct ResolvedVm {
     origin: PathBuf,
     vmx: Option<Vmx>,
     vmx_bytes: Vec<u8>,
+    vmx_owner: Option<FileOwner>,
     disks: Vec<SourceDisk>,
 }
 
@@ -125,7 +127,7 @@ fn stem(path: &Path) -> String {
 fn resolve(source: &VmSource) -> Result<ResolvedVm> {
     match source {
         VmSource::Image { path, name, format } => {
-            std::fs::metadata(path).map_err(|e| {
+            let meta = std::fs::metadata(path).map_err(|e| {
                 Error::InvalidInput(format!("cannot back up image {}: {e}", path.display()))
             })?;
             let name = name.clone().unwrap_or_else(|| stem(path));
@@ -139,19 +141,20 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
                 origin: path.clone(),
                 vmx: None,
                 vmx_bytes: Vec::new(),
+                vmx_owner: None,
                 disks: vec![SourceDisk {
                     slot: "image".into(),
                     file_name,
                     path: path.clone(),
+                    owner: FileOwner::of(&meta),
                     format: *format,
                 }],
             })
         }
         VmSource::Vm(path) => {
             let vmx_path = find_vmx(path)?;
-            let len = std::fs::metadata(&vmx_path)
-                .at("reading metadata of", &vmx_path)?
-                .len();
+            let vmx_meta = std::fs::metadata(&vmx_path).at("reading metadata of", &vmx_path)?;
+            let len = vmx_meta.len();
             if len > MAX_VMX_LEN {
                 return Err(Error::corrupt(
                     format!("VM configuration {}", vmx_path.display()),
@@ -175,18 +178,19 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
             let mut disks = Vec::new();
             for disk in vmx.disks() {
                 let path = folder.join(&disk.file_name);
-                if !path.exists() {
-                    return Err(Error::InvalidInput(format!(
-                        "{} names disk {} ({}), which does not exist",
+                let meta = std::fs::metadata(&path).map_err(|e| {
+                    Error::InvalidInput(format!(
+                        "{} names disk {} ({}), which cannot be read: {e}",
                         vmx_path.display(),
                         path.display(),
                         disk.slot
-                    )));
-                }
+                    ))
+                })?;
                 disks.push(SourceDisk {
                     slot: disk.slot,
                     file_name: disk.file_name,
                     path,
+                    owner: FileOwner::of(&meta),
                     format: None,
                 });
             }
@@ -201,6 +205,7 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
                 origin: folder,
                 vmx: Some(vmx),
                 vmx_bytes: bytes,
+                vmx_owner: Some(FileOwner::of(&vmx_meta)),
                 disks,
             })
         }
@@ -346,6 +351,7 @@ pub fn backup_vm(
                 file_name: disk.file_name.clone(),
                 source_format: image.format(),
                 adapter_type: adapter_type(&disk.slot, image),
+                owner: Some(disk.owner),
                 capacity: image.capacity(),
                 chunk_size,
                 pages,
@@ -360,6 +366,7 @@ pub fn backup_vm(
                 .as_ref()
                 .map_or(String::new(), |v| v.guest_os().to_string()),
             vmx: vm.vmx_bytes.clone(),
+            vmx_owner: vm.vmx_owner,
             disks: records,
         };
         let bytes = description.encode();

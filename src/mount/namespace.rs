@@ -30,7 +30,7 @@ use crate::id::{ChunkId, RestorePointId};
 use crate::repository::Repository;
 use crate::restore_point::{format_time, time_labels, RestorePoint, RestorePointKind};
 use crate::tree::{Extent, Node, NodeKind, Timestamp};
-use crate::vm::description::VmDescription;
+use crate::vm::description::{FileOwner, VmDescription};
 
 pub const ROOT: u64 = 1;
 const CATALOG_MAX_AGE: Duration = Duration::from_secs(1);
@@ -61,6 +61,8 @@ pub enum Kind {
     Blob {
         time: Timestamp,
         data: Arc<Vec<u8>>,
+        /// The backed-up file's mode and owner, when the record has them.
+        owner: Option<FileOwner>,
     },
     FlatDisk {
         rp: Arc<RestorePoint>,
@@ -165,9 +167,10 @@ pub struct Namespace<M> {
     acls_hidden: bool,
 }
 
-/// Mode of a VM's `.vmx`, descriptors and disks in the mount. VM restore
-/// points do not record their files' modes and owners; disks usually hold
-/// whole systems, so only the repository's owner (and root) may read them.
+/// Mode of a VM's `.vmx`, descriptors and disks in the mount when the
+/// restore point did not record their own (made before version 2 of the
+/// VM description): disks usually hold whole systems, so only the
+/// repository's owner (and root) may read them.
 const VM_FILE_MODE: u16 = 0o400;
 
 /// The xattr in which Linux keeps a file's access ACL.
@@ -385,6 +388,7 @@ impl<M: Sync + Send> Namespace<M> {
                         kind: Kind::Blob {
                             time: rp.manifest.time,
                             data: Arc::new(d.vmx.clone()),
+                            owner: d.vmx_owner,
                         },
                     });
                 }
@@ -401,6 +405,7 @@ impl<M: Sync + Send> Namespace<M> {
                         kind: Kind::Blob {
                             time: rp.manifest.time,
                             data: Arc::new(text.into_bytes()),
+                            owner: disk.owner,
                         },
                     });
                     c.push(Child {
@@ -498,6 +503,16 @@ impl<M: Sync + Send> Namespace<M> {
         )
     }
 
+    /// Permission bits and owner of a VM file: as backed up, or the
+    /// restrictive default for records that did not keep them. Write bits
+    /// are dropped: the mount is read-only.
+    fn vm_file_owner(&self, owner: Option<&FileOwner>) -> (u16, u32, u32) {
+        match owner {
+            Some(o) => ((o.mode & 0o7555) as u16, o.uid, o.gid),
+            None => (VM_FILE_MODE, self.vm_owner.0, self.vm_owner.1),
+        }
+    }
+
     pub fn attr(&self, inode: &Inode) -> FileAttr {
         let dir = |time: SystemTime| FileAttr {
             ino: inode.ino,
@@ -525,16 +540,19 @@ impl<M: Sync + Send> Namespace<M> {
                 nlink: 1,
                 ..dir(self.mounted_at)
             },
-            Kind::Blob { time, data } => FileAttr {
-                kind: FileType::RegularFile,
-                perm: VM_FILE_MODE,
-                size: data.len() as u64,
-                blocks: (data.len() as u64).div_ceil(512),
-                nlink: 1,
-                uid: self.vm_owner.0,
-                gid: self.vm_owner.1,
-                ..dir(to_system_time(*time))
-            },
+            Kind::Blob { time, data, owner } => {
+                let (perm, uid, gid) = self.vm_file_owner(owner.as_ref());
+                FileAttr {
+                    kind: FileType::RegularFile,
+                    perm,
+                    size: data.len() as u64,
+                    blocks: (data.len() as u64).div_ceil(512),
+                    nlink: 1,
+                    uid,
+                    gid,
+                    ..dir(to_system_time(*time))
+                }
+            }
             Kind::FlatDisk {
                 rp,
                 description,
@@ -542,14 +560,15 @@ impl<M: Sync + Send> Namespace<M> {
                 ..
             } => {
                 let d = &description.disks[*disk];
+                let (perm, uid, gid) = self.vm_file_owner(d.owner.as_ref());
                 FileAttr {
                     kind: FileType::RegularFile,
-                    perm: VM_FILE_MODE,
+                    perm,
                     size: d.capacity,
                     blocks: d.allocated_bytes() / 512,
                     nlink: 1,
-                    uid: self.vm_owner.0,
-                    gid: self.vm_owner.1,
+                    uid,
+                    gid,
                     ..dir(to_system_time(rp.manifest.time))
                 }
             }

@@ -20,9 +20,62 @@ pub struct DiskRecord {
     /// The source descriptor's `ddb.adapterType` (`ide`, `lsilogic`, …),
     /// written into restored and mounted descriptors.
     pub adapter_type: String,
+    /// Mode and owner of the source disk file (the descriptor, for
+    /// multi-file formats); `None` in version 1 records.
+    pub owner: Option<FileOwner>,
     pub capacity: u64,
     pub chunk_size: u32,
     pub pages: Vec<PageRef>,
+}
+
+/// Permission bits and owner of a VM file as backed up, which the mount
+/// shows and enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOwner {
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl FileOwner {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileOwner {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+
+    fn encode(owner: Option<&FileOwner>, e: &mut Encoder) {
+        match owner {
+            None => {
+                e.u8(0);
+            }
+            Some(o) => {
+                e.u8(1).u32(o.mode).u32(o.uid).u32(o.gid);
+            }
+        }
+    }
+
+    fn decode(d: &mut Decoder) -> std::result::Result<Option<Self>, DecodeError> {
+        match d.u8()? {
+            0 => Ok(None),
+            1 => {
+                let mode = d.u32()?;
+                if mode > 0o7777 {
+                    return Err(d.error(format!("file mode {mode:o} has bits beyond 7777")));
+                }
+                Ok(Some(FileOwner {
+                    mode,
+                    uid: d.u32()?,
+                    gid: d.u32()?,
+                }))
+            }
+            other => Err(d.error(format!("bad owner flag {other}"))),
+        }
+    }
 }
 
 /// The adapter type of a disk whose descriptor gives none, or of a
@@ -71,6 +124,9 @@ pub struct VmDescription {
     pub guest_os: String,
     /// The `.vmx` as backed up; empty for a single image.
     pub vmx: Vec<u8>,
+    /// Mode and owner of the `.vmx`; `None` for an image or a version 1
+    /// record.
+    pub vmx_owner: Option<FileOwner>,
     pub disks: Vec<DiskRecord>,
 }
 
@@ -108,14 +164,16 @@ impl VmDescription {
             .u32(self.cpus)
             .u64(self.memory_mb)
             .bytes(self.guest_os.as_bytes())
-            .bytes(&self.vmx)
-            .count(self.disks.len());
+            .bytes(&self.vmx);
+        FileOwner::encode(self.vmx_owner.as_ref(), &mut e);
+        e.count(self.disks.len());
         for d in &self.disks {
             e.bytes(d.slot.as_bytes())
                 .bytes(d.file_name.as_bytes())
                 .u8(format_code(d.source_format))
-                .bytes(d.adapter_type.as_bytes())
-                .u64(d.capacity)
+                .bytes(d.adapter_type.as_bytes());
+            FileOwner::encode(d.owner.as_ref(), &mut e);
+            e.u64(d.capacity)
                 .u32(d.chunk_size)
                 .count(d.pages.len());
             for p in &d.pages {
@@ -156,6 +214,11 @@ impl VmDescription {
         let memory_mb = d.u64()?;
         let guest_os = text(d)?;
         let vmx = d.bytes()?.to_vec();
+        let vmx_owner = if version == VM_DESCRIPTION_VERSION_1 {
+            None
+        } else {
+            FileOwner::decode(d)?
+        };
         let n = d.count(30)?;
         let mut disks = Vec::with_capacity(n);
         for _ in 0..n {
@@ -164,10 +227,10 @@ impl VmDescription {
             let code = d.u8()?;
             let source_format =
                 format_from(code).ok_or_else(|| d.error(format!("unknown disk format {code}")))?;
-            let adapter_type = if version == VM_DESCRIPTION_VERSION_1 {
-                adapter_for_slot(&slot).to_string()
+            let (adapter_type, owner) = if version == VM_DESCRIPTION_VERSION_1 {
+                (adapter_for_slot(&slot).to_string(), None)
             } else {
-                text(d)?
+                (text(d)?, FileOwner::decode(d)?)
             };
             let capacity = d.u64()?;
             let chunk_size = d.u32()?;
@@ -195,6 +258,7 @@ impl VmDescription {
                 file_name,
                 source_format,
                 adapter_type,
+                owner,
                 capacity,
                 chunk_size,
                 pages,
@@ -206,6 +270,7 @@ impl VmDescription {
             memory_mb,
             guest_os,
             vmx,
+            vmx_owner,
             disks,
         })
     }
@@ -223,18 +288,20 @@ impl VmDescription {
 mod tests {
     use super::*;
 
-    fn sample(adapter_type: &str) -> VmDescription {
+    fn sample(adapter_type: &str, owner: Option<FileOwner>) -> VmDescription {
         VmDescription {
             name: "web01".into(),
             cpus: 2,
             memory_mb: 4096,
             guest_os: "ubuntu-64".into(),
             vmx: b"displayName = \"web01\"\n".to_vec(),
+            vmx_owner: owner,
             disks: vec![DiskRecord {
                 slot: "scsi0:0".into(),
                 file_name: "web01.vmdk".into(),
                 source_format: DiskFormat::MonolithicSparse,
                 adapter_type: adapter_type.into(),
+                owner,
                 capacity: 3 << 20,
                 chunk_size: 1 << 20,
                 pages: vec![PageRef {
@@ -247,7 +314,14 @@ mod tests {
 
     #[test]
     fn round_trip_and_golden() {
-        let desc = sample("buslogic");
+        let desc = sample(
+            "buslogic",
+            Some(FileOwner {
+                mode: 0o600,
+                uid: 1000,
+                gid: 100,
+            }),
+        );
         let bytes = desc.encode();
         crate::codec::assert_golden("vm_description_v2.bin", &bytes);
         assert_eq!(
@@ -269,7 +343,7 @@ mod tests {
             .join("tests/golden/vm_description_v1.bin");
         let bytes = std::fs::read(path).unwrap();
         let desc = VmDescription::decode(&ChunkId::of(&bytes), &bytes).unwrap();
-        assert_eq!(desc, sample("lsilogic"));
+        assert_eq!(desc, sample("lsilogic", None));
         assert_eq!(adapter_for_slot("ide0:1"), "ide");
     }
 }

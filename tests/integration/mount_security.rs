@@ -123,23 +123,26 @@ fn vm_files_are_not_readable_by_other_users() {
         "displayName = \"db01\"\nscsi0:0.fileName = \"db01.vmdk\"\n",
     )
     .unwrap();
-    for name in ["db01.vmdk", "db01.vmx"] {
-        std::fs::set_permissions(folder.join(name), std::fs::Permissions::from_mode(0o600))
-            .unwrap();
-    }
+    // The disk is root's alone; the .vmx belongs to another user and group.
+    std::fs::set_permissions(folder.join("db01.vmdk"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    std::fs::set_permissions(folder.join("db01.vmx"), std::fs::Permissions::from_mode(0o640))
+        .unwrap();
+    std::os::unix::fs::chown(folder.join("db01.vmx"), Some(1234), Some(5678)).unwrap();
     t.ok(&["backup", "vm", folder.to_str().unwrap()]);
     let mnt = t.path("mnt");
     let _guard = MountGuard::mount_with(&t, &mnt, &["--allow-other"]);
     let point = mnt.join("vms/db01/latest");
-    for name in ["db01.vmx", "db01.vmdk", "db01-flat.vmdk"] {
+    // The mount shows each file's backed-up mode (less write bits) and owner.
+    for (name, mode, uid, gid) in [
+        ("db01.vmx", 0o440, 1234, 5678),
+        ("db01.vmdk", 0o400, 0, 0),
+        ("db01-flat.vmdk", 0o400, 0, 0),
+    ] {
         let path = point.join(name);
         let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.mode() & 0o777, 0o400, "{name}");
-        assert_eq!(
-            meta.uid(),
-            std::fs::metadata(&t.repo).unwrap().uid(),
-            "{name}"
-        );
+        assert_eq!(meta.mode() & 0o777, mode, "{name}");
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{name}");
         let out = nobody_reads(&path);
         assert!(
             !out.status.success(),

@@ -474,7 +474,12 @@ fn interrupted_restore_leaves_no_vm_folder() {
             continue;
         }
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("interrupted"), "{err}");
+        // On a loaded machine the signal can arrive before strata installs
+        // its handler; then the default action ends it, which must leave no
+        // folder either.
+        let killed_before_handler =
+            std::os::unix::process::ExitStatusExt::signal(&out.status).is_some();
+        assert!(killed_before_handler || err.contains("interrupted"), "{err}");
         assert!(
             std::fs::read_dir(&target).unwrap().next().is_none(),
             "after {delay_ms} ms a partial VM folder was left behind"
