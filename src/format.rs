@@ -43,3 +43,8 @@ pub const DISK_MAP_PAGE_VERSION: u16 = 1;
 /// First bytes of a VM description (see `vm::description`).
 pub const VM_DESCRIPTION_MAGIC: [u8; 4] = *b"STRV";
 pub const VM_DESCRIPTION_VERSION: u16 = 1;
+
+/// First bytes of a thaw record (`thaw/…/<id>.until`): when a thaw expires,
+/// kept beside the thawed copy so that `repair index` can restore it.
+pub const THAW_RECORD_MAGIC: [u8; 4] = *b"STRH";
+pub const THAW_RECORD_VERSION: u16 = 1;

@@ -6,6 +6,7 @@ mod util;
 mod backup_restore;
 mod faults;
 mod incremental;
+mod repair;
 mod mount;
 mod retention;
 mod tiering;
