@@ -168,22 +168,39 @@ pub fn repair_index(repo: &mut Repository<Exclusive>, progress: &Progress) -> Re
             damaged.insert(object.id, e);
         }
     }
-    let hints = old_records(repo, &damaged);
-    let old_thaws = old_pack_thaws(repo);
+    let before = Before {
+        hints: old_records(repo, &damaged),
+        thaws: old_pack_thaws(repo),
+        damaged,
+    };
     repo.recreate_index()?;
     repo.index().mark_rebuilding()?;
-    rebuild(repo, &packs, damaged, &hints, &old_thaws, &mut report, progress)?;
+    rebuild(repo, &packs, before, &mut report, progress).map_err(|e| match e {
+        Error::Interrupted(_) => Error::Interrupted(
+            "stopped by a signal before the index was whole; run `strata repair index` again"
+                .into(),
+        ),
+        other => other,
+    })?;
     repo.index().mark_rebuilt()?;
     progress.finish();
     Ok(report)
 }
 
+/// What is known before the old index is replaced.
+struct Before {
+    /// Packs whose trailer cannot be read, with the reason.
+    damaged: HashMap<PackId, Error>,
+    /// The old index's records of the damaged packs' chunks.
+    hints: HashMap<PackId, Vec<PackEntry>>,
+    /// The old index's thaw expiries.
+    thaws: HashMap<PackId, i64>,
+}
+
 fn rebuild(
     repo: &Repository<Exclusive>,
     packs: &[PackObject],
-    mut damaged: HashMap<PackId, Error>,
-    hints: &HashMap<PackId, Vec<PackEntry>>,
-    old_thaws: &HashMap<PackId, i64>,
+    mut before: Before,
     report: &mut RepairReport,
     progress: &Progress,
 ) -> Result<()> {
@@ -192,18 +209,19 @@ fn rebuild(
         crate::interrupt::check()?;
         progress.inc(1);
         let store = store_of(repo, object.tier)?;
-        match damaged.remove(&object.id) {
+        match before.damaged.remove(&object.id) {
             None => match pack::read_trailer(store, &object.name) {
                 Ok(entries) => {
-                    index_pack(repo, object.id, object.tier, store.size(&object.name)?, &entries)?;
+                    let size = store.size(&object.name)?;
+                    index_pack(repo, object.id, object.tier, size, &entries)?;
                     report.packs += 1;
                     report.chunks += entries.len() as u64;
                 }
                 Err(e) => report.skipped.push(e.to_string()),
             },
             Some(Error::Corrupt { detail, .. }) => {
-                let hints = hints.get(&object.id).map(Vec::as_slice).unwrap_or(&[]);
-                salvage_pack(repo, object, detail, hints, report)?;
+                let hints = before.hints.get(&object.id).map(Vec::as_slice);
+                salvage_pack(repo, object, detail, hints.unwrap_or(&[]), report)?;
             }
             // Unreadable (an I/O error) or from a newer release: left as
             // it is, for a person to look at.
@@ -214,7 +232,7 @@ fn rebuild(
         }
     }
     let restore_points = rebuild_catalog(repo, report)?;
-    register_thaws(repo, &cold_packs, old_thaws, report)?;
+    register_thaws(repo, &cold_packs, &before.thaws, report)?;
     // What a damaged pack held is known for sure only from what the
     // restore points reference.
     if !report.salvaged.is_empty() || !report.skipped.is_empty() {
@@ -228,7 +246,12 @@ fn list_packs(repo: &Repository<Exclusive>, report: &mut RepairReport) -> Result
     if let Ok(cold) = repo.cold_store() {
         names.extend(cold.list("packs/")?.into_iter().map(|n| (n, Tier::Cold)));
     }
-    names.extend(repo.store().list("packs/")?.into_iter().map(|n| (n, Tier::Warm)));
+    names.extend(
+        repo.store()
+            .list("packs/")?
+            .into_iter()
+            .map(|n| (n, Tier::Warm)),
+    );
     let mut out = Vec::with_capacity(names.len());
     for (name, tier) in names {
         match pack::id_from_object_name(&name) {
@@ -346,7 +369,13 @@ fn salvage_pack(
         }
         let finished = writer.finish()?;
         store.put_file(&pack::object_name(&finished.id), &finished.staging_path)?;
-        index_pack(repo, finished.id, object.tier, finished.len, &finished.entries)?;
+        index_pack(
+            repo,
+            finished.id,
+            object.tier,
+            finished.len,
+            &finished.entries,
+        )?;
         report.packs += 1;
         report.chunks += finished.entries.len() as u64;
         new_pack = Some(finished.id);
@@ -462,7 +491,10 @@ fn register_thaws(
                     let until = now().sec + 86_400;
                     report.notes.push(format!(
                         "thawed copy {name} has no thaw record; kept for one day, until {}",
-                        format_time(crate::tree::Timestamp { sec: until, nsec: 0 })
+                        format_time(crate::tree::Timestamp {
+                            sec: until,
+                            nsec: 0
+                        })
                     ));
                     until
                 }

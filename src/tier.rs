@@ -181,6 +181,7 @@ struct ColdPacker<'r> {
 
 impl ColdPacker<'_> {
     fn move_chunk(&mut self, id: &ChunkId) -> Result<()> {
+        crate::interrupt::check()?;
         if self.pending.contains(id) {
             return Ok(());
         }

@@ -75,8 +75,7 @@ fn restorable_files(t: &TestRepo, selector: &str, src: &Path) -> usize {
             target.to_str().unwrap(),
         ]);
         let copy = under(&target, file);
-        if out.status.success() && std::fs::read(&copy).ok() == Some(std::fs::read(file).unwrap())
-        {
+        if out.status.success() && std::fs::read(&copy).ok() == Some(std::fs::read(file).unwrap()) {
             restored += 1;
         }
     }
