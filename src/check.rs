@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::id::{ChunkId, PackId};
 use crate::pack::{self, decode_chunk, PackEntry};
 use crate::progress::Progress;
+use crate::reachability::read_manifests;
 use crate::repository::Repository;
 use crate::restore_point::RestorePointKind;
 use crate::restore_point::{format_time, RestorePoint};
@@ -64,6 +65,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     // is not read, since reading the archival tier is what thaw is for.
     if let Ok(cold) = repo.cold_store() {
         for name in cold.list("packs/")? {
+            crate::interrupt::check()?;
             let Some(pack_id) = pack::id_from_object_name(&name) else {
                 continue;
             };
@@ -84,6 +86,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
         }
     }
     for name in &names {
+        crate::interrupt::check()?;
         let Some(pack_id) = pack::id_from_object_name(name) else {
             report
                 .warnings
@@ -92,10 +95,25 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
         };
         listed_packs.insert(pack_id);
         report.packs += 1;
-        let entries = match pack::read_trailer(repo.store(), name) {
+        // Reading data reads each pack once, whole and in order; the
+        // trailer is then taken from the same bytes.
+        let (entries, bytes) = if read_data {
+            match repo.store().get(name) {
+                Ok(bytes) => {
+                    let object = format!("pack {}/{name}", repo.store().location());
+                    (pack::reader::trailer_of(&bytes, &object), Some(bytes))
+                }
+                Err(e) => (Err(e), None),
+            }
+        } else {
+            (pack::read_trailer(repo.store(), name), None)
+        };
+        let entries = match entries {
             Ok(entries) => entries,
             Err(e) => {
-                report.errors.push(e.to_string());
+                report.errors.push(format!(
+                    "{e} (`strata repair index` salvages the chunks that still verify)"
+                ));
                 continue;
             }
         };
@@ -118,9 +136,9 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
                 )),
             }
         }
-        if read_data {
-            verify_pack_data(repo, name, &pack_id, &entries, &mut damaged, &mut report)?;
-            progress.inc(repo.store().size(name).unwrap_or(0));
+        if let Some(bytes) = bytes {
+            verify_pack_data(&bytes, &pack_id, &entries, &mut damaged, &mut report)?;
+            progress.inc(bytes.len() as u64);
         }
     }
 
@@ -145,10 +163,29 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
         ));
     }
 
-    let restore_points = repo.restore_points()?;
+    // The manifest objects themselves, not the catalog's copies: a damaged
+    // one is named here, and the others are still checked.
+    let manifests = read_manifests(repo.store())?;
+    for (name, cause) in manifests.damaged {
+        report.errors.push(format!(
+            "manifest {name}: {cause} (`strata repair index` sets its restore point aside)"
+        ));
+    }
+    let set_aside = repo.store().list(crate::repair::DAMAGED_PREFIX)?;
+    if !set_aside.is_empty() {
+        report.warnings.push(format!(
+            "{} damaged objects set aside by `strata repair index` in {}/{}",
+            set_aside.len(),
+            repo.store().location(),
+            crate::repair::DAMAGED_PREFIX
+        ));
+    }
+    let restore_points: Vec<RestorePoint> =
+        manifests.readable.into_iter().map(|(rp, _)| rp).collect();
     report.restore_points = restore_points.len() as u64;
     let mut visited = HashSet::new();
     for rp in &restore_points {
+        crate::interrupt::check()?;
         walk_references(repo, rp, &mut visited, &damaged, &mut report)?;
     }
     let mut damaged_list: Vec<_> = damaged.into_iter().collect();
@@ -166,27 +203,20 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     Ok(report)
 }
 
-fn verify_pack_data<M>(
-    repo: &Repository<M>,
-    name: &str,
+fn verify_pack_data(
+    bytes: &[u8],
     pack_id: &PackId,
     entries: &[PackEntry],
     damaged: &mut HashMap<ChunkId, (PackId, String)>,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let bytes = match repo.store().get(name) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            report.errors.push(e.to_string());
-            return Ok(());
-        }
-    };
-    if blake3::hash(&bytes).as_bytes()[..16] != pack_id.0 {
+    if blake3::hash(bytes).as_bytes()[..16] != pack_id.0 {
         report.warnings.push(format!(
             "pack {pack_id} does not hash to its name; checking its chunks one by one"
         ));
     }
     for entry in entries {
+        crate::interrupt::check()?;
         let range = entry.offset as usize..(entry.offset + entry.stored_len as u64) as usize;
         let Some(stored) = bytes.get(range) else {
             damaged.insert(
@@ -234,6 +264,7 @@ fn walk_references<M>(
     }
     let mut stack = vec![(rp.manifest.root, String::new())];
     while let Some((tree_id, path)) = stack.pop() {
+        crate::interrupt::check()?;
         if !visited.insert(tree_id) {
             continue;
         }
@@ -292,6 +323,7 @@ fn walk_vm<M>(
     let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
     for disk in &description.disks {
         for (p, page_ref) in disk.pages.iter().enumerate() {
+            crate::interrupt::check()?;
             let place = format!("disk {} ({}) map page {p}", disk.slot, disk.file_name);
             visit(&page_ref.id, &place)?;
             if damaged.contains_key(&page_ref.id) || !visited.insert(page_ref.id) {
@@ -344,6 +376,7 @@ fn affected_files<M>(
         }
         let mut stack = vec![(rp.manifest.root, String::new())];
         while let Some((tree_id, path)) = stack.pop() {
+            crate::interrupt::check()?;
             if set.contains(&tree_id) {
                 out.entry(tree_id)
                     .or_default()

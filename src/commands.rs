@@ -557,15 +557,11 @@ pub fn run(cli: Cli) -> Result<Status> {
             if json.json {
                 print_json(&serde_json::to_value(&report)?)?;
             } else {
-                out!(
-                    "rebuilt index: {} packs, {} chunks, {} restore points",
-                    report.packs, report.chunks, report.restore_points
-                );
-                for s in &report.skipped {
-                    out!("skipped: {s}");
+                for line in report.lines() {
+                    out!("{line}");
                 }
             }
-            Ok(if report.skipped.is_empty() {
+            Ok(if report.is_complete() {
                 Status::Ok
             } else {
                 Status::Partial

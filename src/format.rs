@@ -42,6 +42,12 @@ pub const DISK_MAP_PAGE_VERSION: u16 = 1;
 
 /// First bytes of a VM description (see `vm::description`).
 pub const VM_DESCRIPTION_MAGIC: [u8; 4] = *b"STRV";
-/// Version 2 added each disk's adapter type; version 1 is still read.
+/// Version 2 added each disk's adapter type and the mode and owner of
+/// the `.vmx` and disk files; version 1 is still read.
 pub const VM_DESCRIPTION_VERSION: u16 = 2;
 pub const VM_DESCRIPTION_VERSION_1: u16 = 1;
+
+/// First bytes of a thaw record (`thaw/…/<id>.until`): when a thaw expires,
+/// kept beside the thawed copy so that `repair index` can restore it.
+pub const THAW_RECORD_MAGIC: [u8; 4] = *b"STRH";
+pub const THAW_RECORD_VERSION: u16 = 1;

@@ -534,6 +534,26 @@ impl Index {
         Ok(())
     }
 
+    /// Marks the index as being rebuilt: until [`Index::mark_rebuilt`],
+    /// opening it fails asking for `strata repair index`, so a rebuild cut
+    /// short (by a signal or kill -9) is never taken for a whole index.
+    pub fn mark_rebuilding(&self) -> Result<()> {
+        self.db
+            .delete_cf_opt(self.cf(CF_META), SCHEMA_KEY, &sync_write())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn mark_rebuilt(&self) -> Result<()> {
+        self.db
+            .put_cf_opt(
+                self.cf(CF_META),
+                SCHEMA_KEY,
+                INDEX_SCHEMA_VERSION.to_le_bytes(),
+                &sync_write(),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -25,7 +25,7 @@ use crate::id::{ChunkId, PackId};
 use crate::index::{PackRecord, Tier};
 use crate::pack::{self, CompressedChunk, PackEntry, PackWriter};
 use crate::progress::Progress;
-use crate::reachability::{for_each_chunk, ChunkFilter};
+use crate::reachability::{for_each_chunk, read_manifests, ChunkFilter};
 use crate::repository::{Exclusive, Repository};
 use crate::storage::{LocalStore, ObjectStore};
 
@@ -55,25 +55,49 @@ pub struct PruneReport {
     /// Size of the mark filter, the one structure that grows with the
     /// repository.
     pub mark_filter_bytes: u64,
+    /// Packs left as they are because they cannot be read, with the cause.
+    pub skipped: Vec<String>,
+    /// Restore points that reference chunks the repository lacks.
+    pub warnings: Vec<String>,
 }
 
+/// Marks every chunk the manifests reference. The manifest objects are
+/// read themselves, not the catalog: one that cannot be decoded would make
+/// everything only it references look unused, so prune refuses to run.
 fn mark(repo: &Repository<Exclusive>, report: &mut PruneReport) -> Result<ChunkFilter> {
+    let manifests = read_manifests(repo.store())?;
+    if let Some((name, cause)) = manifests.damaged.first() {
+        return Err(Error::corrupt(
+            format!("manifest {name}"),
+            format!(
+                "{cause}; prune does not run while a manifest cannot be read, since the data \
+                 only it references would look unused (`strata repair index` sets it aside)"
+            ),
+        ));
+    }
     let records = repo.index().chunks().count() as u64;
     let mut filter = ChunkFilter::with_capacity(records);
     let mut visited: HashSet<ChunkId> = HashSet::new();
-    for rp in repo.restore_points()? {
+    for (rp, _) in manifests.readable {
         report.restore_points += 1;
         crate::interrupt::check()?;
+        let mut missing = 0u64;
+        // A referenced chunk that is not indexed is marked all the same:
+        // an unindexed pack file holding it is then kept for `repair`.
         for_each_chunk(repo, &rp, &mut visited, &mut |id, _| {
             if !repo.index().has_chunk(id)? {
-                return Err(Error::corrupt(
-                    "repository",
-                    format!("chunk {id} is referenced but not indexed; run `strata check` before pruning"),
-                ));
+                missing += 1;
             }
             filter.insert(id);
             Ok(())
         })?;
+        if missing > 0 {
+            tracing::warn!(restore_point = %rp.id.short(), missing, "restore point references chunks that are not in the repository");
+            report.warnings.push(format!(
+                "restore point {} references {missing} chunks that are not in the repository (`strata check` names the files)",
+                rp.id.short()
+            ));
+        }
     }
     report.mark_filter_bytes = filter.bytes();
     Ok(filter)
@@ -250,15 +274,22 @@ fn drop_pack(
     repo.index().remove_pack(id, dead)?;
     store.delete(&name)?;
     if tier == Tier::Cold && repo.index().pack_thawed_until(id)?.is_some() {
-        repo.index().remove_thaw(true, id.as_bytes())?;
-        repo.store()
-            .delete(&crate::repository::thaw_object_name(id))?;
+        crate::tier::remove_pack_thaw(repo, id)?;
     }
     report.packs_deleted += 1;
     report.chunks_removed += dead.len() as u64;
     report.bytes_freed += size;
     tracing::debug!(pack = %id, chunks = dead.len(), "pack deleted");
     Ok(())
+}
+
+/// Leaves a pack that cannot be read as it is: it may hold live chunks
+/// that `strata repair index` can still salvage.
+fn skip_pack(id: &PackId, error: &Error, report: &mut PruneReport) {
+    tracing::warn!(pack = %id, error = %error, "left an unreadable pack as it is; `strata repair index` salvages what it holds");
+    report.skipped.push(format!(
+        "pack {id} left as it is: {error} (`strata repair index` salvages what it holds)"
+    ));
 }
 
 pub fn prune(
@@ -285,7 +316,7 @@ pub fn prune(
         let state = match inspect(repo, record.tier, id, &filter) {
             Ok(state) => state,
             Err(e) => {
-                tracing::warn!(pack = %id, error = %e, "skipping unreadable pack; run `strata check`");
+                skip_pack(id, &e, &mut report);
                 continue;
             }
         };
@@ -328,13 +359,20 @@ pub fn prune(
             .map(|p| p.map(|(id, _)| id))
             .collect::<Result<_>>()?;
         for name in repo.store().list("packs/")? {
+            crate::interrupt::check()?;
             let Some(id) = pack::id_from_object_name(&name) else {
                 continue;
             };
             if known.contains(&id) || indexed.contains(&id) {
                 continue;
             }
-            let state = inspect(repo, Tier::Warm, &id, &filter)?;
+            let state = match inspect(repo, Tier::Warm, &id, &filter) {
+                Ok(state) => state,
+                Err(e) => {
+                    skip_pack(&id, &e, &mut report);
+                    continue;
+                }
+            };
             let needed = state.entries.iter().any(|e| {
                 filter.contains(&e.id) && repo.index().chunk(&e.id).ok().flatten().is_none()
             });

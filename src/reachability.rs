@@ -1,7 +1,7 @@
-//! What restore points reference: walks a restore point's trees, VM
-//! description and disk maps, and a compact filter to remember chunk ids.
-//! Shared by prune (what is live) and tiering (what only old restore
-//! points use).
+//! What restore points reference: reads the manifests, walks a restore
+//! point's trees, VM description and disk maps, and keeps a compact filter
+//! to remember chunk ids. Shared by prune (what is live), tiering (what
+//! only old restore points use), check and repair.
 
 use std::collections::HashSet;
 
@@ -9,9 +9,40 @@ use crate::disk::map::DiskMapPage;
 use crate::error::Result;
 use crate::id::ChunkId;
 use crate::repository::Repository;
-use crate::restore_point::{RestorePoint, RestorePointKind};
+use crate::restore_point::{self, Manifest, RestorePoint, RestorePointKind};
+use crate::storage::ObjectStore;
 use crate::tree::{Extent, NodeKind};
 use crate::vm::description::VmDescription;
+
+/// Every manifest object under `manifests/`, read from the objects
+/// themselves (the truth) rather than from the catalog in the index.
+#[derive(Default)]
+pub struct Manifests {
+    /// Restore points whose manifest decodes, with its bytes, oldest first.
+    pub readable: Vec<(RestorePoint, Vec<u8>)>,
+    /// Manifest objects that cannot be read or decoded: (name, cause).
+    pub damaged: Vec<(String, String)>,
+}
+
+pub fn read_manifests(store: &dyn ObjectStore) -> Result<Manifests> {
+    let mut out = Manifests::default();
+    for name in store.list("manifests/")? {
+        crate::interrupt::check()?;
+        let Some(id) = restore_point::id_from_object_name(&name) else {
+            continue;
+        };
+        match store
+            .get(&name)
+            .and_then(|bytes| Manifest::decode(&id, &bytes).map(|m| (m, bytes)))
+        {
+            Ok((manifest, bytes)) => out.readable.push((RestorePoint { id, manifest }, bytes)),
+            Err(e) => out.damaged.push((name, e.to_string())),
+        }
+    }
+    out.readable
+        .sort_by_key(|(rp, _)| (rp.manifest.time.as_nanos(), rp.id));
+    Ok(out)
+}
 
 /// Calls `visit(id, is_data)` for every chunk `rp` references. Metadata
 /// chunks in `visited` are not read again (and their chunks not visited
@@ -26,6 +57,7 @@ pub fn for_each_chunk<M>(
         RestorePointKind::Files => {
             let mut stack = vec![rp.manifest.root];
             while let Some(tree_id) = stack.pop() {
+                crate::interrupt::check()?;
                 visit(&tree_id, false)?;
                 if !visited.insert(tree_id) {
                     continue;
@@ -51,6 +83,7 @@ pub fn for_each_chunk<M>(
             let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
             for disk in &description.disks {
                 for page_ref in &disk.pages {
+                    crate::interrupt::check()?;
                     visit(&page_ref.id, false)?;
                     if !visited.insert(page_ref.id) {
                         continue;

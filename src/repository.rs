@@ -167,7 +167,12 @@ impl Repository<Exclusive> {
         }
         for id in stored.difference(&catalogued) {
             let bytes = self.store.get(&restore_point::object_name(id))?;
-            Manifest::decode(id, &bytes)?;
+            if let Err(e) = Manifest::decode(id, &bytes) {
+                // Not this writer's to judge: check names it, prune refuses
+                // to run beside it, and repair sets it aside.
+                tracing::warn!(restore_point = %id, error = %e, "damaged manifest not catalogued; run `strata repair index`");
+                continue;
+            }
             self.index.add_restore_point(id, &bytes)?;
             tracing::info!(restore_point = %id, "catalogued a restore point committed before a crash");
         }

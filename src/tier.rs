@@ -18,7 +18,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, PackId};
+use crate::format::{THAW_RECORD_MAGIC, THAW_RECORD_VERSION};
+use crate::id::{ChunkId, PackId, RestorePointId};
 use crate::index::{PackRecord, Tier};
 use crate::pack::{self, ChunkCompressor, CompressedChunk, Compression, PackWriter};
 use crate::progress::Progress;
@@ -31,6 +32,62 @@ use crate::storage::ObjectStore;
 /// Level 19 ran at 5 MB/s a core here; 12 keeps most of its gain.
 const COLD_COMPRESSION_LEVEL: i32 = 12;
 const DAY: i64 = 86_400;
+
+/// Object holding a thawed pack's expiry, beside its copy:
+/// `thaw/<xx>/<pack id>.until`.
+pub fn pack_thaw_record_name(pack: &PackId) -> String {
+    let copy = thaw_object_name(pack);
+    format!("{}.until", copy.trim_end_matches(".pack"))
+}
+
+/// Object holding a thawed restore point's expiry:
+/// `thaw/restore-points/<id>.until`.
+pub fn restore_point_thaw_record_name(id: &RestorePointId) -> String {
+    format!("thaw/restore-points/{id}.until")
+}
+
+/// A thaw record: magic, version, expiry (Unix seconds).
+pub fn encode_thaw_record(until: i64) -> Vec<u8> {
+    let mut e = crate::codec::Encoder::new();
+    e.raw(&THAW_RECORD_MAGIC)
+        .u16(THAW_RECORD_VERSION)
+        .i64(until);
+    e.into_bytes()
+}
+
+pub fn decode_thaw_record(name: &str, bytes: &[u8]) -> Result<i64> {
+    let object = || format!("thaw record {name}");
+    let mut d = crate::codec::Decoder::new(bytes, "thaw record");
+    d.expect_magic(&THAW_RECORD_MAGIC)
+        .map_err(|e| Error::decode(object(), e))?;
+    let version = d.u16().map_err(|e| Error::decode(object(), e))?;
+    if version != THAW_RECORD_VERSION {
+        return Err(Error::UnsupportedVersion {
+            what: object(),
+            found: version as u64,
+            supported: THAW_RECORD_VERSION as u64,
+        });
+    }
+    let until = d.i64().map_err(|e| Error::decode(object(), e))?;
+    d.finish().map_err(|e| Error::decode(object(), e))?;
+    Ok(until)
+}
+
+/// Records a pack's thaw: durably beside the copy first (the truth, which
+/// `repair index` reads), then in the index.
+fn record_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId, until: i64) -> Result<()> {
+    repo.store()
+        .put(&pack_thaw_record_name(pack), &encode_thaw_record(until))?;
+    repo.index().set_pack_thawed(pack, until)
+}
+
+/// Forgets a pack's thaw: unindexed first (a reader then gets the "thaw
+/// first" error, never a missing file), then its copy and its record.
+pub fn remove_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId) -> Result<()> {
+    repo.index().remove_thaw(true, pack.as_bytes())?;
+    repo.store().delete(&thaw_object_name(pack))?;
+    repo.store().delete(&pack_thaw_record_name(pack))
+}
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct TierReport {
@@ -124,6 +181,7 @@ struct ColdPacker<'r> {
 
 impl ColdPacker<'_> {
     fn move_chunk(&mut self, id: &ChunkId) -> Result<()> {
+        crate::interrupt::check()?;
         if self.pending.contains(id) {
             return Ok(());
         }
@@ -291,14 +349,14 @@ fn expire_thaws(repo: &Repository<Exclusive>) -> Result<u64> {
         }
         if is_pack {
             if let Some(pack) = PackId::from_slice(&id) {
-                // Unindex first: a reader then gets the "thaw first" error,
-                // never a missing file.
-                repo.index().remove_thaw(true, &id)?;
-                repo.store().delete(&thaw_object_name(&pack))?;
+                remove_pack_thaw(repo, &pack)?;
                 expired += 1;
             }
         } else {
             repo.index().remove_thaw(false, &id)?;
+            if let Some(rp) = RestorePointId::from_slice(&id) {
+                repo.store().delete(&restore_point_thaw_record_name(&rp))?;
+            }
         }
     }
     Ok(expired)
@@ -377,7 +435,7 @@ pub fn thaw(
             let name = thaw_object_name(pack);
             if repo.store().size(&name).is_ok_and(|s| s == *size) {
                 // Copied by an earlier, interrupted thaw: just extend it.
-                repo.index().set_pack_thawed(pack, until)?;
+                record_pack_thaw(repo, pack, until)?;
                 report.packs_already_thawed += 1;
                 progress.inc(*size);
                 continue;
@@ -390,13 +448,35 @@ pub fn thaw(
                 ));
             }
             repo.store().put(&name, &bytes)?;
-            repo.index().set_pack_thawed(pack, until)?;
+            record_pack_thaw(repo, pack, until)?;
             report.packs_fetched += 1;
             report.bytes_fetched += bytes.len() as u64;
             progress.inc(*size);
         }
+        repo.store().put(
+            &restore_point_thaw_record_name(&rp.id),
+            &encode_thaw_record(until),
+        )?;
         repo.index().set_restore_point_thawed(&rp.id, until)
     })();
     progress.finish();
     fetched.map(|_| report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thaw_record_matches_golden_and_reads_back() {
+        let until = 1_700_000_000;
+        let bytes = encode_thaw_record(until);
+        let golden = crate::codec::assert_golden("thaw_record_v1.bin", &bytes);
+        assert_eq!(decode_thaw_record("golden", &golden).unwrap(), until);
+        let mut newer = golden.clone();
+        newer[4] = 2;
+        let err = decode_thaw_record("newer", &newer).unwrap_err().to_string();
+        assert!(err.contains("version 2"), "{err}");
+        assert!(decode_thaw_record("short", &golden[..10]).is_err());
+    }
 }

@@ -201,13 +201,19 @@ fn measure_node<M>(repo: &Repository<M>, rp: &RestorePoint, node: &Node) -> Resu
     match &node.kind {
         NodeKind::Directory { subtree } => measure_tree(repo, rp, subtree),
         NodeKind::File { extents } => {
-            // Cold data is refused before anything is written.
+            // Cold data is refused before anything is written. A chunk the
+            // index lacks (lost to damage) fails its own file when it is
+            // restored, not the whole restore.
             for extent in extents {
                 if let Extent::Data { id, .. } = extent {
-                    if !repo.is_readable(id)? {
-                        return Err(Error::RestorePointCold {
-                            restore_point: rp.id.short(),
-                        });
+                    match repo.is_readable(id) {
+                        Ok(true) | Err(Error::ChunkMissing { .. }) => {}
+                        Ok(false) => {
+                            return Err(Error::RestorePointCold {
+                                restore_point: rp.id.short(),
+                            })
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
             }

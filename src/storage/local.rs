@@ -121,7 +121,14 @@ impl LocalStore {
         let mut removed = 0;
         for entry in entries {
             let entry = entry.at("listing", &dir)?;
-            fs::remove_file(entry.path()).at("removing leftover", entry.path())?;
+            let path = entry.path();
+            // `repair index` builds a placeholder index directory here.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
+                fs::remove_dir_all(&path).at("removing leftover", &path)?;
+            } else {
+                fs::remove_file(&path).at("removing leftover", &path)?;
+            }
             removed += 1;
         }
         Ok(removed)

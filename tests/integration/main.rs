@@ -10,6 +10,7 @@ mod incremental;
 mod mount;
 mod mount_lifecycle;
 mod mount_security;
+mod repair;
 mod restore_safety;
 mod retention;
 mod tiering;
