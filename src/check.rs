@@ -18,7 +18,7 @@ use crate::progress::Progress;
 use crate::reachability::read_manifests;
 use crate::repository::Repository;
 use crate::restore_point::RestorePointKind;
-use crate::restore_point::{format_time, RestorePoint};
+use crate::restore_point::{format_time_exact, RestorePoint};
 use crate::storage::ObjectStore;
 use crate::tree::{Extent, NodeKind};
 use crate::vm::description::VmDescription;
@@ -81,6 +81,10 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
                         }
                     }
                 }
+                Err(e) if e.is_not_found() => {
+                    report.packs -= 1;
+                    listed_packs.remove(&pack_id);
+                }
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
@@ -110,6 +114,12 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
         };
         let entries = match entries {
             Ok(entries) => entries,
+            // Deleted by a writer (prune, tier run) since it was listed.
+            Err(e) if e.is_not_found() => {
+                report.packs -= 1;
+                listed_packs.remove(&pack_id);
+                continue;
+            }
             Err(e) => {
                 report.errors.push(format!(
                     "{e} (`strata repair index` salvages the chunks that still verify)"
@@ -144,15 +154,31 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
 
     let mut indexed = 0u64;
     let mut missing_packs = 0u64;
+    let mut unlisted = Vec::new();
     for location in repo.index().chunks() {
         let location = location?;
         indexed += 1;
         if !listed_packs.contains(&location.pack) {
-            missing_packs += 1;
-            report.errors.push(format!(
-                "chunk {} is indexed in pack {}, which does not exist",
-                location.entry.id, location.pack
-            ));
+            unlisted.push(location);
+        }
+    }
+    // A writer beside this check may have moved these chunks since the
+    // packs were listed: look again before calling anything missing.
+    if !unlisted.is_empty() {
+        repo.index().catch_up()?;
+    }
+    for location in unlisted {
+        let id = location.entry.id;
+        match repo.index().chunk(&id)? {
+            None => indexed -= 1,
+            Some(now) if now.pack != location.pack && pack_exists(repo, &now) => matched += 1,
+            _ => {
+                missing_packs += 1;
+                report.errors.push(format!(
+                    "chunk {id} is indexed in pack {}, which does not exist",
+                    location.pack
+                ));
+            }
         }
     }
     report.chunks = indexed;
@@ -201,6 +227,15 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     }
     progress.finish();
     Ok(report)
+}
+
+/// Whether the pack a chunk record names exists on its tier now.
+fn pack_exists<M>(repo: &Repository<M>, location: &crate::index::ChunkLocation) -> bool {
+    let name = pack::object_name(&location.pack);
+    match location.tier {
+        crate::index::Tier::Warm => repo.store().size(&name).is_ok(),
+        crate::index::Tier::Cold => repo.cold_store().is_ok_and(|cold| cold.size(&name).is_ok()),
+    }
 }
 
 fn verify_pack_data(
@@ -360,7 +395,7 @@ fn affected_files<M>(
             "restore point {} ({} at {})",
             rp.id.short(),
             rp.manifest.source,
-            format_time(rp.manifest.time)
+            format_time_exact(rp.manifest.time)
         );
         if rp.manifest.kind == RestorePointKind::Vm {
             let mut seen = HashSet::new();

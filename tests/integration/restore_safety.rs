@@ -193,6 +193,16 @@ fn a_reader_follows_chunks_that_prune_moved() {
         "prune moved nothing; the test proves nothing"
     );
 
+    // `check` beside the writer: the packs it knew are gone, the chunks
+    // are elsewhere; nothing is missing.
+    let report = strata::check::check(&reader, true, &strata::progress::Progress::hidden()).unwrap();
+    assert!(
+        report.is_clean(),
+        "check of a stale reader reports {:?} {:?}",
+        report.errors,
+        report.damaged
+    );
+
     let strata::tree::NodeKind::File { extents } = &node.kind else {
         panic!("not a file");
     };
