@@ -271,10 +271,10 @@ pub fn run(cli: Cli) -> Result<Status> {
                         "{:<10} {:<24} {:<16} {:>8} {:>10}  {}",
                         rp.id.short(),
                         labels[&rp.id],
-                        m.source,
+                        escape_name(m.source.as_bytes()),
                         m.stats.files,
                         human_bytes(m.stats.bytes_total),
-                        m.tags.join(",")
+                        escape_name(m.tags.join(",").as_bytes())
                     );
                 }
             }
@@ -297,10 +297,10 @@ pub fn run(cli: Cli) -> Result<Status> {
                 let m = &rp.manifest;
                 let s = &m.stats;
                 out!("restore point {}", rp.id);
-                out!("  source       {}", m.source);
+                out!("  source       {}", escape_name(m.source.as_bytes()));
                 out!("  time         {}", time_labels(&points)[&rp.id]);
-                out!("  host         {}", m.hostname);
-                out!("  tags         {}", m.tags.join(", "));
+                out!("  host         {}", escape_name(m.hostname.as_bytes()));
+                out!("  tags         {}", escape_name(m.tags.join(", ").as_bytes()));
                 for p in &m.paths {
                     out!("  path         {}", escape_name(p));
                 }
@@ -326,19 +326,21 @@ pub fn run(cli: Cli) -> Result<Status> {
                 if m.kind == RestorePointKind::Vm {
                     let d = load_description(&repo, rp)?;
                     let guest = if d.guest_os.is_empty() {
-                        "unknown"
+                        "unknown".to_string()
                     } else {
-                        &d.guest_os
+                        escape_name(d.guest_os.as_bytes())
                     };
                     out!(
                         "  vm           {} ({} vCPU, {} MB, guest {guest})",
-                        d.name, d.cpus, d.memory_mb
+                        escape_name(d.name.as_bytes()),
+                        d.cpus,
+                        d.memory_mb
                     );
                     for disk in &d.disks {
                         out!(
                             "  disk         {} {}: {} capacity, {} allocated, from {}",
-                            disk.slot,
-                            disk.file_name,
+                            escape_name(disk.slot.as_bytes()),
+                            escape_name(disk.file_name.as_bytes()),
                             human_bytes(disk.capacity),
                             human_bytes(disk.allocated_bytes()),
                             describe_format(disk.source_format)
@@ -366,12 +368,15 @@ pub fn run(cli: Cli) -> Result<Status> {
             if rp.manifest.kind == RestorePointKind::Vm {
                 let d = load_description(&repo, &rp)?;
                 if !d.vmx.is_empty() {
-                    out!("{:<10} {:>14}  {}.vmx", "config", d.vmx.len(), d.name);
+                    let name = escape_name(d.name.as_bytes());
+                    out!("{:<10} {:>14}  {name}.vmx", "config", d.vmx.len());
                 }
                 for disk in &d.disks {
                     out!(
                         "{:<10} {:>14}  {}",
-                        disk.slot, disk.capacity, disk.file_name
+                        escape_name(disk.slot.as_bytes()),
+                        disk.capacity,
+                        escape_name(disk.file_name.as_bytes())
                     );
                 }
                 return Ok(Status::Ok);
@@ -653,10 +658,14 @@ pub fn run(cli: Cli) -> Result<Status> {
                     mb_per_s(summary.bytes_written, summary.duration_ms),
                 );
                 for w in &summary.warnings {
-                    eprintln!("warning: {w}");
+                    eprintln!("warning: {}", escape_name(w.as_bytes()));
                 }
                 for (path, e) in &summary.failed {
-                    eprintln!("failed {path}: {e}");
+                    eprintln!(
+                        "failed {}: {}",
+                        escape_name(path.as_bytes()),
+                        escape_name(e.as_bytes())
+                    );
                 }
             }
             if !summary.failed.is_empty() {

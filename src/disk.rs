@@ -250,6 +250,12 @@ impl VirtualDisk {
         &self.path
     }
 
+    /// The files holding the disk's data (for a single-file format, the
+    /// image itself).
+    pub fn data_files(&self) -> impl Iterator<Item = &Path> {
+        self.extents.iter().map(|e| e.path.as_path())
+    }
+
     pub fn format(&self) -> DiskFormat {
         self.format
     }

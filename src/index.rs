@@ -59,6 +59,10 @@ pub struct Index {
 pub enum IndexAccess {
     /// Creates the database if missing; only `init` and `repair` use it.
     Create,
+    /// Creates a database without its schema version, which only
+    /// [`Index::mark_rebuilt`] writes: until then every command refuses it,
+    /// so a rebuild cut short at any point is never taken for a whole index.
+    Rebuild,
     /// The single writer.
     Primary,
     /// A reader beside a possible writer.
@@ -121,15 +125,16 @@ impl Index {
             path: path.to_path_buf(),
             source,
         };
-        if access != IndexAccess::Create && !path.join("CURRENT").exists() {
+        let creating = matches!(access, IndexAccess::Create | IndexAccess::Rebuild);
+        if !creating && !path.join("CURRENT").exists() {
             return Err(Error::corrupt(
                 format!("repository index {}", path.display()),
                 "it is missing; rebuild it with `strata repair index`",
             ));
         }
         let (db, secondary_dir) = match access {
-            IndexAccess::Create | IndexAccess::Primary => {
-                opts.create_if_missing(access == IndexAccess::Create);
+            IndexAccess::Create | IndexAccess::Rebuild | IndexAccess::Primary => {
+                opts.create_if_missing(creating);
                 (
                     DB::open_cf_descriptors(&opts, path, cfs).map_err(wrap)?,
                     None,
@@ -162,7 +167,9 @@ impl Index {
             path: path.to_path_buf(),
             secondary_dir,
         };
-        index.check_schema(access == IndexAccess::Create)?;
+        if access != IndexAccess::Rebuild {
+            index.check_schema(access == IndexAccess::Create)?;
+        }
         Ok(index)
     }
 
@@ -534,15 +541,7 @@ impl Index {
         Ok(())
     }
 
-    /// Marks the index as being rebuilt: until [`Index::mark_rebuilt`],
-    /// opening it fails asking for `strata repair index`, so a rebuild cut
-    /// short (by a signal or kill -9) is never taken for a whole index.
-    pub fn mark_rebuilding(&self) -> Result<()> {
-        self.db
-            .delete_cf_opt(self.cf(CF_META), SCHEMA_KEY, &sync_write())
-            .map_err(|e| self.err(e))
-    }
-
+    /// Ends a rebuild begun with [`IndexAccess::Rebuild`].
     pub fn mark_rebuilt(&self) -> Result<()> {
         self.db
             .put_cf_opt(

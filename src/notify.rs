@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::config::RepoConfig;
+use crate::config::{NotifyCommand, RepoConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::restore_point::RestorePoint;
 
@@ -37,6 +37,16 @@ pub fn notify_thaw(repo_root: &Path, config: &RepoConfig, notice: &ThawNotice) {
     let Some(command) = &config.tiers.notify_command else {
         return;
     };
+    if let NotifyCommand::Program(program) = command {
+        if program.chars().any(char::is_whitespace) {
+            tracing::warn!(
+                command = %program,
+                "thaw notification not run: tiers.notify_command is a shell command line; \
+                 give it as an argv array, e.g. [\"/usr/local/bin/notify\", \"--thaw\"]"
+            );
+            return;
+        }
+    }
     let argv = command.argv();
     let timeout = config
         .tiers
@@ -85,6 +95,16 @@ fn check_config_owner(path: &Path) -> Result<()> {
             "{} is writable by group or others (mode {:o})",
             path.display(),
             meta.mode() & 0o7777
+        )));
+    }
+    // Whoever may write the directory may replace the file.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir_meta = std::fs::metadata(dir).at("inspecting", dir)?;
+    if dir_meta.mode() & 0o022 != 0 {
+        return Err(Error::InvalidInput(format!(
+            "the repository directory {} is writable by group or others (mode {:o})",
+            dir.display(),
+            dir_meta.mode() & 0o7777
         )));
     }
     Ok(())

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use crate::disk::map::DiskMapPage;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::repository::Repository;
 use crate::restore_point::{self, Manifest, RestorePoint, RestorePointKind};
@@ -36,7 +36,10 @@ pub fn read_manifests(store: &dyn ObjectStore) -> Result<Manifests> {
             .and_then(|bytes| Manifest::decode(&id, &bytes).map(|m| (m, bytes)))
         {
             Ok((manifest, bytes)) => out.readable.push((RestorePoint { id, manifest }, bytes)),
-            Err(e) => out.damaged.push((name, e.to_string())),
+            // Damaged content; a manifest of a newer version or one that
+            // cannot be read now is no reason to set a restore point aside.
+            Err(e @ Error::Corrupt { .. }) => out.damaged.push((name, e.to_string())),
+            Err(e) => return Err(e),
         }
     }
     out.readable

@@ -174,7 +174,6 @@ pub fn repair_index(repo: &mut Repository<Exclusive>, progress: &Progress) -> Re
         damaged,
     };
     repo.recreate_index()?;
-    repo.index().mark_rebuilding()?;
     rebuild(repo, &packs, before, &mut report, progress).map_err(|e| match e {
         Error::Interrupted(_) => Error::Interrupted(
             "stopped by a signal before the index was whole; run `strata repair index` again"

@@ -206,7 +206,7 @@ impl Repository<Exclusive> {
             std::fs::rename(&dir, &aside).at("moving old index aside", &dir)?;
             std::fs::remove_dir_all(&aside).at("removing old index", &aside)?;
         }
-        self.index = Index::open(&dir, IndexAccess::Create)?;
+        self.index = Index::open(&dir, IndexAccess::Rebuild)?;
         let _ = std::fs::remove_dir_all(self.root.join("tmp").join("index-placeholder"));
         Ok(())
     }

@@ -266,6 +266,17 @@ fn overlapping(ranges: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)] {
     &ranges[first..last.max(first)]
 }
 
+/// The mode and owner the mount shows for a disk: a descriptor's own are
+/// narrowed by those of its extents, so a `0644` descriptor of a `0600`
+/// `-flat.vmdk` does not open the data to everyone.
+fn disk_owner(descriptor: FileOwner, image: &VirtualDisk) -> FileOwner {
+    image
+        .data_files()
+        .filter(|path| *path != image.path())
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .fold(descriptor, |owner, meta| owner.narrowed_by(FileOwner::of(&meta)))
+}
+
 pub fn backup_vm(
     repo: &Repository<Exclusive>,
     request: &VmBackup,
@@ -351,7 +362,7 @@ pub fn backup_vm(
                 file_name: disk.file_name.clone(),
                 source_format: image.format(),
                 adapter_type: adapter_type(&disk.slot, image),
-                owner: Some(disk.owner),
+                owner: Some(disk_owner(disk.owner, image)),
                 capacity: image.capacity(),
                 chunk_size,
                 pages,

@@ -204,8 +204,12 @@ impl Descriptor {
         })
     }
 
+    /// Saturates rather than overflows: a hostile descriptor's sum then
+    /// fails the comparison with the header's capacity.
     pub fn capacity_sectors(&self) -> u64 {
-        self.extents.iter().map(|e| e.sectors).sum()
+        self.extents
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.sectors))
     }
 }
 

@@ -15,7 +15,7 @@
 //! one.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -100,10 +100,10 @@ pub fn restore_files<M: Sync>(
     let walked = std::thread::scope(|scope| -> Result<()> {
         for _ in 0..threads {
             let rx = job_rx.clone();
-            let (outcome, root_fd) = (&outcome, &root_fd);
+            let outcome = &outcome;
             scope.spawn(move || {
                 for job in rx {
-                    run_job(repo, root_fd, job, outcome, progress);
+                    run_job(repo, job, outcome, progress);
                 }
             });
         }
@@ -271,29 +271,37 @@ impl Drop for OpenDir<'_> {
     }
 }
 
-/// The first name of a hard-linked file. Later names are linked to it once
-/// it is complete, and fail with it if it fails.
+/// The first name of a hard-linked file. Later names are linked to the
+/// file it names once that is complete (through a descriptor of the file,
+/// not its name), and fail with it if it fails.
 struct LinkTarget {
-    /// Relative to the restore target.
+    /// Relative to the restore target, for messages.
     rel: PathBuf,
-    done: Mutex<Option<bool>>,
+    state: Mutex<LinkState>,
     finished: Condvar,
 }
 
+enum LinkState {
+    Pending,
+    Restored(Arc<OwnedFd>),
+    Failed,
+}
+
 impl LinkTarget {
-    fn finish(&self, ok: bool) {
-        *self.done.lock().expect("link lock") = Some(ok);
+    fn finish(&self, state: LinkState) {
+        *self.state.lock().expect("link lock") = state;
         self.finished.notify_all();
     }
 
-    /// Whether the first name was restored. The first name's job was queued
-    /// before any job that waits here, so a worker is already on it.
-    fn wait(&self) -> bool {
-        let mut done = self.done.lock().expect("link lock");
+    /// The first name's file, once restored. Its job was queued before any
+    /// job that waits here, so a worker is already on it.
+    fn wait(&self) -> Option<Arc<OwnedFd>> {
+        let mut state = self.state.lock().expect("link lock");
         loop {
-            match *done {
-                Some(ok) => return ok,
-                None => done = self.finished.wait(done).expect("link lock"),
+            match &*state {
+                LinkState::Restored(fd) => return Some(fd.clone()),
+                LinkState::Failed => return None,
+                LinkState::Pending => state = self.finished.wait(state).expect("link lock"),
             }
         }
     }
@@ -323,7 +331,10 @@ struct RestoreWalker<'a, 'r, M> {
     repo: &'r Repository<M>,
     jobs: crossbeam_channel::Sender<Job<'a>>,
     outcome: &'a Outcome,
-    links: HashMap<u64, Arc<LinkTarget>>,
+    /// Hard-linked files by link id, with how many more names the backup
+    /// said they have; an entry (and the descriptor it keeps open) goes
+    /// once all are queued.
+    links: HashMap<u64, (Arc<LinkTarget>, u32)>,
     root: Arc<OpenDir<'a>>,
     root_tree: ChunkId,
 }
@@ -378,10 +389,11 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
             NodeKind::File { .. } => self.queue_file(parent, rel, node)?,
             NodeKind::Symlink { target } => {
                 let partial = fsops::partial_name();
-                nix::unistd::symlinkat(os(target), Some(parent.fd.as_raw_fd()), partial.as_os_str())
-                    .at("creating symlink", &rel)?;
-                self.in_place(parent, &partial, &rel, |partial| {
-                    self.set_symlink_metadata(parent, partial, node, &rel)
+                let owner = self.outcome.is_root.then_some((node.uid, node.gid));
+                let times = (&timespec(node.atime), &timespec(node.mtime));
+                self.in_place(parent, &partial, &rel, || {
+                    let fd = fsops::make_symlink(&parent.fd, &partial, os(target), &rel)?;
+                    fsops::set_symlink_metadata(&fd, owner, times, &rel).map(|()| true)
                 })?;
             }
             NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
@@ -391,23 +403,24 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
                     _ => (SpecialKind::Fifo, 0),
                 };
                 let partial = fsops::partial_name();
-                let fd = match fsops::make_special(&parent.fd, &partial, kind, rdev, &rel) {
-                    Ok(fd) => fd,
-                    Err(Error::Io { source, .. })
-                        if source.raw_os_error() == Some(libc::EPERM) && kind != SpecialKind::Fifo =>
-                    {
-                        self.outcome.warn(format!(
-                            "{}: device nodes can only be created by root",
-                            rel.display()
-                        ));
-                        return Ok(());
+                let owner = self.outcome.is_root.then_some((node.uid, node.gid));
+                let times = (&timespec(node.atime), &timespec(node.mtime));
+                self.in_place(parent, &partial, &rel, || {
+                    match fsops::make_special(&parent.fd, &partial, kind, rdev, &rel) {
+                        Ok(fd) => fsops::set_special_metadata(&fd, owner, node.mode, times, &rel)
+                            .map(|()| true),
+                        Err(Error::Io { source, .. })
+                            if source.raw_os_error() == Some(libc::EPERM)
+                                && kind != SpecialKind::Fifo =>
+                        {
+                            self.outcome.warn(format!(
+                                "{}: device nodes can only be created by root",
+                                rel.display()
+                            ));
+                            Ok(false)
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => return Err(e),
-                };
-                self.in_place(parent, &partial, &rel, |_| {
-                    let owner = self.outcome.is_root.then_some((node.uid, node.gid));
-                    let times = (&timespec(node.atime), &timespec(node.mtime));
-                    fsops::set_special_metadata(&fd, owner, node.mode, times, &rel)
                 })?;
             }
             NodeKind::Socket => {
@@ -418,41 +431,64 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
         Ok(())
     }
 
-    /// Finishes an entry made under `partial` and renames it into place;
-    /// on failure the partial entry is removed.
+    /// Makes an entry under `partial` with `make` and renames it into
+    /// place. A failure is that entry's own: it is reported, the partial
+    /// entry removed, and the restore goes on (unless interrupted).
+    /// `make` returns false when it skipped the entry (with a warning).
     fn in_place(
         &self,
         parent: &OpenDir,
         partial: &OsString,
         rel: &Path,
-        finish: impl FnOnce(&OsStr) -> Result<()>,
+        make: impl FnOnce() -> Result<bool>,
     ) -> Result<()> {
         let name = rel.file_name().expect("restored entries have a name");
-        finish(partial)
-            .and_then(|()| fsops::commit_partial(&parent.fd, partial, name, rel))
-            .inspect_err(|_| fsops::discard_partial(&parent.fd, partial))?;
-        self.outcome.record(|s| s.other += 1);
+        let made = make().and_then(|made| {
+            if made {
+                fsops::commit_partial(&parent.fd, partial, name, rel)?;
+            }
+            Ok(made)
+        });
+        match made {
+            Ok(true) => self.outcome.record(|s| s.other += 1),
+            Ok(false) => {}
+            Err(e @ Error::Interrupted(_)) => {
+                fsops::discard_partial(&parent.fd, partial);
+                return Err(e);
+            }
+            Err(e) => {
+                fsops::discard_partial(&parent.fd, partial);
+                self.outcome.fail(rel, &e);
+            }
+        }
         Ok(())
     }
 
     fn queue_file(&mut self, parent: &Arc<OpenDir<'a>>, rel: PathBuf, node: &Node) -> Result<()> {
         let mut link = None;
         if node.link_id != 0 {
-            if let Some(first) = self.links.get(&node.link_id) {
+            if let Some((first, remaining)) = self.links.get_mut(&node.link_id) {
                 let job = Job::Link {
                     dir: parent.clone(),
                     name: os(&node.name).to_os_string(),
                     shown: rel,
                     first: first.clone(),
                 };
+                *remaining = remaining.saturating_sub(1);
+                if *remaining == 0 {
+                    self.links.remove(&node.link_id);
+                }
                 return self.send(job);
             }
             let first = Arc::new(LinkTarget {
                 rel: rel.clone(),
-                done: Mutex::new(None),
+                state: Mutex::new(LinkState::Pending),
                 finished: Condvar::new(),
             });
-            self.links.insert(node.link_id, first.clone());
+            if node.nlink > 1 {
+                self.links
+                    .insert(node.link_id, (first.clone(), node.nlink - 1));
+            }
             link = Some(first);
         }
         let partial = fsops::partial_name();
@@ -460,7 +496,7 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
             Ok(file) => file,
             Err(e) => {
                 if let Some(link) = &link {
-                    link.finish(false);
+                    link.finish(LinkState::Failed);
                 }
                 return Err(e);
             }
@@ -479,29 +515,6 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
         self.jobs
             .send(job)
             .map_err(|_| Error::Interrupted("restore workers stopped".into()))
-    }
-
-    /// Owner and times of a symlink, on the link itself: these calls never
-    /// follow it, so a swapped entry cannot redirect them.
-    fn set_symlink_metadata(&self, parent: &OpenDir, name: &OsStr, node: &Node, shown: &Path) -> Result<()> {
-        if self.outcome.is_root {
-            nix::unistd::fchownat(
-                Some(parent.fd.as_raw_fd()),
-                name,
-                Some(Uid::from_raw(node.uid)),
-                Some(Gid::from_raw(node.gid)),
-                fsops::no_follow(),
-            )
-            .at("setting owner of", shown)?;
-        }
-        nix::sys::stat::utimensat(
-            Some(parent.fd.as_raw_fd()),
-            name,
-            &timespec(node.atime),
-            &timespec(node.mtime),
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .at("setting times of", shown)
     }
 }
 
@@ -548,7 +561,7 @@ fn apply_metadata(
 
 /// Runs one job; a failure is the entry's own and is reported, the rest of
 /// the restore goes on.
-fn run_job<M>(repo: &Repository<M>, root: &OwnedFd, job: Job, outcome: &Outcome, progress: &Progress) {
+fn run_job<M>(repo: &Repository<M>, job: Job, outcome: &Outcome, progress: &Progress) {
     match job {
         Job::File {
             dir,
@@ -562,15 +575,25 @@ fn run_job<M>(repo: &Repository<M>, root: &OwnedFd, job: Job, outcome: &Outcome,
             let result = crate::interrupt::check()
                 .and_then(|()| fill_file(repo, &file, &node, &shown, outcome, progress))
                 .and_then(|()| {
-                    drop(file);
+                    // Replacing an existing file: its data must be on disk
+                    // before the rename, or a crash could leave an empty
+                    // file where the good copy was.
+                    if fsops::exists_at(&dir.fd, name) {
+                        file.sync_all().at("syncing", &shown)?;
+                    }
                     fsops::commit_partial(&dir.fd, &partial, name, &shown)
                 });
-            if let Some(link) = link {
-                link.finish(result.is_ok());
-            }
             match result {
-                Ok(()) => outcome.record(|s| s.files += 1),
+                Ok(()) => {
+                    outcome.record(|s| s.files += 1);
+                    if let Some(link) = link {
+                        link.finish(LinkState::Restored(Arc::new(OwnedFd::from(file))));
+                    }
+                }
                 Err(e) => {
+                    if let Some(link) = link {
+                        link.finish(LinkState::Failed);
+                    }
                     fsops::discard_partial(&dir.fd, &partial);
                     outcome.fail(&shown, &e);
                 }
@@ -582,16 +605,12 @@ fn run_job<M>(repo: &Repository<M>, root: &OwnedFd, job: Job, outcome: &Outcome,
             shown,
             first,
         } => {
-            let result = if first.wait() {
-                let first_name = first.rel.file_name().expect("restored files have a name");
-                let first_dir = first.rel.parent().unwrap_or(Path::new(""));
-                fsops::open_dir_path(root, first_dir)
-                    .and_then(|fd| fsops::link_in_place(&fd, first_name, &dir.fd, &name, &shown))
-            } else {
-                Err(Error::InvalidInput(format!(
+            let result = match first.wait() {
+                Some(file) => fsops::link_in_place(&file, &dir.fd, &name, &shown),
+                None => Err(Error::InvalidInput(format!(
                     "not restored: it is a hard link of {}, which failed",
                     first.rel.display()
-                )))
+                ))),
             };
             match result {
                 Ok(()) => outcome.record(|s| s.files += 1),

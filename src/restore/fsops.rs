@@ -59,16 +59,6 @@ pub fn open_dir(parent: Option<RawFd>, name: &OsStr, shown: &Path) -> Result<Own
     Ok(owned(fd))
 }
 
-/// Opens the directory at `rel` below `root`, one component at a time and
-/// never following a symlink.
-pub fn open_dir_path(root: &OwnedFd, rel: &Path) -> Result<OwnedFd> {
-    let mut fd = root.try_clone().at("duplicating descriptor of", rel)?;
-    for component in rel.components() {
-        fd = open_dir(Some(fd.as_raw_fd()), component.as_os_str(), rel)?;
-    }
-    Ok(fd)
-}
-
 /// Removes whatever non-directory sits at `name`; a directory in the way is
 /// an error rather than something to delete recursively.
 pub fn clear_entry(parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<()> {
@@ -147,28 +137,6 @@ pub fn discard_partial(parent: &OwnedFd, partial: &OsStr) {
     let _ = unlinkat(Some(parent.as_raw_fd()), partial, UnlinkatFlags::NoRemoveDir);
 }
 
-/// Hard-links `name` in `parent` to the entry `first_name` in `first_dir`,
-/// through a temporary name so that an existing file is replaced
-/// atomically.
-pub fn link_in_place(
-    first_dir: &OwnedFd,
-    first_name: &OsStr,
-    parent: &OwnedFd,
-    name: &OsStr,
-    shown: &Path,
-) -> Result<()> {
-    let partial = partial_name();
-    nix::unistd::linkat(
-        Some(first_dir.as_raw_fd()),
-        first_name,
-        Some(parent.as_raw_fd()),
-        partial.as_os_str(),
-        AtFlags::empty(),
-    )
-    .at("hard-linking", shown)?;
-    commit_partial(parent, &partial, name, shown).inspect_err(|_| discard_partial(parent, &partial))
-}
-
 /// The kinds of entry made by `mknod`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialKind {
@@ -190,7 +158,7 @@ impl SpecialKind {
 /// Makes a FIFO or device node under the temporary name `partial` and
 /// returns an `O_PATH` descriptor of it. Such entries cannot be opened for
 /// I/O without side effects (a FIFO blocks, a tape rewinds), so their
-/// metadata is set through this descriptor; see [`open_special`].
+/// metadata is set through this descriptor; see [`open_created`].
 pub fn make_special(
     parent: &OwnedFd,
     partial: &OsStr,
@@ -206,14 +174,22 @@ pub fn make_special(
         rdev,
     )
     .at("creating", shown)?;
-    open_special(parent, partial, kind, shown)
+    open_created(parent, partial, kind.flag(), shown)
 }
 
-/// Opens the entry at `name` without following it and checks that it is a
-/// node of `kind` that this process owns, i.e. the one just made: if the
-/// directory's owner swapped in a symlink or another file between the two
-/// calls, nothing is changed through it.
-pub fn open_special(parent: &OwnedFd, name: &OsStr, kind: SpecialKind, shown: &Path) -> Result<OwnedFd> {
+/// Makes a symlink under the temporary name `partial` and returns an
+/// `O_PATH` descriptor of the link itself.
+pub fn make_symlink(parent: &OwnedFd, partial: &OsStr, target: &OsStr, shown: &Path) -> Result<OwnedFd> {
+    nix::unistd::symlinkat(target, Some(parent.as_raw_fd()), partial).at("creating symlink", shown)?;
+    open_created(parent, partial, SFlag::S_IFLNK, shown)
+}
+
+/// Opens the entry just made at `name` without following it, and checks
+/// that it is what was made: of file type `kind`, owned by this process,
+/// with one link. If the directory's owner swapped in a symlink or a hard
+/// link to another file between the two calls, nothing is changed through
+/// it.
+pub fn open_created(parent: &OwnedFd, name: &OsStr, kind: SFlag, shown: &Path) -> Result<OwnedFd> {
     let fd = owned(
         openat(
             Some(parent.as_raw_fd()),
@@ -224,14 +200,71 @@ pub fn open_special(parent: &OwnedFd, name: &OsStr, kind: SpecialKind, shown: &P
         .at("opening", shown)?,
     );
     let stat = fstat(fd.as_raw_fd()).at("inspecting", shown)?;
-    let is_kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == kind.flag();
-    if !is_kind || stat.st_uid != nix::unistd::geteuid().as_raw() {
+    let is_kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == kind;
+    if !is_kind || stat.st_uid != nix::unistd::geteuid().as_raw() || stat.st_nlink != 1 {
         return Err(Error::InvalidInput(format!(
             "{} was replaced while being restored; leaving it alone",
             shown.display()
         )));
     }
     Ok(fd)
+}
+
+/// Owner (when given) and times of a symlink, through an `O_PATH`
+/// descriptor of the link itself (never through its name, never followed).
+pub fn set_symlink_metadata(
+    fd: &OwnedFd,
+    owner: Option<(u32, u32)>,
+    times: (&nix::sys::time::TimeSpec, &nix::sys::time::TimeSpec),
+    shown: &Path,
+) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchownat(
+            Some(fd.as_raw_fd()),
+            "",
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .at("setting owner of", shown)?;
+    }
+    let times = [*times.0.as_ref(), *times.1.as_ref()];
+    // SAFETY: a valid descriptor, a NUL-terminated empty path and two
+    // timespecs; utimensat reads nothing else.
+    let rc = unsafe {
+        libc::utimensat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            times.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).at("setting times of", shown);
+    }
+    Ok(())
+}
+
+/// Hard-links `name` in `parent` to the file open as `first` (through its
+/// `/proc/self/fd` name, so the link reaches exactly that inode even if
+/// the first name was swapped since), via a temporary name so that an
+/// existing file is replaced atomically.
+pub fn link_in_place(first: &OwnedFd, parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<()> {
+    let partial = partial_name();
+    nix::unistd::linkat(
+        None,
+        proc_path(first.as_fd()).as_os_str(),
+        Some(parent.as_raw_fd()),
+        partial.as_os_str(),
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .at("hard-linking", shown)?;
+    commit_partial(parent, &partial, name, shown).inspect_err(|_| discard_partial(parent, &partial))
+}
+
+/// Whether something exists at `name` (not followed).
+pub fn exists_at(parent: &OwnedFd, name: &OsStr) -> bool {
+    nix::sys::stat::fstatat(Some(parent.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
 }
 
 /// The `/proc/self/fd` name of an `O_PATH` descriptor: calls through it
@@ -243,7 +276,7 @@ fn proc_path(fd: BorrowedFd) -> std::path::PathBuf {
 }
 
 /// Owner (when `chown`), mode and times of a node opened by
-/// [`open_special`], in that order: chown clears setuid bits, and every
+/// [`open_created`], in that order: chown clears setuid bits, and every
 /// change moves the times.
 pub fn set_special_metadata(
     fd: &OwnedFd,
@@ -313,10 +346,36 @@ mod tests {
         std::fs::remove_file(dir.path().join(&partial)).unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join(&partial)).unwrap();
 
-        let opened = open_special(&parent, &partial, SpecialKind::Fifo, shown);
+        let opened = open_created(&parent, &partial, SFlag::S_IFIFO, shown);
         assert!(opened.is_err(), "a swapped-in symlink was accepted");
         let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o600);
+    }
+
+    /// The same race for a symlink, with a hard link to someone else's
+    /// file swapped in: its owner must not change.
+    #[test]
+    fn a_symlink_swapped_for_a_hard_link_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        let parent = open_dir(None, dir.path().as_os_str(), dir.path()).unwrap();
+        let partial = partial_name();
+        let shown = Path::new("link");
+        nix::unistd::symlinkat("target", Some(parent.as_raw_fd()), partial.as_os_str()).unwrap();
+        std::fs::remove_file(dir.path().join(&partial)).unwrap();
+        std::fs::hard_link(&victim, dir.path().join(&partial)).unwrap();
+        assert!(open_created(&parent, &partial, SFlag::S_IFLNK, shown).is_err());
+
+        // Unswapped, the link itself gets its times; its target is untouched.
+        let partial = partial_name();
+        let fd = make_symlink(&parent, &partial, OsStr::new("victim"), shown).unwrap();
+        let t = nix::sys::time::TimeSpec::new(1_000_000_000, 7);
+        set_symlink_metadata(&fd, None, (&t, &t), shown).unwrap();
+        let link = std::fs::symlink_metadata(dir.path().join(&partial)).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::mtime(&link), 1_000_000_000);
+        let target = std::fs::metadata(&victim).unwrap();
+        assert_ne!(std::os::unix::fs::MetadataExt::mtime(&target), 1_000_000_000);
     }
 
     #[test]

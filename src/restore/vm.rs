@@ -2,9 +2,12 @@
 //! `<name>_<counter>`, one disk as a new minimal VM, or one disk's raw
 //! contents to a file or block device.
 //!
-//! A new VM folder is created atomically under the first free counter and
-//! removed again if anything fails (no space, I/O error, interrupt), so an
-//! interrupted restore leaves nothing behind. Chunks are fetched and
+//! A new VM's name is reserved by creating an empty folder under the first
+//! free counter; the VM is built in a `.strata-partial-*` folder beside it
+//! and renamed over the reserved one only when complete and synced. Both
+//! are removed if anything fails (no space, I/O error, interrupt); a
+//! restore killed outright leaves at most an empty folder and a partial
+//! one, never a folder that looks like a whole VM. Chunks are fetched and
 //! verified on all cores in windows while a writer thread writes the
 //! previous window in order.
 
@@ -165,7 +168,17 @@ pub fn restore_vm<M: Sync>(
     }
     let needed: u64 = disks.iter().map(|d| d.allocated_bytes()).sum::<u64>() + (1 << 20);
     let dir = prepare_dir(repo, &request.target_dir, needed)?;
-    let (name, mut guard) = create_vm_folder(&dir, &base)?;
+    // The name is reserved by an empty folder; the VM is built in a
+    // staging folder beside it and renamed over it only when complete, so
+    // even a restore killed outright never leaves a folder that looks like
+    // a whole VM.
+    let (name, mut reserved) = create_vm_folder(&dir, &base)?;
+    let staging_path = dir.join(super::fsops::partial_name());
+    std::fs::create_dir(&staging_path).at("creating", &staging_path)?;
+    let mut guard = FolderGuard {
+        path: staging_path,
+        armed: true,
+    };
     progress.inc_length(disks.iter().map(|d| d.allocated_bytes()).sum());
 
     let mut files = Vec::new();
@@ -217,15 +230,21 @@ pub fn restore_vm<M: Sync>(
         ),
     };
     let vmx_name = format!("{name}.vmx");
-    std::fs::write(guard.path.join(&vmx_name), vmx_text)
-        .at("writing", guard.path.join(&vmx_name))?;
+    let vmx_path = guard.path.join(&vmx_name);
+    std::fs::write(&vmx_path, vmx_text).at("writing", &vmx_path)?;
+    std::fs::File::open(&vmx_path)
+        .and_then(|f| f.sync_all())
+        .at("syncing", &vmx_path)?;
     files.push(vmx_name);
     fsync_dir(&guard.path)?;
-    fsync_dir(&dir)?;
+    // Replaces the empty reserved folder in one step.
+    std::fs::rename(&guard.path, &reserved.path).at("putting in place", &reserved.path)?;
     guard.armed = false;
+    fsync_dir(&dir)?;
+    reserved.armed = false;
     progress.finish();
     Ok(VmRestoreSummary {
-        folder: guard.path.clone(),
+        folder: reserved.path.clone(),
         name,
         files,
         bytes_written,

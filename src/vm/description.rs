@@ -48,6 +48,16 @@ impl FileOwner {
         }
     }
 
+    /// What a disk made of several files may show: the permission bits
+    /// all of them allow, and the owner of the file holding the data.
+    pub fn narrowed_by(self, data_file: FileOwner) -> FileOwner {
+        FileOwner {
+            mode: self.mode & data_file.mode,
+            uid: data_file.uid,
+            gid: data_file.gid,
+        }
+    }
+
     fn encode(owner: Option<&FileOwner>, e: &mut Encoder) {
         match owner {
             None => {

@@ -153,6 +153,45 @@ fn vm_files_are_not_readable_by_other_users() {
     }
 }
 
+/// A readable descriptor does not open a root-only `-flat.vmdk` to
+/// everyone: the mount shows what all the disk's files allow.
+#[test]
+fn a_flat_disks_data_file_narrows_its_modes() {
+    let Some((t, _)) = fuse_test_repo() else {
+        return;
+    };
+    open_test_dir(&t);
+    let folder = t.path("flat01");
+    std::fs::create_dir_all(&folder).unwrap();
+    qemu_img(&[
+        "create",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        folder.join("flat01.vmdk").to_str().unwrap(),
+        "2M",
+    ]);
+    std::fs::write(
+        folder.join("flat01.vmx"),
+        "displayName = \"flat01\"\nscsi0:0.fileName = \"flat01.vmdk\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(folder.join("flat01.vmdk"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    std::fs::set_permissions(
+        folder.join("flat01-flat.vmdk"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    t.ok(&["backup", "vm", folder.to_str().unwrap()]);
+    let mnt = t.path("mnt");
+    let _guard = MountGuard::mount_with(&t, &mnt, &["--allow-other"]);
+    let data = mnt.join("vms/flat01/latest/flat01-flat.vmdk");
+    assert_eq!(std::fs::metadata(&data).unwrap().mode() & 0o777, 0o400);
+    assert!(!nobody_reads(&data).status.success(), "nobody read a root-only disk");
+}
+
 #[test]
 fn trusted_xattrs_are_hidden_from_unprivileged_users() {
     let Some((t, src)) = fuse_test_repo() else {
