@@ -96,14 +96,17 @@ pub fn restore_files<M: Sync>(
         .unwrap_or(2)
         .max(2);
     let (jobs, job_rx) = bounded::<Job>(threads * 4);
+    let replacements = Replacements {
+        pending: Mutex::new(Vec::new()),
+    };
 
     let walked = std::thread::scope(|scope| -> Result<()> {
         for _ in 0..threads {
             let rx = job_rx.clone();
-            let outcome = &outcome;
+            let (outcome, replacements) = (&outcome, &replacements);
             scope.spawn(move || {
                 for job in rx {
-                    run_job(repo, job, outcome, progress);
+                    run_job(repo, job, outcome, replacements, progress);
                 }
             });
         }
@@ -129,6 +132,8 @@ pub fn restore_files<M: Sync>(
         }
         Ok(())
     });
+    replacements.finish(&outcome);
+    drop(replacements);
     walked?;
 
     let mut summary = outcome.summary.into_inner().expect("summary lock");
@@ -559,9 +564,76 @@ fn apply_metadata(
         .at("setting times of", shown)
 }
 
+/// Files that replace existing ones, complete and waiting for their
+/// rename. One `syncfs` per batch makes their data durable: an fsync per
+/// file made in-place restores about four times slower.
+struct Replacements<'a> {
+    pending: Mutex<Vec<Replacement<'a>>>,
+}
+
+struct Replacement<'a> {
+    dir: Arc<OpenDir<'a>>,
+    partial: OsString,
+    name: OsString,
+    shown: PathBuf,
+    file: std::fs::File,
+}
+
+const REPLACEMENT_BATCH: usize = 256;
+
+impl<'a> Replacements<'a> {
+    fn add(&self, replacement: Replacement<'a>, outcome: &Outcome) {
+        let batch = {
+            let mut pending = self.pending.lock().expect("replacements lock");
+            pending.push(replacement);
+            if pending.len() < REPLACEMENT_BATCH {
+                return;
+            }
+            std::mem::take(&mut *pending)
+        };
+        commit_replacements(batch, outcome);
+    }
+
+    fn finish(&self, outcome: &Outcome) {
+        let batch = std::mem::take(&mut *self.pending.lock().expect("replacements lock"));
+        commit_replacements(batch, outcome);
+    }
+}
+
+/// Syncs each file system the batch is on once, then renames every file
+/// over the one it replaces.
+fn commit_replacements(batch: Vec<Replacement>, outcome: &Outcome) {
+    let mut synced: HashMap<u64, nix::Result<()>> = HashMap::new();
+    for r in batch {
+        let device = nix::sys::stat::fstat(r.file.as_raw_fd()).map(|st| st.st_dev);
+        let sync = match device {
+            Ok(dev) => *synced
+                .entry(dev)
+                .or_insert_with(|| nix::unistd::syncfs(r.file.as_raw_fd())),
+            Err(e) => Err(e),
+        };
+        let result = sync
+            .at("syncing", &r.shown)
+            .and_then(|()| fsops::commit_partial(&r.dir.fd, &r.partial, &r.name, &r.shown));
+        match result {
+            Ok(()) => outcome.record(|s| s.files += 1),
+            Err(e) => {
+                fsops::discard_partial(&r.dir.fd, &r.partial);
+                outcome.fail(&r.shown, &e);
+            }
+        }
+    }
+}
+
 /// Runs one job; a failure is the entry's own and is reported, the rest of
 /// the restore goes on.
-fn run_job<M>(repo: &Repository<M>, job: Job, outcome: &Outcome, progress: &Progress) {
+fn run_job<'a, M>(
+    repo: &Repository<M>,
+    job: Job<'a>,
+    outcome: &Outcome,
+    replacements: &Replacements<'a>,
+    progress: &Progress,
+) {
     match job {
         Job::File {
             dir,
@@ -572,17 +644,32 @@ fn run_job<M>(repo: &Repository<M>, job: Job, outcome: &Outcome, progress: &Prog
             link,
         } => {
             let name = os(&node.name);
-            let result = crate::interrupt::check()
-                .and_then(|()| fill_file(repo, &file, &node, &shown, outcome, progress))
-                .and_then(|()| {
-                    // Replacing an existing file: its data must be on disk
-                    // before the rename, or a crash could leave an empty
-                    // file where the good copy was.
-                    if fsops::exists_at(&dir.fd, name) {
-                        file.sync_all().at("syncing", &shown)?;
-                    }
-                    fsops::commit_partial(&dir.fd, &partial, name, &shown)
-                });
+            let filled = crate::interrupt::check()
+                .and_then(|()| fill_file(repo, &file, &node, &shown, outcome, progress));
+            // Replacing an existing file: its data must be on disk before
+            // the rename, or a crash could leave an empty file where the
+            // good copy was. Such files are renamed in batches after one
+            // sync (hard-linked ones at once: their links wait for them).
+            let replacing = filled.is_ok() && fsops::exists_at(&dir.fd, name);
+            if replacing && link.is_none() {
+                replacements.add(
+                    Replacement {
+                        dir,
+                        partial,
+                        name: name.to_os_string(),
+                        shown,
+                        file,
+                    },
+                    outcome,
+                );
+                return;
+            }
+            let result = filled.and_then(|()| {
+                if replacing {
+                    file.sync_all().at("syncing", &shown)?;
+                }
+                fsops::commit_partial(&dir.fd, &partial, name, &shown)
+            });
             match result {
                 Ok(()) => {
                     outcome.record(|s| s.files += 1);

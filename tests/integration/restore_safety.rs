@@ -162,6 +162,34 @@ fn in_place_restore_replaces_entries_whole() {
     no_partial_files(&target);
 }
 
+/// Replaced files are renamed in batches after a sync: enough files for
+/// several batches all come back.
+#[test]
+fn in_place_restore_of_many_files_replaces_every_one() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    for d in 0..3 {
+        std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..300 {
+            std::fs::write(src.join(format!("d{d}/f{f}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    t.backup(&src, "s");
+    let target = t.path("target");
+    t.restore("s@latest", &target);
+    let restored = under(&target, &src);
+    for d in 0..3 {
+        for f in 0..300 {
+            std::fs::write(restored.join(format!("d{d}/f{f}")), b"changed").unwrap();
+        }
+    }
+    let out = t.run(&["restore", "files", "s@latest", "--to", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", err_text(&out));
+    assert!(out_text(&out).contains("restored 900 files"), "{}", out_text(&out));
+    assert_same_tree(&src, &restored);
+    no_partial_files(&target);
+}
+
 /// A reader that opened the repository before `prune` repacked its data
 /// keeps reading it: it follows the chunks to their new pack.
 #[test]
