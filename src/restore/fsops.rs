@@ -218,16 +218,32 @@ pub fn set_symlink_metadata(
     times: (&nix::sys::time::TimeSpec, &nix::sys::time::TimeSpec),
     shown: &Path,
 ) -> Result<()> {
-    if let Some((uid, gid)) = owner {
-        nix::unistd::fchownat(
-            Some(fd.as_raw_fd()),
-            "",
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .at("setting owner of", shown)?;
-    }
+    chown_entry(fd, owner, shown)?;
+    set_entry_times(fd, times, shown)
+}
+
+/// Changes the owner of the entry an `O_PATH` descriptor holds.
+fn chown_entry(fd: &OwnedFd, owner: Option<(u32, u32)>, shown: &Path) -> Result<()> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    nix::unistd::fchownat(
+        Some(fd.as_raw_fd()),
+        "",
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .at("setting owner of", shown)
+}
+
+/// Sets the times of the entry an `O_PATH` descriptor holds (a symlink's
+/// own, not its target's).
+fn set_entry_times(
+    fd: &OwnedFd,
+    times: (&nix::sys::time::TimeSpec, &nix::sys::time::TimeSpec),
+    shown: &Path,
+) -> Result<()> {
     let times = [*times.0.as_ref(), *times.1.as_ref()];
     // SAFETY: a valid descriptor, a NUL-terminated empty path and two
     // timespecs; utimensat reads nothing else.
@@ -269,7 +285,7 @@ pub fn exists_at(parent: &OwnedFd, name: &OsStr) -> bool {
 
 /// The `/proc/self/fd` name of an `O_PATH` descriptor: calls through it
 /// reach exactly the inode the descriptor holds (the kernel resolves the
-/// magic link to it, not to a path), which is how `chmod` and `utimensat`
+/// magic link to it, not to a path), which is how `chmod` and `linkat`
 /// act on such a descriptor.
 fn proc_path(fd: BorrowedFd) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -285,32 +301,15 @@ pub fn set_special_metadata(
     times: (&nix::sys::time::TimeSpec, &nix::sys::time::TimeSpec),
     shown: &Path,
 ) -> Result<()> {
-    if let Some((uid, gid)) = owner {
-        nix::unistd::fchownat(
-            Some(fd.as_raw_fd()),
-            "",
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            AtFlags::AT_EMPTY_PATH,
-        )
-        .at("setting owner of", shown)?;
-    }
-    let path = proc_path(fd.as_fd());
+    chown_entry(fd, owner, shown)?;
     nix::sys::stat::fchmodat(
         None,
-        &path,
+        &proc_path(fd.as_fd()),
         Mode::from_bits_truncate(mode),
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .at("setting mode of", shown)?;
-    nix::sys::stat::utimensat(
-        None,
-        &path,
-        times.0,
-        times.1,
-        nix::sys::stat::UtimensatFlags::FollowSymlink,
-    )
-    .at("setting times of", shown)
+    set_entry_times(fd, times, shown)
 }
 
 pub fn no_follow() -> AtFlags {
