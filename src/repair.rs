@@ -241,16 +241,17 @@ fn rebuild(
 }
 
 fn list_packs(repo: &Repository<Exclusive>, report: &mut RepairReport) -> Result<Vec<PackObject>> {
-    let mut names: Vec<(String, Tier)> = Vec::new();
+    // Warm packs first: a chunk also in a cold pack then stays warm (see
+    // `index_pack`).
+    let mut names: Vec<(String, Tier)> = repo
+        .store()
+        .list("packs/")?
+        .into_iter()
+        .map(|n| (n, Tier::Warm))
+        .collect();
     if let Ok(cold) = repo.cold_store() {
         names.extend(cold.list("packs/")?.into_iter().map(|n| (n, Tier::Cold)));
     }
-    names.extend(
-        repo.store()
-            .list("packs/")?
-            .into_iter()
-            .map(|n| (n, Tier::Warm)),
-    );
     let mut out = Vec::with_capacity(names.len());
     for (name, tier) in names {
         match pack::id_from_object_name(&name) {
@@ -301,20 +302,21 @@ fn index_pack(
     size: u64,
     entries: &[PackEntry],
 ) -> Result<()> {
-    let record = PackRecord {
-        tier,
-        metadata: !entries.is_empty() && entries.iter().all(|e| e.kind.is_metadata()),
-        size,
-        chunk_count: entries.len() as u32,
-        live_bytes: entries.iter().map(|e| e.stored_len as u64).sum(),
-        created: now().sec,
-    };
     let mut indexed = Vec::with_capacity(entries.len());
     for entry in entries {
         if tier == Tier::Warm || !repo.index().has_warm_chunk(&entry.id)? {
             indexed.push(*entry);
         }
     }
+    let record = PackRecord {
+        tier,
+        metadata: !entries.is_empty() && entries.iter().all(|e| e.kind.is_metadata()),
+        size,
+        chunk_count: entries.len() as u32,
+        // Only what the index points at here is live.
+        live_bytes: indexed.iter().map(|e| e.stored_len as u64).sum(),
+        created: now().sec,
+    };
     repo.index().add_pack(id, &record, &indexed)
 }
 
