@@ -39,11 +39,10 @@ pub enum Error {
     #[error("repository is busy: {holder}")]
     Busy { holder: String },
 
-    #[error("repository index (RocksDB at {path}): {source}")]
-    Index {
-        path: PathBuf,
-        source: rocksdb::Error,
-    },
+    /// The index's own failure, as text: the database behind the index is
+    /// an implementation detail the error type does not expose.
+    #[error("repository index (RocksDB at {path}): {detail}")]
+    Index { path: PathBuf, detail: String },
 
     #[error("chunk {id} is not in the repository index")]
     ChunkMissing { id: ChunkId },

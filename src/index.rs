@@ -121,9 +121,9 @@ impl Index {
             _ => WRITER_BLOCK_CACHE_BYTES,
         };
         let (mut opts, cfs) = options(cache_bytes);
-        let wrap = |source| Error::Index {
+        let wrap = |source: rocksdb::Error| Error::Index {
             path: path.to_path_buf(),
-            source,
+            detail: source.into_string(),
         };
         let creating = matches!(access, IndexAccess::Create | IndexAccess::Rebuild);
         if !creating && !path.join("CURRENT").exists() {
@@ -214,7 +214,7 @@ impl Index {
     fn err(&self, source: rocksdb::Error) -> Error {
         Error::Index {
             path: self.path.clone(),
-            source,
+            detail: source.into_string(),
         }
     }
 
