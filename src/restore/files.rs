@@ -15,7 +15,7 @@
 //! one.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -393,11 +393,10 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
             }
             NodeKind::File { .. } => self.queue_file(parent, rel, node)?,
             NodeKind::Symlink { target } => {
-                let partial = fsops::partial_name();
                 let owner = self.outcome.is_root.then_some((node.uid, node.gid));
                 let times = (&timespec(node.atime), &timespec(node.mtime));
-                self.in_place(parent, &partial, &rel, || {
-                    let fd = fsops::make_symlink(&parent.fd, &partial, os(target), &rel)?;
+                self.in_place(parent, &rel, |partial| {
+                    let fd = fsops::make_symlink(&parent.fd, partial, os(target), &rel)?;
                     fsops::set_symlink_metadata(&fd, owner, times, &rel).map(|()| true)
                 })?;
             }
@@ -407,11 +406,10 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
                     NodeKind::BlockDevice { rdev } => (SpecialKind::BlockDevice, rdev),
                     _ => (SpecialKind::Fifo, 0),
                 };
-                let partial = fsops::partial_name();
                 let owner = self.outcome.is_root.then_some((node.uid, node.gid));
                 let times = (&timespec(node.atime), &timespec(node.mtime));
-                self.in_place(parent, &partial, &rel, || {
-                    match fsops::make_special(&parent.fd, &partial, kind, rdev, &rel) {
+                self.in_place(parent, &rel, |partial| {
+                    match fsops::make_special(&parent.fd, partial, kind, rdev, &rel) {
                         Ok(fd) => fsops::set_special_metadata(&fd, owner, node.mode, times, &rel)
                             .map(|()| true),
                         Err(Error::Io { source, .. })
@@ -436,19 +434,20 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
         Ok(())
     }
 
-    /// Makes an entry under `partial` with `make` and renames it into
-    /// place. A failure is that entry's own: it is reported, the partial
-    /// entry removed, and the restore goes on (unless interrupted).
+    /// Makes an entry under a temporary name with `make` and renames it
+    /// into place. A failure is that entry's own: it is reported, the
+    /// partial entry removed, and the restore goes on (unless interrupted).
     /// `make` returns false when it skipped the entry (with a warning).
     fn in_place(
         &self,
         parent: &OpenDir,
-        partial: &OsString,
         rel: &Path,
-        make: impl FnOnce() -> Result<bool>,
+        make: impl FnOnce(&OsStr) -> Result<bool>,
     ) -> Result<()> {
         let name = rel.file_name().expect("restored entries have a name");
-        let made = make().and_then(|made| {
+        let partial = fsops::partial_name();
+        let partial = partial.as_os_str();
+        let made = make(partial).and_then(|made| {
             if made {
                 fsops::commit_partial(&parent.fd, partial, name, rel)?;
             }

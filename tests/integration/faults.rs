@@ -7,10 +7,6 @@ use rand::{Rng, SeedableRng};
 
 use crate::util::*;
 
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn kill_9_during_backup_loses_nothing_committed() {
     let t = TestRepo::new();

@@ -242,28 +242,8 @@ fn a_damaged_manifest_is_named_by_check_and_set_aside_by_repair() {
 }
 
 /// A repository with a cold tier.
-fn cold_repo() -> TestRepo {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    let cold = dir.path().join("cold");
-    let out = std::process::Command::new(strata_bin())
-        .args(["--repo", repo.to_str().unwrap(), "init", "--cold"])
-        .arg(&cold)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    TestRepo { dir, repo }
-}
-
 fn backup_days_ago(t: &TestRepo, src: &Path, days: i64) {
-    let time = time::OffsetDateTime::now_utc() - time::Duration::days(days);
-    let time = time
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let time = time_days_ago(days);
     t.ok(&[
         "backup",
         "files",
@@ -277,7 +257,7 @@ fn backup_days_ago(t: &TestRepo, src: &Path, days: i64) {
 
 #[test]
 fn repair_keeps_warm_data_warm_and_live_thaws() {
-    let t = cold_repo();
+    let t = TestRepo::with_cold();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(95);
     let src = t.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -336,7 +316,7 @@ impl Drop for ChildGuard {
 
 #[test]
 fn check_stops_cleanly_on_sigterm() {
-    let t = cold_repo();
+    let t = TestRepo::with_cold();
     let src = t.path("src");
     text_files(&src, 4, 96);
     backup_days_ago(&t, &src, 400);

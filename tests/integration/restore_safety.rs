@@ -8,14 +8,6 @@ use rand::SeedableRng;
 
 use crate::util::*;
 
-fn err_text(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn out_text(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Flips one byte inside the stored copy of `data[1000..1064]`, which must
 /// be stored raw (incompressible data is).
 fn damage_stored(repo: &Path, data: &[u8]) {
@@ -67,8 +59,8 @@ fn a_refused_restore_creates_nothing() {
     // Inside the repository.
     let inside = t.repo.join("inside").join("deeper");
     let out = t.run(&["restore", "files", "s@latest", "--to", inside.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", err_text(&out));
-    assert!(err_text(&out).contains("inside the repository"), "{}", err_text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("inside the repository"), "{}", stderr_of(&out));
     assert!(!t.repo.join("inside").exists(), "the refused restore created its target");
 
     // A path that is not in the restore point.
@@ -116,15 +108,15 @@ fn a_failed_file_never_replaces_the_good_copy() {
     // A fresh target: the damaged file is absent, the other one restored.
     let fresh = t.path("fresh");
     let out = t.run(&["restore", "files", "s@latest", "--to", fresh.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "{}", err_text(&out));
-    assert!(err_text(&out).contains("victim.bin"), "{}", err_text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("victim.bin"), "{}", stderr_of(&out));
     let restored = under(&fresh, &src);
     assert!(!restored.join("victim.bin").exists(), "a damaged file was left under its name");
     assert_eq!(std::fs::read(restored.join("bystander.txt")).unwrap(), b"fine\n");
     assert!(
-        out_text(&out).contains("restored 1 files"),
+        stdout_of(&out).contains("restored 1 files"),
         "the summary counts a failed file: {}",
-        out_text(&out)
+        stdout_of(&out)
     );
     no_partial_files(&fresh);
 
@@ -184,8 +176,8 @@ fn in_place_restore_of_many_files_replaces_every_one() {
         }
     }
     let out = t.run(&["restore", "files", "s@latest", "--to", target.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", err_text(&out));
-    assert!(out_text(&out).contains("restored 900 files"), "{}", out_text(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("restored 900 files"), "{}", stdout_of(&out));
     assert_same_tree(&src, &restored);
     no_partial_files(&target);
 }
@@ -257,7 +249,7 @@ fn a_refused_vm_restore_creates_nothing() {
         vec!["restore", "disk", "db@latest", "image", "--to", inside.to_str().unwrap()],
     ] {
         let out = t.run(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", err_text(&out));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
         assert!(!inside.exists(), "{args:?} created its refused target");
     }
 }

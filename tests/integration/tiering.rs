@@ -17,25 +17,7 @@ struct Tiered {
 /// A repository with a cold tier, an old restore point (400 days ago) and
 /// a new one sharing a file with it.
 fn tiered(seed: u64) -> Tiered {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    let cold = dir.path().join("cold");
-    let out = std::process::Command::new(strata_bin())
-        .args([
-            "--repo",
-            repo.to_str().unwrap(),
-            "init",
-            "--cold",
-            cold.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t = TestRepo { dir, repo };
+    let t = TestRepo::with_cold();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let src = t.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -63,12 +45,6 @@ fn tiered(seed: u64) -> Tiered {
     std::fs::write(src.join("new-only"), random_bytes(&mut rng, 2_000_000)).unwrap();
     t.backup(&src, "s");
     Tiered { t, src, old_copy }
-}
-
-fn time_days_ago(days: i64) -> String {
-    let t = time::OffsetDateTime::now_utc() - time::Duration::days(days);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
 }
 
 fn old_selector(t: &TestRepo) -> String {

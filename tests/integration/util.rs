@@ -34,6 +34,22 @@ impl TestRepo {
         t
     }
 
+    /// A repository with a cold tier at `cold` beside it.
+    pub fn with_cold() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let cold = dir.path().join("cold");
+        let out = Command::new(strata_bin())
+            .arg("--repo")
+            .arg(&repo)
+            .args(["init", "--cold"])
+            .arg(&cold)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        TestRepo { dir, repo }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -83,6 +99,21 @@ impl TestRepo {
     pub fn restore(&self, rp: &str, to: &Path) {
         self.ok(&["restore", "files", rp, "--to", to.to_str().unwrap()]);
     }
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An RFC 3339 time `days` days before now, for `--time`.
+pub fn time_days_ago(days: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() - time::Duration::days(days);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 /// `path` re-rooted under `target`, as restore lays it out.
