@@ -13,13 +13,12 @@ use std::collections::{HashMap, HashSet};
 use crate::disk::map::{DiskMapPage, PAGE_ENTRIES};
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
-use crate::pack::{self, decode_chunk, PackEntry};
+use crate::pack::{self, PackEntry};
 use crate::progress::Progress;
 use crate::reachability::read_manifests;
 use crate::repository::Repository;
 use crate::restore_point::RestorePointKind;
 use crate::restore_point::{format_time_exact, RestorePoint};
-use crate::storage::ObjectStore;
 use crate::tree::{Extent, NodeKind};
 use crate::vm::description::VmDescription;
 
@@ -56,7 +55,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     let mut listed_packs = HashSet::new();
     let mut matched = 0u64;
 
-    let names = repo.store().list("packs/")?;
+    let names = repo.store().list_all("packs/")?;
     if read_data {
         let total: u64 = names.iter().filter_map(|n| repo.store().size(n).ok()).sum();
         progress.inc_length(total);
@@ -64,7 +63,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     // Cold packs: their trailers are checked against the index; their data
     // is not read, since reading the archival tier is what thaw is for.
     if let Ok(cold) = repo.cold_store() {
-        for name in cold.list("packs/")? {
+        for name in cold.list_all("packs/")? {
             crate::interrupt::check()?;
             let Some(pack_id) = pack::id_from_object_name(&name) else {
                 continue;
@@ -147,7 +146,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
             }
         }
         if let Some(bytes) = bytes {
-            verify_pack_data(&bytes, &pack_id, &entries, &mut damaged, &mut report)?;
+            verify_pack_data(repo.codec(), &bytes, &pack_id, &entries, &mut damaged, &mut report)?;
             progress.inc(bytes.len() as u64);
         }
     }
@@ -197,7 +196,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
             "manifest {name}: {cause} (`strata repair index` sets its restore point aside)"
         ));
     }
-    let set_aside = repo.store().list(crate::repair::DAMAGED_PREFIX)?;
+    let set_aside = repo.store().list_all(crate::repair::DAMAGED_PREFIX)?;
     if !set_aside.is_empty() {
         report.warnings.push(format!(
             "{} damaged objects set aside by `strata repair index` in {}/{}",
@@ -239,6 +238,7 @@ fn pack_exists<M>(repo: &Repository<M>, location: &crate::index::ChunkLocation) 
 }
 
 fn verify_pack_data(
+    codec: &crate::pack::ChunkCodec,
     bytes: &[u8],
     pack_id: &PackId,
     entries: &[PackEntry],
@@ -260,7 +260,7 @@ fn verify_pack_data(
             );
             continue;
         };
-        match decode_chunk(entry, pack_id, stored) {
+        match codec.decode(entry, pack_id, stored) {
             Ok(plain) => report.bytes_verified += plain.len() as u64,
             Err(e) => {
                 damaged.insert(entry.id, (*pack_id, e.to_string()));

@@ -62,11 +62,21 @@ fn repo_path(cli_repo: &Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn open(path: &Path) -> Result<Repository> {
-    Ok(Repository::open(path)?)
+    Ok(Repository::open_with(path, &open_options())?)
 }
 
 fn open_exclusive(path: &Path, command: &str) -> Result<Repository<Exclusive>> {
-    Ok(Repository::open_exclusive(path, command)?)
+    Ok(Repository::open_exclusive_with(path, command, &open_options())?)
+}
+
+/// `STRATA_COLD_DELAY_MS` makes every cold-tier request slow, to rehearse
+/// an archival backend (see the README's tiering section).
+fn open_options() -> strata::repository::OpenOptions {
+    let cold_delay = std::env::var("STRATA_COLD_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis);
+    strata::repository::OpenOptions { cold_delay }
 }
 
 fn print_json(value: &serde_json::Value) -> Result<()> {

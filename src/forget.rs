@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::id::RestorePointId;
 use crate::repository::{Exclusive, Repository};
 use crate::restore_point::{self, RestorePoint};
-use crate::storage::ObjectStore;
 
 #[derive(Debug, Clone, Default)]
 pub struct KeepPolicy {

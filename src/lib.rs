@@ -31,6 +31,7 @@ pub mod lock;
 pub mod mount;
 pub mod notify;
 pub mod pack;
+pub mod packs;
 pub mod progress;
 pub mod prune;
 pub mod reachability;

@@ -8,16 +8,15 @@
 //! Each chunk is compressed on its own, so any chunk can be read without
 //! its neighbours.
 
+pub mod codec;
 pub mod reader;
 pub mod writer;
 
-use std::cell::RefCell;
-
-use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 
+pub use codec::{ChunkCodec, ChunkEncoder, CompressedChunk};
 pub use reader::read_trailer;
-pub use writer::PackWriter;
+pub use writer::{FinishedPack, PackWriter};
 
 /// Upper bound on a chunk's raw or stored size. Data chunks are at most the
 /// chunker's maximum (16 MiB); trees of huge directories may be larger.
@@ -94,125 +93,9 @@ pub fn id_from_object_name(name: &str) -> Option<PackId> {
     file.strip_suffix(".pack")?.parse().ok()
 }
 
-/// A chunk ready to be appended to a pack.
-pub struct CompressedChunk {
-    pub id: ChunkId,
-    pub kind: ChunkKind,
-    pub raw_len: u32,
-    pub compression: Compression,
-    pub bytes: Vec<u8>,
-}
-
-/// Compresses chunks with one reusable zstd context; one per thread.
-pub struct ChunkCompressor {
-    zstd: zstd::bulk::Compressor<'static>,
-    scratch: Vec<u8>,
-}
-
-impl ChunkCompressor {
-    pub fn new(level: i32) -> Result<Self> {
-        let zstd = zstd::bulk::Compressor::new(level)
-            .map_err(|e| Error::InvalidInput(format!("zstd level {level}: {e}")))?;
-        Ok(ChunkCompressor {
-            zstd,
-            scratch: Vec::new(),
-        })
-    }
-
-    /// Compresses `data`, falling back to storing it raw when compression
-    /// does not shrink it (already-compressed or random data).
-    pub fn compress(&mut self, id: ChunkId, kind: ChunkKind, data: Vec<u8>) -> CompressedChunk {
-        let raw_len = data.len() as u32;
-        self.scratch.clear();
-        self.scratch
-            .reserve(zstd::zstd_safe::compress_bound(data.len()));
-        match self.zstd.compress_to_buffer(&data, &mut self.scratch) {
-            Ok(n) if n < data.len() => CompressedChunk {
-                id,
-                kind,
-                raw_len,
-                compression: Compression::Zstd,
-                bytes: self.scratch[..n].to_vec(),
-            },
-            _ => CompressedChunk {
-                id,
-                kind,
-                raw_len,
-                compression: Compression::None,
-                bytes: data,
-            },
-        }
-    }
-}
-
-thread_local! {
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-}
-
-/// Turns a chunk's stored bytes back into its plaintext and verifies that
-/// the plaintext hashes to the chunk's id; damage never yields wrong bytes.
-pub fn decode_chunk(entry: &PackEntry, pack: &PackId, stored: &[u8]) -> Result<Vec<u8>> {
-    let damaged = |detail: String| Error::ChunkDamaged {
-        id: entry.id,
-        pack: *pack,
-        detail,
-    };
-    if entry.raw_len > MAX_CHUNK_LEN {
-        return Err(damaged(format!(
-            "raw length {} exceeds the limit",
-            entry.raw_len
-        )));
-    }
-    let plain = match entry.compression {
-        Compression::None => stored.to_vec(),
-        Compression::Zstd => DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| damaged(format!("zstd context: {e}")))?,
-                );
-            }
-            let decompressor = slot.as_mut().expect("just set");
-            decompressor
-                .decompress(stored, entry.raw_len as usize)
-                .map_err(|e| damaged(format!("zstd: {e}")))
-        })?,
-    };
-    if plain.len() != entry.raw_len as usize {
-        return Err(damaged(format!(
-            "decompressed to {} bytes, expected {}",
-            plain.len(),
-            entry.raw_len
-        )));
-    }
-    if ChunkId::of(&plain) != entry.id {
-        return Err(damaged("content does not match its BLAKE3 id".into()));
-    }
-    Ok(plain)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn incompressible_chunks_are_stored_raw() {
-        let mut c = ChunkCompressor::new(3).unwrap();
-        let random: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        let zeros = vec![0u8; 4096];
-        assert_eq!(
-            c.compress(ChunkId::of(&zeros), ChunkKind::Data, zeros)
-                .compression,
-            Compression::Zstd
-        );
-        let stored = c.compress(ChunkId::of(&random), ChunkKind::Data, random.clone());
-        if stored.compression == Compression::None {
-            assert_eq!(stored.bytes, random);
-        }
-    }
 
     #[test]
     fn object_names_round_trip() {

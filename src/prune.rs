@@ -23,11 +23,11 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{PackRecord, Tier};
-use crate::pack::{self, CompressedChunk, PackEntry, PackWriter};
+use crate::pack::{self, CompressedChunk, PackEntry};
+use crate::packs::OpenPack;
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, read_manifests, ChunkFilter};
 use crate::repository::{Exclusive, Repository};
-use crate::storage::{LocalStore, ObjectStore};
 
 pub struct PruneOptions {
     /// Packs whose live bytes are below this fraction of their bytes are
@@ -110,21 +110,13 @@ struct PackState {
     live: Vec<bool>,
 }
 
-/// The store holding a tier's packs.
-fn store_of(repo: &Repository<Exclusive>, tier: Tier) -> Result<&LocalStore> {
-    match tier {
-        Tier::Warm => Ok(repo.store()),
-        Tier::Cold => repo.cold_store(),
-    }
-}
-
 fn inspect(
     repo: &Repository<Exclusive>,
     tier: Tier,
     id: &PackId,
     filter: &ChunkFilter,
 ) -> Result<PackState> {
-    let entries = pack::read_trailer(store_of(repo, tier)?, &pack::object_name(id))?;
+    let entries = repo.packs().trailer(tier, id)?;
     let mut indexed = Vec::with_capacity(entries.len());
     let mut live = Vec::with_capacity(entries.len());
     for entry in &entries {
@@ -162,7 +154,7 @@ impl PackState {
 struct Repacker<'r> {
     repo: &'r Repository<Exclusive>,
     /// Open output packs per (tier, metadata class).
-    writers: HashMap<(Tier, bool), PackWriter>,
+    writers: HashMap<(Tier, bool), OpenPack>,
     /// Old packs (with their dead indexed ids) waiting for their live
     /// chunks' new pack to be sealed.
     waiting: HashMap<(Tier, bool), Vec<DeadPack>>,
@@ -177,23 +169,20 @@ impl Repacker<'_> {
         report: &mut PruneReport,
     ) -> Result<()> {
         let class = (record.tier, record.metadata);
-        let staging = self.repo.store().staging_dir();
-        let name = pack::object_name(&old);
-        let source = store_of(self.repo, record.tier)?;
+        let packs = self.repo.packs();
         for (i, entry) in state.entries.iter().enumerate() {
             if !state.live[i] {
                 continue;
             }
-            let mut bytes = vec![0u8; entry.stored_len as usize];
-            source.read_at(&name, entry.offset, &mut bytes)?;
+            let bytes = packs.read_stored(record.tier, &old, entry)?;
             // Verify before copying: never spread damage into a new pack.
-            pack::decode_chunk(entry, &old, &bytes)?;
+            packs.codec().decode(entry, &old, &bytes)?;
             let writer = match self.writers.get_mut(&class) {
                 Some(w) => w,
                 None => self
                     .writers
                     .entry(class)
-                    .or_insert(PackWriter::create(&staging)?),
+                    .or_insert(packs.open(class.0, class.1)?),
             };
             writer.append(&CompressedChunk {
                 id: entry.id,
@@ -209,7 +198,7 @@ impl Repacker<'_> {
         if self
             .writers
             .get(&class)
-            .is_some_and(|w| w.len() >= self.repo.config().pack_target_size)
+            .is_some_and(OpenPack::is_full)
         {
             self.seal(class, report)?;
         }
@@ -218,25 +207,10 @@ impl Repacker<'_> {
 
     fn seal(&mut self, class: (Tier, bool), report: &mut PruneReport) -> Result<()> {
         if let Some(writer) = self.writers.remove(&class) {
-            if writer.is_empty() {
-                writer.abandon();
-            } else {
-                let finished = writer.finish()?;
-                store_of(self.repo, class.0)?
-                    .put_file(&pack::object_name(&finished.id), &finished.staging_path)?;
-                let record = PackRecord {
-                    tier: class.0,
-                    metadata: class.1,
-                    size: finished.len,
-                    chunk_count: finished.entries.len() as u32,
-                    live_bytes: finished.entries.iter().map(|e| e.stored_len as u64).sum(),
-                    created: crate::restore_point::now().sec,
-                };
-                self.repo
-                    .index()
-                    .add_pack(finished.id, &record, &finished.entries)?;
+            if !writer.is_empty() {
+                let sealed = self.repo.seal_pack(writer)?;
                 report.packs_written += 1;
-                report.bytes_rewritten += finished.len;
+                report.bytes_rewritten += sealed.len;
             }
         }
         for (old, dead) in self.waiting.remove(&class).unwrap_or_default() {
@@ -268,11 +242,8 @@ fn drop_pack(
     dead: &[ChunkId],
     report: &mut PruneReport,
 ) -> Result<()> {
-    let name = pack::object_name(id);
-    let store = store_of(repo, tier)?;
-    let size = store.size(&name).unwrap_or(0);
     repo.index().remove_pack(id, dead)?;
-    store.delete(&name)?;
+    let size = repo.packs().delete(tier, id)?;
     if tier == Tier::Cold && repo.index().pack_thawed_until(id)?.is_some() {
         crate::tier::remove_pack_thaw(repo, id)?;
     }
@@ -358,7 +329,8 @@ pub fn prune(
             .packs()
             .map(|p| p.map(|(id, _)| id))
             .collect::<Result<_>>()?;
-        for name in repo.store().list("packs/")? {
+        for name in repo.store().list("packs/") {
+            let name = name?;
             crate::interrupt::check()?;
             let Some(id) = pack::id_from_object_name(&name) else {
                 continue;

@@ -26,7 +26,7 @@ pub struct Manifests {
 
 pub fn read_manifests(store: &dyn ObjectStore) -> Result<Manifests> {
     let mut out = Manifests::default();
-    for name in store.list("manifests/")? {
+    for name in store.list_all("manifests/")? {
         crate::interrupt::check()?;
         let Some(id) = restore_point::id_from_object_name(&name) else {
             continue;

@@ -23,12 +23,12 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, RestorePointId};
 use crate::index::{PackRecord, Tier};
-use crate::pack::{self, ChunkKind, CompressedChunk, PackEntry, PackWriter};
+use crate::pack::{self, ChunkKind, CompressedChunk, PackEntry};
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, read_manifests};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
 use crate::restore_point::{format_time, now, RestorePoint};
-use crate::storage::{LocalStore, ObjectStore};
+use crate::storage::ObjectStore;
 use crate::tier;
 
 /// Where damaged objects are set aside, in the store that held them.
@@ -139,13 +139,6 @@ struct PackObject {
     tier: Tier,
 }
 
-fn store_of(repo: &Repository<Exclusive>, tier: Tier) -> Result<&LocalStore> {
-    match tier {
-        Tier::Warm => Ok(repo.store()),
-        Tier::Cold => repo.cold_store(),
-    }
-}
-
 fn tier_name(tier: Tier) -> String {
     match tier {
         Tier::Warm => "warm".into(),
@@ -164,7 +157,7 @@ pub fn repair_index(repo: &mut Repository<Exclusive>, progress: &Progress) -> Re
     for object in &packs {
         crate::interrupt::check()?;
         progress.inc(1);
-        if let Err(e) = pack::read_trailer(store_of(repo, object.tier)?, &object.name) {
+        if let Err(e) = pack::read_trailer(repo.packs().store(object.tier)?, &object.name) {
             damaged.insert(object.id, e);
         }
     }
@@ -207,7 +200,7 @@ fn rebuild(
     for object in packs {
         crate::interrupt::check()?;
         progress.inc(1);
-        let store = store_of(repo, object.tier)?;
+        let store = repo.packs().store(object.tier)?;
         match before.damaged.remove(&object.id) {
             None => match pack::read_trailer(store, &object.name) {
                 Ok(entries) => {
@@ -245,12 +238,12 @@ fn list_packs(repo: &Repository<Exclusive>, report: &mut RepairReport) -> Result
     // `index_pack`).
     let mut names: Vec<(String, Tier)> = repo
         .store()
-        .list("packs/")?
+        .list_all("packs/")?
         .into_iter()
         .map(|n| (n, Tier::Warm))
         .collect();
     if let Ok(cold) = repo.cold_store() {
-        names.extend(cold.list("packs/")?.into_iter().map(|n| (n, Tier::Cold)));
+        names.extend(cold.list_all("packs/")?.into_iter().map(|n| (n, Tier::Cold)));
     }
     let mut out = Vec::with_capacity(names.len());
     for (name, tier) in names {
@@ -346,7 +339,7 @@ fn salvage_pack(
     hints: &[PackEntry],
     report: &mut RepairReport,
 ) -> Result<()> {
-    let store = store_of(repo, object.tier)?;
+    let store = repo.packs().store(object.tier)?;
     let bytes = match store.get(&object.name) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -357,7 +350,7 @@ fn salvage_pack(
     let salvaged = pack::reader::salvage(&bytes, &object.id, hints, &classify);
     let mut new_pack = None;
     if !salvaged.entries.is_empty() {
-        let mut writer = PackWriter::create(&repo.store().staging_dir())?;
+        let mut writer = repo.packs().open(object.tier, false)?;
         for entry in &salvaged.entries {
             let start = entry.offset as usize;
             writer.append(&CompressedChunk {
@@ -368,18 +361,12 @@ fn salvage_pack(
                 bytes: bytes[start..start + entry.stored_len as usize].to_vec(),
             })?;
         }
-        let finished = writer.finish()?;
-        store.put_file(&pack::object_name(&finished.id), &finished.staging_path)?;
-        index_pack(
-            repo,
-            finished.id,
-            object.tier,
-            finished.len,
-            &finished.entries,
-        )?;
+        // Indexed by the rules of a rebuild, not as a fresh pack.
+        let sealed = repo.packs().seal(writer)?;
+        index_pack(repo, sealed.id, object.tier, sealed.len, &sealed.entries)?;
         report.packs += 1;
-        report.chunks += finished.entries.len() as u64;
-        new_pack = Some(finished.id);
+        report.chunks += sealed.entries.len() as u64;
+        new_pack = Some(sealed.id);
     }
     let moved_to = format!("{}/{DAMAGED_PREFIX}{}", store.location(), object.name);
     if new_pack == Some(object.id) {
@@ -410,7 +397,7 @@ fn salvage_pack(
 
 /// Moves an object to the damaged area of its store, durably, before
 /// removing it from where readers look.
-fn set_aside(store: &LocalStore, name: &str, bytes: &[u8]) -> Result<()> {
+fn set_aside(store: &dyn ObjectStore, name: &str, bytes: &[u8]) -> Result<()> {
     store.put(&format!("{DAMAGED_PREFIX}{name}"), bytes)?;
     store.delete(name)
 }
@@ -452,7 +439,7 @@ fn register_thaws(
     old_thaws: &HashMap<PackId, i64>,
     report: &mut RepairReport,
 ) -> Result<()> {
-    for name in repo.store().list("thaw/")? {
+    for name in repo.store().list_all("thaw/")? {
         crate::interrupt::check()?;
         if let Some(rp) = restore_point_of_record(&name) {
             match repo

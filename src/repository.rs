@@ -9,16 +9,19 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{self, RepoConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, RestorePointId};
 use crate::index::{ChunkLocation, Index, IndexAccess, Tier};
 use crate::lock::RepositoryLock;
-use crate::pack;
+use crate::pack::{self, ChunkCodec};
+use crate::packs::{OpenPack, Packs, SealedPack};
 use crate::restore_point::{self, Manifest, RestorePoint};
-use crate::storage::local::fsync_dir;
-use crate::storage::{LocalStore, ObjectStore};
+use crate::storage::local::staging_name;
+use crate::storage::{DelayedStore, LocalStore, ObjectStore};
 use crate::tree::Tree;
 
 /// Marker: may read, beside a writer.
@@ -27,30 +30,113 @@ pub struct ReadOnly;
 pub struct Exclusive;
 
 pub struct Repository<Mode = ReadOnly> {
-    root: PathBuf,
+    state: StateDir,
     config: RepoConfig,
-    store: LocalStore,
-    /// The cold tier, when one is configured.
-    cold: Option<LocalStore>,
+    /// The warm and cold tiers' stores, behind the pack service.
+    packs: Packs,
     index: Index,
     _lock: Option<RepositoryLock>,
     _mode: PhantomData<Mode>,
 }
 
-const INDEX_DIR: &str = "index";
+/// How to open a repository, beyond where it is.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Makes every cold-tier request wait this long: a rehearsal of an
+    /// archival backend on local disks.
+    pub cold_delay: Option<Duration>,
+}
 
-/// The cold tier's store. `STRATA_COLD_DELAY_MS` adds a delay to every
-/// request, to exercise code against a slow archival backend.
-fn cold_store(config: &RepoConfig) -> Option<LocalStore> {
-    let dir = config.tiers.cold_dir.as_ref()?;
-    let delay = std::env::var("STRATA_COLD_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|ms| *ms > 0);
-    Some(match delay {
-        Some(ms) => LocalStore::with_delay(dir, std::time::Duration::from_millis(ms)),
-        None => LocalStore::new(dir),
-    })
+/// The machine-local state of a repository: its index, its writer lock
+/// and scratch space. The repository's objects may live elsewhere; for a
+/// repository in a local directory, the state is kept beside them.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.root.join("index")
+    }
+
+    /// Where a data mover keeps its memory of what it read (the file
+    /// cache of incremental backups).
+    pub fn mover_dir(&self) -> PathBuf {
+        self.root.join("mover")
+    }
+
+    /// Scratch space on the state's file system, for moving a database
+    /// aside before deleting it.
+    fn scratch(&self, prefix: &str) -> Result<PathBuf> {
+        let dir = self.root.join("tmp");
+        std::fs::create_dir_all(&dir).at("creating", &dir)?;
+        Ok(dir.join(staging_name(prefix)))
+    }
+
+    /// Removes a database directory: renamed aside first, so that a crash
+    /// part-way never leaves a half-deleted database under its name.
+    fn remove_database(&self, dir: &Path, what: &str) -> Result<()> {
+        if dir.exists() {
+            let aside = self.scratch(what)?;
+            std::fs::rename(dir, &aside).at("moving aside", dir)?;
+            std::fs::remove_dir_all(&aside).at("removing", &aside)?;
+        }
+        Ok(())
+    }
+}
+
+/// The stores of a repository in a local directory (the warm tier), with
+/// the cold tier where its configuration names one. This is the one place
+/// that knows repository objects are files.
+struct LocalStores {
+    warm: LocalStore,
+    cold: Option<LocalStore>,
+}
+
+impl LocalStores {
+    fn open(root: &Path, config: &RepoConfig) -> Self {
+        LocalStores {
+            warm: LocalStore::new(root),
+            cold: config.tiers.cold_dir.as_ref().map(LocalStore::new),
+        }
+    }
+
+    /// Removes what an interrupted writer left in the staging areas.
+    fn clear_staging(&self) -> Result<()> {
+        let mut leftovers = self.warm.clear_staging()?;
+        if let Some(cold) = &self.cold {
+            leftovers += cold.clear_staging()?;
+        }
+        if leftovers > 0 {
+            tracing::info!(leftovers, "removed staging files of an interrupted run");
+        }
+        Ok(())
+    }
+
+    fn into_packs(self, config: &RepoConfig, options: &OpenOptions) -> Packs {
+        let cold = self.cold.map(|cold| {
+            let cold: Arc<dyn ObjectStore> = Arc::new(cold);
+            match options.cold_delay {
+                Some(delay) if !delay.is_zero() => Arc::new(DelayedStore::new(cold, delay)) as _,
+                _ => cold,
+            }
+        });
+        Packs::new(
+            Arc::new(self.warm),
+            cold,
+            ChunkCodec::new(config.compression_level),
+            config.pack_target_size,
+        )
+    }
 }
 
 /// Object name of a thawed copy of a cold pack, in the warm store.
@@ -70,13 +156,18 @@ fn check_layout(root: &Path) -> Result<RepoConfig> {
 
 impl Repository<ReadOnly> {
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with(root, &OpenOptions::default())
+    }
+
+    pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Self> {
         let config = check_layout(root)?;
-        let index = Index::open(&root.join(INDEX_DIR), IndexAccess::Secondary)?;
+        let state = StateDir::new(root);
+        let index = Index::open(&state.index_dir(), IndexAccess::Secondary)?;
+        let packs = LocalStores::open(root, &config).into_packs(&config, options);
         Ok(Repository {
-            root: root.to_path_buf(),
-            cold: cold_store(&config),
+            state,
             config,
-            store: LocalStore::new(root),
+            packs,
             index,
             _lock: None,
             _mode: PhantomData,
@@ -93,30 +184,18 @@ impl Repository<Exclusive> {
                 root.display()
             )));
         }
-        if root.is_dir()
-            && std::fs::read_dir(root)
-                .at("listing", root)?
-                .next()
-                .is_some()
-        {
-            return Err(Error::InvalidInput(format!(
-                "{} is not empty; give a new or empty directory",
-                root.display()
-            )));
+        let store = LocalStore::create(root)?;
+        // The layout people see in a new repository, before the first
+        // pack or manifest.
+        for dir in ["packs", "manifests"] {
+            std::fs::create_dir(root.join(dir)).at("creating", root.join(dir))?;
         }
-        std::fs::create_dir_all(root).at("creating repository", root)?;
-        for dir in ["packs", "manifests", "tmp"] {
-            let dir = root.join(dir);
-            std::fs::create_dir_all(&dir).at("creating", &dir)?;
-        }
-        let lock = RepositoryLock::acquire(root, "strata init")?;
-        Index::open(&root.join(INDEX_DIR), IndexAccess::Create)?;
-        let store = LocalStore::new(root);
+        let state = StateDir::new(root);
+        let lock = RepositoryLock::acquire(state.root(), "strata init")?;
+        Index::open(&state.index_dir(), IndexAccess::Create)?;
+        // The configuration goes last: until it exists, this is not a
+        // repository, and a crash part-way leaves nothing to mistake for one.
         store.put(RepoConfig::FILE_NAME, &config.to_json())?;
-        fsync_dir(root)?;
-        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fsync_dir(parent)?;
-        }
         drop(lock);
         Self::open_exclusive(root, "strata init")
     }
@@ -125,22 +204,21 @@ impl Repository<Exclusive> {
     /// writer left in the staging area, and catalogues any restore point
     /// whose manifest was committed just before a crash.
     pub fn open_exclusive(root: &Path, command: &str) -> Result<Self> {
+        Self::open_exclusive_with(root, command, &OpenOptions::default())
+    }
+
+    pub fn open_exclusive_with(root: &Path, command: &str, options: &OpenOptions) -> Result<Self> {
         let config = check_layout(root)?;
-        let lock = RepositoryLock::acquire(root, command)?;
-        let store = LocalStore::new(root);
-        let mut leftovers = store.clear_staging()?;
-        if let Some(cold) = cold_store(&config) {
-            leftovers += cold.clear_staging()?;
-        }
-        if leftovers > 0 {
-            tracing::info!(leftovers, "removed staging files of an interrupted run");
-        }
-        let index = Index::open(&root.join(INDEX_DIR), IndexAccess::Primary)?;
+        let state = StateDir::new(root);
+        let lock = RepositoryLock::acquire(state.root(), command)?;
+        let stores = LocalStores::open(root, &config);
+        stores.clear_staging()?;
+        let index = Index::open(&state.index_dir(), IndexAccess::Primary)?;
+        let packs = stores.into_packs(&config, options);
         let repo = Repository {
-            root: root.to_path_buf(),
-            cold: cold_store(&config),
+            state,
             config,
-            store,
+            packs,
             index,
             _lock: Some(lock),
             _mode: PhantomData,
@@ -156,7 +234,7 @@ impl Repository<Exclusive> {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
-        let names = self.store.list("manifests/")?;
+        let names = self.store().list_all("manifests/")?;
         let stored: std::collections::HashSet<_> = names
             .iter()
             .filter_map(|n| restore_point::id_from_object_name(n))
@@ -166,7 +244,7 @@ impl Repository<Exclusive> {
             self.index.remove_restore_point(id)?;
         }
         for id in stored.difference(&catalogued) {
-            let bytes = self.store.get(&restore_point::object_name(id))?;
+            let bytes = self.store().get(&restore_point::object_name(id))?;
             if let Err(e) = Manifest::decode(id, &bytes) {
                 // Not this writer's to judge: check names it, prune refuses
                 // to run beside it, and repair sets it aside.
@@ -184,30 +262,29 @@ impl Repository<Exclusive> {
     pub fn commit_restore_point(&self, manifest: &Manifest) -> Result<RestorePointId> {
         let bytes = manifest.encode();
         let id = Manifest::id_of(&bytes);
-        self.store.put(&restore_point::object_name(&id), &bytes)?;
+        self.store().put(&restore_point::object_name(&id), &bytes)?;
         self.index.add_restore_point(&id, &bytes)?;
         Ok(id)
     }
 
+    /// Seals a pack and indexes every chunk in it: durable first, then
+    /// visible.
+    pub fn seal_pack(&self, pack: OpenPack) -> Result<SealedPack> {
+        let sealed = self.packs.seal(pack)?;
+        self.index.add_pack(sealed.id, &sealed.record(), &sealed.entries)?;
+        Ok(sealed)
+    }
+
     /// Replaces the index with a fresh one; see `repair`.
     pub(crate) fn recreate_index(&mut self) -> Result<()> {
-        let dir = self.root.join(INDEX_DIR);
         // Close the old database before moving it aside.
-        let placeholder = Index::open(
-            &self.root.join("tmp").join("index-placeholder"),
-            IndexAccess::Create,
-        )?;
+        let placeholder_dir = self.state.scratch("index-placeholder")?;
+        let placeholder = Index::open(&placeholder_dir, IndexAccess::Create)?;
         drop(std::mem::replace(&mut self.index, placeholder));
-        if dir.exists() {
-            let aside = self
-                .root
-                .join("tmp")
-                .join(crate::storage::local::staging_name("old-index"));
-            std::fs::rename(&dir, &aside).at("moving old index aside", &dir)?;
-            std::fs::remove_dir_all(&aside).at("removing old index", &aside)?;
-        }
+        let dir = self.state.index_dir();
+        self.state.remove_database(&dir, "old-index")?;
         self.index = Index::open(&dir, IndexAccess::Rebuild)?;
-        let _ = std::fs::remove_dir_all(self.root.join("tmp").join("index-placeholder"));
+        let _ = std::fs::remove_dir_all(&placeholder_dir);
         Ok(())
     }
 
@@ -215,29 +292,24 @@ impl Repository<Exclusive> {
     /// `repair index`.
     pub fn open_for_repair(root: &Path, command: &str) -> Result<Self> {
         let config = check_layout(root)?;
-        let lock = RepositoryLock::acquire(root, command)?;
-        let store = LocalStore::new(root);
-        store.clear_staging()?;
-        let dir = root.join(INDEX_DIR);
+        let state = StateDir::new(root);
+        let lock = RepositoryLock::acquire(state.root(), command)?;
+        let stores = LocalStores::open(root, &config);
+        stores.warm.clear_staging()?;
+        let dir = state.index_dir();
         let index = match Index::open(&dir, IndexAccess::Primary) {
             Ok(index) => index,
             Err(e) => {
                 tracing::warn!(error = %e, "index unusable; starting from an empty one");
-                let aside = root
-                    .join("tmp")
-                    .join(crate::storage::local::staging_name("broken-index"));
-                if dir.exists() {
-                    std::fs::rename(&dir, &aside).at("moving broken index aside", &dir)?;
-                    std::fs::remove_dir_all(&aside).at("removing broken index", &aside)?;
-                }
+                state.remove_database(&dir, "broken-index")?;
                 Index::open(&dir, IndexAccess::Create)?
             }
         };
+        let packs = stores.into_packs(&config, &OpenOptions::default());
         Ok(Repository {
-            root: root.to_path_buf(),
-            cold: cold_store(&config),
+            state,
             config,
-            store,
+            packs,
             index,
             _lock: Some(lock),
             _mode: PhantomData,
@@ -246,16 +318,30 @@ impl Repository<Exclusive> {
 }
 
 impl<Mode> Repository<Mode> {
+    /// The repository's directory (its machine-local state).
     pub fn root(&self) -> &Path {
-        &self.root
+        self.state.root()
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
     }
 
     pub fn config(&self) -> &RepoConfig {
         &self.config
     }
 
-    pub fn store(&self) -> &LocalStore {
-        &self.store
+    /// The warm tier's store.
+    pub fn store(&self) -> &dyn ObjectStore {
+        self.packs.warm()
+    }
+
+    pub fn packs(&self) -> &Packs {
+        &self.packs
+    }
+
+    pub fn codec(&self) -> &ChunkCodec {
+        self.packs.codec()
     }
 
     pub fn index(&self) -> &Index {
@@ -300,6 +386,8 @@ impl<Mode> Repository<Mode> {
         }
     }
 
+    /// Reads one chunk where the index says it is. A cold chunk is read
+    /// from its thawed copy on the warm tier, or not at all.
     pub fn read_located(&self, location: &ChunkLocation) -> Result<Vec<u8>> {
         let name = match location.tier {
             Tier::Warm => pack::object_name(&location.pack),
@@ -316,10 +404,8 @@ impl<Mode> Repository<Mode> {
                 }
             }
         };
-        let mut stored = vec![0u8; location.entry.stored_len as usize];
-        self.store
-            .read_at(&name, location.entry.offset, &mut stored)?;
-        pack::decode_chunk(&location.entry, &location.pack, &stored)
+        let stored = Packs::read_stored_from(self.store(), &name, &location.entry)?;
+        self.codec().decode(&location.entry, &location.pack, &stored)
     }
 
     /// Whether a chunk can be read now: warm, or cold with a live thaw copy.
@@ -335,13 +421,8 @@ impl<Mode> Repository<Mode> {
     }
 
     /// The cold tier's store, or an error saying none is configured.
-    pub fn cold_store(&self) -> Result<&LocalStore> {
-        self.cold.as_ref().ok_or_else(|| {
-            Error::InvalidInput(
-                "this repository has no cold tier (create one with `strata init --cold DIR`)"
-                    .into(),
-            )
-        })
+    pub fn cold_store(&self) -> Result<&dyn ObjectStore> {
+        self.packs.store(Tier::Cold)
     }
 
     pub fn load_tree(&self, id: &ChunkId) -> Result<Tree> {
@@ -354,13 +435,14 @@ impl<Mode> Repository<Mode> {
         let mut catalog: HashMap<RestorePointId, Vec<u8>> =
             self.index.restore_points()?.into_iter().collect();
         let mut out = Vec::new();
-        for name in self.store.list("manifests/")? {
+        for name in self.store().list("manifests/") {
+            let name = name?;
             let Some(id) = restore_point::id_from_object_name(&name) else {
                 continue;
             };
             let bytes = match catalog.remove(&id) {
                 Some(bytes) => bytes,
-                None => self.store.get(&name)?,
+                None => self.store().get(&name)?,
             };
             out.push(RestorePoint {
                 id,

@@ -20,13 +20,13 @@ use std::collections::{BTreeMap, HashSet};
 use crate::error::{Error, Result};
 use crate::format::{THAW_RECORD_MAGIC, THAW_RECORD_VERSION};
 use crate::id::{ChunkId, PackId, RestorePointId};
-use crate::index::{PackRecord, Tier};
-use crate::pack::{self, ChunkCompressor, CompressedChunk, Compression, PackWriter};
+use crate::index::Tier;
+use crate::pack::{self, ChunkEncoder, CompressedChunk, Compression};
+use crate::packs::OpenPack;
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
 use crate::restore_point::{format_time, now, RestorePoint};
-use crate::storage::ObjectStore;
 
 /// Higher than the default 3: cold data is written once and rarely read.
 /// Level 19 ran at 5 MB/s a core here; 12 keeps most of its gain.
@@ -172,8 +172,8 @@ pub fn status<M>(repo: &Repository<M>) -> Result<TierStatus> {
 /// Moves chunks into cold packs, one open pack at a time.
 struct ColdPacker<'r> {
     repo: &'r Repository<Exclusive>,
-    compressor: ChunkCompressor,
-    writer: Option<PackWriter>,
+    encoder: ChunkEncoder,
+    writer: Option<OpenPack>,
     /// Chunks in the open pack, not yet indexed as cold.
     pending: HashSet<ChunkId>,
     report: &'r mut TierReport,
@@ -191,18 +191,14 @@ impl ColdPacker<'_> {
         if location.tier != Tier::Warm {
             return Ok(());
         }
-        let mut stored = vec![0u8; location.entry.stored_len as usize];
-        self.repo.store().read_at(
-            &pack::object_name(&location.pack),
-            location.entry.offset,
-            &mut stored,
-        )?;
-        let plain = pack::decode_chunk(&location.entry, &location.pack, &stored)?;
+        let packs = self.repo.packs();
+        let stored = packs.read_stored(Tier::Warm, &location.pack, &location.entry)?;
+        let plain = packs.codec().decode(&location.entry, &location.pack, &stored)?;
         // A chunk stored raw did not compress at level 3; it will not at a
         // higher level either.
         let recompressed = match location.entry.compression {
             Compression::None => None,
-            Compression::Zstd => Some(self.compressor.compress(*id, location.entry.kind, plain)),
+            Compression::Zstd => Some(self.encoder.encode(*id, location.entry.kind, plain)),
         };
         let chunk =
             if let Some(recompressed) = recompressed.filter(|r| r.bytes.len() < stored.len()) {
@@ -216,16 +212,15 @@ impl ColdPacker<'_> {
                     bytes: stored,
                 }
             };
-        let staging = self.repo.store().staging_dir();
         let writer = match &mut self.writer {
             Some(w) => w,
-            None => self.writer.insert(PackWriter::create(&staging)?),
+            None => self.writer.insert(packs.open(Tier::Cold, false)?),
         };
         writer.append(&chunk)?;
         self.pending.insert(*id);
         self.report.chunks_moved += 1;
         self.report.bytes_moved += chunk.raw_len as u64;
-        if writer.len() >= self.repo.config().pack_target_size {
+        if writer.is_full() {
             self.seal()?;
         }
         Ok(())
@@ -237,23 +232,9 @@ impl ColdPacker<'_> {
         let Some(writer) = self.writer.take() else {
             return Ok(());
         };
-        let finished = writer.finish()?;
-        self.repo
-            .cold_store()?
-            .put_file(&pack::object_name(&finished.id), &finished.staging_path)?;
-        let record = PackRecord {
-            tier: Tier::Cold,
-            metadata: false,
-            size: finished.len,
-            chunk_count: finished.entries.len() as u32,
-            live_bytes: finished.entries.iter().map(|e| e.stored_len as u64).sum(),
-            created: now().sec,
-        };
-        self.repo
-            .index()
-            .add_pack(finished.id, &record, &finished.entries)?;
+        let sealed = self.repo.seal_pack(writer)?;
         self.report.cold_packs_written += 1;
-        self.report.cold_bytes_written += finished.len;
+        self.report.cold_bytes_written += sealed.len;
         self.pending.clear();
         Ok(())
     }
@@ -293,7 +274,7 @@ pub fn run(
     }
     let mut packer = ColdPacker {
         repo,
-        compressor: ChunkCompressor::new(COLD_COMPRESSION_LEVEL)?,
+        encoder: repo.codec().encoder_at(COLD_COMPRESSION_LEVEL)?,
         writer: None,
         pending: HashSet::new(),
         report: &mut report,
@@ -312,11 +293,7 @@ pub fn run(
         }
         packer.seal()
     })();
-    if result.is_err() {
-        if let Some(writer) = packer.writer.take() {
-            writer.abandon();
-        }
-    }
+    // An open pack dropped on an error leaves nothing behind.
     result?;
 
     // The warm copies of moved chunks are now unindexed: reclaim them.

@@ -20,11 +20,11 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::index::{PackRecord, Tier};
-use crate::pack::{self, ChunkCompressor, ChunkKind, CompressedChunk, PackWriter};
+use crate::index::Tier;
+use crate::pack::{ChunkEncoder, ChunkKind, CompressedChunk};
+use crate::packs::OpenPack;
 use crate::repository::{Exclusive, Repository};
 use crate::restore_point::BackupStats;
-use crate::storage::ObjectStore;
 
 /// Counters of what the pipeline stored.
 #[derive(Default)]
@@ -114,7 +114,6 @@ pub fn with_chunk_sink<R>(
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let level = repo.config().compression_level;
     let pending = Mutex::new(HashSet::new());
     let (to_compress, compress_rx) = bounded::<RawChunk>(threads * 2);
     let (to_pack, pack_rx) = bounded::<CompressedChunk>(threads * 2);
@@ -127,7 +126,7 @@ pub fn with_chunk_sink<R>(
             compressors.push(
                 std::thread::Builder::new()
                     .name(format!("compress-{n}"))
-                    .spawn_scoped(scope, move || compress_stage(level, rx, tx))
+                    .spawn_scoped(scope, move || compress_stage(repo.codec().encoder()?, rx, tx))
                     .expect("spawning a compressor thread"),
             );
         }
@@ -165,11 +164,14 @@ pub fn with_chunk_sink<R>(
     })
 }
 
-fn compress_stage(level: i32, rx: Receiver<RawChunk>, tx: Sender<CompressedChunk>) -> Result<()> {
+fn compress_stage(
+    mut encoder: ChunkEncoder,
+    rx: Receiver<RawChunk>,
+    tx: Sender<CompressedChunk>,
+) -> Result<()> {
     let _span = tracing::debug_span!("compress").entered();
-    let mut compressor = ChunkCompressor::new(level)?;
     for raw in rx {
-        let compressed = compressor.compress(raw.id, raw.kind, raw.data);
+        let compressed = encoder.encode(raw.id, raw.kind, raw.data);
         if tx.send(compressed).is_err() {
             break; // the packer failed; it reports why
         }
@@ -178,9 +180,10 @@ fn compress_stage(level: i32, rx: Receiver<RawChunk>, tx: Sender<CompressedChunk
 }
 
 /// One open pack per class, so metadata and data never share a pack.
+#[derive(Default)]
 struct OpenPacks {
-    data: Option<PackWriter>,
-    metadata: Option<PackWriter>,
+    data: Option<OpenPack>,
+    metadata: Option<OpenPack>,
 }
 
 fn pack_stage(
@@ -190,50 +193,31 @@ fn pack_stage(
     rx: Receiver<CompressedChunk>,
 ) -> Result<()> {
     let _span = tracing::debug_span!("pack").entered();
-    let target = repo.config().pack_target_size;
-    let mut open = OpenPacks {
-        data: None,
-        metadata: None,
-    };
-    let result = (|| {
-        for chunk in rx.iter() {
-            let metadata = chunk.kind.is_metadata();
-            let slot = if metadata {
-                &mut open.metadata
-            } else {
-                &mut open.data
-            };
-            let writer = match slot {
-                Some(writer) => writer,
-                None => slot.insert(PackWriter::create(&repo.store().staging_dir())?),
-            };
-            writer.append(&chunk)?;
-            counters
-                .bytes_stored
-                .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
-            if writer.len() >= target {
-                seal(
-                    repo,
-                    pending,
-                    counters,
-                    slot.take().expect("just used"),
-                    metadata,
-                )?;
-            }
-        }
-        for (slot, metadata) in [(open.data.take(), false), (open.metadata.take(), true)] {
-            if let Some(writer) = slot {
-                seal(repo, pending, counters, writer, metadata)?;
-            }
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        for writer in [open.data, open.metadata].into_iter().flatten() {
-            writer.abandon();
+    // An open pack dropped on an error leaves nothing behind.
+    let mut open = OpenPacks::default();
+    for chunk in rx.iter() {
+        let metadata = chunk.kind.is_metadata();
+        let slot = if metadata {
+            &mut open.metadata
+        } else {
+            &mut open.data
+        };
+        let pack = match slot {
+            Some(pack) => pack,
+            None => slot.insert(repo.packs().open(Tier::Warm, metadata)?),
+        };
+        pack.append(&chunk)?;
+        counters
+            .bytes_stored
+            .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+        if pack.is_full() {
+            seal(repo, pending, counters, slot.take().expect("just used"))?;
         }
     }
-    result
+    for pack in [open.data.take(), open.metadata.take()].into_iter().flatten() {
+        seal(repo, pending, counters, pack)?;
+    }
+    Ok(())
 }
 
 /// Makes a pack durable under its final name, then indexes it: the index
@@ -242,26 +226,12 @@ fn seal(
     repo: &Repository<Exclusive>,
     pending: &Mutex<HashSet<ChunkId>>,
     counters: &StoreCounters,
-    writer: PackWriter,
-    metadata: bool,
+    pack: OpenPack,
 ) -> Result<()> {
-    let finished = writer.finish()?;
-    let name = pack::object_name(&finished.id);
-    repo.store().put_file(&name, &finished.staging_path)?;
-    let record = PackRecord {
-        tier: Tier::Warm,
-        metadata,
-        size: finished.len,
-        chunk_count: finished.entries.len() as u32,
-        live_bytes: finished.entries.iter().map(|e| e.stored_len as u64).sum(),
-        created: crate::restore_point::now().sec,
-    };
-    repo.index()
-        .add_pack(finished.id, &record, &finished.entries)?;
+    let sealed = repo.seal_pack(pack)?;
     counters.packs.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(pack = %finished.id, chunks = finished.entries.len(), bytes = finished.len, "sealed pack");
     let mut pending = pending.lock().expect("pending lock");
-    for entry in &finished.entries {
+    for entry in &sealed.entries {
         pending.remove(&entry.id);
     }
     Ok(())

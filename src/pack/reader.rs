@@ -196,7 +196,7 @@ pub fn salvage(
             failed.push((entry, "the pack ends before its bytes".into()));
             continue;
         };
-        match super::decode_chunk(&entry, pack, stored) {
+        match super::codec::decode_chunk(&entry, pack, stored) {
             Ok(_) => verified.push(entry),
             Err(e) => failed.push((entry, e.to_string())),
         }
@@ -327,26 +327,25 @@ fn decode_frame(bytes: &[u8]) -> Option<(usize, Vec<u8>)> {
 mod tests {
     use super::*;
     use crate::id::PackId;
-    use crate::pack::{object_name, writer::PackWriter, ChunkCompressor};
-    use crate::storage::{LocalStore, ObjectStore};
+    use crate::pack::{object_name, writer::PackWriter, ChunkCodec};
+    use crate::storage::{MemoryStore, ObjectStore};
 
-    fn write_pack(store: &LocalStore, chunks: &[&[u8]]) -> (String, Vec<PackEntry>) {
-        let mut writer = PackWriter::create(&store.staging_dir()).unwrap();
-        let mut compressor = ChunkCompressor::new(3).unwrap();
+    fn write_pack(store: &MemoryStore, chunks: &[&[u8]]) -> (String, Vec<PackEntry>) {
+        let mut writer = PackWriter::new(Vec::new(), "test pack".into()).unwrap();
+        let mut encoder = ChunkCodec::new(3).encoder().unwrap();
         for data in chunks {
-            let c = compressor.compress(ChunkId::of(data), ChunkKind::Data, data.to_vec());
+            let c = encoder.encode(ChunkId::of(data), ChunkKind::Data, data.to_vec());
             writer.append(&c).unwrap();
         }
-        let finished = writer.finish().unwrap();
+        let (finished, bytes) = writer.finish().unwrap();
         let name = object_name(&finished.id);
-        store.put_file(&name, &finished.staging_path).unwrap();
+        store.put(&name, &bytes).unwrap();
         (name, finished.entries)
     }
 
     #[test]
     fn trailer_written_by_the_writer_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = MemoryStore::new();
         let (name, written) = write_pack(&store, &[b"alpha", &[7u8; 100_000], b""]);
         let read = read_trailer(&store, &name).unwrap();
         assert_eq!(read, written);
@@ -354,26 +353,23 @@ mod tests {
         for entry in &read {
             let mut stored = vec![0u8; entry.stored_len as usize];
             store.read_at(&name, entry.offset, &mut stored).unwrap();
-            let plain = crate::pack::decode_chunk(entry, &pack, &stored).unwrap();
+            let plain = ChunkCodec::new(3).decode(entry, &pack, &stored).unwrap();
             assert_eq!(ChunkId::of(&plain), entry.id);
         }
     }
 
     #[test]
     fn any_flipped_byte_in_trailer_or_footer_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = MemoryStore::new();
         let (name, entries) = write_pack(&store, &[b"one", b"two"]);
-        let path = dir.path().join(&name);
-        let original = std::fs::read(&path).unwrap();
+        let original = store.get(&name).unwrap();
         let trailer_start = original.len() - PACK_FOOTER_LEN - entries.len() * PACK_ENTRY_LEN;
         for pos in trailer_start..original.len() {
             let mut damaged = original.clone();
             damaged[pos] ^= 0x40;
-            std::fs::write(&path, &damaged).unwrap();
-            let fresh = LocalStore::new(dir.path());
+            store.put(&name, &damaged).unwrap();
             assert!(
-                read_trailer(&fresh, &name).is_err(),
+                read_trailer(&store, &name).is_err(),
                 "flip at {pos} went unnoticed"
             );
         }
@@ -384,9 +380,8 @@ mod tests {
     #[test]
     fn golden_pack_reads_back() {
         use crate::pack::{CompressedChunk, Compression};
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
-        let mut writer = PackWriter::create(&store.staging_dir()).unwrap();
+        let store = MemoryStore::new();
+        let mut writer = PackWriter::new(Vec::new(), "golden pack".into()).unwrap();
         for (data, kind) in [
             (&b"golden data"[..], ChunkKind::Data),
             (b"STRT tree bytes", ChunkKind::Tree),
@@ -401,8 +396,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let finished = writer.finish().unwrap();
-        let bytes = std::fs::read(&finished.staging_path).unwrap();
+        let (finished, bytes) = writer.finish().unwrap();
         let golden = crate::codec::assert_golden("pack_v1.bin", &bytes);
         let name = object_name(&finished.id);
         store.put("packs/golden.pack", &golden).unwrap();
@@ -420,14 +414,12 @@ mod tests {
 
     #[test]
     fn truncated_pack_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = MemoryStore::new();
         let (name, _) = write_pack(&store, &[b"one"]);
-        let path = dir.path().join(&name);
-        let bytes = std::fs::read(&path).unwrap();
+        let bytes = store.get(&name).unwrap();
         for len in [0, 10, bytes.len() / 2, bytes.len() - 1] {
-            std::fs::write(&path, &bytes[..len]).unwrap();
-            assert!(read_trailer(&LocalStore::new(dir.path()), &name).is_err());
+            store.put(&name, &bytes[..len]).unwrap();
+            assert!(read_trailer(&store, &name).is_err());
         }
     }
 
@@ -436,7 +428,7 @@ mod tests {
     }
 
     /// Four compressible chunks and one stored raw.
-    fn salvage_fixture(store: &LocalStore) -> (String, Vec<PackEntry>, Vec<u8>) {
+    fn salvage_fixture(store: &MemoryStore) -> (String, Vec<PackEntry>, Vec<u8>) {
         let mut rng_state = 7u32;
         let mut random = vec![0u8; 5000];
         for b in random.iter_mut() {
@@ -456,14 +448,13 @@ mod tests {
         let (name, entries) = write_pack(store, &chunks);
         assert_eq!(entries[2].compression, Compression::None);
         assert_eq!(entries[0].compression, Compression::Zstd);
-        let bytes = std::fs::read(store.root().join(&name)).unwrap();
+        let bytes = store.get(&name).unwrap();
         (name, entries, bytes)
     }
 
     #[test]
     fn salvage_with_a_flipped_trailer_recovers_every_chunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = MemoryStore::new();
         let (name, entries, mut bytes) = salvage_fixture(&store);
         let pack = crate::pack::id_from_object_name(&name).unwrap();
         let trailer_start = bytes.len() - PACK_FOOTER_LEN - entries.len() * PACK_ENTRY_LEN;
@@ -480,8 +471,7 @@ mod tests {
 
     #[test]
     fn salvage_of_a_truncated_pack_keeps_what_lies_before_the_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = MemoryStore::new();
         let (name, entries, bytes) = salvage_fixture(&store);
         let pack = crate::pack::id_from_object_name(&name).unwrap();
         // Cut inside the fourth chunk (the third text chunk).
@@ -503,8 +493,7 @@ mod tests {
 
     #[test]
     fn salvage_never_returns_damaged_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = MemoryStore::new();
         let (name, entries, mut bytes) = salvage_fixture(&store);
         let pack = crate::pack::id_from_object_name(&name).unwrap();
         bytes[entries[1].offset as usize + 20] ^= 0x10;
@@ -514,7 +503,7 @@ mod tests {
         assert_eq!(salvaged.lost[0].0, entries[1].id);
         for entry in &salvaged.entries {
             let stored = &bytes[entry.offset as usize..][..entry.stored_len as usize];
-            crate::pack::decode_chunk(entry, &pack, stored).unwrap();
+            ChunkCodec::new(3).decode(entry, &pack, stored).unwrap();
         }
     }
 }

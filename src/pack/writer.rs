@@ -1,47 +1,38 @@
-//! Builds one pack in a staging file. The caller stores the finished file
-//! under its content-derived name and only then indexes its chunks, so the
-//! index never points into a pack that is not durable.
+//! Builds one pack, streaming it into any writer. The pack's id is the
+//! hash of its bytes, known only once it is complete; the caller then
+//! stores it under its content-derived name and only after that indexes its
+//! chunks, so the index never points into a pack that is not durable.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
 
 use super::{CompressedChunk, PackEntry};
 use crate::codec::Encoder;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, Result};
 use crate::format::{PACK_FOOTER_MAGIC, PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION};
 use crate::id::PackId;
-use crate::storage::local::staging_name;
 
-pub struct PackWriter {
-    out: BufWriter<File>,
-    path: PathBuf,
+pub struct PackWriter<W: Write> {
+    out: W,
+    /// Where the bytes go, for messages.
+    target: String,
     /// Hash of every byte written so far; names the pack when finished.
     hasher: blake3::Hasher,
     entries: Vec<PackEntry>,
     len: u64,
 }
 
-/// A sealed, fsync'ed pack in the staging directory.
+/// A complete pack: its id, what it holds, and how long it is.
 pub struct FinishedPack {
     pub id: PackId,
-    pub staging_path: PathBuf,
     pub entries: Vec<PackEntry>,
     pub len: u64,
 }
 
-impl PackWriter {
-    pub fn create(staging_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(staging_dir).at("creating directory", staging_dir)?;
-        let path = staging_dir.join(staging_name("pack"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at("creating pack", &path)?;
+impl<W: Write> PackWriter<W> {
+    pub fn new(out: W, target: String) -> Result<Self> {
         let mut writer = PackWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
-            path,
+            out,
+            target,
             hasher: blake3::Hasher::new(),
             entries: Vec::new(),
             len: 0,
@@ -55,7 +46,9 @@ impl PackWriter {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes).at("writing pack", &self.path)?;
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io("writing pack", &self.target, e))?;
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
@@ -65,7 +58,7 @@ impl PackWriter {
         let entry = PackEntry {
             id: chunk.id,
             offset: self.len,
-            stored_len: chunk.bytes.len() as u32,
+            stored_len: len_u32(chunk.bytes.len(), "stored chunk")?,
             raw_len: chunk.raw_len,
             kind: chunk.kind,
             compression: chunk.compression,
@@ -84,39 +77,37 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// Writes trailer and footer, fsyncs, and returns the pack's id.
-    pub fn finish(mut self) -> Result<FinishedPack> {
+    /// Writes trailer and footer and hands back the output, which the
+    /// caller makes durable under the pack's name.
+    pub fn finish(mut self) -> Result<(FinishedPack, W)> {
         let trailer = encode_trailer(&self.entries);
         let trailer_hash = blake3::hash(&trailer);
         let mut footer = Encoder::new();
         footer
-            .u32(self.entries.len() as u32)
+            .u32(len_u32(self.entries.len(), "pack entry count")?)
             .u32(0)
             .raw(trailer_hash.as_bytes())
             .raw(&PACK_FOOTER_MAGIC);
         self.write(&trailer)?;
         self.write(&footer.into_bytes())?;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .at("writing pack", &self.path)?;
-        file.sync_all().at("syncing pack", &self.path)?;
         let hash = self.hasher.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&hash.as_bytes()[..16]);
-        Ok(FinishedPack {
-            id: PackId(id),
-            staging_path: self.path,
-            entries: self.entries,
-            len: self.len,
-        })
+        Ok((
+            FinishedPack {
+                id: PackId(id),
+                entries: self.entries,
+                len: self.len,
+            },
+            self.out,
+        ))
     }
+}
 
-    /// Gives up on the pack, removing its staging file.
-    pub fn abandon(self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// A length as the format's 32-bit field; larger is a bug upstream (the
+/// chunker and tree encoder bound every chunk), reported, not truncated.
+fn len_u32(len: usize, what: &str) -> Result<u32> {
+    u32::try_from(len).map_err(|_| Error::InvalidInput(format!("{what} of {len} bytes is too large for a pack")))
 }
 
 pub(crate) fn encode_trailer(entries: &[PackEntry]) -> Vec<u8> {

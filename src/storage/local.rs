@@ -1,21 +1,22 @@
 //! [`ObjectStore`] on a local (or network-mounted) directory.
 //!
-//! Durability: an object is written to the staging directory, fsync'ed,
-//! renamed to its final name, and the directory holding it is fsync'ed (as
-//! is its parent when the directory was just created). Readers keep a small
-//! cache of open files so that reading many chunks of one pack costs one
-//! `open`, and reads use `pread` so that the cache lock is never held
-//! across I/O.
+//! Durability: an object is written to the store's staging directory
+//! (`tmp/`, on the same file system so that a rename publishes it),
+//! fsync'ed, renamed to its final name, and the directory holding it is
+//! fsync'ed (as is its parent when the directory was just created).
+//! Readers keep a small cache of open files so that reading many chunks of
+//! one pack costs one `open`, and reads use `pread` so that the cache lock
+//! is never held across I/O.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{BufWriter, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::ObjectStore;
+use super::{short_object, validate_name, ObjectStore, ObjectWriter};
 use crate::error::{Error, IoContext, Result};
 
 const OPEN_FILE_CACHE: usize = 256;
@@ -24,8 +25,6 @@ const STAGING: &str = "tmp";
 pub struct LocalStore {
     root: PathBuf,
     open_files: Mutex<HashMap<String, Arc<File>>>,
-    /// Added to every request, to behave like a slow archival backend.
-    delay: Option<std::time::Duration>,
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -47,22 +46,24 @@ impl LocalStore {
         LocalStore {
             root: root.into(),
             open_files: Mutex::new(HashMap::new()),
-            delay: None,
         }
     }
 
-    /// A store that waits `delay` before answering each request.
-    pub fn with_delay(root: impl Into<PathBuf>, delay: std::time::Duration) -> Self {
-        LocalStore {
-            delay: Some(delay),
-            ..Self::new(root)
+    /// Creates the store's directory (which must be new or empty) and its
+    /// staging area, durably.
+    pub fn create(root: &Path) -> Result<Self> {
+        if root.is_dir() && fs::read_dir(root).at("listing", root)?.next().is_some() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not empty; give a new or empty directory",
+                root.display()
+            )));
         }
-    }
-
-    fn wait(&self) {
-        if let Some(delay) = self.delay {
-            std::thread::sleep(delay);
+        fs::create_dir_all(root.join(STAGING)).at("creating", root)?;
+        fsync_dir(root)?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
         }
+        Ok(Self::new(root))
     }
 
     pub fn root(&self) -> &Path {
@@ -70,29 +71,12 @@ impl LocalStore {
     }
 
     fn path_of(&self, name: &str) -> Result<PathBuf> {
-        let valid = !name.is_empty()
-            && !name.starts_with('/')
-            && name
-                .split('/')
-                .all(|part| !part.is_empty() && part != "." && part != "..");
-        if !valid {
-            return Err(Error::InvalidInput(format!("invalid object name {name:?}")));
-        }
+        validate_name(name)?;
         Ok(self.root.join(name))
     }
 
-    /// Creates the object's directory if needed, fsyncing its parent so the
-    /// new directory entry itself is durable.
-    fn ensure_parent(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().expect("object paths have a parent");
-        if dir.is_dir() {
-            return Ok(());
-        }
-        fs::create_dir_all(dir).at("creating directory", dir)?;
-        if let Some(grandparent) = dir.parent() {
-            fsync_dir(grandparent)?;
-        }
-        Ok(())
+    fn staging_dir(&self) -> PathBuf {
+        self.root.join(STAGING)
     }
 
     fn open_cached(&self, name: &str) -> Result<Arc<File>> {
@@ -122,7 +106,7 @@ impl LocalStore {
         for entry in entries {
             let entry = entry.at("listing", &dir)?;
             let path = entry.path();
-            // `repair index` builds a placeholder index directory here.
+            // An older release built a placeholder index directory here.
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir {
                 fs::remove_dir_all(&path).at("removing leftover", &path)?;
@@ -133,6 +117,74 @@ impl LocalStore {
         }
         Ok(removed)
     }
+
+    /// Moves a finished staging file to `name`: the one way an object
+    /// appears in this store.
+    fn publish(&self, staging: &Path, name: &str) -> Result<()> {
+        let path = self.path_of(name)?;
+        let dir = path.parent().expect("object paths have a parent");
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).at("creating directory", dir)?;
+        }
+        fs::rename(staging, &path).at("renaming staging file to", &path)?;
+        self.open_files.lock().expect("cache lock").remove(name);
+        fsync_dir(dir)?;
+        // Also the directory's own entry: it may have been created by a
+        // process that died before making it durable.
+        match dir.parent() {
+            Some(grandparent) if dir != self.root => fsync_dir(grandparent),
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends to `out`, in byte order, the names below `dir` (whose
+    /// object-name prefix is `rel`) that sort after `start_after`, until
+    /// `out` holds `limit`.
+    fn list_into(
+        &self,
+        dir: &Path,
+        rel: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("listing", dir, e)),
+        };
+        // A directory sorts as its name plus '/', which makes this
+        // depth-first walk yield full names in byte order.
+        let mut keyed = Vec::new();
+        for entry in entries {
+            let entry = entry.at("listing", dir)?;
+            let Ok(file_name) = entry.file_name().into_string() else {
+                continue; // not an object name
+            };
+            let is_dir = entry.file_type().at("reading type of", entry.path())?.is_dir();
+            if rel.is_empty() && file_name == STAGING {
+                continue;
+            }
+            let key = format!("{rel}{file_name}{}", if is_dir { "/" } else { "" });
+            keyed.push((key, is_dir));
+        }
+        keyed.sort();
+        for (key, is_dir) in keyed {
+            if out.len() >= limit {
+                break;
+            }
+            let after = |s: &str| start_after.is_none_or(|a| s > a);
+            if is_dir {
+                let inside = start_after.is_some_and(|a| a.starts_with(&key));
+                if inside || after(&key) {
+                    self.list_into(&self.root.join(&key), &key, start_after, limit, out)?;
+                }
+            } else if after(&key) {
+                out.push(key);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ObjectStore for LocalStore {
@@ -141,69 +193,42 @@ impl ObjectStore for LocalStore {
     }
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        self.wait();
-        let staging = self.staging_dir().join(staging_name("put"));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&staging)
-            .at("creating", &staging)?;
-        file.write_all(data).at("writing", &staging)?;
-        file.sync_all().at("syncing", &staging)?;
-        drop(file);
-        self.put_file(name, &staging)
+        let mut writer = self.writer()?;
+        writer
+            .write_all(data)
+            .at("writing", self.root.join(name))?;
+        writer.commit(name)
     }
 
-    fn put_file(&self, name: &str, staging: &Path) -> Result<()> {
-        let path = self.path_of(name)?;
-        self.ensure_parent(&path)?;
-        match fs::rename(staging, &path) {
-            Ok(()) => {}
-            // The staging file is on another file system (a cold tier on
-            // another disk): copy into our own staging area, then rename.
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                let local = self.staging_dir().join(staging_name("copy"));
-                fs::create_dir_all(self.staging_dir()).at("creating", self.staging_dir())?;
-                fs::copy(staging, &local).at("copying to", &local)?;
-                File::open(&local)
-                    .and_then(|f| f.sync_all())
-                    .at("syncing", &local)?;
-                fs::rename(&local, &path).at("renaming staging file to", &path)?;
-                fs::remove_file(staging).at("removing", staging)?;
-            }
-            Err(e) => return Err(Error::io("renaming staging file to", path, e)),
-        }
-        let dir = path.parent().expect("object paths have a parent");
-        fsync_dir(dir)?;
-        // Also the directory's own entry: it may have been created by a
-        // process that died before making it durable.
-        match dir.parent() {
-            Some(grandparent) if grandparent != self.root.parent().unwrap_or(&self.root) => {
-                fsync_dir(grandparent)
-            }
-            _ => Ok(()),
-        }
+    fn writer(&self) -> Result<Box<dyn ObjectWriter>> {
+        let dir = self.staging_dir();
+        fs::create_dir_all(&dir).at("creating directory", &dir)?;
+        let path = dir.join(staging_name("object"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at("creating", &path)?;
+        Ok(Box::new(LocalWriter {
+            store: self.clone_handle(),
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            path,
+        }))
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
-        self.wait();
         let path = self.path_of(name)?;
         fs::read(&path).at("reading", &path)
     }
 
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.wait();
         let file = self.open_cached(name)?;
         file.read_exact_at(buf, offset).map_err(|e| {
-            let e = if e.kind() == ErrorKind::UnexpectedEof {
-                std::io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    format!("object ends before byte {}", offset + buf.len() as u64),
-                )
+            if e.kind() == ErrorKind::UnexpectedEof {
+                short_object(&self.location(), name, offset + buf.len() as u64)
             } else {
-                e
-            };
-            Error::io("reading", self.root.join(name), e)
+                Error::io("reading", self.root.join(name), e)
+            }
         })
     }
 
@@ -212,31 +237,19 @@ impl ObjectStore for LocalStore {
         Ok(fs::metadata(&path).at("reading metadata of", &path)?.len())
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        self.wait();
-        let base = self.root.join(prefix.trim_end_matches('/'));
-        let mut names = Vec::new();
-        let mut stack = vec![base.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("listing", dir, e)),
-            };
-            for entry in entries {
-                let entry = entry.at("listing", &dir)?;
-                let path = entry.path();
-                if entry.file_type().at("reading type of", &path)?.is_dir() {
-                    stack.push(path);
-                } else if let Ok(rel) = path.strip_prefix(&self.root) {
-                    if let Some(rel) = rel.to_str() {
-                        names.push(rel.to_string());
-                    }
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let rel = match prefix.trim_end_matches('/') {
+            "" => String::new(),
+            trimmed => format!("{trimmed}/"),
+        };
+        let mut out = Vec::new();
+        self.list_into(&self.root.join(&rel), &rel, start_after, limit, &mut out)?;
+        Ok(out)
     }
 
     fn delete(&self, name: &str) -> Result<()> {
@@ -248,8 +261,83 @@ impl ObjectStore for LocalStore {
             Err(e) => Err(Error::io("deleting", path, e)),
         }
     }
+}
 
-    fn staging_dir(&self) -> PathBuf {
-        self.root.join(STAGING)
+impl LocalStore {
+    /// A second handle on the same directory for a writer to publish
+    /// through; its open-file cache starts empty.
+    fn clone_handle(&self) -> LocalStore {
+        LocalStore::new(self.root.clone())
+    }
+}
+
+/// A staging file that becomes an object on commit.
+struct LocalWriter {
+    store: LocalStore,
+    out: Option<BufWriter<File>>,
+    path: PathBuf,
+}
+
+impl Write for LocalWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.as_mut().expect("open until commit").write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.as_mut().expect("open until commit").flush()
+    }
+}
+
+impl ObjectWriter for LocalWriter {
+    fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
+        let out = self.out.take().expect("committed once");
+        let file = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .at("writing", &self.path)?;
+        file.sync_all().at("syncing", &self.path)?;
+        drop(file);
+        let published = self.store.publish(&self.path, name);
+        if published.is_err() {
+            let _ = fs::remove_file(&self.path);
+        }
+        // Published or removed: nothing left for Drop to clean up.
+        self.path = PathBuf::new();
+        published
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            self.out = None;
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LocalStore;
+    use crate::storage::ObjectStore;
+
+    #[test]
+    fn conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(&dir.path().join("store")).unwrap();
+        super::super::conformance::check_all(&store);
+    }
+
+    #[test]
+    fn interrupted_writes_leave_only_staging_which_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(&dir.path().join("store")).unwrap();
+        let mut writer = store.writer().unwrap();
+        std::io::Write::write_all(&mut writer, b"half a pack").unwrap();
+        // A crash: the writer's clean-up never runs.
+        std::mem::forget(writer);
+        let store_ref: &dyn ObjectStore = &store;
+        assert!(store_ref.list_all("").unwrap().is_empty());
+        assert_eq!(store.clear_staging().unwrap(), 1);
     }
 }

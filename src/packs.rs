@@ -1,0 +1,271 @@
+//! The pack service: the one place that routes a pack to its tier's
+//! store, seals packs, and reads a chunk's stored bytes back.
+//!
+//! ```text
+//!  backup pipeline ─┐                 ┌─▶ warm store (Arc<dyn ObjectStore>)
+//!  tier run ────────┼─▶ Packs ─ codec ┤
+//!  prune, repair ───┘                 └─▶ cold store
+//! ```
+//! Sealing writes a pack through its store's streaming writer and commits
+//! it under its content-derived name; the caller indexes it only after
+//! that ([`crate::repository::Repository::seal_pack`] does both), so the
+//! index never points into a pack that could still vanish.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::id::PackId;
+use crate::index::{PackRecord, Tier};
+use crate::pack::{self, ChunkCodec, CompressedChunk, PackEntry, PackWriter};
+use crate::storage::{ObjectStore, ObjectWriter};
+
+pub struct Packs {
+    warm: Arc<dyn ObjectStore>,
+    cold: Option<Arc<dyn ObjectStore>>,
+    codec: ChunkCodec,
+    target_size: u64,
+}
+
+/// A pack being filled, bound for one tier and one class of chunks
+/// (metadata and data never share a pack, so metadata can stay warm).
+pub struct OpenPack {
+    tier: Tier,
+    metadata: bool,
+    writer: PackWriter<Box<dyn ObjectWriter>>,
+    target_size: u64,
+}
+
+/// A pack that is durable under its name, ready to be indexed.
+pub struct SealedPack {
+    pub id: PackId,
+    pub tier: Tier,
+    pub metadata: bool,
+    pub len: u64,
+    pub entries: Vec<PackEntry>,
+}
+
+impl SealedPack {
+    /// The pack table's record for this pack, every chunk live.
+    pub fn record(&self) -> PackRecord {
+        PackRecord {
+            tier: self.tier,
+            metadata: self.metadata,
+            size: self.len,
+            chunk_count: self.entries.len() as u32,
+            live_bytes: self.entries.iter().map(|e| e.stored_len as u64).sum(),
+            created: crate::restore_point::now().sec,
+        }
+    }
+}
+
+impl OpenPack {
+    pub fn append(&mut self, chunk: &CompressedChunk) -> Result<PackEntry> {
+        self.writer.append(chunk)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.writer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writer.is_empty()
+    }
+
+    /// Whether the pack has reached the repository's target size.
+    pub fn is_full(&self) -> bool {
+        self.writer.len() >= self.target_size
+    }
+}
+
+/// The error for a cold tier that is not configured.
+fn no_cold_tier() -> Error {
+    Error::InvalidInput(
+        "this repository has no cold tier (create one with `strata init --cold DIR`)".into(),
+    )
+}
+
+impl Packs {
+    pub fn new(
+        warm: Arc<dyn ObjectStore>,
+        cold: Option<Arc<dyn ObjectStore>>,
+        codec: ChunkCodec,
+        target_size: u64,
+    ) -> Self {
+        Packs {
+            warm,
+            cold,
+            codec,
+            target_size,
+        }
+    }
+
+    pub fn codec(&self) -> &ChunkCodec {
+        &self.codec
+    }
+
+    pub fn warm(&self) -> &dyn ObjectStore {
+        self.warm.as_ref()
+    }
+
+    /// The store holding a tier's packs.
+    pub fn store(&self, tier: Tier) -> Result<&dyn ObjectStore> {
+        match tier {
+            Tier::Warm => Ok(self.warm.as_ref()),
+            Tier::Cold => self.cold.as_deref().ok_or_else(no_cold_tier),
+        }
+    }
+
+    pub fn has_cold_tier(&self) -> bool {
+        self.cold.is_some()
+    }
+
+    /// Starts a pack on `tier`.
+    pub fn open(&self, tier: Tier, metadata: bool) -> Result<OpenPack> {
+        let store = self.store(tier)?;
+        let writer = PackWriter::new(store.writer()?, format!("a new pack in {}", store.location()))?;
+        Ok(OpenPack {
+            tier,
+            metadata,
+            writer,
+            target_size: self.target_size,
+        })
+    }
+
+    /// Finishes a pack and makes it durable under its name. Nothing is
+    /// indexed yet.
+    pub fn seal(&self, pack: OpenPack) -> Result<SealedPack> {
+        let (finished, out) = pack.writer.finish()?;
+        out.commit(&pack::object_name(&finished.id))?;
+        tracing::debug!(pack = %finished.id, chunks = finished.entries.len(), bytes = finished.len, "sealed pack");
+        Ok(SealedPack {
+            id: finished.id,
+            tier: pack.tier,
+            metadata: pack.metadata,
+            len: finished.len,
+            entries: finished.entries,
+        })
+    }
+
+    /// A pack's trailer, read from its tier.
+    pub fn trailer(&self, tier: Tier, id: &PackId) -> Result<Vec<PackEntry>> {
+        pack::read_trailer(self.store(tier)?, &pack::object_name(id))
+    }
+
+    /// A chunk's stored bytes (as in the pack: compressed, not verified)
+    /// from `object` in `store`.
+    pub fn read_stored_from(
+        store: &dyn ObjectStore,
+        object: &str,
+        entry: &PackEntry,
+    ) -> Result<Vec<u8>> {
+        let mut stored = vec![0u8; entry.stored_len as usize];
+        store.read_at(object, entry.offset, &mut stored)?;
+        Ok(stored)
+    }
+
+    /// A chunk's stored bytes from pack `id` on `tier`.
+    pub fn read_stored(&self, tier: Tier, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
+        Self::read_stored_from(self.store(tier)?, &pack::object_name(id), entry)
+    }
+
+    /// A chunk's plaintext from pack `id` on `tier`, verified.
+    pub fn read_chunk(&self, tier: Tier, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
+        let stored = self.read_stored(tier, id, entry)?;
+        self.codec.decode(entry, id, &stored)
+    }
+
+    /// Deletes pack `id` from its tier, returning the bytes it took.
+    pub fn delete(&self, tier: Tier, id: &PackId) -> Result<u64> {
+        let store = self.store(tier)?;
+        let name = pack::object_name(id);
+        let size = store.size(&name).unwrap_or(0);
+        store.delete(&name)?;
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ChunkId;
+    use crate::pack::ChunkKind;
+    use crate::storage::MemoryStore;
+
+    fn packs(warm: &MemoryStore, cold: Option<&MemoryStore>) -> Packs {
+        Packs::new(
+            Arc::new(warm.clone()),
+            cold.map(|c| Arc::new(c.clone()) as Arc<dyn ObjectStore>),
+            ChunkCodec::new(3),
+            64 * 1024,
+        )
+    }
+
+    fn encode(plain: &[u8]) -> CompressedChunk {
+        ChunkCodec::new(3)
+            .encoder()
+            .unwrap()
+            .encode(ChunkId::of(plain), ChunkKind::Data, plain.to_vec())
+    }
+
+    #[test]
+    fn sealed_packs_are_named_by_content_and_read_back() {
+        let warm = MemoryStore::new();
+        let packs = packs(&warm, None);
+        let mut open = packs.open(Tier::Warm, false).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..5).map(|i| format!("chunk {i} ").repeat(300).into_bytes()).collect();
+        for chunk in &chunks {
+            open.append(&encode(chunk)).unwrap();
+        }
+        assert!(!open.is_full());
+        let sealed = packs.seal(open).unwrap();
+        let warm_dyn: &dyn ObjectStore = &warm;
+        assert_eq!(warm_dyn.list_all("packs/").unwrap(), [pack::object_name(&sealed.id)]);
+        let bytes = warm.get(&pack::object_name(&sealed.id)).unwrap();
+        assert_eq!(&blake3::hash(&bytes).as_bytes()[..16], sealed.id.as_bytes());
+        assert_eq!(packs.trailer(Tier::Warm, &sealed.id).unwrap(), sealed.entries);
+        for (chunk, entry) in chunks.iter().zip(&sealed.entries) {
+            assert_eq!(&packs.read_chunk(Tier::Warm, &sealed.id, entry).unwrap(), chunk);
+        }
+        let record = sealed.record();
+        assert_eq!((record.chunk_count, record.size), (5, sealed.len));
+    }
+
+    #[test]
+    fn an_unsealed_pack_leaves_nothing() {
+        let warm = MemoryStore::new();
+        let packs = packs(&warm, None);
+        let mut open = packs.open(Tier::Warm, true).unwrap();
+        open.append(&encode(b"metadata")).unwrap();
+        drop(open);
+        let warm_dyn: &dyn ObjectStore = &warm;
+        assert!(warm_dyn.list_all("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn packs_go_to_their_tier_and_a_missing_cold_tier_is_an_error() {
+        let (warm, cold) = (MemoryStore::new(), MemoryStore::new());
+        let both = packs(&warm, Some(&cold));
+        let mut open = both.open(Tier::Cold, false).unwrap();
+        open.append(&encode(b"old data")).unwrap();
+        let sealed = both.seal(open).unwrap();
+        assert!(cold.size(&pack::object_name(&sealed.id)).is_ok());
+        assert!(warm.size(&pack::object_name(&sealed.id)).is_err());
+        assert!(packs(&warm, None).open(Tier::Cold, false).is_err());
+        assert!(both.delete(Tier::Cold, &sealed.id).unwrap() > 0);
+        assert!(cold.size(&pack::object_name(&sealed.id)).is_err());
+    }
+
+    #[test]
+    fn damaged_chunks_are_refused() {
+        let warm = MemoryStore::new();
+        let packs = packs(&warm, None);
+        let mut open = packs.open(Tier::Warm, false).unwrap();
+        let entry = open.append(&encode(&b"precious ".repeat(100))).unwrap();
+        let sealed = packs.seal(open).unwrap();
+        warm.flip_byte(&pack::object_name(&sealed.id), entry.offset as usize + 3).unwrap();
+        assert!(matches!(
+            packs.read_chunk(Tier::Warm, &sealed.id, &entry),
+            Err(Error::ChunkDamaged { .. })
+        ));
+    }
+}
