@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::disk::map::{DiskMapPage, PAGE_ENTRIES};
+use crate::disk_map::{DiskMapPage, PAGE_ENTRIES};
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
 use crate::pack::{self, decode_chunk, PackEntry};

@@ -20,7 +20,8 @@ pub mod check;
 pub mod chunker;
 pub mod codec;
 pub mod config;
-pub mod disk;
+pub mod disk_map;
+pub mod disk_reader;
 pub mod error;
 pub mod forget;
 pub mod format;
@@ -42,5 +43,6 @@ pub mod storage;
 pub mod tier;
 pub mod tree;
 pub mod vm;
+pub mod vmdk;
 
 pub use error::{Error, Result};

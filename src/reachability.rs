@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use crate::disk::map::DiskMapPage;
+use crate::disk_map::DiskMapPage;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::repository::Repository;

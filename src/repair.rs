@@ -329,7 +329,7 @@ fn classify(plain: &[u8]) -> ChunkKind {
         ChunkKind::Tree
     } else if crate::vm::description::VmDescription::decode(&id, plain).is_ok() {
         ChunkKind::VmDescription
-    } else if crate::disk::map::DiskMapPage::decode(&id, plain).is_ok() {
+    } else if crate::disk_map::DiskMapPage::decode(&id, plain).is_ok() {
         ChunkKind::DiskMapPage
     } else {
         ChunkKind::Data

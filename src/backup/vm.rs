@@ -16,9 +16,8 @@ use std::time::Instant;
 
 use super::files::BackupOutcome;
 use super::pipeline::{with_chunk_sink, ChunkSink, StoreCounters};
-use crate::disk::map::{DiskMapPage, PageRef, PAGE_ENTRIES};
-use crate::disk::vmdk_writer::ADAPTER_TYPES;
-use crate::disk::{DiskFormat, ImageFormat, VirtualDisk};
+use crate::disk_map::{DiskMapPage, PageRef, PAGE_ENTRIES};
+use crate::disk_reader::read_page;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::pack::ChunkKind;
@@ -28,6 +27,8 @@ use crate::restore_point::{self, Manifest, RestorePointKind};
 use crate::tree::Timestamp;
 use crate::vm::description::{adapter_for_slot, DiskRecord, FileOwner, VmDescription};
 use crate::vm::vmx::Vmx;
+use crate::vmdk::writer::ADAPTER_TYPES;
+use crate::vmdk::{DiskFormat, ImageFormat, VirtualDisk};
 
 const MAX_VMX_LEN: u64 = 4 << 20;
 
@@ -35,7 +36,7 @@ pub enum VmSource {
     /// A VM folder, or its `.vmx` file.
     Vm(PathBuf),
     /// One disk image, backed up as a VM with one disk; `format` as asked
-    /// with `--format` (`None`: as its name asks, see `disk::probe`).
+    /// with `--format` (`None`: as its name asks, see `vmdk::probe`).
     Image {
         path: PathBuf,
         name: Option<String>,
@@ -455,7 +456,7 @@ fn backup_disk(
                     continue;
                 }
                 let parent_page = &parent.pages[page as usize];
-                DiskMapPage::decode(&parent_page.id, &repo.read_chunk(&parent_page.id)?)?.entries
+                read_page(repo, &parent_page.id)?.entries
             }
             None => vec![None; (last - first) as usize],
         };
