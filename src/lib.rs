@@ -17,6 +17,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod clock;
 pub mod chunker;
 pub mod codec;
 pub mod config;
@@ -39,6 +40,7 @@ pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod restore_point;
+pub mod selector;
 pub mod storage;
 pub mod tier;
 pub mod tree;

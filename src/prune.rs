@@ -230,7 +230,7 @@ impl Repacker<'_> {
                     size: finished.len,
                     chunk_count: finished.entries.len() as u32,
                     live_bytes: finished.entries.iter().map(|e| e.stored_len as u64).sum(),
-                    created: crate::restore_point::now().sec,
+                    created: crate::clock::now().sec,
                 };
                 self.repo
                     .index()

@@ -27,7 +27,9 @@ use crate::pack::{self, ChunkKind, CompressedChunk, PackEntry, PackWriter};
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, read_manifests};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
-use crate::restore_point::{format_time, now, RestorePoint};
+use crate::clock::now;
+use crate::restore_point::RestorePoint;
+use crate::selector::format_time;
 use crate::storage::{LocalStore, ObjectStore};
 use crate::tier;
 

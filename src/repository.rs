@@ -304,7 +304,7 @@ impl<Mode> Repository<Mode> {
         let name = match location.tier {
             Tier::Warm => pack::object_name(&location.pack),
             Tier::Cold => {
-                let now = crate::restore_point::now().sec;
+                let now = crate::clock::now().sec;
                 match self.index.pack_thawed_until(&location.pack)? {
                     Some(until) if until > now => thaw_object_name(&location.pack),
                     _ => {
@@ -330,7 +330,7 @@ impl<Mode> Repository<Mode> {
             Tier::Cold => self
                 .index
                 .pack_thawed_until(&location.pack)?
-                .is_some_and(|u| u > crate::restore_point::now().sec),
+                .is_some_and(|u| u > crate::clock::now().sec),
         })
     }
 
@@ -373,7 +373,7 @@ impl<Mode> Repository<Mode> {
 
     pub fn resolve(&self, selector: &str) -> Result<RestorePoint> {
         let all = self.restore_points()?;
-        restore_point::select(&all, selector).cloned()
+        crate::selector::select(&all, selector).cloned()
     }
 
     /// Finds the node at `path` ("/etc/hosts") in a restore point; `/` or

@@ -25,7 +25,9 @@ use crate::pack::{self, ChunkCompressor, CompressedChunk, Compression, PackWrite
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
-use crate::restore_point::{format_time, now, RestorePoint};
+use crate::clock::now;
+use crate::restore_point::RestorePoint;
+use crate::selector::format_time;
 use crate::storage::ObjectStore;
 
 /// Higher than the default 3: cold data is written once and rarely read.

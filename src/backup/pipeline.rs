@@ -254,7 +254,7 @@ fn seal(
         size: finished.len,
         chunk_count: finished.entries.len() as u32,
         live_bytes: finished.entries.iter().map(|e| e.stored_len as u64).sum(),
-        created: crate::restore_point::now().sec,
+        created: crate::clock::now().sec,
     };
     repo.index()
         .add_pack(finished.id, &record, &finished.entries)?;

@@ -23,7 +23,7 @@ use crate::id::ChunkId;
 use crate::pack::ChunkKind;
 use crate::progress::Progress;
 use crate::repository::{Exclusive, Repository};
-use crate::restore_point::{self, Manifest, RestorePointKind};
+use crate::restore_point::{Manifest, RestorePointKind};
 use crate::tree::Timestamp;
 use crate::vm::description::{adapter_for_slot, DiskRecord, FileOwner, VmDescription};
 use crate::vm::vmx::Vmx;
@@ -304,7 +304,7 @@ pub fn backup_vm(
     for disk in &vm.disks {
         opened.push(VirtualDisk::open(&disk.path, disk.format)?);
     }
-    let warm_cutoff = restore_point::now().sec - repo.config().tiers.warm_days as i64 * 86_400;
+    let warm_cutoff = crate::clock::now().sec - repo.config().tiers.warm_days as i64 * 86_400;
     let parent_is_warm = parent
         .as_ref()
         .is_some_and(|p| p.manifest.time.sec >= warm_cutoff);
@@ -398,7 +398,7 @@ pub fn backup_vm(
     let manifest = Manifest {
         kind: RestorePointKind::Vm,
         source: vm.name.clone(),
-        time: request.time.unwrap_or_else(restore_point::now),
+        time: request.time.unwrap_or_else(crate::clock::now),
         hostname: super::files::default_source(),
         tags: Vec::new(),
         paths: vec![std::os::unix::ffi::OsStrExt::as_bytes(vm.origin.as_os_str()).to_vec()],

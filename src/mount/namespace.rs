@@ -28,7 +28,8 @@ use crate::disk_reader::PageCache;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, RestorePointId};
 use crate::repository::Repository;
-use crate::restore_point::{format_time, time_labels, RestorePoint, RestorePointKind};
+use crate::restore_point::{RestorePoint, RestorePointKind};
+use crate::selector::{format_time, time_labels};
 use crate::tree::{Extent, Node, NodeKind, Timestamp};
 use crate::vm::description::{FileOwner, VmDescription};
 
