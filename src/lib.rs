@@ -21,6 +21,7 @@ pub mod clock;
 pub mod chunker;
 pub mod codec;
 pub mod config;
+pub mod config_file;
 pub mod disk_map;
 pub mod disk_reader;
 pub mod error;

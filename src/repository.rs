@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, RepoConfig};
+use crate::config::RepoConfig;
+use crate::config_file;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, RestorePointId};
 use crate::index::{ChunkLocation, Index, IndexAccess, Tier};
@@ -65,7 +66,7 @@ fn check_layout(root: &Path) -> Result<RepoConfig> {
             reason: "no such directory".into(),
         });
     }
-    RepoConfig::load(root)
+    config_file::load(root)
 }
 
 impl Repository<ReadOnly> {
@@ -87,7 +88,7 @@ impl Repository<ReadOnly> {
 impl Repository<Exclusive> {
     /// Creates a new, empty repository at `root`.
     pub fn init(root: &Path, config: RepoConfig) -> Result<Self> {
-        if config::exists(root)? {
+        if config_file::exists(root)? {
             return Err(Error::InvalidInput(format!(
                 "{} already holds a repository",
                 root.display()
