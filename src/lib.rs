@@ -47,5 +47,6 @@ pub mod tier;
 pub mod tree;
 pub mod vm;
 pub mod vmdk;
+pub mod walk;
 
 pub use error::{Error, Result};
