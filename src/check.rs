@@ -10,17 +10,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::disk::map::{DiskMapPage, PAGE_ENTRIES};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::pack::{self, PackEntry};
 use crate::progress::Progress;
 use crate::reachability::read_manifests;
 use crate::repository::Repository;
-use crate::restore_point::RestorePointKind;
-use crate::restore_point::{format_time_exact, RestorePoint};
-use crate::tree::{Extent, NodeKind};
-use crate::vm::description::VmDescription;
+use crate::restore_point::{RestorePoint, RestorePointKind};
+use crate::selector::format_time_exact;
+use crate::walk::{walk, Place, Visitor};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CheckReport {
@@ -278,18 +276,17 @@ fn walk_references<M>(
     damaged: &HashMap<ChunkId, (PackId, String)>,
     report: &mut CheckReport,
 ) -> Result<()> {
+    let mut check = References {
+        repo,
+        rp,
+        visited,
+        damaged,
+        errors: &mut report.errors,
+    };
+    let walked = walk(repo, rp, &mut check);
     if rp.manifest.kind == RestorePointKind::Vm {
-        let mut missing = Vec::new();
-        let walked = walk_vm(repo, rp, visited, damaged, &mut |id, place| {
-            if !repo.index().has_chunk(id)? {
-                missing.push(format!(
-                    "restore point {}: {place} needs chunk {id}, which is not in the repository",
-                    rp.id.short()
-                ));
-            }
-            Ok(())
-        });
-        report.errors.extend(missing);
+        // A VM restore point that cannot be walked to its end is reported,
+        // and the others are still checked.
         if let Err(e) = walked {
             report
                 .errors
@@ -297,86 +294,50 @@ fn walk_references<M>(
         }
         return Ok(());
     }
-    let mut stack = vec![(rp.manifest.root, String::new())];
-    while let Some((tree_id, path)) = stack.pop() {
-        crate::interrupt::check()?;
-        if !visited.insert(tree_id) {
-            continue;
-        }
-        if damaged.contains_key(&tree_id) {
-            continue; // reported with its users below
-        }
-        let tree = match repo.load_tree(&tree_id) {
-            Ok(tree) => tree,
-            Err(e) => {
-                report.errors.push(format!(
-                    "restore point {}: directory {}/: {e}",
-                    rp.id.short(),
-                    path
-                ));
-                continue;
-            }
-        };
-        for node in &tree.nodes {
-            let child = format!("{path}/{}", String::from_utf8_lossy(&node.name));
-            match &node.kind {
-                NodeKind::Directory { subtree } => stack.push((*subtree, child)),
-                NodeKind::File { extents } => {
-                    for extent in extents {
-                        if let Extent::Data { id, .. } = extent {
-                            if !repo.index().has_chunk(id)? {
-                                report.errors.push(format!(
-                                    "restore point {}: {child} needs chunk {id}, which is not in the repository",
-                                    rp.id.short()
-                                ));
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
+    walked
 }
 
-/// Calls `visit` with every chunk a VM restore point references (its
-/// description, map pages and data chunks) and where it is used. Pages
-/// already in `visited` are not read again.
-fn walk_vm<M>(
-    repo: &Repository<M>,
-    rp: &RestorePoint,
-    visited: &mut HashSet<ChunkId>,
-    damaged: &HashMap<ChunkId, (PackId, String)>,
-    visit: &mut dyn FnMut(&ChunkId, &str) -> Result<()>,
-) -> Result<()> {
-    let root = rp.manifest.root;
-    visit(&root, "VM description")?;
-    if damaged.contains_key(&root) {
-        return Ok(());
-    }
-    let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
-    for disk in &description.disks {
-        for (p, page_ref) in disk.pages.iter().enumerate() {
-            crate::interrupt::check()?;
-            let place = format!("disk {} ({}) map page {p}", disk.slot, disk.file_name);
-            visit(&page_ref.id, &place)?;
-            if damaged.contains_key(&page_ref.id) || !visited.insert(page_ref.id) {
-                continue;
-            }
-            let page = DiskMapPage::decode(&page_ref.id, &repo.read_chunk(&page_ref.id)?)?;
-            for (i, entry) in page.entries.iter().enumerate() {
-                if let Some(id) = entry {
-                    let offset = (p * PAGE_ENTRIES + i) as u64 * disk.chunk_size as u64;
-                    visit(
-                        id,
-                        &format!("disk {} ({}) at byte {offset}", disk.slot, disk.file_name),
-                    )?;
-                }
-            }
+/// Reports each referenced chunk that is not indexed, and each tree that
+/// cannot be read. Trees and map pages are read once per check; damaged
+/// ones are not read (they are reported with their users).
+struct References<'a, M> {
+    repo: &'a Repository<M>,
+    rp: &'a RestorePoint,
+    visited: &'a mut HashSet<ChunkId>,
+    damaged: &'a HashMap<ChunkId, (PackId, String)>,
+    errors: &'a mut Vec<String>,
+}
+
+impl<M> Visitor for References<'_, M> {
+    fn chunk(&mut self, id: &ChunkId, place: &Place) -> Result<bool> {
+        if let Place::Tree { .. } = place {
+            return Ok(self.visited.insert(*id) && !self.damaged.contains_key(id));
         }
+        if !self.repo.index().has_chunk(id)? {
+            self.errors.push(format!(
+                "restore point {}: {place} needs chunk {id}, which is not in the repository",
+                self.rp.id.short()
+            ));
+        }
+        Ok(match place {
+            Place::VmDescription => !self.damaged.contains_key(id),
+            Place::DiskMapPage { .. } => {
+                !self.damaged.contains_key(id) && self.visited.insert(*id)
+            }
+            _ => true,
+        })
     }
-    Ok(())
+
+    fn unreadable(&mut self, _id: &ChunkId, place: &Place, error: Error) -> Result<()> {
+        if let Place::Tree { .. } = place {
+            self.errors.push(format!(
+                "restore point {}: {place}: {error}",
+                self.rp.id.short()
+            ));
+            return Ok(());
+        }
+        Err(error)
+    }
 }
 
 /// Maps each damaged chunk to the restore points and paths that use it.
@@ -397,49 +358,50 @@ fn affected_files<M>(
             rp.manifest.source,
             format_time_exact(rp.manifest.time)
         );
-        if rp.manifest.kind == RestorePointKind::Vm {
-            let mut seen = HashSet::new();
-            let _ = walk_vm(repo, rp, &mut seen, &HashMap::new(), &mut |id, place| {
-                if set.contains(id) {
-                    out.entry(*id)
-                        .or_default()
-                        .push(format!("{label}: {place}"));
-                }
-                Ok(())
-            });
-            continue;
-        }
-        let mut stack = vec![(rp.manifest.root, String::new())];
-        while let Some((tree_id, path)) = stack.pop() {
-            crate::interrupt::check()?;
-            if set.contains(&tree_id) {
-                out.entry(tree_id)
-                    .or_default()
-                    .push(format!("{label}: directory {path}/"));
-                continue;
-            }
-            let Ok(tree) = repo.load_tree(&tree_id) else {
-                continue;
-            };
-            for node in &tree.nodes {
-                let child = format!("{path}/{}", String::from_utf8_lossy(&node.name));
-                match &node.kind {
-                    NodeKind::Directory { subtree } => stack.push((*subtree, child)),
-                    NodeKind::File { extents } => {
-                        for extent in extents {
-                            if let Extent::Data { id, .. } = extent {
-                                if set.contains(id) {
-                                    out.entry(*id)
-                                        .or_default()
-                                        .push(format!("{label}: {child}"));
-                                }
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
+        let mut users = Users {
+            damaged: &set,
+            label: &label,
+            seen_pages: HashSet::new(),
+            out: &mut out,
+        };
+        let walked = walk(repo, rp, &mut users);
+        // What cannot be read of a VM was reported by the walk of check.
+        if rp.manifest.kind == RestorePointKind::Files {
+            walked?;
         }
     }
     Ok(out)
+}
+
+/// Records where each damaged chunk is used. A damaged tree is named, not
+/// read; trees that cannot be read are passed over (check reported them).
+struct Users<'a> {
+    damaged: &'a HashSet<ChunkId>,
+    label: &'a str,
+    seen_pages: HashSet<ChunkId>,
+    out: &'a mut HashMap<ChunkId, Vec<String>>,
+}
+
+impl Visitor for Users<'_> {
+    fn chunk(&mut self, id: &ChunkId, place: &Place) -> Result<bool> {
+        let damaged = self.damaged.contains(id);
+        if damaged {
+            self.out
+                .entry(*id)
+                .or_default()
+                .push(format!("{}: {place}", self.label));
+        }
+        Ok(match place {
+            Place::Tree { .. } => !damaged,
+            Place::DiskMapPage { .. } => self.seen_pages.insert(*id),
+            _ => true,
+        })
+    }
+
+    fn unreadable(&mut self, _id: &ChunkId, place: &Place, error: Error) -> Result<()> {
+        match place {
+            Place::Tree { .. } => Ok(()),
+            _ => Err(error),
+        }
+    }
 }

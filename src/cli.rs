@@ -214,7 +214,7 @@ pub enum ImageFormatArg {
     Vmdk,
 }
 
-impl From<ImageFormatArg> for strata::disk::ImageFormat {
+impl From<ImageFormatArg> for strata::vmdk::ImageFormat {
     fn from(arg: ImageFormatArg) -> Self {
         match arg {
             ImageFormatArg::Raw => Self::Raw,

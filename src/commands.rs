@@ -18,10 +18,8 @@ use strata::restore::files::{restore_files, FilesRestore};
 use strata::restore::vm::{
     load_description, restore_disk_raw, restore_vm, DiskOutput, VmRestore, VmRestoreSummary,
 };
-use strata::restore_point::RestorePointKind;
-use strata::restore_point::{
-    format_time, format_time_exact, parse_time, select, time_labels, RestorePoint,
-};
+use strata::restore_point::{RestorePoint, RestorePointKind};
+use strata::selector::{format_time, format_time_exact, parse_time, select, time_labels};
 use strata::tree::{Node, NodeKind};
 
 use crate::cli::{

@@ -3,12 +3,15 @@
 //! It is written once by `strata init` and read by every command. Chunker
 //! parameters are fixed for the life of a repository: changing them would
 //! move every chunk boundary and defeat deduplication.
+//!
+//! This module is the format (JSON text to and from [`RepoConfig`]);
+//! reading the file from a repository's directory is `config_file`.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::format::REPOSITORY_FORMAT_VERSION;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,28 +122,17 @@ impl RepoConfig {
         }
     }
 
-    pub fn load(repo: &Path) -> Result<Self> {
-        let path = repo.join(Self::FILE_NAME);
-        let text = match std::fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotARepository {
-                    path: repo.to_path_buf(),
-                    reason: format!(
-                        "{} is missing (create one with `strata init`)",
-                        path.display()
-                    ),
-                })
-            }
-            Err(e) => return Err(Error::io("reading", path, e)),
-        };
+    /// Decodes and validates the text of `config.json` of the repository
+    /// at `repo` (named in errors; nothing is read from it).
+    pub fn from_json(text: &[u8], repo: &Path) -> Result<Self> {
+        let path = Self::path(repo);
         // Read the version first so that a future format is reported as
         // such rather than as a parse error of fields we do not know.
         #[derive(Deserialize)]
         struct VersionOnly {
             format_version: u64,
         }
-        let version: VersionOnly = serde_json::from_slice(&text)
+        let version: VersionOnly = serde_json::from_slice(text)
             .map_err(|e| Error::corrupt(path.display().to_string(), e))?;
         if version.format_version != REPOSITORY_FORMAT_VERSION as u64 {
             return Err(Error::UnsupportedVersion {
@@ -149,7 +141,7 @@ impl RepoConfig {
                 supported: REPOSITORY_FORMAT_VERSION as u64,
             });
         }
-        let config: RepoConfig = serde_json::from_slice(&text)
+        let config: RepoConfig = serde_json::from_slice(text)
             .map_err(|e| Error::corrupt(path.display().to_string(), e))?;
         config.chunker.validate()?;
         if !(1..=22).contains(&config.compression_level) {
@@ -196,12 +188,25 @@ impl RepoConfig {
     }
 }
 
-/// Reads the whole config file for a check that it parses, used by `init`
-/// to refuse a directory that already holds a repository.
-pub fn exists(repo: &Path) -> Result<bool> {
-    match std::fs::metadata(RepoConfig::path(repo)) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).at("checking", RepoConfig::path(repo)),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_and_future_versions_are_named() {
+        let config = RepoConfig::new("id".into());
+        let repo = Path::new("/repo");
+        let back = RepoConfig::from_json(&config.to_json(), repo).unwrap();
+        assert_eq!(back.to_json(), config.to_json());
+        let future = String::from_utf8(config.to_json())
+            .unwrap()
+            .replace(
+                &format!("\"format_version\": {REPOSITORY_FORMAT_VERSION}"),
+                "\"format_version\": 999",
+            );
+        assert!(matches!(
+            RepoConfig::from_json(future.as_bytes(), repo),
+            Err(Error::UnsupportedVersion { found: 999, .. })
+        ));
     }
 }

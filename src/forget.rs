@@ -107,7 +107,7 @@ pub fn decide(points: &[RestorePoint], policy: &KeepPolicy) -> Vec<Decision> {
         .map(|(rp, reasons)| Decision {
             id: rp.id.to_string(),
             source: rp.manifest.source.clone(),
-            time: restore_point::format_time_exact(rp.manifest.time),
+            time: crate::selector::format_time_exact(rp.manifest.time),
             keep: !reasons.is_empty(),
             reasons,
         })
@@ -157,7 +157,8 @@ fn remove(repo: &Repository<Exclusive>, id: &RestorePointId) -> Result<()> {
 mod tests {
     use super::*;
     use crate::id::ChunkId;
-    use crate::restore_point::{parse_time, BackupStats, Manifest, RestorePointKind};
+    use crate::restore_point::{BackupStats, Manifest, RestorePointKind};
+    use crate::selector::parse_time;
 
     fn point(n: u8, source: &str, time: &str) -> RestorePoint {
         RestorePoint {

@@ -36,7 +36,7 @@ pub const INDEX_RECORD_VERSION: u8 = 1;
 /// Schema version of the RocksDB index as a whole, kept under a fixed key.
 pub const INDEX_SCHEMA_VERSION: u32 = 1;
 
-/// First bytes of a disk map page (see `disk::map`).
+/// First bytes of a disk map page (see `disk_map`).
 pub const DISK_MAP_PAGE_MAGIC: [u8; 4] = *b"STRD";
 pub const DISK_MAP_PAGE_VERSION: u16 = 1;
 

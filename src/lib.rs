@@ -17,10 +17,13 @@
 
 pub mod backup;
 pub mod check;
+pub mod clock;
 pub mod chunker;
 pub mod codec;
 pub mod config;
-pub mod disk;
+pub mod config_file;
+pub mod disk_map;
+pub mod disk_reader;
 pub mod error;
 pub mod forget;
 pub mod format;
@@ -39,9 +42,12 @@ pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod restore_point;
+pub mod selector;
 pub mod storage;
 pub mod tier;
 pub mod tree;
 pub mod vm;
+pub mod vmdk;
+pub mod walk;
 
 pub use error::{Error, Result};

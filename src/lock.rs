@@ -45,7 +45,7 @@ impl RepositoryLock {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let since = crate::restore_point::format_time(crate::restore_point::now());
+        let since = crate::selector::format_time(crate::clock::now());
         let info = format!(
             "held by `{command}` (pid {} on {host}) since {since}\n",
             std::process::id()

@@ -53,7 +53,7 @@ impl SealedPack {
             size: self.len,
             chunk_count: self.entries.len() as u32,
             live_bytes: self.entries.iter().map(|e| e.stored_len as u64).sum(),
-            created: crate::restore_point::now().sec,
+            created: crate::clock::now().sec,
         }
     }
 }

@@ -1,18 +1,16 @@
-//! What restore points reference: reads the manifests, walks a restore
-//! point's trees, VM description and disk maps, and keeps a compact filter
-//! to remember chunk ids. Shared by prune (what is live), tiering (what
+//! What restore points reference: reads the manifests, lists a restore
+//! point's chunks (through [`crate::walk`]), and keeps a compact filter to
+//! remember chunk ids. Shared by prune (what is live), tiering (what
 //! only old restore points use), check and repair.
 
 use std::collections::HashSet;
 
-use crate::disk::map::DiskMapPage;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::repository::Repository;
-use crate::restore_point::{self, Manifest, RestorePoint, RestorePointKind};
+use crate::restore_point::{self, Manifest, RestorePoint};
 use crate::storage::ObjectStore;
-use crate::tree::{Extent, NodeKind};
-use crate::vm::description::VmDescription;
+use crate::walk::{walk, EachChunk, Place};
 
 /// Every manifest object under `manifests/`, read from the objects
 /// themselves (the truth) rather than from the catalog in the index.
@@ -56,50 +54,19 @@ pub fn for_each_chunk<M>(
     visited: &mut HashSet<ChunkId>,
     visit: &mut dyn FnMut(&ChunkId, bool) -> Result<()>,
 ) -> Result<()> {
-    match rp.manifest.kind {
-        RestorePointKind::Files => {
-            let mut stack = vec![rp.manifest.root];
-            while let Some(tree_id) = stack.pop() {
-                crate::interrupt::check()?;
-                visit(&tree_id, false)?;
-                if !visited.insert(tree_id) {
-                    continue;
-                }
-                for node in repo.load_tree(&tree_id)?.nodes {
-                    match node.kind {
-                        NodeKind::Directory { subtree } => stack.push(subtree),
-                        NodeKind::File { extents } => {
-                            for extent in extents {
-                                if let Extent::Data { id, .. } = extent {
-                                    visit(&id, true)?;
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        RestorePointKind::Vm => {
-            let root = rp.manifest.root;
-            visit(&root, false)?;
-            let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
-            for disk in &description.disks {
-                for page_ref in &disk.pages {
-                    crate::interrupt::check()?;
-                    visit(&page_ref.id, false)?;
-                    if !visited.insert(page_ref.id) {
-                        continue;
-                    }
-                    let page = DiskMapPage::decode(&page_ref.id, &repo.read_chunk(&page_ref.id)?)?;
-                    for id in page.entries.iter().flatten() {
-                        visit(id, true)?;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+    walk(
+        repo,
+        rp,
+        &mut EachChunk(|id: &ChunkId, place: &Place| {
+            visit(id, place.is_data())?;
+            // A VM description is read for each restore point using it, so
+            // the pages it shares are still visited (if not descended into).
+            Ok(match place {
+                Place::Tree { .. } | Place::DiskMapPage { .. } => visited.insert(*id),
+                _ => true,
+            })
+        }),
+    )
 }
 
 /// A Bloom filter over chunk ids, about 10 bits per expected id (120 MB

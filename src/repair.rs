@@ -27,7 +27,9 @@ use crate::pack::{self, ChunkKind, CompressedChunk, PackEntry};
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, read_manifests};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
-use crate::restore_point::{format_time, now, RestorePoint};
+use crate::clock::now;
+use crate::restore_point::RestorePoint;
+use crate::selector::format_time;
 use crate::storage::ObjectStore;
 use crate::tier;
 
@@ -322,7 +324,7 @@ fn classify(plain: &[u8]) -> ChunkKind {
         ChunkKind::Tree
     } else if crate::vm::description::VmDescription::decode(&id, plain).is_ok() {
         ChunkKind::VmDescription
-    } else if crate::disk::map::DiskMapPage::decode(&id, plain).is_ok() {
+    } else if crate::disk_map::DiskMapPage::decode(&id, plain).is_ok() {
         ChunkKind::DiskMapPage
     } else {
         ChunkKind::Data

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, RepoConfig};
+use crate::config::RepoConfig;
+use crate::config_file;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, RestorePointId};
 use crate::index::{ChunkLocation, Index, IndexAccess, Tier};
@@ -151,7 +152,7 @@ fn check_layout(root: &Path) -> Result<RepoConfig> {
             reason: "no such directory".into(),
         });
     }
-    RepoConfig::load(root)
+    config_file::load(root)
 }
 
 impl Repository<ReadOnly> {
@@ -178,7 +179,7 @@ impl Repository<ReadOnly> {
 impl Repository<Exclusive> {
     /// Creates a new, empty repository at `root`.
     pub fn init(root: &Path, config: RepoConfig) -> Result<Self> {
-        if config::exists(root)? {
+        if config_file::exists(root)? {
             return Err(Error::InvalidInput(format!(
                 "{} already holds a repository",
                 root.display()
@@ -392,7 +393,7 @@ impl<Mode> Repository<Mode> {
         let name = match location.tier {
             Tier::Warm => pack::object_name(&location.pack),
             Tier::Cold => {
-                let now = crate::restore_point::now().sec;
+                let now = crate::clock::now().sec;
                 match self.index.pack_thawed_until(&location.pack)? {
                     Some(until) if until > now => thaw_object_name(&location.pack),
                     _ => {
@@ -416,7 +417,7 @@ impl<Mode> Repository<Mode> {
             Tier::Cold => self
                 .index
                 .pack_thawed_until(&location.pack)?
-                .is_some_and(|u| u > crate::restore_point::now().sec),
+                .is_some_and(|u| u > crate::clock::now().sec),
         })
     }
 
@@ -455,7 +456,7 @@ impl<Mode> Repository<Mode> {
 
     pub fn resolve(&self, selector: &str) -> Result<RestorePoint> {
         let all = self.restore_points()?;
-        restore_point::select(&all, selector).cloned()
+        crate::selector::select(&all, selector).cloned()
     }
 
     /// Finds the node at `path` ("/etc/hosts") in a restore point; `/` or

@@ -26,7 +26,9 @@ use crate::packs::OpenPack;
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
-use crate::restore_point::{format_time, now, RestorePoint};
+use crate::clock::now;
+use crate::restore_point::RestorePoint;
+use crate::selector::format_time;
 
 /// Higher than the default 3: cold data is written once and rarely read.
 /// Level 19 ran at 5 MB/s a core here; 12 keeps most of its gain.

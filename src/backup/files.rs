@@ -30,7 +30,7 @@ use crate::index::{FileCacheBatch, FileCacheRecord, FileFingerprint};
 use crate::pack::{ChunkKind, MAX_CHUNK_LEN};
 use crate::progress::Progress;
 use crate::repository::{Exclusive, Repository};
-use crate::restore_point::{self, Manifest, MissedFile, RestorePointKind};
+use crate::restore_point::{Manifest, MissedFile, RestorePointKind};
 use crate::tree::{Extent, Node, NodeKind, Timestamp, Tree};
 
 const MAX_IN_FLIGHT: usize = 256;
@@ -176,7 +176,7 @@ pub fn backup_files(
     let manifest = Manifest {
         kind: RestorePointKind::Files,
         source,
-        time: request.time.unwrap_or_else(restore_point::now),
+        time: request.time.unwrap_or_else(crate::clock::now),
         hostname: default_source(),
         tags: request.tags.clone(),
         paths: paths

@@ -16,18 +16,19 @@ use std::time::Instant;
 
 use super::files::BackupOutcome;
 use super::pipeline::{with_chunk_sink, ChunkSink, StoreCounters};
-use crate::disk::map::{DiskMapPage, PageRef, PAGE_ENTRIES};
-use crate::disk::vmdk_writer::ADAPTER_TYPES;
-use crate::disk::{DiskFormat, ImageFormat, VirtualDisk};
+use crate::disk_map::{DiskMapPage, PageRef, PAGE_ENTRIES};
+use crate::disk_reader::read_page;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::pack::ChunkKind;
 use crate::progress::Progress;
 use crate::repository::{Exclusive, Repository};
-use crate::restore_point::{self, Manifest, RestorePointKind};
+use crate::restore_point::{Manifest, RestorePointKind};
 use crate::tree::Timestamp;
 use crate::vm::description::{adapter_for_slot, DiskRecord, FileOwner, VmDescription};
 use crate::vm::vmx::Vmx;
+use crate::vmdk::writer::ADAPTER_TYPES;
+use crate::vmdk::{DiskFormat, ImageFormat, VirtualDisk};
 
 const MAX_VMX_LEN: u64 = 4 << 20;
 
@@ -35,7 +36,7 @@ pub enum VmSource {
     /// A VM folder, or its `.vmx` file.
     Vm(PathBuf),
     /// One disk image, backed up as a VM with one disk; `format` as asked
-    /// with `--format` (`None`: as its name asks, see `disk::probe`).
+    /// with `--format` (`None`: as its name asks, see `vmdk::probe`).
     Image {
         path: PathBuf,
         name: Option<String>,
@@ -303,7 +304,7 @@ pub fn backup_vm(
     for disk in &vm.disks {
         opened.push(VirtualDisk::open(&disk.path, disk.format)?);
     }
-    let warm_cutoff = restore_point::now().sec - repo.config().tiers.warm_days as i64 * 86_400;
+    let warm_cutoff = crate::clock::now().sec - repo.config().tiers.warm_days as i64 * 86_400;
     let parent_is_warm = parent
         .as_ref()
         .is_some_and(|p| p.manifest.time.sec >= warm_cutoff);
@@ -397,7 +398,7 @@ pub fn backup_vm(
     let manifest = Manifest {
         kind: RestorePointKind::Vm,
         source: vm.name.clone(),
-        time: request.time.unwrap_or_else(restore_point::now),
+        time: request.time.unwrap_or_else(crate::clock::now),
         hostname: super::files::default_source(),
         tags: Vec::new(),
         paths: vec![std::os::unix::ffi::OsStrExt::as_bytes(vm.origin.as_os_str()).to_vec()],
@@ -455,7 +456,7 @@ fn backup_disk(
                     continue;
                 }
                 let parent_page = &parent.pages[page as usize];
-                DiskMapPage::decode(&parent_page.id, &repo.read_chunk(&parent_page.id)?)?.entries
+                read_page(repo, &parent_page.id)?.entries
             }
             None => vec![None; (last - first) as usize],
         };

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType};
 
 use super::inodes::InodeTable;
-use crate::disk::map::DiskMapPage;
+use crate::disk_reader::PageCache;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, RestorePointId};
 use crate::repository::Repository;
-use crate::restore_point::{format_time, time_labels, RestorePoint, RestorePointKind};
+use crate::restore_point::{RestorePoint, RestorePointKind};
+use crate::selector::{format_time, time_labels};
 use crate::tree::{Extent, Node, NodeKind, Timestamp};
 use crate::vm::description::{FileOwner, VmDescription};
 
@@ -137,7 +138,8 @@ pub struct Inode {
     pub kind: Kind,
     children: OnceLock<Arc<Vec<Child>>>,
     pub content: OnceLock<Arc<FileContent>>,
-    pub pages: Mutex<HashMap<usize, Arc<DiskMapPage>>>,
+    /// Disk map pages of a disk, read once for the inode's life.
+    pub pages: PageCache,
     /// Where the last read ended, to detect sequential readers.
     pub last_end: AtomicU64,
 }
@@ -197,7 +199,7 @@ pub(super) fn new_inode(ino: u64, parent: u64, kind: Kind) -> Arc<Inode> {
         kind,
         children: OnceLock::new(),
         content: OnceLock::new(),
-        pages: Mutex::new(HashMap::new()),
+        pages: PageCache::unbounded(),
         last_end: AtomicU64::new(u64::MAX),
     })
 }
@@ -395,7 +397,7 @@ impl<M: Sync + Send> Namespace<M> {
                 for (i, disk) in d.disks.iter().enumerate() {
                     let stem = disk_stem(&d, i);
                     let flat = format!("{stem}-flat.vmdk");
-                    let text = crate::disk::vmdk_writer::flat_descriptor_text(
+                    let text = crate::vmdk::writer::flat_descriptor_text(
                         &flat,
                         disk.capacity,
                         &disk.adapter_type,

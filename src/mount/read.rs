@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::cache::ChunkCache;
 use super::namespace::{FileContent, Inode, Kind, Namespace};
-use crate::disk::map::{DiskMapPage, PAGE_ENTRIES};
+use crate::disk_reader::DiskMapReader;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::tree::Extent;
@@ -48,35 +48,10 @@ pub fn disk_chunks<M: Send + Sync>(
     let chunk = disk.chunk_size as u64;
     let mut out = Vec::new();
     let end = (offset + len).min(disk.capacity);
+    let map = DiskMapReader::new(&ns.repo, &disk.pages, &inode.pages);
     let mut index = offset / chunk;
     while index * chunk < end {
-        let page_index = (index / PAGE_ENTRIES as u64) as usize;
-        let page = {
-            let cached = inode.pages.lock().expect("pages").get(&page_index).cloned();
-            match cached {
-                Some(page) => page,
-                None => {
-                    let page_ref = disk.pages.get(page_index).ok_or_else(|| {
-                        Error::corrupt("disk map", format!("page {page_index} missing"))
-                    })?;
-                    let page = Arc::new(DiskMapPage::decode(
-                        &page_ref.id,
-                        &ns.repo.read_chunk(&page_ref.id)?,
-                    )?);
-                    inode
-                        .pages
-                        .lock()
-                        .expect("pages")
-                        .insert(page_index, page.clone());
-                    page
-                }
-            }
-        };
-        let id = page
-            .entries
-            .get((index % PAGE_ENTRIES as u64) as usize)
-            .copied()
-            .flatten();
+        let id = map.chunk_at(index)?;
         out.push((index * chunk, disk.chunk_len(index), id));
         index += 1;
     }

@@ -18,11 +18,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use crate::disk::map::DiskMapReader;
-use crate::disk::sparse::SECTOR;
-use crate::disk::vmdk_writer::{
-    vmdk_sectors, write_flat_descriptor, DiskSink, RawWriter, SparseVmdkWriter,
-};
+use crate::disk_reader::{DiskMapReader, PageCache};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -30,6 +26,10 @@ use crate::restore_point::{RestorePoint, RestorePointKind};
 use crate::storage::local::fsync_dir;
 use crate::vm::description::{DiskRecord, VmDescription};
 use crate::vm::vmx::Vmx;
+use crate::vmdk::sparse::SECTOR;
+use crate::vmdk::writer::{
+    vmdk_sectors, write_flat_descriptor, DiskSink, RawWriter, SparseVmdkWriter,
+};
 
 const WINDOW_CHUNKS: usize = 32;
 
@@ -254,7 +254,8 @@ pub fn restore_vm<M: Sync>(
 
 /// Refuses a disk any of whose data is on the cold tier, before writing.
 fn check_readable<M>(repo: &Repository<M>, rp: &RestorePoint, disk: &DiskRecord) -> Result<()> {
-    let map = DiskMapReader::new(repo, &disk.pages);
+    let cache = PageCache::keeping(1);
+    let map = DiskMapReader::new(repo, &disk.pages, &cache);
     for (p, page_ref) in disk.pages.iter().enumerate() {
         if page_ref.data_chunks == 0 {
             continue;
@@ -314,7 +315,8 @@ pub fn write_disk<M: Sync>(
     mut sink: Box<dyn DiskSink>,
     progress: &Progress,
 ) -> Result<u64> {
-    let map = DiskMapReader::new(repo, &disk.pages);
+    let cache = PageCache::keeping(1);
+    let map = DiskMapReader::new(repo, &disk.pages, &cache);
     let chunks = disk.chunk_count();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

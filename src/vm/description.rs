@@ -4,11 +4,11 @@
 //! warm and is shared when nothing changed.
 
 use crate::codec::{DecodeError, Decoder, Encoder};
-use crate::disk::map::PageRef;
-use crate::disk::DiskFormat;
+use crate::disk_map::PageRef;
 use crate::error::{Error, Result};
 use crate::format::{VM_DESCRIPTION_MAGIC, VM_DESCRIPTION_VERSION, VM_DESCRIPTION_VERSION_1};
 use crate::id::ChunkId;
+use crate::vmdk::DiskFormat;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskRecord {
@@ -250,7 +250,7 @@ impl VmDescription {
             let pages_n = d.count(36)?;
             let expected = capacity
                 .div_ceil(chunk_size as u64)
-                .div_ceil(crate::disk::map::PAGE_ENTRIES as u64);
+                .div_ceil(crate::disk_map::PAGE_ENTRIES as u64);
             if pages_n as u64 != expected {
                 return Err(d.error(format!(
                     "{pages_n} map pages for a disk that needs {expected}"

@@ -397,7 +397,7 @@ fn malformed_disks_and_configurations_get_clear_errors() {
 /// panic or an unbounded allocation.
 #[test]
 fn mutated_vmdks_never_panic() {
-    use strata::disk::VirtualDisk;
+    use strata::vmdk::VirtualDisk;
     let dir = tempfile::tempdir().unwrap();
     let raw = ext4_image(dir.path(), "disk", 8, 8);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(9);

@@ -97,7 +97,7 @@ fn blank_and_all_zero_disks_restore_as_vmdks_qemu_opens() {
 /// even of its own making), so the writer gives it one zero sector.
 #[test]
 fn a_zero_capacity_disk_restores_as_one_sector_qemu_opens() {
-    use strata::disk::vmdk_writer::{DiskSink, SparseVmdkWriter};
+    use strata::vmdk::writer::{DiskSink, SparseVmdkWriter};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.vmdk");
     let writer = SparseVmdkWriter::create(&path, 0, "lsilogic").unwrap();

@@ -6,16 +6,21 @@
 //! fall in and reuses the ids of all others, so its cost is O(changed
 //! chunks); finding the chunk at an offset is two array indexings and at
 //! most one page read.
-
-use std::sync::{Arc, Mutex};
+//!
+//! This module is the format only: encoding and decoding pages, and where
+//! a chunk's entry lies. Reading pages from a repository is `disk_reader`.
 
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::format::{DISK_MAP_PAGE_MAGIC, DISK_MAP_PAGE_VERSION};
 use crate::id::ChunkId;
-use crate::repository::Repository;
 
 pub const PAGE_ENTRIES: usize = 512;
+
+/// The page holding chunk `index` of a disk.
+pub fn page_of(index: u64) -> usize {
+    (index / PAGE_ENTRIES as u64) as usize
+}
 
 /// One page: `None` is a hole (never written, or all zeros).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,6 +29,15 @@ pub struct DiskMapPage {
 }
 
 impl DiskMapPage {
+    /// The chunk holding chunk `index` of the disk (counted from the disk's
+    /// start, in the page [`page_of`] names), `None` for a hole.
+    pub fn chunk(&self, index: u64) -> Option<ChunkId> {
+        self.entries
+            .get((index % PAGE_ENTRIES as u64) as usize)
+            .copied()
+            .flatten()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new();
         e.raw(&DISK_MAP_PAGE_MAGIC)
@@ -77,51 +91,6 @@ impl DiskMapPage {
 pub struct PageRef {
     pub id: ChunkId,
     pub data_chunks: u32,
-}
-
-/// Random access to a stored disk's chunks, keeping the last page.
-pub struct DiskMapReader<'r, M> {
-    repo: &'r Repository<M>,
-    pages: &'r [PageRef],
-    last: Mutex<Option<(usize, Arc<DiskMapPage>)>>,
-}
-
-impl<'r, M> DiskMapReader<'r, M> {
-    pub fn new(repo: &'r Repository<M>, pages: &'r [PageRef]) -> Self {
-        DiskMapReader {
-            repo,
-            pages,
-            last: Mutex::new(None),
-        }
-    }
-
-    pub fn page(&self, index: usize) -> Result<Arc<DiskMapPage>> {
-        if let Some((i, page)) = self.last.lock().expect("page cache").as_ref() {
-            if *i == index {
-                return Ok(page.clone());
-            }
-        }
-        let page_ref = self
-            .pages
-            .get(index)
-            .ok_or_else(|| Error::corrupt("disk map", format!("page {index} does not exist")))?;
-        let page = Arc::new(DiskMapPage::decode(
-            &page_ref.id,
-            &self.repo.read_chunk(&page_ref.id)?,
-        )?);
-        *self.last.lock().expect("page cache") = Some((index, page.clone()));
-        Ok(page)
-    }
-
-    /// The chunk holding chunk `index` of the disk, `None` for a hole.
-    pub fn chunk_at(&self, index: u64) -> Result<Option<ChunkId>> {
-        let page = self.page((index / PAGE_ENTRIES as u64) as usize)?;
-        Ok(page
-            .entries
-            .get((index % PAGE_ENTRIES as u64) as usize)
-            .copied()
-            .flatten())
-    }
 }
 
 #[cfg(test)]

@@ -1,15 +1,19 @@
-//! Virtual disks read natively: raw images and VMDKs (monolithicSparse,
-//! twoGbMaxExtentSparse, monolithicFlat, twoGbMaxExtentFlat, vmfs flat,
-//! streamOptimized), as one address space of extents.
+//! The VMDK layer: virtual disks read natively (raw images and VMDKs:
+//! monolithicSparse, twoGbMaxExtentSparse, monolithicFlat,
+//! twoGbMaxExtentFlat, vmfs flat, streamOptimized) as one address space of
+//! extents, and written out as sparse or flat VMDKs or raw files.
 //!
 //! A [`VirtualDisk`] answers two questions: which byte ranges hold data
 //! (so holes are never read), and what the bytes at an offset are.
+//!
+//! This layer knows nothing of repositories: it depends only on the error
+//! types and std, so that it can become a crate of its own. How a stored
+//! disk is mapped to chunks is the repository's business (`disk_map`).
 
 pub mod descriptor;
-pub mod map;
 pub mod probe;
 pub mod sparse;
-pub mod vmdk_writer;
+pub mod writer;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};

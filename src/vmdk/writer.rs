@@ -384,7 +384,10 @@ impl DiskSink for RawWriter {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            crate::storage::local::fsync_dir(dir)?;
+            // The rename is durable only once its directory is synced.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .at("syncing directory", dir)?;
         }
         Ok(())
     }
