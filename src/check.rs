@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::cancel::CancelToken;
 use crate::disk::map::{DiskMapPage, PAGE_ENTRIES};
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
@@ -49,7 +50,12 @@ impl CheckReport {
     }
 }
 
-pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> Result<CheckReport> {
+pub fn check<M>(
+    repo: &Repository<M>,
+    read_data: bool,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
     let _span = tracing::info_span!("check", read_data).entered();
     let mut report = CheckReport::default();
     let mut damaged: HashMap<ChunkId, (PackId, String)> = HashMap::new();
@@ -59,13 +65,13 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     let names = repo.store().list("packs/")?;
     if read_data {
         let total: u64 = names.iter().filter_map(|n| repo.store().size(n).ok()).sum();
-        progress.inc_length(total);
+        progress.add_total(total);
     }
     // Cold packs: their trailers are checked against the index; their data
     // is not read, since reading the archival tier is what thaw is for.
     if let Ok(cold) = repo.cold_store() {
         for name in cold.list("packs/")? {
-            crate::interrupt::check()?;
+            cancel.check()?;
             let Some(pack_id) = pack::id_from_object_name(&name) else {
                 continue;
             };
@@ -90,7 +96,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
         }
     }
     for name in &names {
-        crate::interrupt::check()?;
+        cancel.check()?;
         let Some(pack_id) = pack::id_from_object_name(name) else {
             report
                 .warnings
@@ -147,8 +153,8 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
             }
         }
         if let Some(bytes) = bytes {
-            verify_pack_data(&bytes, &pack_id, &entries, &mut damaged, &mut report)?;
-            progress.inc(bytes.len() as u64);
+            verify_pack_data(&bytes, &pack_id, &entries, &mut damaged, &mut report, cancel)?;
+            progress.advance(bytes.len() as u64);
         }
     }
 
@@ -191,7 +197,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
 
     // The manifest objects themselves, not the catalog's copies: a damaged
     // one is named here, and the others are still checked.
-    let manifests = read_manifests(repo.store())?;
+    let manifests = read_manifests(repo.store(), cancel)?;
     for (name, cause) in manifests.damaged {
         report.errors.push(format!(
             "manifest {name}: {cause} (`strata repair index` sets its restore point aside)"
@@ -211,12 +217,12 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     report.restore_points = restore_points.len() as u64;
     let mut visited = HashSet::new();
     for rp in &restore_points {
-        crate::interrupt::check()?;
-        walk_references(repo, rp, &mut visited, &damaged, &mut report)?;
+        cancel.check()?;
+        walk_references(repo, rp, &mut visited, &damaged, &mut report, cancel)?;
     }
     let mut damaged_list: Vec<_> = damaged.into_iter().collect();
     damaged_list.sort_by_key(|(id, _)| *id);
-    let mut affected = affected_files(repo, &restore_points, &damaged_list)?;
+    let mut affected = affected_files(repo, &restore_points, &damaged_list, cancel)?;
     for (id, (pack, detail)) in damaged_list {
         report.damaged.push(DamagedChunk {
             chunk: id.to_string(),
@@ -244,6 +250,7 @@ fn verify_pack_data(
     entries: &[PackEntry],
     damaged: &mut HashMap<ChunkId, (PackId, String)>,
     report: &mut CheckReport,
+    cancel: &CancelToken,
 ) -> Result<()> {
     if blake3::hash(bytes).as_bytes()[..16] != pack_id.0 {
         report.warnings.push(format!(
@@ -251,7 +258,7 @@ fn verify_pack_data(
         ));
     }
     for entry in entries {
-        crate::interrupt::check()?;
+        cancel.check()?;
         let range = entry.offset as usize..(entry.offset + entry.stored_len as u64) as usize;
         let Some(stored) = bytes.get(range) else {
             damaged.insert(
@@ -277,10 +284,11 @@ fn walk_references<M>(
     visited: &mut HashSet<ChunkId>,
     damaged: &HashMap<ChunkId, (PackId, String)>,
     report: &mut CheckReport,
+    cancel: &CancelToken,
 ) -> Result<()> {
     if rp.manifest.kind == RestorePointKind::Vm {
         let mut missing = Vec::new();
-        let walked = walk_vm(repo, rp, visited, damaged, &mut |id, place| {
+        let walked = walk_vm(repo, rp, visited, damaged, cancel, &mut |id, place| {
             if !repo.index().has_chunk(id)? {
                 missing.push(format!(
                     "restore point {}: {place} needs chunk {id}, which is not in the repository",
@@ -299,7 +307,7 @@ fn walk_references<M>(
     }
     let mut stack = vec![(rp.manifest.root, String::new())];
     while let Some((tree_id, path)) = stack.pop() {
-        crate::interrupt::check()?;
+        cancel.check()?;
         if !visited.insert(tree_id) {
             continue;
         }
@@ -348,6 +356,7 @@ fn walk_vm<M>(
     rp: &RestorePoint,
     visited: &mut HashSet<ChunkId>,
     damaged: &HashMap<ChunkId, (PackId, String)>,
+    cancel: &CancelToken,
     visit: &mut dyn FnMut(&ChunkId, &str) -> Result<()>,
 ) -> Result<()> {
     let root = rp.manifest.root;
@@ -358,7 +367,7 @@ fn walk_vm<M>(
     let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
     for disk in &description.disks {
         for (p, page_ref) in disk.pages.iter().enumerate() {
-            crate::interrupt::check()?;
+            cancel.check()?;
             let place = format!("disk {} ({}) map page {p}", disk.slot, disk.file_name);
             visit(&page_ref.id, &place)?;
             if damaged.contains_key(&page_ref.id) || !visited.insert(page_ref.id) {
@@ -384,6 +393,7 @@ fn affected_files<M>(
     repo: &Repository<M>,
     restore_points: &[RestorePoint],
     damaged: &[(ChunkId, (PackId, String))],
+    cancel: &CancelToken,
 ) -> Result<HashMap<ChunkId, Vec<String>>> {
     let mut out: HashMap<ChunkId, Vec<String>> = HashMap::new();
     if damaged.is_empty() {
@@ -399,7 +409,7 @@ fn affected_files<M>(
         );
         if rp.manifest.kind == RestorePointKind::Vm {
             let mut seen = HashSet::new();
-            let _ = walk_vm(repo, rp, &mut seen, &HashMap::new(), &mut |id, place| {
+            let _ = walk_vm(repo, rp, &mut seen, &HashMap::new(), cancel, &mut |id, place| {
                 if set.contains(id) {
                     out.entry(*id)
                         .or_default()
@@ -411,7 +421,7 @@ fn affected_files<M>(
         }
         let mut stack = vec![(rp.manifest.root, String::new())];
         while let Some((tree_id, path)) = stack.pop() {
-            crate::interrupt::check()?;
+            cancel.check()?;
             if set.contains(&tree_id) {
                 out.entry(tree_id)
                     .or_default()

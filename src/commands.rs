@@ -11,7 +11,8 @@ use strata::backup::vm::{backup_vm, describe_format, VmBackup, VmSource};
 use strata::check::check;
 use strata::config::RepoConfig;
 use strata::forget::{forget, KeepPolicy};
-use strata::progress::Progress;
+use strata::cancel::CancelToken;
+use strata::progress::NoProgress;
 use strata::repair::repair_index;
 use strata::repository::{Exclusive, Repository};
 use strata::restore::files::{restore_files, FilesRestore};
@@ -24,6 +25,7 @@ use strata::restore_point::{
 };
 use strata::tree::{Node, NodeKind};
 
+use crate::progress_bar::TerminalProgress;
 use crate::cli::{
     BackupCommand, Cli, Command, DiskBackupArgs, DiskFormatArg, RepairCommand, RestoreCommand,
     TierCommand,
@@ -96,7 +98,7 @@ fn mb_per_s(bytes: u64, ms: u64) -> f64 {
     bytes as f64 / 1e6 / (ms.max(1) as f64 / 1000.0)
 }
 
-pub fn run(cli: Cli) -> Result<Status> {
+pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
     let repo = repo_path(&cli.repo);
     match cli.command {
         Command::Init { cold, warm_days } => {
@@ -145,8 +147,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         }
         Command::Tier(TierCommand::Run { warm_days, json }) => {
             let repo = open_exclusive(&repo?, "strata tier run")?;
-            let progress = Progress::bytes("tier", false);
-            let report = strata::tier::run(&repo, warm_days, &progress)?;
+            let report = strata::tier::run(&repo, warm_days, &NoProgress, cancel)?;
             if json.json {
                 print_json(&serde_json::to_value(&report)?)?;
             } else {
@@ -173,8 +174,8 @@ pub fn run(cli: Cli) -> Result<Status> {
             let path = repo?;
             let repo = open_exclusive(&path, "strata thaw")?;
             let rp = repo.resolve(&restore_point)?;
-            let progress = Progress::bytes("thaw", !json.json && !plan);
-            let thawed = strata::tier::thaw(&repo, &rp, days, plan, &progress);
+            let progress = TerminalProgress::bytes("thaw", !json.json && !plan);
+            let thawed = strata::tier::thaw(&repo, &rp, days, plan, &progress, cancel);
             // The notification runs after the writer lock is released.
             let config = repo.config().clone();
             drop(repo);
@@ -221,7 +222,7 @@ pub fn run(cli: Cli) -> Result<Status> {
             let path = repo?;
             let time = time.as_deref().map(parse_time).transpose()?;
             let repo = open_exclusive(&path, "strata backup files")?;
-            let progress = Progress::bytes("backup", !json.json);
+            let progress = TerminalProgress::bytes("backup", !json.json);
             let outcome = backup_files(
                 &repo,
                 &FilesBackup {
@@ -231,12 +232,13 @@ pub fn run(cli: Cli) -> Result<Status> {
                     time,
                 },
                 &progress,
+                cancel,
             )?;
             render_backup(&outcome, json.json)
         }
         Command::Backup(BackupCommand::Vm { vm, args }) => {
             let source = VmSource::Vm(vm);
-            backup_disks(repo?, source, args, "strata backup vm")
+            backup_disks(repo?, source, args, "strata backup vm", cancel)
         }
         Command::Backup(BackupCommand::Image {
             disk,
@@ -250,7 +252,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                 name,
                 format,
             };
-            backup_disks(repo?, source, args, "strata backup image")
+            backup_disks(repo?, source, args, "strata backup image", cancel)
         }
         Command::List(json) => {
             let repo = open(&repo?)?;
@@ -411,7 +413,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                 no_xattrs,
             };
             let shown = mountpoint.display().to_string();
-            strata::mount::mount(repo, &mountpoint, &options, || {
+            strata::mount::mount(repo, &mountpoint, &options, cancel, || {
                 let _ = writeln!(
                     std::io::stdout(),
                     "mounted {} at {shown}; unmount with Ctrl-C or `strata umount {shown}`",
@@ -477,7 +479,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                 bail!("--repack-below must be between 0 and 1");
             }
             let repo = open_exclusive(&repo?, "strata prune")?;
-            let progress = Progress::bytes("prune", !json.json);
+            let progress = TerminalProgress::bytes("prune", !json.json);
             let report = strata::prune::prune(
                 &repo,
                 &strata::prune::PruneOptions {
@@ -486,6 +488,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                     dry_run,
                 },
                 &progress,
+                cancel,
             )?;
             if json.json {
                 print_json(&serde_json::to_value(&report)?)?;
@@ -517,8 +520,8 @@ pub fn run(cli: Cli) -> Result<Status> {
         }
         Command::Check { read_data, json } => {
             let repo = open(&repo?)?;
-            let progress = Progress::bytes("check", read_data && !json.json);
-            let report = check(&repo, read_data, &progress)?;
+            let progress = TerminalProgress::bytes("check", read_data && !json.json);
+            let report = check(&repo, read_data, &progress, cancel)?;
             if json.json {
                 print_json(&serde_json::to_value(&report)?)?;
             } else {
@@ -557,8 +560,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         }
         Command::Repair(RepairCommand::Index(json)) => {
             let mut repo = Repository::open_for_repair(&repo?, "strata repair index")?;
-            let progress = Progress::bytes("repair", false);
-            let report = repair_index(&mut repo, &progress)?;
+            let report = repair_index(&mut repo, &NoProgress, cancel)?;
             if json.json {
                 print_json(&serde_json::to_value(&report)?)?;
             } else {
@@ -581,14 +583,14 @@ pub fn run(cli: Cli) -> Result<Status> {
         }) => {
             let repo = open(&repo?)?;
             let rp = repo.resolve(&restore_point)?;
-            let progress = Progress::bytes("restore", !json.json);
+            let progress = TerminalProgress::bytes("restore", !json.json);
             let request = VmRestore {
                 target_dir: to,
                 name,
                 disk_output: disk_output(disk_format),
                 disk: None,
             };
-            let summary = restore_vm(&repo, &rp, &request, &progress)?;
+            let summary = restore_vm(&repo, &rp, &request, &progress, cancel)?;
             render_vm_restore(&summary, json.json)?;
             Ok(Status::Ok)
         }
@@ -603,9 +605,9 @@ pub fn run(cli: Cli) -> Result<Status> {
         }) => {
             let repo = open(&repo?)?;
             let rp = repo.resolve(&restore_point)?;
-            let progress = Progress::bytes("restore", !json.json);
+            let progress = TerminalProgress::bytes("restore", !json.json);
             let summary = match (to, raw_to) {
-                (_, Some(path)) => restore_disk_raw(&repo, &rp, &disk, &path, &progress)?,
+                (_, Some(path)) => restore_disk_raw(&repo, &rp, &disk, &path, &progress, cancel)?,
                 (Some(to), None) => {
                     let request = VmRestore {
                         target_dir: to,
@@ -613,7 +615,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                         disk_output: disk_output(disk_format),
                         disk: Some(disk),
                     };
-                    restore_vm(&repo, &rp, &request, &progress)?
+                    restore_vm(&repo, &rp, &request, &progress, cancel)?
                 }
                 (None, None) => bail!("give --to DIR or --raw-to PATH"),
             };
@@ -634,7 +636,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                     rp.id.short()
                 );
             }
-            let progress = Progress::bytes("restore", !json.json);
+            let progress = TerminalProgress::bytes("restore", !json.json);
             let summary = restore_files(
                 &repo,
                 &rp,
@@ -643,6 +645,7 @@ pub fn run(cli: Cli) -> Result<Status> {
                     target: to.clone(),
                 },
                 &progress,
+                cancel,
             )?;
             if json.json {
                 print_json(&serde_json::to_value(&summary)?)?;
@@ -692,6 +695,7 @@ fn backup_disks(
     source: VmSource,
     args: DiskBackupArgs,
     command: &str,
+    cancel: &CancelToken,
 ) -> Result<Status> {
     let time = args.time.as_deref().map(parse_time).transpose()?;
     let mut changed_extents = Vec::new();
@@ -702,7 +706,7 @@ fn backup_disks(
         changed_extents.push((disk.to_string(), PathBuf::from(file)));
     }
     let repo = open_exclusive(&path, command)?;
-    let progress = Progress::bytes("backup", !args.json.json);
+    let progress = TerminalProgress::bytes("backup", !args.json.json);
     let outcome = backup_vm(
         &repo,
         &VmBackup {
@@ -712,6 +716,7 @@ fn backup_disks(
             changed_extents,
         },
         &progress,
+        cancel,
     )?;
     render_backup(&outcome, args.json.json)
 }

@@ -16,6 +16,7 @@
 //! and version lives in [`format`].
 
 pub mod backup;
+pub mod cancel;
 pub mod check;
 pub mod chunker;
 pub mod codec;
@@ -26,7 +27,6 @@ pub mod forget;
 pub mod format;
 pub mod id;
 pub mod index;
-pub mod interrupt;
 pub mod lock;
 pub mod mount;
 pub mod notify;

@@ -4,6 +4,8 @@
 
 mod cli;
 mod commands;
+mod progress_bar;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -19,7 +21,7 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
-    let cli = cli::Cli::parse();
+    let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -29,8 +31,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    strata::interrupt::install();
-    match commands::run(cli) {
+    let cancel = signals::install();
+    match commands::run(args, &cancel) {
         Ok(status) => ExitCode::from(status as u8),
         Err(e) if commands::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {

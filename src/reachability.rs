@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use crate::cancel::CancelToken;
 use crate::disk::map::DiskMapPage;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
@@ -24,10 +25,10 @@ pub struct Manifests {
     pub damaged: Vec<(String, String)>,
 }
 
-pub fn read_manifests(store: &dyn ObjectStore) -> Result<Manifests> {
+pub fn read_manifests(store: &dyn ObjectStore, cancel: &CancelToken) -> Result<Manifests> {
     let mut out = Manifests::default();
     for name in store.list("manifests/")? {
-        crate::interrupt::check()?;
+        cancel.check()?;
         let Some(id) = restore_point::id_from_object_name(&name) else {
             continue;
         };
@@ -54,13 +55,14 @@ pub fn for_each_chunk<M>(
     repo: &Repository<M>,
     rp: &RestorePoint,
     visited: &mut HashSet<ChunkId>,
+    cancel: &CancelToken,
     visit: &mut dyn FnMut(&ChunkId, bool) -> Result<()>,
 ) -> Result<()> {
     match rp.manifest.kind {
         RestorePointKind::Files => {
             let mut stack = vec![rp.manifest.root];
             while let Some(tree_id) = stack.pop() {
-                crate::interrupt::check()?;
+                cancel.check()?;
                 visit(&tree_id, false)?;
                 if !visited.insert(tree_id) {
                     continue;
@@ -86,7 +88,7 @@ pub fn for_each_chunk<M>(
             let description = VmDescription::decode(&root, &repo.read_chunk(&root)?)?;
             for disk in &description.disks {
                 for page_ref in &disk.pages {
-                    crate::interrupt::check()?;
+                    cancel.check()?;
                     visit(&page_ref.id, false)?;
                     if !visited.insert(page_ref.id) {
                         continue;
