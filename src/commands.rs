@@ -11,6 +11,7 @@ use strata::backup::vm::{backup_vm, describe_format, VmBackup, VmSource};
 use strata::check::check;
 use strata::config::RepoConfig;
 use strata::forget::{forget, KeepPolicy};
+use strata::listing::list_tree;
 use strata::cancel::CancelToken;
 use strata::progress::NoProgress;
 use strata::repair::repair_index;
@@ -103,14 +104,8 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
     match cli.command {
         Command::Init { cold, warm_days } => {
             let path = repo?;
-            let id = random_id()?;
-            let mut config = RepoConfig::new(id.clone());
-            config.tiers.warm_days = warm_days;
-            if let Some(cold) = &cold {
-                std::fs::create_dir_all(cold)
-                    .with_context(|| format!("creating cold tier {}", cold.display()))?;
-                config.tiers.cold_dir = Some(std::fs::canonicalize(cold)?);
-            }
+            let config = RepoConfig::for_new_repository(warm_days, cold.as_deref())?;
+            let id = config.repository_id.clone();
             Repository::init(&path, config)?;
             out!("created repository {id} at {}", path.display());
             Ok(Status::Ok)
@@ -395,7 +390,12 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
                     return Ok(Status::Ok);
                 }
             };
-            list_tree(&repo, tree_id, path.trim_end_matches('/'), recursive)?;
+            // The given path is shown as typed; the names below it are escaped.
+            let prefix = path.trim_end_matches('/');
+            for entry in list_tree(&repo, tree_id, recursive) {
+                let (path, node) = entry?;
+                out!("{}", ls_line(&node, &format!("{prefix}/{}", escape_name(&path))));
+            }
             Ok(Status::Ok)
         }
         Command::Mount {
@@ -902,86 +902,29 @@ fn ls_line(node: &Node, path: &str) -> String {
     line
 }
 
-fn list_tree(
-    repo: &Repository,
-    tree: strata::id::ChunkId,
-    prefix: &str,
-    recursive: bool,
-) -> Result<()> {
-    let tree = repo.load_tree(&tree)?;
-    for node in &tree.nodes {
-        let path = format!("{prefix}/{}", escape_name(&node.name));
-        out!("{}", ls_line(node, &path));
-        if recursive {
-            if let NodeKind::Directory { subtree } = &node.kind {
-                list_tree(repo, *subtree, &path, true)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn stats(repo: &Repository, as_json: bool) -> Result<()> {
-    let (mut packs, mut pack_bytes) = (0u64, 0u64);
-    for pack in repo.index().packs() {
-        let (_, record) = pack?;
-        packs += 1;
-        pack_bytes += record.size;
-    }
-    let (mut chunks, mut raw, mut stored) = (0u64, 0u64, 0u64);
-    for chunk in repo.index().chunks() {
-        let chunk = chunk?;
-        chunks += 1;
-        raw += chunk.entry.raw_len as u64;
-        stored += chunk.entry.stored_len as u64;
-    }
-    let points = repo.restore_points()?;
-    let logical: u64 = points.iter().map(|rp| rp.manifest.stats.bytes_total).sum();
-    let dedup = if raw == 0 {
-        1.0
-    } else {
-        logical as f64 / raw as f64
-    };
-    let compression = if stored == 0 {
-        1.0
-    } else {
-        raw as f64 / stored as f64
-    };
+    let s = strata::stats::stats(repo)?;
     if as_json {
-        print_json(&json!({
-            "restore_points": points.len(), "packs": packs, "pack_bytes": pack_bytes,
-            "chunks": chunks, "unique_bytes": raw, "stored_bytes": stored,
-            "logical_bytes": logical, "dedup_ratio": dedup, "compression_ratio": compression,
-        }))?;
-    } else {
-        out!("restore points   {}", points.len());
-        out!("logical data     {}", human_bytes(logical));
-        out!(
-            "unique data      {} in {} chunks (dedup {:.2}x)",
-            human_bytes(raw),
-            chunks,
-            dedup
-        );
-        out!(
-            "stored           {} (compression {:.2}x)",
-            human_bytes(stored),
-            compression
-        );
-        out!(
-            "packs            {} totalling {}",
-            packs,
-            human_bytes(pack_bytes)
-        );
+        print_json(&serde_json::to_value(&s)?)?;
+        return Ok(());
     }
+    out!("restore points   {}", s.restore_points);
+    out!("logical data     {}", human_bytes(s.logical_bytes));
+    out!(
+        "unique data      {} in {} chunks (dedup {:.2}x)",
+        human_bytes(s.unique_bytes),
+        s.chunks,
+        s.dedup_ratio
+    );
+    out!(
+        "stored           {} (compression {:.2}x)",
+        human_bytes(s.stored_bytes),
+        s.compression_ratio
+    );
+    out!(
+        "packs            {} totalling {}",
+        s.packs,
+        human_bytes(s.pack_bytes)
+    );
     Ok(())
-}
-
-fn random_id() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    let mut urandom = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
-    std::io::Read::read_exact(&mut urandom, &mut bytes).context("reading /dev/urandom")?;
-    if bytes.iter().all(|b| *b == 0) {
-        bail!("/dev/urandom returned zeros");
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
