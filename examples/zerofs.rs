@@ -5,7 +5,7 @@
 //! Usage: zerofs MOUNTPOINT SIZE_BYTES (unmounts on SIGINT/SIGTERM).
 
 // The `strata` binary's own handling, so that both stop alike.
-#[path = "../src/signals.rs"]
+#[path = "../src/cli/signals.rs"]
 mod signals;
 
 use std::ffi::OsStr;
