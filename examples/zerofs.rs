@@ -4,6 +4,10 @@
 //! through Strata with the most any FUSE file system could deliver here.
 //! Usage: zerofs MOUNTPOINT SIZE_BYTES (unmounts on SIGINT/SIGTERM).
 
+// The `strata` binary's own handling, so that both stop alike.
+#[path = "../src/cli/signals.rs"]
+mod signals;
+
 use std::ffi::OsStr;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -89,7 +93,7 @@ fn main() {
         .expect("usage: zerofs MOUNTPOINT SIZE")
         .parse()
         .expect("size in bytes");
-    strata::interrupt::install();
+    let cancel = signals::install();
     let fs = ZeroFs {
         size,
         zeros: vec![0; 4 << 20],
@@ -103,7 +107,7 @@ fn main() {
         ],
     )
     .expect("mount");
-    while !strata::interrupt::requested() && !session.guard.is_finished() {
+    while !cancel.is_cancelled() && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }

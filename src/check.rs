@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::pack::{self, PackEntry};
@@ -46,7 +47,12 @@ impl CheckReport {
     }
 }
 
-pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> Result<CheckReport> {
+pub fn check<M>(
+    repo: &Repository<M>,
+    read_data: bool,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
     let _span = tracing::info_span!("check", read_data).entered();
     let mut report = CheckReport::default();
     let mut damaged: HashMap<ChunkId, (PackId, String)> = HashMap::new();
@@ -56,13 +62,13 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     let names = repo.store().list_all("packs/")?;
     if read_data {
         let total: u64 = names.iter().filter_map(|n| repo.store().size(n).ok()).sum();
-        progress.inc_length(total);
+        progress.add_total(total);
     }
     // Cold packs: their trailers are checked against the index; their data
     // is not read, since reading the archival tier is what thaw is for.
     if let Ok(cold) = repo.cold_store() {
         for name in cold.list_all("packs/")? {
-            crate::interrupt::check()?;
+            cancel.check()?;
             let Some(pack_id) = pack::id_from_object_name(&name) else {
                 continue;
             };
@@ -87,7 +93,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
         }
     }
     for name in &names {
-        crate::interrupt::check()?;
+        cancel.check()?;
         let Some(pack_id) = pack::id_from_object_name(name) else {
             report
                 .warnings
@@ -144,8 +150,8 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
             }
         }
         if let Some(bytes) = bytes {
-            verify_pack_data(repo.codec(), &bytes, &pack_id, &entries, &mut damaged, &mut report)?;
-            progress.inc(bytes.len() as u64);
+            verify_pack_data(repo.codec(), &bytes, &pack_id, &entries, &mut damaged, &mut report, cancel)?;
+            progress.advance(bytes.len() as u64);
         }
     }
 
@@ -188,7 +194,7 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
 
     // The manifest objects themselves, not the catalog's copies: a damaged
     // one is named here, and the others are still checked.
-    let manifests = read_manifests(repo.store())?;
+    let manifests = read_manifests(repo.store(), cancel)?;
     for (name, cause) in manifests.damaged {
         report.errors.push(format!(
             "manifest {name}: {cause} (`strata repair index` sets its restore point aside)"
@@ -208,12 +214,12 @@ pub fn check<M>(repo: &Repository<M>, read_data: bool, progress: &Progress) -> R
     report.restore_points = restore_points.len() as u64;
     let mut visited = HashSet::new();
     for rp in &restore_points {
-        crate::interrupt::check()?;
-        walk_references(repo, rp, &mut visited, &damaged, &mut report)?;
+        cancel.check()?;
+        walk_references(repo, rp, &mut visited, &damaged, &mut report, cancel)?;
     }
     let mut damaged_list: Vec<_> = damaged.into_iter().collect();
     damaged_list.sort_by_key(|(id, _)| *id);
-    let mut affected = affected_files(repo, &restore_points, &damaged_list)?;
+    let mut affected = affected_files(repo, &restore_points, &damaged_list, cancel)?;
     for (id, (pack, detail)) in damaged_list {
         report.damaged.push(DamagedChunk {
             chunk: id.to_string(),
@@ -242,6 +248,7 @@ fn verify_pack_data(
     entries: &[PackEntry],
     damaged: &mut HashMap<ChunkId, (PackId, String)>,
     report: &mut CheckReport,
+    cancel: &CancelToken,
 ) -> Result<()> {
     if blake3::hash(bytes).as_bytes()[..16] != pack_id.0 {
         report.warnings.push(format!(
@@ -249,7 +256,7 @@ fn verify_pack_data(
         ));
     }
     for entry in entries {
-        crate::interrupt::check()?;
+        cancel.check()?;
         let range = entry.offset as usize..(entry.offset + entry.stored_len as u64) as usize;
         let Some(stored) = bytes.get(range) else {
             damaged.insert(
@@ -275,6 +282,7 @@ fn walk_references<M>(
     visited: &mut HashSet<ChunkId>,
     damaged: &HashMap<ChunkId, (PackId, String)>,
     report: &mut CheckReport,
+    cancel: &CancelToken,
 ) -> Result<()> {
     let mut check = References {
         repo,
@@ -283,7 +291,7 @@ fn walk_references<M>(
         damaged,
         errors: &mut report.errors,
     };
-    let walked = walk(repo, rp, &mut check);
+    let walked = walk(repo, rp, &mut check, cancel);
     if rp.manifest.kind == RestorePointKind::Vm {
         // A VM restore point that cannot be walked to its end is reported,
         // and the others are still checked.
@@ -345,6 +353,7 @@ fn affected_files<M>(
     repo: &Repository<M>,
     restore_points: &[RestorePoint],
     damaged: &[(ChunkId, (PackId, String))],
+    cancel: &CancelToken,
 ) -> Result<HashMap<ChunkId, Vec<String>>> {
     let mut out: HashMap<ChunkId, Vec<String>> = HashMap::new();
     if damaged.is_empty() {
@@ -364,7 +373,7 @@ fn affected_files<M>(
             seen_pages: HashSet::new(),
             out: &mut out,
         };
-        let walked = walk(repo, rp, &mut users);
+        let walked = walk(repo, rp, &mut users, cancel);
         // What cannot be read of a VM was reported by the walk of check.
         if rp.manifest.kind == RestorePointKind::Files {
             walked?;

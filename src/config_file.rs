@@ -34,3 +34,29 @@ pub fn exists(repo: &Path) -> Result<bool> {
         Err(e) => Err(e).at("checking", RepoConfig::path(repo)),
     }
 }
+
+/// The configuration of a repository about to be created: a fresh id,
+/// restore points warm for `warm_days`, and the cold tier at `cold_dir`,
+/// created if missing and recorded as an absolute path (later commands may
+/// run from any directory).
+pub fn for_new_repository(warm_days: u32, cold_dir: Option<&Path>) -> Result<RepoConfig> {
+    let mut config = RepoConfig::new(new_repository_id()?);
+    config.tiers.warm_days = warm_days;
+    if let Some(cold) = cold_dir {
+        std::fs::create_dir_all(cold).at("creating cold tier", cold)?;
+        config.tiers.cold_dir = Some(std::fs::canonicalize(cold).at("resolving cold tier", cold)?);
+    }
+    Ok(config)
+}
+
+/// A new repository's identity: 16 random bytes from the kernel, in hex.
+pub fn new_repository_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    let path = Path::new("/dev/urandom");
+    let mut urandom = std::fs::File::open(path).at("opening", path)?;
+    std::io::Read::read_exact(&mut urandom, &mut bytes).at("reading", path)?;
+    if bytes.iter().all(|b| *b == 0) {
+        return Err(Error::InvalidInput("/dev/urandom returned zeros".into()));
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

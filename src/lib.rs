@@ -16,6 +16,7 @@
 //! and version lives in [`format`].
 
 pub mod backup;
+pub mod cancel;
 pub mod check;
 pub mod clock;
 pub mod chunker;
@@ -29,7 +30,7 @@ pub mod forget;
 pub mod format;
 pub mod id;
 pub mod index;
-pub mod interrupt;
+pub mod listing;
 pub mod lock;
 pub mod mount;
 pub mod notify;
@@ -43,6 +44,7 @@ pub mod repository;
 pub mod restore;
 pub mod restore_point;
 pub mod selector;
+pub mod stats;
 pub mod storage;
 pub mod tier;
 pub mod tree;

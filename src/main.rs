@@ -3,7 +3,6 @@
 //! missed files or a restore failed entries), 4 `check` found problems.
 
 mod cli;
-mod commands;
 
 use std::process::ExitCode;
 
@@ -19,7 +18,7 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
-    let cli = cli::Cli::parse();
+    let args = cli::args::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -29,13 +28,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    strata::interrupt::install();
-    match commands::run(cli) {
+    let cancel = cli::signals::install();
+    match cli::run(args, &cancel) {
         Ok(status) => ExitCode::from(status as u8),
-        Err(e) if commands::is_closed_stdout(&e) => ExitCode::SUCCESS,
+        Err(e) if cli::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata: {e:#}");
-            ExitCode::from(commands::Status::Error as u8)
+            ExitCode::from(cli::Status::Error as u8)
         }
     }
 }

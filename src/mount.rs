@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use fuser::MountOption;
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::repository::Repository;
 
@@ -94,11 +95,12 @@ fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
 }
 
 /// Mounts and serves until unmounted (`strata umount`, `umount`) or until
-/// SIGINT/SIGTERM, then unmounts. `on_mounted` is called once mounted.
+/// `cancel` is cancelled, then unmounts. `on_mounted` is called once mounted.
 pub fn mount<M: Send + Sync + 'static>(
     repo: Repository<M>,
     mountpoint: &Path,
     options: &MountOptions,
+    cancel: &CancelToken,
     on_mounted: impl FnOnce(),
 ) -> Result<()> {
     check_mountpoint(mountpoint)?;
@@ -124,7 +126,7 @@ pub fn mount<M: Send + Sync + 'static>(
         .map_err(|e| Error::io("mounting at", mountpoint, e))?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     on_mounted();
-    while !crate::interrupt::requested() && !session.guard.is_finished() {
+    while !cancel.is_cancelled() && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(session);

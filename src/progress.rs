@@ -1,61 +1,44 @@
-//! Progress display for commands a person waits on. Drawn on stderr only
-//! when it is a terminal and the output is not `--json`; otherwise every
-//! call is a cheap no-op.
+//! Progress reporting for jobs a person waits on. The library only reports
+//! through [`Progress`]; whoever runs the job decides how (or whether) to
+//! show it: the `strata` binary draws a terminal bar, tests and embedders
+//! pass [`NoProgress`].
+//!
+//! Units are the job's own (bytes for backup, restore, check and thaw;
+//! packs for repair and tier runs); a job grows its total as it learns it,
+//! possibly while it already advances.
 
-use std::io::IsTerminal;
-use std::time::Duration;
+pub trait Progress: Send + Sync {
+    /// Whether anyone sees the progress. Work done only to feed the
+    /// display, such as measuring a backup's total size ahead of it, is
+    /// skipped when not.
+    fn is_visible(&self) -> bool;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    /// Adds to the amount of work the job expects to do.
+    fn add_total(&self, amount: u64);
 
-#[derive(Clone)]
-pub struct Progress {
-    bar: ProgressBar,
+    /// Records work done.
+    fn advance(&self, amount: u64);
+
+    /// Replaces the short status text shown beside the counts.
+    fn message(&self, text: String);
+
+    /// The job is over; the display goes away.
+    fn finish(&self);
 }
 
-impl Progress {
-    pub fn hidden() -> Self {
-        Progress {
-            bar: ProgressBar::hidden(),
-        }
+/// Progress nobody watches.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn is_visible(&self) -> bool {
+        false
     }
 
-    /// A byte-counting bar with throughput and ETA, shown if `wanted` and
-    /// stderr is a terminal.
-    pub fn bytes(label: &str, wanted: bool) -> Self {
-        if !wanted || !std::io::stderr().is_terminal() {
-            return Self::hidden();
-        }
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(4));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_prefix(label.to_string());
-        bar.enable_steady_tick(Duration::from_millis(250));
-        Progress { bar }
-    }
+    fn add_total(&self, _: u64) {}
 
-    pub fn is_visible(&self) -> bool {
-        !self.bar.is_hidden()
-    }
+    fn advance(&self, _: u64) {}
 
-    pub fn inc(&self, bytes: u64) {
-        self.bar.inc(bytes);
-    }
+    fn message(&self, _: String) {}
 
-    pub fn inc_length(&self, bytes: u64) {
-        self.bar.inc_length(bytes);
-    }
-
-    pub fn set_message(&self, message: String) {
-        if self.is_visible() {
-            self.bar.set_message(message);
-        }
-    }
-
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
+    fn finish(&self) {}
 }

@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{PackRecord, Tier};
@@ -64,8 +65,12 @@ pub struct PruneReport {
 /// Marks every chunk the manifests reference. The manifest objects are
 /// read themselves, not the catalog: one that cannot be decoded would make
 /// everything only it references look unused, so prune refuses to run.
-fn mark(repo: &Repository<Exclusive>, report: &mut PruneReport) -> Result<ChunkFilter> {
-    let manifests = read_manifests(repo.store())?;
+fn mark(
+    repo: &Repository<Exclusive>,
+    report: &mut PruneReport,
+    cancel: &CancelToken,
+) -> Result<ChunkFilter> {
+    let manifests = read_manifests(repo.store(), cancel)?;
     if let Some((name, cause)) = manifests.damaged.first() {
         return Err(Error::corrupt(
             format!("manifest {name}"),
@@ -80,11 +85,11 @@ fn mark(repo: &Repository<Exclusive>, report: &mut PruneReport) -> Result<ChunkF
     let mut visited: HashSet<ChunkId> = HashSet::new();
     for (rp, _) in manifests.readable {
         report.restore_points += 1;
-        crate::interrupt::check()?;
+        cancel.check()?;
         let mut missing = 0u64;
         // A referenced chunk that is not indexed is marked all the same:
         // an unindexed pack file holding it is then kept for `repair`.
-        for_each_chunk(repo, &rp, &mut visited, &mut |id, _| {
+        for_each_chunk(repo, &rp, &mut visited, cancel, &mut |id, _| {
             if !repo.index().has_chunk(id)? {
                 missing += 1;
             }
@@ -266,15 +271,16 @@ fn skip_pack(id: &PackId, error: &Error, report: &mut PruneReport) {
 pub fn prune(
     repo: &Repository<Exclusive>,
     options: &PruneOptions,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<PruneReport> {
     let _span = tracing::info_span!("prune", dry_run = options.dry_run).entered();
     let mut report = PruneReport::default();
-    let filter = mark(repo, &mut report)?;
+    let filter = mark(repo, &mut report, cancel)?;
     let packs: Vec<(PackId, PackRecord)> = repo.index().packs().collect::<Result<_>>()?;
     report.packs_before = packs.len() as u64;
     report.bytes_before = packs.iter().map(|(_, r)| r.size).sum();
-    progress.inc_length(report.bytes_before);
+    progress.add_total(report.bytes_before);
     let known: HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
     let mut repacker = Repacker {
         repo,
@@ -282,8 +288,8 @@ pub fn prune(
         waiting: HashMap::new(),
     };
     for (id, record) in &packs {
-        crate::interrupt::check()?;
-        progress.inc(record.size);
+        cancel.check()?;
+        progress.advance(record.size);
         let state = match inspect(repo, record.tier, id, &filter) {
             Ok(state) => state,
             Err(e) => {
@@ -331,7 +337,7 @@ pub fn prune(
             .collect::<Result<_>>()?;
         for name in repo.store().list("packs/") {
             let name = name?;
-            crate::interrupt::check()?;
+            cancel.check()?;
             let Some(id) = pack::id_from_object_name(&name) else {
                 continue;
             };

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::repository::Repository;
@@ -22,10 +23,10 @@ pub struct Manifests {
     pub damaged: Vec<(String, String)>,
 }
 
-pub fn read_manifests(store: &dyn ObjectStore) -> Result<Manifests> {
+pub fn read_manifests(store: &dyn ObjectStore, cancel: &CancelToken) -> Result<Manifests> {
     let mut out = Manifests::default();
     for name in store.list_all("manifests/")? {
-        crate::interrupt::check()?;
+        cancel.check()?;
         let Some(id) = restore_point::id_from_object_name(&name) else {
             continue;
         };
@@ -52,6 +53,7 @@ pub fn for_each_chunk<M>(
     repo: &Repository<M>,
     rp: &RestorePoint,
     visited: &mut HashSet<ChunkId>,
+    cancel: &CancelToken,
     visit: &mut dyn FnMut(&ChunkId, bool) -> Result<()>,
 ) -> Result<()> {
     walk(
@@ -66,6 +68,7 @@ pub fn for_each_chunk<M>(
                 _ => true,
             })
         }),
+        cancel,
     )
 }
 

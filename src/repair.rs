@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, RestorePointId};
 use crate::index::{PackRecord, Tier};
@@ -148,17 +149,21 @@ fn tier_name(tier: Tier) -> String {
     }
 }
 
-pub fn repair_index(repo: &mut Repository<Exclusive>, progress: &Progress) -> Result<RepairReport> {
+pub fn repair_index(
+    repo: &mut Repository<Exclusive>,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<RepairReport> {
     let _span = tracing::info_span!("repair_index").entered();
     let mut report = RepairReport::default();
     let packs = list_packs(repo, &mut report)?;
-    progress.inc_length(packs.len() as u64 * 2);
+    progress.add_total(packs.len() as u64 * 2);
     // Before the old index goes: which packs are damaged, and what the old
     // index knew about them and about thaws.
     let mut damaged = HashMap::new();
     for object in &packs {
-        crate::interrupt::check()?;
-        progress.inc(1);
+        cancel.check()?;
+        progress.advance(1);
         if let Err(e) = pack::read_trailer(repo.packs().store(object.tier)?, &object.name) {
             damaged.insert(object.id, e);
         }
@@ -169,7 +174,7 @@ pub fn repair_index(repo: &mut Repository<Exclusive>, progress: &Progress) -> Re
         damaged,
     };
     repo.recreate_index()?;
-    rebuild(repo, &packs, before, &mut report, progress).map_err(|e| match e {
+    rebuild(repo, &packs, before, &mut report, progress, cancel).map_err(|e| match e {
         Error::Interrupted(_) => Error::Interrupted(
             "stopped by a signal before the index was whole; run `strata repair index` again"
                 .into(),
@@ -196,12 +201,13 @@ fn rebuild(
     packs: &[PackObject],
     mut before: Before,
     report: &mut RepairReport,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<()> {
     let mut cold_packs = HashSet::new();
     for object in packs {
-        crate::interrupt::check()?;
-        progress.inc(1);
+        cancel.check()?;
+        progress.advance(1);
         let store = repo.packs().store(object.tier)?;
         match before.damaged.remove(&object.id) {
             None => match pack::read_trailer(store, &object.name) {
@@ -225,12 +231,12 @@ fn rebuild(
             cold_packs.insert(object.id);
         }
     }
-    let restore_points = rebuild_catalog(repo, report)?;
-    register_thaws(repo, &cold_packs, &before.thaws, report)?;
+    let restore_points = rebuild_catalog(repo, report, cancel)?;
+    register_thaws(repo, &cold_packs, &before.thaws, report, cancel)?;
     // What a damaged pack held is known for sure only from what the
     // restore points reference.
     if !report.salvaged.is_empty() || !report.skipped.is_empty() {
-        report.affected = affected_restore_points(repo, &restore_points)?;
+        report.affected = affected_restore_points(repo, &restore_points, cancel)?;
     }
     Ok(())
 }
@@ -408,8 +414,9 @@ fn set_aside(store: &dyn ObjectStore, name: &str, bytes: &[u8]) -> Result<()> {
 fn rebuild_catalog(
     repo: &Repository<Exclusive>,
     report: &mut RepairReport,
+    cancel: &CancelToken,
 ) -> Result<Vec<RestorePoint>> {
-    let manifests = read_manifests(repo.store())?;
+    let manifests = read_manifests(repo.store(), cancel)?;
     for (name, cause) in manifests.damaged {
         let moved = repo
             .store()
@@ -440,9 +447,10 @@ fn register_thaws(
     cold_packs: &HashSet<PackId>,
     old_thaws: &HashMap<PackId, i64>,
     report: &mut RepairReport,
+    cancel: &CancelToken,
 ) -> Result<()> {
     for name in repo.store().list_all("thaw/")? {
-        crate::interrupt::check()?;
+        cancel.check()?;
         if let Some(rp) = restore_point_of_record(&name) {
             match repo
                 .store()
@@ -508,6 +516,7 @@ fn restore_point_of_record(name: &str) -> Option<RestorePointId> {
 fn affected_restore_points(
     repo: &Repository<Exclusive>,
     restore_points: &[RestorePoint],
+    cancel: &CancelToken,
 ) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for rp in restore_points {
@@ -519,7 +528,7 @@ fn affected_restore_points(
         );
         let mut missing = 0u64;
         let mut visited = HashSet::new();
-        let walked = for_each_chunk(repo, rp, &mut visited, &mut |id, _| {
+        let walked = for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, _| {
             if !repo.index().has_chunk(id)? {
                 missing += 1;
             }

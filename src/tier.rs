@@ -17,13 +17,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::format::{THAW_RECORD_MAGIC, THAW_RECORD_VERSION};
 use crate::id::{ChunkId, PackId, RestorePointId};
 use crate::index::Tier;
 use crate::pack::{self, ChunkEncoder, CompressedChunk, Compression};
 use crate::packs::OpenPack;
-use crate::progress::Progress;
+use crate::progress::{NoProgress, Progress};
 use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
 use crate::clock::now;
@@ -182,8 +183,8 @@ struct ColdPacker<'r> {
 }
 
 impl ColdPacker<'_> {
-    fn move_chunk(&mut self, id: &ChunkId) -> Result<()> {
-        crate::interrupt::check()?;
+    fn move_chunk(&mut self, id: &ChunkId, cancel: &CancelToken) -> Result<()> {
+        cancel.check()?;
         if self.pending.contains(id) {
             return Ok(());
         }
@@ -245,7 +246,8 @@ impl ColdPacker<'_> {
 pub fn run(
     repo: &Repository<Exclusive>,
     warm_days: Option<u32>,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<TierReport> {
     let days = warm_days.unwrap_or(repo.config().tiers.warm_days);
     let _span = tracing::info_span!("tier_run", warm_days = days).entered();
@@ -267,7 +269,7 @@ pub fn run(
     let mut keep_warm = ChunkFilter::with_capacity(repo.index().chunks().count() as u64);
     let mut visited = HashSet::new();
     for rp in &warm {
-        for_each_chunk(repo, rp, &mut visited, &mut |id, is_data| {
+        for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
             if is_data {
                 keep_warm.insert(id);
             }
@@ -284,11 +286,11 @@ pub fn run(
     let mut visited = HashSet::new();
     let result = (|| -> Result<()> {
         for rp in &cold {
-            crate::interrupt::check()?;
-            for_each_chunk(repo, rp, &mut visited, &mut |id, is_data| {
+            cancel.check()?;
+            for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
                 if is_data && !keep_warm.contains(id) {
-                    progress.inc(1);
-                    packer.move_chunk(id)?;
+                    progress.advance(1);
+                    packer.move_chunk(id, cancel)?;
                 }
                 Ok(())
             })?;
@@ -310,7 +312,8 @@ pub fn run(
             repack_cold: false,
             dry_run: false,
         },
-        &Progress::hidden(),
+        &NoProgress,
+        cancel,
     )?;
     report.warm_bytes_freed = swept.bytes_freed;
     report.thaw_copies_expired = expire_thaws(repo)?;
@@ -354,7 +357,11 @@ pub struct ThawReport {
 }
 
 /// The cold packs holding data of `rp`.
-fn cold_packs(repo: &Repository<Exclusive>, rp: &RestorePoint) -> Result<BTreeMap<PackId, u64>> {
+fn cold_packs(
+    repo: &Repository<Exclusive>,
+    rp: &RestorePoint,
+    cancel: &CancelToken,
+) -> Result<BTreeMap<PackId, u64>> {
     let sizes: std::collections::HashMap<PackId, u64> = repo
         .index()
         .packs()
@@ -364,7 +371,7 @@ fn cold_packs(repo: &Repository<Exclusive>, rp: &RestorePoint) -> Result<BTreeMa
         .collect();
     let mut packs = BTreeMap::new();
     let mut visited = HashSet::new();
-    for_each_chunk(repo, rp, &mut visited, &mut |id, is_data| {
+    for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
         if is_data {
             if let Some(location) = repo.index().chunk(id)? {
                 if location.tier == Tier::Cold {
@@ -385,11 +392,12 @@ pub fn thaw(
     rp: &RestorePoint,
     days: u32,
     plan: bool,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<ThawReport> {
     let _span = tracing::info_span!("thaw", restore_point = %rp.id.short(), days).entered();
     let until = now().sec + days as i64 * DAY;
-    let packs = cold_packs(repo, rp)?;
+    let packs = cold_packs(repo, rp, cancel)?;
     let mut report = ThawReport {
         restore_point: rp.id.to_string(),
         until: format_time(crate::tree::Timestamp {
@@ -406,17 +414,17 @@ pub fn thaw(
     if plan {
         return Ok(report);
     }
-    progress.inc_length(report.bytes);
+    progress.add_total(report.bytes);
     let fetched = (|| -> Result<()> {
         let cold = repo.cold_store()?;
         for (pack, size) in &packs {
-            crate::interrupt::check()?;
+            cancel.check()?;
             let name = thaw_object_name(pack);
             if repo.store().size(&name).is_ok_and(|s| s == *size) {
                 // Copied by an earlier, interrupted thaw: just extend it.
                 record_pack_thaw(repo, pack, until)?;
                 report.packs_already_thawed += 1;
-                progress.inc(*size);
+                progress.advance(*size);
                 continue;
             }
             let bytes = cold.get(&pack::object_name(pack))?;
@@ -430,7 +438,7 @@ pub fn thaw(
             record_pack_thaw(repo, pack, until)?;
             report.packs_fetched += 1;
             report.bytes_fetched += bytes.len() as u64;
-            progress.inc(*size);
+            progress.advance(*size);
         }
         repo.store().put(
             &restore_point_thaw_record_name(&rp.id),

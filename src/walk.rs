@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use crate::cancel::CancelToken;
 use crate::disk_map::{DiskMapPage, PAGE_ENTRIES};
 use crate::disk_reader::read_page;
 use crate::error::{Error, Result};
@@ -92,17 +93,27 @@ pub trait Visitor {
 
 /// Walks `rp`: trees depth first, children in reverse order of their
 /// tree (a stack), or the VM's disks in order, page by page.
-pub fn walk(loader: &impl Loader, rp: &RestorePoint, visitor: &mut impl Visitor) -> Result<()> {
+pub fn walk(
+    loader: &impl Loader,
+    rp: &RestorePoint,
+    visitor: &mut impl Visitor,
+    cancel: &CancelToken,
+) -> Result<()> {
     match rp.manifest.kind {
-        RestorePointKind::Files => walk_trees(loader, &rp.manifest.root, visitor),
-        RestorePointKind::Vm => walk_vm(loader, &rp.manifest.root, visitor),
+        RestorePointKind::Files => walk_trees(loader, &rp.manifest.root, visitor, cancel),
+        RestorePointKind::Vm => walk_vm(loader, &rp.manifest.root, visitor, cancel),
     }
 }
 
-fn walk_trees(loader: &impl Loader, root: &ChunkId, visitor: &mut impl Visitor) -> Result<()> {
+fn walk_trees(
+    loader: &impl Loader,
+    root: &ChunkId,
+    visitor: &mut impl Visitor,
+    cancel: &CancelToken,
+) -> Result<()> {
     let mut stack = vec![(*root, String::new())];
     while let Some((tree_id, dir)) = stack.pop() {
-        crate::interrupt::check()?;
+        cancel.check()?;
         let place = Place::Tree { dir: &dir };
         if !visitor.chunk(&tree_id, &place)? {
             continue;
@@ -138,7 +149,12 @@ fn walk_trees(loader: &impl Loader, root: &ChunkId, visitor: &mut impl Visitor) 
     Ok(())
 }
 
-fn walk_vm(loader: &impl Loader, root: &ChunkId, visitor: &mut impl Visitor) -> Result<()> {
+fn walk_vm(
+    loader: &impl Loader,
+    root: &ChunkId,
+    visitor: &mut impl Visitor,
+    cancel: &CancelToken,
+) -> Result<()> {
     let place = Place::VmDescription;
     if !visitor.chunk(root, &place)? {
         return Ok(());
@@ -149,7 +165,7 @@ fn walk_vm(loader: &impl Loader, root: &ChunkId, visitor: &mut impl Visitor) -> 
     };
     for disk in &description.disks {
         for (p, page_ref) in disk.pages.iter().enumerate() {
-            crate::interrupt::check()?;
+            cancel.check()?;
             let place = Place::DiskMapPage { disk, page: p };
             if !visitor.chunk(&page_ref.id, &place)? {
                 continue;

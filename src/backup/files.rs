@@ -23,6 +23,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use super::metadata::{fingerprint, node_for, OwnerNames};
 use super::pipeline::{with_chunk_sink, ChunkSink, StoreCounters};
 use super::reader::{read_file, FileContent, ReadFailure};
+use crate::cancel::CancelToken;
 use crate::chunker::StreamChunker;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, RestorePointId};
@@ -108,7 +109,8 @@ pub fn default_source() -> String {
 pub fn backup_files(
     repo: &Repository<Exclusive>,
     request: &FilesBackup,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let source = request.source.clone().unwrap_or_else(default_source);
@@ -148,8 +150,8 @@ pub fn backup_files(
     let stop_scan = AtomicBool::new(false);
     let walked = std::thread::scope(|scope| {
         if progress.is_visible() {
-            let (selection, stop, progress) = (&selection, &stop_scan, progress.clone());
-            scope.spawn(move || scan_sizes(Path::new("/"), selection, stop, &progress));
+            let (selection, stop) = (&selection, &stop_scan);
+            scope.spawn(move || scan_sizes(Path::new("/"), selection, stop, progress));
         }
         let result = with_chunk_sink(repo, &counters, |sink| {
             walk(
@@ -159,6 +161,7 @@ pub fn backup_files(
                 &selection,
                 (repo_root.dev(), repo_root.ino()),
                 progress,
+                cancel,
             )
         });
         stop_scan.store(true, Ordering::Relaxed);
@@ -194,7 +197,7 @@ pub fn backup_files(
 }
 
 /// Sums file sizes ahead of the backup so the progress bar can show an ETA.
-fn scan_sizes(dir: &Path, selection: &Selection, stop: &AtomicBool, progress: &Progress) {
+fn scan_sizes(dir: &Path, selection: &Selection, stop: &AtomicBool, progress: &dyn Progress) {
     let names: Vec<OsString> = if selection.whole {
         match std::fs::read_dir(dir) {
             Ok(entries) => entries
@@ -225,7 +228,7 @@ fn scan_sizes(dir: &Path, selection: &Selection, stop: &AtomicBool, progress: &P
         if meta.is_dir() {
             scan_sizes(&path, child, stop, progress);
         } else if meta.is_file() {
-            progress.inc_length(meta.size());
+            progress.add_total(meta.size());
         }
     }
 }
@@ -284,7 +287,8 @@ struct Walker<'a, 's> {
     sink: &'a ChunkSink<'s>,
     source: &'a str,
     repo_root: (u64, u64),
-    progress: &'a Progress,
+    progress: &'a dyn Progress,
+    cancel: &'a CancelToken,
     owners: OwnerNames,
     dirs: Vec<Option<PendingDir>>,
     free: Vec<usize>,
@@ -303,7 +307,8 @@ fn walk(
     source: &str,
     selection: &Selection,
     repo_root: (u64, u64),
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<Walked> {
     let readers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -319,10 +324,10 @@ fn walk(
                 .spawn_scoped(scope, move || {
                     let _span = tracing::debug_span!("read").entered();
                     let mut chunker = StreamChunker::new(params);
-                    let on_progress = |n| progress.inc(n);
+                    let on_progress = |n| progress.advance(n);
                     for job in jobs {
-                        let outcome = if crate::interrupt::requested() {
-                            Err(ReadFailure::Fatal(crate::interrupt::check().unwrap_err()))
+                        let outcome = if let Err(e) = cancel.check() {
+                            Err(ReadFailure::Fatal(e))
                         } else {
                             read_file(
                                 &job.path,
@@ -358,6 +363,7 @@ fn walk(
             source,
             repo_root,
             progress,
+            cancel,
             owners: OwnerNames::default(),
             dirs: Vec::new(),
             free: Vec::new(),
@@ -397,7 +403,7 @@ impl<'a, 's> Walker<'a, 's> {
             place: parent,
         }) = stack.pop()
         {
-            crate::interrupt::check()?;
+            self.cancel.check()?;
             while let Ok(result) = self.results.try_recv() {
                 self.finish_file(result)?;
             }
@@ -520,7 +526,7 @@ impl<'a, 's> Walker<'a, 's> {
         }
         if self.walked.directories % 64 == 0 {
             self.progress
-                .set_message(format!("{} files", self.walked.files));
+                .message(format!("{} files", self.walked.files));
         }
         self.dirs[idx].as_mut().expect("allocated above").listed = true;
         self.try_finish_dir(idx)?;
@@ -594,7 +600,7 @@ impl<'a, 's> Walker<'a, 's> {
             }
         }
         if let Some(extents) = self.cached_extents(&path, &fingerprint)? {
-            self.progress.inc(fingerprint.size);
+            self.progress.advance(fingerprint.size);
             self.resolve_links(&fingerprint, Ok(extents.clone()))?;
             self.set_extents(dir, slot, extents);
             return Ok(());

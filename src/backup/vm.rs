@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use super::files::BackupOutcome;
 use super::pipeline::{with_chunk_sink, ChunkSink, StoreCounters};
+use crate::cancel::CancelToken;
 use crate::disk_map::{DiskMapPage, PageRef, PAGE_ENTRIES};
 use crate::disk_reader::read_page;
 use crate::error::{Error, IoContext, Result};
@@ -281,7 +282,8 @@ fn disk_owner(descriptor: FileOwner, image: &VirtualDisk) -> FileOwner {
 pub fn backup_vm(
     repo: &Repository<Exclusive>,
     request: &VmBackup,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let vm = resolve(&request.source)?;
@@ -357,7 +359,8 @@ pub fn backup_vm(
             let _disk_span =
                 tracing::info_span!("disk", slot = %disk.slot, capacity = image.capacity())
                     .entered();
-            let pages = backup_disk(repo, sink, image, chunk_size, cbt, &bytes_read, progress)?;
+            let job = Job { progress, cancel };
+            let pages = backup_disk(repo, sink, image, chunk_size, cbt, &bytes_read, job)?;
             records.push(DiskRecord {
                 slot: disk.slot.clone(),
                 file_name: disk.file_name.clone(),
@@ -423,6 +426,14 @@ fn adapter_type(slot: &str, image: &VirtualDisk) -> String {
     }
 }
 
+/// What a running backup reports to and is stopped through, passed down
+/// to the disk readers as one.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    progress: &'a dyn Progress,
+    cancel: &'a CancelToken,
+}
+
 /// Stores one disk; returns its map pages.
 fn backup_disk(
     repo: &Repository<Exclusive>,
@@ -431,7 +442,7 @@ fn backup_disk(
     chunk_size: u32,
     cbt: Option<(&[(u64, u64)], &DiskRecord)>,
     bytes_read: &AtomicU64,
-    progress: &Progress,
+    job: Job,
 ) -> Result<Vec<PageRef>> {
     let capacity = image.capacity();
     let chunk = chunk_size as u64;
@@ -441,11 +452,11 @@ fn backup_disk(
         Some((changed, _)) => changed,
         None => &allocated,
     };
-    progress.inc_length(wanted.iter().map(|(a, b)| b - a).sum());
+    job.progress.add_total(wanted.iter().map(|(a, b)| b - a).sum());
     let mut pages = Vec::new();
     let page_span = PAGE_ENTRIES as u64;
     for page in 0..chunks.div_ceil(page_span) {
-        crate::interrupt::check()?;
+        job.cancel.check()?;
         let first = page * page_span;
         let last = ((page + 1) * page_span).min(chunks);
         let (start, end) = (first * chunk, (last * chunk).min(capacity));
@@ -474,7 +485,7 @@ fn backup_disk(
             .filter(|i| !overlapping(wanted, i * chunk, ((i + 1) * chunk).min(capacity)).is_empty())
             .collect();
         for (index, entry) in read_chunks(
-            image, sink, &allocated, &to_read, chunk, bytes_read, progress,
+            image, sink, &allocated, &to_read, chunk, bytes_read, job,
         )? {
             entries[(index - first) as usize] = entry;
         }
@@ -496,7 +507,7 @@ fn read_chunks(
     indices: &[u64],
     chunk: u64,
     bytes_read: &AtomicU64,
-    progress: &Progress,
+    job: Job,
 ) -> Result<Vec<(u64, Option<ChunkId>)>> {
     let capacity = image.capacity();
     let next = AtomicUsize::new(0);
@@ -515,7 +526,7 @@ fn read_chunks(
                         let Some(&index) = indices.get(i) else {
                             return Ok(());
                         };
-                        crate::interrupt::check()?;
+                        job.cancel.check()?;
                         let start = index * chunk;
                         let end = (start + chunk).min(capacity);
                         let window = &mut buf[..(end - start) as usize];
@@ -528,7 +539,7 @@ fn read_chunks(
                             )?;
                             bytes_read.fetch_add(b - a, Ordering::Relaxed);
                         }
-                        progress.inc(end - start);
+                        job.progress.advance(end - start);
                         let entry = if window.iter().all(|b| *b == 0) {
                             None
                         } else {

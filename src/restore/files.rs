@@ -29,6 +29,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use super::fsops::{self, os, SpecialKind};
+use crate::cancel::CancelToken;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::progress::Progress;
@@ -65,7 +66,8 @@ pub fn restore_files<M: Sync>(
     repo: &Repository<M>,
     rp: &RestorePoint,
     request: &FilesRestore,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<RestoreSummary> {
     let started = Instant::now();
     let span = tracing::info_span!("restore_files", restore_point = %rp.id.short(), target = %request.target.display());
@@ -83,7 +85,7 @@ pub fn restore_files<M: Sync>(
     }
     target.check_space(needed)?;
     let target = target.create()?;
-    progress.inc_length(needed);
+    progress.add_total(needed);
 
     let root_fd = fsops::open_dir(None, target.as_os_str(), &target)?;
     let outcome = Outcome {
@@ -106,13 +108,14 @@ pub fn restore_files<M: Sync>(
             let (outcome, replacements) = (&outcome, &replacements);
             scope.spawn(move || {
                 for job in rx {
-                    run_job(repo, job, outcome, replacements, progress);
+                    run_job(repo, job, outcome, replacements, progress, cancel);
                 }
             });
         }
         drop(job_rx);
         let mut walker = RestoreWalker {
             repo,
+            cancel,
             jobs,
             outcome: &outcome,
             links: HashMap::new(),
@@ -334,6 +337,7 @@ enum Job<'a> {
 
 struct RestoreWalker<'a, 'r, M> {
     repo: &'r Repository<M>,
+    cancel: &'r CancelToken,
     jobs: crossbeam_channel::Sender<Job<'a>>,
     outcome: &'a Outcome,
     /// Hard-linked files by link id, with how many more names the backup
@@ -372,7 +376,7 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
     }
 
     fn restore_node(&mut self, parent: &Arc<OpenDir<'a>>, parent_rel: PathBuf, node: &Node) -> Result<()> {
-        crate::interrupt::check()?;
+        self.cancel.check()?;
         validate_name(&node.name, "restore point")?;
         let name = os(&node.name);
         let rel = parent_rel.join(name);
@@ -631,7 +635,8 @@ fn run_job<'a, M>(
     job: Job<'a>,
     outcome: &Outcome,
     replacements: &Replacements<'a>,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) {
     match job {
         Job::File {
@@ -643,7 +648,8 @@ fn run_job<'a, M>(
             link,
         } => {
             let name = os(&node.name);
-            let filled = crate::interrupt::check()
+            let filled = cancel
+                .check()
                 .and_then(|()| fill_file(repo, &file, &node, &shown, outcome, progress));
             // Replacing an existing file: its data must be on disk before
             // the rename, or a crash could leave an empty file where the
@@ -714,7 +720,7 @@ fn fill_file<M>(
     node: &Node,
     shown: &Path,
     outcome: &Outcome,
-    progress: &Progress,
+    progress: &dyn Progress,
 ) -> Result<()> {
     let NodeKind::File { extents } = &node.kind else {
         return Ok(());
@@ -744,7 +750,7 @@ fn fill_file<M>(
             outcome
                 .written
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
-            progress.inc(data.len() as u64);
+            progress.advance(data.len() as u64);
         }
         offset += extent.len();
     }

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
+use crate::cancel::CancelToken;
 use crate::disk_reader::{DiskMapReader, PageCache};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
@@ -144,7 +145,8 @@ pub fn restore_vm<M: Sync>(
     repo: &Repository<M>,
     rp: &RestorePoint,
     request: &VmRestore,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<VmRestoreSummary> {
     let started = Instant::now();
     let description = load_description(repo, rp)?;
@@ -179,7 +181,7 @@ pub fn restore_vm<M: Sync>(
         path: staging_path,
         armed: true,
     };
-    progress.inc_length(disks.iter().map(|d| d.allocated_bytes()).sum());
+    progress.add_total(disks.iter().map(|d| d.allocated_bytes()).sum());
 
     let mut files = Vec::new();
     let mut changes = vec![("displayName".to_string(), name.clone())];
@@ -213,7 +215,7 @@ pub fn restore_vm<M: Sync>(
                 )?)
             }
         };
-        bytes_written += write_disk(repo, disk, sink, progress)?;
+        bytes_written += write_disk(repo, disk, sink, progress, cancel)?;
         files.push(descriptor.clone());
         changes.push((format!("{}.fileName", disk.slot), descriptor));
     }
@@ -279,7 +281,8 @@ pub fn restore_disk_raw<M: Sync>(
     rp: &RestorePoint,
     selector: &str,
     path: &Path,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<VmRestoreSummary> {
     let started = Instant::now();
     let description = load_description(repo, rp)?;
@@ -295,9 +298,9 @@ pub fn restore_disk_raw<M: Sync>(
     if !is_device {
         prepare_dir(repo, parent, disk.allocated_bytes())?;
     }
-    progress.inc_length(disk.allocated_bytes());
+    progress.add_total(disk.allocated_bytes());
     let sink = Box::new(RawWriter::replace(path, disk.capacity)?);
-    let written = write_disk(repo, disk, sink, progress)?;
+    let written = write_disk(repo, disk, sink, progress, cancel)?;
     progress.finish();
     Ok(VmRestoreSummary {
         folder: parent.to_path_buf(),
@@ -313,7 +316,8 @@ pub fn write_disk<M: Sync>(
     repo: &Repository<M>,
     disk: &DiskRecord,
     mut sink: Box<dyn DiskSink>,
-    progress: &Progress,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<u64> {
     let cache = PageCache::keeping(1);
     let map = DiskMapReader::new(repo, &disk.pages, &cache);
@@ -336,7 +340,7 @@ pub fn write_disk<M: Sync>(
                         Some(bytes) => {
                             sink.write_chunk(offset, &bytes)?;
                             written += bytes.len() as u64;
-                            progress.inc(bytes.len() as u64);
+                            progress.advance(bytes.len() as u64);
                         }
                         None => sink.hole(offset, disk.chunk_len(index))?,
                     }
@@ -353,7 +357,7 @@ pub fn write_disk<M: Sync>(
         let fetched = (|| -> Result<()> {
             let mut start = 0u64;
             while start < chunks {
-                crate::interrupt::check()?;
+                cancel.check()?;
                 let end = (start + WINDOW_CHUNKS as u64).min(chunks);
                 let ids = (start..end)
                     .map(|i| map.chunk_at(i))

@@ -215,7 +215,13 @@ fn a_reader_follows_chunks_that_prune_moved() {
 
     // `check` beside the writer: the packs it knew are gone, the chunks
     // are elsewhere; nothing is missing.
-    let report = strata::check::check(&reader, true, &strata::progress::Progress::hidden()).unwrap();
+    let report = strata::check::check(
+        &reader,
+        true,
+        &strata::progress::NoProgress,
+        &strata::cancel::CancelToken::new(),
+    )
+    .unwrap();
     assert!(
         report.is_clean(),
         "check of a stale reader reports {:?} {:?}",

@@ -1,4 +1,5 @@
-//! Command-line arguments. Parsing only: commands live in `commands`.
+//! Command-line arguments. Parsing only: each command lives in its own
+//! module beside this one.
 
 use std::path::PathBuf;
 
@@ -83,28 +84,7 @@ pub enum Command {
         json: JsonFlag,
     },
     /// Remove restore points outside a retention policy (data is freed by prune).
-    Forget {
-        /// Apply the policy to this source only.
-        #[arg(long)]
-        source: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        keep_last: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_hourly: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_daily: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_weekly: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_monthly: usize,
-        #[arg(long, default_value_t = 0)]
-        keep_yearly: usize,
-        /// Print what would be removed and why each restore point stays.
-        #[arg(long)]
-        dry_run: bool,
-        #[command(flatten)]
-        json: JsonFlag,
-    },
+    Forget(ForgetArgs),
     /// Delete data no restore point references; repack mostly-empty packs.
     Prune {
         /// Rewrite packs whose live data is below this fraction of their size.
@@ -135,6 +115,30 @@ pub enum Command {
     },
     /// Unmount a Strata mount, also a stale one left by a killed process.
     Umount { mountpoint: PathBuf },
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// Apply the policy to this source only.
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: usize,
+    /// Print what would be removed and why each restore point stays.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

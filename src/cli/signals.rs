@@ -1,19 +1,21 @@
-//! Cooperative cancellation on SIGINT and SIGTERM: long jobs poll
-//! [`check`] and stop with [`Error::Interrupted`], leaving the repository
-//! as it was (nothing uncommitted becomes visible).
+//! SIGINT and SIGTERM cancel the running job: the handler sets a flag the
+//! job's [`CancelToken`] observes, and the job stops at its next check,
+//! leaving the repository as it was.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::{Error, Result};
+use strata::cancel::CancelToken;
 
+/// Static so that the handler reaches it without touching anything a
+/// signal handler may not (allocation, locks).
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     REQUESTED.store(true, Ordering::SeqCst);
 }
 
-/// Routes SIGINT and SIGTERM to the cancellation flag.
-pub fn install() {
+/// Routes SIGINT and SIGTERM to the returned token.
+pub fn install() -> CancelToken {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
@@ -25,18 +27,5 @@ pub fn install() {
         // async-signal-safe.
         let _ = unsafe { sigaction(signal, &action) };
     }
-}
-
-pub fn requested() -> bool {
-    REQUESTED.load(Ordering::Relaxed)
-}
-
-pub fn check() -> Result<()> {
-    if requested() {
-        Err(Error::Interrupted(
-            "stopped by a signal; nothing of this run was committed".into(),
-        ))
-    } else {
-        Ok(())
-    }
+    CancelToken::from_static(&REQUESTED)
 }

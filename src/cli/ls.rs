@@ -1,0 +1,103 @@
+//! `strata ls`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use strata::listing::list_tree;
+use strata::repository::Repository;
+use strata::restore::vm::load_description;
+use strata::restore_point::{RestorePoint, RestorePointKind};
+use strata::selector::format_time;
+use strata::tree::{Node, NodeKind};
+
+use super::render::escape_name;
+use super::{open, Status};
+
+pub fn run(path: &Path, selector: &str, dir: Option<String>, recursive: bool) -> Result<Status> {
+    let repo = open(path)?;
+    let rp = repo.resolve(selector)?;
+    if rp.manifest.kind == RestorePointKind::Vm {
+        list_vm(&repo, &rp)?;
+        return Ok(Status::Ok);
+    }
+    let dir = dir.unwrap_or_else(|| "/".into());
+    let tree_id = match repo.lookup_path(&rp, &dir)? {
+        None => rp.manifest.root,
+        Some(Node {
+            kind: NodeKind::Directory { subtree },
+            ..
+        }) => subtree,
+        Some(node) => {
+            out!("{}", ls_line(&node, &dir));
+            return Ok(Status::Ok);
+        }
+    };
+    // The given path is shown as typed; the names below it are escaped.
+    let prefix = dir.trim_end_matches('/');
+    for entry in list_tree(&repo, tree_id, recursive) {
+        let (path, node) = entry?;
+        out!(
+            "{}",
+            ls_line(&node, &format!("{prefix}/{}", escape_name(&path)))
+        );
+    }
+    Ok(Status::Ok)
+}
+
+/// A VM restore point lists its configuration and disks.
+fn list_vm(repo: &Repository, rp: &RestorePoint) -> Result<()> {
+    let d = load_description(repo, rp)?;
+    if !d.vmx.is_empty() {
+        let name = escape_name(d.name.as_bytes());
+        out!("{:<10} {:>14}  {name}.vmx", "config", d.vmx.len());
+    }
+    for disk in &d.disks {
+        out!(
+            "{:<10} {:>14}  {}",
+            escape_name(disk.slot.as_bytes()),
+            disk.capacity,
+            escape_name(disk.file_name.as_bytes())
+        );
+    }
+    Ok(())
+}
+
+fn mode_string(node: &Node) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(node.kind.letter());
+    for shift in [6, 3, 0] {
+        let bits = (node.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn ls_line(node: &Node, path: &str) -> String {
+    let owner = if node.user.is_empty() {
+        node.uid.to_string()
+    } else {
+        escape_name(&node.user)
+    };
+    let group = if node.group.is_empty() {
+        node.gid.to_string()
+    } else {
+        escape_name(&node.group)
+    };
+    let mut line = format!(
+        "{} {:>3} {:<8} {:<8} {:>12} {} {}",
+        mode_string(node),
+        node.nlink,
+        owner,
+        group,
+        node.size,
+        format_time(node.mtime),
+        path
+    );
+    if let NodeKind::Symlink { target } = &node.kind {
+        line.push_str(" -> ");
+        line.push_str(&escape_name(target));
+    }
+    line
+}

@@ -1,0 +1,132 @@
+//! The command line: [`args`] parses, [`run`] hands each command to its
+//! module, and each command module resolves its arguments, calls one
+//! library function and renders the result as human text or `--json`.
+//! Terminal concerns stay here: progress bars ([`progress`]) and the
+//! signals that cancel a job ([`signals`]).
+
+/// Writes a line to standard output. Output is what a person or a script
+/// asked for; when the reader goes away (`strata list | head -1`), the
+/// error travels up like any other and `main` ends quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(
+            &mut std::io::stdout(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        )?
+    };
+}
+
+pub mod args;
+mod backup;
+mod check;
+mod forget;
+mod init;
+mod list;
+mod ls;
+mod mount;
+mod progress;
+mod prune;
+mod render;
+mod repair;
+mod restore;
+mod show;
+pub mod signals;
+mod stats;
+mod thaw;
+mod tier;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use strata::cancel::CancelToken;
+use strata::repository::{Exclusive, Repository};
+
+use args::{Cli, Command};
+
+/// The exit status; see `main`.
+#[derive(Clone, Copy)]
+pub enum Status {
+    Ok = 0,
+    Error = 1,
+    Partial = 3,
+    CheckFailed = 4,
+}
+
+/// True when `error` is standard output's reader having gone away.
+pub fn is_closed_stdout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
+    let repo = cli
+        .repo
+        .context("no repository given: use --repo DIR or set STRATA_REPO");
+    match cli.command {
+        Command::Init { cold, warm_days } => init::run(&repo?, cold.as_deref(), warm_days),
+        Command::Backup(command) => backup::run(&repo?, command, cancel),
+        Command::List(json) => list::run(&repo?, json.json),
+        Command::Show {
+            restore_point,
+            json,
+        } => show::run(&repo?, &restore_point, json.json),
+        Command::Ls {
+            restore_point,
+            path,
+            recursive,
+        } => ls::run(&repo?, &restore_point, path, recursive),
+        Command::Stats(json) => stats::run(&repo?, json.json),
+        Command::Check { read_data, json } => check::run(&repo?, read_data, json.json, cancel),
+        Command::Repair(command) => repair::run(&repo?, command, cancel),
+        Command::Restore(command) => restore::run(&repo?, command, cancel),
+        Command::Tier(command) => tier::run(&repo?, command, cancel),
+        Command::Thaw {
+            restore_point,
+            days,
+            plan,
+            json,
+        } => thaw::run(&repo?, &restore_point, days, plan, json.json, cancel),
+        Command::Forget(args) => forget::run(&repo?, &args),
+        Command::Prune {
+            repack_below,
+            dry_run,
+            json,
+        } => prune::run(repo, repack_below, dry_run, json.json, cancel),
+        Command::Mount {
+            mountpoint,
+            allow_other,
+            cache_size,
+            no_xattrs,
+            foreground: _,
+        } => {
+            let options = strata::mount::MountOptions {
+                allow_other,
+                cache_size,
+                no_xattrs,
+            };
+            mount::run(&repo?, &mountpoint, &options, cancel)
+        }
+        Command::Umount { mountpoint } => mount::umount(&mountpoint),
+    }
+}
+
+/// `STRATA_COLD_DELAY_MS` makes every cold-tier request slow, to rehearse
+/// an archival backend (see the README's tiering section).
+fn open_options() -> strata::repository::OpenOptions {
+    let cold_delay = std::env::var("STRATA_COLD_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis);
+    strata::repository::OpenOptions { cold_delay }
+}
+
+fn open(path: &Path) -> Result<Repository> {
+    Ok(Repository::open_with(path, &open_options())?)
+}
+
+fn open_exclusive(path: &Path, command: &str) -> Result<Repository<Exclusive>> {
+    Ok(Repository::open_exclusive_with(path, command, &open_options())?)
+}

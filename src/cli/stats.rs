@@ -1,0 +1,35 @@
+//! `strata stats`.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::render::{human_bytes, print_json};
+use super::{open, Status};
+
+pub fn run(path: &Path, as_json: bool) -> Result<Status> {
+    let s = strata::stats::stats(&open(path)?)?;
+    if as_json {
+        print_json(&serde_json::to_value(&s)?)?;
+        return Ok(Status::Ok);
+    }
+    out!("restore points   {}", s.restore_points);
+    out!("logical data     {}", human_bytes(s.logical_bytes));
+    out!(
+        "unique data      {} in {} chunks (dedup {:.2}x)",
+        human_bytes(s.unique_bytes),
+        s.chunks,
+        s.dedup_ratio
+    );
+    out!(
+        "stored           {} (compression {:.2}x)",
+        human_bytes(s.stored_bytes),
+        s.compression_ratio
+    );
+    out!(
+        "packs            {} totalling {}",
+        s.packs,
+        human_bytes(s.pack_bytes)
+    );
+    Ok(Status::Ok)
+}

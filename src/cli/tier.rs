@@ -1,0 +1,75 @@
+//! `strata tier status` and `strata tier run`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use strata::cancel::CancelToken;
+use strata::progress::NoProgress;
+use strata::tier::{TierReport, TierStatus};
+
+use super::args::TierCommand;
+use super::render::{human_bytes, print_json};
+use super::{open, open_exclusive, Status};
+
+pub fn run(path: &Path, command: TierCommand, cancel: &CancelToken) -> Result<Status> {
+    match command {
+        TierCommand::Status(json) => {
+            let status = strata::tier::status(&open(path)?)?;
+            if json.json {
+                print_json(&serde_json::to_value(&status)?)?;
+            } else {
+                render_status(&status)?;
+            }
+        }
+        TierCommand::Run { warm_days, json } => {
+            let repo = open_exclusive(path, "strata tier run")?;
+            let report = strata::tier::run(&repo, warm_days, &NoProgress, cancel)?;
+            if json.json {
+                print_json(&serde_json::to_value(&report)?)?;
+            } else {
+                render_run(&report)?;
+            }
+        }
+    }
+    Ok(Status::Ok)
+}
+
+fn render_status(status: &TierStatus) -> Result<()> {
+    out!(
+        "warm: {} in {} packs; {} restore points younger than {} days",
+        human_bytes(status.warm_bytes),
+        status.warm_packs,
+        status.restore_points_warm,
+        status.warm_days
+    );
+    out!(
+        "cold: {} in {} packs at {}; {} older restore points",
+        human_bytes(status.cold_bytes),
+        status.cold_packs,
+        status
+            .cold_dir
+            .as_deref()
+            .unwrap_or("(no cold tier configured)"),
+        status.restore_points_cold
+    );
+    out!("thawed: {} packs", status.thawed_packs);
+    for (rp, until) in &status.thawed {
+        out!("  restore point {rp} until {until}");
+    }
+    Ok(())
+}
+
+fn render_run(report: &TierReport) -> Result<()> {
+    out!(
+        "{} restore points older than {} days: moved {} chunks ({}) to {} cold packs ({}); freed {} warm; {} thaw copies expired",
+        report.restore_points_cold,
+        report.warm_days,
+        report.chunks_moved,
+        human_bytes(report.bytes_moved),
+        report.cold_packs_written,
+        human_bytes(report.cold_bytes_written),
+        human_bytes(report.warm_bytes_freed),
+        report.thaw_copies_expired
+    );
+    Ok(())
+}
