@@ -176,7 +176,43 @@ impl Repository<ReadOnly> {
     }
 }
 
+/// A repository's object stores, wherever they live.
+pub struct Stores {
+    pub warm: Arc<dyn ObjectStore>,
+    pub cold: Option<Arc<dyn ObjectStore>>,
+}
+
 impl Repository<Exclusive> {
+    /// Creates a repository whose objects live in `stores` (which must be
+    /// empty) and whose index and lock live in `state`. The engine's unit
+    /// tests run it on in-memory stores; object-storage backends will too.
+    pub fn create_on(stores: Stores, state: StateDir, config: RepoConfig) -> Result<Self> {
+        if stores.warm.size(RepoConfig::FILE_NAME).is_ok() {
+            return Err(Error::InvalidInput(format!(
+                "{} already holds a repository",
+                stores.warm.location()
+            )));
+        }
+        std::fs::create_dir_all(state.root()).at("creating", state.root())?;
+        let lock = RepositoryLock::acquire(state.root(), "strata init")?;
+        let index = Index::open(&state.index_dir(), IndexAccess::Create)?;
+        stores.warm.put(RepoConfig::FILE_NAME, &config.to_json())?;
+        let packs = Packs::new(
+            stores.warm,
+            stores.cold,
+            ChunkCodec::new(config.compression_level),
+            config.pack_target_size,
+        );
+        Ok(Repository {
+            state,
+            config,
+            packs,
+            index,
+            _lock: Some(lock),
+            _mode: PhantomData,
+        })
+    }
+
     /// Creates a new, empty repository at `root`.
     pub fn init(root: &Path, config: RepoConfig) -> Result<Self> {
         if config_file::exists(root)? {
