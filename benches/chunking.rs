@@ -7,7 +7,7 @@ use rand::{RngCore, SeedableRng};
 use strata::chunker::chunk_lengths;
 use strata::config::ChunkerParams;
 use strata::id::ChunkId;
-use strata::pack::{ChunkCompressor, ChunkKind};
+use strata::pack::{ChunkCodec, ChunkKind};
 
 fn data_sets() -> Vec<(&'static str, Vec<u8>)> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
@@ -52,12 +52,12 @@ fn stages(c: &mut Criterion) {
             b.iter(|| chunk_lengths(d, &params).len())
         });
         group.bench_with_input(BenchmarkId::new("chunk-compressor", name), &data, |b, d| {
-            let mut compressor = ChunkCompressor::new(3).unwrap();
+            let mut compressor = ChunkCodec::new(3).encoder().unwrap();
             b.iter(|| {
                 d.chunks(1 << 20)
                     .map(|c| {
                         compressor
-                            .compress(ChunkId([0; 32]), ChunkKind::Data, c.to_vec())
+                            .encode(ChunkId([0; 32]), ChunkKind::Data, c.to_vec())
                             .bytes
                             .len()
                     })

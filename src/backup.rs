@@ -1,10 +1,12 @@
 //! Data movers: turn sources into restore points.
 //!
-//! [`files`] backs up file trees and [`vm`] VM folders and disk images;
-//! both feed chunks through the shared storing [`pipeline`].
+//! [`files`] backs up file trees and [`vm`] VM folders and disk images.
+//! Both talk to the repository only through a
+//! [`BackupSession`](crate::session::BackupSession), and keep their own
+//! memory of what they read in a [`file_cache::FileCache`].
 
+pub mod file_cache;
 pub mod files;
 pub mod metadata;
-pub mod pipeline;
 pub mod reader;
 pub mod vm;

@@ -150,7 +150,15 @@ pub fn check<M>(
             }
         }
         if let Some(bytes) = bytes {
-            verify_pack_data(repo.codec(), &bytes, &pack_id, &entries, &mut damaged, &mut report, cancel)?;
+            verify_pack_data(
+                repo.codec(),
+                &bytes,
+                &pack_id,
+                &entries,
+                &mut damaged,
+                &mut report,
+                cancel,
+            )?;
             progress.advance(bytes.len() as u64);
         }
     }
@@ -329,9 +337,7 @@ impl<M> Visitor for References<'_, M> {
         }
         Ok(match place {
             Place::VmDescription => !self.damaged.contains_key(id),
-            Place::DiskMapPage { .. } => {
-                !self.damaged.contains_key(id) && self.visited.insert(*id)
-            }
+            Place::DiskMapPage { .. } => !self.damaged.contains_key(id) && self.visited.insert(*id),
             _ => true,
         })
     }

@@ -198,12 +198,10 @@ mod tests {
         let repo = Path::new("/repo");
         let back = RepoConfig::from_json(&config.to_json(), repo).unwrap();
         assert_eq!(back.to_json(), config.to_json());
-        let future = String::from_utf8(config.to_json())
-            .unwrap()
-            .replace(
-                &format!("\"format_version\": {REPOSITORY_FORMAT_VERSION}"),
-                "\"format_version\": 999",
-            );
+        let future = String::from_utf8(config.to_json()).unwrap().replace(
+            &format!("\"format_version\": {REPOSITORY_FORMAT_VERSION}"),
+            "\"format_version\": 999",
+        );
         assert!(matches!(
             RepoConfig::from_json(future.as_bytes(), repo),
             Err(Error::UnsupportedVersion { found: 999, .. })

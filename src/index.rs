@@ -14,8 +14,8 @@ pub mod records;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, LruCacheOptions, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    IteratorMode, LruCacheOptions, Options, WriteBatch, WriteOptions, DB,
 };
 
 use crate::codec::DecodeError;
@@ -632,7 +632,11 @@ mod tests {
         let path = dir.path().join("index");
         let writer = Index::open(&path, IndexAccess::Create).unwrap();
         for p in 0..CHUNKS / PER_PACK {
-            let pack = PackId(blake3::hash(&p.to_be_bytes()).as_bytes()[..16].try_into().unwrap());
+            let pack = PackId(
+                blake3::hash(&p.to_be_bytes()).as_bytes()[..16]
+                    .try_into()
+                    .unwrap(),
+            );
             let entries: Vec<PackEntry> = (p * PER_PACK..(p + 1) * PER_PACK)
                 .map(|n| PackEntry {
                     id: chunk_id(n),

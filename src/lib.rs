@@ -18,8 +18,8 @@
 pub mod backup;
 pub mod cancel;
 pub mod check;
-pub mod clock;
 pub mod chunker;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod config_file;
@@ -44,6 +44,7 @@ pub mod repository;
 pub mod restore;
 pub mod restore_point;
 pub mod selector;
+pub mod session;
 pub mod stats;
 pub mod storage;
 pub mod tier;

@@ -122,7 +122,10 @@ impl Packs {
     /// Starts a pack on `tier`.
     pub fn open(&self, tier: Tier, metadata: bool) -> Result<OpenPack> {
         let store = self.store(tier)?;
-        let writer = PackWriter::new(store.writer()?, format!("a new pack in {}", store.location()))?;
+        let writer = PackWriter::new(
+            store.writer()?,
+            format!("a new pack in {}", store.location()),
+        )?;
         Ok(OpenPack {
             tier,
             metadata,
@@ -201,10 +204,11 @@ mod tests {
     }
 
     fn encode(plain: &[u8]) -> CompressedChunk {
-        ChunkCodec::new(3)
-            .encoder()
-            .unwrap()
-            .encode(ChunkId::of(plain), ChunkKind::Data, plain.to_vec())
+        ChunkCodec::new(3).encoder().unwrap().encode(
+            ChunkId::of(plain),
+            ChunkKind::Data,
+            plain.to_vec(),
+        )
     }
 
     #[test]
@@ -212,19 +216,30 @@ mod tests {
         let warm = MemoryStore::new();
         let packs = packs(&warm, None);
         let mut open = packs.open(Tier::Warm, false).unwrap();
-        let chunks: Vec<Vec<u8>> = (0..5).map(|i| format!("chunk {i} ").repeat(300).into_bytes()).collect();
+        let chunks: Vec<Vec<u8>> = (0..5)
+            .map(|i| format!("chunk {i} ").repeat(300).into_bytes())
+            .collect();
         for chunk in &chunks {
             open.append(&encode(chunk)).unwrap();
         }
         assert!(!open.is_full());
         let sealed = packs.seal(open).unwrap();
         let warm_dyn: &dyn ObjectStore = &warm;
-        assert_eq!(warm_dyn.list_all("packs/").unwrap(), [pack::object_name(&sealed.id)]);
+        assert_eq!(
+            warm_dyn.list_all("packs/").unwrap(),
+            [pack::object_name(&sealed.id)]
+        );
         let bytes = warm.get(&pack::object_name(&sealed.id)).unwrap();
         assert_eq!(&blake3::hash(&bytes).as_bytes()[..16], sealed.id.as_bytes());
-        assert_eq!(packs.trailer(Tier::Warm, &sealed.id).unwrap(), sealed.entries);
+        assert_eq!(
+            packs.trailer(Tier::Warm, &sealed.id).unwrap(),
+            sealed.entries
+        );
         for (chunk, entry) in chunks.iter().zip(&sealed.entries) {
-            assert_eq!(&packs.read_chunk(Tier::Warm, &sealed.id, entry).unwrap(), chunk);
+            assert_eq!(
+                &packs.read_chunk(Tier::Warm, &sealed.id, entry).unwrap(),
+                chunk
+            );
         }
         let record = sealed.record();
         assert_eq!((record.chunk_count, record.size), (5, sealed.len));
@@ -262,7 +277,8 @@ mod tests {
         let mut open = packs.open(Tier::Warm, false).unwrap();
         let entry = open.append(&encode(&b"precious ".repeat(100))).unwrap();
         let sealed = packs.seal(open).unwrap();
-        warm.flip_byte(&pack::object_name(&sealed.id), entry.offset as usize + 3).unwrap();
+        warm.flip_byte(&pack::object_name(&sealed.id), entry.offset as usize + 3)
+            .unwrap();
         assert!(matches!(
             packs.read_chunk(Tier::Warm, &sealed.id, &entry),
             Err(Error::ChunkDamaged { .. })

@@ -200,11 +200,7 @@ impl Repacker<'_> {
         let dead = state.dead_ids();
         self.waiting.entry(class).or_default().push((old, dead));
         report.packs_repacked += 1;
-        if self
-            .writers
-            .get(&class)
-            .is_some_and(OpenPack::is_full)
-        {
+        if self.writers.get(&class).is_some_and(OpenPack::is_full) {
             self.seal(class, report)?;
         }
         Ok(())

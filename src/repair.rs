@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::cancel::CancelToken;
+use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, RestorePointId};
 use crate::index::{PackRecord, Tier};
@@ -28,7 +29,6 @@ use crate::pack::{self, ChunkKind, CompressedChunk, PackEntry};
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, read_manifests};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
-use crate::clock::now;
 use crate::restore_point::RestorePoint;
 use crate::selector::format_time;
 use crate::storage::ObjectStore;
@@ -251,7 +251,11 @@ fn list_packs(repo: &Repository<Exclusive>, report: &mut RepairReport) -> Result
         .map(|n| (n, Tier::Warm))
         .collect();
     if let Ok(cold) = repo.cold_store() {
-        names.extend(cold.list_all("packs/")?.into_iter().map(|n| (n, Tier::Cold)));
+        names.extend(
+            cold.list_all("packs/")?
+                .into_iter()
+                .map(|n| (n, Tier::Cold)),
+        );
     }
     let mut out = Vec::with_capacity(names.len());
     for (name, tier) in names {

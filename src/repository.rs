@@ -69,10 +69,10 @@ impl StateDir {
         self.root.join("index")
     }
 
-    /// Where a data mover keeps its memory of what it read (the file
-    /// cache of incremental backups).
-    pub fn mover_dir(&self) -> PathBuf {
-        self.root.join("mover")
+    /// Where the data mover of this machine keeps its memory of what it
+    /// read: the file cache of incremental backups.
+    pub fn file_cache_dir(&self) -> PathBuf {
+        self.root.join("file-cache")
     }
 
     /// Scratch space on the state's file system, for moving a database
@@ -308,7 +308,8 @@ impl Repository<Exclusive> {
     /// visible.
     pub fn seal_pack(&self, pack: OpenPack) -> Result<SealedPack> {
         let sealed = self.packs.seal(pack)?;
-        self.index.add_pack(sealed.id, &sealed.record(), &sealed.entries)?;
+        self.index
+            .add_pack(sealed.id, &sealed.record(), &sealed.entries)?;
         Ok(sealed)
     }
 
@@ -442,7 +443,8 @@ impl<Mode> Repository<Mode> {
             }
         };
         let stored = Packs::read_stored_from(self.store(), &name, &location.entry)?;
-        self.codec().decode(&location.entry, &location.pack, &stored)
+        self.codec()
+            .decode(&location.entry, &location.pack, &stored)
     }
 
     /// Whether a chunk can be read now: warm, or cold with a live thaw copy.

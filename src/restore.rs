@@ -25,7 +25,10 @@ pub struct RestoreTarget {
 /// and it is not inside the repository.
 pub fn plan_target(repo_root: &Path, target: &Path) -> Result<RestoreTarget> {
     let refuse = |why: String| {
-        Error::InvalidInput(format!("cannot use {} as restore target: {why}", target.display()))
+        Error::InvalidInput(format!(
+            "cannot use {} as restore target: {why}",
+            target.display()
+        ))
     };
     let absolute = if target.is_absolute() {
         target.to_path_buf()

@@ -208,9 +208,12 @@ mod tests {
             "2026-11-18T11:06:40.120400Z"
         );
         assert_eq!(
-            select(&all, &format!("a@{}", format_time_exact(all[1].manifest.time)))
-                .unwrap()
-                .id,
+            select(
+                &all,
+                &format!("a@{}", format_time_exact(all[1].manifest.time))
+            )
+            .unwrap()
+            .id,
             all[1].id
         );
     }

@@ -54,8 +54,12 @@ pub trait ObjectStore: Send + Sync {
     /// Up to `limit` names below `prefix` (a directory-like prefix such as
     /// `packs/`) that sort after `start_after`, in byte order. Fewer than
     /// `limit` means the listing is complete.
-    fn list_page(&self, prefix: &str, start_after: Option<&str>, limit: usize)
-        -> Result<Vec<String>>;
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>>;
 
     /// Removes the object; removing an absent one is not an error.
     fn delete(&self, name: &str) -> Result<()>;

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::cancel::CancelToken;
+use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::format::{THAW_RECORD_MAGIC, THAW_RECORD_VERSION};
 use crate::id::{ChunkId, PackId, RestorePointId};
@@ -27,7 +28,6 @@ use crate::packs::OpenPack;
 use crate::progress::{NoProgress, Progress};
 use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{thaw_object_name, Exclusive, Repository};
-use crate::clock::now;
 use crate::restore_point::RestorePoint;
 use crate::selector::format_time;
 
@@ -196,7 +196,9 @@ impl ColdPacker<'_> {
         }
         let packs = self.repo.packs();
         let stored = packs.read_stored(Tier::Warm, &location.pack, &location.entry)?;
-        let plain = packs.codec().decode(&location.entry, &location.pack, &stored)?;
+        let plain = packs
+            .codec()
+            .decode(&location.entry, &location.pack, &stored)?;
         // A chunk stored raw did not compress at level 3; it will not at a
         // higher level either.
         let recompressed = match location.entry.compression {
@@ -239,6 +241,16 @@ impl ColdPacker<'_> {
         self.report.cold_packs_written += 1;
         self.report.cold_bytes_written += sealed.len;
         self.pending.clear();
+        // A warm pack whose chunks all moved unchanged and in order has
+        // the same bytes, so the same id, as the cold pack just indexed in
+        // its place: its warm copy is now unindexed, and prune would never
+        // reclaim it (it knows the id). Every chunk it holds is in the
+        // cold copy, so it goes now.
+        let name = pack::object_name(&sealed.id);
+        if let Ok(size) = self.repo.store().size(&name) {
+            self.repo.store().delete(&name)?;
+            self.report.warm_bytes_freed += size;
+        }
         Ok(())
     }
 }
@@ -315,7 +327,7 @@ pub fn run(
         &NoProgress,
         cancel,
     )?;
-    report.warm_bytes_freed = swept.bytes_freed;
+    report.warm_bytes_freed += swept.bytes_freed;
     report.thaw_copies_expired = expire_thaws(repo)?;
     progress.finish();
     Ok(report)

@@ -25,13 +25,24 @@ use crate::vm::description::{DiskRecord, VmDescription};
 #[derive(Debug, Clone, Copy)]
 pub enum Place<'a> {
     /// The tree of directory `dir` (`""` for the root, else `/a/b`).
-    Tree { dir: &'a str },
+    Tree {
+        dir: &'a str,
+    },
     /// A data chunk of the file `name` in directory `dir`.
-    File { dir: &'a str, name: &'a [u8] },
+    File {
+        dir: &'a str,
+        name: &'a [u8],
+    },
     VmDescription,
-    DiskMapPage { disk: &'a DiskRecord, page: usize },
+    DiskMapPage {
+        disk: &'a DiskRecord,
+        page: usize,
+    },
     /// The data chunk at byte `offset` of a disk.
-    DiskData { disk: &'a DiskRecord, offset: u64 },
+    DiskData {
+        disk: &'a DiskRecord,
+        offset: u64,
+    },
 }
 
 impl Place<'_> {
@@ -50,7 +61,11 @@ impl fmt::Display for Place<'_> {
                 write!(f, "disk {} ({}) map page {page}", disk.slot, disk.file_name)
             }
             Place::DiskData { disk, offset } => {
-                write!(f, "disk {} ({}) at byte {offset}", disk.slot, disk.file_name)
+                write!(
+                    f,
+                    "disk {} ({}) at byte {offset}",
+                    disk.slot, disk.file_name
+                )
             }
         }
     }

@@ -20,18 +20,18 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::file_cache::{FileCache, FileCacheBatch};
 use super::metadata::{fingerprint, node_for, OwnerNames};
-use super::pipeline::{with_chunk_sink, ChunkSink, StoreCounters};
 use super::reader::{read_file, FileContent, ReadFailure};
 use crate::cancel::CancelToken;
 use crate::chunker::StreamChunker;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, RestorePointId};
-use crate::index::{FileCacheBatch, FileCacheRecord, FileFingerprint};
+use crate::index::{FileCacheRecord, FileFingerprint};
 use crate::pack::{ChunkKind, MAX_CHUNK_LEN};
 use crate::progress::Progress;
-use crate::repository::{Exclusive, Repository};
 use crate::restore_point::{Manifest, MissedFile, RestorePointKind};
+use crate::session::BackupSession;
 use crate::tree::{Extent, Node, NodeKind, Timestamp, Tree};
 
 const MAX_IN_FLIGHT: usize = 256;
@@ -106,8 +106,11 @@ pub fn default_source() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Backs up the paths `request` names through `session`; `file_cache` is
+/// this mover's memory of what it read before.
 pub fn backup_files(
-    repo: &Repository<Exclusive>,
+    session: &dyn BackupSession,
+    file_cache: &FileCache,
     request: &FilesBackup,
     progress: &dyn Progress,
     cancel: &CancelToken,
@@ -138,38 +141,35 @@ pub fn backup_files(
     let span = tracing::info_span!("backup_files", source = %source, paths = paths.len());
     let _entered = span.enter();
 
-    let parent = repo
+    let parent = session
         .restore_points()?
         .into_iter()
         .filter(|rp| rp.manifest.source == source)
         .max_by_key(|rp| rp.manifest.time.as_nanos())
         .map(|rp| rp.id);
-    let repo_root = std::fs::metadata(repo.root()).at("reading metadata of", repo.root())?;
+    let repo_root = match session.local_root() {
+        Some(root) => {
+            let meta = std::fs::metadata(root).at("reading metadata of", root)?;
+            Some((meta.dev(), meta.ino()))
+        }
+        None => None,
+    };
 
-    let counters = StoreCounters::default();
     let stop_scan = AtomicBool::new(false);
     let walked = std::thread::scope(|scope| {
         if progress.is_visible() {
             let (selection, stop) = (&selection, &stop_scan);
             scope.spawn(move || scan_sizes(Path::new("/"), selection, stop, progress));
         }
-        let result = with_chunk_sink(repo, &counters, |sink| {
-            walk(
-                repo,
-                sink,
-                &source,
-                &selection,
-                (repo_root.dev(), repo_root.ino()),
-                progress,
-                cancel,
-            )
-        });
+        let result = walk(
+            session, file_cache, &source, &selection, repo_root, progress, cancel,
+        );
         stop_scan.store(true, Ordering::Relaxed);
         result
     })?;
     progress.finish();
 
-    let stats = counters.stats(
+    let stats = session.counters().stats(
         walked.files,
         walked.directories,
         walked.bytes_total,
@@ -191,7 +191,7 @@ pub fn backup_files(
         stats,
         missed: walked.missed,
     };
-    let id = repo.commit_restore_point(&manifest)?;
+    let id = session.commit(&manifest)?;
     tracing::info!(restore_point = %id, files = manifest.stats.files, bytes_new = manifest.stats.bytes_new, "committed");
     Ok(BackupOutcome { id, manifest })
 }
@@ -282,11 +282,12 @@ enum LinkState {
     Waiting(Vec<(usize, usize)>),
 }
 
-struct Walker<'a, 's> {
-    repo: &'a Repository<Exclusive>,
-    sink: &'a ChunkSink<'s>,
+struct Walker<'a> {
+    session: &'a dyn BackupSession,
+    file_cache: &'a FileCache,
     source: &'a str,
-    repo_root: (u64, u64),
+    /// The repository's own directory, never backed up into itself.
+    repo_root: Option<(u64, u64)>,
     progress: &'a dyn Progress,
     cancel: &'a CancelToken,
     owners: OwnerNames,
@@ -302,11 +303,11 @@ struct Walker<'a, 's> {
 }
 
 fn walk(
-    repo: &Repository<Exclusive>,
-    sink: &ChunkSink,
+    session: &dyn BackupSession,
+    file_cache: &FileCache,
     source: &str,
     selection: &Selection,
-    repo_root: (u64, u64),
+    repo_root: Option<(u64, u64)>,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<Walked> {
@@ -318,7 +319,7 @@ fn walk(
     std::thread::scope(|scope| {
         for n in 0..readers {
             let (jobs, results) = (job_rx.clone(), result_tx.clone());
-            let params = repo.config().chunker;
+            let params = session.settings().chunker;
             std::thread::Builder::new()
                 .name(format!("read-{n}"))
                 .spawn_scoped(scope, move || {
@@ -333,7 +334,7 @@ fn walk(
                                 &job.path,
                                 &job.fingerprint,
                                 &mut chunker,
-                                sink,
+                                session,
                                 &on_progress,
                             )
                         };
@@ -358,8 +359,8 @@ fn walk(
         }
         drop((job_rx, result_tx));
         let mut walker = Walker {
-            repo,
-            sink,
+            session,
+            file_cache,
             source,
             repo_root,
             progress,
@@ -371,7 +372,7 @@ fn walk(
             results: result_rx,
             in_flight: 0,
             links: HashMap::new(),
-            cache: repo.index().file_cache_batch(),
+            cache: file_cache.batch(),
             root: None,
             walked: Walked {
                 root: ChunkId([0; 32]),
@@ -390,7 +391,7 @@ fn walk(
     })
 }
 
-impl<'a, 's> Walker<'a, 's> {
+impl<'a> Walker<'a> {
     fn run(&mut self, selection: &Selection) -> Result<Walked> {
         let mut stack = vec![DirWork {
             path: PathBuf::from("/"),
@@ -491,7 +492,7 @@ impl<'a, 's> Walker<'a, 's> {
                     continue;
                 }
             };
-            if meta.is_dir() && (meta.dev(), meta.ino()) == self.repo_root {
+            if meta.is_dir() && Some((meta.dev(), meta.ino())) == self.repo_root {
                 tracing::info!(path = %child.display(), "skipping the repository itself");
                 continue;
             }
@@ -632,9 +633,8 @@ impl<'a, 's> Walker<'a, 's> {
         fingerprint: &FileFingerprint,
     ) -> Result<Option<Vec<Extent>>> {
         let Some(record) = self
-            .repo
-            .index()
-            .cached_file(self.source, path.as_os_str().as_bytes())?
+            .file_cache
+            .get(self.source, path.as_os_str().as_bytes())?
         else {
             return Ok(None);
         };
@@ -651,7 +651,12 @@ impl<'a, 's> Walker<'a, 's> {
                 Extent::Hole { .. } => None,
             })
             .collect();
-        if !self.repo.index().has_all_warm_chunks(&ids)? {
+        if !self
+            .session
+            .stored_chunks(&ids)?
+            .iter()
+            .all(|stored| *stored)
+        {
             return Ok(None);
         }
         Ok(Some(record.extents))
@@ -758,7 +763,7 @@ impl<'a, 's> Walker<'a, 's> {
                 )));
             }
             let id = ChunkId::of(&bytes);
-            self.sink.submit(id, ChunkKind::Tree, &bytes)?;
+            self.session.store_chunk(id, ChunkKind::Tree, &bytes)?;
             match dir.parent {
                 None => {
                     self.root = Some(id);

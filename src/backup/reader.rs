@@ -1,5 +1,5 @@
 //! Reads one file for a backup: its data regions (holes are skipped, not
-//! read), cut into chunks, hashed, and handed to the chunk sink.
+//! read), cut into chunks, hashed, and handed to the backup session.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -7,12 +7,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::backup::pipeline::ChunkSink;
 use crate::chunker::StreamChunker;
 use crate::error::Error;
 use crate::id::ChunkId;
 use crate::index::FileFingerprint;
 use crate::pack::ChunkKind;
+use crate::session::BackupSession;
 use crate::tree::Extent;
 
 /// Why a file could not be read; it is recorded as missed, not fatal.
@@ -100,7 +100,7 @@ pub fn read_file(
     path: &Path,
     expected: &FileFingerprint,
     chunker: &mut StreamChunker,
-    sink: &ChunkSink,
+    session: &dyn BackupSession,
     on_progress: &dyn Fn(u64),
 ) -> Result<FileContent, ReadFailure> {
     let mut file = open_for_backup(path)?;
@@ -133,7 +133,7 @@ pub fn read_file(
             end - start,
             |chunk: &[u8]| -> Result<(), ReadFailure> {
                 let id = ChunkId::of(chunk);
-                sink.submit(id, ChunkKind::Data, chunk)?;
+                session.store_chunk(id, ChunkKind::Data, chunk)?;
                 extents.push(Extent::Data {
                     id,
                     len: chunk.len() as u32,

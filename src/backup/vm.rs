@@ -15,16 +15,14 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::files::BackupOutcome;
-use super::pipeline::{with_chunk_sink, ChunkSink, StoreCounters};
 use crate::cancel::CancelToken;
 use crate::disk_map::{DiskMapPage, PageRef, PAGE_ENTRIES};
-use crate::disk_reader::read_page;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::pack::ChunkKind;
 use crate::progress::Progress;
-use crate::repository::{Exclusive, Repository};
 use crate::restore_point::{Manifest, RestorePointKind};
+use crate::session::BackupSession;
 use crate::tree::Timestamp;
 use crate::vm::description::{adapter_for_slot, DiskRecord, FileOwner, VmDescription};
 use crate::vm::vmx::Vmx;
@@ -276,11 +274,13 @@ fn disk_owner(descriptor: FileOwner, image: &VirtualDisk) -> FileOwner {
         .data_files()
         .filter(|path| *path != image.path())
         .filter_map(|path| std::fs::metadata(path).ok())
-        .fold(descriptor, |owner, meta| owner.narrowed_by(FileOwner::of(&meta)))
+        .fold(descriptor, |owner, meta| {
+            owner.narrowed_by(FileOwner::of(&meta))
+        })
 }
 
 pub fn backup_vm(
-    repo: &Repository<Exclusive>,
+    session: &dyn BackupSession,
     request: &VmBackup,
     progress: &dyn Progress,
     cancel: &CancelToken,
@@ -289,7 +289,7 @@ pub fn backup_vm(
     let vm = resolve(&request.source)?;
     let span = tracing::info_span!("backup_vm", vm = %vm.name, disks = vm.disks.len());
     let _entered = span.enter();
-    let parent = repo
+    let parent = session
         .restore_points()?
         .into_iter()
         .filter(|rp| rp.manifest.kind == RestorePointKind::Vm && rp.manifest.source == vm.name)
@@ -297,7 +297,7 @@ pub fn backup_vm(
     let parent_description = match &parent {
         Some(rp) => Some(VmDescription::decode(
             &rp.manifest.root,
-            &repo.read_chunk(&rp.manifest.root)?,
+            &session.read_chunk(&rp.manifest.root)?,
         )?),
         None => None,
     };
@@ -306,7 +306,8 @@ pub fn backup_vm(
     for disk in &vm.disks {
         opened.push(VirtualDisk::open(&disk.path, disk.format)?);
     }
-    let warm_cutoff = crate::clock::now().sec - repo.config().tiers.warm_days as i64 * 86_400;
+    let settings = session.settings();
+    let warm_cutoff = crate::clock::now().sec - i64::from(settings.warm_days) * 86_400;
     let parent_is_warm = parent
         .as_ref()
         .is_some_and(|p| p.manifest.time.sec >= warm_cutoff);
@@ -330,10 +331,9 @@ pub fn backup_vm(
         changed[i] = Some(load_changed(file, opened[i].capacity())?);
     }
 
-    let chunk_size = repo.config().disk_chunk_size;
-    let counters = StoreCounters::default();
+    let chunk_size = settings.disk_chunk_size;
     let bytes_read = AtomicU64::new(0);
-    let description_id = with_chunk_sink(repo, &counters, |sink| {
+    let description_id = (|| -> Result<ChunkId> {
         let mut records = Vec::new();
         for (i, (disk, image)) in vm.disks.iter().zip(&opened).enumerate() {
             let parent_disk = parent_description
@@ -360,7 +360,7 @@ pub fn backup_vm(
                 tracing::info_span!("disk", slot = %disk.slot, capacity = image.capacity())
                     .entered();
             let job = Job { progress, cancel };
-            let pages = backup_disk(repo, sink, image, chunk_size, cbt, &bytes_read, job)?;
+            let pages = backup_disk(session, image, chunk_size, cbt, &bytes_read, job)?;
             records.push(DiskRecord {
                 slot: disk.slot.clone(),
                 file_name: disk.file_name.clone(),
@@ -386,12 +386,12 @@ pub fn backup_vm(
         };
         let bytes = description.encode();
         let id = ChunkId::of(&bytes);
-        sink.submit(id, ChunkKind::VmDescription, &bytes)?;
+        session.store_chunk(id, ChunkKind::VmDescription, &bytes)?;
         Ok(id)
-    })?;
+    })()?;
     progress.finish();
 
-    let stats = counters.stats(
+    let stats = session.counters().stats(
         vm.disks.len() as u64,
         0,
         opened.iter().map(VirtualDisk::capacity).sum(),
@@ -410,7 +410,7 @@ pub fn backup_vm(
         stats,
         missed: Vec::new(),
     };
-    let id = repo.commit_restore_point(&manifest)?;
+    let id = session.commit(&manifest)?;
     tracing::info!(restore_point = %id, vm = %vm.name, "committed");
     Ok(BackupOutcome { id, manifest })
 }
@@ -436,8 +436,7 @@ struct Job<'a> {
 
 /// Stores one disk; returns its map pages.
 fn backup_disk(
-    repo: &Repository<Exclusive>,
-    sink: &ChunkSink,
+    session: &dyn BackupSession,
     image: &VirtualDisk,
     chunk_size: u32,
     cbt: Option<(&[(u64, u64)], &DiskRecord)>,
@@ -452,7 +451,8 @@ fn backup_disk(
         Some((changed, _)) => changed,
         None => &allocated,
     };
-    job.progress.add_total(wanted.iter().map(|(a, b)| b - a).sum());
+    job.progress
+        .add_total(wanted.iter().map(|(a, b)| b - a).sum());
     let mut pages = Vec::new();
     let page_span = PAGE_ENTRIES as u64;
     for page in 0..chunks.div_ceil(page_span) {
@@ -467,7 +467,7 @@ fn backup_disk(
                     continue;
                 }
                 let parent_page = &parent.pages[page as usize];
-                read_page(repo, &parent_page.id)?.entries
+                DiskMapPage::decode(&parent_page.id, &session.read_chunk(&parent_page.id)?)?.entries
             }
             None => vec![None; (last - first) as usize],
         };
@@ -484,15 +484,15 @@ fn backup_disk(
         let to_read: Vec<u64> = (first..last)
             .filter(|i| !overlapping(wanted, i * chunk, ((i + 1) * chunk).min(capacity)).is_empty())
             .collect();
-        for (index, entry) in read_chunks(
-            image, sink, &allocated, &to_read, chunk, bytes_read, job,
-        )? {
+        for (index, entry) in
+            read_chunks(image, session, &allocated, &to_read, chunk, bytes_read, job)?
+        {
             entries[(index - first) as usize] = entry;
         }
         let data_chunks = entries.iter().filter(|e| e.is_some()).count() as u32;
         let bytes = DiskMapPage { entries }.encode();
         let id = ChunkId::of(&bytes);
-        sink.submit(id, ChunkKind::DiskMapPage, &bytes)?;
+        session.store_chunk(id, ChunkKind::DiskMapPage, &bytes)?;
         pages.push(PageRef { id, data_chunks });
     }
     Ok(pages)
@@ -502,7 +502,7 @@ fn backup_disk(
 /// chunk's entry (`None` for chunks that are holes or all zeros).
 fn read_chunks(
     image: &VirtualDisk,
-    sink: &ChunkSink,
+    session: &dyn BackupSession,
     allocated: &[(u64, u64)],
     indices: &[u64],
     chunk: u64,
@@ -544,7 +544,7 @@ fn read_chunks(
                             None
                         } else {
                             let id = ChunkId::of(window);
-                            sink.submit(id, ChunkKind::Data, window)?;
+                            session.store_chunk(id, ChunkKind::Data, window)?;
                             Some(id)
                         };
                         results.lock().expect("results").push((index, entry));

@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use strata::backup::file_cache::FileCache;
 use strata::backup::files::{backup_files, BackupOutcome, FilesBackup};
 use strata::backup::vm::{backup_vm, VmBackup, VmSource};
 use strata::cancel::CancelToken;
 use strata::restore_point::RestorePointKind;
 use strata::selector::{format_time_exact, parse_time};
+use strata::session::with_local_session;
 
 use super::args::{BackupCommand, DiskBackupArgs};
 use super::progress::TerminalProgress;
@@ -33,7 +35,10 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
                 tags,
                 time,
             };
-            let outcome = backup_files(&repo, &request, &progress, cancel)?;
+            let file_cache = FileCache::open(&repo.state().file_cache_dir())?;
+            let outcome = with_local_session(&repo, |session| {
+                backup_files(session, &file_cache, &request, &progress, cancel)
+            })?;
             render(&outcome, json.json)
         }
         BackupCommand::Vm { vm, args } => {
@@ -78,7 +83,9 @@ fn backup_disks(
         full: args.full,
         changed_extents,
     };
-    let outcome = backup_vm(&repo, &request, &progress, cancel)?;
+    let outcome = with_local_session(&repo, |session| {
+        backup_vm(session, &request, &progress, cancel)
+    })?;
     render(&outcome, args.json.json)
 }
 

@@ -128,5 +128,9 @@ fn open(path: &Path) -> Result<Repository> {
 }
 
 fn open_exclusive(path: &Path, command: &str) -> Result<Repository<Exclusive>> {
-    Ok(Repository::open_exclusive_with(path, command, &open_options())?)
+    Ok(Repository::open_exclusive_with(
+        path,
+        command,
+        &open_options(),
+    )?)
 }

@@ -162,7 +162,10 @@ mod tests {
         let codec = ChunkCodec::new(3);
         let plain = b"hello hello hello hello hello".repeat(10);
         let id = ChunkId::of(&plain);
-        let chunk = codec.encoder().unwrap().encode(id, ChunkKind::Data, plain.clone());
+        let chunk = codec
+            .encoder()
+            .unwrap()
+            .encode(id, ChunkKind::Data, plain.clone());
         let entry = PackEntry {
             id,
             offset: 0,

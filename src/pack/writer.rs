@@ -107,7 +107,8 @@ impl<W: Write> PackWriter<W> {
 /// A length as the format's 32-bit field; larger is a bug upstream (the
 /// chunker and tree encoder bound every chunk), reported, not truncated.
 fn len_u32(len: usize, what: &str) -> Result<u32> {
-    u32::try_from(len).map_err(|_| Error::InvalidInput(format!("{what} of {len} bytes is too large for a pack")))
+    u32::try_from(len)
+        .map_err(|_| Error::InvalidInput(format!("{what} of {len} bytes is too large for a pack")))
 }
 
 pub(crate) fn encode_trailer(entries: &[PackEntry]) -> Vec<u8> {

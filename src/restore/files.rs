@@ -245,7 +245,10 @@ impl Outcome {
 
     fn fail(&self, shown: &Path, error: &Error) {
         tracing::error!(path = %shown.display(), error = %error, "restore failed");
-        self.record(|s| s.failed.push((shown.display().to_string(), error.to_string())));
+        self.record(|s| {
+            s.failed
+                .push((shown.display().to_string(), error.to_string()))
+        });
     }
 
     fn warn(&self, message: String) {
@@ -375,7 +378,12 @@ impl<'a, M> RestoreWalker<'a, '_, M> {
         self.restore_node(&dir, rel, node)
     }
 
-    fn restore_node(&mut self, parent: &Arc<OpenDir<'a>>, parent_rel: PathBuf, node: &Node) -> Result<()> {
+    fn restore_node(
+        &mut self,
+        parent: &Arc<OpenDir<'a>>,
+        parent_rel: PathBuf,
+        node: &Node,
+    ) -> Result<()> {
         self.cancel.check()?;
         validate_name(&node.name, "restore point")?;
         let name = os(&node.name);

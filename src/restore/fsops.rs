@@ -109,7 +109,11 @@ pub fn make_dir(parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<OwnedFd>
 }
 
 /// Creates a new, empty file under the temporary name `partial`.
-pub fn create_partial_file(parent: &OwnedFd, partial: &OsStr, shown: &Path) -> Result<std::fs::File> {
+pub fn create_partial_file(
+    parent: &OwnedFd,
+    partial: &OsStr,
+    shown: &Path,
+) -> Result<std::fs::File> {
     let fd = openat(
         Some(parent.as_raw_fd()),
         partial,
@@ -134,7 +138,11 @@ pub fn commit_partial(parent: &OwnedFd, partial: &OsStr, name: &OsStr, shown: &P
 /// Removes a temporary entry after a failure; the failure itself is what
 /// gets reported.
 pub fn discard_partial(parent: &OwnedFd, partial: &OsStr) {
-    let _ = unlinkat(Some(parent.as_raw_fd()), partial, UnlinkatFlags::NoRemoveDir);
+    let _ = unlinkat(
+        Some(parent.as_raw_fd()),
+        partial,
+        UnlinkatFlags::NoRemoveDir,
+    );
 }
 
 /// The kinds of entry made by `mknod`.
@@ -179,8 +187,14 @@ pub fn make_special(
 
 /// Makes a symlink under the temporary name `partial` and returns an
 /// `O_PATH` descriptor of the link itself.
-pub fn make_symlink(parent: &OwnedFd, partial: &OsStr, target: &OsStr, shown: &Path) -> Result<OwnedFd> {
-    nix::unistd::symlinkat(target, Some(parent.as_raw_fd()), partial).at("creating symlink", shown)?;
+pub fn make_symlink(
+    parent: &OwnedFd,
+    partial: &OsStr,
+    target: &OsStr,
+    shown: &Path,
+) -> Result<OwnedFd> {
+    nix::unistd::symlinkat(target, Some(parent.as_raw_fd()), partial)
+        .at("creating symlink", shown)?;
     open_created(parent, partial, SFlag::S_IFLNK, shown)
 }
 
@@ -374,7 +388,10 @@ mod tests {
         let link = std::fs::symlink_metadata(dir.path().join(&partial)).unwrap();
         assert_eq!(std::os::unix::fs::MetadataExt::mtime(&link), 1_000_000_000);
         let target = std::fs::metadata(&victim).unwrap();
-        assert_ne!(std::os::unix::fs::MetadataExt::mtime(&target), 1_000_000_000);
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::mtime(&target),
+            1_000_000_000
+        );
     }
 
     #[test]

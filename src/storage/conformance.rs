@@ -35,7 +35,10 @@ fn ranged_reads_are_exact(store: &dyn ObjectStore) {
     store.read_at("conf/range/x", 9_900, &mut buf).unwrap();
     assert_eq!(buf, bytes[9_900..]);
     let past_end = store.read_at("conf/range/x", 9_950, &mut buf);
-    assert!(past_end.is_err(), "a read past the end must fail, not return short");
+    assert!(
+        past_end.is_err(),
+        "a read past the end must fail, not return short"
+    );
 }
 
 fn missing_objects_are_not_found(store: &dyn ObjectStore) {
@@ -80,7 +83,9 @@ fn listing_is_paged_and_ordered(store: &dyn ObjectStore) {
     for name in &names {
         store.put(name, name.as_bytes()).unwrap();
     }
-    store.put("conf/listing-sibling", b"outside the prefix").unwrap();
+    store
+        .put("conf/listing-sibling", b"outside the prefix")
+        .unwrap();
     names.sort();
     assert_eq!(store.list_all("conf/list/").unwrap(), names);
     assert_eq!(store.list_all("conf/list").unwrap(), names);

@@ -161,7 +161,10 @@ impl LocalStore {
             let Ok(file_name) = entry.file_name().into_string() else {
                 continue; // not an object name
             };
-            let is_dir = entry.file_type().at("reading type of", entry.path())?.is_dir();
+            let is_dir = entry
+                .file_type()
+                .at("reading type of", entry.path())?
+                .is_dir();
             if rel.is_empty() && file_name == STAGING {
                 continue;
             }
@@ -194,9 +197,7 @@ impl ObjectStore for LocalStore {
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         let mut writer = self.writer()?;
-        writer
-            .write_all(data)
-            .at("writing", self.root.join(name))?;
+        writer.write_all(data).at("writing", self.root.join(name))?;
         writer.commit(name)
     }
 

@@ -183,9 +183,7 @@ impl VmDescription {
                 .u8(format_code(d.source_format))
                 .bytes(d.adapter_type.as_bytes());
             FileOwner::encode(d.owner.as_ref(), &mut e);
-            e.u64(d.capacity)
-                .u32(d.chunk_size)
-                .count(d.pages.len());
+            e.u64(d.capacity).u32(d.chunk_size).count(d.pages.len());
             for p in &d.pages {
                 e.raw(p.id.as_bytes()).u32(p.data_chunks);
             }

@@ -157,4 +157,3 @@ pub fn format_for_name(path: &Path) -> Option<ImageFormat> {
         _ => None,
     }
 }
-

@@ -22,7 +22,15 @@ fn printed_times_select_their_restore_point() {
     .enumerate()
     {
         std::fs::write(src.join("f"), format!("version {i}")).unwrap();
-        t.ok(&["backup", "files", src.to_str().unwrap(), "--source", "s", "--time", time]);
+        t.ok(&[
+            "backup",
+            "files",
+            src.to_str().unwrap(),
+            "--source",
+            "s",
+            "--time",
+            time,
+        ]);
     }
     // One at the current time, stored with nanoseconds.
     t.backup(&src, "now");
@@ -56,7 +64,10 @@ fn printed_times_select_their_restore_point() {
         );
         // `show` prints the same time, and `ls` accepts it too.
         let show_text = t.ok(&["show", &format!("{source}@{time}")]);
-        assert!(show_text.contains(&format!("time         {time}")), "{show_text}");
+        assert!(
+            show_text.contains(&format!("time         {time}")),
+            "{show_text}"
+        );
         t.ok(&["ls", &format!("{source}@{time}"), "/"]);
         checked += 1;
     }
@@ -75,10 +86,15 @@ fn show_json_lists_a_vms_disks() {
     std::os::unix::fs::FileExt::write_all_at(&file, b"boot sector", 0).unwrap();
     t.ok(&["backup", "image", image.to_str().unwrap(), "--name", "db"]);
     let shown = t.json(&["show", "db@latest"]);
-    let disks = shown["vm"]["disks"].as_array().expect("disks in show --json");
+    let disks = shown["vm"]["disks"]
+        .as_array()
+        .expect("disks in show --json");
     assert_eq!(disks.len(), 1, "{shown}");
     assert_eq!(disks[0]["capacity"], 4 << 20);
-    assert!(disks[0]["slot"].as_str().is_some_and(|s| !s.is_empty()), "{shown}");
+    assert!(
+        disks[0]["slot"].as_str().is_some_and(|s| !s.is_empty()),
+        "{shown}"
+    );
     assert!(disks[0]["file_name"].as_str().is_some(), "{shown}");
     assert!(disks[0]["source_format"].as_str().is_some(), "{shown}");
     assert_eq!(shown["vm"]["name"], "db");
@@ -115,7 +131,11 @@ fn a_closed_stdout_ends_the_command_quietly() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), b"x").unwrap();
     t.backup(&src, "s");
-    for args in [&["list", "--json"][..], &["list"][..], &["ls", "-R", "s@latest"][..]] {
+    for args in [
+        &["list", "--json"][..],
+        &["list"][..],
+        &["ls", "-R", "s@latest"][..],
+    ] {
         let (read_end, write_end) = nix::unistd::pipe().unwrap();
         drop(read_end);
         let out = t

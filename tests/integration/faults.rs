@@ -354,10 +354,10 @@ fn full_disks_give_clear_errors_and_keep_the_repository_whole() {
 
 #[test]
 fn unsafe_names_in_a_manifest_are_refused_before_writing() {
-    use strata::backup::pipeline::{with_chunk_sink, StoreCounters};
     use strata::id::ChunkId;
     use strata::pack::ChunkKind;
     use strata::restore_point::{BackupStats, Manifest, RestorePointKind};
+    use strata::session::{with_local_session, BackupSession};
     use strata::tree::{Node, NodeKind, Timestamp, Tree};
 
     let t = TestRepo::new();
@@ -389,22 +389,20 @@ fn unsafe_names_in_a_manifest_are_refused_before_writing() {
         }
         .encode();
         let root = ChunkId::of(&bytes);
-        let counters = StoreCounters::default();
-        with_chunk_sink(&repo, &counters, |sink| {
-            sink.submit(root, ChunkKind::Tree, &bytes)
-        })
-        .unwrap();
-        repo.commit_restore_point(&Manifest {
-            kind: RestorePointKind::Files,
-            source: "evil".into(),
-            time: Timestamp { sec: 1, nsec: 0 },
-            hostname: "h".into(),
-            tags: vec![],
-            paths: vec![b"/".to_vec()],
-            root,
-            parent: None,
-            stats: BackupStats::default(),
-            missed: vec![],
+        with_local_session(&repo, |session| {
+            session.store_chunk(root, ChunkKind::Tree, &bytes)?;
+            session.commit(&Manifest {
+                kind: RestorePointKind::Files,
+                source: "evil".into(),
+                time: Timestamp { sec: 1, nsec: 0 },
+                hostname: "h".into(),
+                tags: vec![],
+                paths: vec![b"/".to_vec()],
+                root,
+                parent: None,
+                stats: BackupStats::default(),
+                missed: vec![],
+            })
         })
         .unwrap();
     }

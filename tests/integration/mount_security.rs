@@ -124,10 +124,16 @@ fn vm_files_are_not_readable_by_other_users() {
     )
     .unwrap();
     // The disk is root's alone; the .vmx belongs to another user and group.
-    std::fs::set_permissions(folder.join("db01.vmdk"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
-    std::fs::set_permissions(folder.join("db01.vmx"), std::fs::Permissions::from_mode(0o640))
-        .unwrap();
+    std::fs::set_permissions(
+        folder.join("db01.vmdk"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        folder.join("db01.vmx"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
     std::os::unix::fs::chown(folder.join("db01.vmx"), Some(1234), Some(5678)).unwrap();
     t.ok(&["backup", "vm", folder.to_str().unwrap()]);
     let mnt = t.path("mnt");
@@ -177,8 +183,11 @@ fn a_flat_disks_data_file_narrows_its_modes() {
         "displayName = \"flat01\"\nscsi0:0.fileName = \"flat01.vmdk\"\n",
     )
     .unwrap();
-    std::fs::set_permissions(folder.join("flat01.vmdk"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        folder.join("flat01.vmdk"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     std::fs::set_permissions(
         folder.join("flat01-flat.vmdk"),
         std::fs::Permissions::from_mode(0o600),
@@ -189,7 +198,10 @@ fn a_flat_disks_data_file_narrows_its_modes() {
     let _guard = MountGuard::mount_with(&t, &mnt, &["--allow-other"]);
     let data = mnt.join("vms/flat01/latest/flat01-flat.vmdk");
     assert_eq!(std::fs::metadata(&data).unwrap().mode() & 0o777, 0o400);
-    assert!(!nobody_reads(&data).status.success(), "nobody read a root-only disk");
+    assert!(
+        !nobody_reads(&data).status.success(),
+        "nobody read a root-only disk"
+    );
 }
 
 #[test]

@@ -129,8 +129,19 @@ fn repair_salvages_every_chunk_that_verifies_and_prune_runs_after() {
     assert_eq!(restorable_files(&t, "b@latest", &b), b_salvaged as usize);
     // A whole restore of b restores those same files and names the rest.
     let whole_b = t.path("restored-b");
-    let out = t.run(&["restore", "files", "b@latest", "--to", whole_b.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = t.run(&[
+        "restore",
+        "files",
+        "b@latest",
+        "--to",
+        whole_b.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(files_under(&under(&whole_b, &b)).len(), b_salvaged as usize);
 
     // The repository works again: prune runs and keeps the data, check

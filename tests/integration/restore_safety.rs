@@ -58,10 +58,23 @@ fn a_refused_restore_creates_nothing() {
 
     // Inside the repository.
     let inside = t.repo.join("inside").join("deeper");
-    let out = t.run(&["restore", "files", "s@latest", "--to", inside.to_str().unwrap()]);
+    let out = t.run(&[
+        "restore",
+        "files",
+        "s@latest",
+        "--to",
+        inside.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("inside the repository"), "{}", stderr_of(&out));
-    assert!(!t.repo.join("inside").exists(), "the refused restore created its target");
+    assert!(
+        stderr_of(&out).contains("inside the repository"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        !t.repo.join("inside").exists(),
+        "the refused restore created its target"
+    );
 
     // A path that is not in the restore point.
     let target = t.path("new-target");
@@ -107,12 +120,28 @@ fn a_failed_file_never_replaces_the_good_copy() {
 
     // A fresh target: the damaged file is absent, the other one restored.
     let fresh = t.path("fresh");
-    let out = t.run(&["restore", "files", "s@latest", "--to", fresh.to_str().unwrap()]);
+    let out = t.run(&[
+        "restore",
+        "files",
+        "s@latest",
+        "--to",
+        fresh.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("victim.bin"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("victim.bin"),
+        "{}",
+        stderr_of(&out)
+    );
     let restored = under(&fresh, &src);
-    assert!(!restored.join("victim.bin").exists(), "a damaged file was left under its name");
-    assert_eq!(std::fs::read(restored.join("bystander.txt")).unwrap(), b"fine\n");
+    assert!(
+        !restored.join("victim.bin").exists(),
+        "a damaged file was left under its name"
+    );
+    assert_eq!(
+        std::fs::read(restored.join("bystander.txt")).unwrap(),
+        b"fine\n"
+    );
     assert!(
         stdout_of(&out).contains("restored 1 files"),
         "the summary counts a failed file: {}",
@@ -126,9 +155,18 @@ fn a_failed_file_never_replaces_the_good_copy() {
     std::fs::create_dir_all(&existing).unwrap();
     std::fs::write(existing.join("victim.bin"), b"the good copy").unwrap();
     let before = std::fs::metadata(existing.join("victim.bin")).unwrap();
-    let out = t.run(&["restore", "files", "s@latest", "--to", in_place.to_str().unwrap()]);
+    let out = t.run(&[
+        "restore",
+        "files",
+        "s@latest",
+        "--to",
+        in_place.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(3));
-    assert_eq!(std::fs::read(existing.join("victim.bin")).unwrap(), b"the good copy");
+    assert_eq!(
+        std::fs::read(existing.join("victim.bin")).unwrap(),
+        b"the good copy"
+    );
     let after = std::fs::metadata(existing.join("victim.bin")).unwrap();
     assert_eq!((before.ino(), before.mode()), (after.ino(), after.mode()));
     no_partial_files(&in_place);
@@ -175,9 +213,19 @@ fn in_place_restore_of_many_files_replaces_every_one() {
             std::fs::write(restored.join(format!("d{d}/f{f}")), b"changed").unwrap();
         }
     }
-    let out = t.run(&["restore", "files", "s@latest", "--to", target.to_str().unwrap()]);
+    let out = t.run(&[
+        "restore",
+        "files",
+        "s@latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(stdout_of(&out).contains("restored 900 files"), "{}", stdout_of(&out));
+    assert!(
+        stdout_of(&out).contains("restored 900 files"),
+        "{}",
+        stdout_of(&out)
+    );
     assert_same_tree(&src, &restored);
     no_partial_files(&target);
 }
@@ -251,8 +299,21 @@ fn a_refused_vm_restore_creates_nothing() {
     t.ok(&["backup", "image", image.to_str().unwrap(), "--name", "db"]);
     let inside = t.repo.join("vms-inside");
     for args in [
-        vec!["restore", "vm", "db@latest", "--to", inside.to_str().unwrap()],
-        vec!["restore", "disk", "db@latest", "image", "--to", inside.to_str().unwrap()],
+        vec![
+            "restore",
+            "vm",
+            "db@latest",
+            "--to",
+            inside.to_str().unwrap(),
+        ],
+        vec![
+            "restore",
+            "disk",
+            "db@latest",
+            "image",
+            "--to",
+            inside.to_str().unwrap(),
+        ],
     ] {
         let out = t.run(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));

@@ -300,16 +300,10 @@ fn set_notify_command(t: &TestRepo, argv: serde_json::Value, timeout_secs: Optio
 fn thaw_notification_is_bounded_and_never_a_shell_line() {
     let Tiered { t, .. } = tiered(45);
     t.ok(&["tier", "run", "--warm-days", "30"]);
-    let old = t.json(&["list"])[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let old = t.json(&["list"])[0]["id"].as_str().unwrap().to_string();
 
     let pid_file = t.path("sleeper.pid");
-    let hang = write_script(
-        &t.path("hang.sh"),
-        "sleep 300 &\necho $! > \"$1\"\nwait\n",
-    );
+    let hang = write_script(&t.path("hang.sh"), "sleep 300 &\necho $! > \"$1\"\nwait\n");
     set_notify_command(&t, serde_json::json!([hang, pid_file]), Some(1));
     let started = std::time::Instant::now();
     t.ok(&["thaw", &old]);
@@ -346,7 +340,10 @@ fn thaw_notification_is_bounded_and_never_a_shell_line() {
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o666)).unwrap();
     }
     t.ok(&["thaw", &old]);
-    assert!(!touched.exists(), "ran a notifier from a world-writable config");
+    assert!(
+        !touched.exists(),
+        "ran a notifier from a world-writable config"
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -479,7 +479,10 @@ fn interrupted_restore_leaves_no_vm_folder() {
         // folder either.
         let killed_before_handler =
             std::os::unix::process::ExitStatusExt::signal(&out.status).is_some();
-        assert!(killed_before_handler || err.contains("interrupted"), "{err}");
+        assert!(
+            killed_before_handler || err.contains("interrupted"),
+            "{err}"
+        );
         assert!(
             std::fs::read_dir(&target).unwrap().next().is_none(),
             "after {delay_ms} ms a partial VM folder was left behind"

@@ -1,0 +1,137 @@
+//! The file cache: a data mover's memory of what it read, so that an
+//! incremental backup reads only files that changed.
+//!
+//! For each source and path it keeps the file's fingerprint (size, times,
+//! inode, …) and the chunks its content was cut into. It belongs to the
+//! mover, not to the repository: it holds nothing the repository needs,
+//! only saves reading, and a mover on another machine keeps its own. A lost
+//! or damaged record only means the file is read again, so writes need no
+//! fsync. It is a RocksDB database in the mover's state directory; records
+//! are `FileCacheRecord`s (see `docs/FORMAT.md`).
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{Options, WriteBatch, DB};
+
+use crate::error::{Error, IoContext, Result};
+use crate::index::FileCacheRecord;
+
+pub struct FileCache {
+    db: DB,
+    path: PathBuf,
+}
+
+fn key(source: &str, path: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(source.len() + 1 + path.len());
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(path);
+    key
+}
+
+impl FileCache {
+    /// Opens (creating if needed) the cache in `dir`. One mover at a time
+    /// may hold it; a second gets RocksDB's lock error, named.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).at("creating", dir)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_keep_log_file_num(2);
+        opts.set_max_open_files(256);
+        let db = DB::open(&opts, dir).map_err(|e| Error::Index {
+            path: dir.to_path_buf(),
+            detail: format!("file cache: {}", e.into_string()),
+        })?;
+        Ok(FileCache {
+            db,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    fn err(&self, source: rocksdb::Error) -> Error {
+        Error::Index {
+            path: self.path.clone(),
+            detail: format!("file cache: {}", source.into_string()),
+        }
+    }
+
+    /// What the mover read of `path` in `source` last time, if anything.
+    pub fn get(&self, source: &str, path: &[u8]) -> Result<Option<FileCacheRecord>> {
+        match self
+            .db
+            .get_pinned(key(source, path))
+            .map_err(|e| self.err(e))?
+        {
+            // A damaged record only costs a re-read.
+            Some(v) => Ok(FileCacheRecord::decode(&v).ok()),
+            None => Ok(None),
+        }
+    }
+
+    pub fn batch(&self) -> FileCacheBatch<'_> {
+        FileCacheBatch {
+            cache: self,
+            batch: WriteBatch::default(),
+        }
+    }
+}
+
+/// File cache updates, written together.
+pub struct FileCacheBatch<'a> {
+    cache: &'a FileCache,
+    batch: WriteBatch,
+}
+
+impl FileCacheBatch<'_> {
+    pub fn put(&mut self, source: &str, path: &[u8], record: &FileCacheRecord) -> Result<()> {
+        self.batch.put(key(source, path), record.encode());
+        if self.batch.len() >= 4096 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        self.cache.db.write(batch).map_err(|e| self.cache.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ChunkId;
+    use crate::index::FileFingerprint;
+    use crate::tree::Extent;
+
+    #[test]
+    fn records_survive_reopening_and_are_kept_per_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = FileCacheRecord {
+            fingerprint: FileFingerprint {
+                size: 5,
+                mtime_ns: 1_000_000_002,
+                ctime_ns: 3_000_000_004,
+                inode: 7,
+                device: 8,
+            },
+            extents: vec![Extent::Data {
+                id: ChunkId::of(b"hello"),
+                len: 5,
+            }],
+        };
+        {
+            let cache = FileCache::open(dir.path()).unwrap();
+            let mut batch = cache.batch();
+            batch.put("web", b"/etc/hosts", &record).unwrap();
+            batch.flush().unwrap();
+        }
+        let cache = FileCache::open(dir.path()).unwrap();
+        assert_eq!(cache.get("web", b"/etc/hosts").unwrap(), Some(record));
+        assert_eq!(cache.get("db", b"/etc/hosts").unwrap(), None);
+        assert!(
+            FileCache::open(dir.path()).is_err(),
+            "a second holder is refused"
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! What a data mover needs from a repository, and nothing more.
+//!
+//! A mover reads a source (a file tree, VM disks), cuts it into chunks and
+//! asks the repository, through a [`BackupSession`], which chunks it
+//! already holds, hands over the new ones, reads its parent restore point
+//! and finally commits the new one. It never sees packs, the index or the
+//! writer lock, so the same mover runs against the repository in this
+//! process ([`LocalSession`]) or, later, against a repository server over
+//! the network.
+//!
+//! ```text
+//!  mover ──▶ dyn BackupSession ──▶ LocalSession ──▶ pipeline ──▶ Packs + index
+//!                                  (network client, later)
+//! ```
+
+pub mod local;
+
+use std::path::Path;
+
+use crate::config::ChunkerParams;
+use crate::error::Result;
+use crate::id::{ChunkId, RestorePointId};
+use crate::pack::ChunkKind;
+use crate::restore_point::{Manifest, RestorePoint};
+use crate::tree::Tree;
+
+pub use local::{with_local_session, LocalSession, StoreCounters};
+
+/// The repository settings a mover must follow so that its chunks
+/// deduplicate against everything already stored.
+#[derive(Debug, Clone, Copy)]
+pub struct MoverSettings {
+    pub chunker: ChunkerParams,
+    /// Fixed chunk size for disks.
+    pub disk_chunk_size: u32,
+    /// Restore points older than this many days may have data on the cold
+    /// tier: an incremental must not build on them.
+    pub warm_days: u32,
+}
+
+pub trait BackupSession: Sync {
+    fn settings(&self) -> MoverSettings;
+
+    /// The repository's own directory when it is on this machine, so that
+    /// a backup of `/` does not back up the repository into itself.
+    fn local_root(&self) -> Option<&Path>;
+
+    /// Every committed restore point, oldest first: a mover picks its
+    /// parent among them.
+    fn restore_points(&self) -> Result<Vec<RestorePoint>>;
+
+    /// Reads a stored chunk (a parent's tree, VM description or disk map
+    /// page), verified.
+    fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>>;
+
+    fn load_tree(&self, id: &ChunkId) -> Result<Tree> {
+        Tree::decode(id, &self.read_chunk(id)?)
+    }
+
+    /// For each id, whether the repository holds it readable without a
+    /// thaw (on the warm tier): one question for many chunks.
+    fn stored_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
+
+    /// Stores `data` under `id` unless the repository already has it;
+    /// returns whether it was new. The chunk is durable once
+    /// [`commit`](Self::commit) returns.
+    fn store_chunk(&self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> Result<bool>;
+
+    /// What this session has stored so far.
+    fn counters(&self) -> &StoreCounters;
+
+    /// Makes every stored chunk durable, then the restore point visible.
+    /// Ends the session: no chunk can be stored after it.
+    fn commit(&self, manifest: &Manifest) -> Result<RestorePointId>;
+}

@@ -1,0 +1,326 @@
+//! The in-process [`BackupSession`]: a mover in this process storing into
+//! a repository this process holds the writer lock of.
+//!
+//! ```text
+//!  movers ──store_chunk──▶ [dedup] ──bounded──▶ encoders ──bounded──▶ packer
+//!                          pending set + index                 seal: durable, then indexed
+//! ```
+//! Chunks the repository already holds (or that this session already
+//! queued) are dropped at `store_chunk`, so only new data is copied and
+//! encoded. Channels are bounded, so memory stays bounded whatever the
+//! input size. A chunk id stays in the pending set until its pack is
+//! durable and indexed, after which the index answers for it; a rare race
+//! can store a chunk twice, which is harmless (the index points at one
+//! copy, prune drops the other).
+//!
+//! `commit` is the barrier: it closes the queue, waits until every stage
+//! has drained and every pack is sealed, and only then writes the
+//! manifest, so a restore point never references a chunk that is not
+//! durable.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::{BackupSession, MoverSettings};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, RestorePointId};
+use crate::index::Tier;
+use crate::pack::{ChunkEncoder, ChunkKind, CompressedChunk};
+use crate::packs::OpenPack;
+use crate::repository::{Exclusive, Repository};
+use crate::restore_point::{BackupStats, Manifest, RestorePoint};
+
+/// Counters of what a session stored.
+#[derive(Default)]
+pub struct StoreCounters {
+    pub chunks_new: AtomicU64,
+    pub bytes_new: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub packs: AtomicU64,
+}
+
+impl StoreCounters {
+    /// A restore point's statistics: what the mover saw, plus what the
+    /// session stored.
+    pub fn stats(
+        &self,
+        files: u64,
+        directories: u64,
+        bytes_total: u64,
+        bytes_read: u64,
+        started: std::time::Instant,
+    ) -> BackupStats {
+        BackupStats {
+            files,
+            directories,
+            bytes_total,
+            bytes_read,
+            bytes_new: self.bytes_new.load(Ordering::Relaxed),
+            bytes_stored: self.bytes_stored.load(Ordering::Relaxed),
+            chunks_new: self.chunks_new.load(Ordering::Relaxed),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+struct RawChunk {
+    id: ChunkId,
+    kind: ChunkKind,
+    data: Vec<u8>,
+}
+
+/// Which pipeline stage finished, and how.
+enum StageEnd {
+    Encoder(Result<()>),
+    Packer(Result<()>),
+}
+
+pub struct LocalSession<'r> {
+    repo: &'r Repository<Exclusive>,
+    pending: Mutex<HashSet<ChunkId>>,
+    /// `None` once the session is closed: by commit, or at its end.
+    to_encode: RwLock<Option<Sender<RawChunk>>>,
+    stage_ends: Receiver<StageEnd>,
+    stages: usize,
+    counters: StoreCounters,
+}
+
+/// Runs `work` with a session on `repo`, and returns once the pipeline
+/// behind it has stopped (after `work` committed, or on its error).
+pub fn with_local_session<R>(
+    repo: &Repository<Exclusive>,
+    work: impl FnOnce(&LocalSession) -> Result<R>,
+) -> Result<R> {
+    let encoders = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let (to_encode, encode_rx) = bounded::<RawChunk>(encoders * 2);
+    let (to_pack, pack_rx) = bounded::<CompressedChunk>(encoders * 2);
+    let (stage_end, stage_ends) = bounded::<StageEnd>(encoders + 1);
+    let session = LocalSession {
+        repo,
+        pending: Mutex::new(HashSet::new()),
+        to_encode: RwLock::new(Some(to_encode)),
+        stage_ends,
+        stages: encoders + 1,
+        counters: StoreCounters::default(),
+    };
+    std::thread::scope(|scope| {
+        // Closes the queue however this scope is left, a panic included,
+        // so the stages end and the scope can join them.
+        let _close = CloseOnDrop(&session.to_encode);
+        for n in 0..encoders {
+            let (rx, tx, end) = (encode_rx.clone(), to_pack.clone(), stage_end.clone());
+            std::thread::Builder::new()
+                .name(format!("encode-{n}"))
+                .spawn_scoped(scope, move || {
+                    let result = repo
+                        .codec()
+                        .encoder()
+                        .and_then(|encoder| encode_stage(encoder, rx, tx));
+                    let _ = end.send(StageEnd::Encoder(result));
+                })
+                .expect("spawning an encoder thread");
+        }
+        drop((encode_rx, to_pack));
+        let session_ref = &session;
+        std::thread::Builder::new()
+            .name("packer".into())
+            .spawn_scoped(scope, move || {
+                let result = pack_stage(session_ref, pack_rx);
+                let _ = stage_end.send(StageEnd::Packer(result));
+            })
+            .expect("spawning the packer thread");
+        let worked = work(&session);
+        // Work that failed before committing: stop the pipeline; what it
+        // sealed is indexed but unreferenced, for prune to reclaim.
+        let drained = session.drain();
+        // A stage's error is the cause; the work's "the pack writer
+        // stopped" is its consequence.
+        match (worked, drained) {
+            (_, Err(e)) | (Err(e), Ok(())) => Err(e),
+            (Ok(r), Ok(())) => Ok(r),
+        }
+    })
+}
+
+struct CloseOnDrop<'a>(&'a RwLock<Option<Sender<RawChunk>>>);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut queue) = self.0.write() {
+            queue.take();
+        }
+    }
+}
+
+impl LocalSession<'_> {
+    /// Closes the queue and waits for every stage to finish; the first
+    /// error, the packer's before an encoder's (a failed packer is why the
+    /// others stopped).
+    fn drain(&self) -> Result<()> {
+        let Some(sender) = self.to_encode.write().expect("queue lock").take() else {
+            return Ok(()); // drained by commit
+        };
+        drop(sender);
+        let mut packer_error = None;
+        let mut encoder_error = None;
+        for _ in 0..self.stages {
+            match self.stage_ends.recv() {
+                Ok(StageEnd::Packer(Err(e))) => packer_error = Some(e),
+                Ok(StageEnd::Encoder(Err(e))) => {
+                    encoder_error.get_or_insert(e);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(Error::Interrupted("a pipeline stage stopped".into()));
+                }
+            }
+        }
+        match packer_error.or(encoder_error) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn submit(&self, chunk: RawChunk) -> Result<()> {
+        let queue = self.to_encode.read().expect("queue lock");
+        let sender = queue
+            .as_ref()
+            .ok_or_else(|| Error::InvalidInput("the backup session is already committed".into()))?;
+        sender
+            .send(chunk)
+            .map_err(|_| Error::Interrupted("the pack writer stopped".into()))
+    }
+}
+
+impl BackupSession for LocalSession<'_> {
+    fn settings(&self) -> MoverSettings {
+        let config = self.repo.config();
+        MoverSettings {
+            chunker: config.chunker,
+            disk_chunk_size: config.disk_chunk_size,
+            warm_days: config.tiers.warm_days,
+        }
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(self.repo.root())
+    }
+
+    fn restore_points(&self) -> Result<Vec<RestorePoint>> {
+        self.repo.restore_points()
+    }
+
+    fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.repo.read_chunk(id)
+    }
+
+    fn stored_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        ids.iter()
+            .map(|id| self.repo.index().has_warm_chunk(id))
+            .collect()
+    }
+
+    fn store_chunk(&self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> Result<bool> {
+        if self.pending.lock().expect("pending lock").contains(&id)
+            || self.repo.index().has_warm_chunk(&id)?
+        {
+            return Ok(false);
+        }
+        if !self.pending.lock().expect("pending lock").insert(id) {
+            return Ok(false);
+        }
+        self.counters.chunks_new.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_new
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.submit(RawChunk {
+            id,
+            kind,
+            data: data.to_vec(),
+        })?;
+        Ok(true)
+    }
+
+    fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+
+    fn commit(&self, manifest: &Manifest) -> Result<RestorePointId> {
+        self.drain()?;
+        self.repo.commit_restore_point(manifest)
+    }
+}
+
+fn encode_stage(
+    mut encoder: ChunkEncoder,
+    rx: Receiver<RawChunk>,
+    tx: Sender<CompressedChunk>,
+) -> Result<()> {
+    let _span = tracing::debug_span!("encode").entered();
+    for raw in rx {
+        let encoded = encoder.encode(raw.id, raw.kind, raw.data);
+        if tx.send(encoded).is_err() {
+            break; // the packer failed; it reports why
+        }
+    }
+    Ok(())
+}
+
+/// One open pack per class, so metadata and data never share a pack.
+#[derive(Default)]
+struct OpenPacks {
+    data: Option<OpenPack>,
+    metadata: Option<OpenPack>,
+}
+
+fn pack_stage(session: &LocalSession, rx: Receiver<CompressedChunk>) -> Result<()> {
+    let _span = tracing::debug_span!("pack").entered();
+    let repo = session.repo;
+    // An open pack dropped on an error leaves nothing behind.
+    let mut open = OpenPacks::default();
+    for chunk in rx.iter() {
+        let metadata = chunk.kind.is_metadata();
+        let slot = if metadata {
+            &mut open.metadata
+        } else {
+            &mut open.data
+        };
+        let pack = match slot {
+            Some(pack) => pack,
+            None => slot.insert(repo.packs().open(Tier::Warm, metadata)?),
+        };
+        pack.append(&chunk)?;
+        session
+            .counters
+            .bytes_stored
+            .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+        if pack.is_full() {
+            seal(session, slot.take().expect("just used"))?;
+        }
+    }
+    for pack in [open.data.take(), open.metadata.take()]
+        .into_iter()
+        .flatten()
+    {
+        seal(session, pack)?;
+    }
+    Ok(())
+}
+
+/// Makes a pack durable under its final name, then indexes it: the index
+/// never points into a pack that could still vanish.
+fn seal(session: &LocalSession, pack: OpenPack) -> Result<()> {
+    let sealed = session.repo.seal_pack(pack)?;
+    session.counters.packs.fetch_add(1, Ordering::Relaxed);
+    let mut pending = session.pending.lock().expect("pending lock");
+    for entry in &sealed.entries {
+        pending.remove(&entry.id);
+    }
+    Ok(())
+}
