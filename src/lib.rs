@@ -52,5 +52,6 @@ pub mod tree;
 pub mod vm;
 pub mod vmdk;
 pub mod walk;
+#[cfg(test)] mod engine_tests;
 
 pub use error::{Error, Result};
