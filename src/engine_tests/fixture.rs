@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 
-use crate::backup::pipeline::{with_chunk_sink, StoreCounters};
+use crate::session::{with_local_session, BackupSession};
 use crate::cancel::CancelToken;
 use crate::config::RepoConfig;
 use crate::forget::{self, KeepPolicy};
@@ -212,18 +212,19 @@ impl Fixture {
 
     /// Stores chunks in one pipeline run.
     pub fn store(&self, chunks: &[(ChunkKind, Vec<u8>)]) -> Stored {
-        let counters = StoreCounters::default();
-        with_chunk_sink(&self.repo, &counters, |sink| {
+        with_local_session(&self.repo, |session| {
             for (kind, bytes) in chunks {
-                sink.submit(ChunkId::of(bytes), *kind, bytes)?;
+                session.store_chunk(ChunkId::of(bytes), *kind, bytes)?;
             }
-            Ok(())
+            // Sealed and indexed, without a restore point.
+            session.drain_for_tests()?;
+            let counters = session.counters();
+            Ok(Stored {
+                chunks_new: counters.chunks_new.load(Ordering::Relaxed),
+                packs: counters.packs.load(Ordering::Relaxed),
+            })
         })
-        .expect("storing chunks");
-        Stored {
-            chunks_new: counters.chunks_new.load(Ordering::Relaxed),
-            packs: counters.packs.load(Ordering::Relaxed),
-        }
+        .expect("storing chunks")
     }
 
     /// Stores data chunks in one pipeline run.

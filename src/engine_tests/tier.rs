@@ -238,9 +238,6 @@ fn tiering_needs_a_cold_tier() {
 }
 
 #[test]
-#[ignore = "engine bug: a cold pack byte-identical to the warm pack it empties \
-            gets the same PackId, its record replaces the warm one in the index, \
-            and the warm copy is never deleted"]
 fn a_chunk_moved_unchanged_frees_its_warm_pack() {
     let fx = Fixture::with_cold();
     // Incompressible, alone in its pack: the cold pack holds the same bytes.

@@ -187,6 +187,13 @@ impl LocalSession<'_> {
         }
     }
 
+    /// Seals and indexes everything stored so far without committing a
+    /// restore point, for tests that arrange packs chunk by chunk.
+    #[cfg(test)]
+    pub(crate) fn drain_for_tests(&self) -> Result<()> {
+        self.drain()
+    }
+
     fn submit(&self, chunk: RawChunk) -> Result<()> {
         let queue = self.to_encode.read().expect("queue lock");
         let sender = queue
