@@ -371,7 +371,7 @@ fn walk(
             results: result_rx,
             in_flight: 0,
             links: HashMap::new(),
-            cache: repo.index().file_cache_batch(),
+            cache: repo.file_cache_index().file_cache_batch(),
             root: None,
             walked: Walked {
                 root: ChunkId([0; 32]),
@@ -633,7 +633,7 @@ impl<'a, 's> Walker<'a, 's> {
     ) -> Result<Option<Vec<Extent>>> {
         let Some(record) = self
             .repo
-            .index()
+            .file_cache_index()
             .cached_file(self.source, path.as_os_str().as_bytes())?
         else {
             return Ok(None);
@@ -651,7 +651,7 @@ impl<'a, 's> Walker<'a, 's> {
                 Extent::Hole { .. } => None,
             })
             .collect();
-        if !self.repo.index().has_all_warm_chunks(&ids)? {
+        if !self.repo.chunk_index().has_all_warm_chunks(&ids)? {
             return Ok(None);
         }
         Ok(Some(record.extents))

@@ -78,7 +78,7 @@ impl ChunkSink<'_> {
     /// Returns whether it was new.
     pub fn submit(&self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> Result<bool> {
         if self.pending.lock().expect("pending lock").contains(&id)
-            || self.repo.index().has_warm_chunk(&id)?
+            || self.repo.chunk_index().has_warm_chunk(&id)?
         {
             return Ok(false);
         }
