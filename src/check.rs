@@ -77,7 +77,7 @@ pub fn check<M>(
             match pack::read_trailer(cold, &name) {
                 Ok(entries) => {
                     for entry in &entries {
-                        if let Some(loc) = repo.index().chunk(&entry.id)? {
+                        if let Some(loc) = repo.chunk_index().chunk(&entry.id)? {
                             if loc.pack == pack_id && loc.entry == *entry {
                                 matched += 1;
                             }
@@ -131,7 +131,7 @@ pub fn check<M>(
             }
         };
         for entry in &entries {
-            match repo.index().chunk(&entry.id)? {
+            match repo.chunk_index().chunk(&entry.id)? {
                 Some(loc) if loc.pack == pack_id => {
                     if loc.entry != *entry {
                         report.errors.push(format!(
@@ -166,7 +166,7 @@ pub fn check<M>(
     let mut indexed = 0u64;
     let mut missing_packs = 0u64;
     let mut unlisted = Vec::new();
-    for location in repo.index().chunks() {
+    for location in repo.chunk_index().chunks() {
         let location = location?;
         indexed += 1;
         if !listed_packs.contains(&location.pack) {
@@ -176,11 +176,11 @@ pub fn check<M>(
     // A writer beside this check may have moved these chunks since the
     // packs were listed: look again before calling anything missing.
     if !unlisted.is_empty() {
-        repo.index().catch_up()?;
+        repo.catch_up()?;
     }
     for location in unlisted {
         let id = location.entry.id;
-        match repo.index().chunk(&id)? {
+        match repo.chunk_index().chunk(&id)? {
             None => indexed -= 1,
             Some(now) if now.pack != location.pack && pack_exists(repo, &now) => matched += 1,
             _ => {
@@ -329,7 +329,7 @@ impl<M> Visitor for References<'_, M> {
         if let Place::Tree { .. } = place {
             return Ok(self.visited.insert(*id) && !self.damaged.contains_key(id));
         }
-        if !self.repo.index().has_chunk(id)? {
+        if !self.repo.chunk_index().has_chunk(id)? {
             self.errors.push(format!(
                 "restore point {}: {place} needs chunk {id}, which is not in the repository",
                 self.rp.id.short()

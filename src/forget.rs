@@ -148,7 +148,7 @@ pub fn forget(
 /// between the two).
 fn remove(repo: &Repository<Exclusive>, id: &RestorePointId) -> Result<()> {
     repo.store().delete(&restore_point::object_name(id))?;
-    repo.index().remove_restore_point(id)?;
+    repo.catalog().remove_restore_point(id)?;
     tracing::info!(restore_point = %id, "forgotten");
     Ok(())
 }

@@ -1,681 +1,116 @@
-//! The RocksDB index: where every chunk is, what every pack holds, which
-//! restore points exist, and the file cache for incremental backups.
+//! The index: where every chunk is, what every pack holds, which restore
+//! points exist and which cold data is thawed.
 //!
-//! The index is derived data. Packs and manifests are the repository's
-//! truth, and `strata repair index` rebuilds every column family except the
-//! file cache (which only saves reading) from them. The writer opens the
-//! database as RocksDB's primary; every other process opens a secondary
-//! instance, which never blocks the writer and can catch up with it.
+//! The index is derived data. Packs, manifests and thaw records are the
+//! repository's truth, and `strata repair index` rebuilds the index from
+//! them. Callers see it as four concerns, one trait each, so that a command
+//! names what it depends on and a second implementation (an in-memory one
+//! for tests, a remote one behind a repository session) needs nothing else:
 //!
-//! Column families, keys and values are listed in `docs/FORMAT.md`.
+//! - [`ChunkIndex`]: chunk id → pack, tier and entry; what backups dedup
+//!   against and every read starts from.
+//! - [`PackTable`]: one record per indexed pack. Adding a pack indexes its
+//!   chunks in the same atomic write, so no chunk record ever points at an
+//!   unindexed pack.
+//! - [`Catalog`]: committed restore points and their manifests, which saves
+//!   reading every manifest to list them.
+//! - [`ThawTable`]: until when a cold pack or a restore point is thawed.
+//!
+//! [`RocksIndex`] implements all four over one RocksDB database (its column
+//! families are listed in `docs/FORMAT.md`). Only the repository holds it;
+//! the rest of the engine reaches the concerns through the repository's
+//! accessors. Every write is durable when it returns.
 
 pub mod records;
+pub mod rocks;
 
-use std::path::{Path, PathBuf};
-
-use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    IteratorMode, LruCacheOptions, Options, WriteBatch, WriteOptions, DB,
-};
-
-use crate::codec::DecodeError;
-use crate::error::{Error, Result};
-use crate::format::INDEX_SCHEMA_VERSION;
+use crate::error::Result;
 use crate::id::{ChunkId, PackId, RestorePointId};
 use crate::pack::PackEntry;
 
 pub use records::{ChunkLocation, FileCacheRecord, FileFingerprint, PackRecord, Tier};
+pub use rocks::{IndexAccess, RocksIndex};
 
-const CF_CHUNKS: &str = "chunks";
-const CF_PACKS: &str = "packs";
-const CF_RESTORE_POINTS: &str = "restore_points";
-const CF_FILE_CACHE: &str = "file_cache";
-const CF_META: &str = "meta";
-/// Thawed cold packs and restore points, with their expiry.
-const CF_THAW: &str = "thaw";
-const ALL_CFS: [&str; 6] = [
-    CF_CHUNKS,
-    CF_PACKS,
-    CF_RESTORE_POINTS,
-    CF_FILE_CACHE,
-    CF_META,
-    CF_THAW,
-];
-const SCHEMA_KEY: &[u8] = b"schema_version";
+/// Chunk id → where the chunk is stored.
+pub trait ChunkIndex: Send + Sync {
+    fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>>;
 
-/// Memory RocksDB may use for blocks, index and filters, whatever the
-/// repository's size.
-const WRITER_BLOCK_CACHE_BYTES: usize = 128 << 20;
-/// Readers, such as a long-running mount, look up far less.
-const READER_BLOCK_CACHE_BYTES: usize = 32 << 20;
-
-pub struct Index {
-    db: DB,
-    path: PathBuf,
-    secondary_dir: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum IndexAccess {
-    /// Creates the database if missing; only `init` and `repair` use it.
-    Create,
-    /// Creates a database without its schema version, which only
-    /// [`Index::mark_rebuilt`] writes: until then every command refuses it,
-    /// so a rebuild cut short at any point is never taken for a whole index.
-    Rebuild,
-    /// The single writer.
-    Primary,
-    /// A reader beside a possible writer.
-    Secondary,
-}
-
-/// Table options chosen so that a lookup costs one data-block read at most.
-///
-/// Index and filter blocks live in the block cache, so their memory is
-/// bounded, but partitioned: a large table's index is a small top-level
-/// block (pinned) over 4 KiB partitions that the cache holds like data.
-/// With one monolithic index block, a table of a million chunks has an
-/// index block of about 800 KB; RocksDB splits a 32 MiB cache into 64
-/// shards of 512 KiB, a block larger than its shard is evicted as soon as
-/// it is used, and every lookup then re-read the whole index block.
-fn options(cache_bytes: usize) -> (Options, Vec<ColumnFamilyDescriptor>) {
-    let mut cache_opts = LruCacheOptions::default();
-    cache_opts.set_capacity(cache_bytes);
-    // Shards of at least 4 MiB, so that no single block outgrows one.
-    cache_opts.set_num_shard_bits(((cache_bytes >> 22).max(1).ilog2() as i32).min(6));
-    let cache = Cache::new_lru_cache_opts(&cache_opts);
-    let mut table = BlockBasedOptions::default();
-    table.set_block_cache(&cache);
-    table.set_bloom_filter(10.0, false);
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-    table.set_partition_filters(true);
-    table.set_metadata_block_size(4096);
-    table.set_pin_top_level_index_and_filter(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    let mut cf_opts = Options::default();
-    cf_opts.set_block_based_table_factory(&table);
-    let mut db_opts = Options::default();
-    db_opts.create_missing_column_families(true);
-    db_opts.set_max_open_files(512);
-    db_opts.set_keep_log_file_num(4);
-    let cfs = ALL_CFS
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, cf_opts.clone()))
-        .collect();
-    (db_opts, cfs)
-}
-
-fn file_cache_key(source: &str, path: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(source.len() + 1 + path.len());
-    key.extend_from_slice(source.as_bytes());
-    key.push(0);
-    key.extend_from_slice(path);
-    key
-}
-
-impl Index {
-    pub fn open(path: &Path, access: IndexAccess) -> Result<Self> {
-        let cache_bytes = match access {
-            IndexAccess::Secondary => READER_BLOCK_CACHE_BYTES,
-            _ => WRITER_BLOCK_CACHE_BYTES,
-        };
-        let (mut opts, cfs) = options(cache_bytes);
-        let wrap = |source: rocksdb::Error| Error::Index {
-            path: path.to_path_buf(),
-            detail: source.into_string(),
-        };
-        let creating = matches!(access, IndexAccess::Create | IndexAccess::Rebuild);
-        if !creating && !path.join("CURRENT").exists() {
-            return Err(Error::corrupt(
-                format!("repository index {}", path.display()),
-                "it is missing; rebuild it with `strata repair index`",
-            ));
-        }
-        let (db, secondary_dir) = match access {
-            IndexAccess::Create | IndexAccess::Rebuild | IndexAccess::Primary => {
-                opts.create_if_missing(creating);
-                (
-                    DB::open_cf_descriptors(&opts, path, cfs).map_err(wrap)?,
-                    None,
-                )
-            }
-            IndexAccess::Secondary => {
-                // RocksDB wants max_open_files = -1 for secondaries so that
-                // SST files deleted by the primary stay readable.
-                opts.set_max_open_files(-1);
-                let dir = std::env::temp_dir().join(format!(
-                    "strata-index-reader-{}-{}",
-                    std::process::id(),
-                    crate::storage::local::staging_name("s")
-                ));
-                // A reader cannot create column families: open those the
-                // writer has made (one added by a newer release may not
-                // exist yet in an older repository; it reads as empty).
-                let existing = DB::list_cf(&opts, path).map_err(wrap)?;
-                let cfs: Vec<ColumnFamilyDescriptor> = cfs
-                    .into_iter()
-                    .filter(|cf| existing.iter().any(|name| name == cf.name()))
-                    .collect();
-                let db =
-                    DB::open_cf_descriptors_as_secondary(&opts, path, &dir, cfs).map_err(wrap)?;
-                (db, Some(dir))
-            }
-        };
-        let index = Index {
-            db,
-            path: path.to_path_buf(),
-            secondary_dir,
-        };
-        if access != IndexAccess::Rebuild {
-            index.check_schema(access == IndexAccess::Create)?;
-        }
-        Ok(index)
-    }
-
-    fn check_schema(&self, creating: bool) -> Result<()> {
-        let cf = self.cf(CF_META);
-        match self.db.get_cf(cf, SCHEMA_KEY).map_err(|e| self.err(e))? {
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_slice())
-                    .map(u32::from_le_bytes)
-                    .unwrap_or(u32::MAX);
-                if found != INDEX_SCHEMA_VERSION {
-                    return Err(Error::UnsupportedVersion {
-                        what: format!("repository index {}", self.path.display()),
-                        found: found as u64,
-                        supported: INDEX_SCHEMA_VERSION as u64,
-                    });
-                }
-                Ok(())
-            }
-            None if creating => self
-                .db
-                .put_cf_opt(
-                    cf,
-                    SCHEMA_KEY,
-                    INDEX_SCHEMA_VERSION.to_le_bytes(),
-                    &sync_write(),
-                )
-                .map_err(|e| self.err(e)),
-            None => Err(Error::corrupt(
-                format!("repository index {}", self.path.display()),
-                "schema version missing; rebuild it with `strata repair index`",
-            )),
-        }
-    }
-
-    fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column families are created on open")
-    }
-
-    fn err(&self, source: rocksdb::Error) -> Error {
-        Error::Index {
-            path: self.path.clone(),
-            detail: source.into_string(),
-        }
-    }
-
-    fn corrupt(&self, what: &str, err: DecodeError) -> Error {
-        Error::corrupt(
-            format!("repository index {} ({what})", self.path.display()),
-            err,
-        )
-    }
-
-    /// True for a reader's instance, whose view can fall behind the writer.
-    pub fn is_secondary(&self) -> bool {
-        self.secondary_dir.is_some()
-    }
-
-    /// For secondaries: see what the writer has committed since opening.
-    pub fn catch_up(&self) -> Result<()> {
-        if self.secondary_dir.is_some() {
-            self.db
-                .try_catch_up_with_primary()
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(())
-    }
-
-    // ---- chunks -------------------------------------------------------
-
-    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_CHUNKS), id.as_bytes())
-            .map_err(|e| self.err(e))?
-        {
-            Some(v) => Ok(Some(
-                ChunkLocation::decode(*id, &v).map_err(|e| self.corrupt("chunk", e))?,
-            )),
-            None => Ok(None),
-        }
-    }
-
-    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        let cf = self.cf(CF_CHUNKS);
-        if !self.db.key_may_exist_cf(cf, id.as_bytes()) {
-            return Ok(false);
-        }
-        Ok(self
-            .db
-            .get_pinned_cf(cf, id.as_bytes())
-            .map_err(|e| self.err(e))?
-            .is_some())
-    }
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool>;
 
     /// True when the chunk is indexed on the warm tier. New backups dedup
     /// only against warm chunks: a warm restore point must never depend on
     /// data that needs a thaw.
-    pub fn has_warm_chunk(&self, id: &ChunkId) -> Result<bool> {
-        let cf = self.cf(CF_CHUNKS);
-        if !self.db.key_may_exist_cf(cf, id.as_bytes()) {
-            return Ok(false);
-        }
-        Ok(
-            match self
-                .db
-                .get_pinned_cf(cf, id.as_bytes())
-                .map_err(|e| self.err(e))?
-            {
-                Some(v) => ChunkLocation::decode(*id, &v).is_ok_and(|l| l.tier == Tier::Warm),
-                None => false,
-            },
-        )
-    }
+    fn has_warm_chunk(&self, id: &ChunkId) -> Result<bool>;
 
-    /// True when every id is indexed on the warm tier; one batched lookup.
-    pub fn has_all_warm_chunks(&self, ids: &[ChunkId]) -> Result<bool> {
-        let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
-        let results = self
-            .db
-            .batched_multi_get_cf(self.cf(CF_CHUNKS), keys.iter().copied(), false);
-        for (id, result) in ids.iter().zip(results) {
-            match result.map_err(|e| self.err(e))? {
-                Some(v) if ChunkLocation::decode(*id, &v).is_ok_and(|l| l.tier == Tier::Warm) => {}
-                _ => return Ok(false),
-            }
-        }
-        Ok(true)
-    }
+    /// [`has_warm_chunk`](Self::has_warm_chunk) for many ids in one
+    /// batched lookup; the answers are in the order of `ids`.
+    fn warm_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
 
-    /// Indexes a durable pack: its record and every chunk in it, in one
-    /// synced batch.
-    pub fn add_pack(&self, pack: PackId, record: &PackRecord, entries: &[PackEntry]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_PACKS), pack.as_bytes(), record.encode());
-        let chunks = self.cf(CF_CHUNKS);
-        for entry in entries {
-            let location = ChunkLocation {
-                pack,
-                tier: record.tier,
-                entry: *entry,
-            };
-            batch.put_cf(chunks, entry.id.as_bytes(), location.encode());
-        }
-        self.db
-            .write_opt(batch, &sync_write())
-            .map_err(|e| self.err(e))
-    }
-
-    /// Removes a pack's record and the given chunk records that point into
-    /// it, in one synced batch.
-    pub fn remove_pack(&self, pack: &PackId, chunks: &[ChunkId]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        let cf = self.cf(CF_CHUNKS);
-        for id in chunks {
-            if self.chunk(id)?.is_some_and(|loc| loc.pack == *pack) {
-                batch.delete_cf(cf, id.as_bytes());
-            }
-        }
-        batch.delete_cf(self.cf(CF_PACKS), pack.as_bytes());
-        self.db
-            .write_opt(batch, &sync_write())
-            .map_err(|e| self.err(e))
+    /// True when every id is indexed on the warm tier.
+    fn has_all_warm_chunks(&self, ids: &[ChunkId]) -> Result<bool> {
+        Ok(self.warm_chunks(ids)?.into_iter().all(|warm| warm))
     }
 
     /// Every chunk record, in id order.
-    pub fn chunks(&self) -> impl Iterator<Item = Result<ChunkLocation>> + '_ {
-        self.db
-            .iterator_cf(self.cf(CF_CHUNKS), IteratorMode::Start)
-            .map(move |item| {
-                let (k, v) = item.map_err(|e| self.err(e))?;
-                let id = ChunkId::from_slice(&k).ok_or_else(|| {
-                    self.corrupt(
-                        "chunk key",
-                        DecodeError {
-                            what: "chunk key",
-                            offset: 0,
-                            reason: format!("{} bytes", k.len()),
-                        },
-                    )
-                })?;
-                ChunkLocation::decode(id, &v).map_err(|e| self.corrupt("chunk", e))
-            })
-    }
+    fn chunks(&self) -> Box<dyn Iterator<Item = Result<ChunkLocation>> + '_>;
+}
 
-    // ---- packs --------------------------------------------------------
+/// Pack id → pack record, kept in step with the chunk records.
+pub trait PackTable: Send + Sync {
+    /// Indexes a durable pack: its record and every chunk in it, in one
+    /// atomic, durable write.
+    fn add_pack(&self, pack: PackId, record: &PackRecord, entries: &[PackEntry]) -> Result<()>;
 
-    pub fn packs(&self) -> impl Iterator<Item = Result<(PackId, PackRecord)>> + '_ {
-        self.db
-            .iterator_cf(self.cf(CF_PACKS), IteratorMode::Start)
-            .map(move |item| {
-                let (k, v) = item.map_err(|e| self.err(e))?;
-                let id = PackId::from_slice(&k).ok_or_else(|| {
-                    self.corrupt(
-                        "pack key",
-                        DecodeError {
-                            what: "pack key",
-                            offset: 0,
-                            reason: format!("{} bytes", k.len()),
-                        },
-                    )
-                })?;
-                Ok((
-                    id,
-                    PackRecord::decode(&v).map_err(|e| self.corrupt("pack", e))?,
-                ))
-            })
-    }
+    /// Removes a pack's record and those of the given chunks that still
+    /// point into it (a chunk since indexed elsewhere keeps its record), in
+    /// one atomic, durable write.
+    fn remove_pack(&self, pack: &PackId, chunks: &[ChunkId]) -> Result<()>;
 
-    // ---- restore points -----------------------------------------------
+    /// Every pack record, in id order.
+    fn packs(&self) -> Box<dyn Iterator<Item = Result<(PackId, PackRecord)>> + '_>;
+}
 
-    pub fn add_restore_point(&self, id: &RestorePointId, manifest: &[u8]) -> Result<()> {
-        self.db
-            .put_cf_opt(
-                self.cf(CF_RESTORE_POINTS),
-                id.as_bytes(),
-                manifest,
-                &sync_write(),
-            )
-            .map_err(|e| self.err(e))
-    }
+/// The restore-point catalog: a copy of each committed manifest.
+pub trait Catalog: Send + Sync {
+    fn add_restore_point(&self, id: &RestorePointId, manifest: &[u8]) -> Result<()>;
 
-    pub fn remove_restore_point(&self, id: &RestorePointId) -> Result<()> {
-        self.db
-            .delete_cf_opt(self.cf(CF_RESTORE_POINTS), id.as_bytes(), &sync_write())
-            .map_err(|e| self.err(e))
-    }
+    fn remove_restore_point(&self, id: &RestorePointId) -> Result<()>;
 
     /// Every catalogued restore point's id and encoded manifest.
-    pub fn restore_points(&self) -> Result<Vec<(RestorePointId, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_RESTORE_POINTS), IteratorMode::Start)
-        {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            if let Some(id) = RestorePointId::from_slice(&k) {
-                out.push((id, v.into_vec()));
-            }
-        }
-        Ok(out)
-    }
+    fn restore_points(&self) -> Result<Vec<(RestorePointId, Vec<u8>)>>;
+}
 
-    // ---- thaw -----------------------------------------------------------
+/// What a thaw mark is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThawTarget {
+    /// A cold pack whose copy in the warm thaw area is readable.
+    Pack(PackId),
+    /// A restore point thawed as a whole.
+    RestorePoint(RestorePointId),
+}
 
-    fn thaw_key(kind: u8, id: &[u8]) -> Vec<u8> {
-        let mut key = vec![kind];
-        key.extend_from_slice(id);
-        key
-    }
+/// A thaw and its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThawMark {
+    pub target: ThawTarget,
+    /// Unix seconds.
+    pub until: i64,
+}
 
-    fn get_expiry(&self, key: &[u8]) -> Result<Option<i64>> {
-        Ok(self
-            .db
-            .get_pinned_cf(
-                match self.db.cf_handle(CF_THAW) {
-                    Some(cf) => cf,
-                    None => return Ok(None),
-                },
-                key,
-            )
-            .map_err(|e| self.err(e))?
-            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok().map(i64::from_le_bytes)))
-    }
-
+/// Until when cold packs and restore points are thawed.
+pub trait ThawTable: Send + Sync {
     /// Records that a cold pack's copy in the thaw area is usable until
     /// `until` (Unix seconds).
-    pub fn set_pack_thawed(&self, pack: &PackId, until: i64) -> Result<()> {
-        self.db
-            .put_cf_opt(
-                self.cf(CF_THAW),
-                Self::thaw_key(b'p', pack.as_bytes()),
-                until.to_le_bytes(),
-                &sync_write(),
-            )
-            .map_err(|e| self.err(e))
-    }
+    fn set_pack_thawed(&self, pack: &PackId, until: i64) -> Result<()>;
 
-    pub fn pack_thawed_until(&self, pack: &PackId) -> Result<Option<i64>> {
-        self.get_expiry(&Self::thaw_key(b'p', pack.as_bytes()))
-    }
+    fn pack_thawed_until(&self, pack: &PackId) -> Result<Option<i64>>;
 
-    pub fn set_restore_point_thawed(&self, id: &RestorePointId, until: i64) -> Result<()> {
-        self.db
-            .put_cf_opt(
-                self.cf(CF_THAW),
-                Self::thaw_key(b'r', id.as_bytes()),
-                until.to_le_bytes(),
-                &sync_write(),
-            )
-            .map_err(|e| self.err(e))
-    }
+    fn set_restore_point_thawed(&self, id: &RestorePointId, until: i64) -> Result<()>;
 
-    pub fn restore_point_thawed_until(&self, id: &RestorePointId) -> Result<Option<i64>> {
-        self.get_expiry(&Self::thaw_key(b'r', id.as_bytes()))
-    }
+    fn restore_point_thawed_until(&self, id: &RestorePointId) -> Result<Option<i64>>;
 
-    /// Thawed packs and restore points: (is_pack, id bytes, until).
-    pub fn thaws(&self) -> Result<Vec<(bool, Vec<u8>, i64)>> {
-        let mut out = Vec::new();
-        let Some(cf) = self.db.cf_handle(CF_THAW) else {
-            return Ok(out);
-        };
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let Ok(until) = <[u8; 8]>::try_from(&v[..]).map(i64::from_le_bytes) else {
-                continue;
-            };
-            if let Some((&kind, id)) = k.split_first() {
-                out.push((kind == b'p', id.to_vec(), until));
-            }
-        }
-        Ok(out)
-    }
+    /// Every thaw mark, expired or not.
+    fn thaws(&self) -> Result<Vec<ThawMark>>;
 
-    pub fn remove_thaw(&self, is_pack: bool, id: &[u8]) -> Result<()> {
-        self.db
-            .delete_cf_opt(
-                self.cf(CF_THAW),
-                Self::thaw_key(if is_pack { b'p' } else { b'r' }, id),
-                &sync_write(),
-            )
-            .map_err(|e| self.err(e))
-    }
-
-    // ---- file cache ---------------------------------------------------
-
-    pub fn cached_file(&self, source: &str, path: &[u8]) -> Result<Option<FileCacheRecord>> {
-        let key = file_cache_key(source, path);
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_FILE_CACHE), key)
-            .map_err(|e| self.err(e))?
-        {
-            // A damaged cache record only costs a re-read.
-            Some(v) => Ok(FileCacheRecord::decode(&v).ok()),
-            None => Ok(None),
-        }
-    }
-
-    pub fn file_cache_batch(&self) -> FileCacheBatch<'_> {
-        FileCacheBatch {
-            index: self,
-            batch: WriteBatch::default(),
-        }
-    }
-
-    /// Drops every index entry of every column family but the schema
-    /// version; used by `repair index` before rebuilding.
-    pub fn clear_derived(&self) -> Result<()> {
-        for name in [CF_CHUNKS, CF_PACKS, CF_RESTORE_POINTS, CF_FILE_CACHE] {
-            let cf = self.cf(name);
-            let mut batch = WriteBatch::default();
-            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-                let (k, _) = item.map_err(|e| self.err(e))?;
-                batch.delete_cf(cf, k);
-                if batch.len() >= 10_000 {
-                    self.db
-                        .write(std::mem::take(&mut batch))
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            self.db
-                .write_opt(batch, &sync_write())
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(())
-    }
-
-    /// Ends a rebuild begun with [`IndexAccess::Rebuild`].
-    pub fn mark_rebuilt(&self) -> Result<()> {
-        self.db
-            .put_cf_opt(
-                self.cf(CF_META),
-                SCHEMA_KEY,
-                INDEX_SCHEMA_VERSION.to_le_bytes(),
-                &sync_write(),
-            )
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Index {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.secondary_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// File cache updates, written together. They need no fsync: a lost entry
-/// only means the file is read again.
-pub struct FileCacheBatch<'a> {
-    index: &'a Index,
-    batch: WriteBatch,
-}
-
-impl FileCacheBatch<'_> {
-    pub fn put(&mut self, source: &str, path: &[u8], record: &FileCacheRecord) -> Result<()> {
-        self.batch.put_cf(
-            self.index.cf(CF_FILE_CACHE),
-            file_cache_key(source, path),
-            record.encode(),
-        );
-        if self.batch.len() >= 4096 {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    pub fn flush(&mut self) -> Result<()> {
-        let batch = std::mem::take(&mut self.batch);
-        self.index.db.write(batch).map_err(|e| self.index.err(e))
-    }
-}
-
-fn sync_write() -> WriteOptions {
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    opts
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pack::{ChunkKind, Compression};
-
-    /// Bytes this thread has read through system calls so far; RocksDB
-    /// reads table blocks on the thread that looks up.
-    fn thread_read_bytes() -> u64 {
-        let tid = nix::unistd::gettid();
-        let io = std::fs::read_to_string(format!("/proc/self/task/{tid}/io")).unwrap();
-        io.lines()
-            .find_map(|l| l.strip_prefix("rchar: "))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn chunk_id(n: u64) -> ChunkId {
-        ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes())
-    }
-
-    /// A reader's lookups must cost a data block each, not a re-read of a
-    /// table's whole index block: with a million chunks, that block is
-    /// about 800 KB, larger than a shard of the reader's block cache.
-    #[test]
-    fn reader_lookups_in_a_large_index_read_little() {
-        const CHUNKS: u64 = 1_000_000;
-        const PER_PACK: u64 = 50_000;
-        const LOOKUPS: u64 = 20_000;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index");
-        let writer = Index::open(&path, IndexAccess::Create).unwrap();
-        for p in 0..CHUNKS / PER_PACK {
-            let pack = PackId(
-                blake3::hash(&p.to_be_bytes()).as_bytes()[..16]
-                    .try_into()
-                    .unwrap(),
-            );
-            let entries: Vec<PackEntry> = (p * PER_PACK..(p + 1) * PER_PACK)
-                .map(|n| PackEntry {
-                    id: chunk_id(n),
-                    offset: n * 4096,
-                    stored_len: 4000,
-                    raw_len: 8000,
-                    kind: ChunkKind::Data,
-                    compression: Compression::Zstd,
-                })
-                .collect();
-            let record = PackRecord {
-                tier: Tier::Warm,
-                metadata: false,
-                size: PER_PACK * 4096,
-                chunk_count: PER_PACK as u32,
-                live_bytes: PER_PACK * 4000,
-                created: 0,
-            };
-            writer.add_pack(pack, &record, &entries).unwrap();
-        }
-        let chunks = writer.cf(CF_CHUNKS);
-        writer.db.flush_cf(chunks).unwrap();
-        writer
-            .db
-            .compact_range_cf(chunks, None::<&[u8]>, None::<&[u8]>);
-
-        let reader = Index::open(&path, IndexAccess::Secondary).unwrap();
-        let before = thread_read_bytes();
-        for n in 0..LOOKUPS {
-            let id = chunk_id(n * (CHUNKS / LOOKUPS));
-            let location = reader.chunk(&id).unwrap().expect("indexed chunk");
-            assert_eq!(location.entry.id, id);
-        }
-        let read = thread_read_bytes() - before;
-        // One 4 KiB data block and at most a few index and filter
-        // partitions per lookup; the monolithic index block cost 16 GB here.
-        assert!(
-            read < 64 * LOOKUPS * 1024,
-            "{LOOKUPS} lookups read {read} bytes"
-        );
-    }
+    fn remove_thaw(&self, target: &ThawTarget) -> Result<()>;
 }

@@ -80,7 +80,7 @@ fn mark(
             ),
         ));
     }
-    let records = repo.index().chunks().count() as u64;
+    let records = repo.chunk_index().chunks().count() as u64;
     let mut filter = ChunkFilter::with_capacity(records);
     let mut visited: HashSet<ChunkId> = HashSet::new();
     for (rp, _) in manifests.readable {
@@ -90,7 +90,7 @@ fn mark(
         // A referenced chunk that is not indexed is marked all the same:
         // an unindexed pack file holding it is then kept for `repair`.
         for_each_chunk(repo, &rp, &mut visited, cancel, &mut |id, _| {
-            if !repo.index().has_chunk(id)? {
+            if !repo.chunk_index().has_chunk(id)? {
                 missing += 1;
             }
             filter.insert(id);
@@ -126,7 +126,7 @@ fn inspect(
     let mut live = Vec::with_capacity(entries.len());
     for entry in &entries {
         let here = repo
-            .index()
+            .chunk_index()
             .chunk(&entry.id)?
             .is_some_and(|loc| loc.pack == *id && loc.entry.offset == entry.offset);
         indexed.push(here);
@@ -243,9 +243,9 @@ fn drop_pack(
     dead: &[ChunkId],
     report: &mut PruneReport,
 ) -> Result<()> {
-    repo.index().remove_pack(id, dead)?;
+    repo.pack_table().remove_pack(id, dead)?;
     let size = repo.packs().delete(tier, id)?;
-    if tier == Tier::Cold && repo.index().pack_thawed_until(id)?.is_some() {
+    if tier == Tier::Cold && repo.thaw_table().pack_thawed_until(id)?.is_some() {
         crate::tier::remove_pack_thaw(repo, id)?;
     }
     report.packs_deleted += 1;
@@ -273,7 +273,7 @@ pub fn prune(
     let _span = tracing::info_span!("prune", dry_run = options.dry_run).entered();
     let mut report = PruneReport::default();
     let filter = mark(repo, &mut report, cancel)?;
-    let packs: Vec<(PackId, PackRecord)> = repo.index().packs().collect::<Result<_>>()?;
+    let packs: Vec<(PackId, PackRecord)> = repo.pack_table().packs().collect::<Result<_>>()?;
     report.packs_before = packs.len() as u64;
     report.bytes_before = packs.iter().map(|(_, r)| r.size).sum();
     progress.add_total(report.bytes_before);
@@ -304,7 +304,7 @@ pub fn prune(
         let dead = state.dead_ids();
         let may_repack = match record.tier {
             Tier::Warm => true,
-            Tier::Cold => options.repack_cold && repo.index().pack_thawed_until(id)?.is_none(),
+            Tier::Cold => options.repack_cold && repo.thaw_table().pack_thawed_until(id)?.is_none(),
         };
         let repack = may_repack && (live as f64) < options.repack_below * total as f64;
         if options.dry_run {
@@ -327,7 +327,7 @@ pub fn prune(
         repacker.finish(&mut report)?;
         // Pack files no index record names: leftovers of interrupted runs.
         let indexed: HashSet<PackId> = repo
-            .index()
+            .pack_table()
             .packs()
             .map(|p| p.map(|(id, _)| id))
             .collect::<Result<_>>()?;
@@ -348,7 +348,7 @@ pub fn prune(
                 }
             };
             let needed = state.entries.iter().any(|e| {
-                filter.contains(&e.id) && repo.index().chunk(&e.id).ok().flatten().is_none()
+                filter.contains(&e.id) && repo.chunk_index().chunk(&e.id).ok().flatten().is_none()
             });
             if needed {
                 tracing::warn!(pack = %id, "unindexed pack holds referenced chunks; run `strata repair index`");

@@ -24,7 +24,7 @@ use crate::cancel::CancelToken;
 use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId, RestorePointId};
-use crate::index::{PackRecord, Tier};
+use crate::index::{PackRecord, ThawTarget, Tier};
 use crate::pack::{self, ChunkKind, CompressedChunk, PackEntry};
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, read_manifests};
@@ -181,7 +181,7 @@ pub fn repair_index(
         ),
         other => other,
     })?;
-    repo.index().mark_rebuilt()?;
+    repo.mark_index_rebuilt()?;
     progress.finish();
     Ok(report)
 }
@@ -279,7 +279,7 @@ fn old_records(
     if damaged.is_empty() {
         return hints;
     }
-    for location in repo.index().chunks().map_while(Result::ok) {
+    for location in repo.chunk_index().chunks().map_while(Result::ok) {
         if damaged.contains_key(&location.pack) {
             hints.entry(location.pack).or_default().push(location.entry);
         }
@@ -290,11 +290,13 @@ fn old_records(
 /// Thaw expiries the old index held, for thaws made before thaw records
 /// were kept beside the copies.
 fn old_pack_thaws(repo: &Repository<Exclusive>) -> HashMap<PackId, i64> {
-    let thaws = repo.index().thaws().unwrap_or_default();
+    let thaws = repo.thaw_table().thaws().unwrap_or_default();
     thaws
         .into_iter()
-        .filter(|(is_pack, _, _)| *is_pack)
-        .filter_map(|(_, id, until)| Some((PackId::from_slice(&id)?, until)))
+        .filter_map(|mark| match mark.target {
+            ThawTarget::Pack(pack) => Some((pack, mark.until)),
+            ThawTarget::RestorePoint(_) => None,
+        })
         .collect()
 }
 
@@ -309,7 +311,7 @@ fn index_pack(
 ) -> Result<()> {
     let mut indexed = Vec::with_capacity(entries.len());
     for entry in entries {
-        if tier == Tier::Warm || !repo.index().has_warm_chunk(&entry.id)? {
+        if tier == Tier::Warm || !repo.chunk_index().has_warm_chunk(&entry.id)? {
             indexed.push(*entry);
         }
     }
@@ -322,7 +324,7 @@ fn index_pack(
         live_bytes: indexed.iter().map(|e| e.stored_len as u64).sum(),
         created: now().sec,
     };
-    repo.index().add_pack(id, &record, &indexed)
+    repo.pack_table().add_pack(id, &record, &indexed)
 }
 
 /// Tells a recovered chunk's kind from its plaintext. Kinds matter only
@@ -437,7 +439,7 @@ fn rebuild_catalog(
     }
     let mut restore_points = Vec::with_capacity(manifests.readable.len());
     for (rp, bytes) in manifests.readable {
-        repo.index().add_restore_point(&rp.id, &bytes)?;
+        repo.catalog().add_restore_point(&rp.id, &bytes)?;
         report.restore_points += 1;
         restore_points.push(rp);
     }
@@ -461,7 +463,7 @@ fn register_thaws(
                 .get(&name)
                 .and_then(|bytes| tier::decode_thaw_record(&name, &bytes))
             {
-                Ok(until) => repo.index().set_restore_point_thawed(&rp, until)?,
+                Ok(until) => repo.thaw_table().set_restore_point_thawed(&rp, until)?,
                 Err(e) => report.notes.push(format!("{e}; thaw mark not restored")),
             }
             continue;
@@ -502,7 +504,7 @@ fn register_thaws(
                 }
             },
         };
-        repo.index().set_pack_thawed(&pack, until)?;
+        repo.thaw_table().set_pack_thawed(&pack, until)?;
         report.thawed_packs += 1;
     }
     Ok(())
@@ -533,7 +535,7 @@ fn affected_restore_points(
         let mut missing = 0u64;
         let mut visited = HashSet::new();
         let walked = for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, _| {
-            if !repo.index().has_chunk(id)? {
+            if !repo.chunk_index().has_chunk(id)? {
                 missing += 1;
             }
             Ok(())

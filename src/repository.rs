@@ -16,7 +16,9 @@ use crate::config::RepoConfig;
 use crate::config_file;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, RestorePointId};
-use crate::index::{ChunkLocation, Index, IndexAccess, Tier};
+use crate::index::{
+    Catalog, ChunkIndex, ChunkLocation, IndexAccess, PackTable, RocksIndex, ThawTable, Tier,
+};
 use crate::lock::RepositoryLock;
 use crate::pack::{self, ChunkCodec};
 use crate::packs::{OpenPack, Packs, SealedPack};
@@ -35,7 +37,9 @@ pub struct Repository<Mode = ReadOnly> {
     config: RepoConfig,
     /// The warm and cold tiers' stores, behind the pack service.
     packs: Packs,
-    index: Index,
+    /// Reached through its concerns ([`Repository::chunk_index`] and the
+    /// like), so that only this module knows the index is RocksDB.
+    index: RocksIndex,
     _lock: Option<RepositoryLock>,
     _mode: PhantomData<Mode>,
 }
@@ -163,7 +167,7 @@ impl Repository<ReadOnly> {
     pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Self> {
         let config = check_layout(root)?;
         let state = StateDir::new(root);
-        let index = Index::open(&state.index_dir(), IndexAccess::Secondary)?;
+        let index = RocksIndex::open(&state.index_dir(), IndexAccess::Secondary)?;
         let packs = LocalStores::open(root, &config).into_packs(&config, options);
         Ok(Repository {
             state,
@@ -195,7 +199,7 @@ impl Repository<Exclusive> {
         }
         std::fs::create_dir_all(state.root()).at("creating", state.root())?;
         let lock = RepositoryLock::acquire(state.root(), "strata init")?;
-        let index = Index::open(&state.index_dir(), IndexAccess::Create)?;
+        let index = RocksIndex::open(&state.index_dir(), IndexAccess::Create)?;
         stores.warm.put(RepoConfig::FILE_NAME, &config.to_json())?;
         let packs = Packs::new(
             stores.warm,
@@ -229,7 +233,7 @@ impl Repository<Exclusive> {
         }
         let state = StateDir::new(root);
         let lock = RepositoryLock::acquire(state.root(), "strata init")?;
-        Index::open(&state.index_dir(), IndexAccess::Create)?;
+        RocksIndex::open(&state.index_dir(), IndexAccess::Create)?;
         // The configuration goes last: until it exists, this is not a
         // repository, and a crash part-way leaves nothing to mistake for one.
         store.put(RepoConfig::FILE_NAME, &config.to_json())?;
@@ -250,7 +254,7 @@ impl Repository<Exclusive> {
         let lock = RepositoryLock::acquire(state.root(), command)?;
         let stores = LocalStores::open(root, &config);
         stores.clear_staging()?;
-        let index = Index::open(&state.index_dir(), IndexAccess::Primary)?;
+        let index = RocksIndex::open(&state.index_dir(), IndexAccess::Primary)?;
         let packs = stores.into_packs(&config, options);
         let repo = Repository {
             state,
@@ -317,13 +321,19 @@ impl Repository<Exclusive> {
     pub(crate) fn recreate_index(&mut self) -> Result<()> {
         // Close the old database before moving it aside.
         let placeholder_dir = self.state.scratch("index-placeholder")?;
-        let placeholder = Index::open(&placeholder_dir, IndexAccess::Create)?;
+        let placeholder = RocksIndex::open(&placeholder_dir, IndexAccess::Create)?;
         drop(std::mem::replace(&mut self.index, placeholder));
         let dir = self.state.index_dir();
         self.state.remove_database(&dir, "old-index")?;
-        self.index = Index::open(&dir, IndexAccess::Rebuild)?;
+        self.index = RocksIndex::open(&dir, IndexAccess::Rebuild)?;
         let _ = std::fs::remove_dir_all(&placeholder_dir);
         Ok(())
+    }
+
+    /// Ends a rebuild begun with [`Repository::recreate_index`]: until
+    /// then, every command refuses the index.
+    pub(crate) fn mark_index_rebuilt(&self) -> Result<()> {
+        self.index.mark_rebuilt()
     }
 
     /// Opens for writing even when the index is missing or unreadable, for
@@ -335,12 +345,12 @@ impl Repository<Exclusive> {
         let stores = LocalStores::open(root, &config);
         stores.warm.clear_staging()?;
         let dir = state.index_dir();
-        let index = match Index::open(&dir, IndexAccess::Primary) {
+        let index = match RocksIndex::open(&dir, IndexAccess::Primary) {
             Ok(index) => index,
             Err(e) => {
                 tracing::warn!(error = %e, "index unusable; starting from an empty one");
                 state.remove_database(&dir, "broken-index")?;
-                Index::open(&dir, IndexAccess::Create)?
+                RocksIndex::open(&dir, IndexAccess::Create)?
             }
         };
         let packs = stores.into_packs(&config, &OpenOptions::default());
@@ -382,8 +392,26 @@ impl<Mode> Repository<Mode> {
         self.packs.codec()
     }
 
-    pub fn index(&self) -> &Index {
+    pub fn chunk_index(&self) -> &dyn ChunkIndex {
         &self.index
+    }
+
+    pub fn pack_table(&self) -> &dyn PackTable {
+        &self.index
+    }
+
+    pub fn catalog(&self) -> &dyn Catalog {
+        &self.index
+    }
+
+    pub fn thaw_table(&self) -> &dyn ThawTable {
+        &self.index
+    }
+
+    /// For readers: see what the writer has indexed since this repository
+    /// was opened (or last caught up). A writer's view is always current.
+    pub fn catch_up(&self) -> Result<()> {
+        self.index.catch_up()
     }
 
     /// Where a chunk is. A reader whose view of the index is older than

@@ -28,13 +28,13 @@ pub struct RepoStats {
 
 pub fn stats<M>(repo: &Repository<M>) -> Result<RepoStats> {
     let (mut packs, mut pack_bytes) = (0u64, 0u64);
-    for pack in repo.index().packs() {
+    for pack in repo.pack_table().packs() {
         let (_, record) = pack?;
         packs += 1;
         pack_bytes += record.size;
     }
     let (mut chunks, mut unique_bytes, mut stored_bytes) = (0u64, 0u64, 0u64);
-    for chunk in repo.index().chunks() {
+    for chunk in repo.chunk_index().chunks() {
         let chunk = chunk?;
         chunks += 1;
         unique_bytes += chunk.entry.raw_len as u64;

@@ -22,7 +22,7 @@ use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::format::{THAW_RECORD_MAGIC, THAW_RECORD_VERSION};
 use crate::id::{ChunkId, PackId, RestorePointId};
-use crate::index::Tier;
+use crate::index::{ThawMark, ThawTarget, Tier};
 use crate::pack::{self, ChunkEncoder, CompressedChunk, Compression};
 use crate::packs::OpenPack;
 use crate::progress::{NoProgress, Progress};
@@ -81,13 +81,13 @@ pub fn decode_thaw_record(name: &str, bytes: &[u8]) -> Result<i64> {
 fn record_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId, until: i64) -> Result<()> {
     repo.store()
         .put(&pack_thaw_record_name(pack), &encode_thaw_record(until))?;
-    repo.index().set_pack_thawed(pack, until)
+    repo.thaw_table().set_pack_thawed(pack, until)
 }
 
 /// Forgets a pack's thaw: unindexed first (a reader then gets the "thaw
 /// first" error, never a missing file), then its copy and its record.
 pub fn remove_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId) -> Result<()> {
-    repo.index().remove_thaw(true, pack.as_bytes())?;
+    repo.thaw_table().remove_thaw(&ThawTarget::Pack(*pack))?;
     repo.store().delete(&thaw_object_name(pack))?;
     repo.store().delete(&pack_thaw_record_name(pack))
 }
@@ -131,7 +131,7 @@ pub fn status<M>(repo: &Repository<M>) -> Result<TierStatus> {
         cold_dir: config.cold_dir.as_ref().map(|d| d.display().to_string()),
         ..Default::default()
     };
-    for pack in repo.index().packs() {
+    for pack in repo.pack_table().packs() {
         let (_, record) = pack?;
         match record.tier {
             Tier::Warm => {
@@ -153,20 +153,19 @@ pub fn status<M>(repo: &Repository<M>) -> Result<TierStatus> {
         }
     }
     let current = now().sec;
-    for (is_pack, id, until) in repo.index().thaws()? {
+    for ThawMark { target, until } in repo.thaw_table().thaws()? {
         if until <= current {
             continue;
         }
-        if is_pack {
-            status.thawed_packs += 1;
-        } else if let Some(id) = crate::id::RestorePointId::from_slice(&id) {
-            status.thawed.push((
+        match target {
+            ThawTarget::Pack(_) => status.thawed_packs += 1,
+            ThawTarget::RestorePoint(id) => status.thawed.push((
                 id.short(),
                 format_time(crate::tree::Timestamp {
                     sec: until,
                     nsec: 0,
                 }),
-            ));
+            )),
         }
     }
     Ok(status)
@@ -188,7 +187,7 @@ impl ColdPacker<'_> {
         if self.pending.contains(id) {
             return Ok(());
         }
-        let Some(location) = self.repo.index().chunk(id)? else {
+        let Some(location) = self.repo.chunk_index().chunk(id)? else {
             return Ok(());
         };
         if location.tier != Tier::Warm {
@@ -278,7 +277,7 @@ pub fn run(
 
     // Chunks any warm restore point uses stay warm (a filter false positive
     // only leaves a chunk warm).
-    let mut keep_warm = ChunkFilter::with_capacity(repo.index().chunks().count() as u64);
+    let mut keep_warm = ChunkFilter::with_capacity(repo.chunk_index().chunks().count() as u64);
     let mut visited = HashSet::new();
     for rp in &warm {
         for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
@@ -337,18 +336,17 @@ pub fn run(
 fn expire_thaws(repo: &Repository<Exclusive>) -> Result<u64> {
     let current = now().sec;
     let mut expired = 0;
-    for (is_pack, id, until) in repo.index().thaws()? {
+    for ThawMark { target, until } in repo.thaw_table().thaws()? {
         if until > current {
             continue;
         }
-        if is_pack {
-            if let Some(pack) = PackId::from_slice(&id) {
+        match target {
+            ThawTarget::Pack(pack) => {
                 remove_pack_thaw(repo, &pack)?;
                 expired += 1;
             }
-        } else {
-            repo.index().remove_thaw(false, &id)?;
-            if let Some(rp) = RestorePointId::from_slice(&id) {
+            ThawTarget::RestorePoint(rp) => {
+                repo.thaw_table().remove_thaw(&target)?;
                 repo.store().delete(&restore_point_thaw_record_name(&rp))?;
             }
         }
@@ -375,7 +373,7 @@ fn cold_packs(
     cancel: &CancelToken,
 ) -> Result<BTreeMap<PackId, u64>> {
     let sizes: std::collections::HashMap<PackId, u64> = repo
-        .index()
+        .pack_table()
         .packs()
         .filter_map(|p| p.ok())
         .filter(|(_, r)| r.tier == Tier::Cold)
@@ -385,7 +383,7 @@ fn cold_packs(
     let mut visited = HashSet::new();
     for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
         if is_data {
-            if let Some(location) = repo.index().chunk(id)? {
+            if let Some(location) = repo.chunk_index().chunk(id)? {
                 if location.tier == Tier::Cold {
                     packs.insert(
                         location.pack,
@@ -456,7 +454,7 @@ pub fn thaw(
             &restore_point_thaw_record_name(&rp.id),
             &encode_thaw_record(until),
         )?;
-        repo.index().set_restore_point_thawed(&rp.id, until)
+        repo.thaw_table().set_restore_point_thawed(&rp.id, until)
     })();
     progress.finish();
     fetched.map(|_| report)

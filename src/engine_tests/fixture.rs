@@ -306,7 +306,7 @@ impl Fixture {
 
     pub fn location(&self, id: &ChunkId) -> ChunkLocation {
         self.repo
-            .index()
+            .chunk_index()
             .chunk(id)
             .expect("reading the index")
             .unwrap_or_else(|| panic!("chunk {id:?} is not indexed"))
@@ -315,7 +315,7 @@ impl Fixture {
     /// Every pack record in the index.
     pub fn indexed_packs(&self) -> BTreeMap<PackId, PackRecord> {
         self.repo
-            .index()
+            .pack_table()
             .packs()
             .collect::<crate::Result<_>>()
             .expect("listing indexed packs")
@@ -324,7 +324,7 @@ impl Fixture {
     /// Every chunk record in the index.
     pub fn indexed_chunks(&self) -> BTreeMap<ChunkId, ChunkLocation> {
         self.repo
-            .index()
+            .chunk_index()
             .chunks()
             .map(|l| l.map(|l| (l.entry.id, l)))
             .collect::<crate::Result<_>>()

@@ -160,7 +160,7 @@ fn prune_deletes_only_what_the_forgotten_restore_point_alone_used() {
             Err(Error::ChunkMissing { .. })
         ));
     }
-    assert!(fx.repo.index().chunk(&s.old.root).unwrap().is_none());
+    assert!(fx.repo.chunk_index().chunk(&s.old.root).unwrap().is_none());
     // a3 is dead but its pack was kept: still indexed, still readable
     // until a later prune rewrites the pack.
     assert_eq!(fx.repo.read_chunk(&ChunkId::of(&s.old_only[3])).unwrap(), s.old_only[3]);

@@ -24,7 +24,7 @@ fn comparable(records: BTreeMap<PackId, PackRecord>) -> BTreeMap<PackId, (Tier, 
 }
 
 fn catalog(fx: &Fixture) -> BTreeMap<crate::id::RestorePointId, Vec<u8>> {
-    fx.repo.index().restore_points().unwrap().into_iter().collect()
+    fx.repo.catalog().restore_points().unwrap().into_iter().collect()
 }
 
 /// Removes every pack, chunk and catalog record through the index's own
@@ -37,10 +37,10 @@ fn empty_index(fx: &Fixture) {
             .filter(|l| l.pack == *id)
             .map(|l| l.entry.id)
             .collect();
-        fx.repo.index().remove_pack(id, &in_pack).unwrap();
+        fx.repo.pack_table().remove_pack(id, &in_pack).unwrap();
     }
     for id in catalog(fx).keys() {
-        fx.repo.index().remove_restore_point(id).unwrap();
+        fx.repo.catalog().remove_restore_point(id).unwrap();
     }
     assert!(fx.indexed_chunks().is_empty());
     assert!(fx.indexed_packs().is_empty());
@@ -135,20 +135,20 @@ fn a_rebuild_keeps_cold_locations_and_thaws() {
 
     let chunks_before = fx.indexed_chunks();
     let packs_before = comparable(fx.indexed_packs());
-    let thaws_before = fx.repo.index().thaws().unwrap();
+    let thaws_before = fx.repo.thaw_table().thaws().unwrap();
     assert_eq!(chunks_before[&ChunkId::of(&old_only)].tier, Tier::Cold);
     assert_eq!(thaws_before.len(), 2, "the pack's thaw and the restore point's");
 
     empty_index(&fx);
-    for (is_pack, id, _) in &thaws_before {
-        fx.repo.index().remove_thaw(*is_pack, id).unwrap();
+    for mark in &thaws_before {
+        fx.repo.thaw_table().remove_thaw(&mark.target).unwrap();
     }
     let report = repair_index(&mut fx.repo, &NoProgress, &cancel).unwrap();
     assert!(report.is_complete(), "{:?}", report.lines());
     assert_eq!(report.thawed_packs, 1);
     assert_eq!(fx.indexed_chunks(), chunks_before);
     assert_eq!(comparable(fx.indexed_packs()), packs_before);
-    assert_eq!(fx.repo.index().thaws().unwrap(), thaws_before);
+    assert_eq!(fx.repo.thaw_table().thaws().unwrap(), thaws_before);
     assert_eq!(fx.repo.read_chunk(&ChunkId::of(&old_only)).unwrap(), old_only);
 }
 

@@ -163,10 +163,10 @@ fn a_thaw_makes_cold_chunks_readable_byte_exact() {
         assert!(fx.repo.is_readable(&id).unwrap());
         assert_eq!(&fx.repo.read_chunk(&id).unwrap(), bytes);
     }
-    let until = fx.repo.index().pack_thawed_until(&cold_pack).unwrap().unwrap();
+    let until = fx.repo.thaw_table().pack_thawed_until(&cold_pack).unwrap().unwrap();
     assert!((until - (now() + 2 * DAY)).abs() <= 5, "expiry {until}");
     assert_eq!(
-        fx.repo.index().restore_point_thawed_until(&s.old.id).unwrap(),
+        fx.repo.thaw_table().restore_point_thawed_until(&s.old.id).unwrap(),
         Some(until)
     );
     assert_eq!(snapshot(fx.cold()), cold_objects, "a thaw only reads the cold tier");
@@ -195,7 +195,7 @@ fn an_expired_thaw_reads_cold_again_and_the_next_run_removes_it() {
     assert_eq!(report.thaw_copies_expired, 1);
     assert!(fx.warm.size(&thaw_object_name(&cold_pack)).is_err());
     assert!(fx.warm.size(&tier::pack_thaw_record_name(&cold_pack)).is_err());
-    assert!(fx.repo.index().thaws().unwrap().is_empty());
+    assert!(fx.repo.thaw_table().thaws().unwrap().is_empty());
 }
 
 #[test]

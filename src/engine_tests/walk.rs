@@ -185,7 +185,7 @@ fn a_missing_tree_is_reported_too() {
     let (committed, _) = tree(&fx);
     let sub = committed.trees["/copy"];
     let location = fx.location(&sub);
-    fx.repo.index().remove_pack(&location.pack, &[sub]).unwrap();
+    fx.repo.pack_table().remove_pack(&location.pack, &[sub]).unwrap();
     let mut recorder = Recorder {
         go_on: true,
         ..Default::default()

@@ -245,7 +245,7 @@ impl<M: Sync + Send> Namespace<M> {
     fn catalog(&self) -> Result<Arc<Catalog>> {
         let mut catalog = self.catalog.lock().expect("catalog");
         if catalog.0.is_none_or(|at| at.elapsed() > CATALOG_MAX_AGE) {
-            self.repo.index().catch_up()?;
+            self.repo.catch_up()?;
             let points = self.repo.restore_points()?;
             let labels = time_labels(&points);
             let points = points.into_iter().map(Arc::new).collect();

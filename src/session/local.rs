@@ -228,14 +228,12 @@ impl BackupSession for LocalSession<'_> {
     }
 
     fn stored_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        ids.iter()
-            .map(|id| self.repo.index().has_warm_chunk(id))
-            .collect()
+        self.repo.chunk_index().warm_chunks(ids)
     }
 
     fn store_chunk(&self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> Result<bool> {
         if self.pending.lock().expect("pending lock").contains(&id)
-            || self.repo.index().has_warm_chunk(&id)?
+            || self.repo.chunk_index().has_warm_chunk(&id)?
         {
             return Ok(false);
         }
