@@ -74,7 +74,7 @@ pub fn check<M>(
             };
             listed_packs.insert(pack_id);
             report.packs += 1;
-            match pack::read_trailer(cold, &name) {
+            match crate::packs::read_trailer(cold, &name) {
                 Ok(entries) => {
                     for entry in &entries {
                         if let Some(loc) = repo.chunk_index().chunk(&entry.id)? {
@@ -113,7 +113,7 @@ pub fn check<M>(
                 Err(e) => (Err(e), None),
             }
         } else {
-            (pack::read_trailer(repo.store(), name), None)
+            (crate::packs::read_trailer(repo.store(), name), None)
         };
         let entries = match entries {
             Ok(entries) => entries,

@@ -23,6 +23,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod config_file;
+pub mod disk_format;
 pub mod disk_map;
 pub mod disk_reader;
 pub mod error;

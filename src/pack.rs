@@ -15,7 +15,7 @@ pub mod writer;
 use crate::id::{ChunkId, PackId};
 
 pub use codec::{ChunkCodec, ChunkEncoder, CompressedChunk};
-pub use reader::read_trailer;
+pub use reader::trailer_of;
 pub use writer::{FinishedPack, PackWriter};
 
 /// Upper bound on a chunk's raw or stored size. Data chunks are at most the

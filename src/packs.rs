@@ -16,7 +16,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::id::PackId;
 use crate::index::{PackRecord, Tier};
-use crate::pack::{self, ChunkCodec, CompressedChunk, PackEntry, PackWriter};
+use crate::format::{PACK_FOOTER_LEN, PACK_HEADER_LEN};
+use crate::pack::{self, reader, ChunkCodec, CompressedChunk, PackEntry, PackWriter};
 use crate::storage::{ObjectStore, ObjectWriter};
 
 pub struct Packs {
@@ -151,7 +152,7 @@ impl Packs {
 
     /// A pack's trailer, read from its tier.
     pub fn trailer(&self, tier: Tier, id: &PackId) -> Result<Vec<PackEntry>> {
-        pack::read_trailer(self.store(tier)?, &pack::object_name(id))
+        read_trailer(self.store(tier)?, &pack::object_name(id))
     }
 
     /// A chunk's stored bytes (as in the pack: compressed, not verified)
@@ -185,6 +186,29 @@ impl Packs {
         store.delete(&name)?;
         Ok(size)
     }
+}
+
+/// The entries listed in pack `name`'s trailer, read with three ranged
+/// reads (header, footer, trailer) instead of the whole pack, after
+/// checking the header, the footer, the trailer's checksum and every
+/// entry's bounds.
+pub fn read_trailer(store: &dyn ObjectStore, name: &str) -> Result<Vec<PackEntry>> {
+    let object = format!("pack {}/{name}", store.location());
+    let size = store.size(name)?;
+    if size < (PACK_HEADER_LEN + PACK_FOOTER_LEN) as u64 {
+        return Err(Error::corrupt(object, format!("only {size} bytes long")));
+    }
+    let mut header = [0u8; PACK_HEADER_LEN];
+    store.read_at(name, 0, &mut header)?;
+    reader::check_header(&header, &object)?;
+    let mut footer = [0u8; PACK_FOOTER_LEN];
+    store.read_at(name, size - PACK_FOOTER_LEN as u64, &mut footer)?;
+    let (data_end, trailer_hash) = reader::parse_footer(&footer, size, &object)?;
+    let trailer_len = usize::try_from(size - PACK_FOOTER_LEN as u64 - data_end)
+        .map_err(|_| Error::corrupt(&object, "trailer larger than memory"))?;
+    let mut trailer = vec![0u8; trailer_len];
+    store.read_at(name, data_end, &mut trailer)?;
+    reader::verified_trailer(&trailer, &trailer_hash, data_end, &object)
 }
 
 #[cfg(test)]

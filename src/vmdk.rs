@@ -29,31 +29,7 @@ use sparse::{SparseExtent, SECTOR};
 
 use crate::error::{Error, IoContext, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DiskFormat {
-    Raw,
-    MonolithicSparse,
-    TwoGbMaxExtentSparse,
-    MonolithicFlat,
-    TwoGbMaxExtentFlat,
-    StreamOptimized,
-    Vmfs,
-}
-
-impl DiskFormat {
-    fn from_create_type(create_type: &str) -> Option<Self> {
-        Some(match create_type {
-            "monolithicSparse" => DiskFormat::MonolithicSparse,
-            "twoGbMaxExtentSparse" => DiskFormat::TwoGbMaxExtentSparse,
-            "monolithicFlat" => DiskFormat::MonolithicFlat,
-            "twoGbMaxExtentFlat" => DiskFormat::TwoGbMaxExtentFlat,
-            "streamOptimized" => DiskFormat::StreamOptimized,
-            "vmfs" => DiskFormat::Vmfs,
-            _ => return None,
-        })
-    }
-}
+pub use crate::disk_format::DiskFormat;
 
 enum ExtentData {
     Flat { file: File, offset: u64 },

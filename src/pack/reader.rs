@@ -8,29 +8,10 @@ use crate::format::{
     PACK_ENTRY_LEN, PACK_FOOTER_LEN, PACK_FOOTER_MAGIC, PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION,
 };
 use crate::id::{ChunkId, PackId};
-use crate::storage::ObjectStore;
 
-/// The entries listed in pack `name`'s trailer, after checking the header,
-/// the footer, the trailer's checksum and every entry's bounds.
-pub fn read_trailer(store: &dyn ObjectStore, name: &str) -> Result<Vec<PackEntry>> {
-    let object = format!("pack {}/{name}", store.location());
-    let size = store.size(name)?;
-    if size < (PACK_HEADER_LEN + PACK_FOOTER_LEN) as u64 {
-        return Err(Error::corrupt(object, format!("only {size} bytes long")));
-    }
-    let mut header = [0u8; PACK_HEADER_LEN];
-    store.read_at(name, 0, &mut header)?;
-    check_header(&header, &object)?;
-    let mut footer = [0u8; PACK_FOOTER_LEN];
-    store.read_at(name, size - PACK_FOOTER_LEN as u64, &mut footer)?;
-    let (data_end, trailer_hash) = parse_footer(&footer, size, &object)?;
-    let mut trailer = vec![0u8; (size - PACK_FOOTER_LEN as u64 - data_end) as usize];
-    store.read_at(name, data_end, &mut trailer)?;
-    verified_trailer(&trailer, &trailer_hash, data_end, &object)
-}
-
-/// [`read_trailer`] for a pack already read into memory, so that a caller
-/// reading all of a pack reads it once.
+/// The entries listed in a pack's trailer, from the pack's bytes, after
+/// checking the header, the footer, the trailer's checksum and every
+/// entry's bounds. (`packs::read_trailer` does the same with ranged reads.)
 pub fn trailer_of(bytes: &[u8], object: &str) -> Result<Vec<PackEntry>> {
     let size = bytes.len() as u64;
     if size < (PACK_HEADER_LEN + PACK_FOOTER_LEN) as u64 {
@@ -47,7 +28,7 @@ pub fn trailer_of(bytes: &[u8], object: &str) -> Result<Vec<PackEntry>> {
     )
 }
 
-fn check_header(header: &[u8], object: &str) -> Result<()> {
+pub fn check_header(header: &[u8], object: &str) -> Result<()> {
     let mut d = Decoder::new(header, "pack header");
     d.expect_magic(&PACK_MAGIC)
         .map_err(|e| Error::decode(object, e))?;
@@ -68,7 +49,7 @@ fn check_header(header: &[u8], object: &str) -> Result<()> {
 
 /// Where the trailer starts (the end of the data area) and its hash, as
 /// the footer of a `size`-byte pack says.
-fn parse_footer(footer: &[u8], size: u64, object: &str) -> Result<(u64, [u8; 32])> {
+pub fn parse_footer(footer: &[u8], size: u64, object: &str) -> Result<(u64, [u8; 32])> {
     let mut d = Decoder::new(footer, "pack footer");
     let parse = |d: &mut Decoder| -> Result<(u32, [u8; 32]), crate::codec::DecodeError> {
         let count = d.u32()?;
@@ -93,7 +74,7 @@ fn parse_footer(footer: &[u8], size: u64, object: &str) -> Result<(u64, [u8; 32]
     Ok((data_end, trailer_hash))
 }
 
-fn verified_trailer(
+pub fn verified_trailer(
     trailer: &[u8],
     hash: &[u8; 32],
     data_end: u64,
@@ -328,7 +309,31 @@ mod tests {
     use super::*;
     use crate::id::PackId;
     use crate::pack::{object_name, writer::PackWriter, ChunkCodec};
-    use crate::storage::{MemoryStore, ObjectStore};
+
+    /// Packs by name, as a store would hold them.
+    #[derive(Default)]
+    struct MemoryStore(std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>);
+
+    impl MemoryStore {
+        fn new() -> Self {
+            Self::default()
+        }
+
+        fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
+            self.0.borrow_mut().insert(name.into(), bytes.to_vec());
+            Ok(())
+        }
+
+        fn get(&self, name: &str) -> Result<Vec<u8>> {
+            Ok(self.0.borrow()[name].clone())
+        }
+
+        fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+            let start = offset as usize;
+            buf.copy_from_slice(&self.0.borrow()[name][start..start + buf.len()]);
+            Ok(())
+        }
+    }
 
     fn write_pack(store: &MemoryStore, chunks: &[&[u8]]) -> (String, Vec<PackEntry>) {
         let mut writer = PackWriter::new(Vec::new(), "test pack".into()).unwrap();
@@ -347,7 +352,7 @@ mod tests {
     fn trailer_written_by_the_writer_reads_back() {
         let store = MemoryStore::new();
         let (name, written) = write_pack(&store, &[b"alpha", &[7u8; 100_000], b""]);
-        let read = read_trailer(&store, &name).unwrap();
+        let read = trailer_of(&store.get(&name).unwrap(), "test").unwrap();
         assert_eq!(read, written);
         let pack = crate::pack::id_from_object_name(&name).unwrap();
         for entry in &read {
@@ -367,9 +372,8 @@ mod tests {
         for pos in trailer_start..original.len() {
             let mut damaged = original.clone();
             damaged[pos] ^= 0x40;
-            store.put(&name, &damaged).unwrap();
             assert!(
-                read_trailer(&store, &name).is_err(),
+                trailer_of(&damaged, "test").is_err(),
                 "flip at {pos} went unnoticed"
             );
         }
@@ -400,10 +404,7 @@ mod tests {
         let golden = crate::codec::assert_golden("pack_v1.bin", &bytes);
         let name = object_name(&finished.id);
         store.put("packs/golden.pack", &golden).unwrap();
-        assert_eq!(
-            read_trailer(&store, "packs/golden.pack").unwrap(),
-            finished.entries
-        );
+        assert_eq!(trailer_of(&golden, "golden").unwrap(), finished.entries);
         assert_eq!(
             name,
             object_name(&PackId(
@@ -418,8 +419,7 @@ mod tests {
         let (name, _) = write_pack(&store, &[b"one"]);
         let bytes = store.get(&name).unwrap();
         for len in [0, 10, bytes.len() / 2, bytes.len() - 1] {
-            store.put(&name, &bytes[..len]).unwrap();
-            assert!(read_trailer(&store, &name).is_err());
+            assert!(trailer_of(&bytes[..len], "test").is_err());
         }
     }
 

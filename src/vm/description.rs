@@ -8,7 +8,7 @@ use crate::disk_map::PageRef;
 use crate::error::{Error, Result};
 use crate::format::{VM_DESCRIPTION_MAGIC, VM_DESCRIPTION_VERSION, VM_DESCRIPTION_VERSION_1};
 use crate::id::ChunkId;
-use crate::vmdk::DiskFormat;
+use crate::disk_format::DiskFormat;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskRecord {
