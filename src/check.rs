@@ -47,6 +47,16 @@ impl CheckReport {
     }
 }
 
+/// What the pack steps found, for the steps after them.
+#[derive(Default)]
+struct PackTally {
+    /// Packs listed on either tier (less those deleted since).
+    listed: HashSet<PackId>,
+    /// Index records that agree with the trailer of their pack.
+    matched: u64,
+    damaged: HashMap<ChunkId, (PackId, String)>,
+}
+
 pub fn check<M>(
     repo: &Repository<M>,
     read_data: bool,
@@ -55,44 +65,79 @@ pub fn check<M>(
 ) -> Result<CheckReport> {
     let _span = tracing::info_span!("check", read_data).entered();
     let mut report = CheckReport::default();
-    let mut damaged: HashMap<ChunkId, (PackId, String)> = HashMap::new();
-    let mut listed_packs = HashSet::new();
-    let mut matched = 0u64;
+    let mut packs = PackTally::default();
 
     let names = repo.store().list_all("packs/")?;
     if read_data {
         let total: u64 = names.iter().filter_map(|n| repo.store().size(n).ok()).sum();
         progress.add_total(total);
     }
-    // Cold packs: their trailers are checked against the index; their data
-    // is not read, since reading the archival tier is what thaw is for.
+    check_cold_packs(repo, &mut packs, &mut report, cancel)?;
+    check_warm_packs(
+        repo,
+        &names,
+        read_data,
+        &mut packs,
+        &mut report,
+        progress,
+        cancel,
+    )?;
+    check_index_records(repo, &mut packs, &mut report)?;
+    let restore_points = check_restore_points(repo, &packs.damaged, &mut report, cancel)?;
+    report_damaged(repo, &restore_points, packs.damaged, &mut report, cancel)?;
+    progress.finish();
+    Ok(report)
+}
+
+/// Cold packs: their trailers are checked against the index; their data
+/// is not read, since reading the archival tier is what thaw is for.
+fn check_cold_packs<M>(
+    repo: &Repository<M>,
+    packs: &mut PackTally,
+    report: &mut CheckReport,
+    cancel: &CancelToken,
+) -> Result<()> {
     if let Ok(cold) = repo.cold_store() {
         for name in cold.list_all("packs/")? {
             cancel.check()?;
             let Some(pack_id) = pack::id_from_object_name(&name) else {
                 continue;
             };
-            listed_packs.insert(pack_id);
+            packs.listed.insert(pack_id);
             report.packs += 1;
             match crate::packs::read_trailer(cold, &name) {
                 Ok(entries) => {
                     for entry in &entries {
                         if let Some(loc) = repo.chunk_index().chunk(&entry.id)? {
                             if loc.pack == pack_id && loc.entry == *entry {
-                                matched += 1;
+                                packs.matched += 1;
                             }
                         }
                     }
                 }
                 Err(e) if e.is_not_found() => {
                     report.packs -= 1;
-                    listed_packs.remove(&pack_id);
+                    packs.listed.remove(&pack_id);
                 }
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
     }
-    for name in &names {
+    Ok(())
+}
+
+/// Warm packs: their trailers are checked against the index and, with
+/// `read_data`, every chunk in them is verified.
+fn check_warm_packs<M>(
+    repo: &Repository<M>,
+    names: &[String],
+    read_data: bool,
+    packs: &mut PackTally,
+    report: &mut CheckReport,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<()> {
+    for name in names {
         cancel.check()?;
         let Some(pack_id) = pack::id_from_object_name(name) else {
             report
@@ -100,7 +145,7 @@ pub fn check<M>(
                 .push(format!("unexpected file {name} among packs"));
             continue;
         };
-        listed_packs.insert(pack_id);
+        packs.listed.insert(pack_id);
         report.packs += 1;
         // Reading data reads each pack once, whole and in order; the
         // trailer is then taken from the same bytes.
@@ -120,7 +165,7 @@ pub fn check<M>(
             // Deleted by a writer (prune, tier run) since it was listed.
             Err(e) if e.is_not_found() => {
                 report.packs -= 1;
-                listed_packs.remove(&pack_id);
+                packs.listed.remove(&pack_id);
                 continue;
             }
             Err(e) => {
@@ -139,7 +184,7 @@ pub fn check<M>(
                             entry.id
                         ));
                     } else {
-                        matched += 1;
+                        packs.matched += 1;
                     }
                 }
                 Some(_) => {} // a duplicate copy; the index uses another
@@ -155,21 +200,30 @@ pub fn check<M>(
                 &bytes,
                 &pack_id,
                 &entries,
-                &mut damaged,
-                &mut report,
+                &mut packs.damaged,
+                report,
                 cancel,
             )?;
             progress.advance(bytes.len() as u64);
         }
     }
+    Ok(())
+}
 
+/// Every index record names a pack that exists, and the records that the
+/// trailers did not confirm are counted as errors.
+fn check_index_records<M>(
+    repo: &Repository<M>,
+    packs: &mut PackTally,
+    report: &mut CheckReport,
+) -> Result<()> {
     let mut indexed = 0u64;
     let mut missing_packs = 0u64;
     let mut unlisted = Vec::new();
     for location in repo.chunk_index().chunks() {
         let location = location?;
         indexed += 1;
-        if !listed_packs.contains(&location.pack) {
+        if !packs.listed.contains(&location.pack) {
             unlisted.push(location);
         }
     }
@@ -182,7 +236,7 @@ pub fn check<M>(
         let id = location.entry.id;
         match repo.chunk_index().chunk(&id)? {
             None => indexed -= 1,
-            Some(now) if now.pack != location.pack && pack_exists(repo, &now) => matched += 1,
+            Some(now) if now.pack != location.pack && pack_exists(repo, &now) => packs.matched += 1,
             _ => {
                 missing_packs += 1;
                 report.errors.push(format!(
@@ -193,13 +247,23 @@ pub fn check<M>(
         }
     }
     report.chunks = indexed;
-    if matched + missing_packs < indexed {
+    if packs.matched + missing_packs < indexed {
         report.errors.push(format!(
             "{} indexed chunks are not where the index says in their packs",
-            indexed - matched - missing_packs
+            indexed - packs.matched - missing_packs
         ));
     }
+    Ok(())
+}
 
+/// Reads every manifest and checks that everything its restore point
+/// references is indexed; returns the restore points that could be read.
+fn check_restore_points<M>(
+    repo: &Repository<M>,
+    damaged: &HashMap<ChunkId, (PackId, String)>,
+    report: &mut CheckReport,
+    cancel: &CancelToken,
+) -> Result<Vec<RestorePoint>> {
     // The manifest objects themselves, not the catalog's copies: a damaged
     // one is named here, and the others are still checked.
     let manifests = read_manifests(repo.store(), cancel)?;
@@ -223,11 +287,22 @@ pub fn check<M>(
     let mut visited = HashSet::new();
     for rp in &restore_points {
         cancel.check()?;
-        walk_references(repo, rp, &mut visited, &damaged, &mut report, cancel)?;
+        walk_references(repo, rp, &mut visited, damaged, report, cancel)?;
     }
+    Ok(restore_points)
+}
+
+/// Lists each damaged chunk with the restore points and files that use it.
+fn report_damaged<M>(
+    repo: &Repository<M>,
+    restore_points: &[RestorePoint],
+    damaged: HashMap<ChunkId, (PackId, String)>,
+    report: &mut CheckReport,
+    cancel: &CancelToken,
+) -> Result<()> {
     let mut damaged_list: Vec<_> = damaged.into_iter().collect();
     damaged_list.sort_by_key(|(id, _)| *id);
-    let mut affected = affected_files(repo, &restore_points, &damaged_list, cancel)?;
+    let mut affected = affected_files(repo, restore_points, &damaged_list, cancel)?;
     for (id, (pack, detail)) in damaged_list {
         report.damaged.push(DamagedChunk {
             chunk: id.to_string(),
@@ -236,8 +311,7 @@ pub fn check<M>(
             affected: affected.remove(&id).unwrap_or_default(),
         });
     }
-    progress.finish();
-    Ok(report)
+    Ok(())
 }
 
 /// Whether the pack a chunk record names exists on its tier now.

@@ -9,11 +9,14 @@
 //! read and every untouched map page is reused by id; without it, every
 //! allocated chunk is read but only new chunks are stored.
 
+mod changed;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use self::changed::{cbt_source, changed_extents};
 use super::files::BackupOutcome;
 use crate::cancel::CancelToken;
 use crate::disk_map::{DiskMapPage, PageRef, PAGE_ENTRIES};
@@ -212,53 +215,6 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct ChangedExtent {
-    start: u64,
-    length: u64,
-}
-
-fn load_changed(path: &Path, capacity: u64) -> Result<Vec<(u64, u64)>> {
-    let text = std::fs::read(path).at("reading changed extents", path)?;
-    let list: Vec<ChangedExtent> = serde_json::from_slice(&text).map_err(|e| {
-        Error::InvalidInput(format!(
-            "changed extents {}: {e} (expected [{{\"start\": N, \"length\": N}}, …])",
-            path.display()
-        ))
-    })?;
-    let mut ranges = Vec::with_capacity(list.len());
-    for e in list {
-        let end = e
-            .start
-            .checked_add(e.length)
-            .filter(|end| *end <= capacity)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "changed extents {}: {}+{} lies beyond the disk's {capacity} bytes",
-                    path.display(),
-                    e.start,
-                    e.length
-                ))
-            })?;
-        if e.length > 0 {
-            ranges.push((e.start, end));
-        }
-    }
-    Ok(merge(ranges))
-}
-
-fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    ranges.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (a, b) in ranges {
-        match out.last_mut() {
-            Some(last) if last.1 >= a => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
-}
-
 /// The ranges of a sorted, merged list that overlap `[a, b)`.
 fn overlapping(ranges: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)] {
     let first = ranges.partition_point(|r| r.1 <= a);
@@ -311,25 +267,7 @@ pub fn backup_vm(
     let parent_is_warm = parent
         .as_ref()
         .is_some_and(|p| p.manifest.time.sec >= warm_cutoff);
-    let mut changed: Vec<Option<Vec<(u64, u64)>>> = vec![None; vm.disks.len()];
-    for (selector, file) in &request.changed_extents {
-        let i = vm
-            .disks
-            .iter()
-            .position(|d| {
-                d.slot == *selector
-                    || d.file_name == *selector
-                    || stem(Path::new(&d.file_name)) == *selector
-                    || (vm.disks.len() == 1 && *selector == vm.name)
-            })
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "--changed-extents names disk {selector:?}, which VM {} does not have",
-                    vm.name
-                ))
-            })?;
-        changed[i] = Some(load_changed(file, opened[i].capacity())?);
-    }
+    let changed = changed_extents(&vm, request, &opened)?;
 
     let chunk_size = settings.disk_chunk_size;
     let bytes_read = AtomicU64::new(0);
@@ -340,22 +278,13 @@ pub fn backup_vm(
                 .as_ref()
                 .and_then(|p| p.disks.iter().find(|d| d.slot == disk.slot))
                 .filter(|d| d.capacity == image.capacity() && d.chunk_size == chunk_size);
-            let cbt = match (&changed[i], parent_disk) {
-                (Some(extents), Some(parent)) if !request.full && parent_is_warm => {
-                    Some((extents.as_slice(), parent))
-                }
-                (Some(_), Some(_)) if !parent_is_warm => {
-                    // Its data may be on the cold tier: reusing its map would
-                    // make this restore point depend on data needing a thaw.
-                    tracing::info!(disk = %disk.slot, "the parent restore point is past the warm period; reading the whole disk");
-                    None
-                }
-                (Some(_), None) => {
-                    tracing::info!(disk = %disk.slot, "no matching disk in a parent restore point; reading the whole disk");
-                    None
-                }
-                _ => None,
-            };
+            let cbt = cbt_source(
+                &disk.slot,
+                changed[i].as_ref(),
+                parent_disk,
+                request.full,
+                parent_is_warm,
+            );
             let _disk_span =
                 tracing::info_span!("disk", slot = %disk.slot, capacity = image.capacity())
                     .entered();
@@ -584,9 +513,5 @@ mod tests {
         assert_eq!(overlapping(&r, 5, 25), &[(0, 10), (20, 30)]);
         assert_eq!(overlapping(&r, 29, 41), &[(20, 30), (40, 50)]);
         assert_eq!(overlapping(&r, 60, 70), &[] as &[(u64, u64)]);
-        assert_eq!(
-            merge(vec![(5, 10), (0, 6), (20, 21)]),
-            vec![(0, 10), (20, 21)]
-        );
     }
 }

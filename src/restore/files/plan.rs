@@ -1,0 +1,108 @@
+//! What a restore will write, found and checked before anything is
+//! written: the selected subtrees, every name in them, whether their data
+//! is on the warm tier, and how many bytes it comes to.
+
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::repository::Repository;
+use crate::restore_point::RestorePoint;
+use crate::tree::{validate_name, Extent, Node, NodeKind};
+
+/// One selected subtree: where it sits and its node (`None`: the root).
+pub(super) struct Selected {
+    pub(super) ancestors: Vec<Node>,
+    pub(super) node: Option<Node>,
+}
+
+pub(super) fn select<M>(
+    repo: &Repository<M>,
+    rp: &RestorePoint,
+    paths: &[String],
+) -> Result<Vec<Selected>> {
+    if paths.is_empty() || paths.iter().any(|p| p.trim_matches('/').is_empty()) {
+        return Ok(vec![Selected {
+            ancestors: Vec::new(),
+            node: None,
+        }]);
+    }
+    let mut out = Vec::new();
+    for path in paths {
+        let components: Vec<Vec<u8>> = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        let mut ancestors = Vec::new();
+        let mut prefix = String::new();
+        for part in &components[..components.len() - 1] {
+            prefix.push('/');
+            prefix.push_str(&String::from_utf8_lossy(part));
+            ancestors.push(
+                repo.lookup_path(rp, &prefix)?
+                    .expect("non-root path has a node"),
+            );
+        }
+        let node = repo.lookup_path(rp, path)?;
+        out.push(Selected { ancestors, node });
+    }
+    Ok(out)
+}
+
+fn file_data_bytes(node: &Node) -> Result<u64> {
+    let NodeKind::File { extents } = &node.kind else {
+        return Ok(0);
+    };
+    let total: u64 = extents.iter().map(Extent::len).sum();
+    if total != node.size {
+        return Err(Error::corrupt(
+            format!("file {:?}", String::from_utf8_lossy(&node.name)),
+            format!("extents cover {total} bytes but the size is {}", node.size),
+        ));
+    }
+    Ok(extents
+        .iter()
+        .filter(|e| matches!(e, Extent::Data { .. }))
+        .map(Extent::len)
+        .sum())
+}
+
+/// Data bytes below a tree, validating every name on the way.
+pub(super) fn measure_tree<M>(
+    repo: &Repository<M>,
+    rp: &RestorePoint,
+    id: &ChunkId,
+) -> Result<u64> {
+    let tree = repo.load_tree(id)?;
+    let mut total = 0;
+    for node in &tree.nodes {
+        total += measure_node(repo, rp, node)?;
+    }
+    Ok(total)
+}
+
+pub(super) fn measure_node<M>(repo: &Repository<M>, rp: &RestorePoint, node: &Node) -> Result<u64> {
+    validate_name(&node.name, "restore point")?;
+    match &node.kind {
+        NodeKind::Directory { subtree } => measure_tree(repo, rp, subtree),
+        NodeKind::File { extents } => {
+            // Cold data is refused before anything is written. A chunk the
+            // index lacks (lost to damage) fails its own file when it is
+            // restored, not the whole restore.
+            for extent in extents {
+                if let Extent::Data { id, .. } = extent {
+                    match repo.is_readable(id) {
+                        Ok(true) | Err(Error::ChunkMissing { .. }) => {}
+                        Ok(false) => {
+                            return Err(Error::RestorePointCold {
+                                restore_point: rp.id.short(),
+                            })
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            file_data_bytes(node)
+        }
+        _ => file_data_bytes(node),
+    }
+}
