@@ -7,10 +7,13 @@
 //! data or the end of the stream arrives. Boundaries therefore do not
 //! depend on read sizes, which the property tests check.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::io::{self, Read};
 
 use fastcdc::v2020::FastCDC;
 
+use crate::codec::min_len;
 use crate::config::ChunkerParams;
 
 /// Read buffer; at least twice the largest chunk so that one read always
@@ -46,7 +49,7 @@ impl StreamChunker {
         let mut eof = false;
         while !eof || filled > 0 {
             while !eof && filled < self.buf.len() {
-                let want = ((self.buf.len() - filled) as u64).min(limit - total) as usize;
+                let want = min_len(limit - total, self.buf.len() - filled);
                 if want == 0 {
                     eof = true;
                     break;
@@ -105,7 +108,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                x as u8
+                x.to_le_bytes()[0]
             })
             .collect()
     }

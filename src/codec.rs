@@ -5,6 +5,8 @@
 //! a damaged or hostile object yields [`DecodeError`] instead of a panic or
 //! an oversized allocation.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::fmt;
 
 /// Why a record could not be decoded, and where.
@@ -173,6 +175,13 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// The smaller of `n` and `len`, as a `usize`: a 64-bit size or offset
+/// from a file capped by a length in memory, without truncating (a value
+/// too large for `usize` is larger than any `len`).
+pub(crate) fn min_len(n: u64, len: usize) -> usize {
+    usize::try_from(n).map_or(len, |n| n.min(len))
+}
+
 /// Golden files pin on-disk encodings: a test encodes a sample and
 /// compares it with bytes committed under `tests/golden/`. Set
 /// `STRATA_BLESS=1` to (re)write them after a deliberate format change,
@@ -220,6 +229,17 @@ mod tests {
         assert!(
             d.count(1).is_err(),
             "count of 2 with no bytes left must be refused"
+        );
+    }
+
+    #[test]
+    fn min_len_caps_without_truncating() {
+        assert_eq!(min_len(3, 10), 3);
+        assert_eq!(min_len(10, 3), 3);
+        assert_eq!(min_len(u64::MAX, 7), 7);
+        assert_eq!(
+            min_len(1 << 32, usize::MAX),
+            usize::try_from(1u64 << 32).unwrap_or(usize::MAX)
         );
     }
 

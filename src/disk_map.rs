@@ -10,6 +10,8 @@
 //! This module is the format only: encoding and decoding pages, and where
 //! a chunk's entry lies. Reading pages from a repository is `disk_reader`.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::format::{DISK_MAP_PAGE_MAGIC, DISK_MAP_PAGE_VERSION};
@@ -17,9 +19,11 @@ use crate::id::ChunkId;
 
 pub const PAGE_ENTRIES: usize = 512;
 
-/// The page holding chunk `index` of a disk.
+/// The page holding chunk `index` of a disk. A page number too large for
+/// `usize` becomes `usize::MAX`, which no disk's page list reaches, so the
+/// reader reports the page missing instead of reading another.
 pub fn page_of(index: u64) -> usize {
-    (index / PAGE_ENTRIES as u64) as usize
+    usize::try_from(index / PAGE_ENTRIES as u64).unwrap_or(usize::MAX)
 }
 
 /// One page: `None` is a hole (never written, or all zeros).
@@ -32,8 +36,10 @@ impl DiskMapPage {
     /// The chunk holding chunk `index` of the disk (counted from the disk's
     /// start, in the page [`page_of`] names), `None` for a hole.
     pub fn chunk(&self, index: u64) -> Option<ChunkId> {
-        self.entries
-            .get((index % PAGE_ENTRIES as u64) as usize)
+        // The remainder is below PAGE_ENTRIES, so the conversion holds.
+        usize::try_from(index % PAGE_ENTRIES as u64)
+            .ok()
+            .and_then(|slot| self.entries.get(slot))
             .copied()
             .flatten()
     }

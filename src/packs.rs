@@ -11,6 +11,8 @@
 //! that ([`crate::repository::Repository::seal_pack`] does both), so the
 //! index never points into a pack that could still vanish.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -43,6 +45,8 @@ pub struct SealedPack {
     pub metadata: bool,
     pub len: u64,
     pub entries: Vec<PackEntry>,
+    /// `entries.len()` as the pack's footer holds it.
+    pub chunk_count: u32,
 }
 
 impl SealedPack {
@@ -52,7 +56,7 @@ impl SealedPack {
             tier: self.tier,
             metadata: self.metadata,
             size: self.len,
-            chunk_count: self.entries.len() as u32,
+            chunk_count: self.chunk_count,
             live_bytes: self.entries.iter().map(|e| e.stored_len as u64).sum(),
             created: crate::clock::now().sec,
         }
@@ -147,6 +151,7 @@ impl Packs {
             metadata: pack.metadata,
             len: finished.len,
             entries: finished.entries,
+            chunk_count: finished.chunk_count,
         })
     }
 
@@ -301,8 +306,11 @@ mod tests {
         let mut open = packs.open(Tier::Warm, false).unwrap();
         let entry = open.append(&encode(&b"precious ".repeat(100))).unwrap();
         let sealed = packs.seal(open).unwrap();
-        warm.flip_byte(&pack::object_name(&sealed.id), entry.offset as usize + 3)
-            .unwrap();
+        warm.flip_byte(
+            &pack::object_name(&sealed.id),
+            usize::try_from(entry.offset).unwrap() + 3,
+        )
+        .unwrap();
         assert!(matches!(
             packs.read_chunk(Tier::Warm, &sealed.id, &entry),
             Err(Error::ChunkDamaged { .. })

@@ -2,6 +2,8 @@
 //! prefix, and the time labels that name each restore point exactly.
 //! Pure functions of their input: no clock, no I/O.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::collections::HashMap;
 
 use time::format_description::well_known::Rfc3339;
@@ -101,16 +103,18 @@ fn parse_time_interval(text: &str) -> Result<(Timestamp, i128)> {
             "{text:?} is not an RFC 3339 time (e.g. 2026-11-23T07:04:05Z): {e}"
         ))
     })?;
-    let nanos = dt.unix_timestamp_nanos();
     let fraction_digits = text
         .split_once('.')
         .map(|(_, rest)| rest.bytes().take_while(u8::is_ascii_digit).count())
         .unwrap_or(0)
-        .min(9) as u32;
+        .min(9);
+    // At most 9 after `min`, so the conversion always succeeds.
+    let fraction_digits = u32::try_from(fraction_digits).unwrap_or(9);
     Ok((
         Timestamp {
             sec: dt.unix_timestamp(),
-            nsec: (nanos.rem_euclid(1_000_000_000)) as u32,
+            // The nanoseconds past `unix_timestamp()`, in 0..1e9.
+            nsec: dt.nanosecond(),
         },
         10i128.pow(9 - fraction_digits),
     ))
@@ -170,6 +174,9 @@ mod tests {
         let t = parse_time("2026-11-23T07:04:05Z").unwrap();
         assert_eq!(format_time(t), "2026-11-23T07:04:05Z");
         assert!(parse_time("yesterday").is_err());
+        // Before 1970 the fraction still counts forward from a whole second.
+        let t = parse_time("1969-12-31T23:59:59.25+01:00").unwrap();
+        assert_eq!((t.sec, t.nsec), (-3601, 250_000_000));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! types and std, so that it can become a crate of its own. How a stored
 //! disk is mapped to chunks is the repository's business (`disk_map`).
 
+#![deny(clippy::cast_possible_truncation)]
+
 pub mod descriptor;
 pub mod probe;
 pub mod sparse;
@@ -159,13 +161,11 @@ impl VirtualDisk {
     }
 
     fn from_descriptor_file(path: &Path, file: &File, len: u64) -> Result<VirtualDisk> {
+        let too_large = || bad(path, format!("descriptor file of {len} bytes is too large"));
         if len > descriptor::MAX_DESCRIPTOR_LEN {
-            return Err(bad(
-                path,
-                format!("descriptor file of {len} bytes is too large"),
-            ));
+            return Err(too_large());
         }
-        let mut bytes = vec![0u8; len as usize];
+        let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| too_large())?];
         file.read_exact_at(&mut bytes, 0).at("reading", path)?;
         let d = Descriptor::read(&bytes, &path.display().to_string())?;
         Self::from_descriptor(path, &d)
@@ -294,7 +294,7 @@ impl VirtualDisk {
                 continue;
             }
             let within = pos - extent.start;
-            let take = ((extent.len - within) as usize).min(buf.len() - done);
+            let take = min_len(extent.len - within, buf.len() - done);
             let out = &mut buf[done..done + take];
             match &extent.data {
                 ExtentData::Zero => out.fill(0),
@@ -320,6 +320,13 @@ pub fn byte_len(file: &File, path: &Path) -> Result<u64> {
             .at("finding the size of device", path);
     }
     Ok(meta.len())
+}
+
+/// The smaller of `n` (a size or offset in a disk) and `len` (one in
+/// memory), as a `usize`, without truncating. The same as
+/// `codec::min_len`; this layer keeps to std and the error types.
+fn min_len(n: u64, len: usize) -> usize {
+    usize::try_from(n).map_or(len, |n| n.min(len))
 }
 
 /// Where an extent named in a descriptor lies: by its decoded name, or,

@@ -4,6 +4,8 @@
 //! against the chunk's id. It is the one place that knows, so that
 //! encryption is added here and nowhere else.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::cell::RefCell;
 
 use super::{ChunkKind, Compression, PackEntry, MAX_CHUNK_LEN};
@@ -67,7 +69,10 @@ impl ChunkEncoder {
     /// Compresses `data`, falling back to storing it raw when compression
     /// does not shrink it (already-compressed or random data).
     pub fn encode(&mut self, id: ChunkId, kind: ChunkKind, data: Vec<u8>) -> CompressedChunk {
-        let raw_len = data.len() as u32;
+        // Callers bound chunks by MAX_CHUNK_LEN (chunker parameters, the
+        // tree encoder's check). A longer one keeps a length over that
+        // limit, never a truncated one, and `PackWriter::append` refuses it.
+        let raw_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
         self.scratch.clear();
         self.scratch
             .reserve(zstd::zstd_safe::compress_bound(data.len()));
@@ -143,7 +148,7 @@ mod tests {
     fn incompressible_chunks_are_stored_raw() {
         let mut c = ChunkCodec::new(3).encoder().unwrap();
         let random: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13).to_le_bytes()[0])
             .collect();
         let zeros = vec![0u8; 4096];
         assert_eq!(
@@ -169,7 +174,7 @@ mod tests {
         let entry = PackEntry {
             id,
             offset: 0,
-            stored_len: chunk.bytes.len() as u32,
+            stored_len: u32::try_from(chunk.bytes.len()).unwrap(),
             raw_len: chunk.raw_len,
             kind: chunk.kind,
             compression: chunk.compression,

@@ -1,8 +1,10 @@
 //! Reads and validates a pack's trailer. Every count, offset and length is
 //! checked against the file's real size before it is used.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use super::{ChunkKind, Compression, PackEntry, MAX_CHUNK_LEN};
-use crate::codec::Decoder;
+use crate::codec::{min_len, Decoder};
 use crate::error::{Error, Result};
 use crate::format::{
     PACK_ENTRY_LEN, PACK_FOOTER_LEN, PACK_FOOTER_MAGIC, PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION,
@@ -20,8 +22,9 @@ pub fn trailer_of(bytes: &[u8], object: &str) -> Result<Vec<PackEntry>> {
     check_header(&bytes[..PACK_HEADER_LEN], object)?;
     let footer_at = bytes.len() - PACK_FOOTER_LEN;
     let (data_end, trailer_hash) = parse_footer(&bytes[footer_at..], size, object)?;
+    // parse_footer placed data_end before the trailer, so it is at most footer_at.
     verified_trailer(
-        &bytes[data_end as usize..footer_at],
+        &bytes[min_len(data_end, footer_at)..footer_at],
         &trailer_hash,
         data_end,
         object,
@@ -173,7 +176,10 @@ pub fn salvage(
     let mut failed: Vec<(PackEntry, String)> = Vec::new();
     for entry in candidates {
         let end = entry.offset.saturating_add(entry.stored_len as u64);
-        let Some(stored) = bytes.get(entry.offset as usize..end as usize) else {
+        let range = usize::try_from(entry.offset)
+            .ok()
+            .zip(usize::try_from(end).ok());
+        let Some(stored) = range.and_then(|(start, end)| bytes.get(start..end)) else {
             failed.push((entry, "the pack ends before its bytes".into()));
             continue;
         };
@@ -195,7 +201,7 @@ pub fn salvage(
         .chain(std::iter::once((data_end, data_end)))
     {
         if next.0 > at {
-            let gap = &bytes[at as usize..next.0.min(bytes.len() as u64) as usize];
+            let gap = &bytes[min_len(at, bytes.len())..min_len(next.0, bytes.len())];
             out.unaccounted_bytes += scan_frames(gap, at, classify, &mut found);
         }
         at = at.max(next.1);
@@ -228,7 +234,7 @@ fn trailer_candidates(bytes: &[u8]) -> (Vec<PackEntry>, Option<u64>) {
     }
     let footer_at = bytes.len() - PACK_FOOTER_LEN;
     if let Ok((data_end, _)) = parse_footer(&bytes[footer_at..], size, "") {
-        let entries = bytes[data_end as usize..footer_at]
+        let entries = bytes[min_len(data_end, footer_at)..footer_at]
             .chunks_exact(PACK_ENTRY_LEN)
             .filter_map(|raw| decode_entry(raw, data_end).ok())
             .collect();
@@ -267,17 +273,17 @@ fn scan_frames(
             break;
         };
         match decode_frame(&gap[start..]) {
-            Some((stored_len, plain)) => {
+            Some((stored_len, raw_len, plain)) => {
                 unaccounted += (start - pos) as u64;
                 found.push(PackEntry {
                     id: ChunkId::of(&plain),
                     offset: base + start as u64,
-                    stored_len: stored_len as u32,
-                    raw_len: plain.len() as u32,
+                    stored_len,
+                    raw_len,
                     kind: classify(&plain),
                     compression: Compression::Zstd,
                 });
-                pos = start + stored_len;
+                pos = start + stored_len as usize;
             }
             None => {
                 unaccounted += (start + 1 - pos) as u64;
@@ -288,20 +294,20 @@ fn scan_frames(
     unaccounted
 }
 
-/// The stored length and plaintext of the zstd frame at the start of
-/// `bytes`, if it is a whole frame of a size a chunk may have.
-fn decode_frame(bytes: &[u8]) -> Option<(usize, Vec<u8>)> {
+/// The stored length, raw length and plaintext of the zstd frame at the
+/// start of `bytes`, if it is a whole frame of a size a chunk may have.
+fn decode_frame(bytes: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
     let stored_len = zstd::zstd_safe::find_frame_compressed_size(bytes).ok()?;
-    if stored_len > MAX_CHUNK_LEN as usize || stored_len > bytes.len() {
-        return None;
-    }
-    let frame = &bytes[..stored_len];
-    let raw_len = zstd::zstd_safe::get_frame_content_size(frame).ok()??;
-    if raw_len > MAX_CHUNK_LEN as u64 {
-        return None;
-    }
+    let frame = bytes.get(..stored_len)?;
+    let stored_len = chunk_len(stored_len)?;
+    let raw_len = chunk_len(zstd::zstd_safe::get_frame_content_size(frame).ok()??)?;
     let plain = zstd::bulk::decompress(frame, raw_len as usize).ok()?;
-    (plain.len() as u64 == raw_len).then_some((stored_len, plain))
+    (plain.len() == raw_len as usize).then_some((stored_len, raw_len, plain))
+}
+
+/// A length a chunk may have, as the trailer's 32-bit field.
+fn chunk_len<N: TryInto<u32>>(len: N) -> Option<u32> {
+    len.try_into().ok().filter(|len| *len <= MAX_CHUNK_LEN)
 }
 
 #[cfg(test)]
@@ -394,7 +400,7 @@ mod tests {
                 .append(&CompressedChunk {
                     id: ChunkId::of(data),
                     kind,
-                    raw_len: data.len() as u32,
+                    raw_len: u32::try_from(data.len()).unwrap(),
                     compression: Compression::None,
                     bytes: data.to_vec(),
                 })
@@ -433,7 +439,7 @@ mod tests {
         let mut random = vec![0u8; 5000];
         for b in random.iter_mut() {
             rng_state = rng_state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            *b = (rng_state >> 16) as u8;
+            *b = rng_state.to_le_bytes()[2];
         }
         let texts: Vec<Vec<u8>> = (0..4)
             .map(|i| format!("chunk {i} ").repeat(500).into_bytes())
@@ -475,7 +481,7 @@ mod tests {
         let (name, entries, bytes) = salvage_fixture(&store);
         let pack = crate::pack::id_from_object_name(&name).unwrap();
         // Cut inside the fourth chunk (the third text chunk).
-        let cut = (entries[3].offset + 5) as usize;
+        let cut = usize::try_from(entries[3].offset + 5).unwrap();
         let truncated = &bytes[..cut];
         // Without hints: compressed chunks are found by the scan; the raw
         // one cannot be delimited.
@@ -496,13 +502,14 @@ mod tests {
         let store = MemoryStore::new();
         let (name, entries, mut bytes) = salvage_fixture(&store);
         let pack = crate::pack::id_from_object_name(&name).unwrap();
-        bytes[entries[1].offset as usize + 20] ^= 0x10;
+        bytes[usize::try_from(entries[1].offset).unwrap() + 20] ^= 0x10;
         let salvaged = salvage(&bytes, &pack, &[], &data_kind);
         assert!(salvaged.entries.iter().all(|e| e.id != entries[1].id));
         assert_eq!(salvaged.lost.len(), 1);
         assert_eq!(salvaged.lost[0].0, entries[1].id);
         for entry in &salvaged.entries {
-            let stored = &bytes[entry.offset as usize..][..entry.stored_len as usize];
+            let stored =
+                &bytes[usize::try_from(entry.offset).unwrap()..][..entry.stored_len as usize];
             ChunkCodec::new(3).decode(entry, &pack, stored).unwrap();
         }
     }

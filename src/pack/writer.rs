@@ -3,9 +3,11 @@
 //! stores it under its content-derived name and only after that indexes its
 //! chunks, so the index never points into a pack that is not durable.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::io::Write;
 
-use super::{CompressedChunk, PackEntry};
+use super::{CompressedChunk, PackEntry, MAX_CHUNK_LEN};
 use crate::codec::Encoder;
 use crate::error::{Error, Result};
 use crate::format::{PACK_FOOTER_MAGIC, PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION};
@@ -25,6 +27,9 @@ pub struct PackWriter<W: Write> {
 pub struct FinishedPack {
     pub id: PackId,
     pub entries: Vec<PackEntry>,
+    /// How many entries the footer counts: `entries.len()`, which
+    /// `finish` checked fits the footer's 32-bit field.
+    pub chunk_count: u32,
     pub len: u64,
 }
 
@@ -55,6 +60,13 @@ impl<W: Write> PackWriter<W> {
     }
 
     pub fn append(&mut self, chunk: &CompressedChunk) -> Result<PackEntry> {
+        // Readers refuse such a chunk, so it is never written.
+        if chunk.raw_len > MAX_CHUNK_LEN {
+            return Err(Error::InvalidInput(format!(
+                "chunk {} of more than {MAX_CHUNK_LEN} bytes is too large for a pack",
+                chunk.id
+            )));
+        }
         let entry = PackEntry {
             id: chunk.id,
             offset: self.len,
@@ -80,11 +92,12 @@ impl<W: Write> PackWriter<W> {
     /// Writes trailer and footer and hands back the output, which the
     /// caller makes durable under the pack's name.
     pub fn finish(mut self) -> Result<(FinishedPack, W)> {
+        let chunk_count = len_u32(self.entries.len(), "pack entry count")?;
         let trailer = encode_trailer(&self.entries);
         let trailer_hash = blake3::hash(&trailer);
         let mut footer = Encoder::new();
         footer
-            .u32(len_u32(self.entries.len(), "pack entry count")?)
+            .u32(chunk_count)
             .u32(0)
             .raw(trailer_hash.as_bytes())
             .raw(&PACK_FOOTER_MAGIC);
@@ -97,6 +110,7 @@ impl<W: Write> PackWriter<W> {
             FinishedPack {
                 id: PackId(id),
                 entries: self.entries,
+                chunk_count,
                 len: self.len,
             },
             self.out,

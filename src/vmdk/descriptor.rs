@@ -6,6 +6,8 @@
 //! a header of comments of any length, so a descriptor is recognised by its
 //! lines anywhere in a bounded prefix, never by a fixed offset.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use crate::error::{Error, Result};
 
 /// Largest descriptor we read; real ones are a few hundred bytes.
@@ -44,12 +46,13 @@ fn decode_1252(bytes: &[u8]) -> String {
 /// that encoding lacks): the file name as written on a host that used it.
 pub fn encode_1252(text: &str) -> Option<Vec<u8>> {
     text.chars()
-        .map(|c| match c as u32 {
-            n @ (0..=0x7F | 0xA0..=0xFF) => Some(n as u8),
+        .map(|c| match u8::try_from(c) {
+            Ok(b @ (0..=0x7F | 0xA0..=0xFF)) => Some(b),
             _ => CP1252_HIGH
                 .iter()
                 .position(|h| *h == c)
-                .map(|i| 0x80 + i as u8),
+                .and_then(|i| u8::try_from(i).ok())
+                .map(|i| 0x80 + i),
         })
         .collect()
 }

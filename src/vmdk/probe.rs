@@ -8,6 +8,8 @@
 //! asked for is refused with what it looks like, and only an explicit
 //! `--format raw` stores a recognised container's bytes as they are.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -122,7 +124,7 @@ pub fn probe(file: &File, path: &Path, len: u64) -> Result<Looks> {
 /// A text file is a descriptor when a descriptor line appears anywhere in
 /// its first [`MAX_DESCRIPTOR_LEN`] bytes (comment headers can be long).
 fn text_kind(file: &File, path: &Path, len: u64, head: Vec<u8>) -> Result<Looks> {
-    let prefix = if len as usize > head.len() {
+    let prefix = if len > head.len() as u64 {
         let mut more = vec![0u8; len.min(MAX_DESCRIPTOR_LEN) as usize];
         file.read_exact_at(&mut more, 0).at("reading", path)?;
         more

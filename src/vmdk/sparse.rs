@@ -7,12 +7,15 @@
 //! allocated from a header field without such a bound, so a damaged or
 //! truncated file gives an error naming the structure at fault.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::min_len;
 use crate::error::{Error, IoContext, Result};
 
 pub const SECTOR: u64 = 512;
@@ -83,6 +86,14 @@ fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::corrupt(format!("VMDK sparse extent {}", path.display()), what)
 }
 
+/// A zeroed buffer for `size` bytes of `what`, a size the caller has
+/// checked against the file; one this machine cannot address is damage.
+fn buffer(path: &Path, size: u64, what: &str) -> Result<Vec<u8>> {
+    let len = usize::try_from(size)
+        .map_err(|_| damaged(path, format!("{what} of {size} bytes is too large to read")))?;
+    Ok(vec![0u8; len])
+}
+
 impl SparseExtent {
     /// Opens a sparse extent; also returns its embedded descriptor's bytes
     /// (up to the first NUL; `None` if it has none).
@@ -125,7 +136,7 @@ impl SparseExtent {
                 ),
             ));
         }
-        let mut gd_raw = vec![0u8; gd_bytes as usize];
+        let mut gd_raw = buffer(path, gd_bytes, "grain directory")?;
         file.read_exact_at(&mut gd_raw, gd_start)
             .at("reading grain directory of", path)?;
         let directory: Vec<u32> = gd_raw
@@ -198,11 +209,13 @@ impl SparseExtent {
     /// Grain table entry of grain `grain`: 0 unallocated, 1 zero grain,
     /// else the sector of the grain (or of its marker when compressed).
     fn entry(&self, grain: u64) -> Result<u32> {
-        let per = self.header.gtes_per_gt as u64;
-        let Some(table) = self.table((grain / per) as usize)? else {
+        let per = self.header.gtes_per_gt as usize;
+        let grain = usize::try_from(grain)
+            .map_err(|_| damaged(&self.path, format!("grain {grain} is out of range")))?;
+        let Some(table) = self.table(grain / per)? else {
             return Ok(0);
         };
-        Ok(table[(grain % per) as usize])
+        Ok(table[grain % per])
     }
 
     /// Byte ranges that hold data (allocated, non-zero grains).
@@ -241,7 +254,7 @@ impl SparseExtent {
             let pos = offset + done as u64;
             let index = pos / grain;
             let within = pos % grain;
-            let mut take = ((grain - within) as usize).min(buf.len() - done);
+            let mut take = min_len(grain - within, buf.len() - done);
             let entry = self.entry(index)?;
             let out = &mut buf[done..done + take];
             match entry {
@@ -254,10 +267,10 @@ impl SparseExtent {
                     let start = sector as u64 * SECTOR + within;
                     let mut next = index + 1;
                     while done + take < buf.len()
-                        && self.entry(next)?
-                            == (sector as u64 + (next - index) * self.header.grain_sectors) as u32
+                        && u64::from(self.entry(next)?)
+                            == sector as u64 + (next - index) * self.header.grain_sectors
                     {
-                        take = (take + grain as usize).min(buf.len() - done);
+                        take = min_len(take as u64 + grain, buf.len() - done);
                         next += 1;
                     }
                     let out = &mut buf[done..done + take];
@@ -280,7 +293,14 @@ impl SparseExtent {
     }
 
     fn read_compressed(&self, index: u64, sector: u64, within: u64, out: &mut [u8]) -> Result<()> {
-        let grain = self.grain_bytes() as usize;
+        let grain = self.grain_bytes();
+        // At most MAX_GRAIN_SECTORS sectors (validated), but checked all the same.
+        let grain_len = usize::try_from(grain).map_err(|_| {
+            damaged(
+                &self.path,
+                format!("grains of {grain} bytes are too large to read"),
+            )
+        })?;
         let at = sector * SECTOR;
         let mut marker = [0u8; 12];
         if at + 12 > self.len {
@@ -303,19 +323,19 @@ impl SparseExtent {
                 ),
             ));
         }
-        if size == 0 || size > 2 * grain as u64 + 1024 || at + 12 + size > self.len {
+        if size == 0 || size > 2 * grain + 1024 || at + 12 + size > self.len {
             return Err(damaged(
                 &self.path,
                 format!("compressed grain {index} claims {size} bytes"),
             ));
         }
-        let mut compressed = vec![0u8; size as usize];
+        let mut compressed = buffer(&self.path, size, "compressed grain")?;
         self.file
             .read_exact_at(&mut compressed, at + 12)
             .at("reading grain of", &self.path)?;
-        let mut plain = Vec::with_capacity(grain);
+        let mut plain = Vec::with_capacity(grain_len);
         flate2::read::ZlibDecoder::new(&compressed[..])
-            .take(grain as u64 + 1)
+            .take(grain + 1)
             .read_to_end(&mut plain)
             .map_err(|e| {
                 damaged(
@@ -323,14 +343,16 @@ impl SparseExtent {
                     format!("grain {index} does not decompress: {e}"),
                 )
             })?;
-        if plain.len() > grain {
+        if plain.len() > grain_len {
             return Err(damaged(
                 &self.path,
                 format!("grain {index} decompresses to more than a grain"),
             ));
         }
-        plain.resize(grain, 0);
-        out.copy_from_slice(&plain[within as usize..within as usize + out.len()]);
+        plain.resize(grain_len, 0);
+        // `within` lies inside the grain, as the caller computed it.
+        let within = min_len(within, grain_len);
+        out.copy_from_slice(&plain[within..within + out.len()]);
         Ok(())
     }
 }
@@ -467,7 +489,7 @@ fn read_embedded_descriptor(
     if start.checked_add(size).is_none_or(|end| end > len) {
         return Err(damaged(path, "embedded descriptor lies outside the file"));
     }
-    let mut raw = vec![0u8; size as usize];
+    let mut raw = buffer(path, size, "embedded descriptor")?;
     file.read_exact_at(&mut raw, start)
         .at("reading descriptor of", path)?;
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());

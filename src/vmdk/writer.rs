@@ -5,15 +5,21 @@
 //! writer appends only grains that hold data, so holes stay unallocated;
 //! its grain directory and tables are written when it finishes.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::min_len;
 use super::sparse::{MAX_CAPACITY_SECTORS, SECTOR, SPARSE_MAGIC};
 use crate::error::{Error, IoContext, Result};
 
-const GRAIN_SECTORS: u64 = 128; // 64 KiB grains, as VMware writes them
-const GTES_PER_GT: u64 = 512;
+const GRAIN_BYTES: usize = 64 << 10; // 64 KiB grains, as VMware writes them
+const GRAIN_SECTORS: u64 = GRAIN_BYTES as u64 / SECTOR;
+/// Grain table entries per table, as the header's 32-bit field holds it.
+const GTES_PER_GT_FIELD: u32 = 512;
+const GTES_PER_GT: u64 = GTES_PER_GT_FIELD as u64;
 const DESCRIPTOR_SECTORS: u64 = 20;
 const TABLE_SECTORS: u64 = GTES_PER_GT * 4 / SECTOR;
 
@@ -123,7 +129,7 @@ impl SparseVmdkWriter {
         put(20, &GRAIN_SECTORS.to_le_bytes());
         put(28, &1u64.to_le_bytes()); // descriptor offset
         put(36, &DESCRIPTOR_SECTORS.to_le_bytes());
-        put(44, &(GTES_PER_GT as u32).to_le_bytes());
+        put(44, &GTES_PER_GT_FIELD.to_le_bytes());
         put(48, &0u64.to_le_bytes()); // no redundant directory
         put(56, &gd_sector.to_le_bytes());
         put(64, &overhead.to_le_bytes());
@@ -186,18 +192,17 @@ impl SparseVmdkWriter {
 
 impl DiskSink for SparseVmdkWriter {
     fn write_chunk(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let grain_bytes = (GRAIN_SECTORS * SECTOR) as usize;
-        if offset % grain_bytes as u64 != 0 {
+        if offset % GRAIN_BYTES as u64 != 0 {
             return Err(Error::InvalidInput(format!(
                 "chunk at {offset} is not grain-aligned"
             )));
         }
         let mut padded;
-        for (n, piece) in data.chunks(grain_bytes).enumerate() {
+        for (n, piece) in data.chunks(GRAIN_BYTES).enumerate() {
             if piece.iter().all(|b| *b == 0) {
                 continue;
             }
-            let grain = offset / grain_bytes as u64 + n as u64;
+            let grain = offset / GRAIN_BYTES as u64 + n as u64;
             if grain >= self.grains {
                 return Err(Error::InvalidInput(format!(
                     "data beyond the end of {}",
@@ -215,14 +220,14 @@ impl DiskSink for SparseVmdkWriter {
                 }
                 _ => {
                     self.flush_table()?;
-                    self.table = Some((index, vec![0; GTES_PER_GT as usize]));
+                    self.table = Some((index, vec![0; GTES_PER_GT_FIELD as usize]));
                 }
             }
-            let bytes = if piece.len() == grain_bytes {
+            let bytes = if piece.len() == GRAIN_BYTES {
                 piece
             } else {
                 padded = piece.to_vec();
-                padded.resize(grain_bytes, 0);
+                padded.resize(GRAIN_BYTES, 0);
                 &padded
             };
             let entry = self.sector_entry()?;
@@ -361,10 +366,16 @@ impl DiskSink for RawWriter {
 
     fn hole(&mut self, offset: u64, len: u64) -> Result<()> {
         if self.block_device {
-            let zeros = vec![0u8; len as usize];
-            self.file
-                .write_all_at(&zeros, offset)
-                .at("writing", &self.path)?;
+            // In pieces of at most a MiB: a hole can be as long as the disk.
+            let zeros = vec![0u8; min_len(len, 1 << 20)];
+            let mut done = 0u64;
+            while done < len {
+                let piece = &zeros[..min_len(len - done, zeros.len())];
+                self.file
+                    .write_all_at(piece, offset + done)
+                    .at("writing", &self.path)?;
+                done += piece.len() as u64;
+            }
         }
         Ok(())
     }
