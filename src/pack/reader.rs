@@ -335,7 +335,7 @@ mod tests {
         }
 
         fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-            let start = offset as usize;
+            let start = usize::try_from(offset).unwrap();
             buf.copy_from_slice(&self.0.borrow()[name][start..start + buf.len()]);
             Ok(())
         }
