@@ -1,58 +1,20 @@
 //! Strata: a deduplicating backup repository whose restore points can be
 //! restored or mounted.
 //!
-//! The data path, module by module:
+//! This crate is the `strata` command line (`src/cli/`); the library is a
+//! workspace of crates, one per layer (see `docs/ARCHITECTURE.md`):
 //!
 //! ```text
-//! sources ─▶ backup (data movers) ─▶ chunker ─▶ backup::pipeline ─▶ pack ─▶ storage
-//!                                     (FastCDC)  (BLAKE3, dedup,   (pack files)
-//!                                                 zstd)              │
-//!                                   index (RocksDB: chunks, packs, ◀─┘
-//!                                          catalog, file cache)
-//! tree + restore_point (Merkle trees, manifests) ─▶ restore / check / repair
+//! strata-format ◀─ strata-store, strata-vmdk ◀─ strata-engine
+//!               ◀─ strata-movers, strata-restore, strata-mount ◀─ strata (CLI)
 //! ```
 //!
-//! On-disk formats are described in `docs/FORMAT.md`; every magic number
-//! and version lives in [`format`].
+//! They are re-exported here under the paths the integration tests,
+//! examples and benchmarks use.
 
-pub mod backup;
-pub mod cancel;
-pub mod check;
-pub mod chunker;
-pub mod clock;
-pub mod codec;
-pub mod config;
-pub mod config_file;
-pub mod disk_format;
-pub mod disk_map;
-pub mod disk_reader;
-pub mod error;
-pub mod forget;
-pub mod format;
-pub mod id;
-pub mod index;
-pub mod listing;
-pub mod lock;
-pub mod mount;
-pub mod notify;
-pub mod pack;
-pub mod packs;
-pub mod progress;
-pub mod prune;
-pub mod reachability;
-pub mod repair;
-pub mod repository;
-pub mod restore;
-pub mod restore_point;
-pub mod selector;
-pub mod session;
-pub mod stats;
-pub mod storage;
-pub mod tier;
-pub mod tree;
-pub mod vm;
-pub mod vmdk;
-pub mod walk;
-#[cfg(test)] mod engine_tests;
-
-pub use error::{Error, Result};
+pub use strata_engine::*;
+pub use strata_mount as mount;
+pub use strata_movers as backup;
+pub use strata_movers::chunker;
+pub use strata_restore as restore;
+pub use strata_vmdk as vmdk;

@@ -1,0 +1,517 @@
+//! The VM data mover: backs up a VM folder (its `.vmx` and every disk it
+//! names) or a single disk image as a VM restore point.
+//!
+//! Disks are cut into fixed, aligned chunks. Chunks that lie in holes of
+//! the image, or that read as all zeros, are stored as holes. The first
+//! backup of a VM reads every allocated chunk; later ones are incremental
+//! against the latest restore point of the same VM: with changed-block
+//! tracking (`--changed-extents`) only chunks touching a changed extent are
+//! read and every untouched map page is reused by id; without it, every
+//! allocated chunk is read but only new chunks are stored.
+
+mod changed;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use self::changed::{cbt_source, changed_extents};
+use super::files::BackupOutcome;
+use crate::cancel::CancelToken;
+use crate::disk_map::{DiskMapPage, PageRef, PAGE_ENTRIES};
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::pack::ChunkKind;
+use crate::progress::Progress;
+use crate::restore_point::{Manifest, RestorePointKind};
+use crate::session::BackupSession;
+use crate::tree::Timestamp;
+use strata_engine::vm::description::{adapter_for_slot, DiskRecord, FileOwner, VmDescription};
+use strata_engine::vm::vmx::Vmx;
+use crate::vmdk::writer::ADAPTER_TYPES;
+use crate::vmdk::{DiskFormat, ImageFormat, VirtualDisk};
+
+const MAX_VMX_LEN: u64 = 4 << 20;
+
+pub enum VmSource {
+    /// A VM folder, or its `.vmx` file.
+    Vm(PathBuf),
+    /// One disk image, backed up as a VM with one disk; `format` as asked
+    /// with `--format` (`None`: as its name asks, see `vmdk::probe`).
+    Image {
+        path: PathBuf,
+        name: Option<String>,
+        format: Option<ImageFormat>,
+    },
+}
+
+pub struct VmBackup {
+    pub source: VmSource,
+    pub time: Option<Timestamp>,
+    /// Read every allocated chunk even when a parent exists.
+    pub full: bool,
+    /// `(disk, file)`: changed extents of a disk, as JSON
+    /// `[{"start": bytes, "length": bytes}, …]`. The disk is named by slot,
+    /// file name, or file name without `.vmdk` (for a single-disk image,
+    /// also by the VM name).
+    pub changed_extents: Vec<(String, PathBuf)>,
+}
+
+struct SourceDisk {
+    slot: String,
+    file_name: String,
+    path: PathBuf,
+    owner: FileOwner,
+    format: Option<ImageFormat>,
+}
+
+struct ResolvedVm {
+    name: String,
+    origin: PathBuf,
+    vmx: Option<Vmx>,
+    vmx_bytes: Vec<u8>,
+    vmx_owner: Option<FileOwner>,
+    disks: Vec<SourceDisk>,
+}
+
+fn find_vmx(path: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::InvalidInput(format!("cannot back up VM {}: {e}", path.display())))?;
+    if meta.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .at("listing VM folder", path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("vmx")))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Error::InvalidInput(format!(
+            "VM folder {} holds no .vmx file",
+            path.display()
+        ))),
+        _ => Err(Error::InvalidInput(format!(
+            "VM folder {} holds several .vmx files; name one: {}",
+            path.display(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.contains('@') || name.contains('\0') {
+        return Err(Error::InvalidInput(format!(
+            "VM name {name:?} may not be empty or contain '/' or '@'"
+        )));
+    }
+    Ok(())
+}
+
+fn stem(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for ext in [".vmdk", ".img", ".raw", ".vmx"] {
+        if let Some(s) = name.strip_suffix(ext) {
+            return s.to_string();
+        }
+    }
+    name
+}
+
+fn resolve(source: &VmSource) -> Result<ResolvedVm> {
+    match source {
+        VmSource::Image { path, name, format } => {
+            let meta = std::fs::metadata(path).map_err(|e| {
+                Error::InvalidInput(format!("cannot back up image {}: {e}", path.display()))
+            })?;
+            let name = name.clone().unwrap_or_else(|| stem(path));
+            check_name(&name)?;
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(ResolvedVm {
+                name,
+                origin: path.clone(),
+                vmx: None,
+                vmx_bytes: Vec::new(),
+                vmx_owner: None,
+                disks: vec![SourceDisk {
+                    slot: "image".into(),
+                    file_name,
+                    path: path.clone(),
+                    owner: FileOwner::of(&meta),
+                    format: *format,
+                }],
+            })
+        }
+        VmSource::Vm(path) => {
+            let vmx_path = find_vmx(path)?;
+            let vmx_meta = std::fs::metadata(&vmx_path).at("reading metadata of", &vmx_path)?;
+            let len = vmx_meta.len();
+            if len > MAX_VMX_LEN {
+                return Err(Error::corrupt(
+                    format!("VM configuration {}", vmx_path.display()),
+                    format!("{len} bytes is too large for a .vmx"),
+                ));
+            }
+            let bytes = std::fs::read(&vmx_path).at("reading", &vmx_path)?;
+            let text = String::from_utf8(bytes.clone()).map_err(|_| {
+                Error::corrupt(
+                    format!("VM configuration {}", vmx_path.display()),
+                    "not UTF-8 text",
+                )
+            })?;
+            let vmx = Vmx::parse(&text, &vmx_path.display().to_string())?;
+            let name = vmx
+                .display_name()
+                .map(str::to_string)
+                .unwrap_or_else(|| stem(&vmx_path));
+            check_name(&name)?;
+            let folder = vmx_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let mut disks = Vec::new();
+            for disk in vmx.disks() {
+                let path = folder.join(&disk.file_name);
+                let meta = std::fs::metadata(&path).map_err(|e| {
+                    Error::InvalidInput(format!(
+                        "{} names disk {} ({}), which cannot be read: {e}",
+                        vmx_path.display(),
+                        path.display(),
+                        disk.slot
+                    ))
+                })?;
+                disks.push(SourceDisk {
+                    slot: disk.slot,
+                    file_name: disk.file_name,
+                    path,
+                    owner: FileOwner::of(&meta),
+                    format: None,
+                });
+            }
+            if disks.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "{} names no hard disks",
+                    vmx_path.display()
+                )));
+            }
+            Ok(ResolvedVm {
+                name,
+                origin: folder,
+                vmx: Some(vmx),
+                vmx_bytes: bytes,
+                vmx_owner: Some(FileOwner::of(&vmx_meta)),
+                disks,
+            })
+        }
+    }
+}
+
+/// The ranges of a sorted, merged list that overlap `[a, b)`.
+fn overlapping(ranges: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)] {
+    let first = ranges.partition_point(|r| r.1 <= a);
+    let last = ranges.partition_point(|r| r.0 < b);
+    &ranges[first..last.max(first)]
+}
+
+/// The mode and owner the mount shows for a disk: a descriptor's own are
+/// narrowed by those of its extents, so a `0644` descriptor of a `0600`
+/// `-flat.vmdk` does not open the data to everyone.
+fn disk_owner(descriptor: FileOwner, image: &VirtualDisk) -> FileOwner {
+    image
+        .data_files()
+        .filter(|path| *path != image.path())
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .fold(descriptor, |owner, meta| {
+            owner.narrowed_by(FileOwner::of(&meta))
+        })
+}
+
+pub fn backup_vm(
+    session: &dyn BackupSession,
+    request: &VmBackup,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let vm = resolve(&request.source)?;
+    let span = tracing::info_span!("backup_vm", vm = %vm.name, disks = vm.disks.len());
+    let _entered = span.enter();
+    let parent = session
+        .restore_points()?
+        .into_iter()
+        .filter(|rp| rp.manifest.kind == RestorePointKind::Vm && rp.manifest.source == vm.name)
+        .max_by_key(|rp| rp.manifest.time.as_nanos());
+    let parent_description = match &parent {
+        Some(rp) => Some(VmDescription::decode(
+            &rp.manifest.root,
+            &session.read_chunk(&rp.manifest.root)?,
+        )?),
+        None => None,
+    };
+
+    let mut opened = Vec::new();
+    for disk in &vm.disks {
+        opened.push(VirtualDisk::open(&disk.path, disk.format)?);
+    }
+    let settings = session.settings();
+    let warm_cutoff = crate::clock::now().sec - i64::from(settings.warm_days) * 86_400;
+    let parent_is_warm = parent
+        .as_ref()
+        .is_some_and(|p| p.manifest.time.sec >= warm_cutoff);
+    let changed = changed_extents(&vm, request, &opened)?;
+
+    let chunk_size = settings.disk_chunk_size;
+    let bytes_read = AtomicU64::new(0);
+    let description_id = (|| -> Result<ChunkId> {
+        let mut records = Vec::new();
+        for (i, (disk, image)) in vm.disks.iter().zip(&opened).enumerate() {
+            let parent_disk = parent_description
+                .as_ref()
+                .and_then(|p| p.disks.iter().find(|d| d.slot == disk.slot))
+                .filter(|d| d.capacity == image.capacity() && d.chunk_size == chunk_size);
+            let cbt = cbt_source(
+                &disk.slot,
+                changed[i].as_ref(),
+                parent_disk,
+                request.full,
+                parent_is_warm,
+            );
+            let _disk_span =
+                tracing::info_span!("disk", slot = %disk.slot, capacity = image.capacity())
+                    .entered();
+            let job = Job { progress, cancel };
+            let pages = backup_disk(session, image, chunk_size, cbt, &bytes_read, job)?;
+            records.push(DiskRecord {
+                slot: disk.slot.clone(),
+                file_name: disk.file_name.clone(),
+                source_format: image.format(),
+                adapter_type: adapter_type(&disk.slot, image),
+                owner: Some(disk_owner(disk.owner, image)),
+                capacity: image.capacity(),
+                chunk_size,
+                pages,
+            });
+        }
+        let description = VmDescription {
+            name: vm.name.clone(),
+            cpus: vm.vmx.as_ref().map_or(1, Vmx::cpus),
+            memory_mb: vm.vmx.as_ref().map_or(0, Vmx::memory_mb),
+            guest_os: vm
+                .vmx
+                .as_ref()
+                .map_or(String::new(), |v| v.guest_os().to_string()),
+            vmx: vm.vmx_bytes.clone(),
+            vmx_owner: vm.vmx_owner,
+            disks: records,
+        };
+        let bytes = description.encode();
+        let id = ChunkId::of(&bytes);
+        session.store_chunk(id, ChunkKind::VmDescription, &bytes)?;
+        Ok(id)
+    })()?;
+    progress.finish();
+
+    let stats = session.counters().stats(
+        vm.disks.len() as u64,
+        0,
+        opened.iter().map(VirtualDisk::capacity).sum(),
+        bytes_read.load(Ordering::Relaxed),
+        started,
+    );
+    let manifest = Manifest {
+        kind: RestorePointKind::Vm,
+        source: vm.name.clone(),
+        time: request.time.unwrap_or_else(crate::clock::now),
+        hostname: super::files::default_source(),
+        tags: Vec::new(),
+        paths: vec![std::os::unix::ffi::OsStrExt::as_bytes(vm.origin.as_os_str()).to_vec()],
+        root: description_id,
+        parent: parent.map(|p| p.id),
+        stats,
+        missed: Vec::new(),
+    };
+    let id = session.commit(&manifest)?;
+    tracing::info!(restore_point = %id, vm = %vm.name, "committed");
+    Ok(BackupOutcome { id, manifest })
+}
+
+/// The adapter a restored descriptor names: IDE for a disk on an IDE
+/// slot, else the source descriptor's, else the slot's default.
+fn adapter_type(slot: &str, image: &VirtualDisk) -> String {
+    match image.adapter_type() {
+        Some(adapter) if !slot.starts_with("ide") && ADAPTER_TYPES.contains(&adapter) => {
+            adapter.to_string()
+        }
+        _ => adapter_for_slot(slot).to_string(),
+    }
+}
+
+/// What a running backup reports to and is stopped through, passed down
+/// to the disk readers as one.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    progress: &'a dyn Progress,
+    cancel: &'a CancelToken,
+}
+
+/// Stores one disk; returns its map pages.
+fn backup_disk(
+    session: &dyn BackupSession,
+    image: &VirtualDisk,
+    chunk_size: u32,
+    cbt: Option<(&[(u64, u64)], &DiskRecord)>,
+    bytes_read: &AtomicU64,
+    job: Job,
+) -> Result<Vec<PageRef>> {
+    let capacity = image.capacity();
+    let chunk = chunk_size as u64;
+    let chunks = capacity.div_ceil(chunk);
+    let allocated = image.allocated()?;
+    let wanted: &[(u64, u64)] = match cbt {
+        Some((changed, _)) => changed,
+        None => &allocated,
+    };
+    job.progress
+        .add_total(wanted.iter().map(|(a, b)| b - a).sum());
+    let mut pages = Vec::new();
+    let page_span = PAGE_ENTRIES as u64;
+    for page in 0..chunks.div_ceil(page_span) {
+        job.cancel.check()?;
+        let first = page * page_span;
+        let last = ((page + 1) * page_span).min(chunks);
+        let (start, end) = (first * chunk, (last * chunk).min(capacity));
+        let mut entries = match cbt {
+            Some((changed, parent)) => {
+                if overlapping(changed, start, end).is_empty() {
+                    pages.push(parent.pages[page as usize]);
+                    continue;
+                }
+                let parent_page = &parent.pages[page as usize];
+                DiskMapPage::decode(&parent_page.id, &session.read_chunk(&parent_page.id)?)?.entries
+            }
+            None => vec![None; (last - first) as usize],
+        };
+        if entries.len() != (last - first) as usize {
+            return Err(Error::corrupt(
+                "parent disk map",
+                format!(
+                    "page {page} has {} entries, expected {}",
+                    entries.len(),
+                    last - first
+                ),
+            ));
+        }
+        let to_read: Vec<u64> = (first..last)
+            .filter(|i| !overlapping(wanted, i * chunk, ((i + 1) * chunk).min(capacity)).is_empty())
+            .collect();
+        for (index, entry) in
+            read_chunks(image, session, &allocated, &to_read, chunk, bytes_read, job)?
+        {
+            entries[(index - first) as usize] = entry;
+        }
+        let data_chunks = entries.iter().filter(|e| e.is_some()).count() as u32;
+        let bytes = DiskMapPage { entries }.encode();
+        let id = ChunkId::of(&bytes);
+        session.store_chunk(id, ChunkKind::DiskMapPage, &bytes)?;
+        pages.push(PageRef { id, data_chunks });
+    }
+    Ok(pages)
+}
+
+/// Reads, hashes and submits the given chunks on all cores; returns each
+/// chunk's entry (`None` for chunks that are holes or all zeros).
+fn read_chunks(
+    image: &VirtualDisk,
+    session: &dyn BackupSession,
+    allocated: &[(u64, u64)],
+    indices: &[u64],
+    chunk: u64,
+    bytes_read: &AtomicU64,
+    job: Job,
+) -> Result<Vec<(u64, Option<ChunkId>)>> {
+    let capacity = image.capacity();
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(indices.len()));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(indices.len().max(1));
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut buf = vec![0u8; chunk as usize];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&index) = indices.get(i) else {
+                            return Ok(());
+                        };
+                        job.cancel.check()?;
+                        let start = index * chunk;
+                        let end = (start + chunk).min(capacity);
+                        let window = &mut buf[..(end - start) as usize];
+                        window.fill(0);
+                        for &(a, b) in overlapping(allocated, start, end) {
+                            let (a, b) = (a.max(start), b.min(end));
+                            image.read_at(
+                                a,
+                                &mut window[(a - start) as usize..(b - start) as usize],
+                            )?;
+                            bytes_read.fetch_add(b - a, Ordering::Relaxed);
+                        }
+                        job.progress.advance(end - start);
+                        let entry = if window.iter().all(|b| *b == 0) {
+                            None
+                        } else {
+                            let id = ChunkId::of(window);
+                            session.store_chunk(id, ChunkKind::Data, window)?;
+                            Some(id)
+                        };
+                        results.lock().expect("results").push((index, entry));
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("disk reader panicked")?;
+        }
+        Ok(())
+    })?;
+    Ok(results.into_inner().expect("results"))
+}
+
+/// For messages: a disk image's format.
+pub fn describe_format(format: DiskFormat) -> &'static str {
+    match format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::MonolithicSparse => "monolithicSparse",
+        DiskFormat::TwoGbMaxExtentSparse => "twoGbMaxExtentSparse",
+        DiskFormat::MonolithicFlat => "monolithicFlat",
+        DiskFormat::TwoGbMaxExtentFlat => "twoGbMaxExtentFlat",
+        DiskFormat::StreamOptimized => "streamOptimized",
+        DiskFormat::Vmfs => "vmfs",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_finds_exactly_the_touching_ranges() {
+        let r = [(0, 10), (20, 30), (40, 50)];
+        assert_eq!(overlapping(&r, 10, 20), &[] as &[(u64, u64)]);
+        assert_eq!(overlapping(&r, 5, 25), &[(0, 10), (20, 30)]);
+        assert_eq!(overlapping(&r, 29, 41), &[(20, 30), (40, 50)]);
+        assert_eq!(overlapping(&r, 60, 70), &[] as &[(u64, u64)]);
+    }
+}
