@@ -14,8 +14,8 @@
 //! re-exported under their usual names (`tree`, `pack`, `storage`, …).
 
 pub use strata_format::{
-    codec, config, disk_format, disk_map, error, format, id, pack, restore_point, selector, tree,
-    vm, Error, Result,
+    codec, config, disk_format, disk_map, error, format, id, pack, restore_point, selector,
+    thaw_record, tree, vm, Error, Result,
 };
 pub use strata_store as storage;
 

@@ -183,6 +183,21 @@ impl Packs {
         self.codec.decode(entry, id, &stored)
     }
 
+    /// Copies cold pack `id` whole to its thaw name on the warm tier, after
+    /// checking that it still hashes to its name (a damaged archival copy
+    /// is never made readable). Returns its size.
+    pub fn copy_to_thaw_area(&self, id: &PackId) -> Result<u64> {
+        let bytes = self.store(Tier::Cold)?.get(&pack::object_name(id))?;
+        if blake3::hash(&bytes).as_bytes()[..16] != id.0 {
+            return Err(Error::corrupt(
+                format!("cold pack {id}"),
+                "content does not match its name",
+            ));
+        }
+        self.warm.put(&crate::thaw_record::thaw_object_name(id), &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
     /// Deletes pack `id` from its tier, returning the bytes it took.
     pub fn delete(&self, tier: Tier, id: &PackId) -> Result<u64> {
         let store = self.store(tier)?;

@@ -144,10 +144,7 @@ impl LocalStores {
     }
 }
 
-/// Object name of a thawed copy of a cold pack, in the warm store.
-pub fn thaw_object_name(pack: &crate::id::PackId) -> String {
-    format!("thaw/{}", &pack::object_name(pack)["packs/".len()..])
-}
+pub use crate::thaw_record::thaw_object_name;
 
 fn check_layout(root: &Path) -> Result<RepoConfig> {
     if !root.is_dir() {

@@ -19,9 +19,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::cancel::CancelToken;
 use crate::clock::now;
-use crate::error::{Error, Result};
-use crate::format::{THAW_RECORD_MAGIC, THAW_RECORD_VERSION};
-use crate::id::{ChunkId, PackId, RestorePointId};
+use crate::error::Result;
+use crate::id::{ChunkId, PackId};
 use crate::index::{ThawMark, ThawTarget, Tier};
 use crate::pack::{self, ChunkEncoder, CompressedChunk, Compression};
 use crate::packs::OpenPack;
@@ -36,45 +35,9 @@ use crate::selector::format_time;
 const COLD_COMPRESSION_LEVEL: i32 = 12;
 const DAY: i64 = 86_400;
 
-/// Object holding a thawed pack's expiry, beside its copy:
-/// `thaw/<xx>/<pack id>.until`.
-pub fn pack_thaw_record_name(pack: &PackId) -> String {
-    let copy = thaw_object_name(pack);
-    format!("{}.until", copy.trim_end_matches(".pack"))
-}
-
-/// Object holding a thawed restore point's expiry:
-/// `thaw/restore-points/<id>.until`.
-pub fn restore_point_thaw_record_name(id: &RestorePointId) -> String {
-    format!("thaw/restore-points/{id}.until")
-}
-
-/// A thaw record: magic, version, expiry (Unix seconds).
-pub fn encode_thaw_record(until: i64) -> Vec<u8> {
-    let mut e = crate::codec::Encoder::new();
-    e.raw(&THAW_RECORD_MAGIC)
-        .u16(THAW_RECORD_VERSION)
-        .i64(until);
-    e.into_bytes()
-}
-
-pub fn decode_thaw_record(name: &str, bytes: &[u8]) -> Result<i64> {
-    let object = || format!("thaw record {name}");
-    let mut d = crate::codec::Decoder::new(bytes, "thaw record");
-    d.expect_magic(&THAW_RECORD_MAGIC)
-        .map_err(|e| Error::decode(object(), e))?;
-    let version = d.u16().map_err(|e| Error::decode(object(), e))?;
-    if version != THAW_RECORD_VERSION {
-        return Err(Error::UnsupportedVersion {
-            what: object(),
-            found: version as u64,
-            supported: THAW_RECORD_VERSION as u64,
-        });
-    }
-    let until = d.i64().map_err(|e| Error::decode(object(), e))?;
-    d.finish().map_err(|e| Error::decode(object(), e))?;
-    Ok(until)
-}
+pub use crate::thaw_record::{
+    decode_thaw_record, encode_thaw_record, pack_thaw_record_name, restore_point_thaw_record_name,
+};
 
 /// Records a pack's thaw: durably beside the copy first (the truth, which
 /// `repair index` reads), then in the index.
@@ -426,7 +389,6 @@ pub fn thaw(
     }
     progress.add_total(report.bytes);
     let fetched = (|| -> Result<()> {
-        let cold = repo.cold_store()?;
         for (pack, size) in &packs {
             cancel.check()?;
             let name = thaw_object_name(pack);
@@ -437,17 +399,10 @@ pub fn thaw(
                 progress.advance(*size);
                 continue;
             }
-            let bytes = cold.get(&pack::object_name(pack))?;
-            if blake3::hash(&bytes).as_bytes()[..16] != pack.0 {
-                return Err(Error::corrupt(
-                    format!("cold pack {pack}"),
-                    "content does not match its name",
-                ));
-            }
-            repo.store().put(&name, &bytes)?;
+            let fetched = repo.packs().copy_to_thaw_area(pack)?;
             record_pack_thaw(repo, pack, until)?;
             report.packs_fetched += 1;
-            report.bytes_fetched += bytes.len() as u64;
+            report.bytes_fetched += fetched;
             progress.advance(*size);
         }
         repo.store().put(
@@ -458,22 +413,4 @@ pub fn thaw(
     })();
     progress.finish();
     fetched.map(|_| report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thaw_record_matches_golden_and_reads_back() {
-        let until = 1_700_000_000;
-        let bytes = encode_thaw_record(until);
-        let golden = crate::codec::assert_golden("thaw_record_v1.bin", &bytes);
-        assert_eq!(decode_thaw_record("golden", &golden).unwrap(), until);
-        let mut newer = golden.clone();
-        newer[4] = 2;
-        let err = decode_thaw_record("newer", &newer).unwrap_err().to_string();
-        assert!(err.contains("version 2"), "{err}");
-        assert!(decode_thaw_record("short", &golden[..10]).is_err());
-    }
 }

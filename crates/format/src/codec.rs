@@ -5,8 +5,6 @@
 //! a damaged or hostile object yields [`DecodeError`] instead of a panic or
 //! an oversized allocation.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use std::fmt;
 
 /// Why a record could not be decoded, and where.

@@ -7,8 +7,6 @@
 //! This module is the format (JSON text to and from [`RepoConfig`]);
 //! reading the file from a repository's directory is `config_file`.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

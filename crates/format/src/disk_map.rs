@@ -10,8 +10,6 @@
 //! This module is the format only: encoding and decoding pages, and where
 //! a chunk's entry lies. Reading pages from a repository is `disk_reader`.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::format::{DISK_MAP_PAGE_MAGIC, DISK_MAP_PAGE_VERSION};

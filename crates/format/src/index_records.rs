@@ -1,7 +1,5 @@
 //! Values stored in the RocksDB index, each led by a version byte.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::format::INDEX_RECORD_VERSION;
 use crate::id::{ChunkId, PackId};

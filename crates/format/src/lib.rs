@@ -8,6 +8,10 @@
 //! described in `docs/FORMAT.md` and pinned by the golden files in
 //! `tests/golden/`; every magic number and version lives in [`format`].
 
+// Lengths and offsets come from hostile bytes: a cast that could
+// truncate one must be a checked conversion instead.
+#![deny(clippy::cast_possible_truncation)]
+
 pub mod codec;
 pub mod config;
 pub mod disk_format;
@@ -19,6 +23,7 @@ pub mod index_records;
 pub mod pack;
 pub mod restore_point;
 pub mod selector;
+pub mod thaw_record;
 pub mod tree;
 pub mod vm;
 

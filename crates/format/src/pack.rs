@@ -8,8 +8,6 @@
 //! Each chunk is compressed on its own, so any chunk can be read without
 //! its neighbours.
 
-#![deny(clippy::cast_possible_truncation)]
-
 pub mod codec;
 pub mod reader;
 pub mod writer;

@@ -7,8 +7,6 @@
 //! written only after every chunk and tree it references is durable, so a
 //! restore point either exists completely or not at all.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::format::{MANIFEST_MAGIC, MANIFEST_VERSION};

@@ -2,8 +2,6 @@
 //! prefix, and the time labels that name each restore point exactly.
 //! Pure functions of their input: no clock, no I/O.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use std::collections::HashMap;
 
 use time::format_description::well_known::Rfc3339;

@@ -6,8 +6,6 @@
 //! metadata chunks, so an unchanged directory encodes to the same bytes and
 //! is shared between restore points.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::format::{TREE_MAGIC, TREE_VERSION};

@@ -6,8 +6,6 @@
 //! a header of comments of any length, so a descriptor is recognised by its
 //! lines anywhere in a bounded prefix, never by a fixed offset.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use crate::error::{Error, Result};
 
 /// Largest descriptor we read; real ones are a few hundred bytes.

@@ -10,6 +10,8 @@
 //! `strata-format`'s error and disk-format types. How a stored
 //! disk is mapped to chunks is the repository's business (`disk_map`).
 
+// Lengths and offsets come from hostile bytes: a cast that could
+// truncate one must be a checked conversion instead.
 #![deny(clippy::cast_possible_truncation)]
 
 pub mod descriptor;

@@ -8,8 +8,6 @@
 //! asked for is refused with what it looks like, and only an explicit
 //! `--format raw` stores a recognised container's bytes as they are.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;

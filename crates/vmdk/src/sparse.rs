@@ -7,8 +7,6 @@
 //! allocated from a header field without such a bound, so a damaged or
 //! truncated file gives an error naming the structure at fault.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;

@@ -5,8 +5,6 @@
 //! writer appends only grains that hold data, so holes stay unallocated;
 //! its grain directory and tables are written when it finishes.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

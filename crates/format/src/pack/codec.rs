@@ -4,8 +4,6 @@
 //! against the chunk's id. It is the one place that knows, so that
 //! encryption is added here and nowhere else.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use std::cell::RefCell;
 
 use super::{ChunkKind, Compression, PackEntry, MAX_CHUNK_LEN};

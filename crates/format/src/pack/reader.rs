@@ -1,8 +1,6 @@
 //! Reads and validates a pack's trailer. Every count, offset and length is
 //! checked against the file's real size before it is used.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use super::{ChunkKind, Compression, PackEntry, MAX_CHUNK_LEN};
 use crate::codec::{min_len, Decoder};
 use crate::error::{Error, Result};

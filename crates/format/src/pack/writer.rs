@@ -3,8 +3,6 @@
 //! stores it under its content-derived name and only after that indexes its
 //! chunks, so the index never points into a pack that is not durable.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use std::io::Write;
 
 use super::{CompressedChunk, PackEntry, MAX_CHUNK_LEN};

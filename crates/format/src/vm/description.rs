@@ -3,8 +3,6 @@
 //! root object of a VM restore point and a metadata chunk, so it stays
 //! warm and is shared when nothing changed.
 
-#![deny(clippy::cast_possible_truncation)]
-
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::disk_map::PageRef;
 use crate::error::{Error, Result};
