@@ -104,6 +104,21 @@ impl Packs {
         }
     }
 
+    /// The pack service a repository's configuration asks for: its
+    /// compression level and pack size.
+    pub fn for_config(
+        warm: Arc<dyn ObjectStore>,
+        cold: Option<Arc<dyn ObjectStore>>,
+        config: &crate::config::RepoConfig,
+    ) -> Self {
+        Self::new(
+            warm,
+            cold,
+            ChunkCodec::new(config.compression_level),
+            config.pack_target_size,
+        )
+    }
+
     pub fn codec(&self) -> &ChunkCodec {
         &self.codec
     }

@@ -135,12 +135,7 @@ impl LocalStores {
                 _ => cold,
             }
         });
-        Packs::new(
-            Arc::new(self.warm),
-            cold,
-            ChunkCodec::new(config.compression_level),
-            config.pack_target_size,
-        )
+        Packs::for_config(Arc::new(self.warm), cold, config)
     }
 }
 
@@ -166,14 +161,7 @@ impl Repository<ReadOnly> {
         let state = StateDir::new(root);
         let index = RocksIndex::open(&state.index_dir(), IndexAccess::Secondary)?;
         let packs = LocalStores::open(root, &config).into_packs(&config, options);
-        Ok(Repository {
-            state,
-            config,
-            packs,
-            index,
-            _lock: None,
-            _mode: PhantomData,
-        })
+        Ok(Self::assemble(state, config, packs, index, None))
     }
 }
 
@@ -198,20 +186,8 @@ impl Repository<Exclusive> {
         let lock = RepositoryLock::acquire(state.root(), "strata init")?;
         let index = RocksIndex::open(&state.index_dir(), IndexAccess::Create)?;
         stores.warm.put(RepoConfig::FILE_NAME, &config.to_json())?;
-        let packs = Packs::new(
-            stores.warm,
-            stores.cold,
-            ChunkCodec::new(config.compression_level),
-            config.pack_target_size,
-        );
-        Ok(Repository {
-            state,
-            config,
-            packs,
-            index,
-            _lock: Some(lock),
-            _mode: PhantomData,
-        })
+        let packs = Packs::for_config(stores.warm, stores.cold, &config);
+        Ok(Self::assemble(state, config, packs, index, Some(lock)))
     }
 
     /// Creates a new, empty repository at `root`.
@@ -253,14 +229,7 @@ impl Repository<Exclusive> {
         stores.clear_staging()?;
         let index = RocksIndex::open(&state.index_dir(), IndexAccess::Primary)?;
         let packs = stores.into_packs(&config, options);
-        let repo = Repository {
-            state,
-            config,
-            packs,
-            index,
-            _lock: Some(lock),
-            _mode: PhantomData,
-        };
+        let repo = Self::assemble(state, config, packs, index, Some(lock));
         repo.reconcile_catalog()?;
         Ok(repo)
     }
@@ -351,18 +320,28 @@ impl Repository<Exclusive> {
             }
         };
         let packs = stores.into_packs(&config, &OpenOptions::default());
-        Ok(Repository {
-            state,
-            config,
-            packs,
-            index,
-            _lock: Some(lock),
-            _mode: PhantomData,
-        })
+        Ok(Self::assemble(state, config, packs, index, Some(lock)))
     }
 }
 
 impl<Mode> Repository<Mode> {
+    fn assemble(
+        state: StateDir,
+        config: RepoConfig,
+        packs: Packs,
+        index: RocksIndex,
+        lock: Option<RepositoryLock>,
+    ) -> Self {
+        Repository {
+            state,
+            config,
+            packs,
+            index,
+            _lock: lock,
+            _mode: PhantomData,
+        }
+    }
+
     /// The repository's directory (its machine-local state).
     pub fn root(&self) -> &Path {
         self.state.root()
