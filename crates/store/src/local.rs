@@ -24,7 +24,9 @@ const STAGING: &str = "tmp";
 
 pub struct LocalStore {
     root: PathBuf,
-    open_files: Mutex<HashMap<String, Arc<File>>>,
+    /// Shared with the handles writers publish through, so that replacing
+    /// or deleting an object drops every cached descriptor of the old one.
+    open_files: Arc<Mutex<HashMap<String, Arc<File>>>>,
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -45,7 +47,7 @@ impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalStore {
             root: root.into(),
-            open_files: Mutex::new(HashMap::new()),
+            open_files: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -265,10 +267,13 @@ impl ObjectStore for LocalStore {
 }
 
 impl LocalStore {
-    /// A second handle on the same directory for a writer to publish
-    /// through; its open-file cache starts empty.
+    /// A second handle on the same directory, sharing the open-file
+    /// cache, for a writer to publish through.
     fn clone_handle(&self) -> LocalStore {
-        LocalStore::new(self.root.clone())
+        LocalStore {
+            root: self.root.clone(),
+            open_files: self.open_files.clone(),
+        }
     }
 }
 
@@ -327,6 +332,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::create(&dir.path().join("store")).unwrap();
         super::super::conformance::check_all(&store);
+    }
+
+    #[test]
+    fn a_replaced_object_is_never_read_through_a_stale_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(&dir.path().join("store")).unwrap();
+        store.put("a/b", b"first").unwrap();
+        let mut buf = [0u8; 5];
+        store.read_at("a/b", 0, &mut buf).unwrap();
+        store.put("a/b", b"other").unwrap();
+        store.read_at("a/b", 0, &mut buf).unwrap();
+        assert_eq!(&buf, b"other");
     }
 
     #[test]
