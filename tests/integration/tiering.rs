@@ -351,3 +351,24 @@ fn thaw_notification_is_bounded_and_never_a_shell_line() {
     t.ok(&["thaw", &old]);
     assert!(touched.exists(), "the notifier did not run");
 }
+
+#[test]
+fn a_cold_tier_in_the_repository_itself_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let out = std::process::Command::new(strata_bin())
+        .arg("--repo")
+        .arg(&repo)
+        .args(["init", "--cold"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("is the repository's own directory"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!repo.join("config.json").exists(), "nothing was created");
+}

@@ -9,5 +9,6 @@ mod fixture;
 mod packs;
 mod prune;
 mod rebuild;
+mod session;
 mod tier;
 mod walk;

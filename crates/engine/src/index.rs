@@ -66,6 +66,9 @@ pub trait PackTable: Send + Sync {
     /// one atomic, durable write.
     fn remove_pack(&self, pack: &PackId, chunks: &[ChunkId]) -> Result<()>;
 
+    /// One pack's record, if it is indexed.
+    fn pack(&self, id: &PackId) -> Result<Option<PackRecord>>;
+
     /// Every pack record, in id order.
     fn packs(&self) -> Box<dyn Iterator<Item = Result<(PackId, PackRecord)>> + '_>;
 }

@@ -16,7 +16,7 @@ use crate::config::RepoConfig;
 use crate::config_file;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, RestorePointId};
-use crate::index::{
+use crate::index::{PackRecord,
     Catalog, ChunkIndex, ChunkLocation, IndexAccess, PackTable, RocksIndex, ThawTable, Tier,
 };
 use crate::lock::RepositoryLock;
@@ -108,11 +108,14 @@ struct LocalStores {
 }
 
 impl LocalStores {
-    fn open(root: &Path, config: &RepoConfig) -> Self {
-        LocalStores {
+    fn open(root: &Path, config: &RepoConfig) -> Result<Self> {
+        if let Some(cold) = &config.tiers.cold_dir {
+            refuse_shared_tier(root, cold)?;
+        }
+        Ok(LocalStores {
             warm: LocalStore::new(root),
             cold: config.tiers.cold_dir.as_ref().map(LocalStore::new),
-        }
+        })
     }
 
     /// Removes what an interrupted writer left in the staging areas.
@@ -141,6 +144,23 @@ impl LocalStores {
 
 pub use crate::thaw_record::thaw_object_name;
 
+/// A cold tier in the repository's own directory would hold the warm
+/// tier's packs under the same names: moving a pack would delete it.
+fn refuse_shared_tier(root: &Path, cold: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let same = match (std::fs::metadata(root), std::fs::metadata(cold)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    };
+    if same {
+        return Err(Error::InvalidInput(format!(
+            "the cold tier {} is the repository's own directory; give it a directory of its own",
+            cold.display()
+        )));
+    }
+    Ok(())
+}
+
 fn check_layout(root: &Path) -> Result<RepoConfig> {
     if !root.is_dir() {
         return Err(Error::NotARepository {
@@ -160,7 +180,7 @@ impl Repository<ReadOnly> {
         let config = check_layout(root)?;
         let state = StateDir::new(root);
         let index = RocksIndex::open(&state.index_dir(), IndexAccess::Secondary)?;
-        let packs = LocalStores::open(root, &config).into_packs(&config, options);
+        let packs = LocalStores::open(root, &config)?.into_packs(&config, options);
         Ok(Self::assemble(state, config, packs, index, None))
     }
 }
@@ -198,6 +218,9 @@ impl Repository<Exclusive> {
                 root.display()
             )));
         }
+        if let Some(cold) = &config.tiers.cold_dir {
+            refuse_shared_tier(root, cold)?;
+        }
         let store = LocalStore::create(root)?;
         // The layout people see in a new repository, before the first
         // pack or manifest.
@@ -225,7 +248,7 @@ impl Repository<Exclusive> {
         let config = check_layout(root)?;
         let state = StateDir::new(root);
         let lock = RepositoryLock::acquire(state.root(), command)?;
-        let stores = LocalStores::open(root, &config);
+        let stores = LocalStores::open(root, &config)?;
         stores.clear_staging()?;
         let index = RocksIndex::open(&state.index_dir(), IndexAccess::Primary)?;
         let packs = stores.into_packs(&config, options);
@@ -277,10 +300,18 @@ impl Repository<Exclusive> {
     /// Seals a pack and indexes every chunk in it: durable first, then
     /// visible.
     pub fn seal_pack(&self, pack: OpenPack) -> Result<SealedPack> {
+        Ok(self.seal_pack_over(pack)?.0)
+    }
+
+    /// [`seal_pack`](Self::seal_pack), also returning the record the
+    /// pack's id had before, if any: a pack with the same bytes may already
+    /// be indexed, on another tier.
+    pub fn seal_pack_over(&self, pack: OpenPack) -> Result<(SealedPack, Option<PackRecord>)> {
         let sealed = self.packs.seal(pack)?;
+        let before = self.index.pack(&sealed.id)?;
         self.index
             .add_pack(sealed.id, &sealed.record(), &sealed.entries)?;
-        Ok(sealed)
+        Ok((sealed, before))
     }
 
     /// Replaces the index with a fresh one; see `repair`.
@@ -308,8 +339,8 @@ impl Repository<Exclusive> {
         let config = check_layout(root)?;
         let state = StateDir::new(root);
         let lock = RepositoryLock::acquire(state.root(), command)?;
-        let stores = LocalStores::open(root, &config);
-        stores.warm.clear_staging()?;
+        let stores = LocalStores::open(root, &config)?;
+        stores.clear_staging()?;
         let dir = state.index_dir();
         let index = match RocksIndex::open(&dir, IndexAccess::Primary) {
             Ok(index) => index,

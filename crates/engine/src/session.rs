@@ -66,10 +66,18 @@ pub trait BackupSession: Sync {
     /// [`commit`](Self::commit) returns.
     fn store_chunk(&self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> Result<bool>;
 
-    /// What this session has stored so far.
+    /// What this session has stored so far; final after
+    /// [`flush`](Self::flush).
     fn counters(&self) -> &StoreCounters;
 
-    /// Makes every stored chunk durable, then the restore point visible.
-    /// Ends the session: no chunk can be stored after it.
+    /// Makes every stored chunk durable and indexed, and ends storing: a
+    /// mover calls it once it has stored everything, before it reads the
+    /// counters into the restore point's statistics.
+    fn flush(&self) -> Result<()>;
+
+    /// Makes every stored chunk durable (flushing if the mover has not),
+    /// then the restore point visible. If the flush failed, this fails
+    /// too, however often it is called: a restore point never references
+    /// a chunk that is not stored.
     fn commit(&self, manifest: &Manifest) -> Result<RestorePointId>;
 }

@@ -22,7 +22,7 @@ use crate::clock::now;
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
 use crate::index::{ThawMark, ThawTarget, Tier};
-use crate::pack::{self, ChunkEncoder, CompressedChunk, Compression};
+use crate::pack::{ChunkEncoder, CompressedChunk, Compression};
 use crate::packs::OpenPack;
 use crate::progress::{NoProgress, Progress};
 use crate::reachability::{for_each_chunk, ChunkFilter};
@@ -199,7 +199,7 @@ impl ColdPacker<'_> {
         let Some(writer) = self.writer.take() else {
             return Ok(());
         };
-        let sealed = self.repo.seal_pack(writer)?;
+        let (sealed, before) = self.repo.seal_pack_over(writer)?;
         self.report.cold_packs_written += 1;
         self.report.cold_bytes_written += sealed.len;
         self.pending.clear();
@@ -207,11 +207,10 @@ impl ColdPacker<'_> {
         // the same bytes, so the same id, as the cold pack just indexed in
         // its place: its warm copy is now unindexed, and prune would never
         // reclaim it (it knows the id). Every chunk it holds is in the
-        // cold copy, so it goes now.
-        let name = pack::object_name(&sealed.id);
-        if let Ok(size) = self.repo.store().size(&name) {
-            self.repo.store().delete(&name)?;
-            self.report.warm_bytes_freed += size;
+        // cold copy, so it goes now. Only a pack the index had as warm: a
+        // name is not proof that the warm copy is another object.
+        if before.is_some_and(|record| record.tier == Tier::Warm) {
+            self.report.warm_bytes_freed += self.repo.packs().delete(Tier::Warm, &sealed.id)?;
         }
         Ok(())
     }

@@ -115,6 +115,8 @@ pub fn backup_files(
     })?;
     progress.finish();
 
+    // Every chunk durable, so the counters below are final.
+    session.flush()?;
     let stats = session.counters().stats(
         walked.files,
         walked.directories,

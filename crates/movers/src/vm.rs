@@ -320,6 +320,8 @@ pub fn backup_vm(
     })()?;
     progress.finish();
 
+    // Every chunk durable, so the counters below are final.
+    session.flush()?;
     let stats = session.counters().stats(
         vm.disks.len() as u64,
         0,

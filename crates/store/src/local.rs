@@ -26,7 +26,22 @@ pub struct LocalStore {
     root: PathBuf,
     /// Shared with the handles writers publish through, so that replacing
     /// or deleting an object drops every cached descriptor of the old one.
-    open_files: Arc<Mutex<HashMap<String, Arc<File>>>>,
+    open_files: Arc<Mutex<OpenFiles>>,
+}
+
+#[derive(Default)]
+struct OpenFiles {
+    files: HashMap<String, Arc<File>>,
+    /// Bumped whenever an object is replaced or deleted: a descriptor
+    /// opened before that may be of the old object, and is not cached.
+    generation: u64,
+}
+
+impl OpenFiles {
+    fn forget(&mut self, name: &str) {
+        self.files.remove(name);
+        self.generation += 1;
+    }
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -47,7 +62,7 @@ impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalStore {
             root: root.into(),
-            open_files: Arc::new(Mutex::new(HashMap::new())),
+            open_files: Arc::new(Mutex::new(OpenFiles::default())),
         }
     }
 
@@ -74,6 +89,11 @@ impl LocalStore {
 
     fn path_of(&self, name: &str) -> Result<PathBuf> {
         validate_name(name)?;
+        if name.split('/').next() == Some(STAGING) {
+            return Err(Error::InvalidInput(format!(
+                "invalid object name {name:?}: {STAGING}/ is the store's staging area"
+            )));
+        }
         Ok(self.root.join(name))
     }
 
@@ -82,16 +102,24 @@ impl LocalStore {
     }
 
     fn open_cached(&self, name: &str) -> Result<Arc<File>> {
-        if let Some(file) = self.open_files.lock().expect("cache lock").get(name) {
-            return Ok(file.clone());
-        }
+        let generation = {
+            let cache = self.open_files.lock().expect("cache lock");
+            if let Some(file) = cache.files.get(name) {
+                return Ok(file.clone());
+            }
+            cache.generation
+        };
+        // Opened without the lock held; cached only if nothing was
+        // replaced or deleted meanwhile.
         let path = self.path_of(name)?;
         let file = Arc::new(File::open(&path).at("opening", &path)?);
         let mut cache = self.open_files.lock().expect("cache lock");
-        if cache.len() >= OPEN_FILE_CACHE {
-            cache.clear();
+        if cache.generation == generation {
+            if cache.files.len() >= OPEN_FILE_CACHE {
+                cache.files.clear();
+            }
+            cache.files.insert(name.to_string(), file.clone());
         }
-        cache.insert(name.to_string(), file.clone());
         Ok(file)
     }
 
@@ -108,7 +136,7 @@ impl LocalStore {
         for entry in entries {
             let entry = entry.at("listing", &dir)?;
             let path = entry.path();
-            // An older release built a placeholder index directory here.
+            // Scratch directories (an index moved aside) live here too.
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir {
                 fs::remove_dir_all(&path).at("removing leftover", &path)?;
@@ -125,18 +153,31 @@ impl LocalStore {
     fn publish(&self, staging: &Path, name: &str) -> Result<()> {
         let path = self.path_of(name)?;
         let dir = path.parent().expect("object paths have a parent");
-        if !dir.is_dir() {
+        // Every directory this creates needs its own entry made durable,
+        // in its parent, up to the first that existed.
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| *d != self.root && !d.is_dir())
+            .map(Path::to_path_buf)
+            .collect();
+        if !created.is_empty() {
             fs::create_dir_all(dir).at("creating directory", dir)?;
         }
         fs::rename(staging, &path).at("renaming staging file to", &path)?;
-        self.open_files.lock().expect("cache lock").remove(name);
+        self.open_files.lock().expect("cache lock").forget(name);
         fsync_dir(dir)?;
-        // Also the directory's own entry: it may have been created by a
-        // process that died before making it durable.
-        match dir.parent() {
-            Some(grandparent) if dir != self.root => fsync_dir(grandparent),
-            _ => Ok(()),
+        // The directory's own entry also when it already existed: it may
+        // have been created by a process that died before making it durable.
+        let mut parents: Vec<&Path> = created.iter().filter_map(|d| d.parent()).collect();
+        if dir != self.root {
+            parents.push(dir.parent().expect("below the root"));
         }
+        parents.sort();
+        parents.dedup();
+        for parent in parents {
+            fsync_dir(parent)?;
+        }
+        Ok(())
     }
 
     /// Appends to `out`, in byte order, the names below `dir` (whose
@@ -248,7 +289,10 @@ impl ObjectStore for LocalStore {
     ) -> Result<Vec<String>> {
         let rel = match prefix.trim_end_matches('/') {
             "" => String::new(),
-            trimmed => format!("{trimmed}/"),
+            trimmed => {
+                self.path_of(trimmed)?;
+                format!("{trimmed}/")
+            }
         };
         let mut out = Vec::new();
         self.list_into(&self.root.join(&rel), &rel, start_after, limit, &mut out)?;
@@ -257,7 +301,7 @@ impl ObjectStore for LocalStore {
 
     fn delete(&self, name: &str) -> Result<()> {
         let path = self.path_of(name)?;
-        self.open_files.lock().expect("cache lock").remove(name);
+        self.open_files.lock().expect("cache lock").forget(name);
         match fs::remove_file(&path) {
             Ok(()) => fsync_dir(path.parent().expect("object paths have a parent")),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -332,6 +376,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::create(&dir.path().join("store")).unwrap();
         super::super::conformance::check_all(&store);
+    }
+
+    #[test]
+    fn names_and_prefixes_stay_inside_the_store_and_out_of_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(&dir.path().join("store")).unwrap();
+        assert!(store.put("tmp/x", b"x").is_err());
+        for prefix in ["/etc", "../", "a/../..", "tmp/"] {
+            assert!(store.list_page(prefix, None, 10).is_err(), "{prefix}");
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl ObjectStore for MemoryStore {
 
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         let object = self.object(name)?;
-        let end = offset + buf.len() as u64;
+        let end = offset.saturating_add(buf.len() as u64);
         let range = usize::try_from(offset)
             .ok()
             .zip(usize::try_from(end).ok())

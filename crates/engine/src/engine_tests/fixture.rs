@@ -217,7 +217,7 @@ impl Fixture {
                 session.store_chunk(ChunkId::of(bytes), *kind, bytes)?;
             }
             // Sealed and indexed, without a restore point.
-            session.drain_for_tests()?;
+            session.flush()?;
             let counters = session.counters();
             Ok(Stored {
                 chunks_new: counters.chunks_new.load(Ordering::Relaxed),

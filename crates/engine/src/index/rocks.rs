@@ -425,6 +425,19 @@ impl PackTable for RocksIndex {
             .map_err(|e| self.err(e))
     }
 
+    fn pack(&self, id: &PackId) -> Result<Option<PackRecord>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_PACKS), id.as_bytes())
+            .map_err(|e| self.err(e))?
+        {
+            Some(v) => Ok(Some(
+                PackRecord::decode(&v).map_err(|e| self.corrupt("pack", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
     fn packs(&self) -> Box<dyn Iterator<Item = Result<(PackId, PackRecord)>> + '_> {
         Box::new(
             self.db

@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -82,8 +82,8 @@ enum StageEnd {
 pub struct LocalSession<'r> {
     repo: &'r Repository<Exclusive>,
     pending: Mutex<HashSet<ChunkId>>,
-    /// `None` once the session is closed: by commit, or at its end.
-    to_encode: RwLock<Option<Sender<RawChunk>>>,
+    /// Open (chunks may be stored), or drained with its outcome.
+    queue: Mutex<Queue>,
     stage_ends: Receiver<StageEnd>,
     stages: usize,
     counters: StoreCounters,
@@ -104,7 +104,7 @@ pub fn with_local_session<R>(
     let session = LocalSession {
         repo,
         pending: Mutex::new(HashSet::new()),
-        to_encode: RwLock::new(Some(to_encode)),
+        queue: Mutex::new(Queue::Open(to_encode)),
         stage_ends,
         stages: encoders + 1,
         counters: StoreCounters::default(),
@@ -112,7 +112,7 @@ pub fn with_local_session<R>(
     std::thread::scope(|scope| {
         // Closes the queue however this scope is left, a panic included,
         // so the stages end and the scope can join them.
-        let _close = CloseOnDrop(&session.to_encode);
+        let _close = CloseOnDrop(&session.queue);
         for n in 0..encoders {
             let (rx, tx, end) = (encode_rx.clone(), to_pack.clone(), stage_end.clone());
             std::thread::Builder::new()
@@ -148,12 +148,22 @@ pub fn with_local_session<R>(
     })
 }
 
-struct CloseOnDrop<'a>(&'a RwLock<Option<Sender<RawChunk>>>);
+/// The session's queue into the pipeline. Draining happens once; its
+/// outcome is kept, so a second commit (a retry, or a concurrent one)
+/// waits for the first drain and gets its result instead of skipping the
+/// barrier.
+enum Queue {
+    Open(Sender<RawChunk>),
+    Drained(Result<(), String>),
+}
+
+struct CloseOnDrop<'a>(&'a Mutex<Queue>);
 
 impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
-        if let Ok(mut queue) = self.0.write() {
-            queue.take();
+        let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*queue, Queue::Open(_)) {
+            *queue = Queue::Drained(Err("the session ended".into()));
         }
     }
 }
@@ -161,12 +171,23 @@ impl Drop for CloseOnDrop<'_> {
 impl LocalSession<'_> {
     /// Closes the queue and waits for every stage to finish; the first
     /// error, the packer's before an encoder's (a failed packer is why the
-    /// others stopped).
+    /// others stopped). The lock is held throughout, so a concurrent
+    /// caller waits for this outcome.
     fn drain(&self) -> Result<()> {
-        let Some(sender) = self.to_encode.write().expect("queue lock").take() else {
-            return Ok(()); // drained by commit
-        };
-        drop(sender);
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Queue::Drained(outcome) = &*queue {
+            return outcome.clone().map_err(|e| {
+                Error::Interrupted(format!("the backup session already ended: {e}"))
+            });
+        }
+        // Dropping the sender lets the encoders, then the packer, finish.
+        *queue = Queue::Drained(Err("draining".into()));
+        let outcome = self.wait_for_stages();
+        *queue = Queue::Drained(outcome.as_ref().map(|_| ()).map_err(ToString::to_string));
+        outcome
+    }
+
+    fn wait_for_stages(&self) -> Result<()> {
         let mut packer_error = None;
         let mut encoder_error = None;
         for _ in 0..self.stages {
@@ -187,18 +208,17 @@ impl LocalSession<'_> {
         }
     }
 
-    /// Seals and indexes everything stored so far without committing a
-    /// restore point, for tests that arrange packs chunk by chunk.
-    #[cfg(test)]
-    pub(crate) fn drain_for_tests(&self) -> Result<()> {
-        self.drain()
-    }
-
     fn submit(&self, chunk: RawChunk) -> Result<()> {
-        let queue = self.to_encode.read().expect("queue lock");
-        let sender = queue
-            .as_ref()
-            .ok_or_else(|| Error::InvalidInput("the backup session is already committed".into()))?;
+        // Sent on a clone, outside the lock: a full queue must block only
+        // this producer, not the others or a commit waiting to drain.
+        let sender = match &*self.queue.lock().unwrap_or_else(|e| e.into_inner()) {
+            Queue::Open(sender) => sender.clone(),
+            Queue::Drained(_) => {
+                return Err(Error::InvalidInput(
+                    "the backup session is already flushed or committed".into(),
+                ))
+            }
+        };
         sender
             .send(chunk)
             .map_err(|_| Error::Interrupted("the pack writer stopped".into()))
@@ -240,20 +260,30 @@ impl BackupSession for LocalSession<'_> {
         if !self.pending.lock().expect("pending lock").insert(id) {
             return Ok(false);
         }
+        let submitted = self.submit(RawChunk {
+            id,
+            kind,
+            data: data.to_vec(),
+        });
+        if let Err(e) = submitted {
+            // Not stored: a later offer of this chunk must not be taken
+            // for a duplicate.
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(e);
+        }
         self.counters.chunks_new.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_new
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.submit(RawChunk {
-            id,
-            kind,
-            data: data.to_vec(),
-        })?;
         Ok(true)
     }
 
     fn counters(&self) -> &StoreCounters {
         &self.counters
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.drain()
     }
 
     fn commit(&self, manifest: &Manifest) -> Result<RestorePointId> {

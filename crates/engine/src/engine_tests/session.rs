@@ -1,0 +1,74 @@
+//! The local backup session: what it stores, when its counters are final,
+//! and that its commit is a barrier however often it is called.
+
+use std::sync::atomic::Ordering;
+
+use super::fixture::Fixture;
+use crate::id::ChunkId;
+use crate::pack::ChunkKind;
+use crate::restore_point::{BackupStats, Manifest, RestorePointKind};
+use crate::session::{with_local_session, BackupSession};
+use crate::tree::{Timestamp, Tree};
+
+fn manifest(root: ChunkId) -> Manifest {
+    Manifest {
+        kind: RestorePointKind::Files,
+        source: "session-test".into(),
+        time: Timestamp { sec: 1, nsec: 0 },
+        hostname: "h".into(),
+        tags: vec![],
+        paths: vec![b"/".to_vec()],
+        root,
+        parent: None,
+        stats: BackupStats::default(),
+        missed: vec![],
+    }
+}
+
+#[test]
+fn counters_are_final_after_flush_and_storing_ends_there() {
+    let fx = Fixture::new();
+    let data = b"some data worth storing ".repeat(400);
+    let late = b"offered after the flush".to_vec();
+    with_local_session(&fx.repo, |session| {
+        assert!(session.store_chunk(ChunkId::of(&data), ChunkKind::Data, &data)?);
+        assert!(!session.store_chunk(ChunkId::of(&data), ChunkKind::Data, &data)?);
+        session.flush()?;
+        let counters = session.counters();
+        assert_eq!(counters.chunks_new.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.bytes_new.load(Ordering::Relaxed), data.len() as u64);
+        let stored = counters.bytes_stored.load(Ordering::Relaxed);
+        assert!(stored > 0 && stored < data.len() as u64, "stored {stored}");
+        assert!(session.stored_chunks(&[ChunkId::of(&data)])?[0]);
+        // Refused, and neither counted nor remembered as pending.
+        assert!(session.store_chunk(ChunkId::of(&late), ChunkKind::Data, &late).is_err());
+        assert_eq!(counters.chunks_new.load(Ordering::Relaxed), 1);
+        Ok(())
+    })
+    .unwrap();
+    // A later session stores the refused chunk: it was not taken for a
+    // duplicate.
+    with_local_session(&fx.repo, |session| {
+        assert!(session.store_chunk(ChunkId::of(&late), ChunkKind::Data, &late)?);
+        session.flush()
+    })
+    .unwrap();
+    assert_eq!(fx.repo.read_chunk(&ChunkId::of(&late)).unwrap(), late);
+}
+
+#[test]
+fn a_commit_makes_its_chunks_readable_and_a_second_commit_changes_nothing() {
+    let fx = Fixture::new();
+    let tree = Tree { nodes: vec![] }.encode();
+    let root = ChunkId::of(&tree);
+    let ids = with_local_session(&fx.repo, |session| {
+        session.store_chunk(root, ChunkKind::Tree, &tree)?;
+        let first = session.commit(&manifest(root))?;
+        let second = session.commit(&manifest(root))?;
+        Ok((first, second))
+    })
+    .unwrap();
+    assert_eq!(ids.0, ids.1, "the same manifest, the same restore point");
+    assert_eq!(fx.repo.restore_points().unwrap().len(), 1);
+    assert_eq!(fx.repo.load_tree(&root).unwrap(), Tree { nodes: vec![] });
+}
