@@ -22,15 +22,7 @@ fn printed_times_select_their_restore_point() {
     .enumerate()
     {
         std::fs::write(src.join("f"), format!("version {i}")).unwrap();
-        t.ok(&[
-            "backup",
-            "files",
-            src.to_str().unwrap(),
-            "--source",
-            "s",
-            "--time",
-            time,
-        ]);
+        t.backup_at(&src, "s", time);
     }
     // One at the current time, stored with nanoseconds.
     t.backup(&src, "now");

@@ -33,21 +33,6 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Backs up `src` as `source` at the given time; returns the restore
-/// point's id.
-fn backup_at(t: &TestRepo, src: &Path, source: &str, time: &str) -> String {
-    let summary = t.json(&[
-        "backup",
-        "files",
-        src.to_str().unwrap(),
-        "--source",
-        source,
-        "--time",
-        time,
-    ]);
-    summary["restore_point"].as_str().unwrap().to_string()
-}
-
 /// The restore-point names in a source's directory, without `latest`.
 fn point_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -108,7 +93,7 @@ fn names_resolve_to_the_restore_point_they_name() {
     let mut content_of = std::collections::HashMap::new();
     for content in ["first", "second"] {
         std::fs::write(src.join("a"), content).unwrap();
-        let id = backup_at(&t, &src, "eq", time);
+        let id = t.backup_at(&src, "eq", time);
         content_of.insert(id, content.as_bytes().to_vec());
     }
     let mnt = t.path("mnt");
@@ -155,7 +140,7 @@ fn latest_follows_new_backups_while_mounted() {
     let backup = |n: usize| {
         std::fs::write(src.join("a"), format!("backup {n}")).unwrap();
         let time = format!("2026-03-01T10:00:0{n}Z");
-        backup_at(&t, &src, "s", &time);
+        t.backup_at(&src, "s", &time);
     };
     backup(1);
     let mnt = t.path("mnt");

@@ -252,20 +252,6 @@ fn a_damaged_manifest_is_named_by_check_and_set_aside_by_repair() {
     t.ok(&["prune"]);
 }
 
-/// A repository with a cold tier.
-fn backup_days_ago(t: &TestRepo, src: &Path, days: i64) {
-    let time = time_days_ago(days);
-    t.ok(&[
-        "backup",
-        "files",
-        src.to_str().unwrap(),
-        "--source",
-        "s",
-        "--time",
-        &time,
-    ]);
-}
-
 #[test]
 fn repair_keeps_warm_data_warm_and_live_thaws() {
     let t = TestRepo::with_cold();
@@ -279,7 +265,7 @@ fn repair_keeps_warm_data_warm_and_live_thaws() {
     for name in ["kept", "old-only"] {
         std::fs::copy(src.join(name), old_src.join(name)).unwrap();
     }
-    backup_days_ago(&t, &src, 400);
+    t.backup_at(&src, "s", &time_days_ago(400));
     t.ok(&["tier", "run"]);
     // The same data backed up again is stored warm again.
     std::fs::remove_file(src.join("old-only")).unwrap();
@@ -330,7 +316,7 @@ fn check_stops_cleanly_on_sigterm() {
     let t = TestRepo::with_cold();
     let src = t.path("src");
     text_files(&src, 4, 96);
-    backup_days_ago(&t, &src, 400);
+    t.backup_at(&src, "s", &time_days_ago(400));
     t.ok(&["tier", "run"]);
     // Every cold-tier request waits, so the check takes many seconds.
     let mut child = ChildGuard(

@@ -21,25 +21,9 @@ fn repository_with_garbage(t: &TestRepo, seed: u64) -> (std::path::PathBuf, std:
     let a = t.path("a");
     std::fs::create_dir_all(&a).unwrap();
     std::fs::write(a.join("data"), random_bytes(&mut rng, 12_000_000)).unwrap();
-    t.json(&[
-        "backup",
-        "files",
-        a.to_str().unwrap(),
-        "--source",
-        "a",
-        "--time",
-        "2026-01-01T00:00:00Z",
-    ]);
+    t.backup_at(&a, "a", "2026-01-01T00:00:00Z");
     std::fs::write(a.join("data"), random_bytes(&mut rng, 12_000_000)).unwrap();
-    t.json(&[
-        "backup",
-        "files",
-        a.to_str().unwrap(),
-        "--source",
-        "a",
-        "--time",
-        "2026-01-02T00:00:00Z",
-    ]);
+    t.backup_at(&a, "a", "2026-01-02T00:00:00Z");
     let b = t.path("b");
     std::fs::create_dir_all(&b).unwrap();
     std::fs::write(b.join("other"), text_bytes(&mut rng, 3_000_000)).unwrap();

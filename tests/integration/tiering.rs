@@ -23,16 +23,7 @@ fn tiered(seed: u64) -> Tiered {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("shared"), random_bytes(&mut rng, 4_000_000)).unwrap();
     std::fs::write(src.join("old-only"), random_bytes(&mut rng, 3_000_000)).unwrap();
-    let old_time = time_days_ago(400);
-    t.ok(&[
-        "backup",
-        "files",
-        src.to_str().unwrap(),
-        "--source",
-        "s",
-        "--time",
-        &old_time,
-    ]);
+    t.backup_at(&src, "s", &time_days_ago(400));
     let old_copy = t.path("old-copy");
     let status = std::process::Command::new("cp")
         .arg("-a")

@@ -96,6 +96,21 @@ impl TestRepo {
         ])
     }
 
+    /// Backs up `path` as `source` at `time` (as `--time` takes it);
+    /// returns the restore point's id.
+    pub fn backup_at(&self, path: &Path, source: &str, time: &str) -> String {
+        let summary = self.json(&[
+            "backup",
+            "files",
+            path.to_str().unwrap(),
+            "--source",
+            source,
+            "--time",
+            time,
+        ]);
+        summary["restore_point"].as_str().unwrap().to_string()
+    }
+
     pub fn restore(&self, rp: &str, to: &Path) {
         self.ok(&["restore", "files", rp, "--to", to.to_str().unwrap()]);
     }

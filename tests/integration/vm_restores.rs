@@ -285,18 +285,22 @@ fn a_failed_raw_restore_leaves_the_existing_file_intact() {
     let out_dir = t.path("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let out = out_dir.join("disk.raw");
+    let restore_raw = |to: &std::path::Path| {
+        t.run(&[
+            "restore",
+            "disk",
+            "disk@latest",
+            "image",
+            "--raw-to",
+            to.to_str().unwrap(),
+        ])
+    };
 
     // A good restore replaces an existing file, keeping its mode.
     std::fs::write(&out, b"an older copy").unwrap();
     std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
-    t.ok(&[
-        "restore",
-        "disk",
-        "disk@latest",
-        "image",
-        "--raw-to",
-        out.to_str().unwrap(),
-    ]);
+    let good = restore_raw(&out);
+    assert!(good.status.success(), "{}", stderr_of(&good));
     assert!(std::fs::read(&out).unwrap() == data);
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions());
@@ -305,15 +309,7 @@ fn a_failed_raw_restore_leaves_the_existing_file_intact() {
     // A damaged chunk in the middle: the old copy survives untouched.
     std::fs::write(&out, b"an older copy").unwrap();
     damage_biggest_pack(&t);
-    let run = t.run(&[
-        "restore",
-        "disk",
-        "disk@latest",
-        "image",
-        "--raw-to",
-        out.to_str().unwrap(),
-    ]);
-    assert_ne!(run.status.code(), Some(0));
+    assert_ne!(restore_raw(&out).status.code(), Some(0));
     assert_eq!(std::fs::read(&out).unwrap(), b"an older copy");
     let left: Vec<_> = std::fs::read_dir(&out_dir)
         .unwrap()
@@ -327,14 +323,6 @@ fn a_failed_raw_restore_leaves_the_existing_file_intact() {
 
     // Nothing existed before: nothing is left after a failure either.
     let fresh = out_dir.join("fresh.raw");
-    let run = t.run(&[
-        "restore",
-        "disk",
-        "disk@latest",
-        "image",
-        "--raw-to",
-        fresh.to_str().unwrap(),
-    ]);
-    assert_ne!(run.status.code(), Some(0));
+    assert_ne!(restore_raw(&fresh).status.code(), Some(0));
     assert!(!fresh.exists());
 }

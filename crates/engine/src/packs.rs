@@ -68,10 +68,6 @@ impl OpenPack {
         self.writer.append(chunk)
     }
 
-    pub fn len(&self) -> u64 {
-        self.writer.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.writer.is_empty()
     }
@@ -135,10 +131,6 @@ impl Packs {
         }
     }
 
-    pub fn has_cold_tier(&self) -> bool {
-        self.cold.is_some()
-    }
-
     /// Starts a pack on `tier`.
     pub fn open(&self, tier: Tier, metadata: bool) -> Result<OpenPack> {
         let store = self.store(tier)?;
@@ -177,11 +169,7 @@ impl Packs {
 
     /// A chunk's stored bytes (as in the pack: compressed, not verified)
     /// from `object` in `store`.
-    pub fn read_stored_from(
-        store: &dyn ObjectStore,
-        object: &str,
-        entry: &PackEntry,
-    ) -> Result<Vec<u8>> {
+    fn read_stored_from(store: &dyn ObjectStore, object: &str, entry: &PackEntry) -> Result<Vec<u8>> {
         let mut stored = vec![0u8; entry.stored_len as usize];
         store.read_at(object, entry.offset, &mut stored)?;
         Ok(stored)
@@ -195,6 +183,15 @@ impl Packs {
     /// A chunk's plaintext from pack `id` on `tier`, verified.
     pub fn read_chunk(&self, tier: Tier, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
         let stored = self.read_stored(tier, id, entry)?;
+        self.codec.decode(entry, id, &stored)
+    }
+
+    /// A chunk's plaintext from the thawed copy of cold pack `id` (on the
+    /// warm tier), verified. Whether the thaw is still live is the
+    /// caller's to know.
+    pub fn read_thawed_chunk(&self, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
+        let name = crate::thaw_record::thaw_object_name(id);
+        let stored = Self::read_stored_from(self.warm(), &name, entry)?;
         self.codec.decode(entry, id, &stored)
     }
 

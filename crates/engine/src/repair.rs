@@ -28,11 +28,11 @@ use crate::index::{PackRecord, ThawTarget, Tier};
 use crate::pack::{self, ChunkKind, CompressedChunk, PackEntry};
 use crate::progress::Progress;
 use crate::reachability::{for_each_chunk, read_manifests};
-use crate::repository::{thaw_object_name, Exclusive, Repository};
+use crate::repository::{Exclusive, Repository};
+use crate::thaw_record::{self, thaw_object_name};
 use crate::restore_point::RestorePoint;
 use crate::selector::format_time;
 use crate::storage::ObjectStore;
-use crate::tier;
 
 /// Where damaged objects are set aside, in the store that held them.
 pub const DAMAGED_PREFIX: &str = "damaged/";
@@ -461,7 +461,7 @@ fn register_thaws(
             match repo
                 .store()
                 .get(&name)
-                .and_then(|bytes| tier::decode_thaw_record(&name, &bytes))
+                .and_then(|bytes| thaw_record::decode_thaw_record(&name, &bytes))
             {
                 Ok(until) => repo.thaw_table().set_restore_point_thawed(&rp, until)?,
                 Err(e) => report.notes.push(format!("{e}; thaw mark not restored")),
@@ -482,11 +482,11 @@ fn register_thaws(
             ));
             continue;
         }
-        let record = tier::pack_thaw_record_name(&pack);
+        let record = thaw_record::pack_thaw_record_name(&pack);
         let recorded = repo
             .store()
             .get(&record)
-            .and_then(|bytes| tier::decode_thaw_record(&record, &bytes));
+            .and_then(|bytes| thaw_record::decode_thaw_record(&record, &bytes));
         let until = match recorded {
             Ok(until) => until,
             Err(_) => match old_thaws.get(&pack) {

@@ -20,7 +20,7 @@ use crate::index::{PackRecord,
     Catalog, ChunkIndex, ChunkLocation, IndexAccess, PackTable, RocksIndex, ThawTable, Tier,
 };
 use crate::lock::RepositoryLock;
-use crate::pack::{self, ChunkCodec};
+use crate::pack::ChunkCodec;
 use crate::packs::{OpenPack, Packs, SealedPack};
 use crate::restore_point::{self, Manifest, RestorePoint};
 use crate::storage::local::staging_name;
@@ -141,8 +141,6 @@ impl LocalStores {
         Packs::for_config(Arc::new(self.warm), cold, config)
     }
 }
-
-pub use crate::thaw_record::thaw_object_name;
 
 /// A cold tier in the repository's own directory would hold the warm
 /// tier's packs under the same names: moving a pack would delete it.
@@ -462,36 +460,33 @@ impl<Mode> Repository<Mode> {
     /// Reads one chunk where the index says it is. A cold chunk is read
     /// from its thawed copy on the warm tier, or not at all.
     pub fn read_located(&self, location: &ChunkLocation) -> Result<Vec<u8>> {
-        let name = match location.tier {
-            Tier::Warm => pack::object_name(&location.pack),
-            Tier::Cold => {
-                let now = crate::clock::now().sec;
-                match self.index.pack_thawed_until(&location.pack)? {
-                    Some(until) if until > now => thaw_object_name(&location.pack),
-                    _ => {
-                        return Err(Error::Cold {
-                            chunk: location.entry.id,
-                            pack: location.pack,
-                        })
-                    }
-                }
-            }
-        };
-        let stored = Packs::read_stored_from(self.store(), &name, &location.entry)?;
-        self.codec()
-            .decode(&location.entry, &location.pack, &stored)
+        let (pack, entry) = (&location.pack, &location.entry);
+        match location.tier {
+            Tier::Warm => self.packs.read_chunk(Tier::Warm, pack, entry),
+            Tier::Cold if self.is_thawed(pack)? => self.packs.read_thawed_chunk(pack, entry),
+            Tier::Cold => Err(Error::Cold {
+                chunk: entry.id,
+                pack: *pack,
+            }),
+        }
+    }
+
+    /// Whether cold pack `pack` has a live thawed copy.
+    fn is_thawed(&self, pack: &crate::id::PackId) -> Result<bool> {
+        let now = crate::clock::now().sec;
+        Ok(self
+            .index
+            .pack_thawed_until(pack)?
+            .is_some_and(|until| until > now))
     }
 
     /// Whether a chunk can be read now: warm, or cold with a live thaw copy.
     pub fn is_readable(&self, id: &ChunkId) -> Result<bool> {
         let location = self.locate(id)?;
-        Ok(match location.tier {
-            Tier::Warm => true,
-            Tier::Cold => self
-                .index
-                .pack_thawed_until(&location.pack)?
-                .is_some_and(|u| u > crate::clock::now().sec),
-        })
+        match location.tier {
+            Tier::Warm => Ok(true),
+            Tier::Cold => self.is_thawed(&location.pack),
+        }
     }
 
     /// The cold tier's store, or an error saying none is configured.

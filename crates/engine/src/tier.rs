@@ -26,7 +26,10 @@ use crate::pack::{ChunkEncoder, CompressedChunk, Compression};
 use crate::packs::OpenPack;
 use crate::progress::{NoProgress, Progress};
 use crate::reachability::{for_each_chunk, ChunkFilter};
-use crate::repository::{thaw_object_name, Exclusive, Repository};
+use crate::repository::{Exclusive, Repository};
+use crate::thaw_record::{
+    encode_thaw_record, pack_thaw_record_name, restore_point_thaw_record_name, thaw_object_name,
+};
 use crate::restore_point::RestorePoint;
 use crate::selector::format_time;
 
@@ -34,10 +37,6 @@ use crate::selector::format_time;
 /// Level 19 ran at 5 MB/s a core here; 12 keeps most of its gain.
 const COLD_COMPRESSION_LEVEL: i32 = 12;
 const DAY: i64 = 86_400;
-
-pub use crate::thaw_record::{
-    decode_thaw_record, encode_thaw_record, pack_thaw_record_name, restore_point_thaw_record_name,
-};
 
 /// Records a pack's thaw: durably beside the copy first (the truth, which
 /// `repair index` reads), then in the index.

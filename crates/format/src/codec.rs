@@ -181,16 +181,24 @@ pub fn min_len(n: u64, len: usize) -> usize {
 }
 
 /// Golden files pin on-disk encodings: a test encodes a sample and
-/// compares it with bytes committed under `tests/golden/`. Set
-/// `STRATA_BLESS=1` to (re)write them after a deliberate format change,
-/// which must also bump the format's version.
-/// Test support for every crate's golden-file tests; the files live in
-/// this crate's `tests/golden/`.
+/// compares it with bytes committed under `tests/golden/` of the crate
+/// under test. Set `STRATA_BLESS=1` to (re)write them after a deliberate
+/// format change, which must also bump the format's version. Test support
+/// for every crate's golden-file tests.
+/// Where golden file `name` of the crate under test is. Taken from the
+/// crate's directory as `cargo test` gives it when running, not as it was
+/// when compiled: test binaries in a build cache shared by several
+/// checkouts may have been compiled in one that is gone.
+#[doc(hidden)]
+pub fn golden_path(name: &str) -> std::path::PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), std::path::PathBuf::from);
+    crate_dir.join("tests/golden").join(name)
+}
+
 #[doc(hidden)]
 pub fn assert_golden(name: &str, actual: &[u8]) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
+    let path = golden_path(name);
     if std::env::var_os("STRATA_BLESS").is_some() {
         std::fs::write(&path, actual).unwrap();
     }

@@ -21,6 +21,13 @@ pub struct FileCache {
     path: PathBuf,
 }
 
+fn cache_error(dir: &Path, source: rocksdb::Error) -> Error {
+    Error::Index {
+        path: dir.to_path_buf(),
+        detail: format!("file cache: {}", source.into_string()),
+    }
+}
+
 fn key(source: &str, path: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(source.len() + 1 + path.len());
     key.extend_from_slice(source.as_bytes());
@@ -38,10 +45,7 @@ impl FileCache {
         opts.create_if_missing(true);
         opts.set_keep_log_file_num(2);
         opts.set_max_open_files(256);
-        let db = DB::open(&opts, dir).map_err(|e| Error::Index {
-            path: dir.to_path_buf(),
-            detail: format!("file cache: {}", e.into_string()),
-        })?;
+        let db = DB::open(&opts, dir).map_err(|e| cache_error(dir, e))?;
         Ok(FileCache {
             db,
             path: dir.to_path_buf(),
@@ -49,10 +53,7 @@ impl FileCache {
     }
 
     fn err(&self, source: rocksdb::Error) -> Error {
-        Error::Index {
-            path: self.path.clone(),
-            detail: format!("file cache: {}", source.into_string()),
-        }
+        cache_error(&self.path, source)
     }
 
     /// What the mover read of `path` in `source` last time, if anything.

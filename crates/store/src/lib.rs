@@ -139,6 +139,15 @@ impl Iterator for Listing<'_> {
     }
 }
 
+/// `prefix` as listings take it: empty (everything), or a directory-like
+/// prefix ending in one `/` (`packs` and `packs/` both become `packs/`).
+pub fn directory_prefix(prefix: &str) -> String {
+    match prefix.trim_end_matches('/') {
+        "" => String::new(),
+        trimmed => format!("{trimmed}/"),
+    }
+}
+
 /// Checks that `name` is a relative object name with no empty, `.` or
 /// `..` component, so that no backend can be led outside its root.
 pub fn validate_name(name: &str) -> Result<()> {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{short_object, validate_name, ObjectStore, ObjectWriter};
+use super::{directory_prefix, short_object, validate_name, ObjectStore, ObjectWriter};
 use crate::error::{Error, IoContext, Result};
 
 const OPEN_FILE_CACHE: usize = 256;
@@ -287,13 +287,10 @@ impl ObjectStore for LocalStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let rel = match prefix.trim_end_matches('/') {
-            "" => String::new(),
-            trimmed => {
-                self.path_of(trimmed)?;
-                format!("{trimmed}/")
-            }
-        };
+        let rel = directory_prefix(prefix);
+        if !rel.is_empty() {
+            self.path_of(rel.trim_end_matches('/'))?;
+        }
         let mut out = Vec::new();
         self.list_into(&self.root.join(&rel), &rel, start_after, limit, &mut out)?;
         Ok(out)

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, RwLock};
 
-use super::{not_found, short_object, validate_name, ObjectStore, ObjectWriter};
+use super::{
+    directory_prefix, not_found, short_object, validate_name, ObjectStore, ObjectWriter,
+};
 use crate::error::Result;
 
 type Objects = Arc<RwLock<BTreeMap<String, Arc<Vec<u8>>>>>;
@@ -91,10 +93,7 @@ impl ObjectStore for MemoryStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let prefix = match prefix.trim_end_matches('/') {
-            "" => String::new(),
-            trimmed => format!("{trimmed}/"),
-        };
+        let prefix = directory_prefix(prefix);
         let objects = self.objects.read().expect("store lock");
         Ok(objects
             .keys()

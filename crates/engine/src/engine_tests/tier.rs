@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::id::{ChunkId, PackId};
 use crate::index::Tier;
 use crate::progress::NoProgress;
-use crate::repository::thaw_object_name;
+use crate::thaw_record::thaw_object_name;
 use crate::restore_point::RestorePoint;
 use crate::storage::ObjectStore;
 use crate::tier::{self, TierReport};
@@ -194,7 +194,7 @@ fn an_expired_thaw_reads_cold_again_and_the_next_run_removes_it() {
     let report = run(fx, 90);
     assert_eq!(report.thaw_copies_expired, 1);
     assert!(fx.warm.size(&thaw_object_name(&cold_pack)).is_err());
-    assert!(fx.warm.size(&tier::pack_thaw_record_name(&cold_pack)).is_err());
+    assert!(fx.warm.size(&crate::thaw_record::pack_thaw_record_name(&cold_pack)).is_err());
     assert!(fx.repo.thaw_table().thaws().unwrap().is_empty());
 }
 

@@ -347,9 +347,7 @@ mod tests {
     /// read; their adapter comes from the slot.
     #[test]
     fn version_1_records_still_read() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/vm_description_v1.bin");
-        let bytes = std::fs::read(path).unwrap();
+        let bytes = std::fs::read(crate::codec::golden_path("vm_description_v1.bin")).unwrap();
         let desc = VmDescription::decode(&ChunkId::of(&bytes), &bytes).unwrap();
         assert_eq!(desc, sample("lsilogic", None));
         assert_eq!(adapter_for_slot("ide0:1"), "ide");
