@@ -14,6 +14,7 @@ mod repair;
 mod restore_safety;
 mod retention;
 mod tiering;
+mod unchanged_dirs;
 mod vm;
 mod vm_images;
 mod vm_restores;
