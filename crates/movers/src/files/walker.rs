@@ -120,6 +120,22 @@ struct Walker<'a> {
     walked: Walked,
 }
 
+/// Readers per core. Reading many small files from a cold cache is
+/// mostly waiting for the disk, and a disk (virtio, NVMe, a SAN LUN)
+/// answers several requests at once: on this project's 2-core test
+/// machine, reading the benchmark tree cold took 12.9 s with 2 readers,
+/// 7.2 s with 8 and 5.7 s with 16. Chunking and hashing still get every
+/// core.
+const READERS_PER_CORE: usize = 4;
+const MAX_READERS: usize = 16;
+
+fn reader_threads() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    (cores * READERS_PER_CORE).clamp(2, MAX_READERS)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn walk(
     session: &dyn BackupSession,
@@ -131,9 +147,7 @@ pub(super) fn walk(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<Walked> {
-    let readers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let readers = reader_threads();
     let (job_tx, job_rx) = bounded::<FileJob>(MAX_IN_FLIGHT);
     let (result_tx, result_rx) = bounded::<FileResult>(MAX_IN_FLIGHT);
     let (list_tx, list_rx) = unbounded::<ListJob>();

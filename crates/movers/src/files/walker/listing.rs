@@ -113,8 +113,9 @@ fn list(
         Ok(dir) => dir,
         Err(e) => return Ok(Err(missed(e))),
     };
-    let mut names = match selected {
-        Some(names) => names,
+    // Names with their inode numbers, as the directory gives them.
+    let mut names: Vec<(OsString, u64)> = match selected {
+        Some(names) => names.into_iter().map(|name| (name, 0)).collect(),
         None => {
             let mut names = Vec::new();
             for entry in dir.iter() {
@@ -124,25 +125,33 @@ fn list(
                 };
                 let name = entry.file_name().to_bytes();
                 if name != b"." && name != b".." {
-                    names.push(OsString::from_vec(name.to_vec()));
+                    names.push((OsString::from_vec(name.to_vec()), entry.ino()));
                 }
             }
             names
         }
     };
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    // In inode order, the inodes a cold cache must read come from the
+    // inode table front to back rather than at random.
+    names.sort_unstable_by_key(|(_, ino)| *ino);
+    let mut stats = Vec::with_capacity(names.len());
+    for (name, _) in names {
+        let stat = EntryStat::at(&dir, &name);
+        stats.push((name, stat));
+    }
+    stats.sort_unstable_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
 
     let mut listed = ListedDir {
-        entries: Vec::with_capacity(names.len()),
+        entries: Vec::with_capacity(stats.len()),
         missed: Vec::new(),
         digest: None,
         unchanged: None,
     };
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"strata directory listing v1");
-    for name in names {
+    for (name, stat) in stats {
         let child = path.join(&name);
-        let stat = match EntryStat::at(&dir, &name) {
+        let stat = match stat {
             Ok(stat) => stat,
             Err(e) => {
                 listed.missed.push((child, Missed::from_io(&e)));
