@@ -30,6 +30,10 @@ pub enum Command {
         /// Restore points older than this many days become cold on `tier run`.
         #[arg(long, default_value_t = 90)]
         warm_days: u32,
+        /// Zstd level of new chunks: 1 is fastest, higher levels trade
+        /// backup speed for space (see the README's performance section).
+        #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
+        compression_level: Option<i32>,
     },
     /// Back up a source.
     #[command(subcommand)]
