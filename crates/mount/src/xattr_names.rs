@@ -16,8 +16,9 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Sender};
 
 use crate::error::Result;
 use crate::id::{ChunkId, RestorePointId};
@@ -31,7 +32,9 @@ pub struct XattrNames {
     state: Mutex<State>,
     /// Every restore point of the last catalog has been scanned.
     complete: AtomicBool,
-    wake: Sender<()>,
+    /// Wakes the scanning thread; taken on drop, which ends it.
+    wake: Option<Sender<()>>,
+    scanner: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -51,14 +54,22 @@ impl XattrNames {
         let names = Arc::new(XattrNames {
             state: Mutex::new(State::default()),
             complete: AtomicBool::new(false),
-            wake,
+            wake: Some(wake),
+            scanner: Mutex::new(None),
         });
         let weak = Arc::downgrade(&names);
         let spawned = std::thread::Builder::new()
             .name("xattr-names".into())
-            .spawn(move || scan_when_woken(&repo, &weak, &woken));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no thread to scan xattr names; missing xattrs stay ENODATA");
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    scan(&repo, &weak);
+                }
+            });
+        match spawned {
+            Ok(thread) => *names.scanner.lock().expect("xattr scanner") = Some(thread),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread to scan xattr names; missing xattrs stay ENODATA")
+            }
         }
         names
     }
@@ -97,73 +108,89 @@ impl XattrNames {
             return;
         }
         self.complete.store(false, Ordering::Release);
-        if !s.failed {
-            let _ = self.wake.try_send(());
-        }
-    }
-
-    /// Scans every wanted restore point not covered yet, then marks the
-    /// set complete (unless the catalog changed meanwhile: `cover` wakes
-    /// the thread again).
-    fn scan<M: Send + Sync>(&self, repo: &Repository<M>) {
-        loop {
-            let (next, mut trees) = {
-                let mut s = self.state();
-                let next = s
-                    .wanted
-                    .iter()
-                    .find(|(id, _)| !s.covered.contains(id))
-                    .copied();
-                match next {
-                    Some(next) => (next, std::mem::take(&mut s.trees)),
-                    None => {
-                        self.complete.store(!s.failed, Ordering::Release);
-                        return;
-                    }
-                }
-            };
-            let (rp, root) = next;
-            let mut found = HashSet::new();
-            let result = collect(repo, root, &mut trees, &mut found);
-            let mut s = self.state();
-            s.trees = trees;
-            s.names.extend(found);
-            if let Err(e) = result {
-                tracing::warn!(restore_point = %rp.short(), error = %e, "cannot list the xattr names of a restore point; missing xattrs stay ENODATA");
-                s.failed = true;
-                return;
-            }
-            s.covered.insert(rp);
+        if let Some(wake) = self.wake.as_ref().filter(|_| !s.failed) {
+            let _ = wake.try_send(());
         }
     }
 }
 
-fn scan_when_woken<M: Send + Sync>(
-    repo: &Repository<M>,
-    names: &Weak<XattrNames>,
-    woken: &Receiver<()>,
-) {
-    while woken.recv().is_ok() {
-        match names.upgrade() {
-            Some(names) => names.scan(repo),
-            None => return,
+/// Ends the scan (within one tree) and waits for its thread, so that the
+/// repository is closed before the mount returns.
+impl Drop for XattrNames {
+    fn drop(&mut self) {
+        self.wake = None;
+        let scanner = self.scanner.get_mut().ok().and_then(Option::take);
+        if let Some(scanner) = scanner {
+            // The scanner itself may hold the last reference for a moment.
+            if scanner.thread().id() != std::thread::current().id() {
+                let _ = scanner.join();
+            }
+        }
+    }
+}
+
+/// Scans every wanted restore point not covered yet, then marks the set
+/// complete (unless the catalog changed meanwhile: `cover` wakes the
+/// thread again). Holds `names` only to look at or record its state, and
+/// stops once it is dropped.
+fn scan<M: Send + Sync>(repo: &Repository<M>, names: &Weak<XattrNames>) {
+    loop {
+        let Some(this) = names.upgrade() else { return };
+        let (next, mut trees) = {
+            let mut s = this.state();
+            let next = s
+                .wanted
+                .iter()
+                .find(|(id, _)| !s.covered.contains(id))
+                .copied();
+            match next {
+                Some(next) => (next, std::mem::take(&mut s.trees)),
+                None => {
+                    this.complete.store(!s.failed, Ordering::Release);
+                    return;
+                }
+            }
+        };
+        drop(this);
+        let (rp, root) = next;
+        let mut found = HashSet::new();
+        let dropped = || names.strong_count() == 0;
+        let result = collect(repo, root, &mut trees, &mut found, &dropped);
+        let Some(this) = names.upgrade() else { return };
+        let mut s = this.state();
+        s.trees = trees;
+        s.names.extend(found);
+        match result {
+            Ok(true) => {
+                s.covered.insert(rp);
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(restore_point = %rp.short(), error = %e, "cannot list the xattr names of a restore point; missing xattrs stay ENODATA");
+                s.failed = true;
+                return;
+            }
         }
     }
 }
 
 /// Adds the xattr names of every node below tree `root` to `names`,
-/// reading only trees not in `seen`.
+/// reading only trees not in `seen`. False if `stop` said so first.
 fn collect<M: Send + Sync>(
     repo: &Repository<M>,
     root: ChunkId,
     seen: &mut HashSet<ChunkId>,
     names: &mut HashSet<Vec<u8>>,
-) -> Result<()> {
+    stop: &dyn Fn() -> bool,
+) -> Result<bool> {
     let mut pending = Vec::new();
     if seen.insert(root) {
         pending.push(root);
     }
     while let Some(id) = pending.pop() {
+        if stop() {
+            return Ok(false);
+        }
         for node in repo.load_tree(&id)?.nodes {
             for (name, _) in node.xattrs {
                 names.insert(name);
@@ -175,5 +202,5 @@ fn collect<M: Send + Sync>(
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
