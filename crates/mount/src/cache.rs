@@ -55,10 +55,6 @@ impl ChunkCache {
         }
     }
 
-    pub fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
-        self.inner.lock().expect("chunk cache").lru.get(id).cloned()
-    }
-
     /// Whether the chunk is cached or being loaded.
     pub fn has(&self, id: &ChunkId) -> bool {
         let inner = self.inner.lock().expect("chunk cache");
