@@ -228,6 +228,9 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         _req: &Request<'_>,
         config: &mut KernelConfig,
     ) -> std::result::Result<(), libc::c_int> {
+        // The kernel offers its own read-ahead (128 KiB) as the most it
+        // takes, so requests stay that size; the read-ahead that keeps
+        // sequential readers fed is the mount's own (`read_ahead`).
         let _ = config.set_max_readahead(4 << 20);
         let _ = config.set_max_write(1 << 20);
         let _ = config.add_capabilities(

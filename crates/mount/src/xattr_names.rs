@@ -105,6 +105,8 @@ impl XattrNames {
             .map(|rp| (rp.id, rp.manifest.root))
             .collect();
         if s.wanted.iter().all(|(id, _)| s.covered.contains(id)) {
+            // Also a catalog without file trees, which no scan completes.
+            self.complete.store(!s.failed, Ordering::Release);
             return;
         }
         self.complete.store(false, Ordering::Release);
