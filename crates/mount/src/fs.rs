@@ -334,6 +334,9 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         // Decided here, where requests arrive in order; the workers may
         // run them out of order.
         let sequential = inode.last_end.swap(end, Ordering::Relaxed) == offset;
+        if !sequential {
+            inode.run_start.store(offset, Ordering::Relaxed);
+        }
         let read_ahead = self.read_ahead.clone();
         let (ns, cache) = (self.ns.clone(), self.cache.clone());
         let job: Job = Box::new(move || {

@@ -150,6 +150,8 @@ pub struct Inode {
     pub pages: PageCache,
     /// Where the last read ended, to detect sequential readers.
     pub last_end: AtomicU64,
+    /// Where the current sequential run of reads began.
+    pub run_start: AtomicU64,
     /// How far ahead of a sequential reader chunks have been asked for.
     pub read_ahead_to: AtomicU64,
 }
@@ -180,6 +182,7 @@ pub(super) fn new_inode(ino: u64, parent: u64, kind: Kind) -> Arc<Inode> {
         content: OnceLock::new(),
         pages: PageCache::unbounded(),
         last_end: AtomicU64::new(u64::MAX),
+        run_start: AtomicU64::new(0),
         read_ahead_to: AtomicU64::new(0),
     })
 }

@@ -1,11 +1,13 @@
 //! Read-ahead for sequential readers: the kernel asks for 128 KiB at a
 //! time, so on its own the mount would fetch one chunk at a time just
-//! before it is needed. Once a reader is sequential, the chunks of the next
-//! [`READ_AHEAD_BYTES`] are loaded (read, decompressed, verified) by a pool
-//! of threads of their own, several at once, into the shared cache, where
-//! the reader's requests find them or wait for their load. The window is
-//! asked for in batches of a quarter, at most a quarter of the cache, and
-//! dropped as soon as the reader seeks elsewhere. A chunk that fails to
+//! before it is needed. Once a reader is sequential, the chunks of a window
+//! ahead of it are loaded (read, decompressed, verified) by a pool of
+//! threads of their own, several at once, into the shared cache, where the
+//! reader's requests find them or wait for their load. The window is four
+//! times what the reader has read in a row, from 2 MiB up to
+//! [`READ_AHEAD_BYTES`] and a quarter of the cache (a reader that stops
+//! early wastes little), asked for in batches of a quarter, and dropped as
+//! soon as the reader seeks elsewhere. A chunk that fails to
 //! load is left out: the reader's own request loads it again and reports
 //! the damage (EIO), so read-ahead never decides what a reader gets.
 
@@ -19,6 +21,9 @@ use super::namespace::{Inode, Namespace};
 use super::read::{chunks_starting_in, load_chunk, Source, READ_AHEAD_BYTES};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// The window of a reader that has just become sequential.
+const MIN_WINDOW: u64 = 2 << 20;
 
 /// Chunk loads waiting for a read-ahead thread, across all readers.
 const QUEUED_MAX: usize = 256;
@@ -74,9 +79,13 @@ impl ReadAhead {
             inode.read_ahead_to.store(0, Ordering::Relaxed);
             return;
         }
+        let run = end.saturating_sub(inode.run_start.load(Ordering::Relaxed));
+        let window = run
+            .saturating_mul(4)
+            .clamp(MIN_WINDOW.min(self.window), self.window);
         let asked = inode.read_ahead_to.load(Ordering::Relaxed);
-        let want = end.saturating_add(self.window);
-        if want < asked.saturating_add(self.window / 4) {
+        let want = end.saturating_add(window);
+        if want < asked.saturating_add(window / 4) {
             return;
         }
         // Two workers finishing reads of the same file: one asks.
