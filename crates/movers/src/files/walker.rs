@@ -39,9 +39,11 @@ use crate::tree::Extent;
 
 const MAX_IN_FLIGHT: usize = 256;
 /// Directories listed ahead of the walker.
-const LIST_AHEAD: usize = 32;
-/// Lister threads: mostly waiting for the disk when the cache is cold.
-const LISTERS: usize = 8;
+const LIST_AHEAD: usize = 64;
+/// Lister threads: mostly waiting for the disk when the cache is cold
+/// (an unchanged backup of the benchmark tree, cold, took 2.1 s with 8
+/// and 1.6 s with 16, medians of 5 in one run on the 2-core machine).
+const LISTERS: usize = 16;
 
 /// What the walk found and stored.
 pub(super) struct Walked {
