@@ -97,6 +97,8 @@ pub struct SparseVmdkWriter {
     /// Index and entries of the grain table being filled.
     table: Option<(u64, Vec<u32>)>,
     next_sector: u64,
+    /// Bytes from the start whose writeback was started.
+    written_back: u64,
 }
 
 impl SparseVmdkWriter {
@@ -159,6 +161,7 @@ impl SparseVmdkWriter {
             gd_sector,
             table: None,
             next_sector: overhead,
+            written_back: 0,
         })
     }
 
@@ -237,6 +240,11 @@ impl DiskSink for SparseVmdkWriter {
                 entries[(grain % GTES_PER_GT) as usize] = entry;
             }
             self.next_sector += GRAIN_SECTORS;
+        }
+        let end = self.next_sector * SECTOR;
+        if end - self.written_back >= WRITEBACK_BYTES {
+            start_writeback(&self.file, &self.path, self.written_back, end - self.written_back);
+            self.written_back = end;
         }
         Ok(())
     }
@@ -377,26 +385,30 @@ impl RawWriter {
     }
 
     /// Starts writing `len` bytes at `offset` back to the disk without
-    /// waiting for it, so that the disk writes while the restore is still
-    /// decompressing and the final sync finds little left. Only a hint:
-    /// errors surface at that sync.
+    /// waiting for it; see [`start_writeback`].
     pub fn start_writeback(&self, offset: u64, len: u64) {
-        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return;
-        };
-        // SAFETY: the descriptor is open for as long as `self.file` lives;
-        // sync_file_range reads no memory of ours.
-        let rc = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset,
-                len,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(file = %self.written_path().display(), error = %std::io::Error::last_os_error(), "sync_file_range");
-        }
+        start_writeback(&self.file, self.written_path(), offset, len);
+    }
+}
+
+/// Bytes appended to a sparse VMDK after which their writeback starts.
+const WRITEBACK_BYTES: u64 = 32 << 20;
+
+/// Starts writing `len` bytes of `file` at `offset` back to the disk
+/// without waiting, so that the disk writes while a restore is still
+/// decompressing and the final sync finds little left. Only a hint:
+/// errors surface at that sync.
+fn start_writeback(file: &File, path: &Path, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed;
+    // sync_file_range reads no memory of ours.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc != 0 {
+        tracing::debug!(file = %path.display(), error = %std::io::Error::last_os_error(), "sync_file_range");
     }
 }
 
