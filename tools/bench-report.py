@@ -105,7 +105,9 @@ def targets(jdir, mount_jdir):
         ratio and f"{ratio:.2f}x ({mount:.2f} s vs {restore:.2f} s)", ratio and ratio >= 0.7)
     small_first, small_second = one("small-strata-first"), one("small-strata-second")
     ratio = small_second / small_first if small_first and small_second else None
-    row("1,000,000 small files: unchanged second backup, cold", "<= 10 % of the first, and <= 5 s", ratio,
+    count_file = os.path.join(jdir, "small-files.count")
+    count = int(open(count_file).read()) if os.path.exists(count_file) else 1000000
+    row(f"{count:,} small files (1-200 B, 1,000 directories): unchanged second backup, cold", "<= 10 % of the first, and <= 5 s", ratio,
         ratio and f"{small_second:.1f} s, {100 * ratio:.1f} % of the first ({small_first:.0f} s)",
         ratio is not None and ratio <= 0.10 and small_second <= 5)
     for ours, theirs, what, goal in (("strata-first", "bupstash-first", "first backup", 1.5),
