@@ -342,7 +342,8 @@ fn image_with_zeros(t: &TestRepo) -> (PathBuf, u64) {
     f.write_all_at(&data, 0).unwrap();
     // Zero blocks inside chunk 3 (at 3 MiB + 64 KiB, 256 KiB of them) and
     // a whole chunk of zeros written out at 30 MiB.
-    f.write_all_at(&[0; 256 << 10], 3 * MIB + (64 << 10)).unwrap();
+    f.write_all_at(&[0; 256 << 10], 3 * MIB + (64 << 10))
+        .unwrap();
     f.write_all_at(&[0; MIB as usize], 30 * MIB).unwrap();
     f.write_all_at(b"the end", size - 7).unwrap();
     // 24 MiB less the zeros, plus the block holding the last bytes.
@@ -353,11 +354,24 @@ fn image_with_zeros(t: &TestRepo) -> (PathBuf, u64) {
 fn raw_restores_are_identical_and_leave_zeros_unallocated() {
     let t = TestRepo::new();
     let (image, data_bytes) = image_with_zeros(&t);
-    t.ok(&["backup", "image", image.to_str().unwrap(), "--name", "zeros"]);
+    t.ok(&[
+        "backup",
+        "image",
+        image.to_str().unwrap(),
+        "--name",
+        "zeros",
+    ]);
 
     let out = t.path("out/zeros.raw");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    t.ok(&["restore", "disk", "zeros@latest", "zeros", "--raw-to", out.to_str().unwrap()]);
+    t.ok(&[
+        "restore",
+        "disk",
+        "zeros@latest",
+        "zeros",
+        "--raw-to",
+        out.to_str().unwrap(),
+    ]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&image).unwrap());
     // File systems may add a block or two of extent tree; zeros would be
     // a quarter MiB at least.
@@ -393,7 +407,14 @@ fn a_damaged_chunk_fails_a_raw_restore_naming_the_disk_and_offset() {
     t.ok(&["backup", "image", image.to_str().unwrap()]);
     damage_biggest_pack(&t);
     let out = t.path("disk.raw");
-    let failed = t.run(&["restore", "disk", "disk@latest", "image", "--raw-to", out.to_str().unwrap()]);
+    let failed = t.run(&[
+        "restore",
+        "disk",
+        "disk@latest",
+        "image",
+        "--raw-to",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(failed.status.code(), Some(1));
     let err = stderr_of(&failed);
     let offset = err
@@ -407,4 +428,76 @@ fn a_damaged_chunk_fails_a_raw_restore_naming_the_disk_and_offset() {
     );
     assert!(err.contains("damaged"), "{err}");
     assert!(!out.exists());
+}
+
+/// A loop device over a file, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn over(file: &Path) -> Option<Self> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_raw_restore_to_a_block_device_writes_its_holes_and_zeros() {
+    if !is_root() {
+        eprintln!("skipped: needs root for a loop device");
+        return;
+    }
+    let t = TestRepo::new();
+    let (image, _) = image_with_zeros(&t);
+    t.ok(&[
+        "backup",
+        "image",
+        image.to_str().unwrap(),
+        "--name",
+        "zeros",
+    ]);
+    // A device larger than the disk, full of old data everywhere.
+    let backing = t.path("device.img");
+    let size = std::fs::metadata(&image).unwrap().len();
+    std::fs::write(
+        &backing,
+        vec![0xa5; (size as usize).div_ceil(512) * 512 + (1 << 20)],
+    )
+    .unwrap();
+    let Some(device) = LoopDevice::over(&backing) else {
+        eprintln!("skipped: no loop device");
+        return;
+    };
+    t.ok(&[
+        "restore",
+        "disk",
+        "zeros@latest",
+        "zeros",
+        "--raw-to",
+        &device.0,
+    ]);
+    drop(device);
+    let written = std::fs::read(&backing).unwrap();
+    let source = std::fs::read(&image).unwrap();
+    assert!(
+        written[..source.len()] == source[..],
+        "the device differs from the disk"
+    );
+    assert!(
+        written[source.len()..].iter().all(|b| *b == 0xa5),
+        "written past the disk's end"
+    );
 }

@@ -191,8 +191,9 @@ impl Packs {
 
     /// A chunk's stored bytes from pack `id` on `tier`.
     pub fn read_stored(&self, tier: Tier, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
+        let (store, name) = (self.store(tier)?, pack::object_name(id));
         let mut stored = Vec::new();
-        Self::read_stored_into(self.store(tier)?, &pack::object_name(id), entry, &mut stored)?;
+        Self::read_stored_into(store, &name, entry, &mut stored)?;
         Ok(stored)
     }
 

@@ -473,7 +473,11 @@ impl<Mode> Repository<Mode> {
         Ok(buffers.plain)
     }
 
-    fn read_located_into(&self, location: &ChunkLocation, buffers: &mut ChunkBuffers) -> Result<()> {
+    fn read_located_into(
+        &self,
+        location: &ChunkLocation,
+        buffers: &mut ChunkBuffers,
+    ) -> Result<()> {
         let (pack, entry) = (&location.pack, &location.entry);
         match location.tier {
             Tier::Warm => self.packs.read_chunk_into(Tier::Warm, pack, entry, buffers),

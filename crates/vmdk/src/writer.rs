@@ -243,7 +243,12 @@ impl DiskSink for SparseVmdkWriter {
         }
         let end = self.next_sector * SECTOR;
         if end - self.written_back >= WRITEBACK_BYTES {
-            start_writeback(&self.file, &self.path, self.written_back, end - self.written_back);
+            start_writeback(
+                &self.file,
+                &self.path,
+                self.written_back,
+                end - self.written_back,
+            );
             self.written_back = end;
         }
         Ok(())

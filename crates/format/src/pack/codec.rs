@@ -132,23 +132,24 @@ pub(crate) fn decode_chunk_into(
     plain.clear();
     match entry.compression {
         Compression::None => plain.extend_from_slice(stored),
-        Compression::Zstd => DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| damaged(format!("zstd context: {e}")))?,
-                );
-            }
-            let decompressor = slot.as_mut().expect("just set");
-            // The buffer never grows past its capacity, at least the
-            // promised length; a frame giving more or less is refused below.
-            plain.reserve(entry.raw_len as usize);
-            decompressor
-                .decompress_to_buffer(stored, plain)
-                .map_err(|e| damaged(format!("zstd: {e}")))
-        })
-        .map(drop)?,
+        Compression::Zstd => {
+            DECOMPRESSOR.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| damaged(format!("zstd context: {e}")))?,
+                    );
+                }
+                let decompressor = slot.as_mut().expect("just set");
+                // The buffer never grows past its capacity, at least the
+                // promised length; a frame giving more or less is refused.
+                plain.reserve(entry.raw_len as usize);
+                decompressor
+                    .decompress_to_buffer(stored, plain)
+                    .map_err(|e| damaged(format!("zstd: {e}")))
+            })?;
+        }
     };
     if plain.len() != entry.raw_len as usize {
         return Err(damaged(format!(
