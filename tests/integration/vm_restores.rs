@@ -329,8 +329,8 @@ fn a_failed_raw_restore_leaves_the_existing_file_intact() {
 
 /// An image of 40 MiB and a partial chunk: random data over most chunks,
 /// a chunk with all-zero 4 KiB blocks inside, a chunk of written zeros, a
-/// hole and data in the short last chunk. Returns it and the bytes of its
-/// 4 KiB blocks that hold data.
+/// hole and data in the short last chunk, backed up as disk `zeros`.
+/// Returns it and the bytes of its 4 KiB blocks that hold data.
 fn image_with_zeros(t: &TestRepo) -> (PathBuf, u64) {
     const MIB: u64 = 1 << 20;
     let path = t.path("zeros.img");
@@ -346,32 +346,23 @@ fn image_with_zeros(t: &TestRepo) -> (PathBuf, u64) {
         .unwrap();
     f.write_all_at(&[0; MIB as usize], 30 * MIB).unwrap();
     f.write_all_at(b"the end", size - 7).unwrap();
+    t.ok(&["backup", "image", path.to_str().unwrap(), "--name", "zeros"]);
     // 24 MiB less the zeros, plus the block holding the last bytes.
     (path, (24 << 20) - (256 << 10) + 4096)
+}
+
+fn restore_zeros_raw(t: &TestRepo, to: &str) {
+    t.ok(&["restore", "disk", "zeros@latest", "zeros", "--raw-to", to]);
 }
 
 #[test]
 fn raw_restores_are_identical_and_leave_zeros_unallocated() {
     let t = TestRepo::new();
     let (image, data_bytes) = image_with_zeros(&t);
-    t.ok(&[
-        "backup",
-        "image",
-        image.to_str().unwrap(),
-        "--name",
-        "zeros",
-    ]);
 
     let out = t.path("out/zeros.raw");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    t.ok(&[
-        "restore",
-        "disk",
-        "zeros@latest",
-        "zeros",
-        "--raw-to",
-        out.to_str().unwrap(),
-    ]);
+    restore_zeros_raw(&t, out.to_str().unwrap());
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&image).unwrap());
     // File systems may add a block or two of extent tree; zeros would be
     // a quarter MiB at least.
@@ -462,13 +453,6 @@ fn a_raw_restore_to_a_block_device_writes_its_holes_and_zeros() {
     }
     let t = TestRepo::new();
     let (image, _) = image_with_zeros(&t);
-    t.ok(&[
-        "backup",
-        "image",
-        image.to_str().unwrap(),
-        "--name",
-        "zeros",
-    ]);
     // A device larger than the disk, full of old data everywhere.
     let backing = t.path("device.img");
     let size = std::fs::metadata(&image).unwrap().len();
@@ -481,14 +465,7 @@ fn a_raw_restore_to_a_block_device_writes_its_holes_and_zeros() {
         eprintln!("skipped: no loop device");
         return;
     };
-    t.ok(&[
-        "restore",
-        "disk",
-        "zeros@latest",
-        "zeros",
-        "--raw-to",
-        &device.0,
-    ]);
+    restore_zeros_raw(&t, &device.0);
     drop(device);
     let written = std::fs::read(&backing).unwrap();
     let source = std::fs::read(&image).unwrap();
