@@ -57,7 +57,7 @@ fn stages(c: &mut Criterion) {
                 d.chunks(1 << 20)
                     .map(|c| {
                         compressor
-                            .encode(ChunkId([0; 32]), ChunkKind::Data, c.to_vec())
+                            .encode(ChunkId([0; 32]), ChunkKind::Data, c)
                             .bytes
                             .len()
                     })

@@ -30,6 +30,10 @@ pub enum Command {
         /// Restore points older than this many days become cold on `tier run`.
         #[arg(long, default_value_t = 90)]
         warm_days: u32,
+        /// Zstd level of new chunks: 1 is fastest, higher levels trade
+        /// backup speed for space (see the README's performance section).
+        #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
+        compression_level: Option<i32>,
     },
     /// Back up a source.
     #[command(subcommand)]
@@ -105,8 +109,9 @@ pub enum Command {
         /// Memory for decompressed chunks, e.g. 256M or 2G.
         #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
         cache_size: u64,
-        /// Hide extended attributes: makes `ls -l` of huge trees about three
-        /// times faster, since it then needs no round trip per file for them.
+        /// Hide extended attributes (and ACLs). Rarely needed for speed: a
+        /// name no file of the mount has is answered "unsupported" anyway,
+        /// so `ls -l` needs no round trip per file for it.
         #[arg(long)]
         no_xattrs: bool,
         /// Stay in the foreground (the default; unmount with Ctrl-C or `strata umount`).

@@ -66,7 +66,11 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
         .repo
         .context("no repository given: use --repo DIR or set STRATA_REPO");
     match cli.command {
-        Command::Init { cold, warm_days } => init::run(&repo?, cold.as_deref(), warm_days),
+        Command::Init {
+            cold,
+            warm_days,
+            compression_level,
+        } => init::run(&repo?, cold.as_deref(), warm_days, compression_level),
         Command::Backup(command) => backup::run(&repo?, command, cancel),
         Command::List(json) => list::run(&repo?, json.json),
         Command::Show {

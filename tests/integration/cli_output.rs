@@ -141,3 +141,29 @@ fn a_closed_stdout_ends_the_command_quietly() {
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
     }
 }
+
+fn uninitialized() -> TestRepo {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    TestRepo { dir, repo }
+}
+
+#[test]
+fn init_takes_a_compression_level_and_refuses_one_out_of_range() {
+    let t = uninitialized();
+    t.ok(&["init", "--compression-level", "1"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.repo.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["compression_level"], 1);
+    let src = t.path("src");
+    make_full_tree(&src, 31);
+    t.backup(&src, "s");
+    let target = t.path("restored");
+    t.restore("s@latest", &target);
+    assert_same_tree(&src, &under(&target, &src));
+
+    let other = uninitialized();
+    let out = other.run(&["init", "--compression-level", "20"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(!other.repo.join("config.json").exists());
+}

@@ -302,7 +302,7 @@ mod tests {
         ChunkCodec::new(3).encoder().unwrap().encode(
             ChunkId::of(plain),
             ChunkKind::Data,
-            plain.to_vec(),
+            plain,
         )
     }
 

@@ -164,7 +164,7 @@ impl ColdPacker<'_> {
         // higher level either.
         let recompressed = match location.entry.compression {
             Compression::None => None,
-            Compression::Zstd => Some(self.encoder.encode(*id, location.entry.kind, plain)),
+            Compression::Zstd => Some(self.encoder.encode(*id, location.entry.kind, &plain)),
         };
         let chunk =
             if let Some(recompressed) = recompressed.filter(|r| r.bytes.len() < stored.len()) {

@@ -179,3 +179,89 @@ impl FileCacheRecord {
         })
     }
 }
+
+/// File cache value for a directory: what its listing looked like when
+/// its tree was stored, so an unchanged directory reuses the tree without
+/// a look at its files' records or their chunks.
+///
+/// `run` names the backup run that stored the tree; the tree may be
+/// trusted only once that run is known to have committed a restore point
+/// that is still kept and warm (see [`encode_run_record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirCacheRecord {
+    pub run: [u8; 16],
+    /// Digest of the names and full status of the directory's entries.
+    pub listing: [u8; 32],
+    /// Digest of the subdirectories' tree ids, in name order.
+    pub subtrees: [u8; 32],
+    pub tree: ChunkId,
+}
+
+impl DirCacheRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u8(INDEX_RECORD_VERSION)
+            .raw(&self.run)
+            .raw(&self.listing)
+            .raw(&self.subtrees)
+            .raw(self.tree.as_bytes());
+        e.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, "directory cache record");
+        check_version(&mut d)?;
+        let record = DirCacheRecord {
+            run: d.array()?,
+            listing: d.array()?,
+            subtrees: d.array()?,
+            tree: ChunkId(d.array()?),
+        };
+        d.finish()?;
+        Ok(record)
+    }
+}
+
+/// File cache value for a backup run that committed: the restore point
+/// it made.
+pub fn encode_run_record(restore_point: &crate::id::RestorePointId) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.u8(INDEX_RECORD_VERSION).raw(restore_point.as_bytes());
+    e.into_bytes()
+}
+
+pub fn decode_run_record(bytes: &[u8]) -> Result<crate::id::RestorePointId, DecodeError> {
+    let mut d = Decoder::new(bytes, "backup run record");
+    check_version(&mut d)?;
+    let id = crate::id::RestorePointId(d.array()?);
+    d.finish()?;
+    Ok(id)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::RestorePointId;
+
+    #[test]
+    fn directory_and_run_records_round_trip_and_refuse_damage() {
+        let record = DirCacheRecord {
+            run: [1; 16],
+            listing: [2; 32],
+            subtrees: [3; 32],
+            tree: ChunkId([4; 32]),
+        };
+        let bytes = record.encode();
+        assert_eq!(bytes.len(), 1 + 16 + 32 + 32 + 32);
+        assert_eq!(DirCacheRecord::decode(&bytes).unwrap(), record);
+        assert!(DirCacheRecord::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut unknown = bytes.clone();
+        unknown[0] = 9;
+        assert!(DirCacheRecord::decode(&unknown).is_err());
+
+        let id = RestorePointId([7; 32]);
+        assert_eq!(decode_run_record(&encode_run_record(&id)).unwrap(), id);
+        assert!(decode_run_record(&[INDEX_RECORD_VERSION, 1, 2]).is_err());
+    }
+}

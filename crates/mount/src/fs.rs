@@ -3,8 +3,8 @@
 //! Metadata requests are answered on the session thread from the lazily
 //! built namespace. Reads go to a pool of worker threads, so parallel
 //! readers scale and one slow chunk never blocks other requests; each
-//! reply is sent from the worker. Sequential readers get the next chunks
-//! prefetched into the shared cache. Damaged or missing data yields EIO and
+//! reply is sent from the worker. Sequential readers get the chunks ahead
+//! of them loaded in parallel ([`super::read_ahead`]). Damaged or missing data yields EIO and
 //! a log line naming the restore point, path and chunk, never wrong bytes.
 //!
 //! Every entry handed to the kernel (`lookup`, `readdirplus`) counts one
@@ -29,7 +29,8 @@ use libc::{EIO, ENODATA, ENOENT, ENOTDIR, ERANGE};
 
 use super::cache::ChunkCache;
 use super::namespace::{Inode, Kind, Namespace};
-use super::read::{load_chunk, read_range, seek, Source};
+use super::read::{read_range, seek, Source};
+use super::read_ahead::ReadAhead;
 use crate::error::Error;
 use crate::tree::NodeKind;
 
@@ -44,6 +45,7 @@ pub struct StrataFs<M: Send + Sync + 'static> {
     ns: Arc<Namespace<M>>,
     cache: Arc<ChunkCache>,
     pool: Sender<Job>,
+    read_ahead: Arc<ReadAhead>,
     /// Answer xattr requests with ENOSYS, so the kernel stops asking.
     no_xattrs: bool,
     /// Ask the kernel to enforce the backed-up POSIX ACLs, which it reads
@@ -79,6 +81,7 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
             ns,
             cache: Arc::new(ChunkCache::new(cache_bytes)),
             pool,
+            read_ahead: ReadAhead::new(cache_bytes),
             no_xattrs,
             kernel_acls,
         }
@@ -94,6 +97,16 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
 
     fn inode(&self, ino: u64) -> std::result::Result<Arc<Inode>, i32> {
         self.ns.get(ino).ok_or(ENOENT)
+    }
+
+    /// Whether no file of the mount has attribute `name`, so that a probe
+    /// for it may get EOPNOTSUPP: GNU `ls` then stops asking every file
+    /// (see [`super::xattr_names`]). Never for the ACLs the kernel enforces:
+    /// it takes EOPNOTSUPP from its own ACL read as a failed permission
+    /// check.
+    fn absent_everywhere(&self, name: &[u8]) -> bool {
+        let kernel_reads = self.kernel_acls && name.starts_with(b"system.posix_acl_");
+        !kernel_reads && self.ns.xattr_names.absent_everywhere(name)
     }
 }
 
@@ -215,6 +228,9 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
         _req: &Request<'_>,
         config: &mut KernelConfig,
     ) -> std::result::Result<(), libc::c_int> {
+        // The kernel offers its own read-ahead (128 KiB) as the most it
+        // takes, so requests stay that size; the read-ahead that keeps
+        // sequential readers fed is the mount's own (`read_ahead`).
         let _ = config.set_max_readahead(4 << 20);
         let _ = config.set_max_write(1 << 20);
         let _ = config.add_capabilities(
@@ -314,23 +330,20 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
             _ => return reply.error(libc::EISDIR),
         };
         let offset = offset.max(0) as u64;
-        let (ns, cache, pool) = (self.ns.clone(), self.cache.clone(), self.pool.clone());
+        let end = offset + size as u64;
+        // Decided here, where requests arrive in order; the workers may
+        // run them out of order.
+        let sequential = inode.last_end.swap(end, Ordering::Relaxed) == offset;
+        if !sequential {
+            inode.run_start.store(offset, Ordering::Relaxed);
+        }
+        let read_ahead = self.read_ahead.clone();
+        let (ns, cache) = (self.ns.clone(), self.cache.clone());
         let job: Job = Box::new(move || {
-            let sequential = inode.last_end.swap(offset + size as u64, Ordering::Relaxed) == offset;
             match read_range(&ns, &cache, &inode, &source, offset, size) {
-                Ok((data, upcoming)) => {
-                    reply.data(&data);
-                    if sequential {
-                        for id in upcoming {
-                            if cache.contains(&id) {
-                                continue;
-                            }
-                            let (ns, cache) = (ns.clone(), cache.clone());
-                            let _ = pool.try_send(Box::new(move || {
-                                let _ = load_chunk(&ns, &cache, &id);
-                            }));
-                        }
-                    }
+                Ok(data) => {
+                    reply.data(data.as_slice());
+                    read_ahead.follow(&ns, &cache, &inode, &source, end, sequential);
                 }
                 Err(e) => {
                     let (rp, path) = match &inode.kind {
@@ -483,6 +496,7 @@ impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
             _ => None,
         };
         match value {
+            None if self.absent_everywhere(name.as_bytes()) => reply.error(libc::EOPNOTSUPP),
             None => reply.error(ENODATA),
             Some(v) if size == 0 => reply.size(v.len() as u32),
             Some(v) if v.len() > size as usize => reply.error(ERANGE),

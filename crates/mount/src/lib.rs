@@ -2,7 +2,9 @@
 //!
 //! [`namespace`] decides what the tree looks like, [`inodes`] which inode
 //! is what while the kernel holds it, [`fs`] answers the kernel, [`read`]
-//! finds and reads the bytes, [`cache`] keeps decompressed chunks.
+//! finds and reads the bytes, [`read_ahead`] loads them ahead of sequential
+//! readers, [`cache`] keeps decompressed chunks, [`xattr_names`] knows
+//! which xattr names no file has.
 //! Mounting goes through the mount syscall when run as root (fuser without
 //! libfuse) and through fusermount3 otherwise.
 
@@ -19,6 +21,8 @@ pub mod fs;
 pub mod inodes;
 pub mod namespace;
 pub mod read;
+pub mod read_ahead;
+pub mod xattr_names;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,9 +38,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Bytes of decompressed chunks kept in memory.
     pub cache_size: u64,
-    /// Hide extended attributes. `ls -l` asks for two attributes of every
-    /// file, each a round trip to this process; without xattrs the kernel
-    /// learns once that there are none.
+    /// Hide extended attributes: the kernel learns once that there are
+    /// none. Without it, names no file has are answered EOPNOTSUPP, which
+    /// stops `ls -l` asking every file (see [`xattr_names`]).
     pub no_xattrs: bool,
 }
 
@@ -112,6 +116,7 @@ pub fn mount<M: Send + Sync + 'static>(
     on_mounted: impl FnOnce(),
 ) -> Result<()> {
     check_mountpoint(mountpoint)?;
+    keep_freed_buffers();
     // ACLs only matter to other users; the kernel enforces them when it
     // may read them as xattrs.
     let acls_hidden = options.allow_other && options.no_xattrs;
@@ -140,6 +145,22 @@ pub fn mount<M: Send + Sync + 'static>(
     drop(session);
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
+}
+
+/// Every chunk read allocates buffers of hundreds of KiB, which glibc
+/// serves with fresh mmaps (or returns to the system when freed): half the
+/// CPU time of a sequential read went to faulting in and zeroing pages.
+/// The mount process keeps freed memory for the next chunk instead; what
+/// it holds stays bounded by the chunk cache and the reads in flight.
+fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before the
+    // mount's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
 }
 
 /// Unmounts a Strata mount (also a stale one).

@@ -33,6 +33,7 @@ use fuser::FileType;
 
 use self::catalog::{Catalog, CatalogSnapshot};
 use super::inodes::InodeTable;
+use super::xattr_names::XattrNames;
 use crate::disk_reader::PageCache;
 use crate::error::Result;
 use crate::id::{ChunkId, RestorePointId};
@@ -149,6 +150,10 @@ pub struct Inode {
     pub pages: PageCache,
     /// Where the last read ended, to detect sequential readers.
     pub last_end: AtomicU64,
+    /// Where the current sequential run of reads began.
+    pub run_start: AtomicU64,
+    /// How far ahead of a sequential reader chunks have been asked for.
+    pub read_ahead_to: AtomicU64,
 }
 
 pub struct Namespace<M> {
@@ -164,6 +169,8 @@ pub struct Namespace<M> {
     /// The ACLs are hidden from the kernel (`--no-xattrs`), so it cannot
     /// enforce them: entries with an ACL show their owner's bits only.
     acls_hidden: bool,
+    /// Told of every catalog before its restore points can be reached.
+    pub xattr_names: Arc<XattrNames>,
 }
 
 pub(super) fn new_inode(ino: u64, parent: u64, kind: Kind) -> Arc<Inode> {
@@ -175,16 +182,17 @@ pub(super) fn new_inode(ino: u64, parent: u64, kind: Kind) -> Arc<Inode> {
         content: OnceLock::new(),
         pages: PageCache::unbounded(),
         last_end: AtomicU64::new(u64::MAX),
+        run_start: AtomicU64::new(0),
+        read_ahead_to: AtomicU64::new(0),
     })
 }
 
-impl<M: Sync + Send> Namespace<M> {
+impl<M: Sync + Send + 'static> Namespace<M> {
     pub fn new(repo: Arc<Repository<M>>, acls_hidden: bool) -> Self {
         let vm_owner = std::fs::metadata(repo.root())
             .map(|m| (m.uid(), m.gid()))
             .unwrap_or((0, 0));
         Namespace {
-            repo,
             inodes: InodeTable::new(),
             catalog: Mutex::new((None, Arc::new(Catalog::default()))),
             descriptions: Mutex::new(HashMap::new()),
@@ -193,8 +201,13 @@ impl<M: Sync + Send> Namespace<M> {
             gid: nix::unistd::getgid().as_raw(),
             vm_owner,
             acls_hidden,
+            xattr_names: XattrNames::start(repo.clone()),
+            repo,
         }
     }
+}
+
+impl<M: Sync + Send> Namespace<M> {
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
         self.inodes.get(ino)

@@ -11,17 +11,15 @@ use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::tree::Extent;
 
-/// Chunks read ahead for a sequential reader.
-pub const PREFETCH_CHUNKS: usize = 2;
+/// Bytes read ahead of a sequential reader (at most a quarter of the
+/// chunk cache): enough chunks in flight at once to keep the disk and
+/// every core busy, as `restore` does.
+pub const READ_AHEAD_BYTES: u64 = 32 << 20;
 
-/// Reads one chunk through the cache.
+/// Reads one chunk through the cache (waiting for a load of it already
+/// under way).
 pub fn load_chunk<M>(ns: &Namespace<M>, cache: &ChunkCache, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
-    if let Some(data) = cache.get(id) {
-        return Ok(data);
-    }
-    let data = Arc::new(ns.repo.read_chunk(id)?);
-    cache.insert(*id, data.clone());
-    Ok(data)
+    cache.get_or_load(id, || ns.repo.read_chunk(id))
 }
 
 /// Where a read of a regular file finds its bytes.
@@ -58,8 +56,23 @@ pub fn disk_chunks<M: Send + Sync>(
     Ok(out)
 }
 
-/// The bytes `[offset, offset + size)` of a file; also returns the chunks
-/// that follow, for prefetching.
+/// Bytes read for one request: a slice of one cached chunk (most
+/// requests: the kernel asks for 128 KiB, chunks are larger), or a copy.
+pub enum Bytes {
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Shared(chunk, range) => &chunk[range.clone()],
+            Bytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// The bytes `[offset, offset + size)` of a file.
 pub fn read_range<M: Send + Sync>(
     ns: &Namespace<M>,
     cache: &ChunkCache,
@@ -67,73 +80,87 @@ pub fn read_range<M: Send + Sync>(
     source: &Source,
     offset: u64,
     size: u32,
-) -> Result<(Vec<u8>, Vec<ChunkId>)> {
-    let mut out = Vec::with_capacity(size as usize);
-    let mut upcoming = Vec::new();
+) -> Result<Bytes> {
     let want_end = offset + size as u64;
-    let mut pieces: Vec<(u64, u64, Option<ChunkId>)> = Vec::new();
-    match source {
+    let pieces = match source {
         Source::Blob(data) => {
             let start = (offset as usize).min(data.len());
             let end = (want_end as usize).min(data.len());
-            return Ok((data[start..end].to_vec(), upcoming));
+            return Ok(Bytes::Shared(data.clone(), start..end));
         }
-        Source::Extents(content) => {
-            let mut i = content.extent_at(offset);
-            while i < content.extents.len() {
-                let start = content.starts[i];
-                let extent = &content.extents[i];
-                if start >= want_end {
-                    if let Extent::Data { id, .. } = extent {
-                        upcoming.push(*id);
-                        if upcoming.len() >= PREFETCH_CHUNKS {
-                            break;
-                        }
-                    }
-                } else {
-                    let id = match extent {
-                        Extent::Data { id, .. } => Some(*id),
-                        Extent::Hole { .. } => None,
-                    };
-                    pieces.push((start, extent.len(), id));
-                }
-                i += 1;
-            }
-        }
-        Source::Disk => {
-            pieces = disk_chunks(ns, inode, offset, size as u64)?;
-            if let Some(&(start, len, _)) = pieces.last() {
-                upcoming = disk_chunks(ns, inode, start + len, PREFETCH_CHUNKS as u64)?
-                    .into_iter()
-                    .filter_map(|(_, _, id)| id)
-                    .collect();
-            }
-        }
-    }
+        Source::Extents(content) => extent_pieces(content, offset, want_end),
+        Source::Disk => disk_chunks(ns, inode, offset, size as u64)?,
+    };
+    // Each piece: a chunk (None for a hole) and the range of it wanted.
+    let mut parts = Vec::with_capacity(pieces.len());
     for (start, len, id) in pieces {
         let from = offset.max(start);
         let to = want_end.min(start + len);
         if from >= to {
             continue;
         }
-        match id {
-            None => out.resize(out.len() + (to - from) as usize, 0),
-            Some(id) => {
-                let data = load_chunk(ns, cache, &id)
-                    .map_err(|e| Error::corrupt(format!("chunk {id}"), e))?;
-                let a = (from - start) as usize;
-                let b = (to - start) as usize;
-                if b > data.len() {
-                    return Err(Error::corrupt(
-                        format!("chunk {id}"),
-                        format!("holds {} bytes, the map expects {len}", data.len()),
-                    ));
-                }
-                out.extend_from_slice(&data[a..b]);
-            }
+        let range = (from - start) as usize..(to - start) as usize;
+        let Some(id) = id else {
+            parts.push((None, range));
+            continue;
+        };
+        let data =
+            load_chunk(ns, cache, &id).map_err(|e| Error::corrupt(format!("chunk {id}"), e))?;
+        if range.end > data.len() {
+            return Err(Error::corrupt(
+                format!("chunk {id}"),
+                format!("holds {} bytes, the map expects {len}", data.len()),
+            ));
+        }
+        parts.push((Some(data), range));
+    }
+    if let [(Some(chunk), range)] = parts.as_slice() {
+        return Ok(Bytes::Shared(chunk.clone(), range.clone()));
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    for (chunk, range) in parts {
+        match chunk {
+            Some(chunk) => out.extend_from_slice(&chunk[range]),
+            None => out.resize(out.len() + range.len(), 0),
         }
     }
-    Ok((out, upcoming))
+    Ok(Bytes::Owned(out))
+}
+
+/// The extents of a file that overlap `[from, to)`, with their offsets.
+fn extent_pieces(content: &FileContent, from: u64, to: u64) -> Vec<(u64, u64, Option<ChunkId>)> {
+    let first = content.extent_at(from);
+    (first..content.extents.len())
+        .take_while(|&i| content.starts[i] < to)
+        .map(|i| {
+            let id = match &content.extents[i] {
+                Extent::Data { id, .. } => Some(*id),
+                Extent::Hole { .. } => None,
+            };
+            (content.starts[i], content.extents[i].len(), id)
+        })
+        .collect()
+}
+
+/// The chunks that start in `[from, to)` of a file or disk, in order: what
+/// a sequential reader will want next.
+pub fn chunks_starting_in<M: Send + Sync>(
+    ns: &Namespace<M>,
+    inode: &Inode,
+    source: &Source,
+    from: u64,
+    to: u64,
+) -> Result<Vec<ChunkId>> {
+    let pieces = match source {
+        Source::Blob(_) => Vec::new(),
+        Source::Extents(content) => extent_pieces(content, from, to),
+        Source::Disk => disk_chunks(ns, inode, from, to.saturating_sub(from))?,
+    };
+    Ok(pieces
+        .into_iter()
+        .filter(|&(start, _, _)| start >= from)
+        .filter_map(|(_, _, id)| id)
+        .collect())
 }
 
 /// The first offset at or after `offset` that is data (or a hole), by the

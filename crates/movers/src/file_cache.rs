@@ -6,15 +6,30 @@
 //! mover, not to the repository: it holds nothing the repository needs,
 //! only saves reading, and a mover on another machine keeps its own. A lost
 //! or damaged record only means the file is read again, so writes need no
-//! fsync. It is a RocksDB database in the mover's state directory; records
-//! are `FileCacheRecord`s (see `docs/FORMAT.md`).
+//! fsync. It is a RocksDB database in the mover's state directory.
+//!
+//! Three kinds of records share it, told apart by the byte after the
+//! source name's 0 (absolute paths start with `/`; see `docs/FORMAT.md`):
+//! files (`FileCacheRecord`), directories (`DirCacheRecord`: an unchanged
+//! directory reuses its whole tree) and runs (which restore point a backup
+//! run committed, so that directory records are trusted only once their
+//! run is known to have committed a restore point still kept warm).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{Options, WriteBatch, DB};
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, DB};
 
 use crate::error::{Error, IoContext, Result};
+use crate::id::RestorePointId;
+use crate::index::records::{decode_run_record, encode_run_record, DirCacheRecord};
 use crate::index::FileCacheRecord;
+
+const DIR_TAG: u8 = 1;
+const RUN_TAG: u8 = 2;
+
+/// Names one backup run in directory records until it has committed.
+pub type RunId = [u8; 16];
 
 pub struct FileCache {
     db: DB,
@@ -29,10 +44,15 @@ fn cache_error(dir: &Path, source: rocksdb::Error) -> Error {
 }
 
 fn key(source: &str, path: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(source.len() + 1 + path.len());
+    tagged_key(source, None, path)
+}
+
+fn tagged_key(source: &str, tag: Option<u8>, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(source.len() + 2 + rest.len());
     key.extend_from_slice(source.as_bytes());
     key.push(0);
-    key.extend_from_slice(path);
+    key.extend(tag);
+    key.extend_from_slice(rest);
     key
 }
 
@@ -69,6 +89,68 @@ impl FileCache {
         }
     }
 
+    /// The records of several files of `source` in one lookup, in order.
+    pub fn get_files(&self, source: &str, paths: &[&[u8]]) -> Result<Vec<Option<FileCacheRecord>>> {
+        self.db
+            .multi_get(paths.iter().map(|path| key(source, path)))
+            .into_iter()
+            .map(|found| match found.map_err(|e| self.err(e))? {
+                Some(v) => Ok(FileCacheRecord::decode(&v).ok()),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// What the directory `path` of `source` looked like when its tree
+    /// was last stored.
+    pub fn get_dir(&self, source: &str, path: &[u8]) -> Result<Option<DirCacheRecord>> {
+        let value = self
+            .db
+            .get_pinned(tagged_key(source, Some(DIR_TAG), path))
+            .map_err(|e| self.err(e))?;
+        Ok(value.and_then(|v| DirCacheRecord::decode(&v).ok()))
+    }
+
+    /// Records that `run` committed `restore_point`.
+    pub fn record_run(&self, source: &str, run: &RunId, restore_point: &RestorePointId) -> Result<()> {
+        self.db
+            .put(
+                tagged_key(source, Some(RUN_TAG), run),
+                encode_run_record(restore_point),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The runs of `source` whose restore point `trust` accepts; records
+    /// of the others (restore points forgotten or gone cold since) are
+    /// dropped, since they can never be trusted again.
+    pub fn trusted_runs(
+        &self,
+        source: &str,
+        trust: impl Fn(&RestorePointId) -> bool,
+    ) -> Result<HashSet<RunId>> {
+        let prefix = tagged_key(source, Some(RUN_TAG), &[]);
+        let mut trusted = HashSet::new();
+        let mut stale = WriteBatch::default();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(run) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            match (RunId::try_from(run), decode_run_record(&v)) {
+                (Ok(run), Ok(id)) if trust(&id) => {
+                    trusted.insert(run);
+                }
+                _ => stale.delete(&k),
+            }
+        }
+        self.db.write(stale).map_err(|e| self.err(e))?;
+        Ok(trusted)
+    }
+
     pub fn batch(&self) -> FileCacheBatch<'_> {
         FileCacheBatch {
             cache: self,
@@ -86,6 +168,15 @@ pub struct FileCacheBatch<'a> {
 impl FileCacheBatch<'_> {
     pub fn put(&mut self, source: &str, path: &[u8], record: &FileCacheRecord) -> Result<()> {
         self.batch.put(key(source, path), record.encode());
+        if self.batch.len() >= 4096 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn put_dir(&mut self, source: &str, path: &[u8], record: &DirCacheRecord) -> Result<()> {
+        self.batch
+            .put(tagged_key(source, Some(DIR_TAG), path), record.encode());
         if self.batch.len() >= 4096 {
             self.flush()?;
         }

@@ -10,6 +10,7 @@ mod scan;
 mod selection;
 mod walker;
 
+use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -18,13 +19,13 @@ use std::time::Instant;
 
 use self::scan::scan_sizes;
 use self::selection::{normalize, Selection};
-use self::walker::walk;
+use self::walker::{walk, RunRecords};
 use super::file_cache::FileCache;
 use crate::cancel::CancelToken;
 use crate::error::{Error, IoContext, Result};
 use crate::id::RestorePointId;
 use crate::progress::Progress;
-use crate::restore_point::{Manifest, RestorePointKind};
+use crate::restore_point::{Manifest, RestorePoint, RestorePointKind};
 use crate::session::BackupSession;
 use crate::tree::Timestamp;
 
@@ -87,12 +88,17 @@ pub fn backup_files(
     let span = tracing::info_span!("backup_files", source = %source, paths = paths.len());
     let _entered = span.enter();
 
-    let parent = session
+    let restore_points: Vec<_> = session
         .restore_points()?
         .into_iter()
         .filter(|rp| rp.manifest.source == source)
+        .collect();
+    let parent = restore_points
+        .iter()
         .max_by_key(|rp| rp.manifest.time.as_nanos())
         .map(|rp| rp.id);
+    let runs = run_records(session, file_cache, &source, &restore_points)?;
+    let run = runs.run;
     let repo_root = match session.local_root() {
         Some(root) => {
             let meta = std::fs::metadata(root).at("reading metadata of", root)?;
@@ -108,12 +114,19 @@ pub fn backup_files(
             scope.spawn(move || scan_sizes(Path::new("/"), selection, stop, progress));
         }
         let result = walk(
-            session, file_cache, &source, &selection, repo_root, progress, cancel,
+            session, file_cache, &source, &selection, repo_root, runs, progress, cancel,
         );
         stop_scan.store(true, Ordering::Relaxed);
         result
     })?;
     progress.finish();
+    tracing::info!(
+        files = walked.files,
+        directories = walked.directories,
+        directories_unchanged = walked.directories_unchanged,
+        bytes_read = walked.bytes_read,
+        "walked"
+    );
 
     // Every chunk durable, so the counters below are final.
     session.flush()?;
@@ -140,6 +153,31 @@ pub fn backup_files(
         missed: walked.missed,
     };
     let id = session.commit(&manifest)?;
+    // Only now may the next run trust the directory records of this one.
+    file_cache.record_run(&manifest.source, &run, &id)?;
     tracing::info!(restore_point = %id, files = manifest.stats.files, bytes_new = manifest.stats.bytes_new, "committed");
     Ok(BackupOutcome { id, manifest })
+}
+
+/// A new run's id, and the earlier runs of `source` whose directory
+/// records may be trusted: those that committed a restore point that is
+/// still kept and young enough to be all warm (as an incremental VM
+/// backup requires of its parent). Anything else is read afresh.
+fn run_records(
+    session: &dyn BackupSession,
+    file_cache: &FileCache,
+    source: &str,
+    restore_points: &[RestorePoint],
+) -> Result<RunRecords> {
+    let warm_cutoff = crate::clock::now().sec - i64::from(session.settings().warm_days) * 86_400;
+    let warm: HashSet<RestorePointId> = restore_points
+        .iter()
+        .filter(|rp| rp.manifest.time.sec >= warm_cutoff)
+        .map(|rp| rp.id)
+        .collect();
+    let trusted = file_cache.trusted_runs(source, |id| warm.contains(id))?;
+    Ok(RunRecords {
+        run: rand::random(),
+        trusted,
+    })
 }

@@ -96,6 +96,8 @@ fn data_regions(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(regions)
 }
 
+const SEQUENTIAL_HINT_MIN: u64 = 1 << 20;
+
 pub fn read_file(
     path: &Path,
     expected: &FileFingerprint,
@@ -111,8 +113,12 @@ pub fn read_file(
         )));
     }
     let size = expected.size;
-    // SAFETY: posix_fadvise only advises the kernel about an open fd.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    // A larger read-ahead window pays off only for files longer than the
+    // default one; most files are smaller, and a system call each adds up.
+    if size > SEQUENTIAL_HINT_MIN {
+        // SAFETY: posix_fadvise only advises the kernel about an open fd.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    }
     let sparse = meta.blocks() * 512 < size;
     let regions = if sparse {
         data_regions(&file, size)?
@@ -127,7 +133,11 @@ pub fn read_file(
         if start > pos {
             extents.push(Extent::Hole { len: start - pos });
         }
-        file.seek(SeekFrom::Start(start))?;
+        // Finding the data regions moved the file offset; a file read
+        // whole is already where its only region starts.
+        if sparse || start != 0 {
+            file.seek(SeekFrom::Start(start))?;
+        }
         let read = chunker.chunk(
             &mut file,
             end - start,

@@ -222,7 +222,7 @@ fn an_unindexed_leftover_pack_is_removed_but_an_orphan_chunk_needs_no_restore_po
         .codec()
         .encoder()
         .unwrap()
-        .encode(ChunkId::of(b"leftover"), pack::ChunkKind::Data, b"leftover".to_vec());
+        .encode(ChunkId::of(b"leftover"), pack::ChunkKind::Data, b"leftover");
     open.append(&encoded).unwrap();
     let leftover = fx.repo.packs().seal(open).unwrap();
     // An indexed chunk no restore point references.

@@ -2,12 +2,17 @@
 //! a repository this process holds the writer lock of.
 //!
 //! ```text
-//!  movers ──store_chunk──▶ [dedup] ──bounded──▶ encoders ──bounded──▶ packer
-//!                          pending set + index                 seal: durable, then indexed
+//!  movers ──store_chunk──▶ [dedup] ──▶ encode ──bounded──▶ packer
+//!                          pending set + index      seal: durable, then indexed
 //! ```
 //! Chunks the repository already holds (or that this session already
-//! queued) are dropped at `store_chunk`, so only new data is copied and
-//! encoded. Channels are bounded, so memory stays bounded whatever the
+//! queued) are dropped at `store_chunk`; new ones are compressed right
+//! there, on the mover's thread, with an encoder from a pool. A separate
+//! stage of encoder threads would add a queue that the movers' threads
+//! (many, since they mostly wait for the disk) fill faster than the
+//! encoders drain it, and blocking on that queue cost more system time
+//! (spinning, yielding, futex waits) than handing the chunk over saved.
+//! The packer's channel is bounded, so memory stays bounded whatever the
 //! input size. A chunk id stays in the pending set until its pack is
 //! durable and indexed, after which the index answers for it; a rare race
 //! can store a chunk twice, which is harmless (the index points at one
@@ -67,25 +72,14 @@ impl StoreCounters {
     }
 }
 
-struct RawChunk {
-    id: ChunkId,
-    kind: ChunkKind,
-    data: Vec<u8>,
-}
-
-/// Which pipeline stage finished, and how.
-enum StageEnd {
-    Encoder(Result<()>),
-    Packer(Result<()>),
-}
-
 pub struct LocalSession<'r> {
     repo: &'r Repository<Exclusive>,
     pending: Mutex<HashSet<ChunkId>>,
+    /// Zstd contexts not in use; one is made when all are.
+    encoders: Mutex<Vec<ChunkEncoder>>,
     /// Open (chunks may be stored), or drained with its outcome.
     queue: Mutex<Queue>,
-    stage_ends: Receiver<StageEnd>,
-    stages: usize,
+    packer_end: Receiver<Result<()>>,
     counters: StoreCounters,
 }
 
@@ -95,51 +89,35 @@ pub fn with_local_session<R>(
     repo: &Repository<Exclusive>,
     work: impl FnOnce(&LocalSession) -> Result<R>,
 ) -> Result<R> {
-    let encoders = std::thread::available_parallelism()
+    let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let (to_encode, encode_rx) = bounded::<RawChunk>(encoders * 2);
-    let (to_pack, pack_rx) = bounded::<CompressedChunk>(encoders * 2);
-    let (stage_end, stage_ends) = bounded::<StageEnd>(encoders + 1);
+    let (to_pack, pack_rx) = bounded::<CompressedChunk>(cores * 4);
+    let (packer_done, packer_end) = bounded::<Result<()>>(1);
     let session = LocalSession {
         repo,
         pending: Mutex::new(HashSet::new()),
-        queue: Mutex::new(Queue::Open(to_encode)),
-        stage_ends,
-        stages: encoders + 1,
+        encoders: Mutex::new(Vec::new()),
+        queue: Mutex::new(Queue::Open(to_pack)),
+        packer_end,
         counters: StoreCounters::default(),
     };
     std::thread::scope(|scope| {
         // Closes the queue however this scope is left, a panic included,
-        // so the stages end and the scope can join them.
+        // so the packer ends and the scope can join it.
         let _close = CloseOnDrop(&session.queue);
-        for n in 0..encoders {
-            let (rx, tx, end) = (encode_rx.clone(), to_pack.clone(), stage_end.clone());
-            std::thread::Builder::new()
-                .name(format!("encode-{n}"))
-                .spawn_scoped(scope, move || {
-                    let result = repo
-                        .codec()
-                        .encoder()
-                        .and_then(|encoder| encode_stage(encoder, rx, tx));
-                    let _ = end.send(StageEnd::Encoder(result));
-                })
-                .expect("spawning an encoder thread");
-        }
-        drop((encode_rx, to_pack));
         let session_ref = &session;
         std::thread::Builder::new()
             .name("packer".into())
             .spawn_scoped(scope, move || {
-                let result = pack_stage(session_ref, pack_rx);
-                let _ = stage_end.send(StageEnd::Packer(result));
+                let _ = packer_done.send(pack_stage(session_ref, pack_rx));
             })
             .expect("spawning the packer thread");
         let worked = work(&session);
         // Work that failed before committing: stop the pipeline; what it
         // sealed is indexed but unreferenced, for prune to reclaim.
         let drained = session.drain();
-        // A stage's error is the cause; the work's "the pack writer
+        // The packer's error is the cause; the work's "the pack writer
         // stopped" is its consequence.
         match (worked, drained) {
             (_, Err(e)) | (Err(e), Ok(())) => Err(e),
@@ -153,7 +131,7 @@ pub fn with_local_session<R>(
 /// waits for the first drain and gets its result instead of skipping the
 /// barrier.
 enum Queue {
-    Open(Sender<RawChunk>),
+    Open(Sender<CompressedChunk>),
     Drained(Result<(), String>),
 }
 
@@ -169,10 +147,8 @@ impl Drop for CloseOnDrop<'_> {
 }
 
 impl LocalSession<'_> {
-    /// Closes the queue and waits for every stage to finish; the first
-    /// error, the packer's before an encoder's (a failed packer is why the
-    /// others stopped). The lock is held throughout, so a concurrent
-    /// caller waits for this outcome.
+    /// Closes the queue and waits for the packer to finish. The lock is
+    /// held throughout, so a concurrent caller waits for this outcome.
     fn drain(&self) -> Result<()> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if let Queue::Drained(outcome) = &*queue {
@@ -180,35 +156,32 @@ impl LocalSession<'_> {
                 Error::Interrupted(format!("the backup session already ended: {e}"))
             });
         }
-        // Dropping the sender lets the encoders, then the packer, finish.
+        // Dropping the sender lets the packer finish.
         *queue = Queue::Drained(Err("draining".into()));
-        let outcome = self.wait_for_stages();
+        let outcome = self
+            .packer_end
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Interrupted("the pack writer stopped".into())));
         *queue = Queue::Drained(outcome.as_ref().map(|_| ()).map_err(ToString::to_string));
         outcome
     }
 
-    fn wait_for_stages(&self) -> Result<()> {
-        let mut packer_error = None;
-        let mut encoder_error = None;
-        for _ in 0..self.stages {
-            match self.stage_ends.recv() {
-                Ok(StageEnd::Packer(Err(e))) => packer_error = Some(e),
-                Ok(StageEnd::Encoder(Err(e))) => {
-                    encoder_error.get_or_insert(e);
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(Error::Interrupted("a pipeline stage stopped".into()));
-                }
-            }
-        }
-        match packer_error.or(encoder_error) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+    /// Compresses a new chunk on the calling thread.
+    fn encode(&self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> Result<CompressedChunk> {
+        let pooled = self.encoders.lock().expect("encoder pool lock").pop();
+        let mut encoder = match pooled {
+            Some(encoder) => encoder,
+            None => self.repo.codec().encoder()?,
+        };
+        let encoded = encoder.encode(id, kind, data);
+        self.encoders
+            .lock()
+            .expect("encoder pool lock")
+            .push(encoder);
+        Ok(encoded)
     }
 
-    fn submit(&self, chunk: RawChunk) -> Result<()> {
+    fn submit(&self, chunk: CompressedChunk) -> Result<()> {
         // Sent on a clone, outside the lock: a full queue must block only
         // this producer, not the others or a commit waiting to drain.
         let sender = match &*self.queue.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -260,11 +233,7 @@ impl BackupSession for LocalSession<'_> {
         if !self.pending.lock().expect("pending lock").insert(id) {
             return Ok(false);
         }
-        let submitted = self.submit(RawChunk {
-            id,
-            kind,
-            data: data.to_vec(),
-        });
+        let submitted = self.encode(id, kind, data).and_then(|c| self.submit(c));
         if let Err(e) = submitted {
             // Not stored: a later offer of this chunk must not be taken
             // for a duplicate.
@@ -290,21 +259,6 @@ impl BackupSession for LocalSession<'_> {
         self.drain()?;
         self.repo.commit_restore_point(manifest)
     }
-}
-
-fn encode_stage(
-    mut encoder: ChunkEncoder,
-    rx: Receiver<RawChunk>,
-    tx: Sender<CompressedChunk>,
-) -> Result<()> {
-    let _span = tracing::debug_span!("encode").entered();
-    for raw in rx {
-        let encoded = encoder.encode(raw.id, raw.kind, raw.data);
-        if tx.send(encoded).is_err() {
-            break; // the packer failed; it reports why
-        }
-    }
-    Ok(())
 }
 
 /// One open pack per class, so metadata and data never share a pack.

@@ -81,7 +81,7 @@ impl ChunkEncoder {
 
     /// Compresses `data`, falling back to storing it raw when compression
     /// does not shrink it (already-compressed or random data).
-    pub fn encode(&mut self, id: ChunkId, kind: ChunkKind, data: Vec<u8>) -> CompressedChunk {
+    pub fn encode(&mut self, id: ChunkId, kind: ChunkKind, data: &[u8]) -> CompressedChunk {
         // Callers bound chunks by MAX_CHUNK_LEN (chunker parameters, the
         // tree encoder's check). A longer one keeps a length over that
         // limit, never a truncated one, and `PackWriter::append` refuses it.
@@ -89,7 +89,7 @@ impl ChunkEncoder {
         self.scratch.clear();
         self.scratch
             .reserve(zstd::zstd_safe::compress_bound(data.len()));
-        match self.zstd.compress_to_buffer(&data, &mut self.scratch) {
+        match self.zstd.compress_to_buffer(data, &mut self.scratch) {
             Ok(n) if n < data.len() => CompressedChunk {
                 id,
                 kind,
@@ -102,7 +102,7 @@ impl ChunkEncoder {
                 kind,
                 raw_len,
                 compression: Compression::None,
-                bytes: data,
+                bytes: data.to_vec(),
             },
         }
     }
@@ -176,11 +176,11 @@ mod tests {
             .collect();
         let zeros = vec![0u8; 4096];
         assert_eq!(
-            c.encode(ChunkId::of(&zeros), ChunkKind::Data, zeros)
+            c.encode(ChunkId::of(&zeros), ChunkKind::Data, &zeros)
                 .compression,
             Compression::Zstd
         );
-        let stored = c.encode(ChunkId::of(&random), ChunkKind::Data, random.clone());
+        let stored = c.encode(ChunkId::of(&random), ChunkKind::Data, &random);
         if stored.compression == Compression::None {
             assert_eq!(stored.bytes, random);
         }
@@ -194,7 +194,7 @@ mod tests {
         let chunk = codec
             .encoder()
             .unwrap()
-            .encode(id, ChunkKind::Data, plain.clone());
+            .encode(id, ChunkKind::Data, &plain);
         let entry = PackEntry {
             id,
             offset: 0,

@@ -344,7 +344,7 @@ mod tests {
         let mut writer = PackWriter::new(Vec::new(), "test pack".into()).unwrap();
         let mut encoder = ChunkCodec::new(3).encoder().unwrap();
         for data in chunks {
-            let c = encoder.encode(ChunkId::of(data), ChunkKind::Data, data.to_vec());
+            let c = encoder.encode(ChunkId::of(data), ChunkKind::Data, data);
             writer.append(&c).unwrap();
         }
         let (finished, bytes) = writer.finish().unwrap();

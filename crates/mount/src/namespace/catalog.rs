@@ -31,7 +31,8 @@ impl<M: Sync + Send> Namespace<M> {
             self.repo.catch_up()?;
             let points = self.repo.restore_points()?;
             let labels = time_labels(&points);
-            let points = points.into_iter().map(Arc::new).collect();
+            let points: Vec<_> = points.into_iter().map(Arc::new).collect();
+            self.xattr_names.cover(&points);
             *catalog = (Some(Instant::now()), Arc::new(Catalog { points, labels }));
         }
         Ok(catalog.1.clone())

@@ -3,12 +3,12 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::Walker;
 use crate::error::Result;
 use crate::index::FileFingerprint;
+use crate::metadata::EntryStat;
 use crate::tree::Extent;
 
 /// Hard-linked files are read once; later names wait for the first.
@@ -25,9 +25,9 @@ impl Walker<'_> {
         dir: usize,
         slot: usize,
         path: &Path,
-        meta: &std::fs::Metadata,
+        stat: &EntryStat,
     ) -> bool {
-        match self.links.get_mut(&(meta.dev(), meta.ino())) {
+        match self.links.get_mut(&(stat.dev, stat.ino)) {
             Some(LinkState::Done(Ok(extents))) => {
                 let extents = extents.clone();
                 self.set_extents(dir, slot, extents);
@@ -47,7 +47,7 @@ impl Walker<'_> {
             }
             None => {
                 self.links
-                    .insert((meta.dev(), meta.ino()), LinkState::Waiting(Vec::new()));
+                    .insert((stat.dev, stat.ino), LinkState::Waiting(Vec::new()));
                 false
             }
         }
