@@ -30,12 +30,110 @@ def make_tree(root, count):
             f.write(os.urandom(512) + b"x" * 512)
 
 
+def make_small_tree(root, count, dirs):
+    """`count` files of 1-200 bytes spread over `dirs` directories."""
+    rng = random.Random(11)
+    pool = rng.randbytes(1 << 16)
+    per_dir = count // dirs
+    for d in range(dirs):
+        path = os.path.join(root, f"d{d:04}")
+        os.makedirs(path)
+        for i in range(per_dir):
+            size = rng.randint(1, 200)
+            at = rng.randrange(len(pool) - size)
+            fd = os.open(os.path.join(path, f"f{i:05}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, pool[at:at + size])
+            os.close(fd)
+
+
+def hyperfine_medians(jdir, name):
+    """Median seconds of each command of a hyperfine export, by name
+    (`-n`), or None if that measurement was never made."""
+    path = os.path.join(jdir, name + ".json")
+    if not os.path.exists(path):
+        return None
+    results = json.load(open(path))["results"]
+    return {r["command"]: statistics.median(r["times"]) for r in results}
+
+
+def targets(jdir, mount_jdir):
+    """Every row of the performance targets: its figure in the last run
+    that measured it, and whether the target is met."""
+    def one(name):
+        m = hyperfine_medians(jdir, name)
+        return None if m is None else next(iter(m.values()))
+
+    def named(directory, name, command):
+        m = hyperfine_medians(directory, name)
+        return None if m is None else m.get(command)
+
+    rows = []
+
+    def row(figure, target, value, text, ok):
+        if value is None:
+            rows.append((figure, "not measured", target, "-"))
+        else:
+            rows.append((figure, text, target, "met" if ok else "NOT met"))
+
+    first, restic_first = one("strata-first"), one("restic-first")
+    ratio = restic_first / first if first and restic_first else None
+    row("first file backup vs restic, cold", ">= 2x", ratio,
+        ratio and f"{ratio:.2f}x (strata {first:.1f} s, restic {restic_first:.1f} s)", ratio and ratio >= 2)
+    second = one("strata-second")
+    ratio = second / first if first and second else None
+    row("unchanged second backup / first backup, cold", "<= 0.10", ratio,
+        ratio and f"{ratio:.3f} ({second:.2f} s / {first:.2f} s)", ratio is not None and ratio <= 0.10)
+    vm = hyperfine_medians(jdir, "vm2g-restore")
+    for command, what in (("strata-raw", "raw disk restore"), ("strata-vm", "whole-VM restore (sparse VMDK)")):
+        t = vm and vm.get(command)
+        ratio = vm["cp"] / t if t else None
+        row(f"{what} vs cp --sparse=always, 2 GiB disk, cold", ">= 0.7x", ratio,
+            ratio and f"{ratio:.2f}x ({t:.2f} s vs {vm['cp']:.2f} s)", ratio and ratio >= 0.7)
+    # Both trees hold 100,000 entries; the mount rows' script is preferred.
+    per_100k = named(mount_jdir, "ls-lR", "new") or one("mount-lsR")
+    row("ls -lR through the mount, default options, cold", "<= 3 s per 100,000 entries", per_100k,
+        per_100k and f"{per_100k:.2f} s per 100,000 entries", per_100k is not None and per_100k <= 3)
+    mount, restic_mount = named(mount_jdir, "seq-read", "mount-new"), named(mount_jdir, "seq-read", "restic-mount")
+    restore = named(mount_jdir, "seq-read", "strata-restore")
+    if mount is None:  # only tools/bench's own mount section ran
+        mount, restore = one("mount-seq-cold"), one("mount-restore")
+    ratio = restic_mount / mount if mount and restic_mount else None
+    row("mount sequential read of 1 GiB vs restic's mount, cold", ">= 3x", ratio,
+        ratio and f"{ratio:.2f}x ({mount:.2f} s vs {restic_mount:.2f} s)", ratio and ratio >= 3)
+    ratio = restore / mount if mount and restore else None
+    row("mount sequential read vs strata restore of the same file", ">= 0.7x", ratio,
+        ratio and f"{ratio:.2f}x ({mount:.2f} s vs {restore:.2f} s)", ratio and ratio >= 0.7)
+    small_first, small_second = one("small-strata-first"), one("small-strata-second")
+    ratio = small_second / small_first if small_first and small_second else None
+    count_file = os.path.join(jdir, "small-files.count")
+    count = int(open(count_file).read()) if os.path.exists(count_file) else 1000000
+    row(f"{count:,} small files (1-200 B, 1,000 directories): unchanged second backup, cold", "<= 10 % of the first, and <= 5 s", ratio,
+        ratio and f"{small_second:.1f} s, {100 * ratio:.1f} % of the first ({small_first:.0f} s)",
+        ratio is not None and ratio <= 0.10 and small_second <= 5)
+    for ours, theirs, what, goal in (("strata-first", "bupstash-first", "first backup", 1.5),
+                                      ("strata-second", "bupstash-second", "unchanged second backup", 2),
+                                      ("strata-restore", "bupstash-restore", "restore", 1.5)):
+        a, b = one(ours), one(theirs)
+        ratio = b / a if a and b else None
+        row(f"{what} vs bupstash, cold", f">= {goal}x", ratio,
+            ratio and f"{ratio:.2f}x (strata {a:.2f} s, bupstash {b:.2f} s)", ratio and ratio >= goal)
+    print("\nPerformance targets (medians of the last run of each row):\n")
+    print("| figure | now | target | |")
+    print("|---|---|---|---|")
+    for figure, text, target, verdict in rows:
+        print(f"| {figure} | {text} | {target} | {verdict} |")
+
+
 def main():
     if sys.argv[1] == "make-changes":
         return make_changes(sys.argv[2], sys.argv[3])
     if sys.argv[1] == "make-tree":
         return make_tree(sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1] == "make-small-tree":
+        return make_small_tree(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     jdir, section = sys.argv[1], sys.argv[2]
+    if section == "targets":
+        return targets(jdir, sys.argv[3])
 
     def med(name):
         return statistics.median(json.load(open(os.path.join(jdir, name + ".json")))["results"][0]["times"])
@@ -47,13 +145,13 @@ def main():
         print("Limits on the same data (both cores, warm cache unless noted):\n")
         for line in open(limits):
             print("    " + line.rstrip())
-        print("\n| task | strata | restic | borg | reference |")
-        print("|---|---|---|---|---|")
-        print(f"| first backup | {cell('strata-first')} | {cell('restic-first')} | {cell('borg-first')} | |")
-        print(f"| first backup, warm cache | {cell('strata-first-warm')} | | | |")
-        print(f"| unchanged second backup | {cell('strata-second')} | {cell('restic-second')} | {cell('borg-second')} | |")
-        print(f"| unchanged second backup, warm cache | {cell('strata-second-warm')} | | | |")
-        print(f"| restore | {cell('strata-restore')} | {cell('restic-restore')} | {cell('borg-restore')} | cp -a: {cell('cp')} |")
+        print("\n| task | strata | restic | borg | bupstash | reference |")
+        print("|---|---|---|---|---|---|")
+        print(f"| first backup | {cell('strata-first')} | {cell('restic-first')} | {cell('borg-first')} | {cell('bupstash-first')} | |")
+        print(f"| first backup, warm cache | {cell('strata-first-warm')} | | | | |")
+        print(f"| unchanged second backup | {cell('strata-second')} | {cell('restic-second')} | {cell('borg-second')} | {cell('bupstash-second')} | |")
+        print(f"| unchanged second backup, warm cache | {cell('strata-second-warm')} | | | | |")
+        print(f"| restore | {cell('strata-restore')} | {cell('restic-restore')} | {cell('borg-restore')} | {cell('bupstash-restore')} | cp -a: {cell('cp')} |")
         print(f"\nSecond/first backup time (strata): {med('strata-second') / med('strata-first'):.3f} cold, "
               f"{med('strata-second-warm') / med('strata-first-warm'):.3f} warm. Peak RSS of a strata backup: {int(peak) / 1024:.0f} MiB.")
     elif section == "tier":
@@ -89,6 +187,28 @@ def main():
             print(f"| {jobs} thread{'s' if jobs > 1 else ''} | {r['iops']:.0f} | {p99:.2f} ms |")
         print(f"\n`find` over 100,000 files: {med('mount-find'):.2f} s; `ls -lR`: {med('mount-lsR'):.2f} s. "
               f"Mount process RSS after the runs: {rss / 1024:.0f} MiB with --cache-size 256M.")
+    elif section == "smallfiles":
+        files = int(sys.argv[3])
+        have = lambda name: hyperfine_medians(jdir, name) is not None
+        print(f"\nSmall files: {files:,} files of 1-200 bytes in 1,000 directories; medians, caches dropped unless 'warm'.\n")
+        print("| task | strata | bupstash |")
+        print("|---|---|---|")
+        for label, ours, theirs in (("first backup (1 run)", "small-strata-first", "small-bupstash-first"),
+                                    ("unchanged second backup", "small-strata-second", "small-bupstash-second"),
+                                    ("unchanged second backup, warm cache", "small-strata-second-warm", None)):
+            theirs_cell = f"{med(theirs):.1f} s" if theirs and have(theirs) else ""
+            print(f"| {label} | {med(ours):.1f} s | {theirs_cell} |")
+        print(f"\nSecond/first backup time (strata): {med('small-strata-second') / med('small-strata-first'):.3f} cold, "
+              f"{med('small-strata-second-warm') / med('small-strata-first'):.3f} warm.")
+    elif section == "vm-restore":
+        logical, allocated = int(sys.argv[3]), int(sys.argv[4])
+        m = hyperfine_medians(jdir, "vm2g-restore")
+        print(f"\nDisk restore: {logical / 2**30:.0f} GiB raw disk with ext4, {allocated / 1e9:.2f} GB allocated; medians, caches dropped before each run, same run.\n")
+        print("| task | time | MB/s allocated | vs cp --sparse=always |")
+        print("|---|---|---|---|")
+        for command, label in (("strata-raw", "strata restore disk --raw-to"), ("strata-vm", "strata restore vm (sparse VMDK)"),
+                               ("cp", "cp --sparse=always")):
+            print(f"| {label} | {m[command]:.2f} s | {allocated / 1e6 / m[command]:.0f} | {m['cp'] / m[command]:.2f}x |")
     else:
         logical, allocated, limits = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
         cell = lambda name: f"{logical / 1e6 / med(name):.0f} MB/s logical, {allocated / 1e6 / med(name):.0f} MB/s allocated ({med(name):.1f} s)"

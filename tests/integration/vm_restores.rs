@@ -326,3 +326,155 @@ fn a_failed_raw_restore_leaves_the_existing_file_intact() {
     assert_ne!(restore_raw(&fresh).status.code(), Some(0));
     assert!(!fresh.exists());
 }
+
+/// An image of 40 MiB and a partial chunk: random data over most chunks,
+/// a chunk with all-zero 4 KiB blocks inside, a chunk of written zeros, a
+/// hole and data in the short last chunk, backed up as disk `zeros`.
+/// Returns it and the bytes of its 4 KiB blocks that hold data.
+fn image_with_zeros(t: &TestRepo) -> (PathBuf, u64) {
+    const MIB: u64 = 1 << 20;
+    let path = t.path("zeros.img");
+    let f = std::fs::File::create(&path).unwrap();
+    let size = 40 * MIB + 12_345;
+    f.set_len(size).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(40);
+    let data = random_bytes(&mut rng, 24 << 20);
+    f.write_all_at(&data, 0).unwrap();
+    // Zero blocks inside chunk 3 (at 3 MiB + 64 KiB, 256 KiB of them) and
+    // a whole chunk of zeros written out at 30 MiB.
+    f.write_all_at(&[0; 256 << 10], 3 * MIB + (64 << 10))
+        .unwrap();
+    f.write_all_at(&[0; MIB as usize], 30 * MIB).unwrap();
+    f.write_all_at(b"the end", size - 7).unwrap();
+    t.ok(&["backup", "image", path.to_str().unwrap(), "--name", "zeros"]);
+    // 24 MiB less the zeros, plus the block holding the last bytes.
+    (path, (24 << 20) - (256 << 10) + 4096)
+}
+
+fn restore_zeros_raw(t: &TestRepo, to: &str) {
+    t.ok(&["restore", "disk", "zeros@latest", "zeros", "--raw-to", to]);
+}
+
+#[test]
+fn raw_restores_are_identical_and_leave_zeros_unallocated() {
+    let t = TestRepo::new();
+    let (image, data_bytes) = image_with_zeros(&t);
+
+    let out = t.path("out/zeros.raw");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    restore_zeros_raw(&t, out.to_str().unwrap());
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&image).unwrap());
+    // File systems may add a block or two of extent tree; zeros would be
+    // a quarter MiB at least.
+    assert!(
+        allocated(&out) <= data_bytes + (64 << 10),
+        "{} bytes allocated for {data_bytes} of data",
+        allocated(&out)
+    );
+
+    // The whole-VM restore writes its flat extent and its sparse VMDK
+    // through the same stream: workers ahead of the in-order VMDK writer.
+    let target = t.path("vms");
+    for format in ["raw", "vmdk"] {
+        let folder = restore_vm(&t, "zeros@latest", &target, format);
+        let vmdk = restored_vmdk(&folder);
+        identical(&image, "raw", &vmdk);
+        if format == "raw" {
+            let flat = vmdk.with_file_name(format!(
+                "{}-flat.vmdk",
+                vmdk.file_stem().unwrap().to_str().unwrap()
+            ));
+            assert!(allocated(&flat) <= data_bytes + (64 << 10));
+        }
+    }
+}
+
+#[test]
+fn a_damaged_chunk_fails_a_raw_restore_naming_the_disk_and_offset() {
+    let t = TestRepo::new();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(41);
+    let image = t.path("disk.img");
+    std::fs::write(&image, random_bytes(&mut rng, 24 << 20)).unwrap();
+    t.ok(&["backup", "image", image.to_str().unwrap()]);
+    damage_biggest_pack(&t);
+    let out = t.path("disk.raw");
+    let failed = t.run(&[
+        "restore",
+        "disk",
+        "disk@latest",
+        "image",
+        "--raw-to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(failed.status.code(), Some(1));
+    let err = stderr_of(&failed);
+    let offset = err
+        .split("at byte ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        err.contains("disk ") && offset.is_some_and(|o| o % (1 << 20) == 0 && o < 24 << 20),
+        "{err}"
+    );
+    assert!(err.contains("damaged"), "{err}");
+    assert!(!out.exists());
+}
+
+/// A loop device over a file, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn over(file: &Path) -> Option<Self> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_raw_restore_to_a_block_device_writes_its_holes_and_zeros() {
+    if !is_root() {
+        eprintln!("skipped: needs root for a loop device");
+        return;
+    }
+    let t = TestRepo::new();
+    let (image, _) = image_with_zeros(&t);
+    // A device larger than the disk, full of old data everywhere.
+    let backing = t.path("device.img");
+    let size = std::fs::metadata(&image).unwrap().len();
+    std::fs::write(
+        &backing,
+        vec![0xa5; (size as usize).div_ceil(512) * 512 + (1 << 20)],
+    )
+    .unwrap();
+    let Some(device) = LoopDevice::over(&backing) else {
+        eprintln!("skipped: no loop device");
+        return;
+    };
+    restore_zeros_raw(&t, &device.0);
+    drop(device);
+    let written = std::fs::read(&backing).unwrap();
+    let source = std::fs::read(&image).unwrap();
+    assert!(
+        written[..source.len()] == source[..],
+        "the device differs from the disk"
+    );
+    assert!(
+        written[source.len()..].iter().all(|b| *b == 0xa5),
+        "written past the disk's end"
+    );
+}

@@ -22,6 +22,16 @@ use crate::format::{PACK_FOOTER_LEN, PACK_HEADER_LEN};
 use crate::pack::{self, reader, ChunkCodec, CompressedChunk, PackEntry, PackWriter};
 use crate::storage::{ObjectStore, ObjectWriter};
 
+/// Buffers reused across chunk reads: a reader of many chunks (a disk
+/// restore) faults in their pages once instead of once per chunk.
+#[derive(Debug, Default)]
+pub struct ChunkBuffers {
+    /// The chunk as stored in its pack.
+    pub stored: Vec<u8>,
+    /// The verified plaintext of the last chunk read.
+    pub plain: Vec<u8>,
+}
+
 pub struct Packs {
     warm: Arc<dyn ObjectStore>,
     cold: Option<Arc<dyn ObjectStore>>,
@@ -168,31 +178,60 @@ impl Packs {
     }
 
     /// A chunk's stored bytes (as in the pack: compressed, not verified)
-    /// from `object` in `store`.
-    fn read_stored_from(store: &dyn ObjectStore, object: &str, entry: &PackEntry) -> Result<Vec<u8>> {
-        let mut stored = vec![0u8; entry.stored_len as usize];
-        store.read_at(object, entry.offset, &mut stored)?;
-        Ok(stored)
+    /// from `object` in `store`, into `stored`.
+    fn read_stored_into(
+        store: &dyn ObjectStore,
+        object: &str,
+        entry: &PackEntry,
+        stored: &mut Vec<u8>,
+    ) -> Result<()> {
+        stored.resize(entry.stored_len as usize, 0);
+        store.read_at(object, entry.offset, stored)
     }
 
     /// A chunk's stored bytes from pack `id` on `tier`.
     pub fn read_stored(&self, tier: Tier, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
-        Self::read_stored_from(self.store(tier)?, &pack::object_name(id), entry)
+        let (store, name) = (self.store(tier)?, pack::object_name(id));
+        let mut stored = Vec::new();
+        Self::read_stored_into(store, &name, entry, &mut stored)?;
+        Ok(stored)
     }
 
     /// A chunk's plaintext from pack `id` on `tier`, verified.
     pub fn read_chunk(&self, tier: Tier, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
-        let stored = self.read_stored(tier, id, entry)?;
-        self.codec.decode(entry, id, &stored)
+        let mut buffers = ChunkBuffers::default();
+        self.read_chunk_into(tier, id, entry, &mut buffers)?;
+        Ok(buffers.plain)
+    }
+
+    /// [`Self::read_chunk`] into reused buffers; the plaintext is left in
+    /// `buffers.plain`.
+    pub fn read_chunk_into(
+        &self,
+        tier: Tier,
+        id: &PackId,
+        entry: &PackEntry,
+        buffers: &mut ChunkBuffers,
+    ) -> Result<()> {
+        let store = self.store(tier)?;
+        Self::read_stored_into(store, &pack::object_name(id), entry, &mut buffers.stored)?;
+        self.codec
+            .decode_into(entry, id, &buffers.stored, &mut buffers.plain)
     }
 
     /// A chunk's plaintext from the thawed copy of cold pack `id` (on the
-    /// warm tier), verified. Whether the thaw is still live is the
-    /// caller's to know.
-    pub fn read_thawed_chunk(&self, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
+    /// warm tier), verified, left in `buffers.plain`. Whether the thaw is
+    /// still live is the caller's to know.
+    pub fn read_thawed_chunk_into(
+        &self,
+        id: &PackId,
+        entry: &PackEntry,
+        buffers: &mut ChunkBuffers,
+    ) -> Result<()> {
         let name = crate::thaw_record::thaw_object_name(id);
-        let stored = Self::read_stored_from(self.warm(), &name, entry)?;
-        self.codec.decode(entry, id, &stored)
+        Self::read_stored_into(self.warm(), &name, entry, &mut buffers.stored)?;
+        self.codec
+            .decode_into(entry, id, &buffers.stored, &mut buffers.plain)
     }
 
     /// Copies cold pack `id` whole to its thaw name on the warm tier, after

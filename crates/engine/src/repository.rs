@@ -21,7 +21,7 @@ use crate::index::{PackRecord,
 };
 use crate::lock::RepositoryLock;
 use crate::pack::ChunkCodec;
-use crate::packs::{OpenPack, Packs, SealedPack};
+use crate::packs::{ChunkBuffers, OpenPack, Packs, SealedPack};
 use crate::restore_point::{self, Manifest, RestorePoint};
 use crate::storage::local::staging_name;
 use crate::storage::{DelayedStore, LocalStore, ObjectStore};
@@ -442,8 +442,16 @@ impl<Mode> Repository<Mode> {
     /// pack therefore means "look again", not "damaged": the reader catches
     /// up and reads from wherever the chunk lives now.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let mut buffers = ChunkBuffers::default();
+        self.read_chunk_into(id, &mut buffers)?;
+        Ok(buffers.plain)
+    }
+
+    /// [`Self::read_chunk`] into reused buffers; the plaintext is left in
+    /// `buffers.plain`.
+    pub fn read_chunk_into(&self, id: &ChunkId, buffers: &mut ChunkBuffers) -> Result<()> {
         let location = self.locate(id)?;
-        match self.read_located(&location) {
+        match self.read_located_into(&location, buffers) {
             Err(e) if e.is_not_found() && self.index.is_secondary() => {
                 self.index.catch_up()?;
                 let current = self.locate(id)?;
@@ -451,7 +459,7 @@ impl<Mode> Repository<Mode> {
                     return Err(e);
                 }
                 tracing::debug!(chunk = %id, from = %location.pack, to = %current.pack, "chunk moved; reading its new location");
-                self.read_located(&current)
+                self.read_located_into(&current, buffers)
             }
             result => result,
         }
@@ -460,10 +468,22 @@ impl<Mode> Repository<Mode> {
     /// Reads one chunk where the index says it is. A cold chunk is read
     /// from its thawed copy on the warm tier, or not at all.
     pub fn read_located(&self, location: &ChunkLocation) -> Result<Vec<u8>> {
+        let mut buffers = ChunkBuffers::default();
+        self.read_located_into(location, &mut buffers)?;
+        Ok(buffers.plain)
+    }
+
+    fn read_located_into(
+        &self,
+        location: &ChunkLocation,
+        buffers: &mut ChunkBuffers,
+    ) -> Result<()> {
         let (pack, entry) = (&location.pack, &location.entry);
         match location.tier {
-            Tier::Warm => self.packs.read_chunk(Tier::Warm, pack, entry),
-            Tier::Cold if self.is_thawed(pack)? => self.packs.read_thawed_chunk(pack, entry),
+            Tier::Warm => self.packs.read_chunk_into(Tier::Warm, pack, entry, buffers),
+            Tier::Cold if self.is_thawed(pack)? => {
+                self.packs.read_thawed_chunk_into(pack, entry, buffers)
+            }
             Tier::Cold => Err(Error::Cold {
                 chunk: entry.id,
                 pack: *pack,

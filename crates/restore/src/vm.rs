@@ -11,12 +11,10 @@
 //! verified on all cores in windows while a writer thread writes the
 //! previous window in order.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
+mod disk_stream;
 
-use crossbeam_channel::bounded;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::cancel::CancelToken;
 use crate::disk_reader::{DiskMapReader, PageCache};
@@ -29,10 +27,9 @@ use strata_engine::vm::description::{DiskRecord, VmDescription};
 use strata_engine::vm::vmx::Vmx;
 use crate::vmdk::sparse::SECTOR;
 use crate::vmdk::writer::{
-    vmdk_sectors, write_flat_descriptor, DiskSink, RawWriter, SparseVmdkWriter,
+    vmdk_sectors, write_flat_descriptor, RawWriter, SparseVmdkWriter,
 };
-
-const WINDOW_CHUNKS: usize = 32;
+pub use disk_stream::{write_disk, DiskTarget};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskOutput {
@@ -193,12 +190,12 @@ pub fn restore_vm<M: Sync>(
             format!("{name}_{k}")
         };
         let descriptor = format!("{stem}.vmdk");
-        let sink: Box<dyn DiskSink> = match request.disk_output {
-            DiskOutput::Vmdk => Box::new(SparseVmdkWriter::create(
+        let target = match request.disk_output {
+            DiskOutput::Vmdk => DiskTarget::InOrder(Box::new(SparseVmdkWriter::create(
                 &guard.path.join(&descriptor),
                 disk.capacity,
                 &disk.adapter_type,
-            )?),
+            )?)),
             DiskOutput::Raw => {
                 let flat = format!("{stem}-flat.vmdk");
                 write_flat_descriptor(
@@ -209,13 +206,13 @@ pub fn restore_vm<M: Sync>(
                 )?;
                 files.push(flat.clone());
                 // The flat file holds the whole sectors its descriptor gives.
-                Box::new(RawWriter::create_new(
+                DiskTarget::Positional(RawWriter::create_new(
                     &guard.path.join(&flat),
                     vmdk_sectors(disk.capacity) * SECTOR,
                 )?)
             }
         };
-        bytes_written += write_disk(repo, disk, sink, progress, cancel)?;
+        bytes_written += write_disk(repo, disk, target, progress, cancel)?;
         files.push(descriptor.clone());
         changes.push((format!("{}.fileName", disk.slot), descriptor));
     }
@@ -299,8 +296,8 @@ pub fn restore_disk_raw<M: Sync>(
         prepare_dir(repo, parent, disk.allocated_bytes())?;
     }
     progress.add_total(disk.allocated_bytes());
-    let sink = Box::new(RawWriter::replace(path, disk.capacity)?);
-    let written = write_disk(repo, disk, sink, progress, cancel)?;
+    let target = DiskTarget::Positional(RawWriter::replace(path, disk.capacity)?);
+    let written = write_disk(repo, disk, target, progress, cancel)?;
     progress.finish();
     Ok(VmRestoreSummary {
         folder: parent.to_path_buf(),
@@ -308,125 +305,5 @@ pub fn restore_disk_raw<M: Sync>(
         files: vec![path.display().to_string()],
         bytes_written: written,
         duration_ms: started.elapsed().as_millis() as u64,
-    })
-}
-
-/// Streams a stored disk into `sink`; returns the data bytes written.
-pub fn write_disk<M: Sync>(
-    repo: &Repository<M>,
-    disk: &DiskRecord,
-    mut sink: Box<dyn DiskSink>,
-    progress: &dyn Progress,
-    cancel: &CancelToken,
-) -> Result<u64> {
-    let cache = PageCache::keeping(1);
-    let map = DiskMapReader::new(repo, &disk.pages, &cache);
-    let chunks = disk.chunk_count();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let (to_writer, windows) = bounded::<Vec<(u64, Option<Vec<u8>>)>>(1);
-    // Set once every window was sent: only then is the output finished
-    // (grain tables, size), so a failed restore never looks complete.
-    let complete = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| -> Result<u64> {
-        let complete = &complete;
-        let writer = scope.spawn(move || -> Result<u64> {
-            let mut written = 0;
-            for window in windows {
-                for (index, data) in window {
-                    let offset = index * disk.chunk_size as u64;
-                    match data {
-                        Some(bytes) => {
-                            sink.write_chunk(offset, &bytes)?;
-                            written += bytes.len() as u64;
-                            progress.advance(bytes.len() as u64);
-                        }
-                        None => sink.hole(offset, disk.chunk_len(index))?,
-                    }
-                }
-            }
-            if !complete.load(Ordering::Acquire) {
-                return Err(Error::Interrupted(
-                    "disk restore stopped before its end".into(),
-                ));
-            }
-            sink.finish()?;
-            Ok(written)
-        });
-        let fetched = (|| -> Result<()> {
-            let mut start = 0u64;
-            while start < chunks {
-                cancel.check()?;
-                let end = (start + WINDOW_CHUNKS as u64).min(chunks);
-                let ids = (start..end)
-                    .map(|i| map.chunk_at(i))
-                    .collect::<Result<Vec<_>>>()?;
-                let slots: Vec<Mutex<Option<Vec<u8>>>> =
-                    (start..end).map(|_| Mutex::new(None)).collect();
-                let next = AtomicUsize::new(0);
-                // Windows of holes (most of a big, empty disk) cost no threads.
-                let fetch_threads = if ids.iter().any(Option::is_some) {
-                    threads
-                } else {
-                    0
-                };
-                std::thread::scope(|fetchers| -> Result<()> {
-                    let workers: Vec<_> = (0..fetch_threads)
-                        .map(|_| {
-                            fetchers.spawn(|| -> Result<()> {
-                                loop {
-                                    let i = next.fetch_add(1, Ordering::Relaxed);
-                                    let Some(id) = ids.get(i) else { return Ok(()) };
-                                    let Some(id) = id else { continue };
-                                    let index = start + i as u64;
-                                    let data = repo.read_chunk(id).map_err(|e| match e {
-                                        Error::Cold { .. } => e,
-                                        e => Error::corrupt(
-                                            format!(
-                                                "disk {} at byte {}",
-                                                disk.slot,
-                                                index * disk.chunk_size as u64
-                                            ),
-                                            e,
-                                        ),
-                                    })?;
-                                    if data.len() as u64 != disk.chunk_len(index) {
-                                        return Err(Error::corrupt(
-                                            format!("disk {}", disk.slot),
-                                            format!(
-                                                "chunk {id} holds {} bytes, expected {}",
-                                                data.len(),
-                                                disk.chunk_len(index)
-                                            ),
-                                        ));
-                                    }
-                                    *slots[i].lock().expect("slot") = Some(data);
-                                }
-                            })
-                        })
-                        .collect();
-                    for worker in workers {
-                        worker.join().expect("fetcher panicked")?;
-                    }
-                    Ok(())
-                })?;
-                let window = slots
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, slot)| (start + i as u64, slot.into_inner().expect("slot")))
-                    .collect();
-                if to_writer.send(window).is_err() {
-                    break; // the writer failed; its error is reported below
-                }
-                start = end;
-            }
-            complete.store(start >= chunks, Ordering::Release);
-            Ok(())
-        })();
-        drop(to_writer);
-        let written = writer.join().expect("disk writer panicked");
-        fetched?;
-        written
     })
 }

@@ -6,6 +6,7 @@
 //! its grain directory and tables are written when it finishes.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -96,6 +97,8 @@ pub struct SparseVmdkWriter {
     /// Index and entries of the grain table being filled.
     table: Option<(u64, Vec<u32>)>,
     next_sector: u64,
+    /// Bytes from the start whose writeback was started.
+    written_back: u64,
 }
 
 impl SparseVmdkWriter {
@@ -158,6 +161,7 @@ impl SparseVmdkWriter {
             gd_sector,
             table: None,
             next_sector: overhead,
+            written_back: 0,
         })
     }
 
@@ -236,6 +240,16 @@ impl DiskSink for SparseVmdkWriter {
                 entries[(grain % GTES_PER_GT) as usize] = entry;
             }
             self.next_sector += GRAIN_SECTORS;
+        }
+        let end = self.next_sector * SECTOR;
+        if end - self.written_back >= WRITEBACK_BYTES {
+            start_writeback(
+                &self.file,
+                &self.path,
+                self.written_back,
+                end - self.written_back,
+            );
+            self.written_back = end;
         }
         Ok(())
     }
@@ -343,6 +357,64 @@ impl RawWriter {
     fn written_path(&self) -> &Path {
         self.temp.as_deref().unwrap_or(&self.path)
     }
+
+    /// Whether holes must be written as zeros: a block device keeps
+    /// whatever it held, a new file reads zeros where nothing was written.
+    pub fn writes_holes(&self) -> bool {
+        self.block_device
+    }
+
+    /// Writes `data` at `offset`. Takes `&self`: several threads may write
+    /// disjoint ranges at once.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .at("writing", self.written_path())
+    }
+
+    /// Writes `len` zero bytes at `offset` on a block device; nothing on a
+    /// file, where the hole stays unallocated.
+    pub fn zero_at(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.block_device {
+            return Ok(());
+        }
+        // In pieces of at most a MiB: a hole can be as long as the disk.
+        let zeros = vec![0u8; min_len(len, 1 << 20)];
+        let mut done = 0u64;
+        while done < len {
+            let piece = &zeros[..min_len(len - done, zeros.len())];
+            self.write_at(offset + done, piece)?;
+            done += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Starts writing `len` bytes at `offset` back to the disk without
+    /// waiting for it; see [`start_writeback`].
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        start_writeback(&self.file, self.written_path(), offset, len);
+    }
+}
+
+/// Bytes appended to a sparse VMDK after which their writeback starts.
+const WRITEBACK_BYTES: u64 = 32 << 20;
+
+/// Starts writing `len` bytes of `file` at `offset` back to the disk
+/// without waiting, so that the disk writes while a restore is still
+/// decompressing and the final sync finds little left. Only a hint:
+/// errors surface at that sync.
+fn start_writeback(file: &File, path: &Path, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed;
+    // sync_file_range reads no memory of ours.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc != 0 {
+        tracing::debug!(file = %path.display(), error = %std::io::Error::last_os_error(), "sync_file_range");
+    }
 }
 
 impl Drop for RawWriter {
@@ -357,25 +429,11 @@ impl Drop for RawWriter {
 
 impl DiskSink for RawWriter {
     fn write_chunk(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(data, offset)
-            .at("writing", self.written_path())
+        self.write_at(offset, data)
     }
 
     fn hole(&mut self, offset: u64, len: u64) -> Result<()> {
-        if self.block_device {
-            // In pieces of at most a MiB: a hole can be as long as the disk.
-            let zeros = vec![0u8; min_len(len, 1 << 20)];
-            let mut done = 0u64;
-            while done < len {
-                let piece = &zeros[..min_len(len - done, zeros.len())];
-                self.file
-                    .write_all_at(piece, offset + done)
-                    .at("writing", &self.path)?;
-                done += piece.len() as u64;
-            }
-        }
-        Ok(())
+        self.zero_at(offset, len)
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {

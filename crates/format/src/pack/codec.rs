@@ -35,7 +35,22 @@ impl ChunkCodec {
     /// Turns a chunk's stored bytes back into its plaintext and verifies it
     /// hashes to the chunk's id: damage never yields wrong bytes.
     pub fn decode(&self, entry: &PackEntry, pack: &PackId, stored: &[u8]) -> Result<Vec<u8>> {
-        decode_chunk(entry, pack, stored)
+        let mut plain = Vec::new();
+        decode_chunk_into(entry, pack, stored, &mut plain)?;
+        Ok(plain)
+    }
+
+    /// [`Self::decode`] into `plain`, replacing its contents: a reader of
+    /// many chunks reuses one buffer instead of faulting in fresh pages
+    /// for every chunk.
+    pub fn decode_into(
+        &self,
+        entry: &PackEntry,
+        pack: &PackId,
+        stored: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<()> {
+        decode_chunk_into(entry, pack, stored, plain)
     }
 }
 
@@ -97,7 +112,12 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-pub(crate) fn decode_chunk(entry: &PackEntry, pack: &PackId, stored: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn decode_chunk_into(
+    entry: &PackEntry,
+    pack: &PackId,
+    stored: &[u8],
+    plain: &mut Vec<u8>,
+) -> Result<()> {
     let damaged = |detail: String| Error::ChunkDamaged {
         id: entry.id,
         pack: *pack,
@@ -109,21 +129,27 @@ pub(crate) fn decode_chunk(entry: &PackEntry, pack: &PackId, stored: &[u8]) -> R
             entry.raw_len
         )));
     }
-    let plain = match entry.compression {
-        Compression::None => stored.to_vec(),
-        Compression::Zstd => DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| damaged(format!("zstd context: {e}")))?,
-                );
-            }
-            let decompressor = slot.as_mut().expect("just set");
-            decompressor
-                .decompress(stored, entry.raw_len as usize)
-                .map_err(|e| damaged(format!("zstd: {e}")))
-        })?,
+    plain.clear();
+    match entry.compression {
+        Compression::None => plain.extend_from_slice(stored),
+        Compression::Zstd => {
+            DECOMPRESSOR.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| damaged(format!("zstd context: {e}")))?,
+                    );
+                }
+                let decompressor = slot.as_mut().expect("just set");
+                // The buffer never grows past its capacity, at least the
+                // promised length; a frame giving more or less is refused.
+                plain.reserve(entry.raw_len as usize);
+                decompressor
+                    .decompress_to_buffer(stored, plain)
+                    .map_err(|e| damaged(format!("zstd: {e}")))
+            })?;
+        }
     };
     if plain.len() != entry.raw_len as usize {
         return Err(damaged(format!(
@@ -132,10 +158,10 @@ pub(crate) fn decode_chunk(entry: &PackEntry, pack: &PackId, stored: &[u8]) -> R
             entry.raw_len
         )));
     }
-    if ChunkId::of(&plain) != entry.id {
+    if ChunkId::of(plain) != entry.id {
         return Err(damaged("content does not match its BLAKE3 id".into()));
     }
-    Ok(plain)
+    Ok(())
 }
 
 #[cfg(test)]

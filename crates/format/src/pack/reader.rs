@@ -172,6 +172,7 @@ pub fn salvage(
     candidates.dedup();
     let mut verified: Vec<PackEntry> = Vec::new();
     let mut failed: Vec<(PackEntry, String)> = Vec::new();
+    let mut plain = Vec::new();
     for entry in candidates {
         let end = entry.offset.saturating_add(entry.stored_len as u64);
         let range = usize::try_from(entry.offset)
@@ -181,7 +182,7 @@ pub fn salvage(
             failed.push((entry, "the pack ends before its bytes".into()));
             continue;
         };
-        match super::codec::decode_chunk(&entry, pack, stored) {
+        match super::codec::decode_chunk_into(&entry, pack, stored, &mut plain) {
             Ok(_) => verified.push(entry),
             Err(e) => failed.push((entry, e.to_string())),
         }
