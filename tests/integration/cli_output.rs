@@ -151,10 +151,14 @@ fn uninitialized() -> TestRepo {
 #[test]
 fn init_takes_a_compression_level_and_refuses_one_out_of_range() {
     let t = uninitialized();
-    t.ok(&["init", "--compression-level", "1"]);
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(t.repo.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["compression_level"], 1);
+    let level = |t: &TestRepo| {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(t.repo.join("config.json")).unwrap()).unwrap();
+        config["compression_level"].clone()
+    };
+    assert_eq!(level(&TestRepo::new()), 1, "the default");
+    t.ok(&["init", "--compression-level", "6"]);
+    assert_eq!(level(&t), 6);
     let src = t.path("src");
     make_full_tree(&src, 31);
     t.backup(&src, "s");

@@ -110,7 +110,10 @@ impl RepoConfig {
             format_version: REPOSITORY_FORMAT_VERSION,
             repository_id,
             chunker: ChunkerParams::DEFAULT,
-            compression_level: 3,
+            // Warm packs favour backup speed (zstd 1 compresses about
+            // 1.6 times as fast as 3 for 5 % more bytes on the benchmark
+            // tree); the cold tier recompresses what it keeps at level 12.
+            compression_level: 1,
             pack_target_size: 32 * 1024 * 1024,
             disk_chunk_size: default_disk_chunk_size(),
             tiers: TierConfig {

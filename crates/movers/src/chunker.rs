@@ -18,7 +18,7 @@ use crate::config::ChunkerParams;
 
 /// Read buffer; at least twice the largest chunk so that one read always
 /// yields at least one final chunk.
-const MIN_BUFFER: usize = 8 << 20;
+const MIN_BUFFER: usize = 4 << 20;
 
 pub struct StreamChunker {
     params: ChunkerParams,
