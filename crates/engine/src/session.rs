@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::id::{ChunkId, RestorePointId};
 use crate::pack::ChunkKind;
 use crate::restore_point::{Manifest, RestorePoint};
-use crate::tree::Tree;
+use crate::tree::{Timestamp, Tree};
 
 pub use local::{with_local_session, LocalSession, StoreCounters};
 
@@ -36,6 +36,15 @@ pub struct MoverSettings {
     /// Restore points older than this many days may have data on the cold
     /// tier: an incremental must not build on them.
     pub warm_days: u32,
+}
+
+impl MoverSettings {
+    /// Whether a restore point taken at `time` is younger than the warm
+    /// days, so that none of its data can have gone cold: only such a
+    /// restore point may be built on.
+    pub fn is_warm(&self, time: &Timestamp) -> bool {
+        time.sec >= crate::clock::now().sec - i64::from(self.warm_days) * 86_400
+    }
 }
 
 pub trait BackupSession: Sync {

@@ -169,10 +169,10 @@ fn run_records(
     source: &str,
     restore_points: &[RestorePoint],
 ) -> Result<RunRecords> {
-    let warm_cutoff = crate::clock::now().sec - i64::from(session.settings().warm_days) * 86_400;
+    let settings = session.settings();
     let warm: HashSet<RestorePointId> = restore_points
         .iter()
-        .filter(|rp| rp.manifest.time.sec >= warm_cutoff)
+        .filter(|rp| settings.is_warm(&rp.manifest.time))
         .map(|rp| rp.id)
         .collect();
     let trusted = file_cache.trusted_runs(source, |id| warm.contains(id))?;

@@ -2,10 +2,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::Metadata;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::id::ChunkId;
@@ -74,22 +72,6 @@ fn timestamp(sec: i64, nsec: i64) -> Timestamp {
 }
 
 impl EntryStat {
-    pub fn from_metadata(meta: &Metadata) -> Self {
-        EntryStat {
-            mode: meta.mode(),
-            ino: meta.ino(),
-            dev: meta.dev(),
-            nlink: meta.nlink(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            rdev: meta.rdev(),
-            size: meta.size(),
-            mtime: timestamp(meta.mtime(), meta.mtime_nsec()),
-            ctime: timestamp(meta.ctime(), meta.ctime_nsec()),
-            atime: timestamp(meta.atime(), meta.atime_nsec()),
-        }
-    }
-
     /// `name` in the directory open as `dir`, symlinks not followed: no
     /// walk of the path from the root, and no race with a directory
     /// renamed or replaced above it.

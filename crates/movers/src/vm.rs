@@ -263,10 +263,9 @@ pub fn backup_vm(
         opened.push(VirtualDisk::open(&disk.path, disk.format)?);
     }
     let settings = session.settings();
-    let warm_cutoff = crate::clock::now().sec - i64::from(settings.warm_days) * 86_400;
     let parent_is_warm = parent
         .as_ref()
-        .is_some_and(|p| p.manifest.time.sec >= warm_cutoff);
+        .is_some_and(|p| settings.is_warm(&p.manifest.time));
     let changed = changed_extents(&vm, request, &opened)?;
 
     let chunk_size = settings.disk_chunk_size;
@@ -471,7 +470,7 @@ fn read_chunks(
                             bytes_read.fetch_add(b - a, Ordering::Relaxed);
                         }
                         job.progress.advance(end - start);
-                        let entry = if window.iter().all(|b| *b == 0) {
+                        let entry = if strata_vmdk::is_zero(window) {
                             None
                         } else {
                             let id = ChunkId::of(window);

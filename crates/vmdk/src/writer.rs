@@ -201,7 +201,7 @@ impl DiskSink for SparseVmdkWriter {
         }
         let mut padded;
         for (n, piece) in data.chunks(GRAIN_BYTES).enumerate() {
-            if piece.iter().all(|b| *b == 0) {
+            if crate::is_zero(piece) {
                 continue;
             }
             let grain = offset / GRAIN_BYTES as u64 + n as u64;

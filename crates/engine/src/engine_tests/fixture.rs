@@ -246,18 +246,7 @@ impl Fixture {
         let mut built = Built::default();
         let root = built.directory("", entries);
         self.store(&built.chunks);
-        let manifest = Manifest {
-            kind: RestorePointKind::Files,
-            source: source.into(),
-            time: Timestamp { sec: time, nsec: 0 },
-            hostname: "test-host".into(),
-            tags: vec![],
-            paths: vec![b"/".to_vec()],
-            root,
-            parent: None,
-            stats: BackupStats::default(),
-            missed: vec![],
-        };
+        let manifest = files_manifest(source, time, root);
         let id = self
             .repo
             .commit_restore_point(&manifest)
@@ -369,4 +358,21 @@ pub fn snapshot(store: &MemoryStore) -> BTreeMap<String, Vec<u8>> {
 
 pub fn no_cancel() -> CancelToken {
     CancelToken::new()
+}
+
+/// A files restore point's manifest of `source`, taken at `time` (Unix
+/// seconds), whose tree is `root`.
+pub fn files_manifest(source: &str, time: i64, root: ChunkId) -> Manifest {
+    Manifest {
+        kind: RestorePointKind::Files,
+        source: source.into(),
+        time: Timestamp { sec: time, nsec: 0 },
+        hostname: "test-host".into(),
+        tags: vec![],
+        paths: vec![b"/".to_vec()],
+        root,
+        parent: None,
+        stats: BackupStats::default(),
+        missed: vec![],
+    }
 }

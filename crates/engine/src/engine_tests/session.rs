@@ -3,27 +3,12 @@
 
 use std::sync::atomic::Ordering;
 
-use super::fixture::Fixture;
+use super::fixture::{files_manifest, Fixture};
 use crate::id::ChunkId;
 use crate::pack::ChunkKind;
-use crate::restore_point::{BackupStats, Manifest, RestorePointKind};
 use crate::session::{with_local_session, BackupSession};
-use crate::tree::{Timestamp, Tree};
+use crate::tree::Tree;
 
-fn manifest(root: ChunkId) -> Manifest {
-    Manifest {
-        kind: RestorePointKind::Files,
-        source: "session-test".into(),
-        time: Timestamp { sec: 1, nsec: 0 },
-        hostname: "h".into(),
-        tags: vec![],
-        paths: vec![b"/".to_vec()],
-        root,
-        parent: None,
-        stats: BackupStats::default(),
-        missed: vec![],
-    }
-}
 
 #[test]
 fn counters_are_final_after_flush_and_storing_ends_there() {
@@ -63,8 +48,8 @@ fn a_commit_makes_its_chunks_readable_and_a_second_commit_changes_nothing() {
     let root = ChunkId::of(&tree);
     let ids = with_local_session(&fx.repo, |session| {
         session.store_chunk(root, ChunkKind::Tree, &tree)?;
-        let first = session.commit(&manifest(root))?;
-        let second = session.commit(&manifest(root))?;
+        let first = session.commit(&files_manifest("session-test", 1, root))?;
+        let second = session.commit(&files_manifest("session-test", 1, root))?;
         Ok((first, second))
     })
     .unwrap();

@@ -330,7 +330,7 @@ impl<'a> Walker<'a> {
         let mut subdirs = Vec::new();
         let reused = self.dirs[idx].as_ref().is_some_and(PendingDir::reused);
         self.walked.directories_unchanged += u64::from(reused);
-        for entry in listed.entries {
+        for mut entry in listed.entries {
             if entry.stat.is_file() {
                 self.walked.files += 1;
                 self.walked.bytes_total += entry.stat.size;
@@ -339,7 +339,7 @@ impl<'a> Walker<'a> {
                     continue;
                 }
             }
-            let Some(slot) = self.add_entry(idx, &entry)? else {
+            let Some(slot) = self.add_entry(idx, &mut entry)? else {
                 continue;
             };
             if entry.stat.is_dir() {
@@ -366,7 +366,11 @@ impl<'a> Walker<'a> {
     /// Gives `entry` a slot in the pending directory `idx` (a node, or in
     /// a reused directory a subtree slot for a subdirectory); `None` if it
     /// has none (missed, or a reused directory's non-directory entry).
-    fn add_entry(&mut self, idx: usize, entry: &listing::ListedEntry) -> Result<Option<usize>> {
+    fn add_entry(
+        &mut self,
+        idx: usize,
+        entry: &mut listing::ListedEntry,
+    ) -> Result<Option<usize>> {
         let dir = self.dirs[idx].as_mut().expect("pending directory");
         if dir.reused() {
             if !entry.stat.is_dir() {
@@ -376,11 +380,10 @@ impl<'a> Walker<'a> {
             dir.pending += 1;
             return Ok(Some(dir.subtrees.len() - 1));
         }
-        let node = match &entry.node {
-            Some(Ok(node)) => node.clone(),
+        let node = match entry.node.take() {
+            Some(Ok(node)) => node,
             Some(Err(missed)) => {
-                let reason = missed.0.clone();
-                self.miss(&entry.path, reason);
+                self.miss(&entry.path, missed.0);
                 return Ok(None);
             }
             None => {

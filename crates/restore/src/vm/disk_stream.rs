@@ -31,6 +31,7 @@ use crate::id::ChunkId;
 use crate::packs::ChunkBuffers;
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::vmdk::is_zero;
 use crate::vmdk::writer::{DiskSink, RawWriter};
 use strata_engine::vm::description::DiskRecord;
 
@@ -440,13 +441,6 @@ fn write_skipping_zeros(raw: &RawWriter, offset: u64, data: &[u8]) -> Result<()>
         raw.write_at(offset + start as u64, &data[start..])?;
     }
     Ok(())
-}
-
-fn is_zero(block: &[u8]) -> bool {
-    // OR-ing 64 bytes at a time vectorizes; data blocks stop at the first.
-    block
-        .chunks(64)
-        .all(|piece| piece.iter().fold(0u8, |acc, b| acc | b) == 0)
 }
 
 #[cfg(test)]
