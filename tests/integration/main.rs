@@ -5,6 +5,8 @@ mod util;
 
 mod backup_restore;
 mod cli_output;
+mod encryption;
+mod encryption_tamper;
 mod faults;
 mod incremental;
 mod mount;

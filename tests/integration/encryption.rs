@@ -1,0 +1,695 @@
+//! Encryption at rest through the real binary: no name, path, content or
+//! plain content hash anywhere under an encrypted repository; passwords
+//! from a file, a command or the environment, refused when wrong or
+//! missing; key slots added, removed and changed without touching data;
+//! `show` and `stats` say whether a repository is encrypted.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use rand::{RngCore, SeedableRng};
+
+use crate::util::*;
+use crate::vm::{convert, qemu_img};
+
+/// The password `TestRepo::command` gives every command.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Argon2id options that keep every test command fast.
+const FAST_KDF: [&str; 4] = ["--kdf-memory-mib", "8", "--kdf-passes", "1"];
+
+/// `strata ARGS…` on `repo` with `password` in STRATA_PASSWORD (None:
+/// unset), stdin from /dev/null and no controlling terminal, so that a
+/// prompt cannot be answered and must be refused.
+pub fn strata(repo: &Path, password: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(strata_bin());
+    cmd.args(args)
+        .env("STRATA_REPO", repo)
+        .env("RUST_LOG", "error")
+        .env_remove("STRATA_PASSWORD")
+        .env_remove("STRATA_NEW_PASSWORD")
+        .stdin(Stdio::null());
+    if let Some(password) = password {
+        cmd.env("STRATA_PASSWORD", password);
+    }
+    // SAFETY: setsid is async-signal-safe and touches no memory of the
+    // parent; a new session has no controlling terminal, so /dev/tty
+    // cannot be opened.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd
+}
+
+fn output(mut cmd: Command) -> Output {
+    cmd.output().expect("running strata")
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok_with(repo: &Path, password: Option<&str>, args: &[&str]) -> String {
+    let out = output(strata(repo, password, args));
+    assert!(
+        out.status.success(),
+        "strata {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout_of(&out),
+        stderr_of(&out)
+    );
+    stdout_of(&out)
+}
+
+/// Runs, asserts a failure status, returns stdout and stderr together.
+pub fn refused_with(repo: &Path, password: Option<&str>, args: &[&str]) -> String {
+    let out = output(strata(repo, password, args));
+    let text = format!("{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(
+        !out.status.success() && out.status.code().is_some(),
+        "strata {args:?} should have failed: {:?}\n{text}",
+        out.status
+    );
+    text
+}
+
+/// An encrypted repository in a temp dir whose password is `PASSWORD`,
+/// whatever STRATA_TEST_ENCRYPTION says.
+pub fn encrypted_repo() -> TestRepo {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut args = vec!["init", "--encryption", "aes-256-gcm"];
+    args.extend_from_slice(&FAST_KDF);
+    ok_with(&repo, Some(PASSWORD), &args);
+    TestRepo { dir, repo }
+}
+
+pub fn unencrypted_repo() -> TestRepo {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok_with(&repo, None, &["init", "--encryption", "none"]);
+    TestRepo { dir, repo }
+}
+
+fn write_password(path: &Path, password: &str) -> PathBuf {
+    std::fs::write(path, format!("{password}\n")).unwrap();
+    path.to_path_buf()
+}
+
+fn config(t: &TestRepo) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(t.repo.join("config.json")).unwrap()).unwrap()
+}
+
+// ---------------------------------------------------------------------
+// Markers
+
+/// What must not be readable in an encrypted repository: strings, and
+/// plain BLAKE3 hashes of chunks, each with what it stands for.
+#[derive(Default)]
+struct Secrets {
+    markers: Vec<(&'static str, String)>,
+    hashes: Vec<(String, [u8; 32])>,
+}
+
+impl Secrets {
+    fn marker(&mut self, what: &'static str) -> String {
+        let marker = format!("qzx{}Mk{:04}zq", what.replace(' ', ""), self.markers.len());
+        self.markers.push((what, marker.clone()));
+        marker
+    }
+
+    fn get(&self, what: &str) -> &str {
+        &self.markers.iter().find(|(w, _)| *w == what).unwrap().1
+    }
+
+    /// A file below 128 KiB is one chunk: its BLAKE3 is the chunk's plain id.
+    fn file(&mut self, path: &Path, content: &[u8]) {
+        assert!(content.len() < 128 << 10);
+        std::fs::write(path, content).unwrap();
+        self.hashes
+            .push((path.display().to_string(), *blake3::hash(content).as_bytes()));
+    }
+
+    /// Every needle: markers, raw hashes, lowercase hex hashes.
+    fn needles(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = self
+            .markers
+            .iter()
+            .map(|(what, m)| (format!("marker {what} {m}"), m.as_bytes().to_vec()))
+            .collect();
+        for (file, hash) in &self.hashes {
+            out.push((format!("raw BLAKE3 of {file}"), hash.to_vec()));
+            let hex = blake3::Hash::from(*hash).to_hex().to_string();
+            out.push((format!("hex BLAKE3 of {file}"), hex.into_bytes()));
+        }
+        out
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let (first, rest) = needle.split_first().unwrap();
+    haystack
+        .iter()
+        .enumerate()
+        .any(|(i, b)| b == first && haystack[i + 1..].starts_with(rest))
+}
+
+/// "needle in file" for every needle found in any file below `repo`.
+fn found_in(repo: &Path, needles: &[(String, Vec<u8>)]) -> Vec<String> {
+    let files = files_under(repo);
+    assert!(files.len() > 5, "too few files to search: {files:?}");
+    let mut found = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        for (what, needle) in needles {
+            if contains(&bytes, needle) {
+                found.push(format!("{what} in {}", file.display()));
+            }
+        }
+    }
+    found
+}
+
+/// A tree with markers in contents, names, a symlink target and an
+/// xattr (where the file system takes user xattrs); returns its root.
+fn marker_tree(t: &TestRepo, s: &mut Secrets) -> PathBuf {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1201);
+    let root = t.path(&format!("root-{}", s.marker("root dir name")));
+    let dir = root.join(format!("dir-{}", s.marker("dir name")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!("first line\nthe {} in the middle\nlast\n", s.marker("text content"));
+    let named = dir.join(format!("file-{}.txt", s.marker("file name")));
+    s.file(&named, text.as_bytes());
+    // Incompressible, so an unencrypted repository stores it raw and the
+    // marker is found there byte for byte.
+    let mut raw = random_bytes(&mut rng, 100_000);
+    let marker = s.marker("raw content");
+    raw[50_000..50_000 + marker.len()].copy_from_slice(marker.as_bytes());
+    s.file(&root.join("random.bin"), &raw);
+    for i in 0..3 {
+        s.file(&root.join(format!("small{i}.txt")), &text_bytes(&mut rng, 3000 + i * 1000));
+    }
+    std::os::unix::fs::symlink(
+        format!("/target-{}", s.marker("symlink target")),
+        root.join("link"),
+    )
+    .unwrap();
+    let name = format!("user.{}", s.marker("xattr name"));
+    let value = s.marker("xattr value");
+    if let Err(e) = xattr::set(&named, &name, value.as_bytes()) {
+        eprintln!("no xattr markers: the file system refuses user xattrs: {e}");
+        s.markers.retain(|(w, _)| !w.starts_with("xattr"));
+    }
+    root
+}
+
+/// A VM folder with markers in its .vmx (name, annotation), its disk's
+/// file name and its disk's content; returns the folder.
+fn marker_vm(t: &TestRepo, s: &mut Secrets) -> PathBuf {
+    let folder = t.path(&format!("vm-{}", s.marker("vm folder name")));
+    std::fs::create_dir_all(&folder).unwrap();
+    let raw_path = t.path("disk.raw");
+    let mut raw = vec![0u8; 4 << 20];
+    let marker = s.marker("disk content");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1202);
+    rng.fill_bytes(&mut raw[(1 << 20)..(1 << 20) + 4096]);
+    raw[(1 << 20) + 5000..][..marker.len()].copy_from_slice(marker.as_bytes());
+    // The disk is cut into 1 MiB chunks at 1 MiB offsets.
+    s.hashes.push((
+        "the VM disk's second MiB".into(),
+        *blake3::hash(&raw[1 << 20..2 << 20]).as_bytes(),
+    ));
+    std::fs::write(&raw_path, &raw).unwrap();
+    let disk = format!("{}.vmdk", s.marker("disk file name"));
+    convert(&raw_path, "monolithicSparse", &folder.join(&disk));
+    assert!(qemu_img(&["info", folder.join(&disk).to_str().unwrap()]).contains("vmdk"));
+    std::fs::write(
+        folder.join("machine.vmx"),
+        format!(
+            "displayName = \"{}\"\nannotation = \"{}\"\nnumvcpus = \"1\"\nmemsize = \"512\"\n\
+             guestOS = \"ubuntu-64\"\nscsi0:0.fileName = \"{disk}\"\n",
+            s.marker("vm display name"),
+            s.marker("vm annotation"),
+        ),
+    )
+    .unwrap();
+    folder
+}
+
+/// Backs up the marker tree and VM into `t`; returns what must stay secret.
+fn back_up_secrets(t: &TestRepo) -> Secrets {
+    let mut s = Secrets::default();
+    let root = marker_tree(t, &mut s);
+    let vm = marker_vm(t, &mut s);
+    let source = s.marker("source name");
+    let tag = s.marker("tag");
+    t.ok(&[
+        "backup",
+        "files",
+        root.to_str().unwrap(),
+        "--source",
+        &source,
+        "--tag",
+        &tag,
+    ]);
+    t.ok(&["backup", "vm", vm.to_str().unwrap()]);
+    // A second backup and a check add the file cache's and the index's
+    // later states; a restore reads everything back.
+    t.ok(&["backup", "files", root.to_str().unwrap(), "--source", &source]);
+    t.ok(&["check", "--read-data"]);
+    let target = t.path("restored");
+    t.restore(&format!("{source}@latest"), &target);
+    assert_same_tree(&root, &under(&target, &root));
+    s
+}
+
+#[test]
+fn no_marker_name_content_or_plain_hash_is_found_in_an_encrypted_repository() {
+    let t = encrypted_repo();
+    let s = back_up_secrets(&t);
+    let found = found_in(&t.repo, &s.needles());
+    assert!(
+        found.is_empty(),
+        "readable in the encrypted repository:\n{}",
+        found.join("\n")
+    );
+    // The VM was backed up under its marked name, and its .vmx kept.
+    let listed = t.json(&["list"]);
+    let vm_name = s.get("vm display name");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rp| rp["source"] == vm_name),
+        "{listed}"
+    );
+}
+
+/// The search above finds what an unencrypted repository holds: contents
+/// stored raw and the plain ids of chunks.
+#[test]
+fn the_marker_search_finds_markers_and_hashes_in_an_unencrypted_repository() {
+    let t = unencrypted_repo();
+    let s = back_up_secrets(&t);
+    let found = found_in(&t.repo, &s.needles());
+    let raw_marker = s.get("raw content");
+    assert!(
+        found.iter().any(|f| f.contains(raw_marker)),
+        "{raw_marker} not found: {found:?}"
+    );
+    for (file, _) in &s.hashes {
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with(&format!("raw BLAKE3 of {file} in "))),
+            "the plain id of {file} not found: {found:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------
+// Passwords
+
+/// Names and sizes of every file below the repository's object folders,
+/// and the config's and key slots' bytes.
+fn objects_listing(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dir in ["packs", "manifests", "keys"] {
+        let dir = t.repo.join(dir);
+        if dir.is_dir() {
+            for file in files_under(&dir) {
+                let len = std::fs::metadata(&file).unwrap().len();
+                let bytes = if dir.ends_with("keys") {
+                    std::fs::read(&file).unwrap()
+                } else {
+                    len.to_le_bytes().to_vec()
+                };
+                out.push((file, bytes));
+            }
+        }
+    }
+    out.push((
+        t.repo.join("config.json"),
+        std::fs::read(t.repo.join("config.json")).unwrap(),
+    ));
+    out.sort();
+    out
+}
+
+fn small_source(t: &TestRepo, name: &str, seed: u64) -> PathBuf {
+    let src = t.path(name);
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    std::fs::write(src.join("a.txt"), text_bytes(&mut rng, 20_000)).unwrap();
+    std::fs::write(src.join("sub/b.bin"), random_bytes(&mut rng, 300_000)).unwrap();
+    src
+}
+
+#[test]
+fn a_wrong_password_is_refused_and_nothing_is_written() {
+    let t = encrypted_repo();
+    let src = small_source(&t, "src", 1203);
+    t.backup(&src, "s");
+    std::fs::write(src.join("new.txt"), b"only in the refused backup").unwrap();
+    let before = objects_listing(&t);
+    for args in [
+        &["backup", "files", src.to_str().unwrap(), "--source", "s"][..],
+        &["list"][..],
+        &["check"][..],
+        &["prune"][..],
+        &["key", "list"][..],
+    ] {
+        let text = refused_with(&t.repo, Some("not the password"), args);
+        assert!(text.contains("wrong password"), "{args:?}: {text}");
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+    }
+    assert!(objects_listing(&t) == before, "a refused command wrote objects");
+    assert_eq!(t.json(&["list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_missing_password_without_a_terminal_is_refused_naming_strata_password() {
+    let t = encrypted_repo();
+    let src = small_source(&t, "src", 1204);
+    t.backup(&src, "s");
+    let before = objects_listing(&t);
+    for args in [
+        &["list"][..],
+        &["backup", "files", src.to_str().unwrap(), "--source", "s"][..],
+    ] {
+        let text = refused_with(&t.repo, None, args);
+        assert!(text.contains("STRATA_PASSWORD"), "{args:?}: {text}");
+    }
+    assert!(objects_listing(&t) == before, "a refused command wrote objects");
+    // init too has nothing to take a password from.
+    let other = t.path("other");
+    let mut args = vec!["init"];
+    args.extend_from_slice(&FAST_KDF);
+    let text = refused_with(&other, None, &args);
+    assert!(text.contains("STRATA_PASSWORD"), "{text}");
+    assert!(!other.join("config.json").exists());
+}
+
+#[test]
+fn passwords_come_from_a_file_a_command_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let secret = "pass word with spaces";
+    // A path with a space, quoted inside the command line.
+    let file = write_password(&dir.path().join("my password.txt"), secret);
+    let file_arg = file.to_str().unwrap();
+    let mut args = vec!["--password-file", file_arg, "init"];
+    args.extend_from_slice(&FAST_KDF);
+    ok_with(&repo, None, &args);
+    let list = |pre: &[&str], env: Option<&str>| {
+        let mut args = pre.to_vec();
+        args.extend(["list", "--json"]);
+        ok_with(&repo, env, &args)
+    };
+    // One trailing newline is stripped from the file and the command.
+    list(&[], Some(secret));
+    list(&["--password-file", file_arg], None);
+    let quoted = format!("cat '{file_arg}'");
+    list(&["--password-command", &quoted], None);
+    let escaped = format!("cat {}", file_arg.replace(' ', "\\ "));
+    list(&["--password-command", &escaped], None);
+    let echo = format!("printf '%s\\n' \"{secret}\"");
+    list(&["--password-command", &echo], None);
+    // The first source given wins: file, then command, then environment.
+    list(&["--password-file", file_arg], Some("wrong"));
+    list(&["--password-command", &quoted], Some("wrong"));
+    let wrong_file = write_password(&dir.path().join("wrong"), "wrong");
+    let text = refused_with(
+        &repo,
+        Some(secret),
+        &["--password-file", wrong_file.to_str().unwrap(), "list"],
+    );
+    assert!(text.contains("wrong password"), "{text}");
+    // The command runs without a shell: shell syntax is not interpreted.
+    let piped = format!("cat '{file_arg}' | cat");
+    refused_with(&repo, None, &["--password-command", &piped, "list"]);
+    // A failing command is an error, not an empty password.
+    refused_with(&repo, None, &["--password-command", "false", "list"]);
+}
+
+#[test]
+fn an_unencrypted_repository_never_asks_for_a_password() {
+    let t = unencrypted_repo();
+    let src = small_source(&t, "src", 1205);
+    let cfg = config(&t);
+    assert_eq!(cfg["format_version"], 1, "{cfg}");
+    assert!(cfg.get("encryption").is_none(), "{cfg}");
+    assert!(!t.repo.join("keys").exists());
+    let summary = ok_with(
+        &t.repo,
+        None,
+        &["backup", "files", src.to_str().unwrap(), "--source", "s"],
+    );
+    assert!(!summary.is_empty());
+    ok_with(&t.repo, None, &["list"]);
+    ok_with(&t.repo, None, &["check", "--read-data"]);
+    let target = t.path("restored");
+    ok_with(
+        &t.repo,
+        None,
+        &["restore", "files", "s@latest", "--to", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &under(&target, &src));
+    // A password given anyway changes nothing.
+    ok_with(&t.repo, Some("anything"), &["list"]);
+}
+
+// ---------------------------------------------------------------------
+// Key slots
+
+fn key_list(repo: &Path, password: &str) -> Vec<serde_json::Value> {
+    let text = ok_with(repo, Some(password), &["key", "list", "--json"]);
+    serde_json::from_str::<serde_json::Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The id of the slot `password` opens, checking that exactly one is in use.
+fn slot_in_use(repo: &Path, password: &str) -> String {
+    let slots = key_list(repo, password);
+    let in_use: Vec<_> = slots.iter().filter(|s| s["in_use"] == true).collect();
+    assert_eq!(in_use.len(), 1, "{slots:?}");
+    in_use[0]["id"].as_str().unwrap().to_string()
+}
+
+fn slot_ids(repo: &Path, password: &str) -> Vec<String> {
+    let mut ids: Vec<String> = key_list(repo, password)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Adds a slot for `new` (from a file) opened with `password`; returns its id.
+fn key_add(t: &TestRepo, password: &str, new: &str) -> String {
+    let file = write_password(&t.path("new-password"), new);
+    let mut args = vec![
+        "key",
+        "add",
+        "--new-password-file",
+        file.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(&FAST_KDF);
+    let out = ok_with(&t.repo, Some(password), &args);
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(t.repo.join("keys").join(&id).is_file(), "{id}");
+    id
+}
+
+fn assert_wrong_password(repo: &Path, password: &str) {
+    let text = refused_with(repo, Some(password), &["list"]);
+    assert!(text.contains("wrong password"), "{text}");
+}
+
+#[test]
+fn two_key_slots_both_open_the_repository_and_slots_are_removed_safely() {
+    let t = encrypted_repo();
+    let src = small_source(&t, "src", 1206);
+    t.backup(&src, "s");
+    let first = slot_in_use(&t.repo, PASSWORD);
+    assert_eq!(first.len(), 16, "{first}");
+    assert!(t.repo.join("keys").join(&first).is_file());
+    let second = key_add(&t, PASSWORD, "second password");
+
+    // Each password opens the repository and is told its own slot.
+    for (password, id) in [(PASSWORD, &first), ("second password", &second)] {
+        let listed = ok_with(&t.repo, Some(password), &["list", "--json"]);
+        assert!(listed.contains("\"s\""), "{listed}");
+        let slots = key_list(&t.repo, password);
+        assert_eq!(slots.len(), 2, "{slots:?}");
+        for slot in &slots {
+            assert_eq!(slot["in_use"] == true, slot["id"] == id.as_str(), "{slots:?}");
+            assert_eq!(slot["memory_kib"], 8192, "{slot}");
+            assert_eq!(slot["passes"], 1, "{slot}");
+            assert!(!slot["created"].is_null() && slot["host"].is_string(), "{slot}");
+        }
+        let target = t.path(&format!("restored-{id}"));
+        ok_with(
+            &t.repo,
+            Some(password),
+            &["restore", "files", "s@latest", "--to", target.to_str().unwrap()],
+        );
+        assert_same_tree(&src, &under(&target, &src));
+    }
+
+    // The slot in use goes only with --force; another one by id prefix.
+    let text = refused_with(&t.repo, Some(PASSWORD), &["key", "remove", &first]);
+    assert!(text.contains("--force"), "{text}");
+    assert_eq!(slot_ids(&t.repo, PASSWORD).len(), 2);
+    ok_with(&t.repo, Some(PASSWORD), &["key", "remove", &second[..8]]);
+    assert_eq!(slot_ids(&t.repo, PASSWORD), vec![first.clone()]);
+    assert!(!t.repo.join("keys").join(&second).exists());
+    assert_wrong_password(&t.repo, "second password");
+
+    // The last slot stays, even with --force.
+    refused_with(&t.repo, Some(PASSWORD), &["key", "remove", &first, "--force"]);
+    assert_eq!(slot_ids(&t.repo, PASSWORD), vec![first.clone()]);
+
+    // With another slot, the one in use goes with --force, and its
+    // password with it. The new password here comes from the environment.
+    let mut cmd = strata(&t.repo, Some(PASSWORD), &["key", "add", "--json"]);
+    cmd.args(FAST_KDF).env("STRATA_NEW_PASSWORD", "third password");
+    let out = output(cmd);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let third: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let third = third["id"].as_str().unwrap().to_string();
+    ok_with(&t.repo, Some(PASSWORD), &["key", "remove", &first, "--force"]);
+    assert_eq!(slot_ids(&t.repo, "third password"), vec![third]);
+    assert_wrong_password(&t.repo, PASSWORD);
+    let target = t.path("restored-third");
+    ok_with(
+        &t.repo,
+        Some("third password"),
+        &["restore", "files", "s@latest", "--to", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &under(&target, &src));
+}
+
+/// Every pack's path and bytes.
+fn packs(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = files_under(&t.repo.join("packs"))
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn passwd_replaces_the_password_without_touching_data() {
+    let t = encrypted_repo();
+    let src = small_source(&t, "src", 1207);
+    t.backup(&src, "s");
+    let before = packs(&t);
+    let manifests_before = files_under(&t.repo.join("manifests"));
+    let old_slot = slot_in_use(&t.repo, PASSWORD);
+
+    let file = write_password(&t.path("new"), "new password");
+    let out = ok_with(
+        &t.repo,
+        Some(PASSWORD),
+        &[
+            "key",
+            "passwd",
+            "--new-password-file",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let new_slot = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_slot, old_slot);
+
+    assert_wrong_password(&t.repo, PASSWORD);
+    assert_eq!(slot_ids(&t.repo, "new password"), vec![new_slot.clone()]);
+    assert_eq!(slot_in_use(&t.repo, "new password"), new_slot);
+    assert!(!t.repo.join("keys").join(&old_slot).exists());
+    assert!(packs(&t) == before, "passwd changed packs");
+    assert_eq!(files_under(&t.repo.join("manifests")), manifests_before);
+
+    let target = t.path("restored");
+    ok_with(
+        &t.repo,
+        Some("new password"),
+        &["restore", "files", "s@latest", "--to", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &under(&target, &src));
+    ok_with(&t.repo, Some("new password"), &["check", "--read-data"]);
+    // New backups go on deduplicating against the old data.
+    let summary: serde_json::Value = serde_json::from_str(&ok_with(
+        &t.repo,
+        Some("new password"),
+        &["backup", "files", src.to_str().unwrap(), "--source", "s", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(summary["bytes_new"], 0, "{summary}");
+}
+
+// ---------------------------------------------------------------------
+// show and stats
+
+/// The `repository` line of a text output.
+fn repository_line(text: &str) -> String {
+    text.lines()
+        .find(|l| l.trim_start().starts_with("repository"))
+        .unwrap_or_else(|| panic!("no repository line in:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn show_and_stats_say_whether_a_repository_is_encrypted() {
+    for (t, encrypted) in [(encrypted_repo(), true), (unencrypted_repo(), false)] {
+        let src = small_source(&t, "src", 1208);
+        t.backup(&src, "s");
+        let (cipher, version) = if encrypted {
+            ("aes-256-gcm", 2)
+        } else {
+            ("none", 1)
+        };
+        let cfg = config(&t);
+        assert_eq!(cfg["format_version"], version, "{cfg}");
+        if encrypted {
+            assert_eq!(cfg["encryption"]["cipher"], "aes-256-gcm", "{cfg}");
+            assert_eq!(cfg["encryption"]["kdf"], "argon2id", "{cfg}");
+        }
+
+        let stats = t.json(&["stats"]);
+        assert_eq!(stats["encryption"], cipher, "{stats}");
+        assert_eq!(stats["format_version"], version, "{stats}");
+        let shown = t.json(&["show", "s@latest"]);
+        assert_eq!(shown["repository"]["encryption"], cipher, "{shown}");
+        assert_eq!(shown["repository"]["format_version"], version, "{shown}");
+
+        for text in [t.ok(&["stats"]), t.ok(&["show", "s@latest"])] {
+            let line = repository_line(&text);
+            if encrypted {
+                assert!(
+                    line.contains("encrypted (aes-256-gcm") && !line.contains("unencrypted"),
+                    "{line}"
+                );
+            } else {
+                assert!(line.contains("unencrypted"), "{line}");
+            }
+        }
+    }
+}

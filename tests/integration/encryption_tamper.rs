@@ -1,0 +1,369 @@
+//! Tampering with an encrypted repository: a flipped byte in a data chunk,
+//! a tree, a manifest or a key slot, two packs under each other's names,
+//! an old manifest replayed under another name. Each is detected and
+//! named; nothing restores or reads wrong bytes (EIO in the mount).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use rand::SeedableRng;
+
+use crate::encryption::{encrypted_repo, refused_with, PASSWORD};
+use crate::mount::{fuse_available, MountGuard};
+use crate::util::*;
+
+fn pack_files(t: &TestRepo) -> BTreeSet<PathBuf> {
+    files_under(&t.repo.join("packs")).into_iter().collect()
+}
+
+/// Backs up `dir` as `source`; returns the packs the backup wrote.
+fn backup_new_packs(t: &TestRepo, dir: &Path, source: &str) -> Vec<PathBuf> {
+    let before = pack_files(t);
+    t.backup(dir, source);
+    pack_files(t).difference(&before).cloned().collect()
+}
+
+fn largest(packs: &[PathBuf]) -> PathBuf {
+    packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .cloned()
+        .expect("the backup wrote a pack")
+}
+
+/// Flips one bit of the byte at `len * num / den` in `path`; a pack that
+/// is mostly one chunk is thus hit inside that chunk, far from its
+/// header and trailer, whatever their sizes.
+fn flip_at_fraction(path: &Path, num: usize, den: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() * num / den;
+    bytes[at] ^= 0x04;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", stdout_of(out), stderr_of(out))
+}
+
+/// Runs `args`, asserts it fails without a panic; returns what it printed.
+fn fails(t: &TestRepo, args: &[&str]) -> String {
+    let out = t.run(args);
+    let printed = text(&out);
+    assert!(
+        !out.status.success() && out.status.code().is_some(),
+        "strata {args:?} should have failed: {:?}\n{printed}",
+        out.status
+    );
+    assert!(!printed.contains("panicked"), "{args:?}: {printed}");
+    printed
+}
+
+/// A whole restore of `selector` fails, and every file it did write has
+/// the source's bytes.
+fn restore_fails_never_wrong(t: &TestRepo, selector: &str, src: &Path, name: &str) -> String {
+    let target = t.path(name);
+    let printed = fails(
+        t,
+        &["restore", "files", selector, "--to", target.to_str().unwrap()],
+    );
+    let restored = under(&target, src);
+    if restored.is_dir() {
+        for file in files_under(&restored) {
+            let original = src.join(file.strip_prefix(&restored).unwrap());
+            assert!(
+                std::fs::read(&file).unwrap() == std::fs::read(&original).unwrap(),
+                "{} restored with wrong bytes",
+                file.display()
+            );
+        }
+    }
+    printed
+}
+
+/// Small files first, then a large incompressible one in a second backup:
+/// that backup's only data pack holds only the large file's chunks.
+fn bystanders_then_victim(t: &TestRepo, seed: u64) -> (PathBuf, PathBuf) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            src.join(format!("bystander{i}.txt")),
+            text_bytes(&mut rng, 10_000 + i * 5_000),
+        )
+        .unwrap();
+    }
+    t.backup(&src, "s");
+    let victim = src.join("victim.bin");
+    std::fs::write(&victim, random_bytes(&mut rng, 400_000)).unwrap();
+    let packs = backup_new_packs(t, &src, "s");
+    (src, largest(&packs))
+}
+
+#[test]
+fn a_flipped_byte_in_a_data_chunk_fails_authentication() {
+    let t = encrypted_repo();
+    let (src, pack) = bystanders_then_victim(&t, 1220);
+    flip_at_fraction(&pack, 1, 2);
+
+    let out = t.run(&["check", "--read-data"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    assert!(report.contains("authentication failed"), "{report}");
+    assert!(report.contains("victim.bin"), "{report}");
+    assert!(!report.contains("bystander"), "{report}");
+
+    let printed = restore_fails_never_wrong(&t, "s@latest", &src, "restored");
+    assert!(printed.contains("authentication failed"), "{printed}");
+    assert!(printed.contains("victim.bin"), "{printed}");
+    // The other files restore.
+    let target = t.path("bystander");
+    t.ok(&[
+        "restore",
+        "files",
+        "s@latest",
+        src.join("bystander1.txt").to_str().unwrap(),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(under(&target, &src).join("bystander1.txt")).unwrap(),
+        std::fs::read(src.join("bystander1.txt")).unwrap()
+    );
+}
+
+/// A tree with many empty files and directories: the backup writes
+/// metadata only, most of it one large tree chunk.
+fn trees_only(t: &TestRepo) -> PathBuf {
+    let src = t.path("src");
+    let big = src.join("big-directory");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..3000u32 {
+        let name = blake3::hash(&i.to_le_bytes()).to_hex();
+        std::fs::write(big.join(&name.as_str()[..40]), b"").unwrap();
+    }
+    for i in 0..20 {
+        std::fs::create_dir_all(src.join(format!("d{i}/e{i}"))).unwrap();
+    }
+    src
+}
+
+#[test]
+fn a_flipped_byte_in_a_tree_fails_authentication() {
+    let t = encrypted_repo();
+    let src = trees_only(&t);
+    let packs = backup_new_packs(&t, &src, "s");
+    assert!(!packs.is_empty());
+    let pack = largest(&packs);
+    flip_at_fraction(&pack, 1, 2);
+
+    let out = t.run(&["check", "--read-data"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    assert!(report.contains("authentication failed"), "{report}");
+
+    let printed = fails(&t, &["ls", "s@latest", "-R"]);
+    assert!(printed.contains("authentication failed"), "{printed}");
+    let printed = restore_fails_never_wrong(&t, "s@latest", &src, "restored");
+    assert!(printed.contains("authentication failed"), "{printed}");
+}
+
+fn manifest_of(t: &TestRepo, source: &str) -> String {
+    t.json(&["show", &format!("{source}@latest")])["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_flipped_byte_in_a_manifest_fails_authentication() {
+    let t = encrypted_repo();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"some content").unwrap();
+    t.backup(&src, "one");
+    t.backup(&src, "two");
+    let id = manifest_of(&t, "one");
+    let path = t.repo.join("manifests").join(&id);
+    assert!(path.is_file(), "{}", path.display());
+    flip_at_fraction(&path, 1, 2);
+
+    for args in [&["check"][..], &["check", "--read-data"][..]] {
+        let out = t.run(args);
+        let report = text(&out);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {report}");
+        assert!(
+            report.contains(&format!("manifests/{id}"))
+                && report.contains("authentication failed"),
+            "{args:?}: {report}"
+        );
+    }
+    // repair sets it aside; the other restore point stays whole.
+    let out = t.run(&["repair", "index"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    assert!(report.contains(&format!("manifests/{id}")), "{report}");
+    let listed = t.json(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["source"], "two", "{listed}");
+    let target = t.path("restored");
+    t.restore("two@latest", &target);
+    assert_same_tree(&src, &under(&target, &src));
+}
+
+#[test]
+fn an_old_manifest_under_another_name_is_detected() {
+    let t = encrypted_repo();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"version one").unwrap();
+    t.backup(&src, "s");
+    let old = manifest_of(&t, "s");
+    std::fs::write(src.join("f"), b"version two").unwrap();
+    t.backup(&src, "s");
+    let new = manifest_of(&t, "s");
+    assert_ne!(old, new);
+    let manifests = t.repo.join("manifests");
+    let old_bytes = std::fs::read(manifests.join(&old)).unwrap();
+
+    // Replayed under a name of its own: never listed as a restore point.
+    let fake = blake3::hash(b"a name the key never made").to_hex().to_string();
+    std::fs::write(manifests.join(&fake), &old_bytes).unwrap();
+    let out = t.run(&["list", "--json"]);
+    let printed = text(&out);
+    if out.status.success() {
+        assert!(!printed.contains(&fake), "{printed}");
+    } else {
+        assert!(
+            printed.contains(&fake) && printed.contains("authentication failed"),
+            "{printed}"
+        );
+    }
+    let out = t.run(&["check"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    assert!(
+        report.contains(&format!("manifests/{fake}")) && report.contains("authentication failed"),
+        "{report}"
+    );
+    std::fs::remove_file(manifests.join(&fake)).unwrap();
+    t.ok(&["check"]);
+
+    // Rolled back in place: the newer name holding the older manifest.
+    std::fs::write(manifests.join(&new), &old_bytes).unwrap();
+    let out = t.run(&["check"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    assert!(
+        report.contains(&format!("manifests/{new}")) && report.contains("authentication failed"),
+        "{report}"
+    );
+}
+
+#[test]
+fn two_packs_under_each_others_names_never_give_wrong_bytes() {
+    let t = encrypted_repo();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1221);
+    let (a, b) = (t.path("a"), t.path("b"));
+    for dir in [&a, &b] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("data.bin"), random_bytes(&mut rng, 300_000)).unwrap();
+    }
+    let pack_a = largest(&backup_new_packs(&t, &a, "a"));
+    let pack_b = largest(&backup_new_packs(&t, &b, "b"));
+    let (bytes_a, bytes_b) = (std::fs::read(&pack_a).unwrap(), std::fs::read(&pack_b).unwrap());
+    std::fs::write(&pack_a, &bytes_b).unwrap();
+    std::fs::write(&pack_b, &bytes_a).unwrap();
+
+    let out = t.run(&["check", "--read-data"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    for (selector, src, name) in [("a@latest", &a, "ra"), ("b@latest", &b, "rb")] {
+        let printed = restore_fails_never_wrong(&t, selector, src, name);
+        assert!(printed.contains("data.bin"), "{printed}");
+    }
+}
+
+fn key_slots(t: &TestRepo) -> Vec<PathBuf> {
+    files_under(&t.repo.join("keys"))
+}
+
+fn assert_damaged_slot(printed: &str) {
+    assert!(
+        printed.contains("key slot") && printed.contains("damaged"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_a_key_slot_is_named() {
+    let t = encrypted_repo();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"content").unwrap();
+    t.backup(&src, "s");
+    let slots = key_slots(&t);
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    let original = std::fs::read(&slots[0]).unwrap();
+    flip_at_fraction(&slots[0], 1, 2);
+    let printed = fails(&t, &["list"]);
+    assert_damaged_slot(&printed);
+    let slot_name = slots[0].file_name().unwrap().to_str().unwrap();
+    assert!(printed.contains(slot_name), "{printed}");
+
+    // With a second slot, its password still opens the repository.
+    std::fs::write(&slots[0], &original).unwrap();
+    let new = t.path("second");
+    std::fs::write(&new, "second password\n").unwrap();
+    t.ok(&[
+        "key",
+        "add",
+        "--new-password-file",
+        new.to_str().unwrap(),
+        "--kdf-memory-mib",
+        "8",
+        "--kdf-passes",
+        "1",
+    ]);
+    flip_at_fraction(&slots[0], 1, 2);
+    let mut cmd = t.command(&["list", "--json"]);
+    cmd.env("STRATA_PASSWORD", "second password");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout_of(&out).contains("\"s\""));
+    // The damaged slot's own password is refused, naming the damage.
+    let printed = refused_with(&t.repo, Some(PASSWORD), &["list"]);
+    assert_damaged_slot(&printed);
+}
+
+#[test]
+fn a_damaged_chunk_reads_as_eio_in_the_mount() {
+    if !fuse_available() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let t = encrypted_repo();
+    let (src, pack) = bystanders_then_victim(&t, 1222);
+    flip_at_fraction(&pack, 1, 2);
+
+    let mnt = t.path("mnt");
+    let _guard = MountGuard::mount(&t, &mnt);
+    let mounted = under(&mnt.join("files/s/latest"), &src);
+    let err = std::fs::read(mounted.join("victim.bin")).expect_err("read damaged data");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    for i in 0..4 {
+        let name = format!("bystander{i}.txt");
+        assert!(
+            std::fs::read(mounted.join(&name)).unwrap() == std::fs::read(src.join(&name)).unwrap(),
+            "{name} read wrong through the mount"
+        );
+    }
+    // The size is still known; reading again gives EIO again.
+    assert_eq!(
+        std::fs::metadata(mounted.join("victim.bin")).unwrap().len(),
+        400_000
+    );
+    let err = std::fs::read(mounted.join("victim.bin")).expect_err("read damaged data again");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}
