@@ -128,8 +128,10 @@ impl Secrets {
     fn file(&mut self, path: &Path, content: &[u8]) {
         assert!(content.len() < 128 << 10);
         std::fs::write(path, content).unwrap();
-        self.hashes
-            .push((path.display().to_string(), *blake3::hash(content).as_bytes()));
+        self.hashes.push((
+            path.display().to_string(),
+            *blake3::hash(content).as_bytes(),
+        ));
     }
 
     /// Every needle: markers, raw hashes, lowercase hex hashes.
@@ -179,7 +181,10 @@ fn marker_tree(t: &TestRepo, s: &mut Secrets) -> PathBuf {
     let root = t.path(&format!("root-{}", s.marker("root dir name")));
     let dir = root.join(format!("dir-{}", s.marker("dir name")));
     std::fs::create_dir_all(&dir).unwrap();
-    let text = format!("first line\nthe {} in the middle\nlast\n", s.marker("text content"));
+    let text = format!(
+        "first line\nthe {} in the middle\nlast\n",
+        s.marker("text content")
+    );
     let named = dir.join(format!("file-{}.txt", s.marker("file name")));
     s.file(&named, text.as_bytes());
     // Incompressible, so an unencrypted repository stores it raw and the
@@ -189,7 +194,10 @@ fn marker_tree(t: &TestRepo, s: &mut Secrets) -> PathBuf {
     raw[50_000..50_000 + marker.len()].copy_from_slice(marker.as_bytes());
     s.file(&root.join("random.bin"), &raw);
     for i in 0..3 {
-        s.file(&root.join(format!("small{i}.txt")), &text_bytes(&mut rng, 3000 + i * 1000));
+        s.file(
+            &root.join(format!("small{i}.txt")),
+            &text_bytes(&mut rng, 3000 + i * 1000),
+        );
     }
     std::os::unix::fs::symlink(
         format!("/target-{}", s.marker("symlink target")),
@@ -257,7 +265,13 @@ fn back_up_secrets(t: &TestRepo) -> Secrets {
     t.ok(&["backup", "vm", vm.to_str().unwrap()]);
     // A second backup and a check add the file cache's and the index's
     // later states; a restore reads everything back.
-    t.ok(&["backup", "files", root.to_str().unwrap(), "--source", &source]);
+    t.ok(&[
+        "backup",
+        "files",
+        root.to_str().unwrap(),
+        "--source",
+        &source,
+    ]);
     t.ok(&["check", "--read-data"]);
     let target = t.path("restored");
     t.restore(&format!("{source}@latest"), &target);
@@ -366,7 +380,10 @@ fn a_wrong_password_is_refused_and_nothing_is_written() {
         assert!(text.contains("wrong password"), "{args:?}: {text}");
         assert!(!text.contains("panicked"), "{args:?}: {text}");
     }
-    assert!(objects_listing(&t) == before, "a refused command wrote objects");
+    assert!(
+        objects_listing(&t) == before,
+        "a refused command wrote objects"
+    );
     assert_eq!(t.json(&["list"]).as_array().unwrap().len(), 1);
 }
 
@@ -383,7 +400,10 @@ fn a_missing_password_without_a_terminal_is_refused_naming_strata_password() {
         let text = refused_with(&t.repo, None, args);
         assert!(text.contains("STRATA_PASSWORD"), "{args:?}: {text}");
     }
-    assert!(objects_listing(&t) == before, "a refused command wrote objects");
+    assert!(
+        objects_listing(&t) == before,
+        "a refused command wrote objects"
+    );
     // init too has nothing to take a password from.
     let other = t.path("other");
     let mut args = vec!["init"];
@@ -455,7 +475,13 @@ fn an_unencrypted_repository_never_asks_for_a_password() {
     ok_with(
         &t.repo,
         None,
-        &["restore", "files", "s@latest", "--to", target.to_str().unwrap()],
+        &[
+            "restore",
+            "files",
+            "s@latest",
+            "--to",
+            target.to_str().unwrap(),
+        ],
     );
     assert_same_tree(&src, &under(&target, &src));
     // A password given anyway changes nothing.
@@ -533,16 +559,29 @@ fn two_key_slots_both_open_the_repository_and_slots_are_removed_safely() {
         let slots = key_list(&t.repo, password);
         assert_eq!(slots.len(), 2, "{slots:?}");
         for slot in &slots {
-            assert_eq!(slot["in_use"] == true, slot["id"] == id.as_str(), "{slots:?}");
+            assert_eq!(
+                slot["in_use"] == true,
+                slot["id"] == id.as_str(),
+                "{slots:?}"
+            );
             assert_eq!(slot["memory_kib"], 8192, "{slot}");
             assert_eq!(slot["passes"], 1, "{slot}");
-            assert!(!slot["created"].is_null() && slot["host"].is_string(), "{slot}");
+            assert!(
+                !slot["created"].is_null() && slot["host"].is_string(),
+                "{slot}"
+            );
         }
         let target = t.path(&format!("restored-{id}"));
         ok_with(
             &t.repo,
             Some(password),
-            &["restore", "files", "s@latest", "--to", target.to_str().unwrap()],
+            &[
+                "restore",
+                "files",
+                "s@latest",
+                "--to",
+                target.to_str().unwrap(),
+            ],
         );
         assert_same_tree(&src, &under(&target, &src));
     }
@@ -557,25 +596,40 @@ fn two_key_slots_both_open_the_repository_and_slots_are_removed_safely() {
     assert_wrong_password(&t.repo, "second password");
 
     // The last slot stays, even with --force.
-    refused_with(&t.repo, Some(PASSWORD), &["key", "remove", &first, "--force"]);
+    refused_with(
+        &t.repo,
+        Some(PASSWORD),
+        &["key", "remove", &first, "--force"],
+    );
     assert_eq!(slot_ids(&t.repo, PASSWORD), vec![first.clone()]);
 
     // With another slot, the one in use goes with --force, and its
     // password with it. The new password here comes from the environment.
     let mut cmd = strata(&t.repo, Some(PASSWORD), &["key", "add", "--json"]);
-    cmd.args(FAST_KDF).env("STRATA_NEW_PASSWORD", "third password");
+    cmd.args(FAST_KDF)
+        .env("STRATA_NEW_PASSWORD", "third password");
     let out = output(cmd);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let third: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let third = third["id"].as_str().unwrap().to_string();
-    ok_with(&t.repo, Some(PASSWORD), &["key", "remove", &first, "--force"]);
+    ok_with(
+        &t.repo,
+        Some(PASSWORD),
+        &["key", "remove", &first, "--force"],
+    );
     assert_eq!(slot_ids(&t.repo, "third password"), vec![third]);
     assert_wrong_password(&t.repo, PASSWORD);
     let target = t.path("restored-third");
     ok_with(
         &t.repo,
         Some("third password"),
-        &["restore", "files", "s@latest", "--to", target.to_str().unwrap()],
+        &[
+            "restore",
+            "files",
+            "s@latest",
+            "--to",
+            target.to_str().unwrap(),
+        ],
     );
     assert_same_tree(&src, &under(&target, &src));
 }
@@ -631,7 +685,13 @@ fn passwd_replaces_the_password_without_touching_data() {
     ok_with(
         &t.repo,
         Some("new password"),
-        &["restore", "files", "s@latest", "--to", target.to_str().unwrap()],
+        &[
+            "restore",
+            "files",
+            "s@latest",
+            "--to",
+            target.to_str().unwrap(),
+        ],
     );
     assert_same_tree(&src, &under(&target, &src));
     ok_with(&t.repo, Some("new password"), &["check", "--read-data"]);
@@ -639,7 +699,14 @@ fn passwd_replaces_the_password_without_touching_data() {
     let summary: serde_json::Value = serde_json::from_str(&ok_with(
         &t.repo,
         Some("new password"),
-        &["backup", "files", src.to_str().unwrap(), "--source", "s", "--json"],
+        &[
+            "backup",
+            "files",
+            src.to_str().unwrap(),
+            "--source",
+            "s",
+            "--json",
+        ],
     ))
     .unwrap();
     assert_eq!(summary["bytes_new"], 0, "{summary}");

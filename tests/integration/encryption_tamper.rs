@@ -65,7 +65,13 @@ fn restore_fails_never_wrong(t: &TestRepo, selector: &str, src: &Path, name: &st
     let target = t.path(name);
     let printed = fails(
         t,
-        &["restore", "files", selector, "--to", target.to_str().unwrap()],
+        &[
+            "restore",
+            "files",
+            selector,
+            "--to",
+            target.to_str().unwrap(),
+        ],
     );
     let restored = under(&target, src);
     if restored.is_dir() {
@@ -194,8 +200,7 @@ fn a_flipped_byte_in_a_manifest_fails_authentication() {
         let report = text(&out);
         assert_eq!(out.status.code(), Some(4), "{args:?}: {report}");
         assert!(
-            report.contains(&format!("manifests/{id}"))
-                && report.contains("authentication failed"),
+            report.contains(&format!("manifests/{id}")) && report.contains("authentication failed"),
             "{args:?}: {report}"
         );
     }
@@ -228,7 +233,9 @@ fn an_old_manifest_under_another_name_is_detected() {
     let old_bytes = std::fs::read(manifests.join(&old)).unwrap();
 
     // Replayed under a name of its own: never listed as a restore point.
-    let fake = blake3::hash(b"a name the key never made").to_hex().to_string();
+    let fake = blake3::hash(b"a name the key never made")
+        .to_hex()
+        .to_string();
     std::fs::write(manifests.join(&fake), &old_bytes).unwrap();
     let out = t.run(&["list", "--json"]);
     let printed = text(&out);
@@ -272,7 +279,10 @@ fn two_packs_under_each_others_names_never_give_wrong_bytes() {
     }
     let pack_a = largest(&backup_new_packs(&t, &a, "a"));
     let pack_b = largest(&backup_new_packs(&t, &b, "b"));
-    let (bytes_a, bytes_b) = (std::fs::read(&pack_a).unwrap(), std::fs::read(&pack_b).unwrap());
+    let (bytes_a, bytes_b) = (
+        std::fs::read(&pack_a).unwrap(),
+        std::fs::read(&pack_b).unwrap(),
+    );
     std::fs::write(&pack_a, &bytes_b).unwrap();
     std::fs::write(&pack_b, &bytes_a).unwrap();
 
