@@ -657,17 +657,15 @@ fn passwd_replaces_the_password_without_touching_data() {
     let old_slot = slot_in_use(&t.repo, PASSWORD);
 
     let file = write_password(&t.path("new"), "new password");
-    let out = ok_with(
-        &t.repo,
-        Some(PASSWORD),
-        &[
-            "key",
-            "passwd",
-            "--new-password-file",
-            file.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let mut args = vec![
+        "key",
+        "passwd",
+        "--new-password-file",
+        file.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(&FAST_KDF);
+    let out = ok_with(&t.repo, Some(PASSWORD), &args);
     let new_slot = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
         .as_str()
         .unwrap()
