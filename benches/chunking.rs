@@ -1,11 +1,13 @@
 //! Throughput of each CPU stage of ingest, alone, on the same data: BLAKE3,
-//! zstd (the configured level), FastCDC, and Strata's chunk compressor.
+//! zstd (the configured level), FastCDC, and Strata's chunk codec with and
+//! without encryption (compression at level 1, then AES-256-GCM).
 //! These are the limits that `tools/bench` compares backups against.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{RngCore, SeedableRng};
 use strata::chunker::chunk_lengths;
 use strata::config::ChunkerParams;
+use strata::crypto::{MasterKey, Protection};
 use strata::id::ChunkId;
 use strata::pack::{ChunkCodec, ChunkKind};
 
@@ -51,19 +53,25 @@ fn stages(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("fastcdc", name), &data, |b, d| {
             b.iter(|| chunk_lengths(d, &params).len())
         });
-        group.bench_with_input(BenchmarkId::new("chunk-compressor", name), &data, |b, d| {
-            let mut compressor = ChunkCodec::new(3).encoder().unwrap();
-            b.iter(|| {
-                d.chunks(1 << 20)
-                    .map(|c| {
-                        compressor
-                            .encode(ChunkId([0; 32]), ChunkKind::Data, c)
-                            .bytes
-                            .len()
-                    })
-                    .sum::<usize>()
-            })
-        });
+        let sealed = Protection::encrypted(&MasterKey::generate().unwrap());
+        for (label, protection) in [("chunk-codec", Protection::none()), ("chunk-codec-sealed", sealed)] {
+            group.bench_with_input(BenchmarkId::new(label, name), &data, |b, d| {
+                let mut encoder = ChunkCodec::with_protection(1, protection.clone())
+                    .encoder()
+                    .unwrap();
+                b.iter(|| {
+                    d.chunks(1 << 20)
+                        .map(|c| {
+                            encoder
+                                .encode(ChunkId([0; 32]), ChunkKind::Data, c)
+                                .unwrap()
+                                .bytes
+                                .len()
+                        })
+                        .sum::<usize>()
+                })
+            });
+        }
         group.finish();
     }
 }

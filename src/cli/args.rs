@@ -16,6 +16,17 @@ pub struct Cli {
     #[arg(long, global = true, env = "STRATA_REPO", value_name = "DIR")]
     pub repo: Option<PathBuf>,
 
+    /// Read an encrypted repository's password from FILE (one trailing
+    /// newline is ignored). Otherwise --password-command, then
+    /// STRATA_PASSWORD, then the terminal.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Take the password from the standard output of CMD, split into
+    /// arguments like a shell would but run without one.
+    #[arg(long, global = true, value_name = "CMD")]
+    pub password_command: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,7 +45,16 @@ pub enum Command {
         /// backup speed for space (see the README's performance section).
         #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
         compression_level: Option<i32>,
+        /// Encrypt everything the repository stores (the default), or
+        /// `none` for an unencrypted repository.
+        #[arg(long, value_enum, default_value_t = Encryption::Aes256Gcm)]
+        encryption: Encryption,
+        #[command(flatten)]
+        kdf: KdfArgs,
     },
+    /// Manage the passwords (key slots) of an encrypted repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Back up a source.
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -333,4 +353,56 @@ pub struct JsonFlag {
     /// Print a machine-readable JSON summary.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encryption {
+    /// AES-256-GCM with keyed BLAKE3 ids; keys wrapped by Argon2id.
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    /// No encryption (format version 1).
+    None,
+}
+
+/// Argon2id's cost for a new key slot.
+#[derive(Args, Clone, Copy)]
+pub struct KdfArgs {
+    /// Memory Argon2id uses to derive a key from the password, in MiB.
+    #[arg(long, default_value_t = 128, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes over that memory.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub kdf_passes: u32,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// List the key slots.
+    List(JsonFlag),
+    /// Add a key slot: another password that opens the repository.
+    Add(NewPasswordArgs),
+    /// Remove a key slot. The last one is never removed.
+    Remove {
+        /// The slot's id (or a unique prefix), as `key list` shows it.
+        id: String,
+        /// Remove the slot of the password given, too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change the password: a new slot replaces the one in use (no data is
+    /// re-encrypted).
+    Passwd(NewPasswordArgs),
+}
+
+/// A new key slot's password and cost.
+#[derive(Args)]
+pub struct NewPasswordArgs {
+    /// Read the new password from FILE (else STRATA_NEW_PASSWORD, else the
+    /// terminal, twice).
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }

@@ -35,7 +35,7 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
                 tags,
                 time,
             };
-            let file_cache = FileCache::open(&repo.state().file_cache_dir())?;
+            let file_cache = FileCache::open(&repo.state().file_cache_dir(), repo.protection().name_key())?;
             let outcome = with_local_session(&repo, |session| {
                 backup_files(session, &file_cache, &request, &progress, cancel)
             })?;

@@ -3,22 +3,58 @@
 use std::path::Path;
 
 use anyhow::Result;
+use strata::key_slot::KdfParams;
+use strata::keys::NewKey;
 use strata::repository::Repository;
 
-use super::Status;
+use super::args::{Encryption, KdfArgs};
+use super::{password, Status};
 
-pub fn run(
-    path: &Path,
-    cold: Option<&Path>,
-    warm_days: u32,
-    compression_level: Option<i32>,
-) -> Result<Status> {
-    let mut config = strata::config_file::for_new_repository(warm_days, cold)?;
-    if let Some(level) = compression_level {
+pub struct InitArgs<'a> {
+    pub cold: Option<&'a Path>,
+    pub warm_days: u32,
+    pub compression_level: Option<i32>,
+    pub encryption: Encryption,
+    pub kdf: KdfArgs,
+}
+
+pub fn run(path: &Path, args: &InitArgs<'_>) -> Result<Status> {
+    let mut config = strata::config_file::for_new_repository(args.warm_days, args.cold)?;
+    if let Some(level) = args.compression_level {
         config.compression_level = level;
     }
     let id = config.repository_id.clone();
-    Repository::init(path, config)?;
-    out!("created repository {id} at {}", path.display());
+    if strata::config_file::exists(path)? {
+        anyhow::bail!("{} already holds a repository", path.display());
+    }
+    match args.encryption {
+        Encryption::None => {
+            Repository::init(path, config, None)?;
+            out!("created unencrypted repository {id} at {}", path.display());
+        }
+        Encryption::Aes256Gcm => {
+            let password = password::for_new_repository(&path.display().to_string())?;
+            let key = NewKey {
+                password: &password,
+                kdf: kdf_params(&args.kdf),
+            };
+            let repo = Repository::init(path, config.encrypted(), Some(&key))?;
+            let slot = repo.key_slot_in_use().map(|s| s.to_string()).unwrap_or_default();
+            out!(
+                "created encrypted repository {id} at {} (AES-256-GCM, key slot {slot})",
+                path.display()
+            );
+            out!("keep the password safe: without it nothing in the repository can be read");
+        }
+    }
     Ok(Status::Ok)
+}
+
+/// Argon2id's cost as the command line gives it.
+pub fn kdf_params(args: &KdfArgs) -> KdfParams {
+    KdfParams {
+        memory_kib: args.kdf_memory_mib * 1024,
+        passes: args.kdf_passes,
+        lanes: 1,
+    }
 }

@@ -21,9 +21,11 @@ mod backup;
 mod check;
 mod forget;
 mod init;
+mod key;
 mod list;
 mod ls;
 mod mount;
+pub mod password;
 mod progress;
 mod prune;
 mod render;
@@ -62,6 +64,10 @@ pub fn is_closed_stdout(error: &anyhow::Error) -> bool {
 }
 
 pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
+    password::install(password::PasswordOptions {
+        file: cli.password_file.clone(),
+        command: cli.password_command.clone(),
+    });
     let repo = cli
         .repo
         .context("no repository given: use --repo DIR or set STRATA_REPO");
@@ -70,7 +76,19 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
             cold,
             warm_days,
             compression_level,
-        } => init::run(&repo?, cold.as_deref(), warm_days, compression_level),
+            encryption,
+            kdf,
+        } => init::run(
+            &repo?,
+            &init::InitArgs {
+                cold: cold.as_deref(),
+                warm_days,
+                compression_level,
+                encryption,
+                kdf,
+            },
+        ),
+        Command::Key(command) => key::run(&repo?, command),
         Command::Backup(command) => backup::run(&repo?, command, cancel),
         Command::List(json) => list::run(&repo?, json.json),
         Command::Show {
@@ -124,7 +142,10 @@ fn open_options() -> strata::repository::OpenOptions {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map(std::time::Duration::from_millis);
-    strata::repository::OpenOptions { cold_delay }
+    strata::repository::OpenOptions {
+        cold_delay,
+        password: Some(password::source()),
+    }
 }
 
 fn open(path: &Path) -> Result<Repository> {

@@ -6,6 +6,15 @@ use serde_json::json;
 use strata::restore_point::RestorePoint;
 use strata::selector::format_time_exact;
 
+/// "encrypted (aes-256-gcm, format 2)" or "unencrypted (format 1)".
+pub fn describe_protection(encryption: &str, format_version: u32) -> String {
+    if encryption == "none" {
+        format!("unencrypted (format {format_version})")
+    } else {
+        format!("encrypted ({encryption}, format {format_version})")
+    }
+}
+
 pub fn print_json(value: &serde_json::Value) -> Result<()> {
     out!(
         "{}",

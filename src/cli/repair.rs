@@ -14,7 +14,7 @@ use super::Status;
 
 pub fn run(path: &Path, command: RepairCommand, cancel: &CancelToken) -> Result<Status> {
     let RepairCommand::Index(json) = command;
-    let mut repo = Repository::open_for_repair(path, "strata repair index")?;
+    let mut repo = Repository::open_for_repair(path, "strata repair index", &super::open_options())?;
     let report = repair_index(&mut repo, &NoProgress, cancel)?;
     if json.json {
         print_json(&serde_json::to_value(&report)?)?;

@@ -11,7 +11,7 @@ use strata::restore_point::{RestorePoint, RestorePointKind};
 use strata::selector::{select, time_labels};
 use strata::vm::description::VmDescription;
 
-use super::render::{escape_name, human_bytes, print_json, rp_json};
+use super::render::{describe_protection, escape_name, human_bytes, print_json, rp_json};
 use super::{open, Status};
 
 pub fn run(path: &Path, selector: &str, as_json: bool) -> Result<Status> {
@@ -20,6 +20,10 @@ pub fn run(path: &Path, selector: &str, as_json: bool) -> Result<Status> {
     let rp = select(&points, selector)?;
     if as_json {
         let mut value = rp_json(rp);
+        value["repository"] = json!({
+            "format_version": repo.config().format_version,
+            "encryption": strata::stats::encryption_name(repo.config()),
+        });
         if rp.manifest.kind == RestorePointKind::Vm {
             value["vm"] = vm_json(&load_description(&repo, rp)?);
         }
@@ -38,6 +42,13 @@ fn render(repo: &Repository, rp: &RestorePoint, time: &str) -> Result<()> {
     out!("  source       {}", escape_name(m.source.as_bytes()));
     out!("  time         {time}");
     out!("  host         {}", escape_name(m.hostname.as_bytes()));
+    out!(
+        "  repository   {}",
+        describe_protection(
+            &strata::stats::encryption_name(repo.config()),
+            repo.config().format_version
+        )
+    );
     out!(
         "  tags         {}",
         escape_name(m.tags.join(", ").as_bytes())

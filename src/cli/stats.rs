@@ -13,6 +13,7 @@ pub fn run(path: &Path, as_json: bool) -> Result<Status> {
         print_json(&serde_json::to_value(&s)?)?;
         return Ok(Status::Ok);
     }
+    out!("repository       {}", super::render::describe_protection(&s.encryption, s.format_version));
     out!("restore points   {}", s.restore_points);
     out!("logical data     {}", human_bytes(s.logical_bytes));
     out!(

@@ -155,13 +155,14 @@ fn restore_refuses_a_target_inside_the_repository() {
 fn backup_skips_the_repository_itself() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let out = std::process::Command::new(strata_bin())
-        .args(["--repo", repo.to_str().unwrap(), "init"])
+    let out = strata_command()
+        .args(["--repo", repo.to_str().unwrap()])
+        .args(init_args())
         .output()
         .unwrap();
     assert!(out.status.success());
     std::fs::write(dir.path().join("data.txt"), b"data").unwrap();
-    let out = std::process::Command::new(strata_bin())
+    let out = strata_command()
         .args([
             "--repo",
             repo.to_str().unwrap(),
@@ -177,7 +178,7 @@ fn backup_skips_the_repository_itself() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ls = std::process::Command::new(strata_bin())
+    let ls = strata_command()
         .args([
             "--repo",
             repo.to_str().unwrap(),

@@ -81,19 +81,7 @@ fn flipped_byte_is_found_and_named() {
     // Find the data pack and flip a byte inside the victim's chunk: it is
     // the larger, incompressible one, so its bytes start right after the
     // header or after the bystander's.
-    let packs: Vec<_> = files_under(&t.repo.join("packs"));
-    let data_pack = packs
-        .iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(data_pack).unwrap();
-    let victim = std::fs::read(src.join("victim.bin")).unwrap();
-    let at = bytes
-        .windows(64)
-        .position(|w| w == &victim[1000..1064])
-        .expect("victim stored raw");
-    bytes[at + 10] ^= 0x01;
-    std::fs::write(data_pack, &bytes).unwrap();
+    flip_stored_byte(&t, "s@latest", &src.join("victim.bin"), 1000);
 
     let out = t.run(&["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(4));
@@ -169,7 +157,7 @@ fn repair_index_restores_full_function() {
 fn second_writer_is_told_who_holds_the_repository() {
     let t = TestRepo::new();
     let _held =
-        strata::repository::Repository::open_exclusive(&t.repo, "strata backup files /data")
+        strata::repository::Repository::open_exclusive_with(&t.repo, "strata backup files /data", &open_options())
             .unwrap();
     let src = t.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -193,7 +181,9 @@ fn unknown_format_version_is_refused_with_the_version() {
     let config = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(
         &config_path,
-        config.replace("\"format_version\": 1", "\"format_version\": 7"),
+        config
+            .replace("\"format_version\": 1", "\"format_version\": 7")
+            .replace("\"format_version\": 2", "\"format_version\": 7"),
     )
     .unwrap();
     let out = t.run(&["list"]);
@@ -243,7 +233,7 @@ fn bad_input_gets_one_clear_line_and_a_failure_status() {
     }
     let empty = tempfile::tempdir().unwrap();
     std::fs::write(empty.path().join("config.json"), b"{ not json").unwrap();
-    let out = std::process::Command::new(strata_bin())
+    let out = strata_command()
         .args(["--repo", empty.path().to_str().unwrap(), "list"])
         .output()
         .unwrap();
@@ -292,13 +282,13 @@ fn full_disks_give_clear_errors_and_keep_the_repository_whole() {
     };
     let repo = dir.path().join("small/repo");
     let run = |args: &[&str]| {
-        std::process::Command::new(strata_bin())
+        strata_command()
             .args(args)
             .env("STRATA_REPO", &repo)
             .output()
             .unwrap()
     };
-    assert!(run(&["init"]).status.success());
+    assert!(run(&init_args()).status.success());
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(13);
@@ -354,7 +344,6 @@ fn full_disks_give_clear_errors_and_keep_the_repository_whole() {
 
 #[test]
 fn unsafe_names_in_a_manifest_are_refused_before_writing() {
-    use strata::id::ChunkId;
     use strata::pack::ChunkKind;
     use strata::restore_point::{BackupStats, Manifest, RestorePointKind};
     use strata::session::{with_local_session, BackupSession};
@@ -362,7 +351,7 @@ fn unsafe_names_in_a_manifest_are_refused_before_writing() {
 
     let t = TestRepo::new();
     {
-        let repo = strata::repository::Repository::open_exclusive(&t.repo, "test").unwrap();
+        let repo = strata::repository::Repository::open_exclusive_with(&t.repo, "test", &open_options()).unwrap();
         let evil = Node {
             name: b"..".to_vec(),
             kind: NodeKind::Symlink {
@@ -388,7 +377,7 @@ fn unsafe_names_in_a_manifest_are_refused_before_writing() {
             nodes: vec![harmless, evil],
         }
         .encode();
-        let root = ChunkId::of(&bytes);
+        let root = repo.ids().chunk_id(&bytes);
         with_local_session(&repo, |session| {
             session.store_chunk(root, ChunkKind::Tree, &bytes)?;
             session.commit(&Manifest {

@@ -106,6 +106,7 @@ fn unreadable_files_are_missed_then_retried() {
         ])
         .args(args)
         .env("STRATA_REPO", &t.repo)
+        .env("STRATA_PASSWORD", TEST_PASSWORD)
         .env("RUST_LOG", "error");
         cmd.output().unwrap()
     };

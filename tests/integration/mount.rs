@@ -340,17 +340,7 @@ fn damaged_data_gives_eio_not_wrong_bytes() {
     let victim = random_bytes(&mut rng, 300_000);
     std::fs::write(src.join("victim"), &victim).unwrap();
     t.backup(&src, "s");
-    for pack in std::fs::read_dir(t.repo.join("packs"))
-        .unwrap()
-        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-    {
-        let path = pack.unwrap().path();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes.windows(32).position(|w| w == &victim[5000..5032]) {
-            bytes[at] ^= 1;
-            std::fs::write(&path, bytes).unwrap();
-        }
-    }
+    flip_stored_byte(&t, "s@latest", &src.join("victim"), 5000);
     let mnt = t.path("mnt");
     let _guard = MountGuard::mount(&t, &mnt);
     let err = std::fs::read(under(&mnt.join("files/s/latest"), &src).join("victim")).unwrap_err();

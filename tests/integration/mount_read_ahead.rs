@@ -42,23 +42,8 @@ fn sequential_readers_get_exact_bytes_and_damage_gives_eio() {
     let victim = random_bytes(&mut rng, LEN);
     std::fs::write(src.join("victim"), &victim).unwrap();
     t.backup(&src, "s");
-    // Incompressible chunks are stored as they are: flip one bit of the
-    // victim's chunk holding byte DAMAGED_AT.
-    let needle = &victim[DAMAGED_AT..DAMAGED_AT + 32];
-    let mut damaged = false;
-    for pack in std::fs::read_dir(t.repo.join("packs"))
-        .unwrap()
-        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-    {
-        let path = pack.unwrap().path();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes.windows(32).position(|w| w == needle) {
-            bytes[at] ^= 1;
-            std::fs::write(&path, bytes).unwrap();
-            damaged = true;
-        }
-    }
-    assert!(damaged, "the victim's chunk was not found in any pack");
+    // Flip one bit of the victim's chunk holding byte DAMAGED_AT.
+    flip_stored_byte(&t, "s@latest", &src.join("victim"), DAMAGED_AT as u64);
     let mnt = t.path("mnt");
     let _guard = MountGuard::mount(&t, &mnt);
     let dir = under(&mnt.join("files/s/latest"), &src);

@@ -172,6 +172,13 @@ fn repair_without_an_index_finds_the_compressed_chunks_of_a_cut_pack() {
     let salvaged = salvaged_of(&report, &pack)["chunks_salvaged"]
         .as_u64()
         .unwrap();
+    if encrypted() {
+        // Sealed chunks show no zstd frames: without a trailer or an index
+        // nothing delimits them, and they are reported, not guessed at.
+        assert_eq!(salvaged, 0, "{report}");
+        assert!(salvaged_of(&report, &pack)["bytes_unaccounted"].as_u64().unwrap() > 0);
+        return;
+    }
     assert!(salvaged >= 4, "{report}");
     assert_eq!(restorable_files(&t, "a@latest", &a), salvaged as usize);
 }

@@ -8,19 +8,6 @@ use rand::SeedableRng;
 
 use crate::util::*;
 
-/// Flips one byte inside the stored copy of `data[1000..1064]`, which must
-/// be stored raw (incompressible data is).
-fn damage_stored(repo: &Path, data: &[u8]) {
-    for pack in files_under(&repo.join("packs")) {
-        let mut bytes = std::fs::read(&pack).unwrap();
-        if let Some(at) = bytes.windows(64).position(|w| w == &data[1000..1064]) {
-            bytes[at + 10] ^= 0x01;
-            std::fs::write(&pack, &bytes).unwrap();
-            return;
-        }
-    }
-    panic!("data not found stored raw in any pack");
-}
 
 fn no_partial_files(dir: &Path) {
     for entry in walk(dir) {
@@ -116,7 +103,7 @@ fn a_failed_file_never_replaces_the_good_copy() {
     std::fs::write(src.join("victim.bin"), &victim).unwrap();
     std::fs::write(src.join("bystander.txt"), b"fine\n").unwrap();
     t.backup(&src, "s");
-    damage_stored(&t.repo, &victim[1_500_000..]);
+    flip_stored_byte(&t, "s@latest", &src.join("victim.bin"), 1_501_000);
 
     // A fresh target: the damaged file is absent, the other one restored.
     let fresh = t.path("fresh");
@@ -245,7 +232,7 @@ fn a_reader_follows_chunks_that_prune_moved() {
     std::fs::remove_file(src.join("dropped")).unwrap();
     t.backup(&src, "s");
 
-    let reader = strata::repository::Repository::open(&t.repo).unwrap();
+    let reader = strata::repository::Repository::open_with(&t.repo, &open_options()).unwrap();
     let rp = reader.resolve("s@latest").unwrap();
     let node = reader
         .lookup_path(&rp, src.join("kept").to_str().unwrap())

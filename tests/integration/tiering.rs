@@ -348,10 +348,11 @@ fn a_cold_tier_in_the_repository_itself_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
-    let out = std::process::Command::new(strata_bin())
+    let out = strata_command()
         .arg("--repo")
         .arg(&repo)
-        .args(["init", "--cold"])
+        .args(init_args())
+        .arg("--cold")
         .arg(&repo)
         .output()
         .unwrap();

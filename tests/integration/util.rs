@@ -16,6 +16,37 @@ pub fn strata_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata")
 }
 
+/// The password of every test repository.
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
+/// Whether test repositories are encrypted: yes, unless
+/// `STRATA_TEST_ENCRYPTION=none` (`tools/test` runs the suite both ways).
+pub fn encrypted() -> bool {
+    std::env::var("STRATA_TEST_ENCRYPTION").as_deref() != Ok("none")
+}
+
+/// `init` and the options that make a test repository: encrypted with a
+/// cheap key derivation (every command derives the key once), or not.
+pub fn init_args() -> Vec<&'static str> {
+    if encrypted() {
+        vec!["init", "--kdf-memory-mib", "8", "--kdf-passes", "1"]
+    } else {
+        vec!["init", "--encryption", "none"]
+    }
+}
+
+/// The binary, with the test password in its environment.
+pub fn strata_command() -> Command {
+    let mut cmd = Command::new(strata_bin());
+    cmd.env("STRATA_PASSWORD", TEST_PASSWORD);
+    cmd
+}
+
+/// Options opening a test repository in-process.
+pub fn open_options() -> strata::repository::OpenOptions {
+    strata::repository::OpenOptions::with_password(TEST_PASSWORD)
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -30,7 +61,7 @@ impl TestRepo {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
         let t = TestRepo { dir, repo };
-        t.ok(&["init"]);
+        t.ok(&init_args());
         t
     }
 
@@ -39,10 +70,11 @@ impl TestRepo {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
         let cold = dir.path().join("cold");
-        let out = Command::new(strata_bin())
+        let out = strata_command()
             .arg("--repo")
             .arg(&repo)
-            .args(["init", "--cold"])
+            .args(init_args())
+            .arg("--cold")
             .arg(&cold)
             .output()
             .unwrap();
@@ -55,7 +87,7 @@ impl TestRepo {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(strata_bin());
+        let mut cmd = strata_command();
         cmd.args(args)
             .env("STRATA_REPO", &self.repo)
             .env("RUST_LOG", "error");
@@ -382,4 +414,38 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Flips one byte in the middle of the stored bytes of the chunk holding
+/// byte `offset` of `file` (its path as backed up) in restore point
+/// `selector`; returns the pack's path. The chunk is found through the
+/// index, not by searching the packs for content, which an encrypted
+/// repository does not hold in the clear.
+pub fn flip_stored_byte(t: &TestRepo, selector: &str, file: &Path, offset: u64) -> PathBuf {
+    use strata::tree::{Extent, NodeKind};
+    let repo = strata::repository::Repository::open_with(&t.repo, &open_options()).unwrap();
+    let rp = repo.resolve(selector).unwrap();
+    let node = repo
+        .lookup_path(&rp, file.to_str().unwrap())
+        .unwrap()
+        .unwrap_or_else(|| panic!("{} is not in {selector}", file.display()));
+    let NodeKind::File { extents } = &node.kind else {
+        panic!("{} is not a file", file.display());
+    };
+    let mut start = 0;
+    for extent in extents {
+        if let Extent::Data { id, .. } = extent {
+            if offset < start + extent.len() {
+                let location = repo.locate(id).unwrap();
+                let pack = t.repo.join(strata::pack::object_name(&location.pack));
+                let mut bytes = std::fs::read(&pack).unwrap();
+                let at = location.entry.offset + u64::from(location.entry.stored_len) / 2;
+                bytes[usize::try_from(at).unwrap()] ^= 0x01;
+                std::fs::write(&pack, bytes).unwrap();
+                return pack;
+            }
+        }
+        start += extent.len();
+    }
+    panic!("no stored chunk holds byte {offset} of {}", file.display());
 }

@@ -274,7 +274,7 @@ fn changed_extents_incremental_reads_only_what_changed() {
         "--full",
     ]);
     assert!(full["bytes_read"].as_u64().unwrap() > 3 * read);
-    let repo = strata::repository::Repository::open(&t.repo).unwrap();
+    let repo = strata::repository::Repository::open_with(&t.repo, &open_options()).unwrap();
     let disks = |selector: &str| {
         let rp = repo.resolve(selector).unwrap();
         strata::restore::vm::load_description(&repo, &rp)

@@ -266,7 +266,7 @@ fn check_restore_points<M>(
 ) -> Result<Vec<RestorePoint>> {
     // The manifest objects themselves, not the catalog's copies: a damaged
     // one is named here, and the others are still checked.
-    let manifests = read_manifests(repo.store(), cancel)?;
+    let manifests = read_manifests(repo.store(), repo.protection(), cancel)?;
     for (name, cause) in manifests.damaged {
         report.errors.push(format!(
             "manifest {name}: {cause} (`strata repair index` sets its restore point aside)"

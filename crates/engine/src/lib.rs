@@ -14,7 +14,7 @@
 //! re-exported under their usual names (`tree`, `pack`, `storage`, …).
 
 pub use strata_format::{
-    codec, config, disk_format, disk_map, error, format, id, pack, restore_point, selector,
+    codec, config, crypto, disk_format, disk_map, error, format, id, key_slot, pack, restore_point, selector,
     thaw_record, tree, vm, Error, Result,
 };
 pub use strata_store as storage;
@@ -26,6 +26,7 @@ pub mod config_file;
 pub mod disk_reader;
 pub mod forget;
 pub mod index;
+pub mod keys;
 pub mod listing;
 pub mod lock;
 pub mod notify;

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::id::PackId;
 use crate::index::{PackRecord, Tier};
@@ -111,16 +112,18 @@ impl Packs {
     }
 
     /// The pack service a repository's configuration asks for: its
-    /// compression level and pack size.
+    /// compression level and pack size, and its protection (unlocked from
+    /// its key slots when it is encrypted).
     pub fn for_config(
         warm: Arc<dyn ObjectStore>,
         cold: Option<Arc<dyn ObjectStore>>,
         config: &crate::config::RepoConfig,
+        protection: Protection,
     ) -> Self {
         Self::new(
             warm,
             cold,
-            ChunkCodec::new(config.compression_level),
+            ChunkCodec::with_protection(config.compression_level, protection),
             config.pack_target_size,
         )
     }
@@ -147,6 +150,7 @@ impl Packs {
         let writer = PackWriter::new(
             store.writer()?,
             format!("a new pack in {}", store.location()),
+            self.codec.pack_version(),
         )?;
         Ok(OpenPack {
             tier,
@@ -216,7 +220,7 @@ impl Packs {
         let store = self.store(tier)?;
         Self::read_stored_into(store, &pack::object_name(id), entry, &mut buffers.stored)?;
         self.codec
-            .decode_into(entry, id, &buffers.stored, &mut buffers.plain)
+            .decode_into(entry, id, &mut buffers.stored, &mut buffers.plain)
     }
 
     /// A chunk's plaintext from the thawed copy of cold pack `id` (on the
@@ -231,7 +235,7 @@ impl Packs {
         let name = crate::thaw_record::thaw_object_name(id);
         Self::read_stored_into(self.warm(), &name, entry, &mut buffers.stored)?;
         self.codec
-            .decode_into(entry, id, &buffers.stored, &mut buffers.plain)
+            .decode_into(entry, id, &mut buffers.stored, &mut buffers.plain)
     }
 
     /// Copies cold pack `id` whole to its thaw name on the warm tier, after
@@ -304,6 +308,7 @@ mod tests {
             ChunkKind::Data,
             plain,
         )
+        .unwrap()
     }
 
     #[test]

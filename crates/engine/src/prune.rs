@@ -70,7 +70,7 @@ fn mark(
     report: &mut PruneReport,
     cancel: &CancelToken,
 ) -> Result<ChunkFilter> {
-    let manifests = read_manifests(repo.store(), cancel)?;
+    let manifests = read_manifests(repo.store(), repo.protection(), cancel)?;
     if let Some((name, cause)) = manifests.damaged.first() {
         return Err(Error::corrupt(
             format!("manifest {name}"),

@@ -23,7 +23,11 @@ pub struct Manifests {
     pub damaged: Vec<(String, String)>,
 }
 
-pub fn read_manifests(store: &dyn ObjectStore, cancel: &CancelToken) -> Result<Manifests> {
+pub fn read_manifests(
+    store: &dyn ObjectStore,
+    protection: &crate::crypto::Protection,
+    cancel: &CancelToken,
+) -> Result<Manifests> {
     let mut out = Manifests::default();
     for name in store.list_all("manifests/")? {
         cancel.check()?;
@@ -32,7 +36,7 @@ pub fn read_manifests(store: &dyn ObjectStore, cancel: &CancelToken) -> Result<M
         };
         match store
             .get(&name)
-            .and_then(|bytes| Manifest::decode(&id, &bytes).map(|m| (m, bytes)))
+            .and_then(|bytes| Manifest::open(protection, &id, &bytes).map(|m| (m, bytes)))
         {
             Ok((manifest, bytes)) => out.readable.push((RestorePoint { id, manifest }, bytes)),
             // Damaged content; a manifest of a newer version or one that

@@ -361,7 +361,7 @@ fn salvage_pack(
             return Ok(());
         }
     };
-    let salvaged = pack::reader::salvage(&bytes, &object.id, hints, &classify);
+    let salvaged = pack::reader::salvage(&bytes, &object.id, hints, repo.codec(), &classify);
     let mut new_pack = None;
     if !salvaged.entries.is_empty() {
         let mut writer = repo.packs().open(object.tier, false)?;
@@ -422,7 +422,7 @@ fn rebuild_catalog(
     report: &mut RepairReport,
     cancel: &CancelToken,
 ) -> Result<Vec<RestorePoint>> {
-    let manifests = read_manifests(repo.store(), cancel)?;
+    let manifests = read_manifests(repo.store(), repo.protection(), cancel)?;
     for (name, cause) in manifests.damaged {
         let moved = repo
             .store()
@@ -461,7 +461,7 @@ fn register_thaws(
             match repo
                 .store()
                 .get(&name)
-                .and_then(|bytes| thaw_record::decode_thaw_record(&name, &bytes))
+                .and_then(|bytes| thaw_record::open_thaw_record(repo.protection(), &name, &bytes))
             {
                 Ok(until) => repo.thaw_table().set_restore_point_thawed(&rp, until)?,
                 Err(e) => report.notes.push(format!("{e}; thaw mark not restored")),
@@ -486,7 +486,7 @@ fn register_thaws(
         let recorded = repo
             .store()
             .get(&record)
-            .and_then(|bytes| thaw_record::decode_thaw_record(&record, &bytes));
+            .and_then(|bytes| thaw_record::open_thaw_record(repo.protection(), &record, &bytes));
         let until = match recorded {
             Ok(until) => until,
             Err(_) => match old_thaws.get(&pack) {

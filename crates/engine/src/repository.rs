@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::RepoConfig;
+use crate::crypto::Protection;
+use crate::keys::{self, NewKey, PasswordSource, Unlocked};
 use crate::config_file;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, RestorePointId};
@@ -40,16 +42,32 @@ pub struct Repository<Mode = ReadOnly> {
     /// Reached through its concerns ([`Repository::chunk_index`] and the
     /// like), so that only this module knows the index is RocksDB.
     index: RocksIndex,
+    /// The keys of an encrypted repository, kept for `strata key`.
+    unlocked: Option<Arc<Unlocked>>,
     _lock: Option<RepositoryLock>,
     _mode: PhantomData<Mode>,
 }
 
 /// How to open a repository, beyond where it is.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct OpenOptions {
     /// Makes every cold-tier request wait this long: a rehearsal of an
     /// archival backend on local disks.
     pub cold_delay: Option<Duration>,
+    /// Asked for the password when the repository is encrypted.
+    pub password: Option<Arc<dyn PasswordSource>>,
+}
+
+impl OpenOptions {
+    /// Options giving `password` to an encrypted repository.
+    pub fn with_password(password: &str) -> Self {
+        OpenOptions {
+            password: Some(Arc::new(keys::FixedPassword(keys::Password::new(
+                password.as_bytes().to_vec(),
+            )))),
+            ..OpenOptions::default()
+        }
+    }
 }
 
 /// The machine-local state of a repository: its index, its writer lock
@@ -130,7 +148,7 @@ impl LocalStores {
         Ok(())
     }
 
-    fn into_packs(self, config: &RepoConfig, options: &OpenOptions) -> Packs {
+    fn into_packs(self, config: &RepoConfig, options: &OpenOptions, protection: Protection) -> Packs {
         let cold = self.cold.map(|cold| {
             let cold: Arc<dyn ObjectStore> = Arc::new(cold);
             match options.cold_delay {
@@ -138,7 +156,7 @@ impl LocalStores {
                 _ => cold,
             }
         });
-        Packs::for_config(Arc::new(self.warm), cold, config)
+        Packs::for_config(Arc::new(self.warm), cold, config, protection)
     }
 }
 
@@ -177,9 +195,11 @@ impl Repository<ReadOnly> {
     pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Self> {
         let config = check_layout(root)?;
         let state = StateDir::new(root);
+        let stores = LocalStores::open(root, &config)?;
+        let (protection, unlocked) = keys::protection_for(&stores.warm, &config, options.password.as_ref())?;
         let index = RocksIndex::open(&state.index_dir(), IndexAccess::Secondary)?;
-        let packs = LocalStores::open(root, &config)?.into_packs(&config, options);
-        Ok(Self::assemble(state, config, packs, index, None))
+        let packs = stores.into_packs(&config, options, protection);
+        Ok(Self::assemble(state, config, packs, index, unlocked, None))
     }
 }
 
@@ -191,9 +211,16 @@ pub struct Stores {
 
 impl Repository<Exclusive> {
     /// Creates a repository whose objects live in `stores` (which must be
-    /// empty) and whose index and lock live in `state`. The engine's unit
-    /// tests run it on in-memory stores; object-storage backends will too.
-    pub fn create_on(stores: Stores, state: StateDir, config: RepoConfig) -> Result<Self> {
+    /// empty) and whose index and lock live in `state`; encrypted when
+    /// `config` says so, with a first key slot for `key`. The engine's
+    /// unit tests run it on in-memory stores; object-storage backends will
+    /// too.
+    pub fn create_on(
+        stores: Stores,
+        state: StateDir,
+        config: RepoConfig,
+        key: Option<&NewKey<'_>>,
+    ) -> Result<Self> {
         if stores.warm.size(RepoConfig::FILE_NAME).is_ok() {
             return Err(Error::InvalidInput(format!(
                 "{} already holds a repository",
@@ -203,13 +230,16 @@ impl Repository<Exclusive> {
         std::fs::create_dir_all(state.root()).at("creating", state.root())?;
         let lock = RepositoryLock::acquire(state.root(), "strata init")?;
         let index = RocksIndex::open(&state.index_dir(), IndexAccess::Create)?;
+        let unlocked = create_keys(stores.warm.as_ref(), &config, key)?;
         stores.warm.put(RepoConfig::FILE_NAME, &config.to_json())?;
-        let packs = Packs::for_config(stores.warm, stores.cold, &config);
-        Ok(Self::assemble(state, config, packs, index, Some(lock)))
+        let protection = unlocked.as_ref().map_or_else(Protection::none, |u| u.protection());
+        let packs = Packs::for_config(stores.warm, stores.cold, &config, protection);
+        Ok(Self::assemble(state, config, packs, index, unlocked, Some(lock)))
     }
 
-    /// Creates a new, empty repository at `root`.
-    pub fn init(root: &Path, config: RepoConfig) -> Result<Self> {
+    /// Creates a new, empty repository at `root`: encrypted, with a first
+    /// key slot for `key`, when `config` says so.
+    pub fn init(root: &Path, config: RepoConfig, key: Option<&NewKey<'_>>) -> Result<Self> {
         if config_file::exists(root)? {
             return Err(Error::InvalidInput(format!(
                 "{} already holds a repository",
@@ -228,11 +258,12 @@ impl Repository<Exclusive> {
         let state = StateDir::new(root);
         let lock = RepositoryLock::acquire(state.root(), "strata init")?;
         RocksIndex::open(&state.index_dir(), IndexAccess::Create)?;
+        let unlocked = create_keys(&store, &config, key)?;
         // The configuration goes last: until it exists, this is not a
         // repository, and a crash part-way leaves nothing to mistake for one.
         store.put(RepoConfig::FILE_NAME, &config.to_json())?;
         drop(lock);
-        Self::open_exclusive(root, "strata init")
+        Self::open_exclusive_unlocked(root, "strata init", &OpenOptions::default(), unlocked)
     }
 
     /// Opens for writing: takes the writer lock, clears what an interrupted
@@ -243,14 +274,31 @@ impl Repository<Exclusive> {
     }
 
     pub fn open_exclusive_with(root: &Path, command: &str, options: &OpenOptions) -> Result<Self> {
+        Self::open_exclusive_unlocked(root, command, options, None)
+    }
+
+    /// [`Self::open_exclusive_with`], with the keys when the caller
+    /// already holds them (`init` just made them): one Argon2id derivation
+    /// per command, not one per step.
+    fn open_exclusive_unlocked(
+        root: &Path,
+        command: &str,
+        options: &OpenOptions,
+        unlocked: Option<Arc<Unlocked>>,
+    ) -> Result<Self> {
         let config = check_layout(root)?;
         let state = StateDir::new(root);
-        let lock = RepositoryLock::acquire(state.root(), command)?;
         let stores = LocalStores::open(root, &config)?;
+        let (protection, unlocked) = match unlocked {
+            Some(unlocked) => (unlocked.protection(), Some(unlocked)),
+            None => keys::protection_for(&stores.warm, &config, options.password.as_ref())?,
+        };
+        // Unlocked before locking: a wrong password leaves no trace.
+        let lock = RepositoryLock::acquire(state.root(), command)?;
         stores.clear_staging()?;
         let index = RocksIndex::open(&state.index_dir(), IndexAccess::Primary)?;
-        let packs = stores.into_packs(&config, options);
-        let repo = Self::assemble(state, config, packs, index, Some(lock));
+        let packs = stores.into_packs(&config, options, protection);
+        let repo = Self::assemble(state, config, packs, index, unlocked, Some(lock));
         repo.reconcile_catalog()?;
         Ok(repo)
     }
@@ -273,7 +321,7 @@ impl Repository<Exclusive> {
         }
         for id in stored.difference(&catalogued) {
             let bytes = self.store().get(&restore_point::object_name(id))?;
-            if let Err(e) = Manifest::decode(id, &bytes) {
+            if let Err(e) = Manifest::open(self.protection(), id, &bytes) {
                 // Not this writer's to judge: check names it, prune refuses
                 // to run beside it, and repair sets it aside.
                 tracing::warn!(restore_point = %id, error = %e, "damaged manifest not catalogued; run `strata repair index`");
@@ -288,8 +336,7 @@ impl Repository<Exclusive> {
     /// Makes a restore point visible. The caller guarantees that every
     /// chunk and tree it references is durable and indexed.
     pub fn commit_restore_point(&self, manifest: &Manifest) -> Result<RestorePointId> {
-        let bytes = manifest.encode();
-        let id = Manifest::id_of(&bytes);
+        let (id, bytes) = manifest.seal(self.protection())?;
         self.store().put(&restore_point::object_name(&id), &bytes)?;
         self.index.add_restore_point(&id, &bytes)?;
         Ok(id)
@@ -333,11 +380,12 @@ impl Repository<Exclusive> {
 
     /// Opens for writing even when the index is missing or unreadable, for
     /// `repair index`.
-    pub fn open_for_repair(root: &Path, command: &str) -> Result<Self> {
+    pub fn open_for_repair(root: &Path, command: &str, options: &OpenOptions) -> Result<Self> {
         let config = check_layout(root)?;
         let state = StateDir::new(root);
-        let lock = RepositoryLock::acquire(state.root(), command)?;
         let stores = LocalStores::open(root, &config)?;
+        let (protection, unlocked) = keys::protection_for(&stores.warm, &config, options.password.as_ref())?;
+        let lock = RepositoryLock::acquire(state.root(), command)?;
         stores.clear_staging()?;
         let dir = state.index_dir();
         let index = match RocksIndex::open(&dir, IndexAccess::Primary) {
@@ -348,8 +396,25 @@ impl Repository<Exclusive> {
                 RocksIndex::open(&dir, IndexAccess::Create)?
             }
         };
-        let packs = stores.into_packs(&config, &OpenOptions::default());
-        Ok(Self::assemble(state, config, packs, index, Some(lock)))
+        let packs = stores.into_packs(&config, options, protection);
+        Ok(Self::assemble(state, config, packs, index, unlocked, Some(lock)))
+    }
+
+}
+
+/// The keys and first slot of a new repository, if it is encrypted.
+fn create_keys(
+    store: &dyn ObjectStore,
+    config: &RepoConfig,
+    key: Option<&NewKey<'_>>,
+) -> Result<Option<Arc<Unlocked>>> {
+    match (config.is_encrypted(), key) {
+        (false, _) => Ok(None),
+        (true, Some(key)) => Ok(Some(Arc::new(keys::create(store, &config.repository_id, key)?))),
+        (true, None) => Err(Error::PasswordRequired {
+            repository: store.location(),
+            detail: "a new encrypted repository needs a password".into(),
+        }),
     }
 }
 
@@ -359,6 +424,7 @@ impl<Mode> Repository<Mode> {
         config: RepoConfig,
         packs: Packs,
         index: RocksIndex,
+        unlocked: Option<Arc<Unlocked>>,
         lock: Option<RepositoryLock>,
     ) -> Self {
         Repository {
@@ -366,6 +432,7 @@ impl<Mode> Repository<Mode> {
             config,
             packs,
             index,
+            unlocked,
             _lock: lock,
             _mode: PhantomData,
         }
@@ -395,6 +462,31 @@ impl<Mode> Repository<Mode> {
 
     pub fn codec(&self) -> &ChunkCodec {
         self.packs.codec()
+    }
+
+    /// How this repository protects what it stores.
+    pub fn protection(&self) -> &Protection {
+        self.packs.codec().protection()
+    }
+
+    /// How this repository computes chunk and restore point ids.
+    pub fn ids(&self) -> crate::id::IdKey {
+        self.protection().ids()
+    }
+
+    /// The keys of this encrypted repository, for managing its key slots.
+    pub fn unlocked(&self) -> Result<&Unlocked> {
+        self.unlocked.as_deref().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "repository {} is not encrypted: it has no keys",
+                self.root().display()
+            ))
+        })
+    }
+
+    /// The key slot the password opened, if the repository is encrypted.
+    pub fn key_slot_in_use(&self) -> Option<crate::key_slot::SlotId> {
+        self.unlocked.as_ref().map(|u| u.slot)
     }
 
     pub fn chunk_index(&self) -> &dyn ChunkIndex {
@@ -535,7 +627,7 @@ impl<Mode> Repository<Mode> {
             };
             out.push(RestorePoint {
                 id,
-                manifest: Manifest::decode(&id, &bytes)?,
+                manifest: Manifest::open(self.protection(), &id, &bytes)?,
             });
         }
         out.sort_by_key(|rp| (rp.manifest.time.as_nanos(), rp.id));

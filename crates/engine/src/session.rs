@@ -19,7 +19,8 @@ use std::path::Path;
 
 use crate::config::ChunkerParams;
 use crate::error::Result;
-use crate::id::{ChunkId, RestorePointId};
+use crate::crypto::NameKey;
+use crate::id::{ChunkId, IdKey, RestorePointId};
 use crate::pack::ChunkKind;
 use crate::restore_point::{Manifest, RestorePoint};
 use crate::tree::{Timestamp, Tree};
@@ -36,6 +37,11 @@ pub struct MoverSettings {
     /// Restore points older than this many days may have data on the cold
     /// tier: an incremental must not build on them.
     pub warm_days: u32,
+    /// How chunk ids are computed: keyed in an encrypted repository.
+    pub ids: IdKey,
+    /// Hides names in the mover's file cache when the repository is
+    /// encrypted.
+    pub name_key: Option<NameKey>,
 }
 
 impl MoverSettings {
@@ -61,6 +67,11 @@ pub trait BackupSession: Sync {
     /// Reads a stored chunk (a parent's tree, VM description or disk map
     /// page), verified.
     fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>>;
+
+    /// The id of a chunk with content `data` in this repository.
+    fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        self.settings().ids.chunk_id(data)
+    }
 
     fn load_tree(&self, id: &ChunkId) -> Result<Tree> {
         Tree::decode(id, &self.read_chunk(id)?)

@@ -10,6 +10,10 @@ use crate::repository::Repository;
 /// Field names are those of `strata stats --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RepoStats {
+    /// 1 (unencrypted) or 2 (encrypted).
+    pub format_version: u32,
+    /// `aes-256-gcm` or `none`.
+    pub encryption: String,
     pub restore_points: usize,
     pub packs: u64,
     pub pack_bytes: u64,
@@ -43,6 +47,8 @@ pub fn stats<M>(repo: &Repository<M>) -> Result<RepoStats> {
     let points = repo.restore_points()?;
     let logical_bytes: u64 = points.iter().map(|rp| rp.manifest.stats.bytes_total).sum();
     Ok(RepoStats {
+        format_version: repo.config().format_version,
+        encryption: encryption_name(repo.config()),
         restore_points: points.len(),
         packs,
         pack_bytes,
@@ -53,6 +59,14 @@ pub fn stats<M>(repo: &Repository<M>) -> Result<RepoStats> {
         dedup_ratio: ratio(logical_bytes, unique_bytes),
         compression_ratio: ratio(unique_bytes, stored_bytes),
     })
+}
+
+/// How a repository's objects are protected, as commands name it.
+pub fn encryption_name(config: &crate::config::RepoConfig) -> String {
+    config
+        .encryption
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |e| e.cipher.clone())
 }
 
 fn ratio(numerator: u64, denominator: u64) -> f64 {

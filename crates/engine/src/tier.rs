@@ -28,7 +28,7 @@ use crate::progress::{NoProgress, Progress};
 use crate::reachability::{for_each_chunk, ChunkFilter};
 use crate::repository::{Exclusive, Repository};
 use crate::thaw_record::{
-    encode_thaw_record, pack_thaw_record_name, restore_point_thaw_record_name, thaw_object_name,
+    pack_thaw_record_name, seal_thaw_record, restore_point_thaw_record_name, thaw_object_name,
 };
 use crate::restore_point::RestorePoint;
 use crate::selector::format_time;
@@ -41,8 +41,9 @@ const DAY: i64 = 86_400;
 /// Records a pack's thaw: durably beside the copy first (the truth, which
 /// `repair index` reads), then in the index.
 fn record_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId, until: i64) -> Result<()> {
+    let name = pack_thaw_record_name(pack);
     repo.store()
-        .put(&pack_thaw_record_name(pack), &encode_thaw_record(until))?;
+        .put(&name, &seal_thaw_record(repo.protection(), &name, until)?)?;
     repo.thaw_table().set_pack_thawed(pack, until)
 }
 
@@ -164,7 +165,7 @@ impl ColdPacker<'_> {
         // higher level either.
         let recompressed = match location.entry.compression {
             Compression::None => None,
-            Compression::Zstd => Some(self.encoder.encode(*id, location.entry.kind, &plain)),
+            Compression::Zstd => Some(self.encoder.encode(*id, location.entry.kind, &plain)?),
         };
         let chunk =
             if let Some(recompressed) = recompressed.filter(|r| r.bytes.len() < stored.len()) {
@@ -403,10 +404,9 @@ pub fn thaw(
             report.bytes_fetched += fetched;
             progress.advance(*size);
         }
-        repo.store().put(
-            &restore_point_thaw_record_name(&rp.id),
-            &encode_thaw_record(until),
-        )?;
+        let name = restore_point_thaw_record_name(&rp.id);
+        repo.store()
+            .put(&name, &seal_thaw_record(repo.protection(), &name, until)?)?;
         repo.thaw_table().set_restore_point_thawed(&rp.id, until)
     })();
     progress.finish();

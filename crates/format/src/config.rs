@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::format::REPOSITORY_FORMAT_VERSION;
+use crate::format::{ENCRYPTED_REPOSITORY_FORMAT_VERSION, REPOSITORY_FORMAT_VERSION};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {
@@ -95,6 +95,29 @@ pub struct RepoConfig {
     #[serde(default = "default_disk_chunk_size")]
     pub disk_chunk_size: u32,
     pub tiers: TierConfig,
+    /// How objects are protected; absent in unencrypted repositories
+    /// (format version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// The encryption of a repository of format version 2. Not secret: the
+/// keys are in the key slots (`keys/`), wrapped by passwords.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionConfig {
+    /// The AEAD every object is sealed with: `aes-256-gcm`.
+    pub cipher: String,
+    /// How passwords become key-encryption keys: `argon2id`.
+    pub kdf: String,
+}
+
+impl EncryptionConfig {
+    pub fn current() -> Self {
+        EncryptionConfig {
+            cipher: crate::crypto::CIPHER_NAME.into(),
+            kdf: "argon2id".into(),
+        }
+    }
 }
 
 /// Chosen from the measurements in `docs/FORMAT.md` ("Disk chunk size").
@@ -122,7 +145,19 @@ impl RepoConfig {
                 notify_command: None,
                 notify_timeout_secs: None,
             },
+            encryption: None,
         }
+    }
+
+    /// The same configuration for an encrypted repository (format 2).
+    pub fn encrypted(mut self) -> Self {
+        self.format_version = ENCRYPTED_REPOSITORY_FORMAT_VERSION;
+        self.encryption = Some(EncryptionConfig::current());
+        self
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
     }
 
     /// Decodes and validates the text of `config.json` of the repository
@@ -137,15 +172,35 @@ impl RepoConfig {
         }
         let version: VersionOnly = serde_json::from_slice(text)
             .map_err(|e| Error::corrupt(path.display().to_string(), e))?;
-        if version.format_version != REPOSITORY_FORMAT_VERSION as u64 {
+        if version.format_version != REPOSITORY_FORMAT_VERSION as u64
+            && version.format_version != ENCRYPTED_REPOSITORY_FORMAT_VERSION as u64
+        {
             return Err(Error::UnsupportedVersion {
                 what: format!("repository {}", repo.display()),
                 found: version.format_version,
-                supported: REPOSITORY_FORMAT_VERSION as u64,
+                supported: ENCRYPTED_REPOSITORY_FORMAT_VERSION as u64,
             });
         }
         let config: RepoConfig = serde_json::from_slice(text)
             .map_err(|e| Error::corrupt(path.display().to_string(), e))?;
+        let encrypted_version = config.format_version == ENCRYPTED_REPOSITORY_FORMAT_VERSION;
+        if encrypted_version != config.encryption.is_some() {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                "format_version 2 and an `encryption` section go together",
+            ));
+        }
+        if let Some(encryption) = &config.encryption {
+            if encryption != &EncryptionConfig::current() {
+                return Err(Error::corrupt(
+                    path.display().to_string(),
+                    format!(
+                        "unknown encryption {:?} with key derivation {:?}",
+                        encryption.cipher, encryption.kdf
+                    ),
+                ));
+            }
+        }
         config.chunker.validate()?;
         if !(1..=22).contains(&config.compression_level) {
             return Err(Error::corrupt(

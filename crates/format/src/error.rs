@@ -82,6 +82,12 @@ pub enum Error {
     #[error("refusing unsafe name {name:?} in {context}: names may not be empty, '.', '..' or contain '/' or NUL")]
     UnsafeName { name: String, context: String },
 
+    #[error("wrong password for repository {repository}: {detail}")]
+    WrongPassword { repository: String, detail: String },
+
+    #[error("repository {repository} is encrypted: {detail}")]
+    PasswordRequired { repository: String, detail: String },
+
     #[error("{0}")]
     InvalidInput(String),
 

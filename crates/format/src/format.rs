@@ -4,14 +4,20 @@
 //! layout gets a new version number, a reader that accepts it, and an entry in
 //! `docs/FORMAT.md`. Readers refuse versions they do not know, naming them.
 
-/// Version of the repository layout recorded in `config.json`.
+/// Version of the repository layout recorded in `config.json`: 1 for
+/// unencrypted repositories, 2 for encrypted ones (sealed objects, keyed
+/// ids, key slots). Both are read.
 pub const REPOSITORY_FORMAT_VERSION: u32 = 1;
+pub const ENCRYPTED_REPOSITORY_FORMAT_VERSION: u32 = 2;
 
 /// First bytes of every pack file, followed by a little-endian `u32` version.
 pub const PACK_MAGIC: [u8; 8] = *b"STRATAPK";
 /// Last bytes of every pack file; the footer ends with them.
 pub const PACK_FOOTER_MAGIC: [u8; 8] = *b"STRPKEND";
 pub const PACK_VERSION: u32 = 1;
+/// A pack of an encrypted repository: the same layout, every chunk's
+/// stored bytes sealed.
+pub const SEALED_PACK_VERSION: u32 = 2;
 /// Size of the pack header: magic, version, reserved `u32`.
 pub const PACK_HEADER_LEN: usize = 16;
 /// Size of one trailer entry: id, offset, stored and raw length, kind,
@@ -51,3 +57,8 @@ pub const VM_DESCRIPTION_VERSION_1: u16 = 1;
 /// kept beside the thawed copy so that `repair index` can restore it.
 pub const THAW_RECORD_MAGIC: [u8; 4] = *b"STRH";
 pub const THAW_RECORD_VERSION: u16 = 1;
+
+/// First bytes of a key slot (`keys/<id>`): the master key wrapped by a
+/// password's key.
+pub const KEY_SLOT_MAGIC: [u8; 4] = *b"STRK";
+pub const KEY_SLOT_VERSION: u16 = 1;

@@ -83,8 +83,59 @@ hash_id!(
 );
 
 impl ChunkId {
+    /// The plain BLAKE3 id of `data`: the id of an unencrypted repository
+    /// (format version 1). Code that may write to an encrypted repository
+    /// takes ids from its [`IdKey`] instead.
     pub fn of(data: &[u8]) -> Self {
-        Self(*blake3::hash(data).as_bytes())
+        IdKey::PLAIN.chunk_id(data)
+    }
+}
+
+/// How a repository names chunks and restore points: the plain BLAKE3 of
+/// their plaintext, or, in an encrypted repository, BLAKE3 keyed with a key
+/// derived from the master key, so that an id reveals nothing about the
+/// content to anyone without the key (no "does it hold this file?").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IdKey(Option<[u8; 32]>);
+
+impl fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "IdKey(keyed)" } else { "IdKey(plain)" })
+    }
+}
+
+impl IdKey {
+    pub const PLAIN: IdKey = IdKey(None);
+
+    pub fn keyed(key: [u8; 32]) -> Self {
+        IdKey(Some(key))
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// A hasher computing ids this way, for content fed in pieces.
+    pub fn hasher(&self) -> blake3::Hasher {
+        match &self.0 {
+            Some(key) => blake3::Hasher::new_keyed(key),
+            None => blake3::Hasher::new(),
+        }
+    }
+
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        ChunkId(self.hash(data))
+    }
+
+    pub fn restore_point_id(&self, manifest: &[u8]) -> RestorePointId {
+        RestorePointId(self.hash(manifest))
+    }
+
+    fn hash(&self, data: &[u8]) -> [u8; 32] {
+        match &self.0 {
+            Some(key) => *blake3::keyed_hash(key, data).as_bytes(),
+            None => *blake3::hash(data).as_bytes(),
+        }
     }
 }
 

@@ -14,12 +14,14 @@
 
 pub mod codec;
 pub mod config;
+pub mod crypto;
 pub mod disk_format;
 pub mod disk_map;
 pub mod error;
 pub mod format;
 pub mod id;
 pub mod index_records;
+pub mod key_slot;
 pub mod pack;
 pub mod restore_point;
 pub mod selector;

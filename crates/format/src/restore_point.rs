@@ -3,14 +3,16 @@
 //! time a backup takes is `clock`).
 //!
 //! A manifest is stored as the object `manifests/<id>`, where the id is the
-//! BLAKE3 of its bytes. Writing it is the commit point of a backup: it is
+//! BLAKE3 of its bytes (keyed, and the object sealed, in an encrypted
+//! repository). Writing it is the commit point of a backup: it is
 //! written only after every chunk and tree it references is durable, so a
 //! restore point either exists completely or not at all.
 
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::format::{MANIFEST_MAGIC, MANIFEST_VERSION};
-use crate::id::{ChunkId, RestorePointId};
+use crate::crypto::{Protection, Sealed};
+use crate::id::{ChunkId, IdKey, RestorePointId};
 use crate::tree::Timestamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -120,17 +122,36 @@ impl Manifest {
         e.into_bytes()
     }
 
-    pub fn id_of(bytes: &[u8]) -> RestorePointId {
-        RestorePointId(*blake3::hash(bytes).as_bytes())
+    pub fn id_of(ids: IdKey, bytes: &[u8]) -> RestorePointId {
+        ids.restore_point_id(bytes)
+    }
+
+    /// The manifest's id and its stored form (sealed under that id when
+    /// the repository is encrypted).
+    pub fn seal(&self, protection: &Protection) -> Result<(RestorePointId, Vec<u8>)> {
+        let bytes = self.encode();
+        let id = Self::id_of(protection.ids(), &bytes);
+        let stored = protection.seal(Sealed::Manifest { id: id.as_bytes() }, &bytes)?;
+        Ok((id, stored))
+    }
+
+    /// Opens and decodes the stored manifest of restore point `id`: a
+    /// manifest stored under another id (an old one replayed under a new
+    /// name) fails to open.
+    pub fn open(protection: &Protection, id: &RestorePointId, stored: &[u8]) -> Result<Manifest> {
+        let bytes = protection.open(Sealed::Manifest { id: id.as_bytes() }, stored, || {
+            format!("manifest {}", object_name(id))
+        })?;
+        Self::decode(protection.ids(), id, &bytes)
     }
 
     /// Decodes a manifest, checking that it hashes to `id`.
-    pub fn decode(id: &RestorePointId, bytes: &[u8]) -> Result<Manifest> {
+    pub fn decode(ids: IdKey, id: &RestorePointId, bytes: &[u8]) -> Result<Manifest> {
         let object = || format!("manifest of restore point {id}");
-        if Self::id_of(bytes) != *id {
+        if Self::id_of(ids, bytes) != *id {
             return Err(Error::corrupt(
                 object(),
-                "content does not match its BLAKE3 id",
+                "content does not match its id",
             ));
         }
         let mut d = Decoder::new(bytes, "manifest");
@@ -255,11 +276,11 @@ pub(crate) mod tests {
     #[test]
     fn round_trip_and_golden() {
         let bytes = sample().encode();
-        let id = Manifest::id_of(&bytes);
-        assert_eq!(Manifest::decode(&id, &bytes).unwrap(), sample());
+        let id = Manifest::id_of(IdKey::PLAIN, &bytes);
+        assert_eq!(Manifest::decode(IdKey::PLAIN, &id, &bytes).unwrap(), sample());
         let golden = crate::codec::assert_golden("manifest_v1.bin", &bytes);
         assert_eq!(
-            Manifest::decode(&Manifest::id_of(&golden), &golden).unwrap(),
+            Manifest::decode(IdKey::PLAIN, &Manifest::id_of(IdKey::PLAIN, &golden), &golden).unwrap(),
             sample()
         );
     }
@@ -267,8 +288,23 @@ pub(crate) mod tests {
     #[test]
     fn flipped_byte_is_detected() {
         let mut bytes = sample().encode();
-        let id = Manifest::id_of(&bytes);
+        let id = Manifest::id_of(IdKey::PLAIN, &bytes);
         bytes[10] ^= 1;
-        assert!(Manifest::decode(&id, &bytes).is_err());
+        assert!(Manifest::decode(IdKey::PLAIN, &id, &bytes).is_err());
+    }
+
+    #[test]
+    fn sealed_manifests_open_only_under_their_own_id() {
+        let protection = Protection::encrypted(&crate::crypto::MasterKey::generate().unwrap());
+        let (id, stored) = sample().seal(&protection).unwrap();
+        assert_ne!(id, Manifest::id_of(IdKey::PLAIN, &sample().encode()), "ids are keyed");
+        assert_eq!(Manifest::open(&protection, &id, &stored).unwrap(), sample());
+        let mut older = sample();
+        older.hostname = "older".into();
+        let (older_id, older_stored) = older.seal(&protection).unwrap();
+        let err = Manifest::open(&protection, &id, &older_stored).unwrap_err().to_string();
+        assert!(err.contains("authentication failed"), "{err}");
+        assert!(Manifest::open(&protection, &older_id, &older_stored).is_ok());
+        assert!(Manifest::open(&Protection::none(), &id, &stored).is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! `thaw/restore-points/<id>.until`. The records are the truth that
 //! `repair index` rebuilds the thaw table from.
 
+use crate::crypto::{Protection, Sealed};
 use crate::error::{Error, Result};
 use crate::format::{THAW_RECORD_MAGIC, THAW_RECORD_VERSION};
 use crate::id::{PackId, RestorePointId};
@@ -36,6 +37,19 @@ pub fn encode_thaw_record(until: i64) -> Vec<u8> {
         .u16(THAW_RECORD_VERSION)
         .i64(until);
     e.into_bytes()
+}
+
+/// The stored form of the thaw record `name`: sealed under its name when
+/// the repository is encrypted (so a record cannot be moved to extend
+/// another thaw).
+pub fn seal_thaw_record(protection: &Protection, name: &str, until: i64) -> Result<Vec<u8>> {
+    protection.seal(Sealed::Named { name }, &encode_thaw_record(until))
+}
+
+/// Opens and decodes the stored thaw record `name`.
+pub fn open_thaw_record(protection: &Protection, name: &str, stored: &[u8]) -> Result<i64> {
+    let bytes = protection.open(Sealed::Named { name }, stored, || format!("thaw record {name}"))?;
+    decode_thaw_record(name, &bytes)
 }
 
 pub fn decode_thaw_record(name: &str, bytes: &[u8]) -> Result<i64> {

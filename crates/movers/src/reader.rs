@@ -9,7 +9,6 @@ use std::path::Path;
 
 use crate::chunker::StreamChunker;
 use crate::error::Error;
-use crate::id::ChunkId;
 use crate::index::FileFingerprint;
 use crate::pack::ChunkKind;
 use crate::session::BackupSession;
@@ -142,7 +141,7 @@ pub fn read_file(
             &mut file,
             end - start,
             |chunk: &[u8]| -> Result<(), ReadFailure> {
-                let id = ChunkId::of(chunk);
+                let id = session.chunk_id(chunk);
                 session.store_chunk(id, ChunkKind::Data, chunk)?;
                 extents.push(Extent::Data {
                     id,

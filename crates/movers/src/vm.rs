@@ -313,7 +313,7 @@ pub fn backup_vm(
             disks: records,
         };
         let bytes = description.encode();
-        let id = ChunkId::of(&bytes);
+        let id = session.chunk_id(&bytes);
         session.store_chunk(id, ChunkKind::VmDescription, &bytes)?;
         Ok(id)
     })()?;
@@ -421,7 +421,7 @@ fn backup_disk(
         }
         let data_chunks = entries.iter().filter(|e| e.is_some()).count() as u32;
         let bytes = DiskMapPage { entries }.encode();
-        let id = ChunkId::of(&bytes);
+        let id = session.chunk_id(&bytes);
         session.store_chunk(id, ChunkKind::DiskMapPage, &bytes)?;
         pages.push(PageRef { id, data_chunks });
     }
@@ -473,7 +473,7 @@ fn read_chunks(
                         let entry = if strata_vmdk::is_zero(window) {
                             None
                         } else {
-                            let id = ChunkId::of(window);
+                            let id = session.chunk_id(window);
                             session.store_chunk(id, ChunkKind::Data, window)?;
                             Some(id)
                         };

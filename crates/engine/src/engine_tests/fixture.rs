@@ -127,8 +127,9 @@ fn node(name: &str, kind: NodeKind, size: u64) -> Node {
 }
 
 /// Trees and chunks of a directory, built bottom-up as a backup does.
-#[derive(Default)]
 struct Built {
+    /// The repository's ids (keyed when it is encrypted).
+    ids: crate::id::IdKey,
     trees: BTreeMap<String, ChunkId>,
     data: BTreeSet<ChunkId>,
     chunks: Vec<(ChunkKind, Vec<u8>)>,
@@ -143,7 +144,7 @@ impl Built {
                     let extents = chunks
                         .iter()
                         .map(|bytes| {
-                            let id = ChunkId::of(bytes);
+                            let id = self.ids.chunk_id(bytes);
                             self.data.insert(id);
                             self.chunks.push((ChunkKind::Data, bytes.clone()));
                             Extent::Data {
@@ -163,7 +164,7 @@ impl Built {
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let bytes = Tree { nodes }.encode();
-        let id = ChunkId::of(&bytes);
+        let id = self.ids.chunk_id(&bytes);
         self.trees.insert(path.to_string(), id);
         self.chunks.push((ChunkKind::Tree, bytes));
         id
@@ -187,6 +188,21 @@ impl Fixture {
         let cold = cold.then(MemoryStore::new);
         let mut config = RepoConfig::new("engine-tests".into());
         config.pack_target_size = pack_target_size;
+        // Encrypted unless STRATA_TEST_ENCRYPTION=none: `tools/test` runs
+        // these tests both ways.
+        let encrypted = std::env::var("STRATA_TEST_ENCRYPTION").as_deref() != Ok("none");
+        let password = crate::keys::Password::new(b"engine tests".to_vec());
+        let key = crate::keys::NewKey {
+            password: &password,
+            kdf: crate::key_slot::KdfParams {
+                memory_kib: 64,
+                passes: 1,
+                lanes: 1,
+            },
+        };
+        if encrypted {
+            config = config.encrypted();
+        }
         let repo = Repository::create_on(
             Stores {
                 warm: Arc::new(warm.clone()),
@@ -196,6 +212,7 @@ impl Fixture {
             },
             StateDir::new(state.path().join("state")),
             config,
+            encrypted.then_some(&key),
         )
         .expect("creating a repository on memory stores");
         Fixture {
@@ -206,6 +223,11 @@ impl Fixture {
         }
     }
 
+    /// The id of a chunk with content `bytes` in this repository.
+    pub fn id(&self, bytes: &[u8]) -> ChunkId {
+        self.repo.ids().chunk_id(bytes)
+    }
+
     pub fn cold(&self) -> &MemoryStore {
         self.cold.as_ref().expect("a fixture with a cold tier")
     }
@@ -214,7 +236,7 @@ impl Fixture {
     pub fn store(&self, chunks: &[(ChunkKind, Vec<u8>)]) -> Stored {
         with_local_session(&self.repo, |session| {
             for (kind, bytes) in chunks {
-                session.store_chunk(ChunkId::of(bytes), *kind, bytes)?;
+                session.store_chunk(session.chunk_id(bytes), *kind, bytes)?;
             }
             // Sealed and indexed, without a restore point.
             session.flush()?;
@@ -243,7 +265,12 @@ impl Fixture {
         let Entry::Dir(entries) = root else {
             panic!("a restore point's root is a directory");
         };
-        let mut built = Built::default();
+        let mut built = Built {
+            ids: self.repo.ids(),
+            trees: BTreeMap::new(),
+            data: BTreeSet::new(),
+            chunks: Vec::new(),
+        };
         let root = built.directory("", entries);
         self.store(&built.chunks);
         let manifest = files_manifest(source, time, root);

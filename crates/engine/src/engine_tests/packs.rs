@@ -49,7 +49,7 @@ fn stored_chunks_read_back_byte_exact_from_packs_of_one_class() {
     assert_eq!(stored.chunks_new, chunks.len() as u64);
 
     for (kind, bytes) in &chunks {
-        let id = ChunkId::of(bytes);
+        let id = fx.id(bytes);
         assert_eq!(&fx.repo.read_chunk(&id).unwrap(), bytes, "chunk {id:?}");
         let location = fx.location(&id);
         assert_eq!(location.tier, Tier::Warm);
@@ -58,8 +58,8 @@ fn stored_chunks_read_back_byte_exact_from_packs_of_one_class() {
     }
     let tree = &chunks.last().unwrap().1;
     assert_eq!(
-        fx.repo.load_tree(&ChunkId::of(tree)).unwrap(),
-        Tree::decode(&ChunkId::of(tree), tree).unwrap()
+        fx.repo.load_tree(&fx.id(tree)).unwrap(),
+        Tree::decode(&fx.id(tree), tree).unwrap()
     );
 
     // Every pack in the store is indexed, and its trailer is what the
@@ -115,7 +115,7 @@ fn a_flipped_byte_is_refused_as_damage_and_neighbours_still_read() {
     let chunks: Vec<Vec<u8>> = (0..4).map(|i| noise(&format!("n{i}"), 8 * 1024)).collect();
     let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
     fx.store_data(&refs);
-    let ids: Vec<ChunkId> = chunks.iter().map(|c| ChunkId::of(c)).collect();
+    let ids: Vec<ChunkId> = chunks.iter().map(|c| fx.id(c)).collect();
     let victim = ids[1];
     let pack = fx.location(&victim).pack;
     assert!(ids.iter().all(|id| fx.location(id).pack == pack), "one run, one pack");
@@ -135,7 +135,7 @@ fn a_damaged_compressed_chunk_is_refused_too() {
     let fx = Fixture::new();
     let text = b"the same line, compressible, again and again\n".repeat(500);
     fx.store_data(&[&text]);
-    let id = ChunkId::of(&text);
+    let id = fx.id(&text);
     let location = fx.location(&id);
     assert_eq!(location.entry.compression, pack::Compression::Zstd);
     assert!(location.entry.stored_len < location.entry.raw_len);
@@ -158,15 +158,15 @@ fn a_damaged_compressed_chunk_is_refused_too() {
 #[test]
 fn an_unknown_chunk_is_missing_and_a_missing_pack_is_not_found() {
     let fx = Fixture::new();
-    let unknown = ChunkId::of(b"never stored");
+    let unknown = fx.id(b"never stored");
     assert!(matches!(
         fx.repo.read_chunk(&unknown),
         Err(Error::ChunkMissing { id }) if id == unknown
     ));
     let bytes = noise("lost", 4096);
     fx.store_data(&[&bytes]);
-    let location = fx.location(&ChunkId::of(&bytes));
+    let location = fx.location(&fx.id(&bytes));
     fx.warm.delete(&pack::object_name(&location.pack)).unwrap();
-    let err = fx.repo.read_chunk(&ChunkId::of(&bytes)).unwrap_err();
+    let err = fx.repo.read_chunk(&fx.id(&bytes)).unwrap_err();
     assert!(err.is_not_found(), "{err}");
 }

@@ -84,7 +84,7 @@ impl Scenario {
     }
 
     fn pack_of(&self, bytes: &[u8]) -> crate::id::PackId {
-        self.fx.location(&ChunkId::of(bytes)).pack
+        self.fx.location(&self.fx.id(bytes)).pack
     }
 }
 
@@ -145,25 +145,25 @@ fn prune_deletes_only_what_the_forgotten_restore_point_alone_used() {
         .collect();
     assert_eq!(
         rewritten,
-        BTreeSet::from([ChunkId::of(&s.shared[0]), ChunkId::of(&s.shared[1])])
+        BTreeSet::from([fx.id(&s.shared[0]), fx.id(&s.shared[1])])
     );
 
     for bytes in s.shared.iter().chain([&s.new_only]) {
-        assert_eq!(&fx.repo.read_chunk(&ChunkId::of(bytes)).unwrap(), bytes);
+        assert_eq!(&fx.repo.read_chunk(&fx.id(bytes)).unwrap(), bytes);
     }
     for tree in s.new.tree_ids() {
         fx.repo.load_tree(&tree).unwrap();
     }
     for bytes in &s.old_only[..3] {
         assert!(matches!(
-            fx.repo.read_chunk(&ChunkId::of(bytes)),
+            fx.repo.read_chunk(&fx.id(bytes)),
             Err(Error::ChunkMissing { .. })
         ));
     }
     assert!(fx.repo.chunk_index().chunk(&s.old.root).unwrap().is_none());
     // a3 is dead but its pack was kept: still indexed, still readable
     // until a later prune rewrites the pack.
-    assert_eq!(fx.repo.read_chunk(&ChunkId::of(&s.old_only[3])).unwrap(), s.old_only[3]);
+    assert_eq!(fx.repo.read_chunk(&fx.id(&s.old_only[3])).unwrap(), s.old_only[3]);
     assert_eq!(fx.restore_point_ids(), BTreeSet::from([s.new.id]));
 
     // Nothing more to do.
@@ -222,13 +222,14 @@ fn an_unindexed_leftover_pack_is_removed_but_an_orphan_chunk_needs_no_restore_po
         .codec()
         .encoder()
         .unwrap()
-        .encode(ChunkId::of(b"leftover"), pack::ChunkKind::Data, b"leftover");
+        .encode(fx.repo.ids().chunk_id(b"leftover"), pack::ChunkKind::Data, b"leftover")
+        .unwrap();
     open.append(&encoded).unwrap();
     let leftover = fx.repo.packs().seal(open).unwrap();
     // An indexed chunk no restore point references.
     let orphan = noise("orphan", 2 * KIB);
     fx.store_data(&[&orphan]);
-    let orphan_pack = fx.location(&ChunkId::of(&orphan)).pack;
+    let orphan_pack = fx.location(&fx.id(&orphan)).pack;
 
     let report = run(&fx, false);
     assert_eq!(report.packs_deleted, 2);
@@ -237,7 +238,7 @@ fn an_unindexed_leftover_pack_is_removed_but_an_orphan_chunk_needs_no_restore_po
     assert!(!remaining.contains(&leftover.id));
     assert!(!remaining.contains(&orphan_pack));
     assert_eq!(fx.indexed_packs().keys().copied().collect::<BTreeSet<_>>(), remaining);
-    assert_eq!(fx.repo.read_chunk(&ChunkId::of(b"kept data")).unwrap(), b"kept data");
+    assert_eq!(fx.repo.read_chunk(&fx.id(b"kept data")).unwrap(), b"kept data");
     fx.repo.load_tree(&kept.root).unwrap();
 }
 

@@ -98,7 +98,7 @@ fn a_lost_index_is_rebuilt_to_what_it_was() {
         BTreeSet::from([first.id, second.id])
     );
     for bytes in contents.iter().take(5).chain([&shared, &orphan]) {
-        assert_eq!(&fx.repo.read_chunk(&ChunkId::of(bytes)).unwrap(), bytes);
+        assert_eq!(&fx.repo.read_chunk(&fx.id(bytes)).unwrap(), bytes);
     }
     for tree in first.tree_ids().union(&second.tree_ids()) {
         fx.repo.load_tree(tree).unwrap();
@@ -136,7 +136,7 @@ fn a_rebuild_keeps_cold_locations_and_thaws() {
     let chunks_before = fx.indexed_chunks();
     let packs_before = comparable(fx.indexed_packs());
     let thaws_before = fx.repo.thaw_table().thaws().unwrap();
-    assert_eq!(chunks_before[&ChunkId::of(&old_only)].tier, Tier::Cold);
+    assert_eq!(chunks_before[&fx.id(&old_only)].tier, Tier::Cold);
     assert_eq!(thaws_before.len(), 2, "the pack's thaw and the restore point's");
 
     empty_index(&fx);
@@ -149,7 +149,7 @@ fn a_rebuild_keeps_cold_locations_and_thaws() {
     assert_eq!(fx.indexed_chunks(), chunks_before);
     assert_eq!(comparable(fx.indexed_packs()), packs_before);
     assert_eq!(fx.repo.thaw_table().thaws().unwrap(), thaws_before);
-    assert_eq!(fx.repo.read_chunk(&ChunkId::of(&old_only)).unwrap(), old_only);
+    assert_eq!(fx.repo.read_chunk(&fx.id(&old_only)).unwrap(), old_only);
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn a_pack_with_a_damaged_trailer_is_salvaged_whole() {
     let contents: Vec<Vec<u8>> = (0..5).map(|i| noise(&format!("s{i}"), 7_000)).collect();
     let refs: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
     let committed = fx.commit_files("host", now(), &dir([("f", file(&refs))]));
-    let location = fx.location(&ChunkId::of(&contents[0]));
+    let location = fx.location(&fx.id(&contents[0]));
     let name = pack::object_name(&location.pack);
     let trailer = fx.repo.packs().trailer(Tier::Warm, &location.pack).unwrap();
     let data_end = trailer
@@ -179,7 +179,7 @@ fn a_pack_with_a_damaged_trailer_is_salvaged_whole() {
     assert!(report.affected.is_empty(), "{:?}", report.affected);
     assert!(fx.warm.size(&format!("{DAMAGED_PREFIX}{name}")).is_ok());
     for bytes in &contents {
-        assert_eq!(&fx.repo.read_chunk(&ChunkId::of(bytes)).unwrap(), bytes);
+        assert_eq!(&fx.repo.read_chunk(&fx.id(bytes)).unwrap(), bytes);
     }
     fx.repo.load_tree(&committed.root).unwrap();
     // Every pack left under packs/ is whole and indexed.

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 
 use super::fixture::{files_manifest, Fixture};
-use crate::id::ChunkId;
 use crate::pack::ChunkKind;
 use crate::session::{with_local_session, BackupSession};
 use crate::tree::Tree;
@@ -16,17 +15,17 @@ fn counters_are_final_after_flush_and_storing_ends_there() {
     let data = b"some data worth storing ".repeat(400);
     let late = b"offered after the flush".to_vec();
     with_local_session(&fx.repo, |session| {
-        assert!(session.store_chunk(ChunkId::of(&data), ChunkKind::Data, &data)?);
-        assert!(!session.store_chunk(ChunkId::of(&data), ChunkKind::Data, &data)?);
+        assert!(session.store_chunk(fx.id(&data), ChunkKind::Data, &data)?);
+        assert!(!session.store_chunk(fx.id(&data), ChunkKind::Data, &data)?);
         session.flush()?;
         let counters = session.counters();
         assert_eq!(counters.chunks_new.load(Ordering::Relaxed), 1);
         assert_eq!(counters.bytes_new.load(Ordering::Relaxed), data.len() as u64);
         let stored = counters.bytes_stored.load(Ordering::Relaxed);
         assert!(stored > 0 && stored < data.len() as u64, "stored {stored}");
-        assert!(session.stored_chunks(&[ChunkId::of(&data)])?[0]);
+        assert!(session.stored_chunks(&[fx.id(&data)])?[0]);
         // Refused, and neither counted nor remembered as pending.
-        assert!(session.store_chunk(ChunkId::of(&late), ChunkKind::Data, &late).is_err());
+        assert!(session.store_chunk(fx.id(&late), ChunkKind::Data, &late).is_err());
         assert_eq!(counters.chunks_new.load(Ordering::Relaxed), 1);
         Ok(())
     })
@@ -34,18 +33,18 @@ fn counters_are_final_after_flush_and_storing_ends_there() {
     // A later session stores the refused chunk: it was not taken for a
     // duplicate.
     with_local_session(&fx.repo, |session| {
-        assert!(session.store_chunk(ChunkId::of(&late), ChunkKind::Data, &late)?);
+        assert!(session.store_chunk(fx.id(&late), ChunkKind::Data, &late)?);
         session.flush()
     })
     .unwrap();
-    assert_eq!(fx.repo.read_chunk(&ChunkId::of(&late)).unwrap(), late);
+    assert_eq!(fx.repo.read_chunk(&fx.id(&late)).unwrap(), late);
 }
 
 #[test]
 fn a_commit_makes_its_chunks_readable_and_a_second_commit_changes_nothing() {
     let fx = Fixture::new();
     let tree = Tree { nodes: vec![] }.encode();
-    let root = ChunkId::of(&tree);
+    let root = fx.id(&tree);
     let ids = with_local_session(&fx.repo, |session| {
         session.store_chunk(root, ChunkKind::Tree, &tree)?;
         let first = session.commit(&files_manifest("session-test", 1, root))?;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::fixture::{dir, file, noise, no_cancel, now, snapshot, stored_packs, Committed, Fixture, DAY};
 use crate::error::Error;
-use crate::id::{ChunkId, PackId};
+use crate::id::PackId;
 use crate::index::Tier;
 use crate::progress::NoProgress;
 use crate::thaw_record::thaw_object_name;
@@ -71,7 +71,7 @@ fn tiered() -> (Scenario, RestorePoint, PackId) {
     let s = scenario();
     run(&s.fx, 90);
     let old_rp = s.fx.restore_point(&s.old.id);
-    let cold_pack = s.fx.location(&ChunkId::of(&s.old_only[0])).pack;
+    let cold_pack = s.fx.location(&s.fx.id(&s.old_only[0])).pack;
     (s, old_rp, cold_pack)
 }
 
@@ -79,8 +79,8 @@ fn tiered() -> (Scenario, RestorePoint, PackId) {
 fn old_data_moves_cold_and_metadata_and_shared_data_stay_warm() {
     let s = scenario();
     let fx = &s.fx;
-    let old_pack = fx.location(&ChunkId::of(&s.old_only[0])).pack;
-    assert_eq!(fx.location(&ChunkId::of(&s.shared)).pack, old_pack);
+    let old_pack = fx.location(&fx.id(&s.old_only[0])).pack;
+    assert_eq!(fx.location(&fx.id(&s.shared)).pack, old_pack);
     assert_eq!(s.old.trees[""], fx.restore_point(&s.old.id).manifest.root);
     assert_eq!(s.old.trees["/lib"], s.young.trees["/lib"], "one tree for both");
 
@@ -99,7 +99,7 @@ fn old_data_moves_cold_and_metadata_and_shared_data_stay_warm() {
     let cold_pack = *cold_packs.iter().next().unwrap();
     assert_eq!(report.cold_bytes_written, fx.indexed_packs()[&cold_pack].size);
     for bytes in &s.old_only {
-        let location = fx.location(&ChunkId::of(bytes));
+        let location = fx.location(&fx.id(bytes));
         assert_eq!((location.tier, location.pack), (Tier::Cold, cold_pack));
     }
     let record = fx.indexed_packs()[&cold_pack];
@@ -107,7 +107,7 @@ fn old_data_moves_cold_and_metadata_and_shared_data_stay_warm() {
     // The pack the old data shared with `shared` was rewritten away.
     assert!(!stored_packs(&fx.warm).contains(&old_pack));
     for bytes in [&s.shared, &s.young_only] {
-        let id = ChunkId::of(bytes);
+        let id = fx.id(bytes);
         assert_eq!(fx.location(&id).tier, Tier::Warm);
         assert_eq!(&fx.repo.read_chunk(&id).unwrap(), bytes);
     }
@@ -120,7 +120,7 @@ fn old_data_moves_cold_and_metadata_and_shared_data_stay_warm() {
     assert_eq!(node.size, s.old_only[0].len() as u64);
 
     for bytes in &s.old_only {
-        let id = ChunkId::of(bytes);
+        let id = fx.id(bytes);
         assert!(!fx.repo.is_readable(&id).unwrap());
         match fx.repo.read_chunk(&id) {
             Err(Error::Cold { chunk, pack }) => assert_eq!((chunk, pack), (id, cold_pack)),
@@ -151,7 +151,7 @@ fn a_thaw_makes_cold_chunks_readable_byte_exact() {
     assert_eq!(plan.packs_fetched, 0);
     assert!(fx.warm.size(&thaw_object_name(&cold_pack)).is_err(), "a plan copies nothing");
     assert!(matches!(
-        fx.repo.read_chunk(&ChunkId::of(&s.old_only[0])),
+        fx.repo.read_chunk(&fx.id(&s.old_only[0])),
         Err(Error::Cold { .. })
     ));
 
@@ -159,7 +159,7 @@ fn a_thaw_makes_cold_chunks_readable_byte_exact() {
     assert_eq!(thawed.packs_fetched, 1);
     assert_eq!(thawed.bytes_fetched, plan.bytes);
     for bytes in &s.old_only {
-        let id = ChunkId::of(bytes);
+        let id = fx.id(bytes);
         assert!(fx.repo.is_readable(&id).unwrap());
         assert_eq!(&fx.repo.read_chunk(&id).unwrap(), bytes);
     }
@@ -188,7 +188,7 @@ fn an_expired_thaw_reads_cold_again_and_the_next_run_removes_it() {
     tier::thaw(&fx.repo, &old_rp, 0, false, &NoProgress, &no_cancel()).unwrap();
     assert!(fx.warm.size(&thaw_object_name(&cold_pack)).is_ok());
     assert!(matches!(
-        fx.repo.read_chunk(&ChunkId::of(&s.old_only[0])),
+        fx.repo.read_chunk(&fx.id(&s.old_only[0])),
         Err(Error::Cold { .. })
     ));
     let report = run(fx, 90);
@@ -219,12 +219,12 @@ fn a_new_backup_of_cold_data_stores_a_warm_copy() {
     let fx = &s.fx;
     run(fx, 90);
     let again = fx.commit_files("host", now(), &dir([("back", file(&[&s.old_only[0]]))]));
-    let id = ChunkId::of(&s.old_only[0]);
+    let id = fx.id(&s.old_only[0]);
     assert!(again.data.contains(&id));
     assert_eq!(fx.location(&id).tier, Tier::Warm);
     assert_eq!(fx.repo.read_chunk(&id).unwrap(), s.old_only[0]);
     // The other old chunk is still cold.
-    assert_eq!(fx.location(&ChunkId::of(&s.old_only[1])).tier, Tier::Cold);
+    assert_eq!(fx.location(&fx.id(&s.old_only[1])).tier, Tier::Cold);
     let ids: BTreeSet<_> = fx.restore_point_ids();
     assert_eq!(ids.len(), 3);
 }
@@ -243,14 +243,14 @@ fn a_chunk_moved_unchanged_frees_its_warm_pack() {
     // Incompressible, alone in its pack: the cold pack holds the same bytes.
     let alone = noise("alone", 30_000);
     fx.store_data(&[&alone]);
-    let warm_pack = fx.location(&ChunkId::of(&alone)).pack;
+    let warm_pack = fx.location(&fx.id(&alone)).pack;
     fx.commit_files("host", now() - 200 * DAY, &dir([("f", file(&[&alone]))]));
     let report = run(&fx, 90);
     assert_eq!(report.chunks_moved, 1);
     assert!(
         report.warm_bytes_freed > 0,
         "cold pack {:?}, warm pack {warm_pack:?}",
-        fx.location(&ChunkId::of(&alone)).pack
+        fx.location(&fx.id(&alone)).pack
     );
     assert!(!stored_packs(&fx.warm).contains(&warm_pack));
 }

@@ -72,9 +72,9 @@ fn tree(fx: &Fixture) -> (Committed, BTreeMap<&'static str, ChunkId>) {
         ]),
     );
     let ids = BTreeMap::from([
-        ("x", ChunkId::of(&x)),
-        ("y", ChunkId::of(&y)),
-        ("z", ChunkId::of(&z)),
+        ("x", fx.id(&x)),
+        ("y", fx.id(&y)),
+        ("z", fx.id(&z)),
     ]);
     (committed, ids)
 }

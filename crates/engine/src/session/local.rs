@@ -178,7 +178,7 @@ impl LocalSession<'_> {
             .lock()
             .expect("encoder pool lock")
             .push(encoder);
-        Ok(encoded)
+        encoded
     }
 
     fn submit(&self, chunk: CompressedChunk) -> Result<()> {
@@ -205,6 +205,8 @@ impl BackupSession for LocalSession<'_> {
             chunker: config.chunker,
             disk_chunk_size: config.disk_chunk_size,
             warm_days: config.tiers.warm_days,
+            ids: self.repo.ids(),
+            name_key: self.repo.protection().name_key(),
         }
     }
 

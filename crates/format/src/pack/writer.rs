@@ -8,7 +8,7 @@ use std::io::Write;
 use super::{CompressedChunk, PackEntry, MAX_CHUNK_LEN};
 use crate::codec::Encoder;
 use crate::error::{Error, Result};
-use crate::format::{PACK_FOOTER_MAGIC, PACK_HEADER_LEN, PACK_MAGIC, PACK_VERSION};
+use crate::format::{PACK_FOOTER_MAGIC, PACK_HEADER_LEN, PACK_MAGIC};
 use crate::id::PackId;
 
 pub struct PackWriter<W: Write> {
@@ -32,7 +32,9 @@ pub struct FinishedPack {
 }
 
 impl<W: Write> PackWriter<W> {
-    pub fn new(out: W, target: String) -> Result<Self> {
+    /// A pack of `version` ([`super::ChunkCodec::pack_version`]: whether
+    /// its chunks are sealed).
+    pub fn new(out: W, target: String, version: u32) -> Result<Self> {
         let mut writer = PackWriter {
             out,
             target,
@@ -41,7 +43,7 @@ impl<W: Write> PackWriter<W> {
             len: 0,
         };
         let mut header = Encoder::new();
-        header.raw(&PACK_MAGIC).u32(PACK_VERSION).u32(0);
+        header.raw(&PACK_MAGIC).u32(version).u32(0);
         let header = header.into_bytes();
         debug_assert_eq!(header.len(), PACK_HEADER_LEN);
         writer.write(&header)?;

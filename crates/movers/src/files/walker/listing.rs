@@ -147,7 +147,7 @@ fn list(
         digest: None,
         unchanged: None,
     };
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = context.file_cache.listing_hasher();
     hasher.update(b"strata directory listing v1");
     for (name, stat) in stats {
         let child = path.join(&name);

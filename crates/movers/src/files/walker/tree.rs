@@ -175,7 +175,7 @@ impl Walker<'_> {
                 bytes.len()
             )));
         }
-        let id = ChunkId::of(&bytes);
+        let id = self.session.chunk_id(&bytes);
         self.session.store_chunk(id, ChunkKind::Tree, &bytes)?;
         if let Some(subtrees) = subtrees {
             self.record_dir(&dir, subtrees_digest(subtrees.iter()), id)?;
