@@ -14,7 +14,7 @@ use crate::util::*;
 use crate::vm::{convert, qemu_img};
 
 /// The password `TestRepo::command` gives every command.
-pub const PASSWORD: &str = "correct horse battery staple";
+pub const PASSWORD: &str = TEST_PASSWORD;
 
 /// Argon2id options that keep every test command fast.
 const FAST_KDF: [&str; 4] = ["--kdf-memory-mib", "8", "--kdf-passes", "1"];
@@ -78,18 +78,27 @@ pub fn refused_with(repo: &Path, password: Option<&str>, args: &[&str]) -> Strin
 /// An encrypted repository in a temp dir whose password is `PASSWORD`,
 /// whatever STRATA_TEST_ENCRYPTION says.
 pub fn encrypted_repo() -> TestRepo {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
     let mut args = vec!["init", "--encryption", "aes-256-gcm"];
     args.extend_from_slice(&FAST_KDF);
-    ok_with(&repo, Some(PASSWORD), &args);
-    TestRepo { dir, repo }
+    init_repo(&args, false)
 }
 
 pub fn unencrypted_repo() -> TestRepo {
+    init_repo(&["init", "--encryption", "none"], false)
+}
+
+/// `strata INIT…` for a repository `repo` in a temp dir, with a cold tier
+/// `cold` beside it if asked for.
+fn init_repo(init: &[&str], cold: bool) -> TestRepo {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    ok_with(&repo, None, &["init", "--encryption", "none"]);
+    let cold_dir = dir.path().join("cold");
+    let mut args = init.to_vec();
+    if cold {
+        args.extend(["--cold", cold_dir.to_str().unwrap()]);
+    }
+    let encrypted = !init.contains(&"none");
+    ok_with(&repo, encrypted.then_some(PASSWORD), &args);
     TestRepo { dir, repo }
 }
 
@@ -158,9 +167,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|(i, b)| b == first && haystack[i + 1..].starts_with(rest))
 }
 
-/// "needle in file" for every needle found in any file below `repo`.
-fn found_in(repo: &Path, needles: &[(String, Vec<u8>)]) -> Vec<String> {
-    let files = files_under(repo);
+/// "needle in file" for every needle found in any file below the
+/// repository or its cold tier.
+fn found_in(t: &TestRepo, needles: &[(String, Vec<u8>)]) -> Vec<String> {
+    let files = [files_under(&t.repo), files_under(&t.path("cold"))].concat();
     assert!(files.len() > 5, "too few files to search: {files:?}");
     let mut found = Vec::new();
     for file in files {
@@ -265,55 +275,70 @@ fn back_up_secrets(t: &TestRepo) -> Secrets {
     t.ok(&["backup", "vm", vm.to_str().unwrap()]);
     // A second backup and a check add the file cache's and the index's
     // later states; a restore reads everything back.
-    t.ok(&[
-        "backup",
-        "files",
-        root.to_str().unwrap(),
-        "--source",
-        &source,
-    ]);
+    t.backup(&root, &source);
     t.ok(&["check", "--read-data"]);
     let target = t.path("restored");
     t.restore(&format!("{source}@latest"), &target);
     assert_same_tree(&root, &under(&target, &root));
+    cold_secrets(t, &mut s);
     s
+}
+
+/// An old restore point moved to the cold tier and thawed back: cold
+/// packs, thawed copies and thaw records hold secrets too.
+fn cold_secrets(t: &TestRepo, s: &mut Secrets) {
+    let dir = t.path(&format!("old-{}", s.marker("cold dir name")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1209);
+    let mut raw = random_bytes(&mut rng, 60_000);
+    let marker = s.marker("cold content");
+    raw[30_000..][..marker.len()].copy_from_slice(marker.as_bytes());
+    s.file(&dir.join("cold.bin"), &raw);
+    let id = t.backup_at(&dir, "old", &time_days_ago(400));
+    let report = t.json(&["tier", "run"]);
+    assert_eq!(report["restore_points_cold"], 1, "{report}");
+    assert!(!files_under(&t.path("cold")).is_empty());
+    t.ok(&["thaw", &id]);
+    let target = t.path("thawed");
+    t.restore(&id, &target);
+    assert_same_tree(&dir, &under(&target, &dir));
 }
 
 #[test]
 fn no_marker_name_content_or_plain_hash_is_found_in_an_encrypted_repository() {
-    let t = encrypted_repo();
+    let mut init = vec!["init"];
+    init.extend_from_slice(&FAST_KDF);
+    let t = init_repo(&init, true);
     let s = back_up_secrets(&t);
-    let found = found_in(&t.repo, &s.needles());
+    let found = found_in(&t, &s.needles());
     assert!(
         found.is_empty(),
         "readable in the encrypted repository:\n{}",
         found.join("\n")
     );
-    // The VM was backed up under its marked name, and its .vmx kept.
-    let listed = t.json(&["list"]);
+    // The VM was backed up under its marked name, from its .vmx.
     let vm_name = s.get("vm display name");
-    assert!(
-        listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|rp| rp["source"] == vm_name),
-        "{listed}"
-    );
+    let shown = t.json(&["show", &format!("{vm_name}@latest")]);
+    assert_eq!(shown["vm"]["name"], vm_name, "{shown}");
+    assert_eq!(shown["repository"]["encryption"], "aes-256-gcm", "{shown}");
 }
 
 /// The search above finds what an unencrypted repository holds: contents
 /// stored raw and the plain ids of chunks.
 #[test]
 fn the_marker_search_finds_markers_and_hashes_in_an_unencrypted_repository() {
-    let t = unencrypted_repo();
+    let t = init_repo(&["init", "--encryption", "none"], true);
     let s = back_up_secrets(&t);
-    let found = found_in(&t.repo, &s.needles());
-    let raw_marker = s.get("raw content");
-    assert!(
-        found.iter().any(|f| f.contains(raw_marker)),
-        "{raw_marker} not found: {found:?}"
-    );
+    let found = found_in(&t, &s.needles());
+    for (what, dir) in [("raw content", "packs"), ("cold content", "cold")] {
+        let marker = s.get(what);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains(marker) && f.contains(&format!("/{dir}/"))),
+            "{marker} not found in {dir}: {found:?}"
+        );
+    }
     for (file, _) in &s.hashes {
         assert!(
             found
@@ -353,6 +378,18 @@ fn objects_listing(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// `s@latest` restores with `password`, identical to `src`.
+fn restores_whole(t: &TestRepo, password: Option<&str>, src: &Path) {
+    let target = tempfile::tempdir_in(t.dir.path()).unwrap();
+    let to = target.path().to_str().unwrap();
+    ok_with(
+        &t.repo,
+        password,
+        &["restore", "files", "s@latest", "--to", to],
+    );
+    assert_same_tree(src, &under(target.path(), src));
+}
+
 fn small_source(t: &TestRepo, name: &str, seed: u64) -> PathBuf {
     let src = t.path(name);
     std::fs::create_dir_all(src.join("sub")).unwrap();
@@ -362,11 +399,17 @@ fn small_source(t: &TestRepo, name: &str, seed: u64) -> PathBuf {
     src
 }
 
+/// An encrypted repository with `small_source` backed up as `s`.
+fn backed_up(seed: u64) -> (TestRepo, PathBuf) {
+    let t = encrypted_repo();
+    let src = small_source(&t, "src", seed);
+    t.backup(&src, "s");
+    (t, src)
+}
+
 #[test]
 fn a_wrong_password_is_refused_and_nothing_is_written() {
-    let t = encrypted_repo();
-    let src = small_source(&t, "src", 1203);
-    t.backup(&src, "s");
+    let (t, src) = backed_up(1203);
     std::fs::write(src.join("new.txt"), b"only in the refused backup").unwrap();
     let before = objects_listing(&t);
     for args in [
@@ -389,9 +432,7 @@ fn a_wrong_password_is_refused_and_nothing_is_written() {
 
 #[test]
 fn a_missing_password_without_a_terminal_is_refused_naming_strata_password() {
-    let t = encrypted_repo();
-    let src = small_source(&t, "src", 1204);
-    t.backup(&src, "s");
+    let (t, src) = backed_up(1204);
     let before = objects_listing(&t);
     for args in [
         &["list"][..],
@@ -471,19 +512,7 @@ fn an_unencrypted_repository_never_asks_for_a_password() {
     assert!(!summary.is_empty());
     ok_with(&t.repo, None, &["list"]);
     ok_with(&t.repo, None, &["check", "--read-data"]);
-    let target = t.path("restored");
-    ok_with(
-        &t.repo,
-        None,
-        &[
-            "restore",
-            "files",
-            "s@latest",
-            "--to",
-            target.to_str().unwrap(),
-        ],
-    );
-    assert_same_tree(&src, &under(&target, &src));
+    restores_whole(&t, None, &src);
     // A password given anyway changes nothing.
     ok_with(&t.repo, Some("anything"), &["list"]);
 }
@@ -517,12 +546,13 @@ fn slot_ids(repo: &Path, password: &str) -> Vec<String> {
     ids
 }
 
-/// Adds a slot for `new` (from a file) opened with `password`; returns its id.
-fn key_add(t: &TestRepo, password: &str, new: &str) -> String {
+/// `strata key add` or `passwd` (`command`) for the new password `new`
+/// (from a file), opened with `password`; returns the new slot's id.
+fn new_slot(t: &TestRepo, command: &str, password: &str, new: &str) -> String {
     let file = write_password(&t.path("new-password"), new);
     let mut args = vec![
         "key",
-        "add",
+        command,
         "--new-password-file",
         file.to_str().unwrap(),
         "--json",
@@ -544,13 +574,11 @@ fn assert_wrong_password(repo: &Path, password: &str) {
 
 #[test]
 fn two_key_slots_both_open_the_repository_and_slots_are_removed_safely() {
-    let t = encrypted_repo();
-    let src = small_source(&t, "src", 1206);
-    t.backup(&src, "s");
+    let (t, src) = backed_up(1206);
     let first = slot_in_use(&t.repo, PASSWORD);
     assert_eq!(first.len(), 16, "{first}");
     assert!(t.repo.join("keys").join(&first).is_file());
-    let second = key_add(&t, PASSWORD, "second password");
+    let second = new_slot(&t, "add", PASSWORD, "second password");
 
     // Each password opens the repository and is told its own slot.
     for (password, id) in [(PASSWORD, &first), ("second password", &second)] {
@@ -571,19 +599,7 @@ fn two_key_slots_both_open_the_repository_and_slots_are_removed_safely() {
                 "{slot}"
             );
         }
-        let target = t.path(&format!("restored-{id}"));
-        ok_with(
-            &t.repo,
-            Some(password),
-            &[
-                "restore",
-                "files",
-                "s@latest",
-                "--to",
-                target.to_str().unwrap(),
-            ],
-        );
-        assert_same_tree(&src, &under(&target, &src));
+        restores_whole(&t, Some(password), &src);
     }
 
     // The slot in use goes only with --force; another one by id prefix.
@@ -619,19 +635,7 @@ fn two_key_slots_both_open_the_repository_and_slots_are_removed_safely() {
     );
     assert_eq!(slot_ids(&t.repo, "third password"), vec![third]);
     assert_wrong_password(&t.repo, PASSWORD);
-    let target = t.path("restored-third");
-    ok_with(
-        &t.repo,
-        Some("third password"),
-        &[
-            "restore",
-            "files",
-            "s@latest",
-            "--to",
-            target.to_str().unwrap(),
-        ],
-    );
-    assert_same_tree(&src, &under(&target, &src));
+    restores_whole(&t, Some("third password"), &src);
 }
 
 /// Every pack's path and bytes.
@@ -649,27 +653,12 @@ fn packs(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn passwd_replaces_the_password_without_touching_data() {
-    let t = encrypted_repo();
-    let src = small_source(&t, "src", 1207);
-    t.backup(&src, "s");
+    let (t, src) = backed_up(1207);
     let before = packs(&t);
     let manifests_before = files_under(&t.repo.join("manifests"));
     let old_slot = slot_in_use(&t.repo, PASSWORD);
 
-    let file = write_password(&t.path("new"), "new password");
-    let mut args = vec![
-        "key",
-        "passwd",
-        "--new-password-file",
-        file.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(&FAST_KDF);
-    let out = ok_with(&t.repo, Some(PASSWORD), &args);
-    let new_slot = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let new_slot = new_slot(&t, "passwd", PASSWORD, "new password");
     assert_ne!(new_slot, old_slot);
 
     assert_wrong_password(&t.repo, PASSWORD);
@@ -679,21 +668,10 @@ fn passwd_replaces_the_password_without_touching_data() {
     assert!(packs(&t) == before, "passwd changed packs");
     assert_eq!(files_under(&t.repo.join("manifests")), manifests_before);
 
-    let target = t.path("restored");
-    ok_with(
-        &t.repo,
-        Some("new password"),
-        &[
-            "restore",
-            "files",
-            "s@latest",
-            "--to",
-            target.to_str().unwrap(),
-        ],
-    );
-    assert_same_tree(&src, &under(&target, &src));
+    restores_whole(&t, Some("new password"), &src);
     ok_with(&t.repo, Some("new password"), &["check", "--read-data"]);
-    // New backups go on deduplicating against the old data.
+    // New backups go on using the file cache and deduplicating against
+    // the old data (only trees with the sources' new access times are new).
     let summary: serde_json::Value = serde_json::from_str(&ok_with(
         &t.repo,
         Some("new password"),
@@ -707,7 +685,8 @@ fn passwd_replaces_the_password_without_touching_data() {
         ],
     ))
     .unwrap();
-    assert_eq!(summary["bytes_new"], 0, "{summary}");
+    assert_eq!(summary["bytes_read"], 0, "{summary}");
+    assert!(summary["bytes_new"].as_u64().unwrap() < 10_000, "{summary}");
 }
 
 // ---------------------------------------------------------------------

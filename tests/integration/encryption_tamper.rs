@@ -113,11 +113,7 @@ fn a_flipped_byte_in_a_data_chunk_fails_authentication() {
     let (src, pack) = bystanders_then_victim(&t, 1220);
     flip_at_fraction(&pack, 1, 2);
 
-    let out = t.run(&["check", "--read-data"]);
-    let report = text(&out);
-    assert_eq!(out.status.code(), Some(4), "{report}");
-    assert!(report.contains("authentication failed"), "{report}");
-    assert!(report.contains("victim.bin"), "{report}");
+    let report = check_blames(&t, &["--read-data"], "victim.bin");
     assert!(!report.contains("bystander"), "{report}");
 
     let printed = restore_fails_never_wrong(&t, "s@latest", &src, "restored");
@@ -164,15 +160,36 @@ fn a_flipped_byte_in_a_tree_fails_authentication() {
     let pack = largest(&packs);
     flip_at_fraction(&pack, 1, 2);
 
-    let out = t.run(&["check", "--read-data"]);
-    let report = text(&out);
-    assert_eq!(out.status.code(), Some(4), "{report}");
-    assert!(report.contains("authentication failed"), "{report}");
+    check_blames(&t, &["--read-data"], "big-directory");
 
     let printed = fails(&t, &["ls", "s@latest", "-R"]);
     assert!(printed.contains("authentication failed"), "{printed}");
     let printed = restore_fails_never_wrong(&t, "s@latest", &src, "restored");
     assert!(printed.contains("authentication failed"), "{printed}");
+}
+
+/// An encrypted repository and a folder `src` holding one file `f`.
+fn one_file_source(content: &[u8]) -> (TestRepo, PathBuf) {
+    let t = encrypted_repo();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), content).unwrap();
+    (t, src)
+}
+
+/// `strata check ARGS…` finds damage (status 4) and blames `object` with
+/// an authentication failure.
+fn check_blames(t: &TestRepo, args: &[&str], object: &str) -> String {
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    let out = t.run(&all);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{all:?}: {report}");
+    assert!(
+        report.contains(object) && report.contains("authentication failed"),
+        "{all:?} does not blame {object}: {report}"
+    );
+    report
 }
 
 fn manifest_of(t: &TestRepo, source: &str) -> String {
@@ -184,10 +201,7 @@ fn manifest_of(t: &TestRepo, source: &str) -> String {
 
 #[test]
 fn a_flipped_byte_in_a_manifest_fails_authentication() {
-    let t = encrypted_repo();
-    let src = t.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), b"some content").unwrap();
+    let (t, src) = one_file_source(b"some content");
     t.backup(&src, "one");
     t.backup(&src, "two");
     let id = manifest_of(&t, "one");
@@ -195,14 +209,8 @@ fn a_flipped_byte_in_a_manifest_fails_authentication() {
     assert!(path.is_file(), "{}", path.display());
     flip_at_fraction(&path, 1, 2);
 
-    for args in [&["check"][..], &["check", "--read-data"][..]] {
-        let out = t.run(args);
-        let report = text(&out);
-        assert_eq!(out.status.code(), Some(4), "{args:?}: {report}");
-        assert!(
-            report.contains(&format!("manifests/{id}")) && report.contains("authentication failed"),
-            "{args:?}: {report}"
-        );
+    for args in [&[][..], &["--read-data"][..]] {
+        check_blames(&t, args, &format!("manifests/{id}"));
     }
     // repair sets it aside; the other restore point stays whole.
     let out = t.run(&["repair", "index"]);
@@ -219,10 +227,7 @@ fn a_flipped_byte_in_a_manifest_fails_authentication() {
 
 #[test]
 fn an_old_manifest_under_another_name_is_detected() {
-    let t = encrypted_repo();
-    let src = t.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), b"version one").unwrap();
+    let (t, src) = one_file_source(b"version one");
     t.backup(&src, "s");
     let old = manifest_of(&t, "s");
     std::fs::write(src.join("f"), b"version two").unwrap();
@@ -247,25 +252,13 @@ fn an_old_manifest_under_another_name_is_detected() {
             "{printed}"
         );
     }
-    let out = t.run(&["check"]);
-    let report = text(&out);
-    assert_eq!(out.status.code(), Some(4), "{report}");
-    assert!(
-        report.contains(&format!("manifests/{fake}")) && report.contains("authentication failed"),
-        "{report}"
-    );
+    check_blames(&t, &[], &format!("manifests/{fake}"));
     std::fs::remove_file(manifests.join(&fake)).unwrap();
     t.ok(&["check"]);
 
     // Rolled back in place: the newer name holding the older manifest.
     std::fs::write(manifests.join(&new), &old_bytes).unwrap();
-    let out = t.run(&["check"]);
-    let report = text(&out);
-    assert_eq!(out.status.code(), Some(4), "{report}");
-    assert!(
-        report.contains(&format!("manifests/{new}")) && report.contains("authentication failed"),
-        "{report}"
-    );
+    check_blames(&t, &[], &format!("manifests/{new}"));
 }
 
 #[test]
@@ -308,10 +301,7 @@ fn assert_damaged_slot(printed: &str) {
 
 #[test]
 fn a_flipped_byte_in_a_key_slot_is_named() {
-    let t = encrypted_repo();
-    let src = t.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), b"content").unwrap();
+    let (t, src) = one_file_source(b"content");
     t.backup(&src, "s");
     let slots = key_slots(&t);
     assert_eq!(slots.len(), 1, "{slots:?}");
