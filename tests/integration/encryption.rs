@@ -281,6 +281,10 @@ fn back_up_secrets(t: &TestRepo) -> Secrets {
     t.restore(&format!("{source}@latest"), &target);
     assert_same_tree(&root, &under(&target, &root));
     cold_secrets(t, &mut s);
+    // An index rebuilt from the objects alone holds no more than before.
+    std::fs::remove_dir_all(t.repo.join("index")).unwrap();
+    t.ok(&["repair", "index"]);
+    t.restore(&format!("{source}@latest"), &t.path("after-repair"));
     s
 }
 
@@ -638,6 +642,35 @@ fn two_key_slots_both_open_the_repository_and_slots_are_removed_safely() {
     restores_whole(&t, Some("third password"), &src);
 }
 
+/// A key slot copied from another repository (same kind of object, its
+/// own password) opens nothing here.
+#[test]
+fn a_key_slot_from_another_repository_does_not_open_this_one() {
+    let (t, _) = backed_up(1210);
+    let other = t.path("other");
+    let mut args = vec!["init"];
+    args.extend_from_slice(&FAST_KDF);
+    ok_with(&other, Some("other password"), &args);
+    let slots = files_under(&other.join("keys"));
+    assert_eq!(slots.len(), 1);
+    let foreign = t.repo.join("keys").join(slots[0].file_name().unwrap());
+    std::fs::copy(&slots[0], &foreign).unwrap();
+    let text = refused_with(&t.repo, Some("other password"), &["list"]);
+    assert!(
+        text.contains("wrong password") || text.contains("damaged"),
+        "{text}"
+    );
+    // In place of the repository's own slot, too.
+    let own = slot_in_use(&t.repo, PASSWORD);
+    std::fs::rename(&foreign, t.repo.join("keys").join(&own)).unwrap();
+    let text = refused_with(&t.repo, Some("other password"), &["list"]);
+    assert!(
+        text.contains("wrong password") || text.contains("damaged"),
+        "{text}"
+    );
+    refused_with(&t.repo, Some(PASSWORD), &["list"]);
+}
+
 /// Every pack's path and bytes.
 fn packs(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out: Vec<_> = files_under(&t.repo.join("packs"))
@@ -657,13 +690,18 @@ fn passwd_replaces_the_password_without_touching_data() {
     let before = packs(&t);
     let manifests_before = files_under(&t.repo.join("manifests"));
     let old_slot = slot_in_use(&t.repo, PASSWORD);
+    let spare = new_slot(&t, "add", PASSWORD, "spare password");
 
     let new_slot = new_slot(&t, "passwd", PASSWORD, "new password");
     assert_ne!(new_slot, old_slot);
 
+    // Only the slot in use is replaced.
     assert_wrong_password(&t.repo, PASSWORD);
-    assert_eq!(slot_ids(&t.repo, "new password"), vec![new_slot.clone()]);
+    let mut expected = vec![new_slot.clone(), spare.clone()];
+    expected.sort();
+    assert_eq!(slot_ids(&t.repo, "new password"), expected);
     assert_eq!(slot_in_use(&t.repo, "new password"), new_slot);
+    assert_eq!(slot_in_use(&t.repo, "spare password"), spare);
     assert!(!t.repo.join("keys").join(&old_slot).exists());
     assert!(packs(&t) == before, "passwd changed packs");
     assert_eq!(files_under(&t.repo.join("manifests")), manifests_before);

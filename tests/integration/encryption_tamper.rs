@@ -5,12 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 
-use crate::encryption::{encrypted_repo, refused_with, PASSWORD};
-use crate::mount::{fuse_available, MountGuard};
+use crate::encryption::{encrypted_repo, refused_with, strata, PASSWORD};
+use crate::mount::{fuse_available, is_mounted, MountGuard};
 use crate::util::*;
 
 fn pack_files(t: &TestRepo) -> BTreeSet<PathBuf> {
@@ -366,4 +367,143 @@ fn a_damaged_chunk_reads_as_eio_in_the_mount() {
     );
     let err = std::fs::read(mounted.join("victim.bin")).expect_err("read damaged data again");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}
+
+#[test]
+fn a_damaged_tree_reads_as_eio_in_the_mount() {
+    if !fuse_available() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let t = encrypted_repo();
+    let src = trees_only(&t);
+    let pack = largest(&backup_new_packs(&t, &src, "s"));
+    flip_at_fraction(&pack, 1, 2);
+
+    let mnt = t.path("mnt");
+    let _guard = MountGuard::mount(&t, &mnt);
+    let mounted = under(&mnt.join("files/s/latest"), &src);
+    let err = std::fs::read_dir(mounted.join("big-directory"))
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .expect_err("listed a damaged directory");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let names: Vec<_> = std::fs::read_dir(mounted.join("d7"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["e7"]);
+}
+
+/// A `strata mount` that should refuse to start; killed and unmounted
+/// when dropped if it started anyway.
+struct RefusedMount {
+    child: Option<Child>,
+    path: PathBuf,
+}
+
+impl Drop for RefusedMount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.path) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.path)
+                .status();
+        }
+    }
+}
+
+/// Runs `strata mount` with `password` and no terminal; asserts it exits
+/// by itself, failing, without mounting; returns what it printed.
+fn mount_refused(t: &TestRepo, password: Option<&str>) -> String {
+    let path = t.path("mnt");
+    std::fs::create_dir_all(&path).unwrap();
+    let mut cmd = strata(&t.repo, password, &["mount", path.to_str().unwrap()]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut guard = RefusedMount {
+        child: Some(cmd.spawn().unwrap()),
+        path: path.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while guard.child.as_mut().unwrap().try_wait().unwrap().is_none() {
+        assert!(!is_mounted(&path), "mounted with password {password:?}");
+        assert!(
+            Instant::now() < deadline,
+            "mount neither failed nor mounted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = guard.child.take().unwrap().wait_with_output().unwrap();
+    assert!(
+        !out.status.success() && !is_mounted(&path),
+        "{}",
+        text(&out)
+    );
+    text(&out)
+}
+
+#[test]
+fn the_mount_refuses_a_wrong_or_missing_password() {
+    if !fuse_available() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let (t, src) = one_file_source(b"content");
+    t.backup(&src, "s");
+    let printed = mount_refused(&t, Some("not the password"));
+    assert!(printed.contains("wrong password"), "{printed}");
+    let printed = mount_refused(&t, None);
+    assert!(printed.contains("STRATA_PASSWORD"), "{printed}");
+}
+
+/// A VM whose .vmx is large and whose disk holds only zeros: its backup
+/// writes metadata only, most of it the stored .vmx.
+fn vm_with_a_large_vmx(t: &TestRepo) -> PathBuf {
+    let folder = t.path("vm01");
+    std::fs::create_dir_all(&folder).unwrap();
+    crate::vm::qemu_img(&[
+        "create",
+        "-f",
+        "vmdk",
+        folder.join("vm01.vmdk").to_str().unwrap(),
+        "4M",
+    ]);
+    let mut vmx = String::from("displayName = \"vm01\"\nscsi0:0.fileName = \"vm01.vmdk\"\n");
+    for i in 0..2000u32 {
+        let value = blake3::hash(&i.to_le_bytes()).to_hex();
+        vmx += &format!("guestinfo.key{i} = \"{value}\"\n");
+    }
+    std::fs::write(folder.join("vm01.vmx"), vmx).unwrap();
+    folder
+}
+
+#[test]
+fn a_flipped_byte_in_a_vm_description_fails_authentication() {
+    let t = encrypted_repo();
+    let folder = vm_with_a_large_vmx(&t);
+    let before = pack_files(&t);
+    t.ok(&["backup", "vm", folder.to_str().unwrap()]);
+    let packs: Vec<_> = pack_files(&t).difference(&before).cloned().collect();
+    flip_at_fraction(&largest(&packs), 1, 2);
+
+    check_blames(&t, &["--read-data"], "vm01");
+    let printed = fails(&t, &["show", "vm01@latest"]);
+    assert!(printed.contains("authentication failed"), "{printed}");
+    let target = t.path("restored");
+    let printed = fails(
+        &t,
+        &[
+            "restore",
+            "vm",
+            "vm01@latest",
+            "--to",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert!(printed.contains("authentication failed"), "{printed}");
+    assert!(!target.join("vm01.vmx").exists());
 }
