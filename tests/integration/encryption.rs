@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 use rand::{RngCore, SeedableRng};
 
+use crate::mount::{fuse_available, MountGuard};
 use crate::util::*;
 use crate::vm::{convert, qemu_img};
 
@@ -486,6 +487,10 @@ fn passwords_come_from_a_file_a_command_or_the_environment() {
     // The first source given wins: file, then command, then environment.
     list(&["--password-file", file_arg], Some("wrong"));
     list(&["--password-command", &quoted], Some("wrong"));
+    list(
+        &["--password-file", file_arg, "--password-command", "false"],
+        None,
+    );
     let wrong_file = write_password(&dir.path().join("wrong"), "wrong");
     let text = refused_with(
         &repo,
@@ -498,6 +503,63 @@ fn passwords_come_from_a_file_a_command_or_the_environment() {
     refused_with(&repo, None, &["--password-command", &piped, "list"]);
     // A failing command is an error, not an empty password.
     refused_with(&repo, None, &["--password-command", "false", "list"]);
+}
+
+/// Each command asks for the password once, however many steps it takes
+/// (and derives the key once); so does a mount for all its reads.
+#[test]
+fn the_password_is_asked_once_per_command() {
+    let (t, src) = backed_up(1211);
+    let password = write_password(&t.path("pw"), PASSWORD);
+    let counter = t.path("asked");
+    let command = format!(
+        "sh -c 'echo asked >> {}; cat {}'",
+        counter.display(),
+        password.display()
+    );
+    let asked = || {
+        let n = std::fs::read_to_string(&counter).unwrap().lines().count();
+        std::fs::remove_file(&counter).unwrap();
+        n
+    };
+    let (src, target) = (src.to_str().unwrap(), t.path("restored"));
+    for args in [
+        &["backup", "files", src, "--source", "s"][..],
+        &["list"][..],
+        &["show", "s@latest"][..],
+        &["ls", "s@latest", "-R"][..],
+        &[
+            "restore",
+            "files",
+            "s@latest",
+            "--to",
+            target.to_str().unwrap(),
+        ][..],
+        &["check", "--read-data"][..],
+        &["forget", "--keep-last", "1"][..],
+        &["prune"][..],
+        &["repair", "index"][..],
+        &["stats"][..],
+        &["key", "list"][..],
+    ] {
+        let mut all = vec!["--password-command", &command];
+        all.extend_from_slice(args);
+        ok_with(&t.repo, None, &all);
+        assert_eq!(asked(), 1, "{args:?}");
+    }
+    if fuse_available() {
+        let mnt = t.path("mnt");
+        let mut guard = MountGuard::mount_with(&t, &mnt, &["--password-command", &command]);
+        let mounted = under(&mnt.join("files/s/latest"), Path::new(src));
+        for name in ["a.txt", "sub/b.bin"] {
+            assert!(
+                std::fs::read(mounted.join(name)).unwrap()
+                    == std::fs::read(Path::new(src).join(name)).unwrap()
+            );
+        }
+        guard.stop();
+        assert_eq!(asked(), 1, "mount");
+    }
 }
 
 #[test]
