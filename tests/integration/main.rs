@@ -6,6 +6,7 @@ mod util;
 mod backup_restore;
 mod cli_output;
 mod encryption;
+mod encryption_keys;
 mod encryption_tamper;
 mod faults;
 mod incremental;
