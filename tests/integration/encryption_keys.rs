@@ -4,6 +4,7 @@
 //! added, removed and replaced without touching data.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::encryption::*;
 use crate::mount::{fuse_available, MountGuard};
@@ -12,28 +13,16 @@ use crate::util::*;
 // ---------------------------------------------------------------------
 // Passwords
 
-/// Names and sizes of every file below the repository's object folders,
-/// and the config's and key slots' bytes.
-fn objects_listing(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for dir in ["packs", "manifests", "keys"] {
-        let dir = t.repo.join(dir);
-        if dir.is_dir() {
-            for file in files_under(&dir) {
-                let len = std::fs::metadata(&file).unwrap().len();
-                let bytes = if dir.ends_with("keys") {
-                    std::fs::read(&file).unwrap()
-                } else {
-                    len.to_le_bytes().to_vec()
-                };
-                out.push((file, bytes));
-            }
-        }
-    }
-    out.push((
-        t.repo.join("config.json"),
-        std::fs::read(t.repo.join("config.json")).unwrap(),
-    ));
+/// Every file below the repository (objects, index, file cache, lock)
+/// with its size and modification time.
+fn repository_listing(t: &TestRepo) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut out: Vec<_> = files_under(&t.repo)
+        .into_iter()
+        .map(|file| {
+            let meta = std::fs::metadata(&file).unwrap();
+            (file, meta.len(), meta.modified().unwrap())
+        })
+        .collect();
     out.sort();
     out
 }
@@ -42,7 +31,7 @@ fn objects_listing(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
 fn a_wrong_password_is_refused_and_nothing_is_written() {
     let (t, src) = backed_up(1203);
     std::fs::write(src.join("new.txt"), b"only in the refused backup").unwrap();
-    let before = objects_listing(&t);
+    let before = repository_listing(&t);
     for args in [
         &["backup", "files", src.to_str().unwrap(), "--source", "s"][..],
         &["list"][..],
@@ -54,9 +43,10 @@ fn a_wrong_password_is_refused_and_nothing_is_written() {
         assert!(text.contains("wrong password"), "{args:?}: {text}");
         assert!(!text.contains("panicked"), "{args:?}: {text}");
     }
-    assert!(
-        objects_listing(&t) == before,
-        "a refused command wrote objects"
+    assert_eq!(
+        repository_listing(&t),
+        before,
+        "a refused command wrote to the repository"
     );
     assert_eq!(t.json(&["list"]).as_array().unwrap().len(), 1);
 }
@@ -64,7 +54,7 @@ fn a_wrong_password_is_refused_and_nothing_is_written() {
 #[test]
 fn a_missing_password_without_a_terminal_is_refused_naming_strata_password() {
     let (t, src) = backed_up(1204);
-    let before = objects_listing(&t);
+    let before = repository_listing(&t);
     for args in [
         &["list"][..],
         &["backup", "files", src.to_str().unwrap(), "--source", "s"][..],
@@ -72,9 +62,10 @@ fn a_missing_password_without_a_terminal_is_refused_naming_strata_password() {
         let text = refused_with(&t.repo, None, args);
         assert!(text.contains("STRATA_PASSWORD"), "{args:?}: {text}");
     }
-    assert!(
-        objects_listing(&t) == before,
-        "a refused command wrote objects"
+    assert_eq!(
+        repository_listing(&t),
+        before,
+        "a refused command wrote to the repository"
     );
     // init too has nothing to take a password from.
     let other = t.path("other");

@@ -338,13 +338,21 @@ fn a_flipped_byte_in_a_key_slot_is_named() {
     assert_damaged_slot(&printed);
 }
 
-#[test]
-fn a_damaged_chunk_reads_as_eio_in_the_mount() {
+/// An encrypted repository for a mount test, or None (the test is
+/// skipped) where kernel FUSE mounts cannot be made.
+fn encrypted_fuse_repo() -> Option<TestRepo> {
     if !fuse_available() {
         eprintln!("skipped: needs root and /dev/fuse");
-        return;
+        return None;
     }
-    let t = encrypted_repo();
+    Some(encrypted_repo())
+}
+
+#[test]
+fn a_damaged_chunk_reads_as_eio_in_the_mount() {
+    let Some(t) = encrypted_fuse_repo() else {
+        return;
+    };
     let (src, pack) = bystanders_then_victim(&t, 1222);
     flip_at_fraction(&pack, 1, 2);
 
@@ -371,11 +379,9 @@ fn a_damaged_chunk_reads_as_eio_in_the_mount() {
 
 #[test]
 fn a_damaged_tree_reads_as_eio_in_the_mount() {
-    if !fuse_available() {
-        eprintln!("skipped: needs root and /dev/fuse");
+    let Some(t) = encrypted_fuse_repo() else {
         return;
-    }
-    let t = encrypted_repo();
+    };
     let src = trees_only(&t);
     let pack = largest(&backup_new_packs(&t, &src, "s"));
     flip_at_fraction(&pack, 1, 2);
@@ -448,11 +454,12 @@ fn mount_refused(t: &TestRepo, password: Option<&str>) -> String {
 
 #[test]
 fn the_mount_refuses_a_wrong_or_missing_password() {
-    if !fuse_available() {
-        eprintln!("skipped: needs root and /dev/fuse");
+    let Some(t) = encrypted_fuse_repo() else {
         return;
-    }
-    let (t, src) = one_file_source(b"content");
+    };
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"content").unwrap();
     t.backup(&src, "s");
     let printed = mount_refused(&t, Some("not the password"));
     assert!(printed.contains("wrong password"), "{printed}");
