@@ -282,11 +282,7 @@ mod tests {
     use super::*;
     use crate::storage::MemoryStore;
 
-    const CHEAP: KdfParams = KdfParams {
-        memory_kib: 64,
-        passes: 1,
-        lanes: 1,
-    };
+    const CHEAP: KdfParams = KdfParams::CHEAPEST;
 
     fn password(text: &str) -> Password {
         Password::new(text.as_bytes().to_vec())
