@@ -204,6 +204,20 @@ def main():
             print(f"| {label} | {med(ours):.1f} s | {theirs_cell} |")
         print(f"\nSecond/first backup time (strata): {med('small-strata-second') / med('small-strata-first'):.3f} cold, "
               f"{med('small-strata-second-warm') / med('small-strata-first'):.3f} warm.")
+    elif section == "encryption":
+        files, disk, big = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+        print("\nEncryption: the same job on an unencrypted and an encrypted repository, same hyperfine run, medians, caches dropped.\n")
+        print("| job | unencrypted | encrypted | encrypted throughput vs unencrypted |")
+        print("|---|---|---|---|")
+        for name, label, size in (("enc-files-backup", "first file backup", files), ("enc-disk-backup", "disk backup (2 GiB image)", disk),
+                                  ("enc-restore", "file restore", files), ("enc-mount-read", "mount sequential read (2 GiB file)", big)):
+            m = hyperfine_medians(jdir, name)
+            if m:
+                print(f"| {label} | {m['plain']:.2f} s ({size / 1e6 / m['plain']:.0f} MB/s) | {m['encrypted']:.2f} s ({size / 1e6 / m['encrypted']:.0f} MB/s) | {m['plain'] / m['encrypted']:.2f}x |")
+        m = hyperfine_medians(jdir, "enc-open")
+        if m:
+            print(f"\nOpening (`strata list` of a small repository): {m['plain'] * 1000:.0f} ms unencrypted, "
+                  f"{m['encrypted-default-kdf'] * 1000:.0f} ms encrypted with the default Argon2id cost.")
     elif section == "vm-restore":
         logical, allocated = int(sys.argv[3]), int(sys.argv[4])
         m = hyperfine_medians(jdir, "vm2g-restore")

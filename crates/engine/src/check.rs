@@ -83,10 +83,27 @@ pub fn check<M>(
         cancel,
     )?;
     check_index_records(repo, &mut packs, &mut report)?;
+    check_key_slots(repo, &mut report)?;
     let restore_points = check_restore_points(repo, &packs.damaged, &mut report, cancel)?;
     report_damaged(repo, &restore_points, packs.damaged, &mut report, cancel)?;
     progress.finish();
     Ok(report)
+}
+
+/// Every key slot of an encrypted repository decodes (the one in use
+/// opened, or this command would not run): a damaged slot is a password
+/// that no longer opens the repository.
+fn check_key_slots<M>(repo: &Repository<M>, report: &mut CheckReport) -> Result<()> {
+    for name in crate::keys::slot_names(repo.store())? {
+        let decoded = repo
+            .store()
+            .get(&name)
+            .and_then(|bytes| crate::key_slot::KeySlot::decode(&name, &bytes));
+        if let Err(e) = decoded {
+            report.errors.push(e.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Cold packs: their trailers are checked against the index; their data

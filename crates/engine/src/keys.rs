@@ -58,6 +58,12 @@ pub struct Unlocked {
     pub slot: SlotId,
 }
 
+impl std::fmt::Debug for Unlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Unlocked(slot {})", self.slot)
+    }
+}
+
 impl Unlocked {
     pub fn protection(&self) -> Protection {
         Protection::encrypted(&self.master)
@@ -269,4 +275,74 @@ pub(crate) fn protection_for(
     let password = source.password(&store.location())?;
     let unlocked = unlock(store, &config.repository_id, &password)?;
     Ok((unlocked.protection(), Some(Arc::new(unlocked))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    const CHEAP: KdfParams = KdfParams::CHEAPEST;
+
+    fn password(text: &str) -> Password {
+        Password::new(text.as_bytes().to_vec())
+    }
+
+    fn key(password: &Password) -> NewKey<'_> {
+        NewKey {
+            password,
+            kdf: CHEAP,
+        }
+    }
+
+    #[test]
+    fn slots_open_with_their_passwords_and_share_one_master_key() {
+        let store = MemoryStore::new();
+        let (first, second) = (password("first"), password("second"));
+        let created = create(&store, "repo", &key(&first)).unwrap();
+        let added = add(&store, "repo", &created, &key(&second)).unwrap();
+        let by_first = unlock(&store, "repo", &first).unwrap();
+        let by_second = unlock(&store, "repo", &second).unwrap();
+        assert_eq!(by_second.slot, added);
+        assert_eq!(by_first.master.as_bytes(), by_second.master.as_bytes());
+        let listed = list(&store, &by_second).unwrap();
+        assert_eq!(listed.iter().filter(|s| s.in_use).count(), 1);
+        let err = unlock(&store, "repo", &password("third")).unwrap_err();
+        assert!(matches!(err, Error::WrongPassword { .. }), "{err}");
+        assert!(unlock(&store, "other repo", &first).is_err(), "slots are bound to their repository");
+    }
+
+    #[test]
+    fn removing_and_changing_keep_at_least_one_slot() {
+        let store = MemoryStore::new();
+        let (old, new) = (password("old"), password("new"));
+        let unlocked = create(&store, "r", &key(&old)).unwrap();
+        let in_use = unlocked.slot.to_string();
+        let err = remove(&store, &unlocked, &in_use, true).unwrap_err().to_string();
+        assert!(err.contains("last"), "{err}");
+        let changed = change_password(&store, "r", &unlocked, &key(&new)).unwrap();
+        assert!(matches!(unlock(&store, "r", &old), Err(Error::WrongPassword { .. })));
+        let reopened = unlock(&store, "r", &new).unwrap();
+        assert_eq!(reopened.slot, changed);
+        assert_eq!(reopened.master.as_bytes(), unlocked.master.as_bytes());
+        let spare = add(&store, "r", &reopened, &key(&old)).unwrap();
+        let err = remove(&store, &reopened, &changed.to_string(), false).unwrap_err().to_string();
+        assert!(err.contains("--force"), "{err}");
+        assert_eq!(remove(&store, &reopened, &spare.to_string()[..6], false).unwrap(), spare);
+    }
+
+    #[test]
+    fn a_damaged_slot_is_named_and_the_others_still_open() {
+        let store = MemoryStore::new();
+        let (a, b) = (password("a"), password("b"));
+        let unlocked = create(&store, "r", &key(&a)).unwrap();
+        add(&store, "r", &unlocked, &key(&b)).unwrap();
+        let name = unlocked.slot.object_name();
+        store.flip_byte(&name, 20).unwrap();
+        assert!(unlock(&store, "r", &b).is_ok());
+        let err = unlock(&store, "r", &a).unwrap_err().to_string();
+        assert!(err.contains("wrong password") && err.contains("damaged"), "{err}");
+        let err = list(&store, &unlock(&store, "r", &b).unwrap()).unwrap_err().to_string();
+        assert!(err.contains(&name) && err.contains("checksum"), "{err}");
+    }
 }

@@ -39,6 +39,8 @@ pub struct MoverSettings {
     pub warm_days: u32,
     /// How chunk ids are computed: keyed in an encrypted repository.
     pub ids: IdKey,
+    /// FastCDC's gear seed: secret in an encrypted repository, 0 otherwise.
+    pub chunker_seed: u64,
     /// Hides names in the mover's file cache when the repository is
     /// encrypted.
     pub name_key: Option<NameKey>,

@@ -65,6 +65,12 @@ impl MasterKey {
             objects: ObjectKey(derive("strata 2026-11 object encryption")),
             ids: IdKey::keyed(*derive("strata 2026-11 chunk and restore point ids")),
             names: NameKey(*derive("strata 2026-11 data mover file cache names")),
+            // Never 0, which FastCDC takes for "no seed".
+            chunker_seed: u64::from_le_bytes(
+                derive("strata 2026-11 content-defined chunking seed")[..8]
+                    .try_into()
+                    .expect("8 bytes"),
+            ) | 1,
         }
     }
 }
@@ -74,6 +80,8 @@ pub struct Keys {
     objects: ObjectKey,
     ids: IdKey,
     names: NameKey,
+    /// FastCDC's gear seed.
+    chunker_seed: u64,
 }
 
 /// Keys the data mover's file cache: its records are found by keyed
@@ -253,6 +261,11 @@ impl Protection {
     /// How chunk and restore point ids are computed.
     pub fn ids(&self) -> IdKey {
         self.keys.as_ref().map_or(IdKey::PLAIN, |k| k.ids)
+    }
+
+    /// The seed of content-defined chunking: secret when encrypted, else 0.
+    pub fn chunker_seed(&self) -> u64 {
+        self.keys.as_ref().map_or(0, |k| k.chunker_seed)
     }
 
     /// The key for the data mover's file cache, if its names must be hidden.

@@ -37,6 +37,14 @@ impl KdfParams {
         passes: 4,
         lanes: 1,
     };
+    /// The cheapest cost there is, for tests that open repositories many
+    /// times; never for a real password.
+    #[doc(hidden)]
+    pub const CHEAPEST: KdfParams = KdfParams {
+        memory_kib: 64,
+        passes: 1,
+        lanes: 1,
+    };
     /// Bounds on what a slot may ask for: a slot is read before anything
     /// is authenticated, so a hostile one must not make us allocate
     /// terabytes or spin for hours.
@@ -267,11 +275,7 @@ impl KeySlot {
 mod tests {
     use super::*;
 
-    const CHEAP: KdfParams = KdfParams {
-        memory_kib: 64,
-        passes: 1,
-        lanes: 1,
-    };
+    const CHEAP: KdfParams = KdfParams::CHEAPEST;
 
     #[test]
     fn a_slot_opens_with_its_password_only() {

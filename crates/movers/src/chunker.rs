@@ -11,7 +11,7 @@
 
 use std::io::{self, Read};
 
-use fastcdc::v2020::FastCDC;
+use fastcdc::v2020::{FastCDC, Normalization};
 
 use crate::codec::min_len;
 use crate::config::ChunkerParams;
@@ -22,14 +22,23 @@ const MIN_BUFFER: usize = 4 << 20;
 
 pub struct StreamChunker {
     params: ChunkerParams,
+    /// Mixed into FastCDC's gear table: 0 (none) in unencrypted
+    /// repositories, secret in encrypted ones, so that cut points, and with
+    /// them the sizes of stored chunks, do not fingerprint known files.
+    seed: u64,
     buf: Vec<u8>,
 }
 
 impl StreamChunker {
     pub fn new(params: ChunkerParams) -> Self {
+        Self::with_seed(params, 0)
+    }
+
+    pub fn with_seed(params: ChunkerParams, seed: u64) -> Self {
         let size = MIN_BUFFER.max(2 * params.max_size as usize);
         StreamChunker {
             params,
+            seed,
             buf: vec![0; size],
         }
     }
@@ -68,7 +77,15 @@ impl StreamChunker {
                 break;
             }
             let mut consumed = 0;
-            for chunk in FastCDC::new(&self.buf[..filled], p.min_size, p.avg_size, p.max_size) {
+            let cuts = FastCDC::with_level_and_seed(
+                &self.buf[..filled],
+                p.min_size,
+                p.avg_size,
+                p.max_size,
+                Normalization::Level1,
+                self.seed,
+            );
+            for chunk in cuts {
                 let end = chunk.offset + chunk.length;
                 if end == filled && !eof {
                     break;
@@ -156,6 +173,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A seeded chunker cuts elsewhere than an unseeded one, the same way
+    /// every time, and still within the bounds.
+    #[test]
+    fn a_seed_moves_cut_points_deterministically() {
+        let data = pseudo_random(64 << 20, 5);
+        let cut = |seed| {
+            let mut lengths = Vec::new();
+            StreamChunker::with_seed(ChunkerParams::DEFAULT, seed)
+                .chunk::<_, io::Error>(&mut &data[..], u64::MAX, |c| {
+                    lengths.push(c.len());
+                    Ok(())
+                })
+                .unwrap();
+            lengths
+        };
+        let (plain, seeded) = (cut(0), cut(0x5eed_1234_abcd_0001));
+        assert_eq!(plain, chunk_lengths(&data, &ChunkerParams::DEFAULT));
+        assert_ne!(plain, seeded);
+        assert_eq!(seeded, cut(0x5eed_1234_abcd_0001));
+        assert_eq!(seeded.iter().sum::<usize>(), data.len());
+        let max = ChunkerParams::DEFAULT.max_size as usize;
+        assert!(seeded.iter().all(|l| *l <= max));
     }
 
     #[test]

@@ -194,11 +194,7 @@ impl Fixture {
         let password = crate::keys::Password::new(b"engine tests".to_vec());
         let key = crate::keys::NewKey {
             password: &password,
-            kdf: crate::key_slot::KdfParams {
-                memory_kib: 64,
-                passes: 1,
-                lanes: 1,
-            },
+            kdf: crate::key_slot::KdfParams::CHEAPEST,
         };
         if encrypted {
             config = config.encrypted();

@@ -206,6 +206,7 @@ impl BackupSession for LocalSession<'_> {
             disk_chunk_size: config.disk_chunk_size,
             warm_days: config.tiers.warm_days,
             ids: self.repo.ids(),
+            chunker_seed: self.repo.protection().chunker_seed(),
             name_key: self.repo.protection().name_key(),
         }
     }

@@ -172,12 +172,12 @@ pub(super) fn walk(
         drop(list_rx);
         for n in 0..readers {
             let (jobs, results) = (job_rx.clone(), result_tx.clone());
-            let params = session.settings().chunker;
+            let settings = session.settings();
             std::thread::Builder::new()
                 .name(format!("read-{n}"))
                 .spawn_scoped(scope, move || {
                     let _span = tracing::debug_span!("read").entered();
-                    let mut chunker = StreamChunker::new(params);
+                    let mut chunker = StreamChunker::with_seed(settings.chunker, settings.chunker_seed);
                     let on_progress = |n| progress.advance(n);
                     for job in jobs {
                         let outcome = if let Err(e) = cancel.check() {
