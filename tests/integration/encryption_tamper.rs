@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 
-use crate::encryption::{encrypted_repo, refused_with, strata, PASSWORD};
+use crate::encryption::{encrypted_repo, ok_with, refused_with, strata, PASSWORD};
 use crate::mount::{fuse_available, is_mounted, MountGuard};
 use crate::util::*;
 
@@ -328,12 +328,17 @@ fn a_flipped_byte_in_a_key_slot_is_named() {
         "1",
     ]);
     flip_at_fraction(&slots[0], 1, 2);
-    let mut cmd = t.command(&["list", "--json"]);
-    cmd.env("STRATA_PASSWORD", "second password");
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(stdout_of(&out).contains("\"s\""));
-    // The damaged slot's own password is refused, naming the damage.
+    let listed = ok_with(&t.repo, Some("second password"), &["list", "--json"]);
+    assert!(listed.contains("\"s\""), "{listed}");
+    // check names the damaged slot; its own password is refused, naming
+    // the damage.
+    let out = strata(&t.repo, Some("second password"), &["check"])
+        .output()
+        .unwrap();
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    assert_damaged_slot(&report);
+    assert!(report.contains(slot_name), "{report}");
     let printed = refused_with(&t.repo, Some(PASSWORD), &["list"]);
     assert_damaged_slot(&printed);
 }
