@@ -16,6 +16,7 @@
 //!   engine ──▶ Arc<dyn ObjectStore> ──▶ DelayedStore ──▶ LocalStore | MemoryStore
 //! ```
 
+pub mod bucket;
 pub mod conformance;
 pub mod delayed;
 pub mod local;
@@ -27,6 +28,7 @@ use strata_format::error;
 
 use crate::error::{Error, Result};
 
+pub use bucket::{Access, BucketStore, Location};
 pub use delayed::DelayedStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;

@@ -1,0 +1,284 @@
+//! The bucket store against real servers started here: s3s-fs (an
+//! S3-compatible server that checks request signatures) and Azurite
+//! (Microsoft's Azure Blob emulator). Each test starts its own server on
+//! 127.0.0.1 with a temporary data directory, and the guard stops it,
+//! also when the test fails.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_store::{conformance, Access, BucketStore, Location, ObjectStore};
+
+const KEY_ID: &str = "strata-test-key";
+const SECRET: &str = "strata-test-secret-0123456789";
+
+/// Where `tools/setup` installs the test servers.
+fn tools_dir() -> Option<PathBuf> {
+    match std::env::var_os("STRATA_TOOLS_DIR") {
+        Some(dir) => Some(dir.into()),
+        None => Some(Path::new(&std::env::var_os("HOME")?).join(".cache/strata-tools")),
+    }
+}
+
+fn tool(relative: &str) -> Option<PathBuf> {
+    let path = tools_dir()?.join(relative);
+    path.exists().then_some(path)
+}
+
+/// Waits until something listens on `port`.
+fn wait_for(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server process, killed and reaped when dropped.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An s3s-fs server with one bucket, stopped when dropped.
+struct S3Server {
+    _process: ServerProcess,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> Option<S3Server> {
+        let Some(binary) = tool("bin/s3s-fs") else {
+            eprintln!("skipped: s3s-fs is not installed (tools/setup installs it)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(bucket)).unwrap();
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = S3Server {
+            _process: ServerProcess(child),
+            port,
+            dir,
+        };
+        wait_for(port, "s3s-fs");
+        Some(server)
+    }
+
+    fn access(&self) -> Access {
+        Access {
+            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            region: Some("us-east-1".into()),
+            key_id: Some(KEY_ID.into()),
+            secret: Some(SECRET.into()),
+            ..Access::default()
+        }
+    }
+
+    fn store(&self, url: &str, staging: &Path) -> BucketStore {
+        BucketStore::open(&Location::parse(url).unwrap(), &self.access(), staging, None).unwrap()
+    }
+}
+
+/// Azurite's Blob service, stopped when dropped.
+struct AzureServer {
+    _process: ServerProcess,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Azurite's well-known development account.
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl AzureServer {
+    fn start() -> Option<AzureServer> {
+        let Some(binary) = tool("azurite/node_modules/.bin/azurite-blob") else {
+            eprintln!("skipped: Azurite is not installed (tools/setup installs it)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(dir.path())
+            .args(["--silent", "--disableTelemetry", "--skipApiVersionCheck"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = AzureServer {
+            _process: ServerProcess(child),
+            port,
+            _dir: dir,
+        };
+        wait_for(port, "Azurite");
+        Some(server)
+    }
+
+    fn access(&self) -> Access {
+        Access {
+            endpoint: Some(format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)),
+            key_id: Some(AZURITE_ACCOUNT.into()),
+            secret: Some(AZURITE_KEY.into()),
+            ..Access::default()
+        }
+    }
+
+    /// Creates a container with Blob's REST API, signed with the account
+    /// key (the store itself never creates containers or buckets).
+    fn create_container(&self, name: &str) {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let format = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        );
+        let date = time::OffsetDateTime::now_utc().format(&format).unwrap();
+        let version = "2021-08-06";
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
+             /{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
+        );
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &engine.decode(AZURITE_KEY).unwrap());
+        let signature = engine.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "PUT /{AZURITE_ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+             x-ms-date: {date}\r\nx-ms-version: {version}\r\nContent-Length: 0\r\n\
+             Authorization: SharedKey {AZURITE_ACCOUNT}:{signature}\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 201"), "creating container {name}: {response}");
+    }
+}
+
+#[test]
+fn an_s3_bucket_behaves_like_every_store() {
+    let Some(server) = S3Server::start("conformance") else {
+        return;
+    };
+    let staging = tempfile::tempdir().unwrap();
+    conformance::check_all(&server.store("s3://conformance/repo", staging.path()));
+    // The prefix is the store's root: nothing landed outside it.
+    let root = server.dir.path().join("conformance");
+    let top: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(top, ["repo"], "objects outside the prefix");
+    assert!(std::fs::read_dir(staging.path()).unwrap().next().is_none(), "staging left behind");
+}
+
+#[test]
+fn an_azure_container_behaves_like_every_store() {
+    let Some(server) = AzureServer::start() else {
+        return;
+    };
+    server.create_container("conformance");
+    let staging = tempfile::tempdir().unwrap();
+    let location = Location::parse("azblob://conformance/repo").unwrap();
+    let store = BucketStore::open(&location, &server.access(), staging.path(), None).unwrap();
+    conformance::check_all(&store);
+    let outside = BucketStore::open(
+        &Location::parse("azblob://conformance").unwrap(),
+        &server.access(),
+        staging.path(),
+        None,
+    )
+    .unwrap();
+    assert!(
+        (&outside as &dyn ObjectStore)
+            .list_all("")
+            .unwrap()
+            .iter()
+            .all(|n| n.starts_with("repo/")),
+        "objects outside the prefix"
+    );
+}
+
+#[test]
+fn a_large_streamed_object_is_uploaded_in_parts_and_read_back_by_range() {
+    let Some(server) = S3Server::start("large") else {
+        return;
+    };
+    let staging = tempfile::tempdir().unwrap();
+    let store = server.store("s3://large", staging.path());
+    let bytes: Vec<u8> = (0..40u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let mut writer = store.writer().unwrap();
+    for piece in bytes.chunks(3 << 20) {
+        writer.write_all(piece).unwrap();
+    }
+    writer.commit("packs/ab/big.pack").unwrap();
+    assert_eq!(store.size("packs/ab/big.pack").unwrap(), bytes.len() as u64);
+    let mut buf = vec![0u8; 1 << 20];
+    store.read_at("packs/ab/big.pack", 33 << 20, &mut buf).unwrap();
+    assert_eq!(buf, bytes[33 << 20..34 << 20]);
+    assert_eq!(store.get("packs/ab/big.pack").unwrap(), bytes);
+}
+
+#[test]
+fn wrong_credentials_and_a_missing_bucket_are_clear_errors() {
+    let Some(server) = S3Server::start("present") else {
+        return;
+    };
+    let staging = tempfile::tempdir().unwrap();
+    let wrong = Access {
+        secret: Some("not the secret".into()),
+        ..server.access()
+    };
+    let store = BucketStore::open(&Location::parse("s3://present").unwrap(), &wrong, staging.path(), None).unwrap();
+    let err = store.put("config.json", b"{}").unwrap_err().to_string();
+    assert!(err.contains("s3://present/config.json"), "{err}");
+    assert!(!err.contains("not the secret"), "a secret in a message: {err}");
+    let missing = server.store("s3://absent", staging.path());
+    let err = missing.get("config.json").unwrap_err().to_string();
+    assert!(err.contains("s3://absent"), "{err}");
+}
+
+#[test]
+fn locations_parse_and_print_without_credentials() {
+    let parsed = Location::parse("s3://bucket/some/prefix/").unwrap();
+    assert_eq!(
+        parsed,
+        Location::S3 {
+            bucket: "bucket".into(),
+            prefix: "some/prefix".into()
+        }
+    );
+    assert_eq!(parsed.to_string(), "s3://bucket/some/prefix");
+    assert_eq!(Location::parse("azblob://c").unwrap().to_string(), "azblob://c");
+    assert_eq!(Location::parse("gs://b/p").unwrap().to_string(), "gs://b/p");
+    assert!(Location::parse("/srv/repo").unwrap().is_directory());
+    for bad in ["s3://key:secret@bucket/p", "ftp://x/y", "s3:///p", "s3://b/../p"] {
+        assert!(Location::parse(bad).is_err(), "{bad}");
+    }
+}
