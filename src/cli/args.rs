@@ -12,9 +12,16 @@ use clap::{Args, Parser, Subcommand};
     about = "Deduplicating backup repository with restorable, mountable restore points"
 )]
 pub struct Cli {
-    /// Repository directory.
-    #[arg(long, global = true, env = "STRATA_REPO", value_name = "DIR")]
+    /// The repository: a directory, or a bucket as s3://BUCKET/PREFIX,
+    /// azblob://CONTAINER/PREFIX or gs://BUCKET/PREFIX (endpoint and
+    /// credentials from the provider's usual environment variables).
+    #[arg(long, global = true, env = "STRATA_REPO", value_name = "DIR|URL")]
     pub repo: Option<PathBuf>,
+
+    /// This machine's state of a repository in a bucket (index, lock,
+    /// staging); default ~/.cache/strata/<repository id>.
+    #[arg(long, global = true, env = "STRATA_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
 
     /// Read an encrypted repository's password from FILE (one trailing
     /// newline is ignored). Otherwise --password-command, then
@@ -35,8 +42,9 @@ pub struct Cli {
 pub enum Command {
     /// Create a new, empty repository.
     Init {
-        /// Directory of the cold (archival) tier, e.g. on another disk.
-        #[arg(long, value_name = "DIR")]
+        /// The cold (archival) tier: a directory, e.g. on another disk, or
+        /// a bucket URL.
+        #[arg(long, value_name = "DIR|URL")]
         cold: Option<PathBuf>,
         /// Restore points older than this many days become cold on `tier run`.
         #[arg(long, default_value_t = 90)]
@@ -52,6 +60,9 @@ pub enum Command {
         #[command(flatten)]
         kdf: KdfArgs,
     },
+    /// Break the writer lock of a repository in a bucket whose holder is
+    /// gone (a stale lock is reported with its holder).
+    Unlock,
     /// Manage the passwords (key slots) of an encrypted repository.
     #[command(subcommand)]
     Key(KeyCommand),

@@ -23,13 +23,14 @@ pub fn run(path: &Path, args: &InitArgs<'_>) -> Result<Status> {
     if let Some(level) = args.compression_level {
         config.compression_level = level;
     }
+    let options = super::open_options();
     let id = config.repository_id.clone();
     if strata::config_file::exists(path)? {
         anyhow::bail!("{} already holds a repository", path.display());
     }
     match args.encryption {
         Encryption::None => {
-            Repository::init(path, config, None)?;
+            Repository::init_with(path, config, None, &options)?;
             out!("created unencrypted repository {id} at {}", path.display());
         }
         Encryption::Aes256Gcm => {
@@ -38,7 +39,7 @@ pub fn run(path: &Path, args: &InitArgs<'_>) -> Result<Status> {
                 password: &password,
                 kdf: kdf_params(&args.kdf),
             };
-            let repo = Repository::init(path, config.encrypted(), Some(&key))?;
+            let repo = Repository::init_with(path, config.encrypted(), Some(&key), &options)?;
             let slot = repo.key_slot_in_use().map(|s| s.to_string()).unwrap_or_default();
             out!(
                 "created encrypted repository {id} at {} (AES-256-GCM, key slot {slot})",

@@ -68,6 +68,7 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
         file: cli.password_file.clone(),
         command: cli.password_command.clone(),
     });
+    let _ = STATE_DIR.set(cli.state.clone());
     let repo = cli
         .repo
         .context("no repository given: use --repo DIR or set STRATA_REPO");
@@ -89,6 +90,7 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
             },
         ),
         Command::Key(command) => key::run(&repo?, command),
+        Command::Unlock => unlock(&repo?),
         Command::Backup(command) => backup::run(&repo?, command, cancel),
         Command::List(json) => list::run(&repo?, json.json),
         Command::Show {
@@ -145,7 +147,27 @@ fn open_options() -> strata::repository::OpenOptions {
     strata::repository::OpenOptions {
         cold_delay,
         password: Some(password::source()),
+        state_dir: STATE_DIR.get().cloned().flatten(),
     }
+}
+
+/// `--state`, for every command's open.
+static STATE_DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// `strata unlock`: removes the lock object of a repository in a bucket.
+fn unlock(path: &Path) -> Result<Status> {
+    let location = strata::site::location_of(path)?;
+    if location.is_directory() {
+        out!("{} is a directory: its writer lock is an flock, which the kernel releases when its holder exits; nothing to break", path.display());
+        return Ok(Status::Ok);
+    }
+    let state = std::env::temp_dir();
+    let store = strata::site::warm_store(&location, &strata::repository::StateDir::new(state))?;
+    match strata::lock::ObjectLock::break_lock(store.as_ref())? {
+        Some(holder) => out!("removed the lock of {holder} from {location}"),
+        None => out!("{location} holds no lock"),
+    }
+    Ok(Status::Ok)
 }
 
 fn open(path: &Path) -> Result<Repository> {

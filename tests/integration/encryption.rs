@@ -100,7 +100,11 @@ fn init_repo(init: &[&str], cold: bool) -> TestRepo {
     }
     let encrypted = !init.contains(&"none");
     ok_with(&repo, encrypted.then_some(PASSWORD), &args);
-    TestRepo { dir, repo }
+    TestRepo {
+        dir,
+        repo,
+        env: Vec::new(),
+    }
 }
 
 pub fn write_password(path: &Path, password: &str) -> PathBuf {

@@ -15,6 +15,7 @@ mod mount_lifecycle;
 mod mount_read_ahead;
 mod mount_security;
 mod mount_xattr_probes;
+mod object_storage;
 mod repair;
 mod restore_safety;
 mod retention;

@@ -53,14 +53,22 @@ pub fn is_root() -> bool {
 
 pub struct TestRepo {
     pub dir: tempfile::TempDir,
+    /// A directory, or a bucket URL.
     pub repo: PathBuf,
+    /// More environment for every command (a bucket's endpoint and
+    /// credentials, the state directory).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestRepo {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
-        let t = TestRepo { dir, repo };
+        let t = TestRepo {
+            dir,
+            repo,
+            env: Vec::new(),
+        };
         t.ok(&init_args());
         t
     }
@@ -79,7 +87,11 @@ impl TestRepo {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr_of(&out));
-        TestRepo { dir, repo }
+        TestRepo {
+            dir,
+            repo,
+            env: Vec::new(),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -90,7 +102,8 @@ impl TestRepo {
         let mut cmd = strata_command();
         cmd.args(args)
             .env("STRATA_REPO", &self.repo)
-            .env("RUST_LOG", "error");
+            .env("RUST_LOG", "error")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

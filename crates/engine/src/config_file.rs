@@ -25,6 +25,25 @@ pub fn load(repo: &Path) -> Result<RepoConfig> {
     RepoConfig::from_json(&text, repo)
 }
 
+/// Reads and validates the configuration of the repository whose objects
+/// are in `store`.
+pub fn load_from(store: &dyn crate::storage::ObjectStore) -> Result<RepoConfig> {
+    let text = match store.get(RepoConfig::FILE_NAME) {
+        Ok(text) => text,
+        Err(e) if e.is_not_found() => {
+            return Err(Error::NotARepository {
+                path: store.location().into(),
+                reason: format!(
+                    "{} is missing (create one with `strata init`)",
+                    RepoConfig::FILE_NAME
+                ),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    RepoConfig::from_json(&text, Path::new(&store.location()))
+}
+
 /// Whether `repo` holds a config file, used by `init` to refuse a
 /// directory that already holds a repository.
 pub fn exists(repo: &Path) -> Result<bool> {
@@ -42,9 +61,14 @@ pub fn exists(repo: &Path) -> Result<bool> {
 pub fn for_new_repository(warm_days: u32, cold_dir: Option<&Path>) -> Result<RepoConfig> {
     let mut config = RepoConfig::new(new_repository_id()?);
     config.tiers.warm_days = warm_days;
-    if let Some(cold) = cold_dir {
-        std::fs::create_dir_all(cold).at("creating cold tier", cold)?;
-        config.tiers.cold_dir = Some(std::fs::canonicalize(cold).at("resolving cold tier", cold)?);
+    match cold_dir.map(crate::site::location_of).transpose()? {
+        None => {}
+        Some(crate::storage::Location::Directory(cold)) => {
+            std::fs::create_dir_all(&cold).at("creating cold tier", &cold)?;
+            config.tiers.cold_dir =
+                Some(std::fs::canonicalize(&cold).at("resolving cold tier", &cold)?);
+        }
+        Some(bucket) => config.tiers.cold_dir = Some(bucket.to_string().into()),
     }
     Ok(config)
 }

@@ -37,6 +37,7 @@ pub mod reachability;
 pub mod repair;
 pub mod repository;
 pub mod session;
+pub mod site;
 pub mod stats;
 pub mod tier;
 pub mod walk;

@@ -3,14 +3,19 @@
 //! `flock` on `<repo>/lock` is released by the kernel when its holder exits,
 //! even by kill -9, so a crash never leaves a stale lock. The holder writes
 //! who it is into the file so that a second writer can say who is busy.
+//! A repository in a bucket is shared by machines that cannot see each
+//! other's `flock`s, so its writers also hold an [`ObjectLock`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, IoContext, Result};
+use crate::storage::ObjectStore;
 
 pub struct RepositoryLock {
     _held: Flock<File>,
@@ -54,5 +59,159 @@ impl RepositoryLock {
         held.rewind().at("writing lock", &path)?;
         held.write_all(info.as_bytes()).at("writing lock", &path)?;
         Ok(RepositoryLock { _held: held })
+    }
+}
+
+/// The writer lock of a repository in a bucket, which writers on other
+/// machines share: an object `lock` naming its holder, with a lease the
+/// holder renews while it runs. A holder that died leaves a lease that
+/// runs out; such a stale lock is reported, with how to break it, rather
+/// than broken silently (its holder may only be cut off from the bucket).
+pub struct ObjectLock {
+    store: Arc<dyn ObjectStore>,
+    token: String,
+    renewer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// The lock object's name in the repository's warm store.
+pub const LOCK_OBJECT: &str = "lock";
+/// How long a lease lasts, and how often its holder renews it.
+const LEASE_SECS: i64 = 600;
+const RENEW_EVERY: Duration = Duration::from_secs(120);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LockRecord {
+    token: String,
+    holder: String,
+    since: String,
+    /// Unix seconds.
+    expires: i64,
+}
+
+impl ObjectLock {
+    pub fn acquire(store: Arc<dyn ObjectStore>, command: &str) -> Result<Self> {
+        if let Some(other) = read_lock(store.as_ref())? {
+            return Err(busy(store.as_ref(), &other));
+        }
+        let mut token = [0u8; 16];
+        crate::crypto::random_bytes(&mut token)?;
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let record = LockRecord {
+            token: token.iter().map(|b| format!("{b:02x}")).collect(),
+            holder: format!("`{command}` (pid {} on {host})", std::process::id()),
+            since: crate::selector::format_time(crate::clock::now()),
+            expires: 0,
+        };
+        write_lock(store.as_ref(), &record)?;
+        // Two writers that both found no lock both wrote one: the last
+        // write stands, and the other sees it here and backs off.
+        match read_lock(store.as_ref())? {
+            Some(current) if current.token == record.token => {}
+            Some(current) => return Err(busy(store.as_ref(), &current)),
+            None => {
+                return Err(Error::Busy {
+                    holder: format!("the lock object in {} vanished as it was taken", store.location()),
+                })
+            }
+        }
+        let (stop, stopped) = mpsc::channel();
+        let renewer = {
+            let store = Arc::clone(&store);
+            std::thread::Builder::new()
+                .name("lock-lease".into())
+                .spawn(move || renew(store.as_ref(), record, &stopped))
+                .map_err(|e| Error::io("starting", "the lock's lease renewer", e))?
+        };
+        Ok(ObjectLock {
+            store,
+            token: token.iter().map(|b| format!("{b:02x}")).collect(),
+            renewer: Some((stop, renewer)),
+        })
+    }
+
+    /// Removes the lock object whoever holds it: `strata unlock`, for a
+    /// holder known to be gone. Returns who held it.
+    pub fn break_lock(store: &dyn ObjectStore) -> Result<Option<String>> {
+        let holder = match store.get(LOCK_OBJECT) {
+            Ok(bytes) => Some(
+                serde_json::from_slice::<LockRecord>(&bytes)
+                    .map(|r| r.holder)
+                    .unwrap_or_else(|_| "an unreadable lock object".into()),
+            ),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        store.delete(LOCK_OBJECT)?;
+        Ok(holder)
+    }
+}
+
+impl Drop for ObjectLock {
+    fn drop(&mut self) {
+        if let Some((stop, renewer)) = self.renewer.take() {
+            let _ = stop.send(());
+            let _ = renewer.join();
+        }
+        let ours = read_lock(self.store.as_ref())
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.token == self.token);
+        if ours {
+            if let Err(e) = self.store.delete(LOCK_OBJECT) {
+                tracing::warn!(error = %e, "could not remove the lock object; it expires with its lease");
+            }
+        }
+    }
+}
+
+/// The lock object, if there is one (expired or not).
+fn read_lock(store: &dyn ObjectStore) -> Result<Option<LockRecord>> {
+    match store.get(LOCK_OBJECT) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::corrupt(
+                format!("lock object {}/{LOCK_OBJECT}", store.location()),
+                format!("{e}; if no writer is running, remove it with `strata unlock`"),
+            )
+        }),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_lock(store: &dyn ObjectStore, record: &LockRecord) -> Result<()> {
+    let record = LockRecord {
+        expires: crate::clock::now().sec + LEASE_SECS,
+        token: record.token.clone(),
+        holder: record.holder.clone(),
+        since: record.since.clone(),
+    };
+    let bytes = serde_json::to_vec(&record).expect("lock records serialize");
+    store.put(LOCK_OBJECT, &bytes)
+}
+
+fn renew(store: &dyn ObjectStore, record: LockRecord, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(RENEW_EVERY) {
+        if let Err(e) = write_lock(store, &record) {
+            tracing::warn!(error = %e, "could not renew the writer lock's lease");
+        }
+    }
+}
+
+fn busy(store: &dyn ObjectStore, other: &LockRecord) -> Error {
+    let location = store.location();
+    if other.expires > crate::clock::now().sec {
+        Error::Busy {
+            holder: format!("held by {} since {} (lock object {location}/{LOCK_OBJECT})", other.holder, other.since),
+        }
+    } else {
+        Error::Busy {
+            holder: format!(
+                "a stale lock of {} (since {}) has run out of lease; if that process is gone, \
+                 break it with `strata unlock` (lock object {location}/{LOCK_OBJECT})",
+                other.holder, other.since
+            ),
+        }
     }
 }

@@ -21,12 +21,13 @@ use crate::id::{ChunkId, RestorePointId};
 use crate::index::{PackRecord,
     Catalog, ChunkIndex, ChunkLocation, IndexAccess, PackTable, RocksIndex, ThawTable, Tier,
 };
-use crate::lock::RepositoryLock;
+use crate::lock::{ObjectLock, RepositoryLock};
 use crate::pack::ChunkCodec;
 use crate::packs::{ChunkBuffers, OpenPack, Packs, SealedPack};
 use crate::restore_point::{self, Manifest, RestorePoint};
 use crate::storage::local::staging_name;
-use crate::storage::{DelayedStore, LocalStore, ObjectStore};
+use crate::site::{self, Site};
+use crate::storage::{LocalStore, Location, ObjectStore};
 use crate::tree::Tree;
 
 /// Marker: may read, beside a writer.
@@ -44,7 +45,11 @@ pub struct Repository<Mode = ReadOnly> {
     index: RocksIndex,
     /// The keys of an encrypted repository, kept for `strata key`.
     unlocked: Option<Arc<Unlocked>>,
+    /// Where its objects are: a directory or a bucket.
+    location: Location,
     _lock: Option<RepositoryLock>,
+    /// The lock object that writers on other machines see (buckets only).
+    _object_lock: Option<ObjectLock>,
     _mode: PhantomData<Mode>,
 }
 
@@ -56,6 +61,9 @@ pub struct OpenOptions {
     pub cold_delay: Option<Duration>,
     /// Asked for the password when the repository is encrypted.
     pub password: Option<Arc<dyn PasswordSource>>,
+    /// This machine's state of a repository in a bucket (index, lock,
+    /// staging); `~/.cache/strata/<repository id>` by default.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl OpenOptions {
@@ -117,89 +125,18 @@ impl StateDir {
     }
 }
 
-/// The stores of a repository in a local directory (the warm tier), with
-/// the cold tier where its configuration names one. This is the one place
-/// that knows repository objects are files.
-struct LocalStores {
-    warm: LocalStore,
-    cold: Option<LocalStore>,
-}
-
-impl LocalStores {
-    fn open(root: &Path, config: &RepoConfig) -> Result<Self> {
-        if let Some(cold) = &config.tiers.cold_dir {
-            refuse_shared_tier(root, cold)?;
-        }
-        Ok(LocalStores {
-            warm: LocalStore::new(root),
-            cold: config.tiers.cold_dir.as_ref().map(LocalStore::new),
-        })
-    }
-
-    /// Removes what an interrupted writer left in the staging areas.
-    fn clear_staging(&self) -> Result<()> {
-        let mut leftovers = self.warm.clear_staging()?;
-        if let Some(cold) = &self.cold {
-            leftovers += cold.clear_staging()?;
-        }
-        if leftovers > 0 {
-            tracing::info!(leftovers, "removed staging files of an interrupted run");
-        }
-        Ok(())
-    }
-
-    fn into_packs(self, config: &RepoConfig, options: &OpenOptions, protection: Protection) -> Packs {
-        let cold = self.cold.map(|cold| {
-            let cold: Arc<dyn ObjectStore> = Arc::new(cold);
-            match options.cold_delay {
-                Some(delay) if !delay.is_zero() => Arc::new(DelayedStore::new(cold, delay)) as _,
-                _ => cold,
-            }
-        });
-        Packs::for_config(Arc::new(self.warm), cold, config, protection)
-    }
-}
-
-/// A cold tier in the repository's own directory would hold the warm
-/// tier's packs under the same names: moving a pack would delete it.
-fn refuse_shared_tier(root: &Path, cold: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let same = match (std::fs::metadata(root), std::fs::metadata(cold)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    };
-    if same {
-        return Err(Error::InvalidInput(format!(
-            "the cold tier {} is the repository's own directory; give it a directory of its own",
-            cold.display()
-        )));
-    }
-    Ok(())
-}
-
-fn check_layout(root: &Path) -> Result<RepoConfig> {
-    if !root.is_dir() {
-        return Err(Error::NotARepository {
-            path: root.to_path_buf(),
-            reason: "no such directory".into(),
-        });
-    }
-    config_file::load(root)
-}
-
 impl Repository<ReadOnly> {
     pub fn open(root: &Path) -> Result<Self> {
         Self::open_with(root, &OpenOptions::default())
     }
 
     pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Self> {
-        let config = check_layout(root)?;
-        let state = StateDir::new(root);
-        let stores = LocalStores::open(root, &config)?;
-        let (protection, unlocked) = keys::protection_for(&stores.warm, &config, options.password.as_ref())?;
-        let index = RocksIndex::open(&state.index_dir(), IndexAccess::Secondary)?;
-        let packs = stores.into_packs(&config, options, protection);
-        Ok(Self::assemble(state, config, packs, index, unlocked, None))
+        let site = site::open(root, options)?;
+        let (protection, unlocked) =
+            keys::protection_for(site.stores.warm.as_ref(), &site.config, options.password.as_ref())?;
+        require_index(&site)?;
+        let index = RocksIndex::open(&site.state.index_dir(), IndexAccess::Secondary)?;
+        Ok(Self::assemble(site, protection, index, unlocked, Locks::default()))
     }
 }
 
@@ -233,37 +170,79 @@ impl Repository<Exclusive> {
         let unlocked = create_keys(stores.warm.as_ref(), &config, key)?;
         stores.warm.put(RepoConfig::FILE_NAME, &config.to_json())?;
         let protection = unlocked.as_ref().map_or_else(Protection::none, |u| u.protection());
-        let packs = Packs::for_config(stores.warm, stores.cold, &config, protection);
-        Ok(Self::assemble(state, config, packs, index, unlocked, Some(lock)))
+        let site = Site {
+            location: Location::Directory(state.root().to_path_buf()),
+            config,
+            state,
+            stores: site::TierStores {
+                warm: stores.warm,
+                cold: stores.cold,
+            },
+        };
+        let locks = Locks {
+            file: Some(lock),
+            object: None,
+        };
+        Ok(Self::assemble(site, protection, index, unlocked, locks))
     }
 
-    /// Creates a new, empty repository at `root`: encrypted, with a first
-    /// key slot for `key`, when `config` says so.
+    /// Creates a new, empty repository at `root` (a directory or a bucket
+    /// URL): encrypted, with a first key slot for `key`, when `config`
+    /// says so.
     pub fn init(root: &Path, config: RepoConfig, key: Option<&NewKey<'_>>) -> Result<Self> {
-        if config_file::exists(root)? {
-            return Err(Error::InvalidInput(format!(
-                "{} already holds a repository",
-                root.display()
-            )));
+        Self::init_with(root, config, key, &OpenOptions::default())
+    }
+
+    pub fn init_with(
+        root: &Path,
+        config: RepoConfig,
+        key: Option<&NewKey<'_>>,
+        options: &OpenOptions,
+    ) -> Result<Self> {
+        let location = site::location_of(root)?;
+        let state = match &location {
+            Location::Directory(dir) => {
+                if config_file::exists(dir)? {
+                    return Err(Error::InvalidInput(format!(
+                        "{} already holds a repository",
+                        dir.display()
+                    )));
+                }
+                if let Some(cold) = &config.tiers.cold_dir {
+                    site::refuse_shared_tier(dir, cold)?;
+                }
+                LocalStore::create(dir)?;
+                // The layout people see in a new repository, before the
+                // first pack or manifest.
+                for sub in ["packs", "manifests"] {
+                    std::fs::create_dir(dir.join(sub)).at("creating", dir.join(sub))?;
+                }
+                StateDir::new(dir)
+            }
+            _ => site::bucket_state(options, &config.repository_id)?,
+        };
+        let store = site::warm_store(&location, &state)?;
+        // Also the first request to a bucket: wrong credentials or a
+        // missing bucket fail here, before anything is written.
+        match store.get(RepoConfig::FILE_NAME) {
+            Ok(_) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} already holds a repository",
+                    store.location()
+                )))
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
-        if let Some(cold) = &config.tiers.cold_dir {
-            refuse_shared_tier(root, cold)?;
-        }
-        let store = LocalStore::create(root)?;
-        // The layout people see in a new repository, before the first
-        // pack or manifest.
-        for dir in ["packs", "manifests"] {
-            std::fs::create_dir(root.join(dir)).at("creating", root.join(dir))?;
-        }
-        let state = StateDir::new(root);
-        let lock = RepositoryLock::acquire(state.root(), "strata init")?;
+        std::fs::create_dir_all(state.root()).at("creating", state.root())?;
+        let locks = Locks::acquire(&location, &state, &store, "strata init")?;
         RocksIndex::open(&state.index_dir(), IndexAccess::Create)?;
-        let unlocked = create_keys(&store, &config, key)?;
+        let unlocked = create_keys(store.as_ref(), &config, key)?;
         // The configuration goes last: until it exists, this is not a
         // repository, and a crash part-way leaves nothing to mistake for one.
         store.put(RepoConfig::FILE_NAME, &config.to_json())?;
-        drop(lock);
-        Self::open_exclusive_unlocked(root, "strata init", &OpenOptions::default(), unlocked)
+        drop(locks);
+        Self::open_exclusive_unlocked(root, "strata init", options, unlocked)
     }
 
     /// Opens for writing: takes the writer lock, clears what an interrupted
@@ -286,19 +265,17 @@ impl Repository<Exclusive> {
         options: &OpenOptions,
         unlocked: Option<Arc<Unlocked>>,
     ) -> Result<Self> {
-        let config = check_layout(root)?;
-        let state = StateDir::new(root);
-        let stores = LocalStores::open(root, &config)?;
+        let site = site::open(root, options)?;
         let (protection, unlocked) = match unlocked {
             Some(unlocked) => (unlocked.protection(), Some(unlocked)),
-            None => keys::protection_for(&stores.warm, &config, options.password.as_ref())?,
+            None => keys::protection_for(site.stores.warm.as_ref(), &site.config, options.password.as_ref())?,
         };
+        require_index(&site)?;
         // Unlocked before locking: a wrong password leaves no trace.
-        let lock = RepositoryLock::acquire(state.root(), command)?;
-        stores.clear_staging()?;
-        let index = RocksIndex::open(&state.index_dir(), IndexAccess::Primary)?;
-        let packs = stores.into_packs(&config, options, protection);
-        let repo = Self::assemble(state, config, packs, index, unlocked, Some(lock));
+        let locks = Locks::acquire(&site.location, &site.state, &site.stores.warm, command)?;
+        site.stores.clear_staging()?;
+        let index = RocksIndex::open(&site.state.index_dir(), IndexAccess::Primary)?;
+        let repo = Self::assemble(site, protection, index, unlocked, locks);
         repo.reconcile_catalog()?;
         Ok(repo)
     }
@@ -381,12 +358,14 @@ impl Repository<Exclusive> {
     /// Opens for writing even when the index is missing or unreadable, for
     /// `repair index`.
     pub fn open_for_repair(root: &Path, command: &str, options: &OpenOptions) -> Result<Self> {
-        let config = check_layout(root)?;
-        let state = StateDir::new(root);
-        let stores = LocalStores::open(root, &config)?;
-        let (protection, unlocked) = keys::protection_for(&stores.warm, &config, options.password.as_ref())?;
-        let lock = RepositoryLock::acquire(state.root(), command)?;
-        stores.clear_staging()?;
+        let site = site::open(root, options)?;
+        let (protection, unlocked) =
+            keys::protection_for(site.stores.warm.as_ref(), &site.config, options.password.as_ref())?;
+        // A new machine has no state for a bucket yet: repair builds it.
+        std::fs::create_dir_all(site.state.root()).at("creating", site.state.root())?;
+        let locks = Locks::acquire(&site.location, &site.state, &site.stores.warm, command)?;
+        site.stores.clear_staging()?;
+        let state = &site.state;
         let dir = state.index_dir();
         let index = match RocksIndex::open(&dir, IndexAccess::Primary) {
             Ok(index) => index,
@@ -396,10 +375,49 @@ impl Repository<Exclusive> {
                 RocksIndex::open(&dir, IndexAccess::Create)?
             }
         };
-        let packs = stores.into_packs(&config, options, protection);
-        Ok(Self::assemble(state, config, packs, index, unlocked, Some(lock)))
+        Ok(Self::assemble(site, protection, index, unlocked, locks))
     }
 
+}
+
+/// The writer's locks: the `flock` in the state directory, and for a
+/// bucket the lock object other machines see.
+#[derive(Default)]
+struct Locks {
+    file: Option<RepositoryLock>,
+    object: Option<ObjectLock>,
+}
+
+impl Locks {
+    fn acquire(
+        location: &Location,
+        state: &StateDir,
+        warm: &Arc<dyn ObjectStore>,
+        command: &str,
+    ) -> Result<Locks> {
+        let file = RepositoryLock::acquire(state.root(), command)?;
+        let object = match location {
+            Location::Directory(_) => None,
+            _ => Some(ObjectLock::acquire(Arc::clone(warm), command)?),
+        };
+        Ok(Locks {
+            file: Some(file),
+            object,
+        })
+    }
+}
+
+/// A repository in a bucket opened on a machine that has no index for it
+/// yet: say how to build one, rather than RocksDB's "no such file".
+fn require_index(site: &Site) -> Result<()> {
+    if !site.location.is_directory() && !site.state.index_dir().exists() {
+        return Err(Error::InvalidInput(format!(
+            "this machine has no index of {} (state directory {}): build it from the bucket with `strata repair index`",
+            site.location,
+            site.state.root().display()
+        )));
+    }
+    Ok(())
 }
 
 /// The keys and first slot of a new repository, if it is encrypted.
@@ -420,27 +438,35 @@ fn create_keys(
 
 impl<Mode> Repository<Mode> {
     fn assemble(
-        state: StateDir,
-        config: RepoConfig,
-        packs: Packs,
+        site: Site,
+        protection: Protection,
         index: RocksIndex,
         unlocked: Option<Arc<Unlocked>>,
-        lock: Option<RepositoryLock>,
+        locks: Locks,
     ) -> Self {
+        let packs = Packs::for_config(site.stores.warm, site.stores.cold, &site.config, protection);
         Repository {
-            state,
-            config,
+            state: site.state,
+            config: site.config,
             packs,
             index,
             unlocked,
-            _lock: lock,
+            location: site.location,
+            _lock: locks.file,
+            _object_lock: locks.object,
             _mode: PhantomData,
         }
     }
 
-    /// The repository's directory (its machine-local state).
+    /// The repository's machine-local state directory (for a repository
+    /// in a directory, that directory).
     pub fn root(&self) -> &Path {
         self.state.root()
+    }
+
+    /// Where the repository's objects are: a directory or a bucket.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     pub fn state(&self) -> &StateDir {

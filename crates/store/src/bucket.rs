@@ -270,7 +270,6 @@ impl BucketStore {
         let op = blocking::Operator::new(op).map_err(|e| {
             Error::InvalidInput(format!("cannot reach {location}: {e}"))
         })?;
-        std::fs::create_dir_all(staging).at("creating", staging)?;
         Ok(BucketStore {
             location: location.clone(),
             op,
@@ -289,17 +288,23 @@ impl BucketStore {
             ErrorKind::RateLimited => io::ErrorKind::WouldBlock,
             _ => io::ErrorKind::Other,
         };
-        Error::io(
-            action,
-            format!("{}/{name}", self.location),
-            io::Error::new(kind, e.to_string()),
-        )
+        // The provider's answer (an S3 error code, say) is the useful
+        // part; OpenDAL's request context would repeat the name.
+        let detail = match std::error::Error::source(&e) {
+            Some(source) => format!("{} ({source})", e.kind()),
+            None => format!("{}: {}", e.kind(), e.message()),
+        };
+        Error::io(action, format!("{}/{name}", self.location), io::Error::new(kind, detail))
     }
 
-    /// Removes staging files an interrupted writer left; returns how many.
-    pub fn clear_staging(&self) -> Result<usize> {
+    fn clear_leftovers(&self) -> Result<usize> {
         let mut removed = 0;
-        for entry in std::fs::read_dir(&self.staging).at("listing", &self.staging)? {
+        let entries = match std::fs::read_dir(&self.staging) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("listing", &self.staging, e)),
+        };
+        for entry in entries {
             let path = entry.at("listing", &self.staging)?.path();
             std::fs::remove_file(&path).at("removing", &path)?;
             removed += 1;
@@ -351,6 +356,7 @@ impl ObjectStore for BucketStore {
     }
 
     fn writer(&self) -> Result<Box<dyn ObjectWriter>> {
+        std::fs::create_dir_all(&self.staging).at("creating", &self.staging)?;
         let path = self.staging.join(crate::local::staging_name("upload"));
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -438,6 +444,10 @@ impl ObjectStore for BucketStore {
         self.op
             .delete(name)
             .map_err(|e| self.error("deleting", name, e))
+    }
+
+    fn clear_staging(&self) -> Result<usize> {
+        self.clear_leftovers()
     }
 }
 

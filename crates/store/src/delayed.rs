@@ -67,6 +67,10 @@ impl ObjectStore for DelayedStore {
         self.wait();
         self.inner.delete(name)
     }
+
+    fn clear_staging(&self) -> Result<usize> {
+        self.inner.clear_staging()
+    }
 }
 
 #[cfg(test)]

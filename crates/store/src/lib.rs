@@ -67,6 +67,13 @@ pub trait ObjectStore: Send + Sync {
 
     /// Removes the object; removing an absent one is not an error.
     fn delete(&self, name: &str) -> Result<()>;
+
+    /// Removes what interrupted writers left in this store's staging
+    /// area; returns how many leftovers there were. Called by a writer
+    /// that holds the repository's lock, so no live writer's staging goes.
+    fn clear_staging(&self) -> Result<usize> {
+        Ok(0)
+    }
 }
 
 /// An object being written; dropped without [`commit`](Self::commit), it

@@ -125,7 +125,7 @@ impl LocalStore {
 
     /// Removes staging files left by an interrupted writer. Only the holder
     /// of the repository's write lock may call this.
-    pub fn clear_staging(&self) -> Result<usize> {
+    fn clear_leftovers(&self) -> Result<usize> {
         let dir = self.staging_dir();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -304,6 +304,10 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("deleting", path, e)),
         }
+    }
+
+    fn clear_staging(&self) -> Result<usize> {
+        self.clear_leftovers()
     }
 }
 

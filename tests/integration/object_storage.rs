@@ -1,0 +1,272 @@
+//! Repositories in a bucket, against a real S3-compatible server (s3s-fs,
+//! which checks request signatures) started by each test on 127.0.0.1
+//! and stopped by its guard, also when the test fails.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use strata::storage::{Access, BucketStore, Location, ObjectStore};
+
+use crate::mount::{fuse_available, MountGuard};
+use crate::util::*;
+
+const KEY_ID: &str = "strata-it-key";
+const SECRET: &str = "strata-it-secret-0123456789";
+
+/// An s3s-fs server with one bucket, killed and reaped when dropped.
+pub struct S3Server {
+    child: Child,
+    port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str) -> Option<S3Server> {
+        let tools = std::env::var_os("STRATA_TOOLS_DIR").map_or_else(
+            || Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/strata-tools"),
+            PathBuf::from,
+        );
+        let binary = tools.join("bin/s3s-fs");
+        if !binary.exists() {
+            eprintln!("skipped: s3s-fs is not installed (tools/setup installs it)");
+            return None;
+        }
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join(bucket)).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = S3Server {
+            child,
+            port,
+            _data: data,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    /// The environment a command needs to reach the server.
+    pub fn env(&self, secret: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID", KEY_ID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The store at `url`, for a test that looks at objects directly.
+    pub fn store(&self, url: &str, staging: &Path) -> BucketStore {
+        let access = Access {
+            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            region: Some("us-east-1".into()),
+            key_id: Some(KEY_ID.into()),
+            secret: Some(SECRET.into()),
+            ..Access::default()
+        };
+        BucketStore::open(&Location::parse(url).unwrap(), &access, staging, None).unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test repository at `url` in `server`, its state in the test's
+/// temporary directory.
+fn bucket_repo(server: &S3Server, url: &str) -> TestRepo {
+    bucket_repo_with(server, url, &[])
+}
+
+fn bucket_repo_with(server: &S3Server, url: &str, init: &[&str]) -> TestRepo {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = server.env(SECRET);
+    env.push((
+        "STRATA_STATE".into(),
+        dir.path().join("state").display().to_string(),
+    ));
+    let t = TestRepo {
+        dir,
+        repo: PathBuf::from(url),
+        env,
+    };
+    let mut args = init_args();
+    args.extend_from_slice(init);
+    t.ok(&args);
+    t
+}
+
+fn state(t: &TestRepo) -> PathBuf {
+    t.path("state")
+}
+
+#[test]
+fn a_bucket_repository_backs_up_restores_checks_and_mounts() {
+    let Some(server) = S3Server::start("backups") else {
+        return;
+    };
+    let t = bucket_repo(&server, "s3://backups/site-a");
+    let src = t.path("src");
+    make_full_tree(&src, 31);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(31);
+    std::fs::write(src.join("big.bin"), random_bytes(&mut rng, 5 << 20)).unwrap();
+    t.backup(&src, "web");
+    std::fs::write(src.join("added.txt"), b"second run").unwrap();
+    let second = t.backup(&src, "web");
+    assert!(second["bytes_read"].as_u64().unwrap() < 1 << 20, "{second}");
+
+    let target = t.path("restored");
+    t.restore("web@latest", &target);
+    assert_same_tree(&src, &under(&target, &src));
+    t.ok(&["check", "--read-data"]);
+    assert!(state(&t).join("index").is_dir(), "the index lives in the state directory");
+    assert!(!t.path("s3:").exists());
+
+    if fuse_available() {
+        let mnt = t.path("mnt");
+        let _guard = MountGuard::mount(&t, &mnt);
+        let mounted = under(&mnt.join("files/web/latest"), &src);
+        assert_eq!(
+            std::fs::read(mounted.join("big.bin")).unwrap(),
+            std::fs::read(src.join("big.bin")).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_new_machine_rebuilds_its_index_from_the_bucket_alone() {
+    let Some(server) = S3Server::start("backups") else {
+        return;
+    };
+    let t = bucket_repo(&server, "s3://backups/shared");
+    let src = t.path("src");
+    make_full_tree(&src, 32);
+    t.backup(&src, "db");
+    std::fs::remove_dir_all(state(&t)).unwrap();
+
+    let out = t.run(&["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("strata repair index"), "{}", stderr_of(&out));
+    t.ok(&["repair", "index"]);
+    let target = t.path("restored");
+    t.restore("db@latest", &target);
+    assert_same_tree(&src, &under(&target, &src));
+}
+
+#[test]
+fn the_lock_object_keeps_a_second_writer_out_and_a_stale_one_is_reported() {
+    let Some(server) = S3Server::start("backups") else {
+        return;
+    };
+    let t = bucket_repo(&server, "s3://backups/locked");
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    let staging = t.path("probe-staging");
+    let store = server.store("s3://backups/locked", &staging);
+    let lock = |expires: i64| {
+        let record = serde_json::json!({
+            "token": "elsewhere",
+            "holder": "`strata backup files` (pid 7 on other-host)",
+            "since": "2026-01-01T00:00:00Z",
+            "expires": expires,
+        });
+        store.put("lock", record.to_string().as_bytes()).unwrap();
+    };
+
+    lock(i64::MAX / 2);
+    let out = t.run(&["backup", "files", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("busy") && err.contains("other-host"), "{err}");
+    t.ok(&["list"]);
+
+    lock(1);
+    let err = stderr_of(&t.run(&["backup", "files", src.to_str().unwrap()]));
+    assert!(err.contains("stale") && err.contains("strata unlock"), "{err}");
+    assert!(t.ok(&["unlock"]).contains("other-host"));
+    t.backup(&src, "s");
+    assert!(store.get("lock").unwrap_err().is_not_found(), "the writer removed its lock");
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error_before_any_work() {
+    let Some(server) = S3Server::start("backups") else {
+        return;
+    };
+    let t = bucket_repo(&server, "s3://backups/creds");
+    let wrong_secret = "not-the-secret-at-all";
+    let mut cmd = t.command(&["list"]);
+    cmd.envs(server.env(wrong_secret));
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("s3://backups/creds/config.json"), "{err}");
+    assert!(err.contains("SignatureDoesNotMatch") || err.contains("PermissionDenied"), "{err}");
+    assert!(!err.contains(wrong_secret), "the secret in a message: {err}");
+
+    let fresh = tempfile::tempdir().unwrap();
+    let out = strata_command()
+        .args(["--repo", "s3://backups/elsewhere", "--state"])
+        .arg(fresh.path().join("state"))
+        .args(init_args())
+        .envs(server.env(wrong_secret))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(!fresh.path().join("state").exists(), "init wrote state before reaching the bucket");
+}
+
+#[test]
+fn old_restore_points_go_to_a_cold_bucket_and_thaw_back() {
+    let Some(server) = S3Server::start("backups") else {
+        return;
+    };
+    let t = bucket_repo_with(&server, "s3://backups/warm", &["--cold", "s3://backups/cold"]);
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(33);
+    let old_data = random_bytes(&mut rng, 3_000_000);
+    std::fs::write(src.join("old-only"), &old_data).unwrap();
+    let old = t.backup_at(&src, "s", &time_days_ago(200));
+    std::fs::remove_file(src.join("old-only")).unwrap();
+    std::fs::write(src.join("new-only"), b"young").unwrap();
+    t.backup(&src, "s");
+
+    let report = t.json(&["tier", "run"]);
+    assert_eq!(report["restore_points_cold"], 1, "{report}");
+    let staging = t.path("probe-staging");
+    let cold = server.store("s3://backups/cold", &staging);
+    assert!(!(&cold as &dyn ObjectStore).list_all("packs/").unwrap().is_empty(), "no pack in the cold bucket");
+    let target = t.path("before-thaw");
+    let out = t.run(&["restore", "files", &old, "--to", target.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "a cold restore point restored without a thaw");
+
+    t.ok(&["thaw", &old]);
+    let target = t.path("thawed");
+    t.restore(&old, &target);
+    assert_eq!(std::fs::read(under(&target, &src).join("old-only")).unwrap(), old_data);
+}
