@@ -204,6 +204,15 @@ def main():
             print(f"| {label} | {med(ours):.1f} s | {theirs_cell} |")
         print(f"\nSecond/first backup time (strata): {med('small-strata-second') / med('small-strata-first'):.3f} cold, "
               f"{med('small-strata-second-warm') / med('small-strata-first'):.3f} warm.")
+    elif section == "objects":
+        print("\nObject storage: a repository in a bucket of a local s3s-fs server against one in a directory on the same disk, same hyperfine run, medians, caches dropped.\n")
+        print("| job | directory | s3s-fs bucket | bucket speed vs directory |")
+        print("|---|---|---|---|")
+        for name, label in (("objects-files-backup", "first file backup"), ("objects-disk-backup", "disk backup (2 GiB image)"),
+                            ("objects-restore", "file restore")):
+            m = hyperfine_medians(jdir, name)
+            if m:
+                print(f"| {label} | {m['local']:.2f} s | {m['s3']:.2f} s | {m['local'] / m['s3']:.0%} |")
     elif section == "encryption":
         files, disk, big = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         print("\nEncryption: the same job on an unencrypted and an encrypted repository, same hyperfine run, medians, caches dropped.\n")

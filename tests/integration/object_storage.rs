@@ -18,9 +18,10 @@ const SECRET: &str = "strata-it-secret-0123456789";
 
 /// An s3s-fs server with one bucket, killed and reaped when dropped.
 pub struct S3Server {
-    child: Child,
+    child: Option<Child>,
+    binary: PathBuf,
     port: u16,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl S3Server {
@@ -41,25 +42,45 @@ impl S3Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        let mut server = S3Server {
+            child: None,
+            binary,
+            port,
+            data,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    /// Starts the server (again) on its port and data.
+    pub fn restart(&mut self) {
+        let child = Command::new(&self.binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", KEY_ID, "--secret-key", SECRET])
-            .arg(data.path())
+            .arg(self.data.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let server = S3Server {
-            child,
-            port,
-            _data: data,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "s3s-fs did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(server)
+    }
+
+    /// Kills the server, as a crash or a cut network would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The files s3s-fs keeps for objects below `prefix` of `bucket`.
+    fn objects(&self, bucket: &str, prefix: &str) -> Vec<PathBuf> {
+        files_under(&self.data.path().join(bucket).join(prefix))
     }
 
     /// The environment a command needs to reach the server.
@@ -90,8 +111,7 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -269,4 +289,57 @@ fn old_restore_points_go_to_a_cold_bucket_and_thaw_back() {
     let target = t.path("thawed");
     t.restore(&old, &target);
     assert_eq!(std::fs::read(under(&target, &src).join("old-only")).unwrap(), old_data);
+}
+
+/// The server dies while a backup uploads its packs: the backup fails with
+/// an error naming the bucket, no restore point refers to what did not
+/// arrive, the restore point made before survives, and after a restart
+/// the next backup (taking over the lock its dead predecessor left on
+/// this host) completes.
+#[test]
+fn a_server_killed_during_a_backup_loses_nothing_and_the_next_run_completes() {
+    let Some(mut server) = S3Server::start("backups") else {
+        return;
+    };
+    let t = bucket_repo(&server, "s3://backups/faults");
+    let first = t.path("first");
+    make_full_tree(&first, 34);
+    t.backup(&first, "first");
+    let packs_before = server.objects("backups", "faults/packs").len();
+
+    let src = t.path("big");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(34);
+    for i in 0..24 {
+        std::fs::write(src.join(format!("f{i}")), random_bytes(&mut rng, 4 << 20)).unwrap();
+    }
+    let backup = t
+        .command(&["backup", "files", src.to_str().unwrap(), "--source", "big"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.objects("backups", "faults/packs").len() == packs_before {
+        assert!(Instant::now() < deadline, "no pack was uploaded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.kill();
+    let out = backup.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0), "the backup succeeded without its server");
+    let err = stderr_of(&out);
+    assert!(err.contains("s3://backups/faults"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    server.restart();
+    let listed = t.json(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let target = t.path("first-restored");
+    t.restore("first@latest", &target);
+    assert_same_tree(&first, &under(&target, &first));
+    t.backup(&src, "big");
+    let target = t.path("big-restored");
+    t.restore("big@latest", &target);
+    assert_same_tree(&src, &under(&target, &src));
+    t.ok(&["check", "--read-data"]);
 }

@@ -86,23 +86,46 @@ struct LockRecord {
     since: String,
     /// Unix seconds.
     expires: i64,
+    /// Where the holder runs, so that a writer on the same host can tell
+    /// a holder that died (kill -9, a crash) from one that is alive.
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    pid: u32,
+}
+
+impl LockRecord {
+    /// Whether the holder ran on this host and is no longer running.
+    fn holder_died_here(&self, host: &str) -> bool {
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return false;
+        };
+        self.host == host
+            && pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
+    }
 }
 
 impl ObjectLock {
     pub fn acquire(store: Arc<dyn ObjectStore>, command: &str) -> Result<Self> {
-        if let Some(other) = read_lock(store.as_ref())? {
-            return Err(busy(store.as_ref(), &other));
-        }
-        let mut token = [0u8; 16];
-        crate::crypto::random_bytes(&mut token)?;
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if let Some(other) = read_lock(store.as_ref())? {
+            if !other.holder_died_here(&host) {
+                return Err(busy(store.as_ref(), &other));
+            }
+            tracing::info!(holder = %other.holder, "taking over the lock of a writer that died on this host");
+        }
+        let mut token = [0u8; 16];
+        crate::crypto::random_bytes(&mut token)?;
         let record = LockRecord {
             token: token.iter().map(|b| format!("{b:02x}")).collect(),
             holder: format!("`{command}` (pid {} on {host})", std::process::id()),
             since: crate::selector::format_time(crate::clock::now()),
             expires: 0,
+            host,
+            pid: std::process::id(),
         };
         write_lock(store.as_ref(), &record)?;
         // Two writers that both found no lock both wrote one: the last
@@ -186,6 +209,8 @@ fn write_lock(store: &dyn ObjectStore, record: &LockRecord) -> Result<()> {
         token: record.token.clone(),
         holder: record.holder.clone(),
         since: record.since.clone(),
+        host: record.host.clone(),
+        pid: record.pid,
     };
     let bytes = serde_json::to_vec(&record).expect("lock records serialize");
     store.put(LOCK_OBJECT, &bytes)
@@ -213,5 +238,42 @@ fn busy(store: &dyn ObjectStore, other: &LockRecord) -> Error {
                 other.holder, other.since
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    fn hostname() -> String {
+        nix::unistd::gethostname().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn put_lock(store: &dyn ObjectStore, host: &str, pid: u32, expires: i64) {
+        let record = LockRecord {
+            token: "other".into(),
+            holder: "`strata backup files` (elsewhere)".into(),
+            since: "2026-01-01T00:00:00Z".into(),
+            expires,
+            host: host.into(),
+            pid,
+        };
+        store.put(LOCK_OBJECT, &serde_json::to_vec(&record).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_live_holder_keeps_the_lock_and_a_dead_one_on_this_host_loses_it() {
+        let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
+        let far_future = i64::MAX / 2;
+        put_lock(store.as_ref(), &hostname(), std::process::id(), far_future);
+        let err = ObjectLock::acquire(Arc::clone(&store), "test").err().unwrap().to_string();
+        assert!(err.contains("busy"), "{err}");
+        put_lock(store.as_ref(), "another-host", 999_999, far_future);
+        assert!(ObjectLock::acquire(Arc::clone(&store), "test").is_err());
+        put_lock(store.as_ref(), &hostname(), 999_999, far_future);
+        let held = ObjectLock::acquire(Arc::clone(&store), "test").unwrap();
+        drop(held);
+        assert!(store.get(LOCK_OBJECT).unwrap_err().is_not_found(), "released on drop");
     }
 }
