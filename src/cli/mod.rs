@@ -161,8 +161,7 @@ fn unlock(path: &Path) -> Result<Status> {
         out!("{} is a directory: its writer lock is an flock, which the kernel releases when its holder exits; nothing to break", path.display());
         return Ok(Status::Ok);
     }
-    let state = std::env::temp_dir();
-    let store = strata::site::warm_store(&location, &strata::repository::StateDir::new(state))?;
+    let store = strata::site::reading_store(&location)?;
     match strata::lock::ObjectLock::break_lock(store.as_ref())? {
         Some(holder) => out!("removed the lock of {holder} from {location}"),
         None => out!("{location} holds no lock"),

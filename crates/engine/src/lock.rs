@@ -79,7 +79,7 @@ pub const LOCK_OBJECT: &str = "lock";
 const LEASE_SECS: i64 = 600;
 const RENEW_EVERY: Duration = Duration::from_secs(120);
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct LockRecord {
     token: String,
     holder: String,
@@ -119,8 +119,9 @@ impl ObjectLock {
         }
         let mut token = [0u8; 16];
         crate::crypto::random_bytes(&mut token)?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
         let record = LockRecord {
-            token: token.iter().map(|b| format!("{b:02x}")).collect(),
+            token: token.clone(),
             holder: format!("`{command}` (pid {} on {host})", std::process::id()),
             since: crate::selector::format_time(crate::clock::now()),
             expires: 0,
@@ -149,7 +150,7 @@ impl ObjectLock {
         };
         Ok(ObjectLock {
             store,
-            token: token.iter().map(|b| format!("{b:02x}")).collect(),
+            token,
             renewer: Some((stop, renewer)),
         })
     }
@@ -206,11 +207,7 @@ fn read_lock(store: &dyn ObjectStore) -> Result<Option<LockRecord>> {
 fn write_lock(store: &dyn ObjectStore, record: &LockRecord) -> Result<()> {
     let record = LockRecord {
         expires: crate::clock::now().sec + LEASE_SECS,
-        token: record.token.clone(),
-        holder: record.holder.clone(),
-        since: record.since.clone(),
-        host: record.host.clone(),
-        pid: record.pid,
+        ..record.clone()
     };
     let bytes = serde_json::to_vec(&record).expect("lock records serialize");
     store.put(LOCK_OBJECT, &bytes)

@@ -82,6 +82,12 @@ pub fn warm_store(location: &Location, state: &StateDir) -> Result<Arc<dyn Objec
     })
 }
 
+/// The warm store at `location` for reading only (its configuration, its
+/// lock object): it stages nothing, so it needs no state directory.
+pub fn reading_store(location: &Location) -> Result<Arc<dyn ObjectStore>> {
+    warm_store(location, &StateDir::new(std::env::temp_dir()))
+}
+
 /// Opens the repository at `root`: reads its configuration from its
 /// objects and opens the stores of both tiers.
 pub(crate) fn open(root: &Path, options: &OpenOptions) -> Result<Site> {
@@ -90,9 +96,8 @@ pub(crate) fn open(root: &Path, options: &OpenOptions) -> Result<Site> {
         Location::Directory(dir) => (check_layout(dir)?, StateDir::new(dir)),
         _ => {
             // The configuration names the repository, and with it the
-            // state directory; reading it needs no staging.
-            let probe = warm_store(&location, &StateDir::new(std::env::temp_dir()))?;
-            let config = config_file::load_from(probe.as_ref())?;
+            // state directory.
+            let config = config_file::load_from(reading_store(&location)?.as_ref())?;
             let state = bucket_state(options, &config.repository_id)?;
             (config, state)
         }

@@ -247,6 +247,7 @@ fn operator(location: &Location, access: &Access, storage_class: Option<&str>) -
 }
 
 /// A bucket (or a prefix in one) holding a repository's objects.
+#[derive(Clone)]
 pub struct BucketStore {
     location: Location,
     op: blocking::Operator,
@@ -364,11 +365,7 @@ impl ObjectStore for BucketStore {
             .open(&path)
             .at("staging", &path)?;
         Ok(Box::new(BucketWriter {
-            store: BucketStore {
-                location: self.location.clone(),
-                op: self.op.clone(),
-                staging: self.staging.clone(),
-            },
+            store: self.clone(),
             file: Some(io::BufWriter::with_capacity(1 << 20, file)),
             path,
         }))

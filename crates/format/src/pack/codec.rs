@@ -63,8 +63,24 @@ impl ChunkCodec {
     /// hashes to the chunk's id: damage never yields wrong bytes.
     pub fn decode(&self, entry: &PackEntry, pack: &PackId, stored: &[u8]) -> Result<Vec<u8>> {
         let mut plain = Vec::new();
-        self.decode_into(entry, pack, &mut stored.to_vec(), &mut plain)?;
+        self.decode_borrowed_into(entry, pack, stored, &mut plain)?;
         Ok(plain)
+    }
+
+    /// [`Self::decode_into`] for stored bytes the caller keeps: they are
+    /// copied only when they must be opened (an encrypted repository).
+    pub fn decode_borrowed_into(
+        &self,
+        entry: &PackEntry,
+        pack: &PackId,
+        stored: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<()> {
+        if self.protection.is_encrypted() {
+            self.decode_into(entry, pack, &mut stored.to_vec(), plain)
+        } else {
+            decode_chunk_into(entry, pack, stored, self.ids(), plain)
+        }
     }
 
     /// [`Self::decode`] into `plain`, replacing its contents, and opening

@@ -186,7 +186,7 @@ pub fn salvage(
             failed.push((entry, "the pack ends before its bytes".into()));
             continue;
         };
-        match codec.decode_into(&entry, pack, &mut stored.to_vec(), &mut plain) {
+        match codec.decode_borrowed_into(&entry, pack, stored, &mut plain) {
             Ok(_) => verified.push(entry),
             Err(e) => failed.push((entry, e.to_string())),
         }
