@@ -209,7 +209,8 @@ def main():
         print("| job | directory | s3s-fs bucket | bucket speed vs directory |")
         print("|---|---|---|---|")
         for name, label in (("objects-files-backup", "first file backup"), ("objects-disk-backup", "disk backup (2 GiB image)"),
-                            ("objects-restore", "file restore")):
+                            ("objects-restore", "file restore, read cache empty"),
+                            ("objects-mount-read", "mount sequential read (2 GiB file), read cache empty")):
             m = hyperfine_medians(jdir, name)
             if m:
                 print(f"| {label} | {m['local']:.2f} s | {m['s3']:.2f} s | {m['local'] / m['s3']:.0%} |")

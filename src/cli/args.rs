@@ -23,6 +23,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "STRATA_STATE", value_name = "DIR")]
     pub state: Option<PathBuf>,
 
+    /// Most MiB of a bucket's packs this machine keeps in the state
+    /// directory for restores and mounts.
+    #[arg(long, global = true, env = "STRATA_READ_CACHE_MIB", value_name = "MIB", default_value_t = 2048)]
+    pub read_cache_mib: u64,
+
     /// Read an encrypted repository's password from FILE (one trailing
     /// newline is ignored). Otherwise --password-command, then
     /// STRATA_PASSWORD, then the terminal.

@@ -69,6 +69,7 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
         command: cli.password_command.clone(),
     });
     let _ = STATE_DIR.set(cli.state.clone());
+    let _ = READ_CACHE_BYTES.set(cli.read_cache_mib.saturating_mul(1 << 20));
     let repo = cli
         .repo
         .context("no repository given: use --repo DIR or set STRATA_REPO");
@@ -148,8 +149,12 @@ fn open_options() -> strata::repository::OpenOptions {
         cold_delay,
         password: Some(password::source()),
         state_dir: STATE_DIR.get().cloned().flatten(),
+        read_cache_bytes: READ_CACHE_BYTES.get().copied(),
     }
 }
+
+/// `--read-cache-mib`, in bytes.
+static READ_CACHE_BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// `--state`, for every command's open.
 static STATE_DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();

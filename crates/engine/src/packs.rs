@@ -217,10 +217,34 @@ impl Packs {
         entry: &PackEntry,
         buffers: &mut ChunkBuffers,
     ) -> Result<()> {
-        let store = self.store(tier)?;
-        Self::read_stored_into(store, &pack::object_name(id), entry, &mut buffers.stored)?;
-        self.codec
+        self.read_verified_into(self.store(tier)?, &pack::object_name(id), id, entry, buffers)
+    }
+
+    /// Reads and verifies a chunk of pack `id` stored in `object`. A chunk
+    /// that fails verification is read once more after the store drops
+    /// any local copy of the object: a damaged cache is not damage in the
+    /// repository.
+    fn read_verified_into(
+        &self,
+        store: &dyn ObjectStore,
+        object: &str,
+        id: &PackId,
+        entry: &PackEntry,
+        buffers: &mut ChunkBuffers,
+    ) -> Result<()> {
+        Self::read_stored_into(store, object, entry, &mut buffers.stored)?;
+        match self
+            .codec
             .decode_into(entry, id, &mut buffers.stored, &mut buffers.plain)
+        {
+            Err(Error::ChunkDamaged { .. }) => {
+                store.evict(object);
+                Self::read_stored_into(store, object, entry, &mut buffers.stored)?;
+                self.codec
+                    .decode_into(entry, id, &mut buffers.stored, &mut buffers.plain)
+            }
+            result => result,
+        }
     }
 
     /// A chunk's plaintext from the thawed copy of cold pack `id` (on the
@@ -233,9 +257,7 @@ impl Packs {
         buffers: &mut ChunkBuffers,
     ) -> Result<()> {
         let name = crate::thaw_record::thaw_object_name(id);
-        Self::read_stored_into(self.warm(), &name, entry, &mut buffers.stored)?;
-        self.codec
-            .decode_into(entry, id, &mut buffers.stored, &mut buffers.plain)
+        self.read_verified_into(self.warm(), &name, id, entry, buffers)
     }
 
     /// Copies cold pack `id` whole to its thaw name on the warm tier, after

@@ -64,7 +64,13 @@ pub struct OpenOptions {
     /// This machine's state of a repository in a bucket (index, lock,
     /// staging); `~/.cache/strata/<repository id>` by default.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Most bytes of a bucket's packs kept in the state directory for
+    /// reading; [`DEFAULT_READ_CACHE_BYTES`] when `None`.
+    pub read_cache_bytes: Option<u64>,
 }
+
+/// The read cache of a repository in a bucket: 2 GiB.
+pub const DEFAULT_READ_CACHE_BYTES: u64 = 2 << 30;
 
 impl OpenOptions {
     /// Options giving `password` to an encrypted repository.
@@ -221,7 +227,7 @@ impl Repository<Exclusive> {
             }
             _ => site::bucket_state(options, &config.repository_id)?,
         };
-        let store = site::warm_store(&location, &state)?;
+        let store = site::reading_store(&location)?;
         // Also the first request to a bucket: wrong credentials or a
         // missing bucket fail here, before anything is written.
         match store.get(RepoConfig::FILE_NAME) {

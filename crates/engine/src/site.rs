@@ -15,7 +15,9 @@ use crate::config::RepoConfig;
 use crate::config_file;
 use crate::error::{Error, Result};
 use crate::repository::{OpenOptions, StateDir};
-use crate::storage::{Access, BucketStore, DelayedStore, LocalStore, Location, ObjectStore};
+use crate::storage::{
+    Access, BucketStore, CachedStore, DelayedStore, LocalStore, Location, ObjectStore,
+};
 
 /// A repository's location, configuration, stores and state.
 pub(crate) struct Site {
@@ -74,18 +76,26 @@ pub(crate) fn bucket_state(options: &OpenOptions, repository_id: &str) -> Result
 }
 
 /// The warm tier's store of a repository at `location` whose state is
-/// in `state`.
-pub fn warm_store(location: &Location, state: &StateDir) -> Result<Arc<dyn ObjectStore>> {
+/// in `state`: a bucket's packs are read through a cache there of at most
+/// `read_cache` bytes.
+pub fn warm_store(location: &Location, state: &StateDir, read_cache: u64) -> Result<Arc<dyn ObjectStore>> {
     Ok(match location {
         Location::Directory(dir) => Arc::new(LocalStore::new(dir)),
-        _ => Arc::new(bucket(location, state, "warm", None)?),
+        _ => {
+            let bucket = Arc::new(bucket(location, state, "warm", None)?);
+            Arc::new(CachedStore::new(bucket, &state.root().join("read-cache"), read_cache)?)
+        }
     })
 }
 
 /// The warm store at `location` for reading only (its configuration, its
-/// lock object): it stages nothing, so it needs no state directory.
+/// lock object): it stages and caches nothing, so it needs no state
+/// directory.
 pub fn reading_store(location: &Location) -> Result<Arc<dyn ObjectStore>> {
-    warm_store(location, &StateDir::new(std::env::temp_dir()))
+    Ok(match location {
+        Location::Directory(dir) => Arc::new(LocalStore::new(dir)),
+        _ => Arc::new(bucket(location, &StateDir::new(std::env::temp_dir()), "warm", None)?),
+    })
 }
 
 /// Opens the repository at `root`: reads its configuration from its
@@ -142,7 +152,11 @@ pub(crate) fn tier_stores(
         }
     };
     Ok(TierStores {
-        warm: warm_store(location, state)?,
+        warm: warm_store(
+            location,
+            state,
+            options.read_cache_bytes.unwrap_or(crate::repository::DEFAULT_READ_CACHE_BYTES),
+        )?,
         cold,
     })
 }

@@ -71,6 +71,10 @@ impl ObjectStore for DelayedStore {
     fn clear_staging(&self) -> Result<usize> {
         self.inner.clear_staging()
     }
+
+    fn evict(&self, name: &str) {
+        self.inner.evict(name)
+    }
 }
 
 #[cfg(test)]

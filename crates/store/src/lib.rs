@@ -14,11 +14,14 @@
 //!
 //! ```text
 //!   engine ──▶ Arc<dyn ObjectStore> ──▶ DelayedStore ──▶ LocalStore | MemoryStore
+//!                                    └─▶ CachedStore ──▶ BucketStore
 //! ```
 
 pub mod bucket;
+pub mod cache;
 pub mod conformance;
 pub mod delayed;
+pub mod faults;
 pub mod local;
 pub mod memory;
 
@@ -28,8 +31,10 @@ use strata_format::error;
 
 use crate::error::{Error, Result};
 
-pub use bucket::{Access, BucketStore, Location};
+pub use bucket::{Access, BucketOptions, BucketStore, Location, Retry};
+pub use cache::CachedStore;
 pub use delayed::DelayedStore;
+pub use faults::Faults;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 
@@ -74,6 +79,11 @@ pub trait ObjectStore: Send + Sync {
     fn clear_staging(&self) -> Result<usize> {
         Ok(0)
     }
+
+    /// Drops any copy of `name` kept on this machine, so that the next
+    /// read goes to the object itself (after a cached copy failed its
+    /// verification).
+    fn evict(&self, _name: &str) {}
 }
 
 /// An object being written; dropped without [`commit`](Self::commit), it

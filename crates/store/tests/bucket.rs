@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strata_store::{conformance, Access, BucketStore, Location, ObjectStore};
+use strata_store::{conformance, Access, BucketStore, Location, ObjectStore, BucketOptions, Faults};
 
 const KEY_ID: &str = "strata-test-key";
 const SECRET: &str = "strata-test-secret-0123456789";
@@ -281,4 +281,59 @@ fn locations_parse_and_print_without_credentials() {
     for bad in ["s3://key:secret@bucket/p", "ftp://x/y", "s3:///p", "s3://b/../p"] {
         assert!(Location::parse(bad).is_err(), "{bad}");
     }
+}
+
+/// Retries short enough for a test: the same policy, scaled down.
+fn quick_retries(tries: usize) -> strata_store::Retry {
+    strata_store::Retry {
+        tries,
+        min_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(50),
+    }
+}
+
+fn faulty_store(server: &S3Server, url: &str, staging: &Path, faults: &Faults, tries: usize) -> BucketStore {
+    let options = BucketOptions {
+        retry: quick_retries(tries),
+        faults: Some(faults.clone()),
+        ..BucketOptions::default()
+    };
+    BucketStore::open_with(&Location::parse(url).unwrap(), &server.access(), staging, &options).unwrap()
+}
+
+#[test]
+fn throttling_and_server_errors_are_retried_until_requests_succeed() {
+    let Some(server) = S3Server::start("busy") else {
+        return;
+    };
+    for (every, status, prefix) in [(3, 503, "throttled"), (4, 500, "failing")] {
+        let staging = tempfile::tempdir().unwrap();
+        let faults = Faults::every(every, status);
+        let store = faulty_store(&server, &format!("s3://busy/{prefix}"), staging.path(), &faults, 8);
+        // Every kind of request, under a fault every few requests.
+        conformance::check_all(&store);
+        let bytes: Vec<u8> = (0..(20u32 << 20)).map(|i| (i >> 7) as u8).collect();
+        let mut writer = store.writer().unwrap();
+        writer.write_all(&bytes).unwrap();
+        writer.commit("packs/cd/multipart.pack").unwrap();
+        assert_eq!(store.get("packs/cd/multipart.pack").unwrap(), bytes);
+        assert!(faults.injected() > 10, "only {} faults injected", faults.injected());
+    }
+}
+
+#[test]
+fn a_provider_that_never_recovers_fails_within_a_bounded_time() {
+    let Some(server) = S3Server::start("down") else {
+        return;
+    };
+    let staging = tempfile::tempdir().unwrap();
+    let faults = Faults::every(1, 503);
+    let store = faulty_store(&server, "s3://down/repo", staging.path(), &faults, 3);
+    let started = std::time::Instant::now();
+    let err = store.put("config.json", b"{}").unwrap_err().to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(err.contains("s3://down/repo/config.json"), "{err}");
+    // The first try and every retry, then the error.
+    assert_eq!(faults.injected(), 4, "{err}");
+    assert!(err.contains("gave up after 4 tries"), "{err}");
 }

@@ -2,8 +2,8 @@
 //! a repository this process holds the writer lock of.
 //!
 //! ```text
-//!  movers ──store_chunk──▶ [dedup] ──▶ encode ──bounded──▶ packer
-//!                          pending set + index      seal: durable, then indexed
+//!  movers ──store_chunk──▶ [dedup] ──▶ encode ──bounded──▶ packer ──▶ sealers (3)
+//!                          pending set + index          seal: durable, then indexed
 //! ```
 //! Chunks the repository already holds (or that this session already
 //! queued) are dropped at `store_chunk`; new ones are compressed right
@@ -271,9 +271,64 @@ struct OpenPacks {
     metadata: Option<OpenPack>,
 }
 
+/// How many full packs are sealed at once: a pack's upload to a bucket
+/// (or its fsync on a disk) waits on the network or the device, so the
+/// packer goes on filling the next pack meanwhile.
+const SEALS_IN_FLIGHT: usize = 3;
+
 fn pack_stage(session: &LocalSession, rx: Receiver<CompressedChunk>) -> Result<()> {
     let _span = tracing::debug_span!("pack").entered();
+    let (to_seal, full) = bounded::<OpenPack>(1);
+    // The first sealing error; later packs are dropped unsealed, which
+    // leaves nothing behind.
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let filled = std::thread::scope(|scope| {
+        for _ in 0..SEALS_IN_FLIGHT {
+            let (full, failed) = (full.clone(), &failed);
+            std::thread::Builder::new()
+                .name("sealer".into())
+                .spawn_scoped(scope, move || {
+                    for pack in full.iter() {
+                        if failed.lock().expect("sealer error lock").is_some() {
+                            continue;
+                        }
+                        if let Err(e) = seal(session, pack) {
+                            failed.lock().expect("sealer error lock").get_or_insert(e);
+                        }
+                    }
+                })
+                .expect("spawning a sealer thread");
+        }
+        drop(full);
+        let filled = fill_packs(session, &rx, &to_seal, &failed);
+        drop(to_seal);
+        filled
+    });
+    // A sealer's error is the cause; the packer's "sealing failed" its
+    // consequence.
+    match failed.into_inner().expect("sealer error lock") {
+        Some(e) => Err(e),
+        None => filled,
+    }
+}
+
+/// Appends chunks to open packs and hands each full one to the sealers;
+/// at the end, the partly filled ones too.
+fn fill_packs(
+    session: &LocalSession,
+    rx: &Receiver<CompressedChunk>,
+    to_seal: &Sender<OpenPack>,
+    failed: &Mutex<Option<Error>>,
+) -> Result<()> {
     let repo = session.repo;
+    let hand_over = |pack: OpenPack| -> Result<()> {
+        if failed.lock().expect("sealer error lock").is_some() {
+            return Err(Error::Interrupted("sealing a pack failed".into()));
+        }
+        to_seal
+            .send(pack)
+            .map_err(|_| Error::Interrupted("the sealers stopped".into()))
+    };
     // An open pack dropped on an error leaves nothing behind.
     let mut open = OpenPacks::default();
     for chunk in rx.iter() {
@@ -293,14 +348,14 @@ fn pack_stage(session: &LocalSession, rx: Receiver<CompressedChunk>) -> Result<(
             .bytes_stored
             .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
         if pack.is_full() {
-            seal(session, slot.take().expect("just used"))?;
+            hand_over(slot.take().expect("just used"))?;
         }
     }
     for pack in [open.data.take(), open.metadata.take()]
         .into_iter()
         .flatten()
     {
-        seal(session, pack)?;
+        hand_over(pack)?;
     }
     Ok(())
 }
