@@ -120,6 +120,14 @@ pub enum Command {
         /// Only print the packs and bytes that would be fetched.
         #[arg(long)]
         plan: bool,
+        /// Run PROGRAM when the thaw has finished, told the outcome in
+        /// STRATA_RESTORE_POINT, STRATA_THAW_RESULT and STRATA_THAW_UNTIL;
+        /// instead of the configuration's tiers.notify_command.
+        #[arg(long, value_name = "PROGRAM")]
+        notify: Option<String>,
+        /// An argument for --notify's PROGRAM (repeat for more).
+        #[arg(long, value_name = "ARG", requires = "notify")]
+        notify_arg: Vec<String>,
         #[command(flatten)]
         json: JsonFlag,
     },

@@ -112,8 +112,22 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
             restore_point,
             days,
             plan,
+            notify,
+            notify_arg,
             json,
-        } => thaw::run(&repo?, &restore_point, days, plan, json.json, cancel),
+        } => thaw::run(
+            &repo?,
+            &thaw::ThawArgs {
+                restore_point: &restore_point,
+                days,
+                plan,
+                notify: notify
+                    .map(|program| [vec![program], notify_arg].concat())
+                    .as_deref(),
+                as_json: json.json,
+            },
+            cancel,
+        ),
         Command::Forget(args) => forget::run(&repo?, &args),
         Command::Prune {
             repack_below,
@@ -150,6 +164,7 @@ fn open_options() -> strata::repository::OpenOptions {
         password: Some(password::source()),
         state_dir: STATE_DIR.get().cloned().flatten(),
         read_cache_bytes: READ_CACHE_BYTES.get().copied(),
+        access: None,
     }
 }
 
@@ -166,7 +181,7 @@ fn unlock(path: &Path) -> Result<Status> {
         out!("{} is a directory: its writer lock is an flock, which the kernel releases when its holder exits; nothing to break", path.display());
         return Ok(Status::Ok);
     }
-    let store = strata::site::reading_store(&location)?;
+    let store = strata::site::reading_store(&location, &open_options())?;
     match strata::lock::ObjectLock::break_lock(store.as_ref())? {
         Some(holder) => out!("removed the lock of {holder} from {location}"),
         None => out!("{location} holds no lock"),

@@ -11,14 +11,23 @@ use super::progress::TerminalProgress;
 use super::render::{human_bytes, print_json};
 use super::{open_exclusive, Status};
 
-pub fn run(
-    path: &Path,
-    restore_point: &str,
-    days: u32,
-    plan: bool,
-    as_json: bool,
-    cancel: &CancelToken,
-) -> Result<Status> {
+pub struct ThawArgs<'a> {
+    pub restore_point: &'a str,
+    pub days: u32,
+    pub plan: bool,
+    /// `--notify PROGRAM ARGS…`.
+    pub notify: Option<&'a [String]>,
+    pub as_json: bool,
+}
+
+pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Status> {
+    let ThawArgs {
+        restore_point,
+        days,
+        plan,
+        notify,
+        as_json,
+    } = *args;
     let repo = open_exclusive(path, "strata thaw")?;
     let rp = repo.resolve(restore_point)?;
     let progress = TerminalProgress::bytes("thaw", !as_json && !plan);
@@ -32,7 +41,11 @@ pub fn run(
             ok: thawed.is_ok(),
             until: thawed.as_ref().ok().map(|r| r.until.as_str()),
         };
-        strata::notify::notify_thaw(path, &config, &notice);
+        let notifier = match notify {
+            Some(argv) => strata::notify::Notifier::Given(argv),
+            None => strata::notify::Notifier::Configured,
+        };
+        strata::notify::notify_thaw(path, &config, &notice, notifier);
     }
     let report = thawed?;
     if as_json {

@@ -143,13 +143,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
 }
 
 fn uninitialized() -> TestRepo {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    TestRepo {
-        dir,
-        repo,
-        env: Vec::new(),
-    }
+    TestRepo::uninitialized()
 }
 
 #[test]

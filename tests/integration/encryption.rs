@@ -104,6 +104,7 @@ fn init_repo(init: &[&str], cold: bool) -> TestRepo {
         dir,
         repo,
         env: Vec::new(),
+        server: None,
     }
 }
 

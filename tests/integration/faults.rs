@@ -59,13 +59,7 @@ fn kill_9_during_backup_loses_nothing_committed() {
     t.restore("big@latest", &target);
     assert_same_tree(&big, &under(&target, &big));
     t.ok(&["check", "--read-data"]);
-    assert!(
-        std::fs::read_dir(t.repo.join("tmp"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "staging leftovers remain"
-    );
+    assert_eq!(t.staging_leftovers(), Vec::<std::path::PathBuf>::new(), "staging leftovers remain");
 }
 
 #[test]
@@ -131,7 +125,7 @@ fn repair_index_restores_full_function() {
     t.backup(&src, "s");
     std::fs::write(src.join("small.txt"), b"second version").unwrap();
     t.backup(&src, "s");
-    std::fs::remove_dir_all(t.repo.join("index")).unwrap();
+    std::fs::remove_dir_all(t.state().join("index")).unwrap();
 
     let out = t.run(&["list"]);
     assert_eq!(out.status.code(), Some(1));
@@ -157,7 +151,7 @@ fn repair_index_restores_full_function() {
 fn second_writer_is_told_who_holds_the_repository() {
     let t = TestRepo::new();
     let _held =
-        strata::repository::Repository::open_exclusive_with(&t.repo, "strata backup files /data", &open_options())
+        strata::repository::Repository::open_exclusive_with(&t.repo, "strata backup files /data", &t.open_options())
             .unwrap();
     let src = t.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -177,7 +171,7 @@ fn second_writer_is_told_who_holds_the_repository() {
 #[test]
 fn unknown_format_version_is_refused_with_the_version() {
     let t = TestRepo::new();
-    let config_path = t.repo.join("config.json");
+    let config_path = t.objects().join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(
         &config_path,
@@ -351,7 +345,7 @@ fn unsafe_names_in_a_manifest_are_refused_before_writing() {
 
     let t = TestRepo::new();
     {
-        let repo = strata::repository::Repository::open_exclusive_with(&t.repo, "test", &open_options()).unwrap();
+        let repo = strata::repository::Repository::open_exclusive_with(&t.repo, "test", &t.open_options()).unwrap();
         let evil = Node {
             name: b"..".to_vec(),
             kind: NodeKind::Symlink {
@@ -422,7 +416,7 @@ fn readers_open_repositories_without_newer_column_families() {
     std::fs::write(src.join("f"), b"older repository").unwrap();
     t.backup(&src, "s");
     {
-        let path = t.repo.join("index");
+        let path = t.state().join("index");
         let opts = rocksdb::Options::default();
         let names = rocksdb::DB::list_cf(&opts, &path).unwrap();
         let mut db = rocksdb::DB::open_cf(&opts, &path, &names).unwrap();

@@ -91,7 +91,7 @@ fn unreadable_files_are_missed_then_retried() {
     }
     let chown = std::process::Command::new("chown")
         .args(["-R", "65534:65534"])
-        .arg(&t.repo)
+        .arg(t.state())
         .status()
         .unwrap();
     assert!(chown.success());
@@ -106,6 +106,7 @@ fn unreadable_files_are_missed_then_retried() {
         ])
         .args(args)
         .env("STRATA_REPO", &t.repo)
+        .envs(t.env.iter().map(|(k, v)| (k, v)))
         .env("STRATA_PASSWORD", TEST_PASSWORD)
         .env("RUST_LOG", "error");
         cmd.output().unwrap()

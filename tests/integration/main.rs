@@ -16,6 +16,7 @@ mod mount_read_ahead;
 mod mount_security;
 mod mount_xattr_probes;
 mod object_storage;
+mod object_storage_servers;
 mod repair;
 mod restore_safety;
 mod retention;

@@ -198,10 +198,10 @@ fn open_files_read_on_after_prune_repacks_their_chunks() {
         file.read_exact_at(&mut buf, 0).map(|_| buf)
     };
 
-    let packs_before = pack_names(&t.repo);
+    let packs_before = pack_names(&t.objects());
     t.ok(&["forget", "--source", "s", "--keep-last", "1"]);
     t.ok(&["prune", "--repack-below", "1.0"]);
-    let packs_after = pack_names(&t.repo);
+    let packs_after = pack_names(&t.objects());
     // Precondition: the kept file's pack was rewritten and deleted.
     assert!(
         packs_before.iter().any(|p| !packs_after.contains(p)),

@@ -83,6 +83,23 @@ impl S3Server {
         files_under(&self.data.path().join(bucket).join(prefix))
     }
 
+    /// The directory where s3s-fs keeps the objects below `prefix` of
+    /// `bucket`, one file each, as a local repository keeps them.
+    pub fn objects_dir(&self, bucket: &str, prefix: &str) -> PathBuf {
+        self.data.path().join(bucket).join(prefix)
+    }
+
+    /// Adds a bucket (s3s-fs serves each top directory as one).
+    pub fn add_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.data.path().join(bucket)).unwrap();
+    }
+
+    /// The environment a command needs to reach the server with the
+    /// right credentials.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        self.env(SECRET)
+    }
+
     /// The environment a command needs to reach the server.
     pub fn env(&self, secret: &str) -> Vec<(String, String)> {
         [
@@ -96,16 +113,20 @@ impl S3Server {
         .collect()
     }
 
-    /// The store at `url`, for a test that looks at objects directly.
-    pub fn store(&self, url: &str, staging: &Path) -> BucketStore {
-        let access = Access {
+    /// How to reach the server, for an in-process open.
+    pub fn access(&self) -> Access {
+        Access {
             endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
             region: Some("us-east-1".into()),
             key_id: Some(KEY_ID.into()),
             secret: Some(SECRET.into()),
             ..Access::default()
-        };
-        BucketStore::open(&Location::parse(url).unwrap(), &access, staging, None).unwrap()
+        }
+    }
+
+    /// The store at `url`, for a test that looks at objects directly.
+    pub fn store(&self, url: &str, staging: &Path) -> BucketStore {
+        BucketStore::open(&Location::parse(url).unwrap(), &self.access(), staging, None).unwrap()
     }
 }
 
@@ -122,21 +143,7 @@ fn bucket_repo(server: &S3Server, url: &str) -> TestRepo {
 }
 
 fn bucket_repo_with(server: &S3Server, url: &str, init: &[&str]) -> TestRepo {
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = server.env(SECRET);
-    env.push((
-        "STRATA_STATE".into(),
-        dir.path().join("state").display().to_string(),
-    ));
-    let t = TestRepo {
-        dir,
-        repo: PathBuf::from(url),
-        env,
-    };
-    let mut args = init_args();
-    args.extend_from_slice(init);
-    t.ok(&args);
-    t
+    TestRepo::in_bucket(server.env(SECRET), url, init)
 }
 
 fn state(t: &TestRepo) -> PathBuf {
@@ -266,9 +273,18 @@ fn old_restore_points_go_to_a_cold_bucket_and_thaw_back() {
         return;
     };
     let t = bucket_repo_with(&server, "s3://backups/warm", &["--cold", "s3://backups/cold"]);
+    let staging = t.path("probe-staging");
+    let cold = server.store("s3://backups/cold", &staging);
+    old_restore_points_go_cold_and_thaw_back(&t, &cold, 33);
+}
+
+/// A restore point of 200 days ago and a young one in `t`; `tier run`
+/// moves the old one's data to `cold`, where restores refuse it until
+/// `thaw` brings it back, byte for byte; the young one stays warm.
+pub fn old_restore_points_go_cold_and_thaw_back(t: &TestRepo, cold: &dyn ObjectStore, seed: u64) {
     let src = t.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(33);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let old_data = random_bytes(&mut rng, 3_000_000);
     std::fs::write(src.join("old-only"), &old_data).unwrap();
     let old = t.backup_at(&src, "s", &time_days_ago(200));
@@ -278,9 +294,7 @@ fn old_restore_points_go_to_a_cold_bucket_and_thaw_back() {
 
     let report = t.json(&["tier", "run"]);
     assert_eq!(report["restore_points_cold"], 1, "{report}");
-    let staging = t.path("probe-staging");
-    let cold = server.store("s3://backups/cold", &staging);
-    assert!(!(&cold as &dyn ObjectStore).list_all("packs/").unwrap().is_empty(), "no pack in the cold bucket");
+    assert!(!cold.list_all("packs/").unwrap().is_empty(), "no pack in the cold bucket");
     let target = t.path("before-thaw");
     let out = t.run(&["restore", "files", &old, "--to", target.to_str().unwrap()]);
     assert_ne!(out.status.code(), Some(0), "a cold restore point restored without a thaw");
@@ -289,6 +303,9 @@ fn old_restore_points_go_to_a_cold_bucket_and_thaw_back() {
     let target = t.path("thawed");
     t.restore(&old, &target);
     assert_eq!(std::fs::read(under(&target, &src).join("old-only")).unwrap(), old_data);
+    let target = t.path("young");
+    t.restore("s@latest", &target);
+    assert_eq!(std::fs::read(under(&target, &src).join("new-only")).unwrap(), b"young");
 }
 
 /// The server dies while a backup uploads its packs: the backup fails with
@@ -315,6 +332,8 @@ fn a_server_killed_during_a_backup_loses_nothing_and_the_next_run_completes() {
     }
     let backup = t
         .command(&["backup", "files", src.to_str().unwrap(), "--source", "big"])
+        // A dead server fails the run after one retry, not a minute of them.
+        .env("STRATA_BUCKET_RETRIES", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -332,14 +351,21 @@ fn a_server_killed_during_a_backup_loses_nothing_and_the_next_run_completes() {
     assert!(!err.contains("panicked"), "{err}");
 
     server.restart();
+    nothing_committed_was_lost_and_a_retry_completes(&t, &first, &src);
+}
+
+/// After a server died during a backup of `big` and came back: only the
+/// restore point of `first` is listed and restores whole, and the backup
+/// run again completes and verifies.
+pub fn nothing_committed_was_lost_and_a_retry_completes(t: &TestRepo, first: &Path, big: &Path) {
     let listed = t.json(&["list"]);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     let target = t.path("first-restored");
     t.restore("first@latest", &target);
-    assert_same_tree(&first, &under(&target, &first));
-    t.backup(&src, "big");
+    assert_same_tree(first, &under(&target, first));
+    t.backup(big, "big");
     let target = t.path("big-restored");
     t.restore("big@latest", &target);
-    assert_same_tree(&src, &under(&target, &src));
+    assert_same_tree(big, &under(&target, big));
     t.ok(&["check", "--read-data"]);
 }

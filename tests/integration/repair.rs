@@ -11,7 +11,12 @@ use rand::SeedableRng;
 use crate::util::*;
 
 fn pack_files(t: &TestRepo) -> BTreeSet<PathBuf> {
-    files_under(&t.repo.join("packs")).into_iter().collect()
+    // A bucket has no `packs/` before its first pack.
+    let packs = t.objects().join("packs");
+    if !packs.exists() {
+        return BTreeSet::new();
+    }
+    files_under(&packs).into_iter().collect()
 }
 
 /// Backs up `dir` and returns the largest pack the backup wrote: its data
@@ -120,7 +125,7 @@ fn repair_salvages_every_chunk_that_verifies_and_prune_runs_after() {
     let affected = report["affected"].as_array().unwrap();
     assert_eq!(affected.len(), 1, "{report}");
     assert!(affected[0].as_str().unwrap().contains("(b at "), "{report}");
-    assert_eq!(files_under(&t.repo.join("damaged/packs")).len(), 2);
+    assert_eq!(files_under(&t.objects().join("damaged/packs")).len(), 2);
 
     // All of a restores; of b, exactly the files whose chunk was salvaged.
     let target = t.path("restored-a");
@@ -165,7 +170,7 @@ fn repair_without_an_index_finds_the_compressed_chunks_of_a_cut_pack() {
     let pack = backup_data_pack(&t, &a, "a");
     let bytes = std::fs::read(&pack).unwrap();
     std::fs::write(&pack, &bytes[..bytes.len() * 6 / 10]).unwrap();
-    std::fs::remove_dir_all(t.repo.join("index")).unwrap();
+    std::fs::remove_dir_all(t.state().join("index")).unwrap();
 
     let (code, report) = repair(&t);
     assert_eq!(code, Some(3), "{report}");
@@ -208,12 +213,12 @@ fn a_damaged_manifest_is_named_by_check_and_set_aside_by_repair() {
     let ids = manifest_ids(&t);
     let id_of = |source: &str| ids.iter().find(|(s, _)| s == source).unwrap().1.clone();
     let (one, two) = (id_of("one"), id_of("two"));
-    let path_one = t.repo.join("manifests").join(&one);
+    let path_one = t.objects().join("manifests").join(&one);
     let mut bytes = std::fs::read(&path_one).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x20;
     std::fs::write(&path_one, &bytes).unwrap();
-    let path_two = t.repo.join("manifests").join(&two);
+    let path_two = t.objects().join("manifests").join(&two);
     let bytes = std::fs::read(&path_two).unwrap();
     std::fs::write(&path_two, &bytes[..bytes.len() / 2]).unwrap();
 
@@ -246,7 +251,7 @@ fn a_damaged_manifest_is_named_by_check_and_set_aside_by_repair() {
             text.contains(&format!("damaged manifest manifests/{id}")),
             "{text}"
         );
-        assert!(t.repo.join("damaged/manifests").join(id).is_file());
+        assert!(t.objects().join("damaged/manifests").join(id).is_file());
     }
 
     // Every other restore point works: list, restore, backup, check, prune.

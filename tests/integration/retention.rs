@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use crate::util::*;
 
 fn pack_bytes(t: &TestRepo) -> u64 {
-    files_under(&t.repo.join("packs"))
+    files_under(&t.objects().join("packs"))
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum()

@@ -58,39 +58,159 @@ pub struct TestRepo {
     /// More environment for every command (a bucket's endpoint and
     /// credentials, the state directory).
     pub env: Vec<(String, String)>,
+    /// The server holding a repository in a bucket.
+    pub server: Option<crate::object_storage::S3Server>,
 }
+
+/// Whether test repositories are made in buckets of an S3-compatible
+/// server (`STRATA_TEST_BACKEND=s3`; `tools/test` runs the backup, restore,
+/// mount, tiering, retention, repair and fault tests so too) instead of
+/// directories.
+pub fn bucket_backend() -> bool {
+    std::env::var("STRATA_TEST_BACKEND").as_deref() == Ok("s3")
+}
+
+/// True (after saying so) when a test is about repositories in local
+/// directories only and the suite runs on buckets.
+pub fn directory_only(what: &str) -> bool {
+    if bucket_backend() {
+        eprintln!("skipped on buckets: {what}");
+    }
+    bucket_backend()
+}
+
+/// The bucket of test repositories and the one of their cold tiers.
+const TEST_BUCKET: &str = "strata-test";
+const COLD_BUCKET: &str = "strata-cold";
 
 impl TestRepo {
     pub fn new() -> Self {
+        Self::create(false)
+    }
+
+    /// A repository with a cold tier beside it (a directory, or a bucket).
+    pub fn with_cold() -> Self {
+        Self::create(true)
+    }
+
+    fn create(cold: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        let t = TestRepo {
-            dir,
-            repo,
-            env: Vec::new(),
+        let t = if bucket_backend() {
+            let server = crate::object_storage::S3Server::start(TEST_BUCKET)
+                .expect("STRATA_TEST_BACKEND=s3 needs s3s-fs (tools/setup installs it)");
+            server.add_bucket(COLD_BUCKET);
+            let mut env = server.client_env();
+            let state = dir.path().join("state");
+            env.push(("STRATA_STATE".into(), state.to_str().unwrap().into()));
+            TestRepo {
+                dir,
+                repo: PathBuf::from(format!("s3://{TEST_BUCKET}/repo")),
+                env,
+                server: Some(server),
+            }
+        } else {
+            Self::uninitialized_in(dir)
         };
-        t.ok(&init_args());
+        let mut init = init_args();
+        let cold_location = t.cold_location();
+        if cold {
+            init.extend(["--cold", cold_location.as_str()]);
+        }
+        t.ok(&init);
         t
     }
 
-    /// A repository with a cold tier at `cold` beside it.
-    pub fn with_cold() -> Self {
+    /// A repository made at `url` (a bucket), reached through `env` (a
+    /// server's endpoint and credentials), its state in the test's
+    /// temporary directory; `init` also gets `init_extra`.
+    pub fn in_bucket(env: Vec<(String, String)>, url: &str, init_extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut env = env;
+        env.push((
+            "STRATA_STATE".into(),
+            dir.path().join("state").display().to_string(),
+        ));
+        let t = TestRepo {
+            dir,
+            repo: PathBuf::from(url),
+            env,
+            server: None,
+        };
+        let mut args = init_args();
+        args.extend_from_slice(init_extra);
+        t.ok(&args);
+        t
+    }
+
+    /// A repository directory that `init` has not made yet.
+    pub fn uninitialized() -> Self {
+        Self::uninitialized_in(tempfile::tempdir().unwrap())
+    }
+
+    fn uninitialized_in(dir: tempfile::TempDir) -> Self {
         let repo = dir.path().join("repo");
-        let cold = dir.path().join("cold");
-        let out = strata_command()
-            .arg("--repo")
-            .arg(&repo)
-            .args(init_args())
-            .arg("--cold")
-            .arg(&cold)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr_of(&out));
         TestRepo {
             dir,
             repo,
             env: Vec::new(),
+            server: None,
+        }
+    }
+
+    /// Where the cold tier of [`TestRepo::with_cold`] is, as `--cold` takes it.
+    pub fn cold_location(&self) -> String {
+        match self.server {
+            Some(_) => format!("s3://{COLD_BUCKET}/repo"),
+            None => self.path("cold").to_str().unwrap().to_string(),
+        }
+    }
+
+    /// The directory holding the repository's objects as files: the
+    /// repository itself, or where the S3 server keeps its bucket.
+    pub fn objects(&self) -> PathBuf {
+        match &self.server {
+            Some(server) => server.objects_dir(TEST_BUCKET, "repo"),
+            None => self.repo.clone(),
+        }
+    }
+
+    /// The directory holding the cold tier's objects as files.
+    pub fn cold_objects(&self) -> PathBuf {
+        match &self.server {
+            Some(server) => server.objects_dir(COLD_BUCKET, "repo"),
+            None => self.path("cold"),
+        }
+    }
+
+    /// Options opening this repository in-process: its password, and a
+    /// bucket's server and state directory.
+    pub fn open_options(&self) -> strata::repository::OpenOptions {
+        strata::repository::OpenOptions {
+            state_dir: self.server.as_ref().map(|_| self.state()),
+            access: self.server.as_ref().map(|server| server.access()),
+            ..open_options()
+        }
+    }
+
+    /// Whether an interrupted writer left staged objects behind.
+    pub fn staging_leftovers(&self) -> Vec<PathBuf> {
+        let staging = match self.server {
+            Some(_) => self.state().join("uploads-warm"),
+            None => self.repo.join("tmp"),
+        };
+        if staging.exists() {
+            files_under(&staging)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// This machine's state of the repository (index, lock): the
+    /// repository's directory, or the state directory of a bucket.
+    pub fn state(&self) -> PathBuf {
+        match self.server {
+            Some(_) => self.path("state"),
+            None => self.repo.clone(),
         }
     }
 
@@ -436,7 +556,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// repository does not hold in the clear.
 pub fn flip_stored_byte(t: &TestRepo, selector: &str, file: &Path, offset: u64) -> PathBuf {
     use strata::tree::{Extent, NodeKind};
-    let repo = strata::repository::Repository::open_with(&t.repo, &open_options()).unwrap();
+    let repo = strata::repository::Repository::open_with(&t.repo, &t.open_options()).unwrap();
     let rp = repo.resolve(selector).unwrap();
     let node = repo
         .lookup_path(&rp, file.to_str().unwrap())
@@ -450,7 +570,7 @@ pub fn flip_stored_byte(t: &TestRepo, selector: &str, file: &Path, offset: u64) 
         if let Extent::Data { id, .. } = extent {
             if offset < start + extent.len() {
                 let location = repo.locate(id).unwrap();
-                let pack = t.repo.join(strata::pack::object_name(&location.pack));
+                let pack = t.objects().join(strata::pack::object_name(&location.pack));
                 let mut bytes = std::fs::read(&pack).unwrap();
                 let at = location.entry.offset + u64::from(location.entry.stored_len) / 2;
                 bytes[usize::try_from(at).unwrap()] ^= 0x01;

@@ -29,46 +29,57 @@ pub struct ThawNotice<'a> {
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs the configured notification, if any. Its failure is logged, never
+/// Who chose the program a notification runs.
+pub enum Notifier<'a> {
+    /// The person running `thaw` (`--notify`): trusted as they are.
+    Given(&'a [String]),
+    /// `tiers.notify_command` in the repository's configuration: run only
+    /// from a local `config.json` that no one else may write. A bucket's
+    /// configuration is never trusted to choose a program: whoever may
+    /// write the bucket would run code on every machine that thaws.
+    Configured,
+}
+
+/// Runs the notification, if there is one. Its failure is logged, never
 /// fatal: the thaw itself has finished either way.
-pub fn notify_thaw(repo_root: &Path, config: &RepoConfig, notice: &ThawNotice) {
+pub fn notify_thaw(repo_root: &Path, config: &RepoConfig, notice: &ThawNotice, notifier: Notifier<'_>) {
     let result = if notice.ok { "ok" } else { "failed" };
     tracing::info!(restore_point = %notice.restore_point.id.short(), result, until = notice.until.unwrap_or(""), "thaw finished");
-    let Some(command) = &config.tiers.notify_command else {
-        return;
-    };
-    if let NotifyCommand::Program(program) = command {
-        if program.chars().any(char::is_whitespace) {
-            tracing::warn!(
-                command = %program,
-                "thaw notification not run: tiers.notify_command is a shell command line; \
-                 give it as an argv array, e.g. [\"/usr/local/bin/notify\", \"--thaw\"]"
-            );
-            return;
-        }
-    }
-    let argv = command.argv();
     let timeout = config
         .tiers
         .notify_timeout_secs
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-    let outcome = check_config_owner(&RepoConfig::path(repo_root)).and_then(|()| {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| Error::InvalidInput("tiers.notify_command is empty".into()))?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env("STRATA_RESTORE_POINT", notice.restore_point.id.to_string())
-            .env("STRATA_SOURCE", &notice.restore_point.manifest.source)
-            .env("STRATA_THAW_RESULT", result)
-            .env("STRATA_THAW_UNTIL", notice.until.unwrap_or(""))
-            .stdin(std::process::Stdio::null())
-            // Standard output belongs to strata's own report (`--json`).
-            .stdout(stderr_for_child())
-            // Its own process group, so that a timeout ends its children too.
-            .process_group(0);
-        run_with_timeout(&mut cmd, program, timeout)
-    });
+    let argv: Vec<String> = match notifier {
+        Notifier::Given(argv) => argv.to_vec(),
+        Notifier::Configured => {
+            let Some(command) = &config.tiers.notify_command else {
+                return;
+            };
+            if let NotifyCommand::Program(program) = command {
+                if program.chars().any(char::is_whitespace) {
+                    tracing::warn!(
+                        command = %program,
+                        "thaw notification not run: tiers.notify_command is a shell command line; \
+                         give it as an argv array, e.g. [\"/usr/local/bin/notify\", \"--thaw\"]"
+                    );
+                    return;
+                }
+            }
+            if !repo_root.is_dir() {
+                tracing::warn!(
+                    "thaw notification not run: tiers.notify_command of a repository in a bucket \
+                     is not trusted; give the program with `strata thaw --notify PROGRAM`"
+                );
+                return;
+            }
+            if let Err(e) = check_config_owner(&RepoConfig::path(repo_root)) {
+                tracing::warn!(command = ?command.argv(), error = %e, "thaw notification not run");
+                return;
+            }
+            command.argv()
+        }
+    };
+    let outcome = run_notifier(&argv, timeout, notice, result);
     match outcome {
         Ok(status) if status.success() => {}
         Ok(status) => {
@@ -76,6 +87,24 @@ pub fn notify_thaw(repo_root: &Path, config: &RepoConfig, notice: &ThawNotice) {
         }
         Err(e) => tracing::warn!(command = ?argv, error = %e, "thaw notification not run"),
     }
+}
+
+fn run_notifier(argv: &[String], timeout: Duration, notice: &ThawNotice, result: &str) -> Result<ExitStatus> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| Error::InvalidInput("the thaw notification's command is empty".into()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("STRATA_RESTORE_POINT", notice.restore_point.id.to_string())
+        .env("STRATA_SOURCE", &notice.restore_point.manifest.source)
+        .env("STRATA_THAW_RESULT", result)
+        .env("STRATA_THAW_UNTIL", notice.until.unwrap_or(""))
+        .stdin(std::process::Stdio::null())
+        // Standard output belongs to strata's own report (`--json`).
+        .stdout(stderr_for_child())
+        // Its own process group, so that a timeout ends its children too.
+        .process_group(0);
+    run_with_timeout(&mut cmd, program, timeout)
 }
 
 /// Refuses a `config.json` that someone other than root or this user could

@@ -35,6 +35,9 @@ pub struct ChunkBuffers {
 
 pub struct Packs {
     warm: Arc<dyn ObjectStore>,
+    /// The warm tier for chunk reads (restore, mount): through a bucket's
+    /// local read cache.
+    warm_reads: Arc<dyn ObjectStore>,
     cold: Option<Arc<dyn ObjectStore>>,
     codec: ChunkCodec,
     target_size: u64,
@@ -104,6 +107,7 @@ impl Packs {
         target_size: u64,
     ) -> Self {
         Packs {
+            warm_reads: Arc::clone(&warm),
             warm,
             cold,
             codec,
@@ -126,6 +130,13 @@ impl Packs {
             ChunkCodec::with_protection(config.compression_level, protection),
             config.pack_target_size,
         )
+    }
+
+    /// Reads chunks of the warm tier through `reads` (the same objects,
+    /// through a local cache).
+    pub fn with_chunk_reads(mut self, reads: Arc<dyn ObjectStore>) -> Self {
+        self.warm_reads = reads;
+        self
     }
 
     pub fn codec(&self) -> &ChunkCodec {
@@ -217,7 +228,11 @@ impl Packs {
         entry: &PackEntry,
         buffers: &mut ChunkBuffers,
     ) -> Result<()> {
-        self.read_verified_into(self.store(tier)?, &pack::object_name(id), id, entry, buffers)
+        let store = match tier {
+            Tier::Warm => self.warm_reads.as_ref(),
+            Tier::Cold => self.store(tier)?,
+        };
+        self.read_verified_into(store, &pack::object_name(id), id, entry, buffers)
     }
 
     /// Reads and verifies a chunk of pack `id` stored in `object`. A chunk
@@ -257,7 +272,7 @@ impl Packs {
         buffers: &mut ChunkBuffers,
     ) -> Result<()> {
         let name = crate::thaw_record::thaw_object_name(id);
-        self.read_verified_into(self.warm(), &name, id, entry, buffers)
+        self.read_verified_into(self.warm_reads.as_ref(), &name, id, entry, buffers)
     }
 
     /// Copies cold pack `id` whole to its thaw name on the warm tier, after

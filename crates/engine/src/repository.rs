@@ -67,6 +67,9 @@ pub struct OpenOptions {
     /// Most bytes of a bucket's packs kept in the state directory for
     /// reading; [`DEFAULT_READ_CACHE_BYTES`] when `None`.
     pub read_cache_bytes: Option<u64>,
+    /// How to reach the repository's buckets (endpoint, credentials);
+    /// the provider's usual environment variables when `None`.
+    pub access: Option<crate::storage::Access>,
 }
 
 /// The read cache of a repository in a bucket: 2 GiB.
@@ -181,6 +184,7 @@ impl Repository<Exclusive> {
             config,
             state,
             stores: site::TierStores {
+                warm_reads: Arc::clone(&stores.warm),
                 warm: stores.warm,
                 cold: stores.cold,
             },
@@ -227,7 +231,7 @@ impl Repository<Exclusive> {
             }
             _ => site::bucket_state(options, &config.repository_id)?,
         };
-        let store = site::reading_store(&location)?;
+        let store = site::reading_store(&location, options)?;
         // Also the first request to a bucket: wrong credentials or a
         // missing bucket fail here, before anything is written.
         match store.get(RepoConfig::FILE_NAME) {
@@ -450,7 +454,8 @@ impl<Mode> Repository<Mode> {
         unlocked: Option<Arc<Unlocked>>,
         locks: Locks,
     ) -> Self {
-        let packs = Packs::for_config(site.stores.warm, site.stores.cold, &site.config, protection);
+        let packs = Packs::for_config(site.stores.warm, site.stores.cold, &site.config, protection)
+            .with_chunk_reads(site.stores.warm_reads);
         Repository {
             state: site.state,
             config: site.config,

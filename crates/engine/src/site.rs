@@ -16,7 +16,7 @@ use crate::config_file;
 use crate::error::{Error, Result};
 use crate::repository::{OpenOptions, StateDir};
 use crate::storage::{
-    Access, BucketStore, CachedStore, DelayedStore, LocalStore, Location, ObjectStore,
+    Access, BucketOptions, BucketStore, CachedStore, DelayedStore, LocalStore, Location, ObjectStore,
 };
 
 /// A repository's location, configuration, stores and state.
@@ -32,6 +32,11 @@ pub(crate) struct Site {
 pub(crate) struct TierStores {
     pub warm: Arc<dyn ObjectStore>,
     pub cold: Option<Arc<dyn ObjectStore>>,
+    /// The warm tier again, for reading chunks to restore or mount: a
+    /// bucket's through the local read cache. Everything else (check,
+    /// repair, prune, tiering) reads the bucket itself, so it judges what
+    /// is stored there, never a local copy.
+    pub warm_reads: Arc<dyn ObjectStore>,
 }
 
 impl TierStores {
@@ -56,10 +61,23 @@ pub fn location_of(root: &Path) -> Result<Location> {
     }
 }
 
-/// The bucket at `location`, staging uploads under `state`.
-fn bucket(location: &Location, state: &StateDir, tier: &str, storage_class: Option<&str>) -> Result<BucketStore> {
+/// The bucket at `location`, staging uploads under `state`, reached with
+/// `access` or else as the environment says.
+fn bucket(
+    location: &Location,
+    state: &StateDir,
+    tier: &str,
+    access: Option<&Access>,
+) -> Result<BucketStore> {
     let staging = state.root().join(format!("uploads-{tier}"));
-    BucketStore::open(location, &Access::from_env(location), &staging, storage_class)
+    let access = access.cloned().unwrap_or_else(|| Access::from_env(location));
+    let mut options = BucketOptions::default();
+    if let Some(tries) = std::env::var("STRATA_BUCKET_RETRIES").ok().and_then(|v| v.parse().ok()) {
+        // Fewer retries where a dead server should fail a run quickly
+        // (tests, scripts that retry themselves); more on a flaky link.
+        options.retry.tries = tries;
+    }
+    BucketStore::open_with(location, &access, &staging, &options)
 }
 
 /// Where a repository in a bucket keeps this machine's state.
@@ -76,14 +94,27 @@ pub(crate) fn bucket_state(options: &OpenOptions, repository_id: &str) -> Result
 }
 
 /// The warm tier's store of a repository at `location` whose state is
-/// in `state`: a bucket's packs are read through a cache there of at most
-/// `read_cache` bytes.
-pub fn warm_store(location: &Location, state: &StateDir, read_cache: u64) -> Result<Arc<dyn ObjectStore>> {
+/// in `state`, and the same for chunk reads: a bucket's packs are read
+/// through a cache there of at most [`OpenOptions::read_cache_bytes`].
+fn warm_stores(
+    location: &Location,
+    state: &StateDir,
+    options: &OpenOptions,
+) -> Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>)> {
+    let read_cache = options
+        .read_cache_bytes
+        .unwrap_or(crate::repository::DEFAULT_READ_CACHE_BYTES);
     Ok(match location {
-        Location::Directory(dir) => Arc::new(LocalStore::new(dir)),
+        Location::Directory(dir) => {
+            let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir));
+            (Arc::clone(&store), store)
+        }
         _ => {
-            let bucket = Arc::new(bucket(location, state, "warm", None)?);
-            Arc::new(CachedStore::new(bucket, &state.root().join("read-cache"), read_cache)?)
+            let bucket: Arc<dyn ObjectStore> =
+                Arc::new(bucket(location, state, "warm", options.access.as_ref())?);
+            let cache = state.root().join("read-cache");
+            let reads = Arc::new(CachedStore::new(Arc::clone(&bucket), &cache, read_cache)?);
+            (bucket, reads)
         }
     })
 }
@@ -91,10 +122,15 @@ pub fn warm_store(location: &Location, state: &StateDir, read_cache: u64) -> Res
 /// The warm store at `location` for reading only (its configuration, its
 /// lock object): it stages and caches nothing, so it needs no state
 /// directory.
-pub fn reading_store(location: &Location) -> Result<Arc<dyn ObjectStore>> {
+pub fn reading_store(location: &Location, options: &OpenOptions) -> Result<Arc<dyn ObjectStore>> {
     Ok(match location {
         Location::Directory(dir) => Arc::new(LocalStore::new(dir)),
-        _ => Arc::new(bucket(location, &StateDir::new(std::env::temp_dir()), "warm", None)?),
+        _ => Arc::new(bucket(
+            location,
+            &StateDir::new(std::env::temp_dir()),
+            "warm",
+            options.access.as_ref(),
+        )?),
     })
 }
 
@@ -107,7 +143,7 @@ pub(crate) fn open(root: &Path, options: &OpenOptions) -> Result<Site> {
         _ => {
             // The configuration names the repository, and with it the
             // state directory.
-            let config = config_file::load_from(reading_store(&location)?.as_ref())?;
+            let config = config_file::load_from(reading_store(&location, options)?.as_ref())?;
             let state = bucket_state(options, &config.repository_id)?;
             (config, state)
         }
@@ -142,7 +178,7 @@ pub(crate) fn tier_stores(
                     if cold_location == *location {
                         return Err(shared_tier(&cold_location.to_string()));
                     }
-                    Arc::new(bucket(&cold_location, state, "cold", None)?)
+                    Arc::new(bucket(&cold_location, state, "cold", options.access.as_ref())?)
                 }
             };
             Some(match options.cold_delay {
@@ -151,13 +187,11 @@ pub(crate) fn tier_stores(
             })
         }
     };
+    let (warm, warm_reads) = warm_stores(location, state, options)?;
     Ok(TierStores {
-        warm: warm_store(
-            location,
-            state,
-            options.read_cache_bytes.unwrap_or(crate::repository::DEFAULT_READ_CACHE_BYTES),
-        )?,
+        warm,
         cold,
+        warm_reads,
     })
 }
 

@@ -24,7 +24,7 @@ use crate::faults::{Faults, FaultyTransport};
 use crate::{not_found, short_object, validate_name, ObjectStore, ObjectWriter};
 
 /// Objects at least this large are uploaded in parts of this size, several
-/// at once.
+/// at once (to S3 and Azure; GCS takes one request, see `upload`).
 const PART_SIZE: usize = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
 /// Retries of one request: 8 tries with delays from 0.2 s doubling to at

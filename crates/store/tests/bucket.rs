@@ -1,32 +1,22 @@
 //! The bucket store against real servers started here: s3s-fs (an
 //! S3-compatible server that checks request signatures) and Azurite
-//! (Microsoft's Azure Blob emulator). Each test starts its own server on
+//! (Microsoft's Azure Blob emulator, from `common`). Each test starts its own server on
 //! 127.0.0.1 with a temporary data directory, and the guard stops it,
 //! also when the test fails.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strata_store::{conformance, Access, BucketStore, Location, ObjectStore, BucketOptions, Faults};
+mod common;
+
+use common::{free_port, installed, AzuriteServer, AZURITE_ACCOUNT, AZURITE_KEY};
+use strata_store::{conformance, Access, BucketOptions, BucketStore, Faults, Location, ObjectStore};
 
 const KEY_ID: &str = "strata-test-key";
 const SECRET: &str = "strata-test-secret-0123456789";
-
-/// Where `tools/setup` installs the test servers.
-fn tools_dir() -> Option<PathBuf> {
-    match std::env::var_os("STRATA_TOOLS_DIR") {
-        Some(dir) => Some(dir.into()),
-        None => Some(Path::new(&std::env::var_os("HOME")?).join(".cache/strata-tools")),
-    }
-}
-
-fn tool(relative: &str) -> Option<PathBuf> {
-    let path = tools_dir()?.join(relative);
-    path.exists().then_some(path)
-}
 
 /// Waits until something listens on `port`.
 fn wait_for(port: u16, what: &str) {
@@ -47,14 +37,6 @@ impl Drop for ServerProcess {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An s3s-fs server with one bucket, stopped when dropped.
 struct S3Server {
     _process: ServerProcess,
@@ -64,10 +46,7 @@ struct S3Server {
 
 impl S3Server {
     fn start(bucket: &str) -> Option<S3Server> {
-        let Some(binary) = tool("bin/s3s-fs") else {
-            eprintln!("skipped: s3s-fs is not installed (tools/setup installs it)");
-            return None;
-        };
+        let binary = installed("bin/s3s-fs", "s3s-fs")?;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(bucket)).unwrap();
         let port = free_port();
@@ -103,81 +82,13 @@ impl S3Server {
     }
 }
 
-/// Azurite's Blob service, stopped when dropped.
-struct AzureServer {
-    _process: ServerProcess,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-/// Azurite's well-known development account.
-const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-impl AzureServer {
-    fn start() -> Option<AzureServer> {
-        let Some(binary) = tool("azurite/node_modules/.bin/azurite-blob") else {
-            eprintln!("skipped: Azurite is not installed (tools/setup installs it)");
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(binary)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .arg("--location")
-            .arg(dir.path())
-            .args(["--silent", "--disableTelemetry", "--skipApiVersionCheck"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = AzureServer {
-            _process: ServerProcess(child),
-            port,
-            _dir: dir,
-        };
-        wait_for(port, "Azurite");
-        Some(server)
-    }
-
-    fn access(&self) -> Access {
-        Access {
-            endpoint: Some(format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)),
-            key_id: Some(AZURITE_ACCOUNT.into()),
-            secret: Some(AZURITE_KEY.into()),
-            ..Access::default()
-        }
-    }
-
-    /// Creates a container with Blob's REST API, signed with the account
-    /// key (the store itself never creates containers or buckets).
-    fn create_container(&self, name: &str) {
-        use base64::Engine;
-        let engine = base64::engine::general_purpose::STANDARD;
-        let format = time::macros::format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-        );
-        let date = time::OffsetDateTime::now_utc().format(&format).unwrap();
-        let version = "2021-08-06";
-        let to_sign = format!(
-            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
-             /{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
-        );
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &engine.decode(AZURITE_KEY).unwrap());
-        let signature = engine.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            stream,
-            "PUT /{AZURITE_ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
-             x-ms-date: {date}\r\nx-ms-version: {version}\r\nContent-Length: 0\r\n\
-             Authorization: SharedKey {AZURITE_ACCOUNT}:{signature}\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 201"), "creating container {name}: {response}");
+/// How the store reaches an Azurite server.
+fn azure_access(server: &AzuriteServer) -> Access {
+    Access {
+        endpoint: Some(format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", server.port)),
+        key_id: Some(AZURITE_ACCOUNT.into()),
+        secret: Some(AZURITE_KEY.into()),
+        ..Access::default()
     }
 }
 
@@ -200,17 +111,17 @@ fn an_s3_bucket_behaves_like_every_store() {
 
 #[test]
 fn an_azure_container_behaves_like_every_store() {
-    let Some(server) = AzureServer::start() else {
+    let Some(server) = AzuriteServer::start() else {
         return;
     };
     server.create_container("conformance");
     let staging = tempfile::tempdir().unwrap();
     let location = Location::parse("azblob://conformance/repo").unwrap();
-    let store = BucketStore::open(&location, &server.access(), staging.path(), None).unwrap();
+    let store = BucketStore::open(&location, &azure_access(&server), staging.path(), None).unwrap();
     conformance::check_all(&store);
     let outside = BucketStore::open(
         &Location::parse("azblob://conformance").unwrap(),
-        &server.access(),
+        &azure_access(&server),
         staging.path(),
         None,
     )

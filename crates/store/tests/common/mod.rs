@@ -1,0 +1,430 @@
+//! Test servers beyond s3s-fs: Garage (a production S3-compatible store,
+//! one node), Azurite (Microsoft's Azure Blob emulator) and
+//! fake-gcs-server (a Google Cloud Storage emulator). Each guard starts its server on free 127.0.0.1
+//! ports with its data in a temporary directory, and kills and reaps it
+//! when dropped, also when the test panics. `tools/setup` installs both
+//! into `~/.cache/strata-tools` (or `$STRATA_TOOLS_DIR`); a test whose
+//! server is not installed is skipped with a line on stderr.
+//!
+//! Shared by the store's tests (`crates/store/tests/servers.rs`) and the
+//! command-line tests (`tests/integration/object_storage_servers.rs`),
+//! which include this file by path: it depends on std and tempfile only.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where `tools/setup` installs the test servers.
+pub fn tools_dir() -> PathBuf {
+    match std::env::var_os("STRATA_TOOLS_DIR") {
+        Some(dir) => dir.into(),
+        None => {
+            Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/strata-tools")
+        }
+    }
+}
+
+/// The installed tool at `relative` below the tools directory, or `None`
+/// after a line saying the test is skipped.
+pub fn installed(relative: &str, what: &str) -> Option<PathBuf> {
+    let path = tools_dir().join(relative);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("skipped: {what} is not installed (tools/setup installs it)");
+        None
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on `port`, or panics with `log`'s end.
+fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start: {}",
+            log_tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last lines of a server's log, for a failure message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Garage's test access key: an id and a secret imported into the node
+/// (Garage's own keys are `GK` and 24 hex digits, secrets 64).
+pub const GARAGE_KEY_ID: &str = "GK5374726174615465737400aa";
+pub const GARAGE_SECRET: &str = "5374726174612074657374207365637265742c206e6f742061207265616c2121";
+/// The region Garage answers to; requests signed for another are refused.
+pub const GARAGE_REGION: &str = "garage";
+/// The node's RPC secret (32 bytes in hex), shared by nobody else.
+const GARAGE_RPC_SECRET: &str = "8a3b2c1d0e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819203";
+
+/// A one-node Garage cluster with the test key, killed and reaped when
+/// dropped. Its metadata and data survive [`GarageServer::kill`], so a
+/// [`GarageServer::restart`] brings back the same node, layout, key and
+/// buckets, as after a crash.
+pub struct GarageServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl GarageServer {
+    /// A started node with `buckets`, each readable and writable with the
+    /// test key; `None` when Garage is not installed.
+    pub fn start(buckets: &[&str]) -> Option<GarageServer> {
+        let binary = installed("bin/garage", "Garage")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            r#"metadata_dir = "{root}/meta"
+data_dir = "{root}/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{GARAGE_RPC_SECRET}"
+
+[s3_api]
+s3_region = "{GARAGE_REGION}"
+api_bind_addr = "127.0.0.1:{port}"
+root_domain = ".s3.garage.localhost"
+"#,
+            root = dir.path().display(),
+            rpc = free_port(),
+        );
+        std::fs::write(dir.path().join("garage.toml"), config).unwrap();
+        let mut server = GarageServer {
+            child: None,
+            binary,
+            dir,
+            port,
+        };
+        server.restart();
+        // The CLI talks to the node over RPC: once it answers, give the
+        // node its role in a one-node layout, then the key and buckets.
+        let node = server.cli(&["node", "id", "--quiet"]);
+        let node = node.trim().split('@').next().unwrap().to_string();
+        server.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        server.cli(&["layout", "apply", "--version", "1"]);
+        server.cli(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "strata-test",
+            GARAGE_KEY_ID,
+            GARAGE_SECRET,
+        ]);
+        for bucket in buckets {
+            server.create_bucket(bucket);
+        }
+        Some(server)
+    }
+
+    /// Starts the node (again) on its ports and data, and waits until its
+    /// S3 API listens and its CLI gets answers.
+    pub fn restart(&mut self) {
+        let log = self.log();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.dir.path().join("garage.toml"))
+            .arg("server")
+            .env("RUST_LOG", "garage=warn")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port(self.port, "Garage", &log);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.command(&["status"]).output().unwrap();
+            if status.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Garage does not answer: {}",
+                stderr(&status)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the node, as a crash or a cut network would.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// A bucket the test key may read, write and own.
+    pub fn create_bucket(&self, name: &str) {
+        self.cli(&["bucket", "create", name]);
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            GARAGE_KEY_ID,
+        ]);
+    }
+
+    /// `garage ARGS…` against this node; its stdout. A just-applied
+    /// layout can take a moment to reach every table, so a failure is
+    /// tried again for a few seconds before it fails the test.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = self.command(args).output().unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "garage {args:?} failed: {}\n{}",
+                stderr(&out),
+                log_tail(&self.log())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-c")
+            .arg(self.dir.path().join("garage.toml"))
+            .args(args);
+        cmd.env("RUST_LOG", "error");
+        cmd
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("garage.log")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a `strata` command needs to reach the node, with
+    /// `secret` as the secret access key.
+    pub fn env(&self, secret: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", GARAGE_REGION.to_string()),
+            ("AWS_ACCESS_KEY_ID", GARAGE_KEY_ID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for GarageServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// fake-gcs-server with its objects in a temporary directory (one
+/// directory per bucket), killed and reaped when dropped. It takes
+/// unsigned requests, as a client with `anonymous` access sends them.
+pub struct GcsServer {
+    child: Option<Child>,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+impl GcsServer {
+    /// A started server holding the empty `buckets`; `None` when
+    /// fake-gcs-server is not installed.
+    pub fn start(buckets: &[&str]) -> Option<GcsServer> {
+        let binary = installed("bin/fake-gcs-server", "fake-gcs-server")?;
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("buckets");
+        for bucket in buckets {
+            std::fs::create_dir_all(data.join(bucket)).unwrap();
+        }
+        let port = free_port();
+        let log = root.path().join("fake-gcs-server.log");
+        let child = Command::new(binary)
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                &port.to_string(),
+            ])
+            .args(["-external-url", &format!("http://127.0.0.1:{port}")])
+            .args(["-backend", "filesystem", "-filesystem-root"])
+            .arg(&data)
+            .args(["-log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let server = GcsServer {
+            child: Some(child),
+            port,
+            root,
+        };
+        wait_for_port(port, "fake-gcs-server", &log);
+        Some(server)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a `strata` command needs to reach the server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("STRATA_GCS_ENDPOINT".to_string(), self.endpoint()),
+            ("STRATA_GCS_ANONYMOUS".to_string(), "1".to_string()),
+        ]
+    }
+}
+
+impl Drop for GcsServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Azurite's Blob service, killed and reaped when dropped.
+pub struct AzuriteServer {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Azurite's well-known development account.
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Creates a container with Blob's REST API, signed with the account key
+/// (the store itself never creates containers). Node runs it: Azurite
+/// needs Node, and Node's crypto signs without a dependency here.
+const CREATE_CONTAINER_JS: &str = r#"
+const [port, account, key, name] = process.argv.slice(1);
+const date = new Date().toUTCString();
+const version = "2021-08-06";
+const toSign = `PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:${date}\nx-ms-version:${version}\n` +
+  `/${account}/${account}/${name}\nrestype:container`;
+const signature = require("crypto").createHmac("sha256", Buffer.from(key, "base64"))
+  .update(toSign).digest("base64");
+require("http").request({
+  host: "127.0.0.1", port, method: "PUT", path: `/${account}/${name}?restype=container`,
+  headers: { "x-ms-date": date, "x-ms-version": version, "Content-Length": 0,
+             "Authorization": `SharedKey ${account}:${signature}` },
+}, (res) => {
+  if (res.statusCode !== 201) { console.error(`HTTP ${res.statusCode}`); process.exit(1); }
+}).on("error", (e) => { console.error(e.message); process.exit(1); }).end();
+"#;
+
+impl AzuriteServer {
+    pub fn start() -> Option<AzuriteServer> {
+        let binary = installed("azurite/node_modules/.bin/azurite-blob", "Azurite")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(dir.path())
+            .args(["--silent", "--disableTelemetry", "--skipApiVersionCheck"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = AzuriteServer {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "Azurite did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    pub fn create_container(&self, name: &str) {
+        let out = Command::new("node")
+            .args([
+                "-e",
+                CREATE_CONTAINER_JS,
+                &self.port.to_string(),
+                AZURITE_ACCOUNT,
+                AZURITE_KEY,
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating container {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "AZURE_STORAGE_ENDPOINT".into(),
+                format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port),
+            ),
+            ("AZURE_STORAGE_ACCOUNT".into(), AZURITE_ACCOUNT.into()),
+            ("AZURE_STORAGE_KEY".into(), AZURITE_KEY.into()),
+        ]
+    }
+}
+
+impl Drop for AzuriteServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
