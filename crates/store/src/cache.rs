@@ -32,9 +32,9 @@ use crate::{short_object, ObjectStore, ObjectWriter};
 pub const BLOCK: u64 = 4 << 20;
 /// How many blocks past the one being read a sequential reader has
 /// fetched ahead of it.
-const READ_AHEAD: u64 = 4;
+const READ_AHEAD: u64 = 8;
 /// Threads fetching ahead, and how many blocks may wait for them.
-const FETCHERS: usize = 4;
+const FETCHERS: usize = 8;
 const QUEUED: usize = 64;
 
 /// Which object a block belongs to, and which block of it.
