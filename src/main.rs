@@ -35,8 +35,26 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status as u8),
         Err(e) if cli::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("strata: {e:#}");
+            eprintln!("strata: {}", error_line(&e));
             ExitCode::from(cli::Status::Error as u8)
         }
     }
+}
+
+/// The error and its causes on one line, each cause said once: an error
+/// that quotes its cause in its own message (`reading X: cause`) does
+/// not repeat it.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

@@ -369,3 +369,89 @@ pub fn nothing_committed_was_lost_and_a_retry_completes(t: &TestRepo, first: &Pa
     assert_same_tree(big, &under(&target, big));
     t.ok(&["check", "--read-data"]);
 }
+
+/// Runs `args` with one retry per request (a dead server fails the run
+/// in seconds), kills the server as soon as `started` sees the run's
+/// first writes, and returns the run's output.
+fn kill_server_during(
+    server: &mut S3Server,
+    t: &TestRepo,
+    args: &[&str],
+    started: impl Fn(&S3Server) -> bool,
+) -> std::process::Output {
+    let run = t
+        .command(args)
+        .env("STRATA_BUCKET_RETRIES", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started(server) {
+        assert!(Instant::now() < deadline, "{args:?} wrote nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill();
+    let out = run.wait_with_output().unwrap();
+    assert!(!stderr_of(&out).contains("panicked"), "{}", stderr_of(&out));
+    out
+}
+
+/// How many objects s3s-fs holds below `prefix` of `bucket` (none when
+/// the prefix does not exist yet).
+fn object_count(server: &S3Server, bucket: &str, prefix: &str) -> usize {
+    if server.objects_dir(bucket, prefix).exists() {
+        server.objects(bucket, prefix).len()
+    } else {
+        0
+    }
+}
+
+/// The server dies while `tier run` moves packs to the cold bucket, and
+/// again while `thaw` copies them back: each run fails cleanly, nothing
+/// is lost, and the same command after a restart completes.
+#[test]
+fn a_server_killed_during_tier_run_and_thaw_loses_nothing() {
+    let Some(mut server) = S3Server::start("backups") else {
+        return;
+    };
+    let t = bucket_repo_with(&server, "s3://backups/warm", &["--cold", "s3://backups/cold"]);
+    // Small packs, so that both runs make many requests.
+    let store = server.store("s3://backups/warm", &t.path("probe-staging"));
+    let mut config: serde_json::Value = serde_json::from_slice(&store.get("config.json").unwrap()).unwrap();
+    config["pack_target_size"] = serde_json::json!(1 << 20);
+    store.put("config.json", &serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(35);
+    for i in 0..8 {
+        std::fs::write(src.join(format!("old-{i}")), random_bytes(&mut rng, 3 << 20)).unwrap();
+    }
+    let old_copy = t.path("old-copy");
+    std::process::Command::new("cp").arg("-a").arg(&src).arg(&old_copy).status().unwrap();
+    let old = t.backup_at(&src, "s", &time_days_ago(200));
+    for i in 0..8 {
+        std::fs::remove_file(src.join(format!("old-{i}"))).unwrap();
+    }
+    std::fs::write(src.join("new-only"), b"young").unwrap();
+    t.backup(&src, "s");
+
+    kill_server_during(&mut server, &t, &["tier", "run"], |s| object_count(s, "backups", "cold/packs") > 0);
+    server.restart();
+    t.ok(&["check"]);
+    let report = t.json(&["tier", "run"]);
+    assert!(report["restore_points_cold"].as_u64().unwrap() <= 1, "{report}");
+    assert!(object_count(&server, "backups", "cold/packs") > 0);
+
+    kill_server_during(&mut server, &t, &["thaw", &old], |s| object_count(s, "backups", "warm/thaw") > 0);
+    server.restart();
+    t.ok(&["thaw", &old]);
+    let target = t.path("old-restored");
+    t.restore(&old, &target);
+    assert_same_tree(&old_copy, &under(&target, &src));
+    let target = t.path("young");
+    t.restore("s@latest", &target);
+    assert_eq!(std::fs::read(under(&target, &src).join("new-only")).unwrap(), b"young");
+    t.ok(&["check", "--read-data"]);
+}

@@ -287,7 +287,19 @@ fn layered(op: Operator, options: &BucketOptions) -> Operator {
             .with_factor(2.0)
             .with_min_delay(options.retry.min_delay)
             .with_max_delay(options.retry.max_delay)
-            .with_max_times(options.retry.tries),
+            .with_max_times(options.retry.tries)
+            // One line per retry, without the request's context and
+            // backtrace that OpenDAL's own notice carries.
+            .with_notify(|event: opendal::layers::RetryEvent<'_>| {
+                tracing::warn!(
+                    operation = ?event.op,
+                    attempt = event.attempt,
+                    after = ?event.retry_after,
+                    "retrying a request: {}: {}",
+                    event.err.kind(),
+                    event.err.message()
+                )
+            }),
     )
 }
 
@@ -356,10 +368,18 @@ impl BucketStore {
         };
         // The provider's answer (an S3 error code, say) is the useful
         // part; OpenDAL's request context would repeat the name.
-        let mut detail = match std::error::Error::source(&e) {
-            Some(source) => format!("{} ({source})", e.kind()),
-            None => format!("{}: {}", e.kind(), e.message()),
-        };
+        let mut detail = format!("{}: {}", e.kind(), e.message());
+        // The root cause (a refused connection, a timeout) says what
+        // happened on the wire.
+        let mut cause = std::error::Error::source(&e);
+        let mut root = None;
+        while let Some(next) = cause {
+            root = Some(next.to_string());
+            cause = next.source();
+        }
+        if let Some(root) = root.filter(|root| !detail.contains(root.as_str())) {
+            detail.push_str(&format!(" ({root})"));
+        }
         if e.kind() == ErrorKind::RateLimited {
             // Throttling the retries did not outlast.
             detail.push_str(&format!("; gave up after {} tries", self.tries));
