@@ -330,14 +330,7 @@ fn a_server_killed_during_a_backup_loses_nothing_and_the_next_run_completes() {
     for i in 0..24 {
         std::fs::write(src.join(format!("f{i}")), random_bytes(&mut rng, 4 << 20)).unwrap();
     }
-    let backup = t
-        .command(&["backup", "files", src.to_str().unwrap(), "--source", "big"])
-        // A dead server fails the run after one retry, not a minute of them.
-        .env("STRATA_BUCKET_RETRIES", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let backup = spawn_with_one_retry(&t, &["backup", "files", src.to_str().unwrap(), "--source", "big"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.objects("backups", "faults/packs").len() == packs_before {
         assert!(Instant::now() < deadline, "no pack was uploaded");
@@ -379,13 +372,7 @@ fn kill_server_during(
     args: &[&str],
     started: impl Fn(&S3Server) -> bool,
 ) -> std::process::Output {
-    let run = t
-        .command(args)
-        .env("STRATA_BUCKET_RETRIES", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn_with_one_retry(t, args);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !started(server) {
         assert!(Instant::now() < deadline, "{args:?} wrote nothing");

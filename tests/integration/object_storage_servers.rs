@@ -7,7 +7,6 @@
 //! skipped with a line on stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -144,14 +143,7 @@ fn a_garage_node_killed_during_a_backup_loses_nothing_and_the_next_run_completes
     for i in 0..8 {
         std::fs::write(src.join(format!("f{i}")), random_bytes(&mut rng, 3 << 20)).unwrap();
     }
-    let backup = t
-        .command(&["backup", "files", src.to_str().unwrap(), "--source", "big"])
-        // A dead server fails the run after one retry, not a minute of them.
-        .env("STRATA_BUCKET_RETRIES", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let backup = spawn_with_one_retry(&t, &["backup", "files", src.to_str().unwrap(), "--source", "big"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while pack_count(&store) == packs_before {
         assert!(Instant::now() < deadline, "no pack was uploaded");

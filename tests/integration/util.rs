@@ -281,6 +281,18 @@ impl TestRepo {
     }
 }
 
+/// Starts `strata ARGS` on `t` with one retry per bucket request (a dead
+/// server fails the run in seconds, not after a minute of retries), its
+/// error output captured.
+pub fn spawn_with_one_retry(t: &TestRepo, args: &[&str]) -> std::process::Child {
+    t.command(args)
+        .env("STRATA_BUCKET_RETRIES", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
