@@ -40,6 +40,29 @@ const QUEUED: usize = 64;
 /// Which object a block belongs to, and which block of it.
 type BlockKey = (String, u64);
 
+/// A block's bytes: in its cache file, or, when the cache could not keep
+/// it (a full disk), in memory for the read that fetched it.
+enum BlockBytes {
+    Cached(Arc<File>),
+    Uncached(Vec<u8>),
+}
+
+impl BlockBytes {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            BlockBytes::Cached(file) => file.read_exact_at(buf, offset),
+            BlockBytes::Uncached(bytes) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let part = bytes
+                    .get(start..start.saturating_add(buf.len()))
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(part);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A remote store's objects, read through a bounded local block cache.
 pub struct CachedStore {
     shared: Arc<Shared>,
@@ -67,6 +90,12 @@ struct CacheState {
     sizes: HashMap<String, u64>,
     bytes: u64,
     clock: u64,
+}
+
+/// A block just read from the store: kept in its cache file, or not.
+enum Fetched {
+    Cached(File, u64),
+    Uncached(Vec<u8>),
 }
 
 struct Block {
@@ -102,7 +131,11 @@ impl CachedStore {
     /// in `dir` are used again.
     pub fn new(inner: Arc<dyn ObjectStore>, dir: &Path, capacity: u64) -> Result<Self> {
         let mut state = CacheState::default();
-        state.load(dir)?;
+        if let Err(e) = state.load(dir) {
+            // An unreadable cache is an empty one: reads go to the store.
+            tracing::warn!(error = %e, "not using the blocks cached in {}", dir.display());
+            state = CacheState::default();
+        }
         let shared = Arc::new(Shared {
             inner,
             dir: dir.to_path_buf(),
@@ -225,7 +258,7 @@ impl Shared {
 
     /// Block `index` of `name` (`size` bytes long), from the cache or
     /// fetched now; with its length.
-    fn block(&self, name: &str, index: u64, size: u64) -> Result<(Arc<File>, u64)> {
+    fn block(&self, name: &str, index: u64, size: u64) -> Result<(BlockBytes, u64)> {
         let key = (name.to_string(), index);
         let mut state = self.lock();
         loop {
@@ -241,14 +274,14 @@ impl Shared {
                 block.last_used = tick;
                 let len = block.len;
                 if let Some(file) = &block.file {
-                    return Ok((Arc::clone(file), len));
+                    return Ok((BlockBytes::Cached(Arc::clone(file)), len));
                 }
                 // Left by an earlier run: opened on first use.
                 match File::open(self.dir.join(block_file_name(name, index))) {
                     Ok(file) => {
                         let file = Arc::new(file);
                         block.file = Some(Arc::clone(&file));
-                        return Ok((file, len));
+                        return Ok((BlockBytes::Cached(file), len));
                     }
                     Err(_) => {
                         state.bytes -= len;
@@ -264,8 +297,14 @@ impl Shared {
         let fetched = self.fetch(name, index, size);
         let mut state = self.lock();
         state.in_flight.remove(&key);
-        let result = fetched.map(|(file, len)| {
-            let file = Arc::new(file);
+        let result = fetched.map(|fetched| {
+            let (file, len) = match fetched {
+                Fetched::Cached(file, len) => (Arc::new(file), len),
+                Fetched::Uncached(bytes) => {
+                    let len = bytes.len() as u64;
+                    return (BlockBytes::Uncached(bytes), len);
+                }
+            };
             let last_used = state.tick();
             state.bytes += len;
             state.blocks.insert(
@@ -277,15 +316,17 @@ impl Shared {
                 },
             );
             self.evict_beyond_capacity(&mut state, &key);
-            (file, len)
+            (BlockBytes::Cached(file), len)
         });
         drop(state);
         self.fetched.notify_all();
         result
     }
 
-    /// Reads block `index` of `name` from the store into a new cache file.
-    fn fetch(&self, name: &str, index: u64, size: u64) -> Result<(File, u64)> {
+    /// Reads block `index` of `name` from the store into a new cache file;
+    /// a cache that cannot take it (no space, no permission) only costs
+    /// the caching, never the read.
+    fn fetch(&self, name: &str, index: u64, size: u64) -> Result<Fetched> {
         let start = index * BLOCK;
         let len = BLOCK.min(size.saturating_sub(start));
         if len == 0 {
@@ -293,21 +334,31 @@ impl Shared {
         }
         let mut bytes = vec![0u8; usize::try_from(len).expect("a block fits in memory")];
         self.inner.read_at(name, start, &mut bytes)?;
+        match self.keep(name, index, &bytes) {
+            Ok(file) => Ok(Fetched::Cached(file, len)),
+            Err(e) => {
+                tracing::warn!(error = %e, "not caching a block of {name}");
+                Ok(Fetched::Uncached(bytes))
+            }
+        }
+    }
+
+    /// Writes a fetched block to its cache file and opens it.
+    fn keep(&self, name: &str, index: u64, bytes: &[u8]) -> Result<File> {
         std::fs::create_dir_all(&self.dir).at("creating", &self.dir)?;
         let path = self.dir.join(block_file_name(name, index));
         let partial = self.dir.join(format!(
             ".partial-{}",
             crate::local::staging_name("block")
         ));
-        let written = std::fs::write(&partial, &bytes)
+        let written = std::fs::write(&partial, bytes)
             .and_then(|()| std::fs::rename(&partial, &path))
             .at("caching", &path);
         if let Err(e) = written {
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }
-        let file = File::open(&path).at("opening", &path)?;
-        Ok((file, len))
+        File::open(&path).at("opening", &path)
     }
 
     /// Drops least recently used blocks (never `keep`, just fetched) until
@@ -562,6 +613,20 @@ mod tests {
         store.evict(PACK);
         assert_eq!(read_sequentially(&store, PACK, 1000, 1000), bytes);
         assert_eq!(counted.reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_cache_that_cannot_keep_blocks_still_serves_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        // Below a regular file, no directory can be made: as unwritable
+        // as a full disk, even for root.
+        let blocked = dir.path().join("a-file");
+        std::fs::write(&blocked, b"").unwrap();
+        let (counted, store) = cached(&blocked.join("cache"), 64 << 20);
+        let bytes = pack_bytes(2 * BLOCK + 77, 4);
+        counted.put(PACK, &bytes).unwrap();
+        assert_eq!(read_sequentially(&store, PACK, bytes.len() as u64, 100_003), bytes);
+        assert_eq!(store.cached_bytes(), 0);
     }
 
     #[test]
