@@ -153,18 +153,19 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
 }
 
 /// `STRATA_COLD_DELAY_MS` makes every cold-tier request slow, to rehearse
-/// an archival backend (see the README's tiering section).
+/// an archival backend (see the README's tiering section);
+/// `STRATA_BUCKET_RETRIES` sets how often a bucket request is retried.
 fn open_options() -> strata::repository::OpenOptions {
-    let cold_delay = std::env::var("STRATA_COLD_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(std::time::Duration::from_millis);
+    fn number<T: std::str::FromStr>(name: &str) -> Option<T> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
+    }
     strata::repository::OpenOptions {
-        cold_delay,
+        cold_delay: number("STRATA_COLD_DELAY_MS").map(std::time::Duration::from_millis),
         password: Some(password::source()),
         state_dir: STATE_DIR.get().cloned().flatten(),
         read_cache_bytes: READ_CACHE_BYTES.get().copied(),
         access: None,
+        bucket_retries: number("STRATA_BUCKET_RETRIES"),
     }
 }
 

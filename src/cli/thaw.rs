@@ -34,6 +34,7 @@ pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Sta
     let thawed = strata::tier::thaw(&repo, &rp, days, plan, &progress, cancel);
     // The notification runs after the writer lock is released.
     let config = repo.config().clone();
+    let location = repo.location().clone();
     drop(repo);
     if !plan {
         let notice = strata::notify::ThawNotice {
@@ -45,7 +46,7 @@ pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Sta
             Some(argv) => strata::notify::Notifier::Given(argv),
             None => strata::notify::Notifier::Configured,
         };
-        strata::notify::notify_thaw(path, &config, &notice, notifier);
+        strata::notify::notify_thaw(&location, &config, &notice, notifier);
     }
     let report = thawed?;
     if as_json {

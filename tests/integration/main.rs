@@ -2,6 +2,9 @@
 //! in temporary directories, real file systems, and kill -9.
 
 mod util;
+/// The test servers, shared with the store's own tests.
+#[path = "../../crates/store/tests/common/mod.rs"]
+mod servers;
 
 mod backup_restore;
 mod cli_output;

@@ -2,9 +2,7 @@
 //! which checks request signatures) started by each test on 127.0.0.1
 //! and stopped by its guard, also when the test fails.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -13,113 +11,30 @@ use strata::storage::{Access, BucketStore, Location, ObjectStore};
 use crate::mount::{fuse_available, MountGuard};
 use crate::util::*;
 
-const KEY_ID: &str = "strata-it-key";
-const SECRET: &str = "strata-it-secret-0123456789";
+pub use crate::servers::S3Server;
+use crate::servers::{S3S_KEY_ID, S3S_SECRET};
 
-/// An s3s-fs server with one bucket, killed and reaped when dropped.
-pub struct S3Server {
-    child: Option<Child>,
-    binary: PathBuf,
-    port: u16,
-    data: tempfile::TempDir,
-}
-
+/// What these tests ask of an s3s-fs server beyond starting and stopping
+/// it (`crate::servers`): its objects as files, and how to reach it.
 impl S3Server {
-    pub fn start(bucket: &str) -> Option<S3Server> {
-        let tools = std::env::var_os("STRATA_TOOLS_DIR").map_or_else(
-            || Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/strata-tools"),
-            PathBuf::from,
-        );
-        let binary = tools.join("bin/s3s-fs");
-        if !binary.exists() {
-            eprintln!("skipped: s3s-fs is not installed (tools/setup installs it)");
-            return None;
-        }
-        let data = tempfile::tempdir().unwrap();
-        std::fs::create_dir(data.path().join(bucket)).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = S3Server {
-            child: None,
-            binary,
-            port,
-            data,
-        };
-        server.restart();
-        Some(server)
-    }
-
-    /// Starts the server (again) on its port and data.
-    pub fn restart(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
-            .arg(self.data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the server, as a crash or a cut network would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
     /// The files s3s-fs keeps for objects below `prefix` of `bucket`.
     fn objects(&self, bucket: &str, prefix: &str) -> Vec<PathBuf> {
-        files_under(&self.data.path().join(bucket).join(prefix))
-    }
-
-    /// The directory where s3s-fs keeps the objects below `prefix` of
-    /// `bucket`, one file each, as a local repository keeps them.
-    pub fn objects_dir(&self, bucket: &str, prefix: &str) -> PathBuf {
-        self.data.path().join(bucket).join(prefix)
-    }
-
-    /// Adds a bucket (s3s-fs serves each top directory as one).
-    pub fn add_bucket(&self, bucket: &str) {
-        std::fs::create_dir_all(self.data.path().join(bucket)).unwrap();
+        files_under(&self.objects_dir(bucket, prefix))
     }
 
     /// The environment a command needs to reach the server with the
     /// right credentials.
     pub fn client_env(&self) -> Vec<(String, String)> {
-        self.env(SECRET)
-    }
-
-    /// The environment a command needs to reach the server.
-    pub fn env(&self, secret: &str) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
-            ("AWS_REGION", "us-east-1".to_string()),
-            ("AWS_ACCESS_KEY_ID", KEY_ID.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        self.env(S3S_SECRET)
     }
 
     /// How to reach the server, for an in-process open.
     pub fn access(&self) -> Access {
         Access {
-            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            endpoint: Some(self.endpoint()),
             region: Some("us-east-1".into()),
-            key_id: Some(KEY_ID.into()),
-            secret: Some(SECRET.into()),
+            key_id: Some(S3S_KEY_ID.into()),
+            secret: Some(S3S_SECRET.into()),
             ..Access::default()
         }
     }
@@ -130,12 +45,6 @@ impl S3Server {
     }
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A test repository at `url` in `server`, its state in the test's
 /// temporary directory.
 fn bucket_repo(server: &S3Server, url: &str) -> TestRepo {
@@ -143,11 +52,7 @@ fn bucket_repo(server: &S3Server, url: &str) -> TestRepo {
 }
 
 fn bucket_repo_with(server: &S3Server, url: &str, init: &[&str]) -> TestRepo {
-    TestRepo::in_bucket(server.env(SECRET), url, init)
-}
-
-fn state(t: &TestRepo) -> PathBuf {
-    t.path("state")
+    TestRepo::in_bucket(server.client_env(), url, init)
 }
 
 #[test]
@@ -156,31 +61,44 @@ fn a_bucket_repository_backs_up_restores_checks_and_mounts() {
         return;
     };
     let t = bucket_repo(&server, "s3://backups/site-a");
+    let src = backs_up_restores_and_checks(&t, 31, 5 << 20);
+    assert!(t.state().join("index").is_dir(), "the index lives in the state directory");
+    assert!(!t.path("s3:").exists());
+    mount_reads_the_latest_backup(&t, &src);
+}
+
+/// A tree with a file of `extra` random bytes backed up twice to `t` (the
+/// second run incremental), restored byte for byte and checked; returns
+/// the tree.
+pub fn backs_up_restores_and_checks(t: &TestRepo, seed: u64, extra: usize) -> PathBuf {
     let src = t.path("src");
-    make_full_tree(&src, 31);
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(31);
-    std::fs::write(src.join("big.bin"), random_bytes(&mut rng, 5 << 20)).unwrap();
+    make_full_tree(&src, seed);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    std::fs::write(src.join("big.bin"), random_bytes(&mut rng, extra)).unwrap();
     t.backup(&src, "web");
     std::fs::write(src.join("added.txt"), b"second run").unwrap();
     let second = t.backup(&src, "web");
-    assert!(second["bytes_read"].as_u64().unwrap() < 1 << 20, "{second}");
+    assert!(second["bytes_read"].as_u64().unwrap() < 1 << 20, "not incremental: {second}");
+    assert_eq!(t.json(&["list"]).as_array().unwrap().len(), 2);
 
     let target = t.path("restored");
     t.restore("web@latest", &target);
     assert_same_tree(&src, &under(&target, &src));
     t.ok(&["check", "--read-data"]);
-    assert!(state(&t).join("index").is_dir(), "the index lives in the state directory");
-    assert!(!t.path("s3:").exists());
+    src
+}
 
-    if fuse_available() {
-        let mnt = t.path("mnt");
-        let _guard = MountGuard::mount(&t, &mnt);
-        let mounted = under(&mnt.join("files/web/latest"), &src);
-        assert_eq!(
-            std::fs::read(mounted.join("big.bin")).unwrap(),
-            std::fs::read(src.join("big.bin")).unwrap()
-        );
+/// The latest backup of `src` (by [`backs_up_restores_and_checks`]), read
+/// through a mount, where FUSE is available.
+pub fn mount_reads_the_latest_backup(t: &TestRepo, src: &Path) {
+    if !fuse_available() {
+        return;
     }
+    let mnt = t.path("mnt");
+    let _guard = MountGuard::mount(t, &mnt);
+    let mounted = under(&mnt.join("files/web/latest"), src);
+    assert_eq!(std::fs::read(mounted.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
+    assert_eq!(std::fs::read(mounted.join("added.txt")).unwrap(), b"second run");
 }
 
 #[test]
@@ -192,7 +110,7 @@ fn a_new_machine_rebuilds_its_index_from_the_bucket_alone() {
     let src = t.path("src");
     make_full_tree(&src, 32);
     t.backup(&src, "db");
-    std::fs::remove_dir_all(state(&t)).unwrap();
+    std::fs::remove_dir_all(t.state()).unwrap();
 
     let out = t.run(&["list"]);
     assert_eq!(out.status.code(), Some(1));
@@ -380,6 +298,7 @@ fn kill_server_during(
     }
     server.kill();
     let out = run.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0), "{args:?} succeeded without its server");
     assert!(!stderr_of(&out).contains("panicked"), "{}", stderr_of(&out));
     out
 }

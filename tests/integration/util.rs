@@ -208,8 +208,8 @@ impl TestRepo {
     /// This machine's state of the repository (index, lock): the
     /// repository's directory, or the state directory of a bucket.
     pub fn state(&self) -> PathBuf {
-        match self.server {
-            Some(_) => self.path("state"),
+        match self.env.iter().find(|(name, _)| name == "STRATA_STATE") {
+            Some((_, dir)) => PathBuf::from(dir),
             None => self.repo.clone(),
         }
     }

@@ -75,6 +75,12 @@ pub fn for_new_repository(warm_days: u32, cold_dir: Option<&Path>) -> Result<Rep
 
 /// A new repository's identity: 16 random bytes from the kernel, in hex.
 pub fn new_repository_id() -> Result<String> {
+    random_id()
+}
+
+/// 16 random bytes from the kernel, in hex: for names that must never
+/// repeat (a repository, a lock holder's token).
+pub fn random_id() -> Result<String> {
     let mut bytes = [0u8; 16];
     let path = Path::new("/dev/urandom");
     let mut urandom = std::fs::File::open(path).at("opening", path)?;

@@ -117,9 +117,7 @@ impl ObjectLock {
             }
             tracing::info!(holder = %other.holder, "taking over the lock of a writer that died on this host");
         }
-        let mut token = [0u8; 16];
-        crate::crypto::random_bytes(&mut token)?;
-        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let token = crate::config_file::random_id()?;
         let record = LockRecord {
             token: token.clone(),
             holder: format!("`{command}` (pid {} on {host})", std::process::id()),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::config::{NotifyCommand, RepoConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::restore_point::RestorePoint;
+use crate::storage::Location;
 
 /// What the notification is told.
 pub struct ThawNotice<'a> {
@@ -42,7 +43,7 @@ pub enum Notifier<'a> {
 
 /// Runs the notification, if there is one. Its failure is logged, never
 /// fatal: the thaw itself has finished either way.
-pub fn notify_thaw(repo_root: &Path, config: &RepoConfig, notice: &ThawNotice, notifier: Notifier<'_>) {
+pub fn notify_thaw(location: &Location, config: &RepoConfig, notice: &ThawNotice, notifier: Notifier<'_>) {
     let result = if notice.ok { "ok" } else { "failed" };
     tracing::info!(restore_point = %notice.restore_point.id.short(), result, until = notice.until.unwrap_or(""), "thaw finished");
     let timeout = config
@@ -65,13 +66,13 @@ pub fn notify_thaw(repo_root: &Path, config: &RepoConfig, notice: &ThawNotice, n
                     return;
                 }
             }
-            if !repo_root.is_dir() {
+            let Location::Directory(repo_root) = location else {
                 tracing::warn!(
                     "thaw notification not run: tiers.notify_command of a repository in a bucket \
                      is not trusted; give the program with `strata thaw --notify PROGRAM`"
                 );
                 return;
-            }
+            };
             if let Err(e) = check_config_owner(&RepoConfig::path(repo_root)) {
                 tracing::warn!(command = ?command.argv(), error = %e, "thaw notification not run");
                 return;

@@ -47,9 +47,8 @@ pub struct Repository<Mode = ReadOnly> {
     unlocked: Option<Arc<Unlocked>>,
     /// Where its objects are: a directory or a bucket.
     location: Location,
-    _lock: Option<RepositoryLock>,
-    /// The lock object that writers on other machines see (buckets only).
-    _object_lock: Option<ObjectLock>,
+    /// A writer's locks, held until it is dropped.
+    _locks: Locks,
     _mode: PhantomData<Mode>,
 }
 
@@ -70,6 +69,9 @@ pub struct OpenOptions {
     /// How to reach the repository's buckets (endpoint, credentials);
     /// the provider's usual environment variables when `None`.
     pub access: Option<crate::storage::Access>,
+    /// Retries of each bucket request; fewer where a dead server should
+    /// fail a run quickly (scripts that retry themselves, tests).
+    pub bucket_retries: Option<usize>,
 }
 
 /// The read cache of a repository in a bucket: 2 GiB.
@@ -190,8 +192,8 @@ impl Repository<Exclusive> {
             },
         };
         let locks = Locks {
-            file: Some(lock),
-            object: None,
+            _file: Some(lock),
+            _object: None,
         };
         Ok(Self::assemble(site, protection, index, unlocked, locks))
     }
@@ -387,15 +389,15 @@ impl Repository<Exclusive> {
         };
         Ok(Self::assemble(site, protection, index, unlocked, locks))
     }
-
 }
 
 /// The writer's locks: the `flock` in the state directory, and for a
-/// bucket the lock object other machines see.
+/// bucket the lock object other machines see. Held, never read: dropping
+/// them releases them.
 #[derive(Default)]
 struct Locks {
-    file: Option<RepositoryLock>,
-    object: Option<ObjectLock>,
+    _file: Option<RepositoryLock>,
+    _object: Option<ObjectLock>,
 }
 
 impl Locks {
@@ -411,8 +413,8 @@ impl Locks {
             _ => Some(ObjectLock::acquire(Arc::clone(warm), command)?),
         };
         Ok(Locks {
-            file: Some(file),
-            object,
+            _file: Some(file),
+            _object: object,
         })
     }
 }
@@ -463,8 +465,7 @@ impl<Mode> Repository<Mode> {
             index,
             unlocked,
             location: site.location,
-            _lock: locks.file,
-            _object_lock: locks.object,
+            _locks: locks,
             _mode: PhantomData,
         }
     }

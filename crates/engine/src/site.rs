@@ -61,23 +61,16 @@ pub fn location_of(root: &Path) -> Result<Location> {
     }
 }
 
-/// The bucket at `location`, staging uploads under `state`, reached with
-/// `access` or else as the environment says.
-fn bucket(
-    location: &Location,
-    state: &StateDir,
-    tier: &str,
-    access: Option<&Access>,
-) -> Result<BucketStore> {
+/// The bucket at `location`, staging uploads under `state`, reached and
+/// retried as `options` say (the environment's credentials by default).
+fn bucket(location: &Location, state: &StateDir, tier: &str, options: &OpenOptions) -> Result<BucketStore> {
     let staging = state.root().join(format!("uploads-{tier}"));
-    let access = access.cloned().unwrap_or_else(|| Access::from_env(location));
-    let mut options = BucketOptions::default();
-    if let Some(tries) = std::env::var("STRATA_BUCKET_RETRIES").ok().and_then(|v| v.parse().ok()) {
-        // Fewer retries where a dead server should fail a run quickly
-        // (tests, scripts that retry themselves); more on a flaky link.
-        options.retry.tries = tries;
+    let access = options.access.clone().unwrap_or_else(|| Access::from_env(location));
+    let mut bucket_options = BucketOptions::default();
+    if let Some(tries) = options.bucket_retries {
+        bucket_options.retry.tries = tries;
     }
-    BucketStore::open_with(location, &access, &staging, &options)
+    BucketStore::open_with(location, &access, &staging, &bucket_options)
 }
 
 /// Where a repository in a bucket keeps this machine's state.
@@ -110,8 +103,7 @@ fn warm_stores(
             (Arc::clone(&store), store)
         }
         _ => {
-            let bucket: Arc<dyn ObjectStore> =
-                Arc::new(bucket(location, state, "warm", options.access.as_ref())?);
+            let bucket: Arc<dyn ObjectStore> = Arc::new(bucket(location, state, "warm", options)?);
             let cache = state.root().join("read-cache");
             let reads = Arc::new(CachedStore::new(Arc::clone(&bucket), &cache, read_cache)?);
             (bucket, reads)
@@ -125,12 +117,7 @@ fn warm_stores(
 pub fn reading_store(location: &Location, options: &OpenOptions) -> Result<Arc<dyn ObjectStore>> {
     Ok(match location {
         Location::Directory(dir) => Arc::new(LocalStore::new(dir)),
-        _ => Arc::new(bucket(
-            location,
-            &StateDir::new(std::env::temp_dir()),
-            "warm",
-            options.access.as_ref(),
-        )?),
+        _ => Arc::new(bucket(location, &StateDir::new(std::env::temp_dir()), "warm", options)?),
     })
 }
 
@@ -178,7 +165,7 @@ pub(crate) fn tier_stores(
                     if cold_location == *location {
                         return Err(shared_tier(&cold_location.to_string()));
                     }
-                    Arc::new(bucket(&cold_location, state, "cold", options.access.as_ref())?)
+                    Arc::new(bucket(&cold_location, state, "cold", options)?)
                 }
             };
             Some(match options.cold_delay {

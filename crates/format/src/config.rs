@@ -59,7 +59,6 @@ pub struct TierConfig {
     /// Seconds the notification may run before it is killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_timeout_secs: Option<u64>,
-
 }
 
 /// A program and its arguments, run directly (never through a shell) with

@@ -387,21 +387,6 @@ impl BucketStore {
         Error::io(action, format!("{}/{name}", self.location), io::Error::new(kind, detail))
     }
 
-    fn clear_leftovers(&self) -> Result<usize> {
-        let mut removed = 0;
-        let entries = match std::fs::read_dir(&self.staging) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("listing", &self.staging, e)),
-        };
-        for entry in entries {
-            let path = entry.at("listing", &self.staging)?.path();
-            std::fs::remove_file(&path).at("removing", &path)?;
-            removed += 1;
-        }
-        Ok(removed)
-    }
-
     fn upload(&self, name: &str, staged: &Path) -> Result<()> {
         if matches!(self.location, Location::Gcs { .. }) {
             // One request for GCS: OpenDAL sends its parts through GCS's
@@ -425,14 +410,19 @@ impl BucketStore {
             .op
             .writer_options(name, options)
             .map_err(|e| self.error("uploading", name, e))?;
-        let mut buffer = vec![0u8; PART_SIZE];
         loop {
-            let n = file.read(&mut buffer).at("reading staged object", staged)?;
-            if n == 0 {
+            // Each part is read into a buffer of its own that the upload
+            // takes over, rather than copied out of a reused one.
+            let mut part = Vec::with_capacity(PART_SIZE);
+            (&mut file)
+                .take(PART_SIZE as u64)
+                .read_to_end(&mut part)
+                .at("reading staged object", staged)?;
+            if part.is_empty() {
                 break;
             }
             writer
-                .write(buffer[..n].to_vec())
+                .write(part)
                 .map_err(|e| self.error("uploading", name, e))?;
         }
         // Only a completed upload (the last part of a multipart one)
@@ -545,7 +535,7 @@ impl ObjectStore for BucketStore {
     }
 
     fn clear_staging(&self) -> Result<usize> {
-        self.clear_leftovers()
+        crate::local::remove_leftovers(&self.staging)
     }
 }
 

@@ -103,6 +103,10 @@ struct Block {
     file: Option<Arc<File>>,
     len: u64,
     last_used: u64,
+    /// Whether a reader (not a fetcher) has been here, and so has already
+    /// queued the blocks after it: a block read chunk by chunk asks for
+    /// its read-ahead once, not once per chunk.
+    visited: bool,
 }
 
 /// Whether `name` is an object whose bytes never change while it exists:
@@ -212,6 +216,7 @@ impl CacheState {
                             file: None,
                             len: metadata.len(),
                             last_used: age,
+                            visited: false,
                         },
                     );
                 }
@@ -257,8 +262,9 @@ impl Shared {
     }
 
     /// Block `index` of `name` (`size` bytes long), from the cache or
-    /// fetched now; with its length.
-    fn block(&self, name: &str, index: u64, size: u64) -> Result<(BlockBytes, u64)> {
+    /// fetched now; with its length, and whether this is a reader's first
+    /// visit (a fetcher's never is).
+    fn block(&self, name: &str, index: u64, size: u64, reader: bool) -> Result<(BlockBytes, u64, bool)> {
         let key = (name.to_string(), index);
         let mut state = self.lock();
         loop {
@@ -273,15 +279,17 @@ impl Shared {
             if let Some(block) = state.blocks.get_mut(&key) {
                 block.last_used = tick;
                 let len = block.len;
+                let first_visit = reader && !block.visited;
+                block.visited |= reader;
                 if let Some(file) = &block.file {
-                    return Ok((BlockBytes::Cached(Arc::clone(file)), len));
+                    return Ok((BlockBytes::Cached(Arc::clone(file)), len, first_visit));
                 }
                 // Left by an earlier run: opened on first use.
                 match File::open(self.dir.join(block_file_name(name, index))) {
                     Ok(file) => {
                         let file = Arc::new(file);
                         block.file = Some(Arc::clone(&file));
-                        return Ok((BlockBytes::Cached(file), len));
+                        return Ok((BlockBytes::Cached(file), len, first_visit));
                     }
                     Err(_) => {
                         state.bytes -= len;
@@ -302,7 +310,7 @@ impl Shared {
                 Fetched::Cached(file, len) => (Arc::new(file), len),
                 Fetched::Uncached(bytes) => {
                     let len = bytes.len() as u64;
-                    return (BlockBytes::Uncached(bytes), len);
+                    return (BlockBytes::Uncached(bytes), len, reader);
                 }
             };
             let last_used = state.tick();
@@ -313,10 +321,11 @@ impl Shared {
                     file: Some(Arc::clone(&file)),
                     len,
                     last_used,
+                    visited: reader,
                 },
             );
             self.evict_beyond_capacity(&mut state, &key);
-            (BlockBytes::Cached(file), len)
+            (BlockBytes::Cached(file), len, reader)
         });
         drop(state);
         self.fetched.notify_all();
@@ -398,7 +407,7 @@ impl Shared {
             }
             let fetched = self
                 .size_of(&name)
-                .and_then(|size| self.block(&name, index, size));
+                .and_then(|size| self.block(&name, index, size, false));
             if let Err(e) = fetched {
                 tracing::debug!(object = %name, block = index, error = %e, "reading ahead failed");
             }
@@ -436,8 +445,10 @@ impl ObjectStore for CachedStore {
         while done < buf.len() {
             let at = offset + done as u64;
             let index = at / BLOCK;
-            let (file, len) = self.shared.block(name, index, size)?;
-            self.read_ahead(name, index, size);
+            let (file, len, first_visit) = self.shared.block(name, index, size, true)?;
+            if first_visit {
+                self.read_ahead(name, index, size);
+            }
             let within = at - index * BLOCK;
             let take = (len - within).min((buf.len() - done) as u64) as usize;
             let path = || self.shared.dir.join(block_file_name(name, index));
@@ -567,6 +578,29 @@ mod tests {
         // Read again: all from the cache.
         assert_eq!(read_sequentially(&store, PACK, bytes.len() as u64, 1 << 20), bytes);
         assert_eq!(counted.reads.load(Ordering::SeqCst), 6);
+    }
+
+    #[test]
+    fn blocks_ahead_of_a_reader_are_fetched_before_it_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (counted, store) = cached(dir.path(), 64 << 20);
+        let blocks = READ_AHEAD + 3;
+        counted.put(PACK, &pack_bytes(blocks * BLOCK, 5)).unwrap();
+        let wait_for_cached = |expected: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while store.cached_bytes() < expected * BLOCK {
+                assert!(std::time::Instant::now() < deadline, "read-ahead stopped at {} bytes", store.cached_bytes());
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        let mut byte = [0u8; 1];
+        store.read_at(PACK, 0, &mut byte).unwrap();
+        wait_for_cached(1 + READ_AHEAD);
+        // Reading on into the next block (chunk by chunk) moves the window.
+        store.read_at(PACK, BLOCK, &mut byte).unwrap();
+        store.read_at(PACK, BLOCK + 1, &mut byte).unwrap();
+        wait_for_cached(2 + READ_AHEAD);
+        assert_eq!(counted.reads.load(Ordering::SeqCst) as u64, 2 + READ_AHEAD);
     }
 
     #[test]

@@ -52,6 +52,30 @@ pub fn staging_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}.tmp", std::process::id())
 }
 
+/// Removes everything in the staging directory `dir` (files an
+/// interrupted writer left, and scratch directories such as an index moved
+/// aside); returns how many entries there were. Only the holder of the
+/// repository's write lock may call this.
+pub(crate) fn remove_leftovers(dir: &Path) -> Result<usize> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("listing", dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.at("listing", dir)?;
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path).at("removing leftover", &path)?;
+        } else {
+            fs::remove_file(&path).at("removing leftover", &path)?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -123,30 +147,6 @@ impl LocalStore {
         Ok(file)
     }
 
-    /// Removes staging files left by an interrupted writer. Only the holder
-    /// of the repository's write lock may call this.
-    fn clear_leftovers(&self) -> Result<usize> {
-        let dir = self.staging_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("listing", dir, e)),
-        };
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry.at("listing", &dir)?;
-            let path = entry.path();
-            // Scratch directories (an index moved aside) live here too.
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if is_dir {
-                fs::remove_dir_all(&path).at("removing leftover", &path)?;
-            } else {
-                fs::remove_file(&path).at("removing leftover", &path)?;
-            }
-            removed += 1;
-        }
-        Ok(removed)
-    }
 
     /// Moves a finished staging file to `name`: the one way an object
     /// appears in this store.
@@ -307,7 +307,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn clear_staging(&self) -> Result<usize> {
-        self.clear_leftovers()
+        remove_leftovers(&self.staging_dir())
     }
 }
 

@@ -1,85 +1,30 @@
-//! The bucket store against real servers started here: s3s-fs (an
-//! S3-compatible server that checks request signatures) and Azurite
-//! (Microsoft's Azure Blob emulator, from `common`). Each test starts its own server on
-//! 127.0.0.1 with a temporary data directory, and the guard stops it,
-//! also when the test fails.
+//! The bucket store against real servers started here (guards in
+//! `common`): s3s-fs (an S3-compatible server that checks request
+//! signatures) and Azurite (Microsoft's Azure Blob emulator). Each test
+//! starts its own server on 127.0.0.1 with a temporary data directory,
+//! and the guard stops it, also when the test fails.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_port, installed, AzuriteServer, AZURITE_ACCOUNT, AZURITE_KEY};
+use common::{AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3S_KEY_ID, S3S_SECRET};
 use strata_store::{conformance, Access, BucketOptions, BucketStore, Faults, Location, ObjectStore};
 
-const KEY_ID: &str = "strata-test-key";
-const SECRET: &str = "strata-test-secret-0123456789";
-
-/// Waits until something listens on `port`.
-fn wait_for(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
+/// How the store reaches an s3s-fs server.
+fn s3_access(server: &S3Server) -> Access {
+    Access {
+        endpoint: Some(server.endpoint()),
+        region: Some("us-east-1".into()),
+        key_id: Some(S3S_KEY_ID.into()),
+        secret: Some(S3S_SECRET.into()),
+        ..Access::default()
     }
 }
 
-/// A server process, killed and reaped when dropped.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// An s3s-fs server with one bucket, stopped when dropped.
-struct S3Server {
-    _process: ServerProcess,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl S3Server {
-    fn start(bucket: &str) -> Option<S3Server> {
-        let binary = installed("bin/s3s-fs", "s3s-fs")?;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(bucket)).unwrap();
-        let port = free_port();
-        let child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = S3Server {
-            _process: ServerProcess(child),
-            port,
-            dir,
-        };
-        wait_for(port, "s3s-fs");
-        Some(server)
-    }
-
-    fn access(&self) -> Access {
-        Access {
-            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
-            region: Some("us-east-1".into()),
-            key_id: Some(KEY_ID.into()),
-            secret: Some(SECRET.into()),
-            ..Access::default()
-        }
-    }
-
-    fn store(&self, url: &str, staging: &Path) -> BucketStore {
-        BucketStore::open(&Location::parse(url).unwrap(), &self.access(), staging, None).unwrap()
-    }
+fn s3_store(server: &S3Server, url: &str, staging: &Path) -> BucketStore {
+    BucketStore::open(&Location::parse(url).unwrap(), &s3_access(server), staging, None).unwrap()
 }
 
 /// How the store reaches an Azurite server.
@@ -98,9 +43,9 @@ fn an_s3_bucket_behaves_like_every_store() {
         return;
     };
     let staging = tempfile::tempdir().unwrap();
-    conformance::check_all(&server.store("s3://conformance/repo", staging.path()));
+    conformance::check_all(&s3_store(&server, "s3://conformance/repo", staging.path()));
     // The prefix is the store's root: nothing landed outside it.
-    let root = server.dir.path().join("conformance");
+    let root = server.objects_dir("conformance", "");
     let top: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -142,7 +87,7 @@ fn a_large_streamed_object_is_uploaded_in_parts_and_read_back_by_range() {
         return;
     };
     let staging = tempfile::tempdir().unwrap();
-    let store = server.store("s3://large", staging.path());
+    let store = s3_store(&server, "s3://large", staging.path());
     let bytes: Vec<u8> = (0..40u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let mut writer = store.writer().unwrap();
     for piece in bytes.chunks(3 << 20) {
@@ -164,13 +109,13 @@ fn wrong_credentials_and_a_missing_bucket_are_clear_errors() {
     let staging = tempfile::tempdir().unwrap();
     let wrong = Access {
         secret: Some("not the secret".into()),
-        ..server.access()
+        ..s3_access(&server)
     };
     let store = BucketStore::open(&Location::parse("s3://present").unwrap(), &wrong, staging.path(), None).unwrap();
     let err = store.put("config.json", b"{}").unwrap_err().to_string();
     assert!(err.contains("s3://present/config.json"), "{err}");
     assert!(!err.contains("not the secret"), "a secret in a message: {err}");
-    let missing = server.store("s3://absent", staging.path());
+    let missing = s3_store(&server, "s3://absent", staging.path());
     let err = missing.get("config.json").unwrap_err().to_string();
     assert!(err.contains("s3://absent"), "{err}");
 }
@@ -209,7 +154,7 @@ fn faulty_store(server: &S3Server, url: &str, staging: &Path, faults: &Faults, t
         faults: Some(faults.clone()),
         ..BucketOptions::default()
     };
-    BucketStore::open_with(&Location::parse(url).unwrap(), &server.access(), staging, &options).unwrap()
+    BucketStore::open_with(&Location::parse(url).unwrap(), &s3_access(server), staging, &options).unwrap()
 }
 
 #[test]

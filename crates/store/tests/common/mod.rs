@@ -1,6 +1,7 @@
-//! Test servers beyond s3s-fs: Garage (a production S3-compatible store,
-//! one node), Azurite (Microsoft's Azure Blob emulator) and
-//! fake-gcs-server (a Google Cloud Storage emulator). Each guard starts its server on free 127.0.0.1
+//! Test servers: s3s-fs (a small S3-compatible server that checks
+//! signatures and keeps each object as a plain file), Garage (a
+//! production S3-compatible store, one node), Azurite (Microsoft's Azure
+//! Blob emulator) and fake-gcs-server (a Google Cloud Storage emulator). Each guard starts its server on free 127.0.0.1
 //! ports with its data in a temporary directory, and kills and reaps it
 //! when dropped, also when the test panics. `tools/setup` installs both
 //! into `~/.cache/strata-tools` (or `$STRATA_TOOLS_DIR`); a test whose
@@ -426,5 +427,95 @@ impl Drop for AzuriteServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// s3s-fs's test access key.
+pub const S3S_KEY_ID: &str = "strata-test-key";
+pub const S3S_SECRET: &str = "strata-test-secret-0123456789";
+
+/// An s3s-fs server, killed and reaped when dropped. s3s-fs serves each
+/// top directory of its data as a bucket and each object as a file below
+/// it, so tests can look at (and damage) objects directly.
+pub struct S3Server {
+    child: Option<Child>,
+    binary: PathBuf,
+    pub port: u16,
+    data: tempfile::TempDir,
+    /// Its log, beside the data (inside, it would be a bucket).
+    log: tempfile::NamedTempFile,
+}
+
+impl S3Server {
+    /// A started server with one bucket; `None` when s3s-fs is not
+    /// installed.
+    pub fn start(bucket: &str) -> Option<S3Server> {
+        let binary = installed("bin/s3s-fs", "s3s-fs")?;
+        let data = tempfile::tempdir().unwrap();
+        let mut server = S3Server {
+            child: None,
+            binary,
+            port: free_port(),
+            data,
+            log: tempfile::NamedTempFile::new().unwrap(),
+        };
+        server.add_bucket(bucket);
+        server.restart();
+        Some(server)
+    }
+
+    /// Starts the server (again) on its port and data.
+    pub fn restart(&mut self) {
+        let log = self.log.reopen().unwrap();
+        let child = Command::new(&self.binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3S_KEY_ID, "--secret-key", S3S_SECRET])
+            .arg(self.data.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port(self.port, "s3s-fs", self.log.path());
+    }
+
+    /// Kills the server, as a crash or a cut network would.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// The directory where s3s-fs keeps the objects below `prefix` of
+    /// `bucket`, one file each, as a local repository keeps them.
+    pub fn objects_dir(&self, bucket: &str, prefix: &str) -> PathBuf {
+        self.data.path().join(bucket).join(prefix)
+    }
+
+    /// Adds a bucket.
+    pub fn add_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.data.path().join(bucket)).unwrap();
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a `strata` command needs to reach the server, with
+    /// `secret` (the right one, or a wrong one).
+    pub fn env(&self, secret: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID", S3S_KEY_ID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
