@@ -51,6 +51,11 @@ pub enum Command {
         /// a bucket URL.
         #[arg(long, value_name = "DIR|URL")]
         cold: Option<PathBuf>,
+        /// The storage class of cold packs in a bucket: an archive class
+        /// (S3 GLACIER or DEEP_ARCHIVE, Azure Archive) is cheapest and must
+        /// be restored by `thaw` before a read; also STANDARD_IA, Cool, …
+        #[arg(long, value_name = "CLASS", requires = "cold")]
+        cold_storage_class: Option<String>,
         /// Restore points older than this many days become cold on `tier run`.
         #[arg(long, default_value_t = 90)]
         warm_days: u32,
@@ -117,9 +122,22 @@ pub enum Command {
         /// Keep the thawed copy this many days.
         #[arg(long, default_value_t = 7)]
         days: u32,
-        /// Only print the packs and bytes that would be fetched.
+        /// Only print the packs and bytes that would be fetched, and how
+        /// many archived packs the storage provider would be asked to
+        /// restore.
         #[arg(long)]
         plan: bool,
+        /// Request the restores of archived packs and return instead of
+        /// waiting for them; running thaw again finishes the thaw.
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds between checks of packs the provider is restoring.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        poll_seconds: u64,
+        /// Ask for the provider's expedited restore (minutes instead of
+        /// hours, at a higher price; S3 Expedited, Azure High priority).
+        #[arg(long)]
+        expedited: bool,
         /// Run PROGRAM when the thaw has finished, told the outcome in
         /// STRATA_RESTORE_POINT, STRATA_THAW_RESULT and STRATA_THAW_UNTIL;
         /// instead of the configuration's tiers.notify_command.

@@ -12,6 +12,7 @@ use super::{password, Status};
 
 pub struct InitArgs<'a> {
     pub cold: Option<&'a Path>,
+    pub cold_storage_class: Option<&'a str>,
     pub warm_days: u32,
     pub compression_level: Option<i32>,
     pub encryption: Encryption,
@@ -19,7 +20,11 @@ pub struct InitArgs<'a> {
 }
 
 pub fn run(path: &Path, args: &InitArgs<'_>) -> Result<Status> {
-    let mut config = strata::config_file::for_new_repository(args.warm_days, args.cold)?;
+    let mut config = strata::config_file::for_new_repository(
+        args.warm_days,
+        args.cold,
+        args.cold_storage_class,
+    )?;
     if let Some(level) = args.compression_level {
         config.compression_level = level;
     }

@@ -76,6 +76,7 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
     match cli.command {
         Command::Init {
             cold,
+            cold_storage_class,
             warm_days,
             compression_level,
             encryption,
@@ -84,6 +85,7 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
             &repo?,
             &init::InitArgs {
                 cold: cold.as_deref(),
+                cold_storage_class: cold_storage_class.as_deref(),
                 warm_days,
                 compression_level,
                 encryption,
@@ -112,6 +114,9 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
             restore_point,
             days,
             plan,
+            no_wait,
+            poll_seconds,
+            expedited,
             notify,
             notify_arg,
             json,
@@ -121,6 +126,13 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
                 restore_point: &restore_point,
                 days,
                 plan,
+                no_wait,
+                poll: std::time::Duration::from_secs(poll_seconds),
+                priority: if expedited {
+                    strata::storage::RestorePriority::Expedited
+                } else {
+                    strata::storage::RestorePriority::Standard
+                },
                 notify: notify
                     .map(|program| [vec![program], notify_arg].concat())
                     .as_deref(),

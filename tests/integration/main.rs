@@ -6,6 +6,7 @@ mod util;
 #[path = "../../crates/store/tests/common/mod.rs"]
 mod servers;
 
+mod archive_tier;
 mod backup_restore;
 mod cli_output;
 mod encryption;

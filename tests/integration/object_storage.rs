@@ -200,16 +200,7 @@ fn old_restore_points_go_to_a_cold_bucket_and_thaw_back() {
 /// moves the old one's data to `cold`, where restores refuse it until
 /// `thaw` brings it back, byte for byte; the young one stays warm.
 pub fn old_restore_points_go_cold_and_thaw_back(t: &TestRepo, cold: &dyn ObjectStore, seed: u64) {
-    let src = t.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let old_data = random_bytes(&mut rng, 3_000_000);
-    std::fs::write(src.join("old-only"), &old_data).unwrap();
-    let old = t.backup_at(&src, "s", &time_days_ago(200));
-    std::fs::remove_file(src.join("old-only")).unwrap();
-    std::fs::write(src.join("new-only"), b"young").unwrap();
-    t.backup(&src, "s");
-
+    let (src, old, old_data) = old_and_young_backups(t, seed);
     let report = t.json(&["tier", "run"]);
     assert_eq!(report["restore_points_cold"], 1, "{report}");
     assert!(!cold.list_all("packs/").unwrap().is_empty(), "no pack in the cold bucket");
@@ -224,6 +215,22 @@ pub fn old_restore_points_go_cold_and_thaw_back(t: &TestRepo, cold: &dyn ObjectS
     let target = t.path("young");
     t.restore("s@latest", &target);
     assert_eq!(std::fs::read(under(&target, &src).join("new-only")).unwrap(), b"young");
+}
+
+/// Two restore points of source `s` in `t`: one 200 days old holding
+/// `old-only` (3 MB no other restore point has), and a young one holding
+/// `new-only`. Returns the source, the old restore point and its data.
+pub fn old_and_young_backups(t: &TestRepo, seed: u64) -> (PathBuf, String, Vec<u8>) {
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let old_data = random_bytes(&mut rng, 3_000_000);
+    std::fs::write(src.join("old-only"), &old_data).unwrap();
+    let old = t.backup_at(&src, "s", &time_days_ago(200));
+    std::fs::remove_file(src.join("old-only")).unwrap();
+    std::fs::write(src.join("new-only"), b"young").unwrap();
+    t.backup(&src, "s");
+    (src, old, old_data)
 }
 
 /// The server dies while a backup uploads its packs: the backup fails with

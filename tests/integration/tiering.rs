@@ -275,13 +275,6 @@ fn partly_cold_files_are_refused_before_writing() {
     );
 }
 
-fn write_script(path: &std::path::Path, body: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 fn set_notify_command(t: &TestRepo, argv: serde_json::Value, timeout_secs: Option<u64>) {
     let config_path = t.repo.join("config.json");
     let mut config: serde_json::Value =

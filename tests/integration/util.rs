@@ -594,3 +594,11 @@ pub fn flip_stored_byte(t: &TestRepo, selector: &str, file: &Path, offset: u64) 
     }
     panic!("no stored chunk holds byte {offset} of {}", file.display());
 }
+
+/// An executable shell script at `path` running `body`; returns its path.
+pub fn write_script(path: &Path, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}

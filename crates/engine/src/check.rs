@@ -122,7 +122,7 @@ fn check_cold_packs<M>(
             };
             packs.listed.insert(pack_id);
             report.packs += 1;
-            match crate::packs::read_trailer(cold, &name) {
+            match repo.packs().trailer(crate::index::Tier::Cold, &pack_id) {
                 Ok(entries) => {
                     for entry in &entries {
                         if let Some(loc) = repo.chunk_index().chunk(&entry.id)? {

@@ -58,10 +58,24 @@ pub fn exists(repo: &Path) -> Result<bool> {
 /// restore points warm for `warm_days`, and the cold tier at `cold_dir`,
 /// created if missing and recorded as an absolute path (later commands may
 /// run from any directory).
-pub fn for_new_repository(warm_days: u32, cold_dir: Option<&Path>) -> Result<RepoConfig> {
+pub fn for_new_repository(
+    warm_days: u32,
+    cold_dir: Option<&Path>,
+    cold_storage_class: Option<&str>,
+) -> Result<RepoConfig> {
     let mut config = RepoConfig::new(new_repository_id()?);
     config.tiers.warm_days = warm_days;
-    match cold_dir.map(crate::site::location_of).transpose()? {
+    let cold = cold_dir.map(crate::site::location_of).transpose()?;
+    if let Some(class) = cold_storage_class {
+        let Some(cold) = &cold else {
+            return Err(Error::InvalidInput(
+                "a cold storage class needs a cold tier in a bucket (--cold URL)".into(),
+            ));
+        };
+        let class = crate::storage::StorageClass::parse(cold, class)?;
+        config.tiers.cold_storage_class = Some(class.as_str().to_string());
+    }
+    match cold {
         None => {}
         Some(crate::storage::Location::Directory(cold)) => {
             std::fs::create_dir_all(&cold).at("creating cold tier", &cold)?;

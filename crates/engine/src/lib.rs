@@ -39,6 +39,7 @@ pub mod repository;
 pub mod session;
 pub mod site;
 pub mod stats;
+pub mod thaw;
 pub mod tier;
 pub mod walk;
 

@@ -175,6 +175,13 @@ impl Packs {
     /// indexed yet.
     pub fn seal(&self, pack: OpenPack) -> Result<SealedPack> {
         let (finished, out) = pack.writer.finish()?;
+        if pack.tier == Tier::Cold {
+            // Before the pack: every cold pack then has its tail on the
+            // warm tier, where check and `repair index` read its entries
+            // even when an archive class has made the pack unreadable.
+            self.warm
+                .put(&pack::cold_tail_name(&finished.id), &finished.tail)?;
+        }
         out.commit(&pack::object_name(&finished.id))?;
         tracing::debug!(pack = %finished.id, chunks = finished.entries.len(), bytes = finished.len, "sealed pack");
         Ok(SealedPack {
@@ -187,9 +194,45 @@ impl Packs {
         })
     }
 
-    /// A pack's trailer, read from its tier.
+    /// A pack's trailer: a warm pack's read from the pack, a cold one's
+    /// as [`Self::cold_trailer`] reads it.
     pub fn trailer(&self, tier: Tier, id: &PackId) -> Result<Vec<PackEntry>> {
+        match tier {
+            Tier::Warm => read_trailer(self.warm.as_ref(), &pack::object_name(id)),
+            Tier::Cold => self.cold_trailer(id),
+        }
+    }
+
+    /// A pack's trailer read from the pack object itself.
+    pub fn trailer_of_pack_object(&self, tier: Tier, id: &PackId) -> Result<Vec<PackEntry>> {
         read_trailer(self.store(tier)?, &pack::object_name(id))
+    }
+
+    /// A cold pack's trailer, from its tail on the warm tier (checked
+    /// against the pack's size, which even an archived object reports),
+    /// or from the pack itself where a tail was never kept.
+    fn cold_trailer(&self, id: &PackId) -> Result<Vec<PackEntry>> {
+        let cold = self.store(Tier::Cold)?;
+        let name = pack::object_name(id);
+        let tail = match self.warm.get(&pack::cold_tail_name(id)) {
+            Ok(tail) => tail,
+            Err(e) if e.is_not_found() => return self.trailer_of_pack_object(Tier::Cold, id),
+            Err(e) => return Err(e),
+        };
+        let object = format!("pack {}/{name} (its tail on the warm tier)", cold.location());
+        let size = cold.size(&name)?;
+        let footer_at = tail
+            .len()
+            .checked_sub(PACK_FOOTER_LEN)
+            .ok_or_else(|| Error::corrupt(&object, format!("only {} bytes long", tail.len())))?;
+        let (data_end, trailer_hash) = reader::parse_footer(&tail[footer_at..], size, &object)?;
+        if size.checked_sub(data_end) != Some(tail.len() as u64) {
+            return Err(Error::corrupt(
+                &object,
+                format!("{} bytes, but the pack's trailer and footer take {}", tail.len(), size.saturating_sub(data_end)),
+            ));
+        }
+        reader::verified_trailer(&tail[..footer_at], &trailer_hash, data_end, &object)
     }
 
     /// A chunk's stored bytes (as in the pack: compressed, not verified)
@@ -290,12 +333,16 @@ impl Packs {
         Ok(bytes.len() as u64)
     }
 
-    /// Deletes pack `id` from its tier, returning the bytes it took.
+    /// Deletes pack `id` from its tier, returning the bytes it took (a
+    /// cold pack's tail goes after it).
     pub fn delete(&self, tier: Tier, id: &PackId) -> Result<u64> {
         let store = self.store(tier)?;
         let name = pack::object_name(id);
         let size = store.size(&name).unwrap_or(0);
         store.delete(&name)?;
+        if tier == Tier::Cold {
+            self.warm.delete(&pack::cold_tail_name(id))?;
+        }
         Ok(size)
     }
 }

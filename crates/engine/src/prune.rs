@@ -264,6 +264,37 @@ fn skip_pack(id: &PackId, error: &Error, report: &mut PruneReport) {
     ));
 }
 
+/// Removes the tails of cold packs that were never committed (a run
+/// stopped between writing a tail and its pack): unindexed, with no pack.
+fn remove_orphan_cold_tails(
+    repo: &Repository<Exclusive>,
+    indexed: &HashSet<PackId>,
+    cancel: &CancelToken,
+) -> Result<()> {
+    for name in repo.store().list("cold-tails/") {
+        let name = name?;
+        cancel.check()?;
+        let Some(id) = pack::id_from_cold_tail_name(&name) else {
+            continue;
+        };
+        if indexed.contains(&id) {
+            continue;
+        }
+        let pack_exists = match repo.cold_store() {
+            Ok(cold) => match cold.size(&pack::object_name(&id)) {
+                Ok(_) => true,
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e),
+            },
+            Err(_) => false,
+        };
+        if !pack_exists {
+            repo.store().delete(&name)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn prune(
     repo: &Repository<Exclusive>,
     options: &PruneOptions,
@@ -356,6 +387,7 @@ pub fn prune(
             }
             drop_pack(repo, Tier::Warm, &id, &[], &mut report)?;
         }
+        remove_orphan_cold_tails(repo, &indexed, cancel)?;
     }
     report.bytes_freed = report.bytes_freed.saturating_sub(report.bytes_rewritten);
     progress.finish();

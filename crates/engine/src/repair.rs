@@ -164,7 +164,7 @@ pub fn repair_index(
     for object in &packs {
         cancel.check()?;
         progress.advance(1);
-        if let Err(e) = crate::packs::read_trailer(repo.packs().store(object.tier)?, &object.name) {
+        if let Err(e) = repo.packs().trailer(object.tier, &object.id) {
             damaged.insert(object.id, e);
         }
     }
@@ -210,7 +210,7 @@ fn rebuild(
         progress.advance(1);
         let store = repo.packs().store(object.tier)?;
         match before.damaged.remove(&object.id) {
-            None => match crate::packs::read_trailer(store, &object.name) {
+            None => match repo.packs().trailer(object.tier, &object.id) {
                 Ok(entries) => {
                     let size = store.size(&object.name)?;
                     index_pack(repo, object.id, object.tier, size, &entries)?;

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::repository::{OpenOptions, StateDir};
 use crate::storage::{
     Access, BucketOptions, BucketStore, CachedStore, DelayedStore, LocalStore, Location, ObjectStore,
+    StorageClass,
 };
 
 /// A repository's location, configuration, stores and state.
@@ -63,10 +64,19 @@ pub fn location_of(root: &Path) -> Result<Location> {
 
 /// The bucket at `location`, staging uploads under `state`, reached and
 /// retried as `options` say (the environment's credentials by default).
-fn bucket(location: &Location, state: &StateDir, tier: &str, options: &OpenOptions) -> Result<BucketStore> {
+fn bucket(
+    location: &Location,
+    state: &StateDir,
+    tier: &str,
+    class: Option<&str>,
+    options: &OpenOptions,
+) -> Result<BucketStore> {
     let staging = state.root().join(format!("uploads-{tier}"));
     let access = options.access.clone().unwrap_or_else(|| Access::from_env(location));
-    let mut bucket_options = BucketOptions::default();
+    let mut bucket_options = BucketOptions {
+        storage_class: class.map(|class| StorageClass::parse(location, class)).transpose()?,
+        ..BucketOptions::default()
+    };
     if let Some(tries) = options.bucket_retries {
         bucket_options.retry.tries = tries;
     }
@@ -103,7 +113,7 @@ fn warm_stores(
             (Arc::clone(&store), store)
         }
         _ => {
-            let bucket: Arc<dyn ObjectStore> = Arc::new(bucket(location, state, "warm", options)?);
+            let bucket: Arc<dyn ObjectStore> = Arc::new(bucket(location, state, "warm", None, options)?);
             let cache = state.root().join("read-cache");
             let reads = Arc::new(CachedStore::new(Arc::clone(&bucket), &cache, read_cache)?);
             (bucket, reads)
@@ -117,7 +127,7 @@ fn warm_stores(
 pub fn reading_store(location: &Location, options: &OpenOptions) -> Result<Arc<dyn ObjectStore>> {
     Ok(match location {
         Location::Directory(dir) => Arc::new(LocalStore::new(dir)),
-        _ => Arc::new(bucket(location, &StateDir::new(std::env::temp_dir()), "warm", options)?),
+        _ => Arc::new(bucket(location, &StateDir::new(std::env::temp_dir()), "warm", None, options)?),
     })
 }
 
@@ -165,7 +175,8 @@ pub(crate) fn tier_stores(
                     if cold_location == *location {
                         return Err(shared_tier(&cold_location.to_string()));
                     }
-                    Arc::new(bucket(&cold_location, state, "cold", options)?)
+                    let class = config.tiers.cold_storage_class.as_deref();
+                    Arc::new(bucket(&cold_location, state, "cold", class, options)?)
                 }
             };
             Some(match options.cold_delay {

@@ -9,13 +9,10 @@
 //! point need no thaw. A chunk's old copy is deleted only after its new
 //! copy is durable and indexed, so kill -9 at any moment loses nothing.
 //!
-//! `thaw` copies the cold packs a restore point needs into the warm store's
-//! thaw area (`thaw/…`), indexes them with an expiry, and runs the
-//! configured notification command. Packs already copied are skipped, so an
-//! interrupted thaw resumes where it stopped. Expired copies are removed by
-//! the next `tier run`.
+//! Thawing a cold restore point is [`crate::thaw`]'s; its expired copies
+//! are removed by the next `tier run`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use crate::cancel::CancelToken;
 use crate::clock::now;
@@ -40,7 +37,7 @@ const DAY: i64 = 86_400;
 
 /// Records a pack's thaw: durably beside the copy first (the truth, which
 /// `repair index` reads), then in the index.
-fn record_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId, until: i64) -> Result<()> {
+pub(crate) fn record_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId, until: i64) -> Result<()> {
     let name = pack_thaw_record_name(pack);
     repo.store()
         .put(&name, &seal_thaw_record(repo.protection(), &name, until)?)?;
@@ -314,101 +311,4 @@ fn expire_thaws(repo: &Repository<Exclusive>) -> Result<u64> {
         }
     }
     Ok(expired)
-}
-
-#[derive(Debug, Default, serde::Serialize)]
-pub struct ThawReport {
-    pub restore_point: String,
-    pub until: String,
-    /// Cold packs the restore point needs, with their sizes.
-    pub packs: BTreeMap<String, u64>,
-    pub bytes: u64,
-    pub packs_fetched: u64,
-    pub bytes_fetched: u64,
-    pub packs_already_thawed: u64,
-}
-
-/// The cold packs holding data of `rp`.
-fn cold_packs(
-    repo: &Repository<Exclusive>,
-    rp: &RestorePoint,
-    cancel: &CancelToken,
-) -> Result<BTreeMap<PackId, u64>> {
-    let sizes: std::collections::HashMap<PackId, u64> = repo
-        .pack_table()
-        .packs()
-        .filter_map(|p| p.ok())
-        .filter(|(_, r)| r.tier == Tier::Cold)
-        .map(|(id, r)| (id, r.size))
-        .collect();
-    let mut packs = BTreeMap::new();
-    let mut visited = HashSet::new();
-    for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
-        if is_data {
-            if let Some(location) = repo.chunk_index().chunk(id)? {
-                if location.tier == Tier::Cold {
-                    packs.insert(
-                        location.pack,
-                        sizes.get(&location.pack).copied().unwrap_or(0),
-                    );
-                }
-            }
-        }
-        Ok(())
-    })?;
-    Ok(packs)
-}
-
-pub fn thaw(
-    repo: &Repository<Exclusive>,
-    rp: &RestorePoint,
-    days: u32,
-    plan: bool,
-    progress: &dyn Progress,
-    cancel: &CancelToken,
-) -> Result<ThawReport> {
-    let _span = tracing::info_span!("thaw", restore_point = %rp.id.short(), days).entered();
-    let until = now().sec + days as i64 * DAY;
-    let packs = cold_packs(repo, rp, cancel)?;
-    let mut report = ThawReport {
-        restore_point: rp.id.to_string(),
-        until: format_time(crate::tree::Timestamp {
-            sec: until,
-            nsec: 0,
-        }),
-        packs: packs
-            .iter()
-            .map(|(id, size)| (id.to_string(), *size))
-            .collect(),
-        bytes: packs.values().sum(),
-        ..Default::default()
-    };
-    if plan {
-        return Ok(report);
-    }
-    progress.add_total(report.bytes);
-    let fetched = (|| -> Result<()> {
-        for (pack, size) in &packs {
-            cancel.check()?;
-            let name = thaw_object_name(pack);
-            if repo.store().size(&name).is_ok_and(|s| s == *size) {
-                // Copied by an earlier, interrupted thaw: just extend it.
-                record_pack_thaw(repo, pack, until)?;
-                report.packs_already_thawed += 1;
-                progress.advance(*size);
-                continue;
-            }
-            let fetched = repo.packs().copy_to_thaw_area(pack)?;
-            record_pack_thaw(repo, pack, until)?;
-            report.packs_fetched += 1;
-            report.bytes_fetched += fetched;
-            progress.advance(*size);
-        }
-        let name = restore_point_thaw_record_name(&rp.id);
-        repo.store()
-            .put(&name, &seal_thaw_record(repo.protection(), &name, until)?)?;
-        repo.thaw_table().set_restore_point_thawed(&rp.id, until)
-    })();
-    progress.finish();
-    fetched.map(|_| report)
 }

@@ -52,6 +52,11 @@ pub struct TierConfig {
     pub warm_days: u32,
     /// Directory of the cold tier; `None` until one is configured.
     pub cold_dir: Option<PathBuf>,
+    /// The storage class cold packs are written with, where the cold tier
+    /// is a bucket: an archive class (S3 `GLACIER`, `DEEP_ARCHIVE`; Azure
+    /// `Archive`) makes `thaw` request their restore first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_storage_class: Option<String>,
     /// Run by `strata thaw` when it finishes (e.g. to mail administrators);
     /// see [`NotifyCommand`].
     #[serde(default)]
@@ -142,6 +147,7 @@ impl RepoConfig {
             tiers: TierConfig {
                 warm_days: 90,
                 cold_dir: None,
+                cold_storage_class: None,
                 notify_command: None,
                 notify_timeout_secs: None,
             },

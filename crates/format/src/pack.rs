@@ -87,6 +87,19 @@ pub fn object_name(id: &PackId) -> String {
     format!("packs/{}/{}.pack", &hex[..2], hex)
 }
 
+/// Where the warm tier keeps the tail (trailer and footer) of cold pack
+/// `id`: `cold-tails/<xx>/<pack id>.tail`.
+pub fn cold_tail_name(id: &PackId) -> String {
+    let hex = id.to_string();
+    format!("cold-tails/{}/{}.tail", &hex[..2], hex)
+}
+
+/// The pack id in an object name made by [`cold_tail_name`].
+pub fn id_from_cold_tail_name(name: &str) -> Option<PackId> {
+    let file = name.strip_prefix("cold-tails/")?.rsplit('/').next()?;
+    file.strip_suffix(".tail")?.parse().ok()
+}
+
 /// The pack id in an object name made by [`object_name`].
 pub fn id_from_object_name(name: &str) -> Option<PackId> {
     let file = name.strip_prefix("packs/")?.rsplit('/').next()?;
@@ -100,6 +113,8 @@ mod tests {
     #[test]
     fn object_names_round_trip() {
         let id = PackId([0xab; 16]);
+        assert_eq!(id_from_cold_tail_name(&cold_tail_name(&id)), Some(id));
+        assert_eq!(id_from_cold_tail_name(&object_name(&id)), None);
         let name = object_name(&id);
         assert!(name.starts_with("packs/ab/"));
         assert_eq!(id_from_object_name(&name), Some(id));

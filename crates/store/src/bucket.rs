@@ -19,6 +19,7 @@ use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::options::{ListOptions, ReadOptions, WriteOptions};
 use opendal::{blocking, services, ErrorKind, HttpTransporter, OperationContext, Operator};
 
+use crate::archive::{ArchiveClient, Availability, RestorePriority, StorageClass};
 use crate::error::{Error, IoContext, Result};
 use crate::faults::{Faults, FaultyTransport};
 use crate::{not_found, short_object, validate_name, ObjectStore, ObjectWriter};
@@ -33,7 +34,7 @@ const RETRIES: usize = 8;
 
 /// One runtime for every bucket store in the process: OpenDAL is
 /// asynchronous, the engine's threads are not.
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+pub(crate) static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("object-store")
@@ -173,7 +174,7 @@ impl Access {
 }
 
 /// The OpenDAL operator for `location`, with retries and timeouts.
-fn operator(location: &Location, access: &Access, storage_class: Option<&str>) -> Result<Operator> {
+fn operator(location: &Location, access: &Access, storage_class: Option<&StorageClass>) -> Result<Operator> {
     let built = match location {
         Location::Directory(path) => {
             return Err(Error::InvalidInput(format!(
@@ -197,7 +198,7 @@ fn operator(location: &Location, access: &Access, storage_class: Option<&str>) -
                 s3 = s3.enable_virtual_host_style();
             }
             if let Some(class) = storage_class {
-                s3 = s3.default_storage_class(class);
+                s3 = s3.default_storage_class(class.as_str());
             }
             Operator::new(s3)
         }
@@ -228,6 +229,9 @@ fn operator(location: &Location, access: &Access, storage_class: Option<&str>) -
             }
             if access.anonymous {
                 gcs = gcs.skip_signature().disable_vm_metadata().disable_config_load();
+            }
+            if let Some(class) = storage_class {
+                gcs = gcs.default_storage_class(class.as_str());
             }
             Operator::new(gcs)
         }
@@ -261,7 +265,7 @@ impl Default for Retry {
 pub struct BucketOptions {
     /// The class new objects get (an archive class for a cold tier;
     /// `None` for the provider's default).
-    pub storage_class: Option<String>,
+    pub storage_class: Option<StorageClass>,
     pub retry: Retry,
     /// Requests answered with errors before they are sent (tests).
     pub faults: Option<Faults>,
@@ -313,6 +317,10 @@ pub struct BucketStore {
     staging: PathBuf,
     /// Tries of each request before its error is final.
     tries: usize,
+    /// The class new objects get, and the requests that read and change
+    /// an object's class (S3 and Azure).
+    class: Option<StorageClass>,
+    archive: Option<std::sync::Arc<ArchiveClient>>,
 }
 
 impl BucketStore {
@@ -326,7 +334,9 @@ impl BucketStore {
         storage_class: Option<&str>,
     ) -> Result<Self> {
         let options = BucketOptions {
-            storage_class: storage_class.map(str::to_string),
+            storage_class: storage_class
+                .map(|class| StorageClass::parse(location, class))
+                .transpose()?,
             ..BucketOptions::default()
         };
         Self::open_with(location, access, staging, &options)
@@ -340,7 +350,7 @@ impl BucketStore {
         options: &BucketOptions,
     ) -> Result<Self> {
         let op = layered(
-            operator(location, access, options.storage_class.as_deref())?,
+            operator(location, access, options.storage_class.as_ref())?,
             options,
         );
         let _runtime = RUNTIME.enter();
@@ -352,7 +362,18 @@ impl BucketStore {
             op,
             staging: staging.to_path_buf(),
             tries: options.retry.tries + 1,
+            class: options.storage_class.clone(),
+            archive: ArchiveClient::new(location, access, options.retry)?.map(std::sync::Arc::new),
         })
+    }
+
+    /// Gives a new object its class where the provider takes it in a
+    /// request of its own (Azure's access tier), not with the upload.
+    fn classify(&self, name: &str) -> Result<()> {
+        match (&self.archive, &self.class) {
+            (Some(archive), Some(class)) => archive.set_tier(name, class),
+            _ => Ok(()),
+        }
     }
 
     /// An error naming the object and the provider's cause; a missing
@@ -369,6 +390,15 @@ impl BucketStore {
         // The provider's answer (an S3 error code, say) is the useful
         // part; OpenDAL's request context would repeat the name.
         let mut detail = format!("{}: {}", e.kind(), e.message());
+        if ["InvalidObjectState", "BlobArchived"]
+            .iter()
+            .any(|code| detail.contains(code))
+        {
+            // S3's and Azure's answers to reading an archived object.
+            detail = "the object is in an archive class and must be restored first \
+                      (strata thaw restores a restore point's packs)"
+                .into();
+        }
         // The root cause (a refused connection, a timeout) says what
         // happened on the wire.
         let mut cause = std::error::Error::source(&e);
@@ -394,11 +424,10 @@ impl BucketStore {
             // lack, and one upload takes up to 5 TiB. The object (a pack,
             // 32 MiB by default) is held in memory for it.
             let data = std::fs::read(staged).at("reading staged object", staged)?;
-            return self
-                .op
+            self.op
                 .write(name, data)
-                .map(|_| ())
-                .map_err(|e| self.error("uploading", name, e));
+                .map_err(|e| self.error("uploading", name, e))?;
+            return self.classify(name);
         }
         let mut file = std::fs::File::open(staged).at("reading staged object", staged)?;
         let options = WriteOptions {
@@ -430,7 +459,7 @@ impl BucketStore {
         writer
             .close()
             .map_err(|e| self.error("uploading", name, e))?;
-        Ok(())
+        self.classify(name)
     }
 }
 
@@ -443,8 +472,8 @@ impl ObjectStore for BucketStore {
         validate_name(name)?;
         self.op
             .write(name, data.to_vec())
-            .map(|_| ())
-            .map_err(|e| self.error("writing", name, e))
+            .map_err(|e| self.error("writing", name, e))?;
+        self.classify(name)
     }
 
     fn writer(&self) -> Result<Box<dyn ObjectWriter>> {
@@ -536,6 +565,27 @@ impl ObjectStore for BucketStore {
 
     fn clear_staging(&self) -> Result<usize> {
         crate::local::remove_leftovers(&self.staging)
+    }
+
+    fn availability(&self, name: &str) -> Result<Availability> {
+        match &self.archive {
+            Some(archive) => archive.availability(name),
+            None => self.size(name).map(|_| Availability::Readable),
+        }
+    }
+
+    fn request_restore(&self, name: &str, days: u32, priority: RestorePriority) -> Result<()> {
+        match &self.archive {
+            Some(archive) => archive.request_restore(name, days, priority),
+            None => Ok(()),
+        }
+    }
+
+    fn return_to_archive(&self, name: &str) -> Result<()> {
+        match (&self.archive, &self.class) {
+            (Some(archive), Some(class)) if class.is_archive() => archive.set_tier(name, class),
+            _ => Ok(()),
+        }
     }
 }
 

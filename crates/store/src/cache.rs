@@ -477,6 +477,18 @@ impl ObjectStore for CachedStore {
         self.shared.inner.clear_staging()
     }
 
+    fn availability(&self, name: &str) -> Result<crate::Availability> {
+        self.shared.inner.availability(name)
+    }
+
+    fn request_restore(&self, name: &str, days: u32, priority: crate::RestorePriority) -> Result<()> {
+        self.shared.inner.request_restore(name, days, priority)
+    }
+
+    fn return_to_archive(&self, name: &str) -> Result<()> {
+        self.shared.inner.return_to_archive(name)
+    }
+
     fn evict(&self, name: &str) {
         let mut state = self.shared.lock();
         state.sizes.remove(name);

@@ -75,6 +75,20 @@ impl ObjectStore for DelayedStore {
     fn evict(&self, name: &str) {
         self.inner.evict(name)
     }
+
+    fn availability(&self, name: &str) -> Result<crate::Availability> {
+        self.wait();
+        self.inner.availability(name)
+    }
+
+    fn request_restore(&self, name: &str, days: u32, priority: crate::RestorePriority) -> Result<()> {
+        self.wait();
+        self.inner.request_restore(name, days, priority)
+    }
+
+    fn return_to_archive(&self, name: &str) -> Result<()> {
+        self.inner.return_to_archive(name)
+    }
 }
 
 #[cfg(test)]

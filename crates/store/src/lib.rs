@@ -17,6 +17,7 @@
 //!                                    └─▶ CachedStore ──▶ BucketStore
 //! ```
 
+pub mod archive;
 pub mod bucket;
 pub mod cache;
 pub mod conformance;
@@ -31,6 +32,7 @@ use strata_format::error;
 
 use crate::error::{Error, Result};
 
+pub use archive::{Availability, RestorePriority, StorageClass};
 pub use bucket::{Access, BucketOptions, BucketStore, Location, Retry};
 pub use cache::CachedStore;
 pub use delayed::DelayedStore;
@@ -84,6 +86,27 @@ pub trait ObjectStore: Send + Sync {
     /// read goes to the object itself (after a cached copy failed its
     /// verification).
     fn evict(&self, _name: &str) {}
+
+    /// Whether `name` can be read now. Objects in an archive class must
+    /// first be restored ([`request_restore`](Self::request_restore));
+    /// everywhere else an object that exists is readable.
+    fn availability(&self, name: &str) -> Result<Availability> {
+        self.size(name).map(|_| Availability::Readable)
+    }
+
+    /// Asks the provider to make archived `name` readable, for `days`
+    /// days where the provider keeps a temporary copy. Requesting an
+    /// object already being restored is not an error.
+    fn request_restore(&self, _name: &str, _days: u32, _priority: RestorePriority) -> Result<()> {
+        Ok(())
+    }
+
+    /// Puts `name` back in its archive class once its restored copy has
+    /// been read: Azure leaves a rehydrated blob in the tier it rose to
+    /// (S3's restored copy expires by itself).
+    fn return_to_archive(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An object being written; dropped without [`commit`](Self::commit), it

@@ -399,3 +399,12 @@ pub fn files_manifest(source: &str, time: i64, root: ChunkId) -> Manifest {
         missed: vec![],
     }
 }
+
+/// A thaw of `days` days; only its plan with `plan`.
+pub fn thaw_options(days: u32, plan: bool) -> crate::thaw::ThawOptions {
+    crate::thaw::ThawOptions {
+        days,
+        plan,
+        priority: crate::storage::RestorePriority::Standard,
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::fixture::{dir, file, noise, now, stored_packs, Fixture, DAY};
+use super::fixture::{thaw_options, dir, file, noise, now, stored_packs, Fixture, DAY};
 use crate::error::Error;
 use crate::id::{ChunkId, PackId};
 use crate::index::{PackRecord, Tier};
@@ -131,7 +131,7 @@ fn a_rebuild_keeps_cold_locations_and_thaws() {
     let tiered = crate::tier::run(&fx.repo, Some(90), &NoProgress, &cancel).unwrap();
     assert_eq!(tiered.chunks_moved, 1);
     let rp = fx.restore_point(&old.id);
-    crate::tier::thaw(&fx.repo, &rp, 3, false, &NoProgress, &cancel).unwrap();
+    crate::thaw::thaw(&fx.repo, &rp, &thaw_options(3, false), &NoProgress, &cancel).unwrap();
 
     let chunks_before = fx.indexed_chunks();
     let packs_before = comparable(fx.indexed_packs());

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::fixture::{dir, file, noise, no_cancel, now, snapshot, stored_packs, Committed, Fixture, DAY};
+use super::fixture::{thaw_options, dir, file, noise, no_cancel, now, snapshot, stored_packs, Committed, Fixture, DAY};
 use crate::error::Error;
 use crate::id::PackId;
 use crate::index::Tier;
@@ -145,7 +145,7 @@ fn a_thaw_makes_cold_chunks_readable_byte_exact() {
     let cold_objects = snapshot(fx.cold());
     let cancel = no_cancel();
 
-    let plan = tier::thaw(&fx.repo, &old_rp, 2, true, &NoProgress, &cancel).unwrap();
+    let plan = crate::thaw::thaw(&fx.repo, &old_rp, &thaw_options(2, true), &NoProgress, &cancel).unwrap();
     assert_eq!(plan.packs.keys().cloned().collect::<Vec<_>>(), vec![cold_pack.to_string()]);
     assert_eq!(plan.bytes, fx.indexed_packs()[&cold_pack].size);
     assert_eq!(plan.packs_fetched, 0);
@@ -155,7 +155,7 @@ fn a_thaw_makes_cold_chunks_readable_byte_exact() {
         Err(Error::Cold { .. })
     ));
 
-    let thawed = tier::thaw(&fx.repo, &old_rp, 2, false, &NoProgress, &cancel).unwrap();
+    let thawed = crate::thaw::thaw(&fx.repo, &old_rp, &thaw_options(2, false), &NoProgress, &cancel).unwrap();
     assert_eq!(thawed.packs_fetched, 1);
     assert_eq!(thawed.bytes_fetched, plan.bytes);
     for bytes in &s.old_only {
@@ -171,12 +171,12 @@ fn a_thaw_makes_cold_chunks_readable_byte_exact() {
     );
     assert_eq!(snapshot(fx.cold()), cold_objects, "a thaw only reads the cold tier");
 
-    let resumed = tier::thaw(&fx.repo, &old_rp, 2, false, &NoProgress, &cancel).unwrap();
+    let resumed = crate::thaw::thaw(&fx.repo, &old_rp, &thaw_options(2, false), &NoProgress, &cancel).unwrap();
     assert_eq!((resumed.packs_fetched, resumed.packs_already_thawed), (0, 1));
 
     // The young restore point needs no cold pack.
     let young_rp = fx.restore_point(&s.young.id);
-    let plan = tier::thaw(&fx.repo, &young_rp, 2, true, &NoProgress, &cancel).unwrap();
+    let plan = crate::thaw::thaw(&fx.repo, &young_rp, &thaw_options(2, true), &NoProgress, &cancel).unwrap();
     assert!(plan.packs.is_empty());
 }
 
@@ -185,7 +185,7 @@ fn an_expired_thaw_reads_cold_again_and_the_next_run_removes_it() {
     let (s, old_rp, cold_pack) = tiered();
     let fx = &s.fx;
     // Zero days: expires at once.
-    tier::thaw(&fx.repo, &old_rp, 0, false, &NoProgress, &no_cancel()).unwrap();
+    crate::thaw::thaw(&fx.repo, &old_rp, &thaw_options(0, false), &NoProgress, &no_cancel()).unwrap();
     assert!(fx.warm.size(&thaw_object_name(&cold_pack)).is_ok());
     assert!(matches!(
         fx.repo.read_chunk(&fx.id(&s.old_only[0])),
@@ -253,4 +253,51 @@ fn a_chunk_moved_unchanged_frees_its_warm_pack() {
         fx.location(&fx.id(&alone)).pack
     );
     assert!(!stored_packs(&fx.warm).contains(&warm_pack));
+}
+
+/// Every cold pack's tail (trailer and footer) is kept on the warm tier,
+/// where check reads its entries, a damaged tail is an error there, and
+/// prune removes the tail of a pack that was never committed.
+#[test]
+fn cold_packs_keep_their_tails_warm() {
+    let (s, _, cold_pack) = tiered();
+    let fx = &s.fx;
+    let tail_name = crate::pack::cold_tail_name(&cold_pack);
+    let tail = fx.warm.get(&tail_name).unwrap();
+    let cold = fx.cold.as_ref().unwrap();
+    let pack = cold.get(&crate::pack::object_name(&cold_pack)).unwrap();
+    assert!(pack.ends_with(&tail), "the tail is the pack's last bytes");
+    assert_eq!(
+        fx.repo.packs().trailer(Tier::Cold, &cold_pack).unwrap(),
+        fx.repo.packs().trailer_of_pack_object(Tier::Cold, &cold_pack).unwrap()
+    );
+    let report = crate::check::check(&fx.repo, false, &NoProgress, &no_cancel()).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let mut damaged = tail.clone();
+    damaged[3] ^= 0x40;
+    fx.warm.put(&tail_name, &damaged).unwrap();
+    let report = crate::check::check(&fx.repo, false, &NoProgress, &no_cancel()).unwrap();
+    assert!(
+        report.errors.iter().any(|e| e.contains(&cold_pack.to_string())),
+        "{:?}",
+        report.errors
+    );
+    fx.warm.put(&tail_name, &tail).unwrap();
+
+    let orphan = crate::pack::cold_tail_name(&PackId([0x5a; 16]));
+    fx.warm.put(&orphan, &tail).unwrap();
+    crate::prune::prune(
+        &fx.repo,
+        &crate::prune::PruneOptions {
+            repack_below: 0.0,
+            repack_cold: false,
+            dry_run: false,
+        },
+        &NoProgress,
+        &no_cancel(),
+    )
+    .unwrap();
+    assert!(fx.warm.get(&orphan).unwrap_err().is_not_found());
+    assert_eq!(fx.warm.get(&tail_name).unwrap(), tail);
 }

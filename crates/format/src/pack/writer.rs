@@ -29,6 +29,10 @@ pub struct FinishedPack {
     /// `finish` checked fits the footer's 32-bit field.
     pub chunk_count: u32,
     pub len: u64,
+    /// The pack's last bytes, trailer and footer: all that reading its
+    /// entries needs (kept on the warm tier for a cold pack, whose own
+    /// bytes an archive class makes unreadable).
+    pub tail: Vec<u8>,
 }
 
 impl<W: Write> PackWriter<W> {
@@ -101,8 +105,9 @@ impl<W: Write> PackWriter<W> {
             .u32(0)
             .raw(trailer_hash.as_bytes())
             .raw(&PACK_FOOTER_MAGIC);
-        self.write(&trailer)?;
-        self.write(&footer.into_bytes())?;
+        let mut tail = trailer;
+        tail.extend_from_slice(&footer.into_bytes());
+        self.write(&tail)?;
         let hash = self.hasher.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&hash.as_bytes()[..16]);
@@ -112,6 +117,7 @@ impl<W: Write> PackWriter<W> {
                 entries: self.entries,
                 chunk_count,
                 len: self.len,
+                tail,
             },
             self.out,
         ))

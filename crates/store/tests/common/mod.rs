@@ -1,7 +1,8 @@
 //! Test servers: s3s-fs (a small S3-compatible server that checks
 //! signatures and keeps each object as a plain file), Garage (a
 //! production S3-compatible store, one node), Azurite (Microsoft's Azure
-//! Blob emulator) and fake-gcs-server (a Google Cloud Storage emulator). Each guard starts its server on free 127.0.0.1
+//! Blob emulator), moto (an S3 server with archive classes) and
+//! fake-gcs-server (a Google Cloud Storage emulator). Each guard starts its server on free 127.0.0.1
 //! ports with its data in a temporary directory, and kills and reaps it
 //! when dropped, also when the test panics. `tools/setup` installs both
 //! into `~/.cache/strata-tools` (or `$STRATA_TOOLS_DIR`); a test whose
@@ -517,5 +518,90 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// moto's S3 server, which keeps archive classes as S3 does: a GLACIER or
+/// DEEP_ARCHIVE object refuses reads (InvalidObjectState) until a
+/// RestoreObject request, which it grants at once. It keeps objects in
+/// memory and does not check signatures. Killed and reaped when dropped.
+pub struct MotoServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// Any key: moto takes every signature.
+pub const MOTO_KEY_ID: &str = "strata-moto-key";
+pub const MOTO_SECRET: &str = "strata-moto-secret";
+
+impl MotoServer {
+    /// A started server holding the empty `buckets`; `None` when moto is
+    /// not installed.
+    pub fn start(buckets: &[&str]) -> Option<MotoServer> {
+        let binary = installed("moto/bin/moto_server", "moto")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = dir.path().join("moto.log");
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let server = MotoServer {
+            child: Some(child),
+            port,
+            dir,
+        };
+        wait_for_port(port, "moto", &log);
+        for bucket in buckets {
+            server.create_bucket(bucket);
+        }
+        Some(server)
+    }
+
+    /// Creates `bucket` with a bare CreateBucket request.
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "creating bucket {bucket}: {}",
+            answer.lines().next().unwrap_or_default()
+        );
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a `strata` command needs to reach the server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), MOTO_KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), MOTO_SECRET.into()),
+        ]
+    }
+
+    /// The server's log, for a failure message.
+    pub fn log(&self) -> String {
+        log_tail(&self.dir.path().join("moto.log"))
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
     }
 }

@@ -1,0 +1,210 @@
+//! Thawing a cold restore point: its cold packs copied into the warm
+//! store's thaw area (`thaw/…`) and indexed with an expiry, so restores and
+//! mounts read them there.
+//!
+//! A cold tier in an archive class (S3 Glacier, Azure Archive) holds packs
+//! nobody can read until the provider restores them, which takes minutes
+//! to hours. One thaw run asks the provider to restore each archived pack
+//! the restore point needs, copies every pack that is readable, and says
+//! how many the provider is still restoring; it never waits while holding
+//! the repository's lock. Running it again (the command line does, after
+//! a pause, unless told not to wait) copies what has become readable, so
+//! a thaw resumes across runs and machines: the provider keeps the state
+//! of its restores, the warm tier the copies already made.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::cancel::CancelToken;
+use crate::clock::now;
+use crate::error::Result;
+use crate::id::PackId;
+use crate::index::Tier;
+use crate::pack;
+use crate::progress::Progress;
+use crate::reachability::for_each_chunk;
+use crate::repository::{Exclusive, Repository};
+use crate::restore_point::RestorePoint;
+use crate::selector::format_time;
+use crate::storage::{Availability, RestorePriority};
+use crate::thaw_record::{restore_point_thaw_record_name, seal_thaw_record, thaw_object_name};
+use crate::tier::record_pack_thaw;
+
+const DAY: i64 = 86_400;
+
+/// Days the provider keeps a restored copy of an archived pack (S3; Azure
+/// rehydrates the object itself). The copy only has to outlive its copy
+/// into the warm tier, which the next thaw run makes; two days leave room
+/// for a run that waits for many packs, at little cost.
+const RESTORED_COPY_DAYS: u32 = 2;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ThawOptions {
+    /// Days the thawed copies are kept.
+    pub days: u32,
+    /// Only say what a thaw would fetch and request.
+    pub plan: bool,
+    /// How soon archived packs should be restored.
+    pub priority: RestorePriority,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ThawReport {
+    pub restore_point: String,
+    pub until: String,
+    /// Cold packs the restore point needs, with their sizes.
+    pub packs: BTreeMap<String, u64>,
+    pub bytes: u64,
+    pub packs_fetched: u64,
+    pub bytes_fetched: u64,
+    pub packs_already_thawed: u64,
+    /// Archived packs whose restore this run requested from the provider
+    /// (with a plan: would request).
+    pub restore_requests: u64,
+    pub restore_request_bytes: u64,
+    /// Packs the provider is still restoring: a later run copies them.
+    pub restoring_packs: u64,
+    pub restoring_bytes: u64,
+    /// Whether every pack is thawed: the restore point can be read.
+    pub complete: bool,
+}
+
+/// The cold packs holding data of `rp`, with their sizes.
+fn cold_packs(
+    repo: &Repository<Exclusive>,
+    rp: &RestorePoint,
+    cancel: &CancelToken,
+) -> Result<BTreeMap<PackId, u64>> {
+    let sizes: std::collections::HashMap<PackId, u64> = repo
+        .pack_table()
+        .packs()
+        .filter_map(|p| p.ok())
+        .filter(|(_, r)| r.tier == Tier::Cold)
+        .map(|(id, r)| (id, r.size))
+        .collect();
+    let mut packs = BTreeMap::new();
+    let mut visited = HashSet::new();
+    for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
+        if is_data {
+            if let Some(location) = repo.chunk_index().chunk(id)? {
+                if location.tier == Tier::Cold {
+                    packs.insert(
+                        location.pack,
+                        sizes.get(&location.pack).copied().unwrap_or(0),
+                    );
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(packs)
+}
+
+/// Thaws what of `rp` can be thawed now; see the module's description.
+/// With [`ThawOptions::plan`], changes nothing and requests nothing.
+pub fn thaw(
+    repo: &Repository<Exclusive>,
+    rp: &RestorePoint,
+    options: &ThawOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<ThawReport> {
+    let _span =
+        tracing::info_span!("thaw", restore_point = %rp.id.short(), days = options.days).entered();
+    let until = now().sec + options.days as i64 * DAY;
+    let packs = cold_packs(repo, rp, cancel)?;
+    let mut report = ThawReport {
+        restore_point: rp.id.to_string(),
+        until: format_time(crate::tree::Timestamp {
+            sec: until,
+            nsec: 0,
+        }),
+        packs: packs
+            .iter()
+            .map(|(id, size)| (id.to_string(), *size))
+            .collect(),
+        bytes: packs.values().sum(),
+        ..Default::default()
+    };
+    if !options.plan {
+        progress.add_total(report.bytes);
+    }
+    let result = (|| -> Result<()> {
+        for (pack, size) in &packs {
+            cancel.check()?;
+            if repo
+                .store()
+                .size(&thaw_object_name(pack))
+                .is_ok_and(|s| s == *size)
+            {
+                // Copied by an earlier run: just extend it.
+                if !options.plan {
+                    record_pack_thaw(repo, pack, until)?;
+                    progress.advance(*size);
+                }
+                report.packs_already_thawed += 1;
+                continue;
+            }
+            thaw_pack(repo, pack, *size, until, options, &mut report)?;
+            if !options.plan {
+                progress.advance(*size);
+            }
+        }
+        report.complete = report.restoring_packs == 0 && !options.plan;
+        if report.complete {
+            let name = restore_point_thaw_record_name(&rp.id);
+            repo.store()
+                .put(&name, &seal_thaw_record(repo.protection(), &name, until)?)?;
+            repo.thaw_table().set_restore_point_thawed(&rp.id, until)?;
+        }
+        Ok(())
+    })();
+    progress.finish();
+    result.map(|_| report)
+}
+
+/// Copies one cold pack into the thaw area if it can be read now, or asks
+/// for (or waits on) its restore if it is archived.
+fn thaw_pack(
+    repo: &Repository<Exclusive>,
+    pack: &PackId,
+    size: u64,
+    until: i64,
+    options: &ThawOptions,
+    report: &mut ThawReport,
+) -> Result<()> {
+    let cold = repo.cold_store()?;
+    let name = pack::object_name(pack);
+    let mut availability = cold.availability(&name)?;
+    if availability == Availability::Archived {
+        report.restore_requests += 1;
+        report.restore_request_bytes += size;
+        if options.plan {
+            return Ok(());
+        }
+        cold.request_restore(&name, RESTORED_COPY_DAYS, options.priority)?;
+        tracing::info!(pack = %pack, size, "requested the restore of an archived pack");
+        // Some restores finish at once (a provider's fastest tier, an
+        // emulator); the rest are for a later run.
+        availability = cold.availability(&name)?;
+    }
+    match availability {
+        Availability::Readable if options.plan => Ok(()),
+        Availability::Readable => {
+            let fetched = repo.packs().copy_to_thaw_area(pack)?;
+            record_pack_thaw(repo, pack, until)?;
+            report.packs_fetched += 1;
+            report.bytes_fetched += fetched;
+            // The copy is made: the pack can go back to the archive's
+            // price. A failure costs money, not data, so it is a warning.
+            if let Err(e) = cold.return_to_archive(&name) {
+                tracing::warn!(pack = %pack, "could not return the pack to its archive class: {e}");
+            }
+            Ok(())
+        }
+        Availability::Archived | Availability::Restoring => {
+            report.restoring_packs += 1;
+            report.restoring_bytes += size;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! A cold tier in an archive class, end to end through the command line:
+//! `init --cold-storage-class`, `tier run` writing archived packs, `check`
+//! and `repair index` reading their entries without a restore, and `thaw`
+//! requesting the provider's restores, copying the packs and notifying.
+//! Against moto's S3 server (GLACIER) and Azurite (the Archive tier), each
+//! started by its test on 127.0.0.1 and stopped by its guard.
+
+use strata::storage::{Access, Availability, BucketStore, Location, ObjectStore};
+
+use crate::servers::{
+    AzuriteServer, MotoServer, AZURITE_ACCOUNT, AZURITE_KEY, MOTO_KEY_ID, MOTO_SECRET,
+};
+use crate::util::*;
+
+/// The cold packs in `cold`, which every test here expects archived.
+fn cold_packs(cold: &dyn ObjectStore) -> Vec<String> {
+    cold.list_all("packs/").unwrap()
+}
+
+fn availability_of_all(cold: &dyn ObjectStore) -> Vec<Availability> {
+    cold_packs(cold)
+        .iter()
+        .map(|name| cold.availability(name).unwrap())
+        .collect()
+}
+
+/// The whole life of an archived restore point in repository `t`, whose
+/// cold tier `cold` keeps packs in an archive class. `rearchived`: whether
+/// the provider's restored objects go back to the archive after the thaw
+/// copied them (Azure), or keep a restored copy that expires (S3).
+fn archived_restore_points_thaw_through_restore_requests(
+    t: &TestRepo,
+    cold: &dyn ObjectStore,
+    rearchived: bool,
+    seed: u64,
+) {
+    let (src, old, old_data) = crate::object_storage::old_and_young_backups(t, seed);
+
+    let report = t.json(&["tier", "run"]);
+    assert_eq!(report["restore_points_cold"], 1, "{report}");
+    let archived = availability_of_all(cold);
+    assert!(!archived.is_empty(), "no pack in the cold bucket");
+    assert!(
+        archived.iter().all(|a| *a == Availability::Archived),
+        "{archived:?}"
+    );
+
+    // Browsing and checking need no restore: trees stay warm, and cold
+    // packs' entries are read from their tails on the warm tier.
+    let ls = t.ok(&["ls", &old, src.to_str().unwrap()]);
+    assert!(ls.contains("old-only"), "{ls}");
+    let check = t.json(&["check"]);
+    assert_eq!(check["errors"].as_array().map(Vec::len), Some(0), "{check}");
+    let out = t.run(&[
+        "restore",
+        "files",
+        &old,
+        "--to",
+        t.path("before").to_str().unwrap(),
+    ]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "an archived restore point restored without a thaw"
+    );
+    assert!(
+        stderr_of(&out).contains("strata thaw"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // The plan counts the restore requests and makes none.
+    let plan = t.json(&["thaw", &old, "--plan"]);
+    let needed = plan["packs"].as_object().unwrap().len() as u64;
+    assert!(needed >= 1, "{plan}");
+    assert_eq!(plan["restore_requests"], needed, "{plan}");
+    assert_eq!(plan["restore_request_bytes"], plan["bytes"], "{plan}");
+    assert_eq!(plan["complete"], false, "{plan}");
+    assert!(availability_of_all(cold)
+        .iter()
+        .all(|a| *a == Availability::Archived));
+    let text = t.ok(&["thaw", &old, "--plan"]);
+    assert!(
+        text.contains(&format!("{needed} of them are archived")),
+        "{text}"
+    );
+
+    // The thaw requests the restores, copies the packs once readable
+    // (these servers restore at once) and then notifies.
+    let hook_out = t.path("hook.txt");
+    let hook = write_script(
+        &t.path("hook.sh"),
+        "echo \"$STRATA_RESTORE_POINT $STRATA_THAW_RESULT\" > \"$1\"\n",
+    );
+    let thawed = t.json(&[
+        "thaw",
+        &old,
+        "--notify",
+        &hook,
+        "--notify-arg",
+        hook_out.to_str().unwrap(),
+    ]);
+    assert_eq!(thawed["complete"], true, "{thawed}");
+    assert_eq!(thawed["restore_requests"], needed, "{thawed}");
+    assert_eq!(thawed["packs_fetched"], needed, "{thawed}");
+    assert_eq!(thawed["restoring_packs"], 0, "{thawed}");
+    let hook = std::fs::read_to_string(&hook_out).unwrap();
+    assert!(hook.starts_with(&old) && hook.contains(" ok"), "{hook}");
+    let after = availability_of_all(cold);
+    let expected = if rearchived {
+        Availability::Archived
+    } else {
+        Availability::Readable
+    };
+    assert!(after.iter().all(|a| *a == expected), "{after:?}");
+
+    let target = t.path("thawed");
+    t.restore(&old, &target);
+    assert_eq!(
+        std::fs::read(under(&target, &src).join("old-only")).unwrap(),
+        old_data
+    );
+
+    // A new machine: the index rebuilt from the buckets alone knows the
+    // cold packs (from their tails) and the thaw (from its records).
+    std::fs::remove_dir_all(t.state()).unwrap();
+    t.ok(&["repair", "index"]);
+    let target = t.path("after-repair");
+    t.restore(&old, &target);
+    assert_eq!(
+        std::fs::read(under(&target, &src).join("old-only")).unwrap(),
+        old_data
+    );
+    t.ok(&["check"]);
+}
+
+#[test]
+fn glacier_packs_on_s3_are_restored_by_thaw() {
+    let Some(server) = MotoServer::start(&["backups", "archive"]) else {
+        return;
+    };
+    let t = TestRepo::in_bucket(
+        server.env(),
+        "s3://backups/warm",
+        &[
+            "--cold",
+            "s3://archive/cold",
+            "--cold-storage-class",
+            "GLACIER",
+        ],
+    );
+    let access = Access {
+        endpoint: Some(server.endpoint()),
+        region: Some("us-east-1".into()),
+        key_id: Some(MOTO_KEY_ID.into()),
+        secret: Some(MOTO_SECRET.into()),
+        ..Access::default()
+    };
+    let location = Location::parse("s3://archive/cold").unwrap();
+    let cold = BucketStore::open(&location, &access, &t.path("probe"), None).unwrap();
+    archived_restore_points_thaw_through_restore_requests(&t, &cold, false, 71);
+}
+
+#[test]
+fn archive_tier_blobs_on_azure_are_rehydrated_by_thaw_and_archived_again() {
+    let Some(server) = AzuriteServer::start() else {
+        return;
+    };
+    server.create_container("backups");
+    server.create_container("archive");
+    let t = TestRepo::in_bucket(
+        server.env(),
+        "azblob://backups/warm",
+        &[
+            "--cold",
+            "azblob://archive/cold",
+            "--cold-storage-class",
+            "archive",
+        ],
+    );
+    let access = Access {
+        endpoint: Some(format!(
+            "http://127.0.0.1:{}/{AZURITE_ACCOUNT}",
+            server.port
+        )),
+        key_id: Some(AZURITE_ACCOUNT.into()),
+        secret: Some(AZURITE_KEY.into()),
+        ..Access::default()
+    };
+    let location = Location::parse("azblob://archive/cold").unwrap();
+    let cold = BucketStore::open(&location, &access, &t.path("probe"), None).unwrap();
+    archived_restore_points_thaw_through_restore_requests(&t, &cold, true, 72);
+}
+
+#[test]
+fn a_storage_class_needs_a_bucket_the_provider_knows_it_for() {
+    let t = TestRepo::uninitialized();
+    let cold = t.path("cold");
+    let out = t.run(&[
+        "init",
+        "--encryption",
+        "none",
+        "--cold",
+        cold.to_str().unwrap(),
+        "--cold-storage-class",
+        "GLACIER",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr_of(&out).contains("storage classes are for buckets"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = t.run(&[
+        "init",
+        "--encryption",
+        "none",
+        "--cold",
+        "azblob://c/p",
+        "--cold-storage-class",
+        "GLACIER",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("not a storage class") && err.contains("Archive"),
+        "{err}"
+    );
+    let out = t.run(&[
+        "init",
+        "--encryption",
+        "none",
+        "--cold-storage-class",
+        "GLACIER",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!t.repo.exists(), "a refused init left a repository behind");
+}
