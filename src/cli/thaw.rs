@@ -36,9 +36,22 @@ pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Sta
     };
     let progress = TerminalProgress::bytes("thaw", !args.as_json && !args.plan);
     // Each round holds the writer lock only while it requests and copies:
-    // a backup may run while the provider restores archived packs.
+    // a backup may run while the provider restores archived packs, and a
+    // round that finds one running waits for the next.
+    let mut first_round = true;
     let (rp, thawed, config, location) = loop {
-        let repo = open_exclusive(path, "strata thaw")?;
+        let repo = match open_exclusive(path, "strata thaw") {
+            Ok(repo) => repo,
+            Err(e) if !first_round && is_busy(&e) => {
+                if !args.as_json {
+                    out!("{e}; checking again in {} s", args.poll.as_secs());
+                }
+                pause(args.poll, cancel)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        first_round = false;
         let rp = repo.resolve(args.restore_point)?;
         let thawed = strata::thaw::thaw(&repo, &rp, &options, &progress, cancel);
         let config = repo.config().clone();
@@ -102,6 +115,13 @@ pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Sta
         );
     }
     Ok(Status::Ok)
+}
+
+fn is_busy(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<strata::error::Error>(),
+        Some(strata::error::Error::Busy { .. })
+    )
 }
 
 /// Sleeps for `pause`, waking early to stop on a signal.

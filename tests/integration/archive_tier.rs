@@ -5,6 +5,8 @@
 //! Against moto's S3 server (GLACIER) and Azurite (the Archive tier), each
 //! started by its test on 127.0.0.1 and stopped by its guard.
 
+use std::io::BufRead;
+
 use strata::storage::{Access, Availability, BucketStore, Location, ObjectStore};
 
 use crate::servers::{
@@ -134,20 +136,13 @@ fn archived_restore_points_thaw_through_restore_requests(
     t.ok(&["check"]);
 }
 
-#[test]
-fn glacier_packs_on_s3_are_restored_by_thaw() {
-    let Some(server) = MotoServer::start(&["backups", "archive"]) else {
-        return;
-    };
+/// A repository in moto's bucket `backups` whose cold tier is in GLACIER
+/// in bucket `archive`, and that cold bucket for a look at its objects.
+fn glacier_repo(server: &MotoServer) -> (TestRepo, BucketStore) {
     let t = TestRepo::in_bucket(
         server.env(),
         "s3://backups/warm",
-        &[
-            "--cold",
-            "s3://archive/cold",
-            "--cold-storage-class",
-            "GLACIER",
-        ],
+        &["--cold", "s3://archive/cold", "--cold-storage-class", "GLACIER"],
     );
     let access = Access {
         endpoint: Some(server.endpoint()),
@@ -158,7 +153,88 @@ fn glacier_packs_on_s3_are_restored_by_thaw() {
     };
     let location = Location::parse("s3://archive/cold").unwrap();
     let cold = BucketStore::open(&location, &access, &t.path("probe"), None).unwrap();
+    (t, cold)
+}
+
+#[test]
+fn glacier_packs_on_s3_are_restored_by_thaw() {
+    let Some(server) = MotoServer::start(&["backups", "archive"]) else {
+        return;
+    };
+    let (t, cold) = glacier_repo(&server);
     archived_restore_points_thaw_through_restore_requests(&t, &cold, false, 71);
+}
+
+/// Restores that take time, as S3's take hours: `--no-wait` requests them
+/// and returns without notifying; a second run requests nothing again; a
+/// waiting run releases the writer lock between its checks (a backup runs
+/// meanwhile), copies the packs once the provider has restored them, and
+/// then notifies once.
+#[test]
+fn a_thaw_waits_for_slow_restores_without_holding_the_lock_and_resumes_across_runs() {
+    let Some(server) = MotoServer::start(&["backups", "archive"]) else {
+        return;
+    };
+    let (t, cold) = glacier_repo(&server);
+    let (src, old, old_data) = crate::object_storage::old_and_young_backups(&t, 73);
+    server.set_restore_time(10);
+    t.ok(&["tier", "run"]);
+    std::thread::sleep(std::time::Duration::from_millis(10_500));
+
+    let hook_out = t.path("hook.txt");
+    let hook = write_script(&t.path("hook.sh"), "echo \"$STRATA_THAW_RESULT\" >> \"$1\"\n");
+    let notify = ["--notify", hook.as_str(), "--notify-arg", hook_out.to_str().unwrap()];
+    let mut args = vec!["thaw", old.as_str(), "--no-wait"];
+    args.extend(notify);
+    let requested = t.json(&args);
+    let needed = requested["packs"].as_object().unwrap().len() as u64;
+    assert_eq!(requested["complete"], false, "{requested}");
+    assert_eq!(requested["restore_requests"], needed, "{requested}");
+    assert_eq!(requested["restoring_packs"], needed, "{requested}");
+    assert_eq!(requested["packs_fetched"], 0, "{requested}");
+    assert!(!hook_out.exists(), "notified before the thaw was done");
+    assert!(availability_of_all(&cold).contains(&Availability::Restoring));
+    let text = t.ok(&["thaw", old.as_str(), "--no-wait"]);
+    assert!(text.contains("run `strata thaw") && text.contains("still being restored"), "{text}");
+    let out = t.run(&["restore", "files", &old, "--to", t.path("early").to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "restored before the thaw was done");
+    let again = t.json(&["thaw", &old, "--plan"]);
+    assert_eq!(again["restore_requests"], 0, "requested twice: {again}");
+
+    let mut args = vec!["thaw", old.as_str(), "--poll-seconds", "1"];
+    args.extend(notify);
+    let mut waiting = t
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(waiting.stdout.take().unwrap()).lines();
+    let first = said.next().unwrap().unwrap();
+    assert!(first.contains("being restored by the storage provider; checking again"), "{first}");
+    // It waits without the writer lock: a backup runs meanwhile (retried
+    // over the moments the thaw holds the lock to check), and a check
+    // that finds the repository busy waits for the next.
+    std::fs::write(src.join("during-thaw"), b"backed up while a thaw waits").unwrap();
+    let mut backed_up = false;
+    for _ in 0..8 {
+        let backup = t.run(&["backup", "files", src.to_str().unwrap(), "--source", "during"]);
+        if backup.status.success() {
+            backed_up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let rest: Vec<String> = said.map(Result::unwrap).collect();
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(backed_up, "no backup could run while the thaw waited");
+    let last = rest.last().cloned().unwrap_or_default();
+    assert!(last.starts_with(&format!("thawed {}", &old[..8])) && last.contains("fetched 1 packs"), "{rest:?}");
+    assert_eq!(std::fs::read_to_string(&hook_out).unwrap(), "ok\n", "notified more than once");
+    let target = t.path("thawed");
+    t.restore(&old, &target);
+    assert_eq!(std::fs::read(under(&target, &src).join("old-only")).unwrap(), old_data);
 }
 
 #[test]

@@ -523,8 +523,10 @@ impl Drop for S3Server {
 
 /// moto's S3 server, which keeps archive classes as S3 does: a GLACIER or
 /// DEEP_ARCHIVE object refuses reads (InvalidObjectState) until a
-/// RestoreObject request, which it grants at once. It keeps objects in
-/// memory and does not check signatures. Killed and reaped when dropped.
+/// RestoreObject request, which it grants at once or, after
+/// [`MotoServer::set_restore_time`], after some seconds in which the
+/// object reports its restore as ongoing. It keeps objects in memory and
+/// does not check signatures. Killed and reaped when dropped.
 pub struct MotoServer {
     child: Option<Child>,
     port: u16,
@@ -563,19 +565,36 @@ impl MotoServer {
 
     /// Creates `bucket` with a bare CreateBucket request.
     pub fn create_bucket(&self, bucket: &str) {
+        self.request("PUT", &format!("/{bucket}"), "", "200");
+    }
+
+    /// Makes restores take `seconds` (moto's state manager for restores),
+    /// as S3's take hours. moto counts from the object's creation to the
+    /// first look at a requested restore, which then starts it: request
+    /// restores only of objects older than `seconds`.
+    pub fn set_restore_time(&self, seconds: u64) {
+        let body = format!(
+            r#"{{"model_name": "s3::keyrestore", "transition": {{"progression": "time", "seconds": {seconds}}}}}"#
+        );
+        self.request("POST", "/moto-api/state-manager/set-transition", &body, "201");
+    }
+
+    /// Sends one unsigned request and checks the answer's status.
+    fn request(&self, method: &str, path: &str, body: &str, status: &str) {
         use std::io::{Read, Write};
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
         )
         .unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
         assert!(
-            answer.starts_with("HTTP/1.1 200"),
-            "creating bucket {bucket}: {}",
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method} {path}: {}",
             answer.lines().next().unwrap_or_default()
         );
     }
