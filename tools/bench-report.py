@@ -214,6 +214,17 @@ def main():
             m = hyperfine_medians(jdir, name)
             if m:
                 print(f"| {label} | {m['local']:.2f} s | {m['s3']:.2f} s | {m['local'] / m['s3']:.0%} |")
+        m = hyperfine_medians(jdir, "objects-server-ceiling")
+        if m and len(sys.argv) > 4:
+            packs, big = int(sys.argv[3]), int(sys.argv[4])
+            one, eight = packs / 1e6 / m["one-stream"], packs / 1e6 / m["eight-streams"]
+            print(f"\nThe server's own ceiling (every pack of the bucket, {packs / 1e6:.0f} MB, fetched whole by curl, no client work): "
+                  f"{one:.0f} MB/s one stream, {eight:.0f} MB/s eight streams; at that rate the 2 GiB file alone takes "
+                  f"{big / 1e6 / eight:.1f} s.")
+            mount = hyperfine_medians(jdir, "objects-mount-read")
+            if mount:
+                print(f"The mount's read from the bucket: {big / 1e6 / mount['s3']:.0f} MB/s, "
+                      f"{big / 1e6 / mount['s3'] / eight:.0%} of the server's eight-stream ceiling.")
     elif section == "encryption":
         files, disk, big = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         print("\nEncryption: the same job on an unencrypted and an encrypted repository, same hyperfine run, medians, caches dropped.\n")
