@@ -132,7 +132,8 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
         /// Seconds between checks of packs the provider is restoring.
-        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        #[arg(long, default_value_t = 300, value_name = "SECONDS",
+              value_parser = clap::value_parser!(u64).range(1..))]
         poll_seconds: u64,
         /// Ask for the provider's expedited restore (minutes instead of
         /// hours, at a higher price; S3 Expedited, Azure High priority).

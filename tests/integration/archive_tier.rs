@@ -144,6 +144,12 @@ fn glacier_repo(server: &MotoServer) -> (TestRepo, BucketStore) {
         "s3://backups/warm",
         &["--cold", "s3://archive/cold", "--cold-storage-class", "GLACIER"],
     );
+    let cold = moto_store(server, "s3://archive/cold", &t.path("probe"));
+    (t, cold)
+}
+
+/// The moto store at `url`, for a look at its objects.
+fn moto_store(server: &MotoServer, url: &str, staging: &std::path::Path) -> BucketStore {
     let access = Access {
         endpoint: Some(server.endpoint()),
         region: Some("us-east-1".into()),
@@ -151,9 +157,7 @@ fn glacier_repo(server: &MotoServer) -> (TestRepo, BucketStore) {
         secret: Some(MOTO_SECRET.into()),
         ..Access::default()
     };
-    let location = Location::parse("s3://archive/cold").unwrap();
-    let cold = BucketStore::open(&location, &access, &t.path("probe"), None).unwrap();
-    (t, cold)
+    BucketStore::open(&Location::parse(url).unwrap(), &access, staging, None).unwrap()
 }
 
 #[test]
@@ -311,4 +315,45 @@ fn a_storage_class_needs_a_bucket_the_provider_knows_it_for() {
     ]);
     assert_ne!(out.status.code(), Some(0));
     assert!(!t.repo.exists(), "a refused init left a repository behind");
+}
+
+/// Prune never reads an archived pack: a cold pack that forgetting left
+/// mostly dead stays as it is (rewriting it would need a restore), and
+/// goes, with its tail, once no restore point uses any of it.
+#[test]
+fn prune_leaves_archived_packs_until_they_are_wholly_dead() {
+    let Some(server) = MotoServer::start(&["backups", "archive"]) else {
+        return;
+    };
+    let (t, cold) = glacier_repo(&server);
+    let mut rng: rand::rngs::SmallRng = rand::SeedableRng::seed_from_u64(74);
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("small"), random_bytes(&mut rng, 100_000)).unwrap();
+    std::fs::write(src.join("large"), random_bytes(&mut rng, 3_000_000)).unwrap();
+    t.backup_at(&src, "s", &time_days_ago(300));
+    std::fs::remove_file(src.join("large")).unwrap();
+    t.backup_at(&src, "s", &time_days_ago(200));
+    t.ok(&["tier", "run"]);
+    let packs = cold_packs(&cold);
+    assert_eq!(packs.len(), 1, "{packs:?}");
+
+    // The older restore point goes, and with it the large file's data.
+    t.ok(&["forget", "--source", "s", "--keep-last", "1"]);
+    let pruned = t.json(&["prune"]);
+    assert_eq!(pruned["packs_repacked"], 0, "{pruned}");
+    assert_eq!(cold_packs(&cold), packs, "an archived pack was rewritten");
+    assert!(availability_of_all(&cold).iter().all(|a| *a == Availability::Archived));
+    t.ok(&["check"]);
+
+    // A young backup without the small file; the old one goes too.
+    std::fs::remove_file(src.join("small")).unwrap();
+    std::fs::write(src.join("young"), b"young").unwrap();
+    t.backup(&src, "s");
+    t.ok(&["forget", "--source", "s", "--keep-last", "1"]);
+    t.ok(&["prune"]);
+    assert!(cold_packs(&cold).is_empty(), "a dead archived pack was kept");
+    let warm = moto_store(&server, "s3://backups/warm", &t.path("probe"));
+    let tails = (&warm as &dyn ObjectStore).list_all("cold-tails/").unwrap();
+    assert!(tails.is_empty(), "{tails:?}");
 }

@@ -21,7 +21,7 @@ use crate::id::PackId;
 use crate::index::{PackRecord, Tier};
 use crate::format::{PACK_FOOTER_LEN, PACK_HEADER_LEN};
 use crate::pack::{self, reader, ChunkCodec, CompressedChunk, PackEntry, PackWriter};
-use crate::storage::{ObjectStore, ObjectWriter};
+use crate::storage::{Availability, ObjectStore, ObjectWriter};
 
 /// Buffers reused across chunk reads: a reader of many chunks (a disk
 /// restore) faults in their pages once instead of once per chunk.
@@ -195,7 +195,7 @@ impl Packs {
     }
 
     /// A pack's trailer: a warm pack's read from the pack, a cold one's
-    /// as [`Self::cold_trailer`] reads it.
+    /// as `cold_trailer` reads it.
     pub fn trailer(&self, tier: Tier, id: &PackId) -> Result<Vec<PackEntry>> {
         match tier {
             Tier::Warm => read_trailer(self.warm.as_ref(), &pack::object_name(id)),
@@ -208,19 +208,38 @@ impl Packs {
         read_trailer(self.store(tier)?, &pack::object_name(id))
     }
 
-    /// A cold pack's trailer, from its tail on the warm tier (checked
-    /// against the pack's size, which even an archived object reports),
-    /// or from the pack itself where a tail was never kept.
+    /// A cold pack's trailer: from the pack where it can be read (it is
+    /// the truth), else, in an archive class, from its tail on the warm
+    /// tier, checked against the pack's size (which even an archived
+    /// object reports) and the footer's hash.
     fn cold_trailer(&self, id: &PackId) -> Result<Vec<PackEntry>> {
         let cold = self.store(Tier::Cold)?;
         let name = pack::object_name(id);
-        let tail = match self.warm.get(&pack::cold_tail_name(id)) {
-            Ok(tail) => tail,
-            Err(e) if e.is_not_found() => return self.trailer_of_pack_object(Tier::Cold, id),
-            Err(e) => return Err(e),
-        };
-        let object = format!("pack {}/{name} (its tail on the warm tier)", cold.location());
+        match cold.availability(&name)? {
+            Availability::Readable => self.trailer_of_pack_object(Tier::Cold, id),
+            Availability::Archived | Availability::Restoring => self.cold_tail_trailer(id),
+        }
+    }
+
+    /// The entries of cold pack `id` from its tail on the warm tier.
+    pub(crate) fn cold_tail_trailer(&self, id: &PackId) -> Result<Vec<PackEntry>> {
+        let cold = self.store(Tier::Cold)?;
+        let name = pack::object_name(id);
+        let tail_name = pack::cold_tail_name(id);
+        let object = format!("pack {}/{name} (its tail {tail_name} on the warm tier)", cold.location());
         let size = cold.size(&name)?;
+        // Its length first: a tail longer than its pack is not read.
+        let tail_len = self.warm.size(&tail_name).map_err(|e| {
+            if e.is_not_found() {
+                Error::corrupt(&object, "archived, and its tail is missing: thaw it to read it")
+            } else {
+                e
+            }
+        })?;
+        if tail_len > size {
+            return Err(Error::corrupt(&object, format!("a tail of {tail_len} bytes for a pack of {size}")));
+        }
+        let tail = self.warm.get(&tail_name)?;
         let footer_at = tail
             .len()
             .checked_sub(PACK_FOOTER_LEN)
@@ -229,7 +248,11 @@ impl Packs {
         if size.checked_sub(data_end) != Some(tail.len() as u64) {
             return Err(Error::corrupt(
                 &object,
-                format!("{} bytes, but the pack's trailer and footer take {}", tail.len(), size.saturating_sub(data_end)),
+                format!(
+                    "{} bytes, but the pack's trailer and footer take {}",
+                    tail.len(),
+                    size.saturating_sub(data_end)
+                ),
             ));
         }
         reader::verified_trailer(&tail[..footer_at], &trailer_hash, data_end, &object)

@@ -264,6 +264,12 @@ fn skip_pack(id: &PackId, error: &Error, report: &mut PruneReport) {
     ));
 }
 
+/// Whether cold pack `id` can be read now (not in an archive class).
+fn cold_pack_readable(repo: &Repository<Exclusive>, id: &PackId) -> Result<bool> {
+    let availability = repo.cold_store()?.availability(&pack::object_name(id))?;
+    Ok(availability == crate::storage::Availability::Readable)
+}
+
 /// Removes the tails of cold packs that were never committed (a run
 /// stopped between writing a tail and its pack): unindexed, with no pack.
 fn remove_orphan_cold_tails(
@@ -280,13 +286,14 @@ fn remove_orphan_cold_tails(
         if indexed.contains(&id) {
             continue;
         }
-        let pack_exists = match repo.cold_store() {
-            Ok(cold) => match cold.size(&pack::object_name(&id)) {
+        // Without a cold tier no tail has a pack.
+        let pack_exists = match repo.config().tiers.cold_dir {
+            None => false,
+            Some(_) => match repo.cold_store()?.size(&pack::object_name(&id)) {
                 Ok(_) => true,
                 Err(e) if e.is_not_found() => false,
                 Err(e) => return Err(e),
             },
-            Err(_) => false,
         };
         if !pack_exists {
             repo.store().delete(&name)?;
@@ -337,7 +344,12 @@ pub fn prune(
             Tier::Warm => true,
             Tier::Cold => options.repack_cold && repo.thaw_table().pack_thawed_until(id)?.is_none(),
         };
-        let repack = may_repack && (live as f64) < options.repack_below * total as f64;
+        let mut repack = may_repack && (live as f64) < options.repack_below * total as f64;
+        if repack && record.tier == Tier::Cold && !cold_pack_readable(repo, id)? {
+            // An archived pack is read only by a thaw: rewriting it would
+            // need a restore. It goes once wholly dead.
+            repack = false;
+        }
         if options.dry_run {
             if live == 0 {
                 report.packs_deleted += 1;

@@ -136,16 +136,18 @@ pub fn thaw(
                 .size(&thaw_object_name(pack))
                 .is_ok_and(|s| s == *size)
             {
-                // Copied by an earlier run: just extend it.
+                // Copied by an earlier run: just extend it (and finish its
+                // return to the archive, should that run have stopped
+                // before it).
                 if !options.plan {
                     record_pack_thaw(repo, pack, until)?;
+                    return_to_archive(repo, pack);
                     progress.advance(*size);
                 }
                 report.packs_already_thawed += 1;
                 continue;
             }
-            thaw_pack(repo, pack, *size, until, options, &mut report)?;
-            if !options.plan {
+            if thaw_pack(repo, pack, *size, until, options, &mut report)? && !options.plan {
                 progress.advance(*size);
             }
         }
@@ -163,7 +165,8 @@ pub fn thaw(
 }
 
 /// Copies one cold pack into the thaw area if it can be read now, or asks
-/// for (or waits on) its restore if it is archived.
+/// for (or waits on) its restore if it is archived. Returns whether it
+/// was copied (with a plan: would be).
 fn thaw_pack(
     repo: &Repository<Exclusive>,
     pack: &PackId,
@@ -171,7 +174,7 @@ fn thaw_pack(
     until: i64,
     options: &ThawOptions,
     report: &mut ThawReport,
-) -> Result<()> {
+) -> Result<bool> {
     let cold = repo.cold_store()?;
     let name = pack::object_name(pack);
     let mut availability = cold.availability(&name)?;
@@ -179,7 +182,7 @@ fn thaw_pack(
         report.restore_requests += 1;
         report.restore_request_bytes += size;
         if options.plan {
-            return Ok(());
+            return Ok(false);
         }
         cold.request_restore(&name, RESTORED_COPY_DAYS, options.priority)?;
         tracing::info!(pack = %pack, size, "requested the restore of an archived pack");
@@ -188,23 +191,31 @@ fn thaw_pack(
         availability = cold.availability(&name)?;
     }
     match availability {
-        Availability::Readable if options.plan => Ok(()),
+        Availability::Readable if options.plan => Ok(true),
         Availability::Readable => {
             let fetched = repo.packs().copy_to_thaw_area(pack)?;
             record_pack_thaw(repo, pack, until)?;
             report.packs_fetched += 1;
             report.bytes_fetched += fetched;
-            // The copy is made: the pack can go back to the archive's
-            // price. A failure costs money, not data, so it is a warning.
-            if let Err(e) = cold.return_to_archive(&name) {
-                tracing::warn!(pack = %pack, "could not return the pack to its archive class: {e}");
-            }
-            Ok(())
+            return_to_archive(repo, pack);
+            Ok(true)
         }
         Availability::Archived | Availability::Restoring => {
             report.restoring_packs += 1;
             report.restoring_bytes += size;
-            Ok(())
+            Ok(false)
         }
+    }
+}
+
+/// Sends a copied pack back to its archive class, and its price. A
+/// failure costs money, not data: a warning, and the next thaw of a
+/// restore point using the pack tries again.
+fn return_to_archive(repo: &Repository<Exclusive>, pack: &PackId) {
+    let returned = repo
+        .cold_store()
+        .and_then(|cold| cold.return_to_archive(&pack::object_name(pack)));
+    if let Err(e) = returned {
+        tracing::warn!(pack = %pack, "could not return the pack to its archive class: {e}");
     }
 }

@@ -144,15 +144,20 @@ impl ArchiveClient {
                     .endpoint
                     .clone()
                     .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-                let base = if std::env::var_os("STRATA_S3_VIRTUAL_HOST_STYLE").is_some() {
+                let base = if crate::bucket::env("STRATA_S3_VIRTUAL_HOST_STYLE").is_some() {
                     let (scheme, host) = endpoint.split_once("://").unwrap_or(("https", &endpoint));
                     format!("{scheme}://{bucket}.{}", host.trim_end_matches('/'))
                 } else {
                     format!("{}/{bucket}", endpoint.trim_end_matches('/'))
                 };
                 let credentials = match (&access.key_id, &access.secret) {
-                    (Some(id), Some(secret)) => ProvideCredentialChain::new()
-                        .push(reqsign_aws_v4::StaticCredentialProvider::new(id, secret)),
+                    (Some(id), Some(secret)) => {
+                        let mut keys = reqsign_aws_v4::StaticCredentialProvider::new(id, secret);
+                        if let Some(token) = &access.session_token {
+                            keys = keys.with_session_token(token);
+                        }
+                        ProvideCredentialChain::new().push(keys)
+                    }
                     _ => ProvideCredentialChain::new()
                         .push(reqsign_aws_v4::DefaultCredentialProvider::new()),
                 };
@@ -164,11 +169,15 @@ impl ArchiveClient {
                 (object_base(base, prefix), ProviderSigner::S3(signer))
             }
             Location::Azure { container, prefix } => {
-                let account = access.key_id.clone().unwrap_or_default();
-                let endpoint = access
-                    .endpoint
-                    .clone()
-                    .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+                let endpoint = match (&access.endpoint, &access.key_id) {
+                    (Some(endpoint), _) => endpoint.clone(),
+                    (None, Some(account)) => format!("https://{account}.blob.core.windows.net"),
+                    (None, None) => {
+                        return Err(Error::InvalidInput(format!(
+                            "{location}: no storage account (set AZURE_STORAGE_ACCOUNT or AZURE_STORAGE_ENDPOINT)"
+                        )))
+                    }
+                };
                 let base = format!("{}/{container}", endpoint.trim_end_matches('/'));
                 let mut credentials = ProvideCredentialChain::new()
                     .push(reqsign_azure_storage::DefaultCredentialProvider::new());
@@ -225,39 +234,13 @@ impl ArchiveClient {
     /// `days` days (S3; Azure rehydrates the object itself). A request
     /// already under way is not an error.
     pub fn request_restore(&self, name: &str, days: u32, priority: RestorePriority) -> Result<()> {
-        match self.request_restore_once(name, days, priority) {
-            // S3 refuses an expedited retrieval of a Deep Archive object.
-            Err(Refused::Status(status, _))
-                if priority == RestorePriority::Expedited && status == StatusCode::BAD_REQUEST =>
-            {
-                self.request_restore_once(name, days, RestorePriority::Standard)
-                    .map_err(|refused| self.restore_error(name, refused))
-            }
-            result => result.map_err(|refused| self.restore_error(name, refused)),
-        }
-    }
-
-    fn restore_error(&self, name: &str, refused: Refused) -> Error {
-        match refused {
-            Refused::Status(status, body) => {
-                self.refused("requesting the restore of", name, status, &body)
-            }
-            Refused::Other(e) => e,
-        }
-    }
-
-    fn request_restore_once(
-        &self,
-        name: &str,
-        days: u32,
-        priority: RestorePriority,
-    ) -> std::result::Result<(), Refused> {
         let action = "requesting the restore of";
         let response = match self.signer {
             ProviderSigner::S3(_) => {
                 let tier = match priority {
-                    RestorePriority::Standard => "Standard",
-                    RestorePriority::Expedited => "Expedited",
+                    RestorePriority::Expedited if !self.is_deep_archive(name)? => "Expedited",
+                    // Deep Archive has no expedited retrieval.
+                    _ => "Standard",
                 };
                 let body = format!(
                     "<RestoreRequest xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
@@ -265,15 +248,7 @@ impl ArchiveClient {
                      </GlacierJobParameters></RestoreRequest>",
                     days.max(1)
                 );
-                self.send(
-                    name,
-                    Method::POST,
-                    "restore",
-                    &[],
-                    body.into_bytes(),
-                    action,
-                )
-                .map_err(Refused::Other)?
+                self.send(name, Method::POST, "restore", &[], body.into_bytes(), action)?
             }
             ProviderSigner::Azure(_) => {
                 let priority = match priority {
@@ -290,20 +265,22 @@ impl ArchiveClient {
                     ],
                     Vec::new(),
                     action,
-                )
-                .map_err(Refused::Other)?
+                )?
             }
         };
-        let status = response.status();
-        match status {
-            s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => {
-                Err(Refused::Other(not_found(&self.location.to_string(), name)))
-            }
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(not_found(&self.location.to_string(), name)),
             // S3's RestoreAlreadyInProgress; Azure's BlobBeingRehydrated.
             StatusCode::CONFLICT => Ok(()),
-            _ => Err(Refused::Status(status, response.body().to_vec())),
+            status => Err(self.refused(action, name, status, &response.body().to_vec())),
         }
+    }
+
+    /// Whether S3 object `name` is in Deep Archive.
+    fn is_deep_archive(&self, name: &str) -> Result<bool> {
+        let response = self.send(name, Method::HEAD, "", &[], Vec::new(), "reading properties of")?;
+        Ok(header(response.headers(), "x-amz-storage-class") == Some("DEEP_ARCHIVE"))
     }
 
     /// Moves `name` to `class` (Azure's Set Blob Tier; S3 objects get
@@ -349,15 +326,22 @@ impl ArchiveClient {
         let mut tries = 0;
         loop {
             tries += 1;
-            let outcome = RUNTIME.block_on(self.send_once(&url, &method, headers, &body));
-            let retry = match &outcome {
+            let outcome = RUNTIME.block_on(async {
+                tokio::time::timeout(REQUEST_TIMEOUT, self.send_once(&url, &method, headers, &body))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))
+            });
+            let retry_because = match &outcome {
                 Ok(response) => {
                     let status = response.status();
-                    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+                    (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+                        .then(|| format!("the server answered {status}"))
                 }
-                Err(_) => true,
+                Err(e) => Some(e.clone()),
             };
-            if !retry || tries >= self.retry.tries.max(1) {
+            // As many tries as the store's other requests: the first and
+            // `retry.tries` more.
+            let Some(cause) = retry_because.filter(|_| tries <= self.retry.tries) else {
                 return outcome.map_err(|e| {
                     Error::io(
                         action,
@@ -365,13 +349,9 @@ impl ArchiveClient {
                         io::Error::other(format!("{e} (after {tries} tries)")),
                     )
                 });
-            }
-            tracing::warn!(
-                object = name,
-                attempt = tries,
-                "retrying a request: {action}"
-            );
-            std::thread::sleep(delay);
+            };
+            tracing::warn!(object = name, attempt = tries, "retrying a request: {action}: {cause}");
+            std::thread::sleep(with_jitter(delay));
             delay = (delay * 2).min(self.retry.max_delay);
         }
     }
@@ -407,6 +387,9 @@ impl ArchiveClient {
         };
         // The signer's error names the credential source, never a secret.
         signed.map_err(|e| format!("signing the request: {e}"))?;
+        // A signature in the query (a SAS token) must not reach a message:
+        // errors that quote the URL get it without its query.
+        let signed_uri = parts.uri.to_string();
         self.transport
             .send(Request::from_parts(parts, body))
             .await
@@ -417,7 +400,7 @@ impl ArchiveClient {
                     text = format!("{text} ({next})");
                     cause = next.source();
                 }
-                text
+                text.replace(&signed_uri, url.split('?').next().unwrap_or_default())
             })
     }
 
@@ -437,11 +420,17 @@ impl ArchiveClient {
     }
 }
 
-/// Why a request did not succeed: the server's answer, or an error before
-/// one (a connection, a signature).
-enum Refused {
-    Status(StatusCode, Vec<u8>),
-    Other(Error),
+/// How long one request may wait for its answer before it is retried.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `delay` scaled by a factor between 0.5 and 1.5, so that many clients
+/// throttled at once do not retry in step.
+fn with_jitter(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    delay.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
 }
 
 /// `base` joined with the prefix, ending in `/`.
@@ -511,8 +500,6 @@ fn error_code(body: &[u8]) -> Option<String> {
         .then(|| code.to_string())
 }
 
-/// How long to wait between checks of objects being restored.
-pub const DEFAULT_RESTORE_POLL: Duration = Duration::from_secs(300);
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use opendal::layers::{RetryLayer, TimeoutLayer};
@@ -105,7 +105,8 @@ impl std::fmt::Display for Location {
     }
 }
 
-fn env(name: &str) -> Option<String> {
+/// An environment variable, unset when empty.
+pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -122,6 +123,8 @@ pub struct Access {
     pub key_id: Option<String>,
     /// S3's secret access key, or Azure's account key.
     pub secret: Option<String>,
+    /// S3's session token, with temporary keys.
+    pub session_token: Option<String>,
     /// GCS's service account file.
     pub credential_path: Option<String>,
     /// Unsigned requests (a GCS emulator).
@@ -135,6 +138,7 @@ impl std::fmt::Debug for Access {
             .field("region", &self.region)
             .field("key_id", &self.key_id.as_ref().map(|_| ".."))
             .field("secret", &self.secret.as_ref().map(|_| ".."))
+            .field("session_token", &self.session_token.as_ref().map(|_| ".."))
             .finish()
     }
 }
@@ -154,6 +158,7 @@ impl Access {
                 region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
                 key_id: env("AWS_ACCESS_KEY_ID"),
                 secret: env("AWS_SECRET_ACCESS_KEY"),
+                session_token: env("AWS_SESSION_TOKEN"),
                 ..Access::default()
             },
             Location::Azure { .. } => Access {
@@ -193,6 +198,9 @@ fn operator(location: &Location, access: &Access, storage_class: Option<&Storage
             if let (Some(id), Some(secret)) = (&access.key_id, &access.secret) {
                 // Explicit keys only: no profile or instance role mixed in.
                 s3 = s3.access_key_id(id).secret_access_key(secret).disable_config_load();
+                if let Some(token) = &access.session_token {
+                    s3 = s3.session_token(token);
+                }
             }
             if env("STRATA_S3_VIRTUAL_HOST_STYLE").is_some() {
                 s3 = s3.enable_virtual_host_style();
@@ -320,7 +328,7 @@ pub struct BucketStore {
     /// The class new objects get, and the requests that read and change
     /// an object's class (S3 and Azure).
     class: Option<StorageClass>,
-    archive: Option<std::sync::Arc<ArchiveClient>>,
+    archive: Option<Arc<ArchiveClient>>,
 }
 
 impl BucketStore {
@@ -363,17 +371,23 @@ impl BucketStore {
             staging: staging.to_path_buf(),
             tries: options.retry.tries + 1,
             class: options.storage_class.clone(),
-            archive: ArchiveClient::new(location, access, options.retry)?.map(std::sync::Arc::new),
+            archive: ArchiveClient::new(location, access, options.retry)?.map(Arc::new),
         })
     }
 
     /// Gives a new object its class where the provider takes it in a
-    /// request of its own (Azure's access tier), not with the upload.
+    /// request of its own (Azure's access tier), not with the upload. An
+    /// object that cannot get its class is removed again: nothing would
+    /// ever collect it, unindexed on the cold tier.
     fn classify(&self, name: &str) -> Result<()> {
-        match (&self.archive, &self.class) {
-            (Some(archive), Some(class)) => archive.set_tier(name, class),
-            _ => Ok(()),
-        }
+        let (Some(archive), Some(class)) = (&self.archive, &self.class) else {
+            return Ok(());
+        };
+        archive.set_tier(name, class).inspect_err(|_| {
+            if let Err(e) = self.op.delete(name) {
+                tracing::warn!(object = name, error = %e, "could not remove an object left without its class");
+            }
+        })
     }
 
     /// An error naming the object and the provider's cause; a missing
