@@ -42,8 +42,13 @@ fn render_status(status: &TierStatus) -> Result<()> {
         status.restore_points_warm,
         status.warm_days
     );
+    let class = status
+        .cold_storage_class
+        .as_deref()
+        .map(|class| format!(" (storage class {class})"))
+        .unwrap_or_default();
     out!(
-        "cold: {} in {} packs at {}; {} older restore points",
+        "cold: {} in {} packs at {}{class}; {} older restore points",
         human_bytes(status.cold_bytes),
         status.cold_packs,
         status

@@ -40,6 +40,8 @@ fn archived_restore_points_thaw_through_restore_requests(
 
     let report = t.json(&["tier", "run"]);
     assert_eq!(report["restore_points_cold"], 1, "{report}");
+    let status = t.ok(&["tier", "status"]);
+    assert!(status.contains("(storage class "), "{status}");
     let archived = availability_of_all(cold);
     assert!(!archived.is_empty(), "no pack in the cold bucket");
     assert!(

@@ -69,6 +69,8 @@ pub struct TierReport {
 pub struct TierStatus {
     pub warm_days: u32,
     pub cold_dir: Option<String>,
+    /// The storage class of cold packs in a bucket, if one was chosen.
+    pub cold_storage_class: Option<String>,
     pub warm_packs: u64,
     pub warm_bytes: u64,
     pub cold_packs: u64,
@@ -89,6 +91,7 @@ pub fn status<M>(repo: &Repository<M>) -> Result<TierStatus> {
     let mut status = TierStatus {
         warm_days: config.warm_days,
         cold_dir: config.cold_dir.as_ref().map(|d| d.display().to_string()),
+        cold_storage_class: config.cold_storage_class.clone(),
         ..Default::default()
     };
     for pack in repo.pack_table().packs() {
