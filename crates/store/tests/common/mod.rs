@@ -367,28 +367,43 @@ require("http").request({
 impl AzuriteServer {
     pub fn start() -> Option<AzuriteServer> {
         let binary = installed("azurite/node_modules/.bin/azurite-blob", "Azurite")?;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(binary)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .arg("--location")
-            .arg(dir.path())
-            .args(["--silent", "--disableTelemetry", "--skipApiVersionCheck"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = AzuriteServer {
-            child: Some(child),
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "Azurite did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        // A free port can be taken by a server another test starts at the
+        // same moment; Azurite then exits, and starts again on another.
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let child = Command::new(&binary)
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .arg("--location")
+                .arg(dir.path())
+                .args(["--silent", "--disableTelemetry", "--skipApiVersionCheck"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut server = AzuriteServer {
+                child: Some(child),
+                port,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while server.is_running() {
+                // The port answering is not enough: another server may
+                // hold it.
+                if answers_as_azurite(port) {
+                    return Some(server);
+                }
+                assert!(Instant::now() < deadline, "Azurite did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Some(server)
+        panic!("Azurite exited three times as it started");
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     pub fn create_container(&self, name: &str) {
@@ -420,6 +435,27 @@ impl AzuriteServer {
             ("AZURE_STORAGE_KEY".into(), AZURITE_KEY.into()),
         ]
     }
+}
+
+/// Whether the server on `port` says it is Azurite (its `Server` header).
+fn answers_as_azurite(port: u16) -> bool {
+    answers_with(port, &format!("/{AZURITE_ACCOUNT}?comp=list"), "Azurite")
+}
+
+/// Whether a GET of `path` on `port` is answered with `needle` in the
+/// answer: the server there is the one a test started, not another's.
+fn answers_with(port: u16, path: &str, needle: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut answer = Vec::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_end(&mut answer).is_ok()
+        && String::from_utf8_lossy(&answer).contains(needle)
 }
 
 impl Drop for AzuriteServer {
@@ -542,25 +578,36 @@ impl MotoServer {
     /// not installed.
     pub fn start(buckets: &[&str]) -> Option<MotoServer> {
         let binary = installed("moto/bin/moto_server", "moto")?;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = dir.path().join("moto.log");
-        let child = Command::new(binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let server = MotoServer {
-            child: Some(child),
-            port,
-            dir,
-        };
-        wait_for_port(port, "moto", &log);
-        for bucket in buckets {
-            server.create_bucket(bucket);
+        // As for Azurite: a port taken by another test's server at the
+        // same moment makes moto exit, and it starts again on another.
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let log = dir.path().join("moto.log");
+            let child = Command::new(&binary)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let mut server = MotoServer {
+                child: Some(child),
+                port,
+                dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(server.child.as_mut().map(Child::try_wait), Some(Ok(None))) {
+                if answers_with(port, "/moto-api/data.json", "Werkzeug") {
+                    for bucket in buckets {
+                        server.create_bucket(bucket);
+                    }
+                    return Some(server);
+                }
+                assert!(Instant::now() < deadline, "moto did not start: {}", server.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Some(server)
+        panic!("moto exited three times as it started");
     }
 
     /// Creates `bucket` with a bare CreateBucket request.
