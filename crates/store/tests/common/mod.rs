@@ -49,10 +49,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something listens on `port`, or panics with `log`'s end.
-fn wait_for_port(port: u16, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+/// Waits until `child` serves `port`, or panics with `log`'s end. The
+/// port answering is not enough: a server that finds its port taken (by
+/// another test's server or connection, between `free_port` and its
+/// start) exits at once, and the answer came from someone else. So the
+/// child must still run once the port answers and it has had a moment to
+/// bind. Returns false when the child exited.
+fn serving(child: &mut Option<Child>, port: u16, what: &str, log: &Path) -> bool {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    let running = |child: &mut Option<Child>| matches!(child.as_mut().map(Child::try_wait), Some(Ok(None)));
+    loop {
+        if !running(child) {
+            return false;
+        }
+        if started.elapsed() >= Duration::from_millis(300) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return running(child);
+        }
         assert!(
             Instant::now() < deadline,
             "{what} did not start: {}",
@@ -60,6 +73,15 @@ fn wait_for_port(port: u16, what: &str, log: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// [`serving`], or a panic saying the server exited.
+fn wait_for_port(child: &mut Option<Child>, port: u16, what: &str, log: &Path) {
+    assert!(
+        serving(child, port, what, log),
+        "{what} exited as it started: {}",
+        log_tail(log)
+    );
 }
 
 /// The last lines of a server's log, for a failure message.
@@ -168,7 +190,7 @@ root_domain = ".s3.garage.localhost"
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_for_port(self.port, "Garage", &log);
+        wait_for_port(&mut self.child, self.port, "Garage", &log);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let status = self.command(&["status"]).output().unwrap();
@@ -300,12 +322,12 @@ impl GcsServer {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let server = GcsServer {
+        let mut server = GcsServer {
             child: Some(child),
             port,
             root,
         };
-        wait_for_port(port, "fake-gcs-server", &log);
+        wait_for_port(&mut server.child, port, "fake-gcs-server", &log);
         Some(server)
     }
 
@@ -497,12 +519,27 @@ impl S3Server {
             log: tempfile::NamedTempFile::new().unwrap(),
         };
         server.add_bucket(bucket);
-        server.restart();
-        Some(server)
+        // A port taken between `free_port` and the start: another one.
+        for _ in 0..3 {
+            if server.start_on_its_port() {
+                return Some(server);
+            }
+            server.port = free_port();
+        }
+        panic!("s3s-fs exited three times as it started: {}", log_tail(server.log.path()));
     }
 
     /// Starts the server (again) on its port and data.
     pub fn restart(&mut self) {
+        assert!(
+            self.start_on_its_port(),
+            "s3s-fs exited as it started: {}",
+            log_tail(self.log.path())
+        );
+    }
+
+    /// Starts the server on its port; false when it exited as it started.
+    fn start_on_its_port(&mut self) -> bool {
         let log = self.log.reopen().unwrap();
         let child = Command::new(&self.binary)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
@@ -513,7 +550,7 @@ impl S3Server {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_for_port(self.port, "s3s-fs", self.log.path());
+        serving(&mut self.child, self.port, "s3s-fs", self.log.path())
     }
 
     /// Kills the server, as a crash or a cut network would.
