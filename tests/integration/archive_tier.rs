@@ -7,11 +7,9 @@
 
 use std::io::BufRead;
 
-use strata::storage::{Access, Availability, BucketStore, Location, ObjectStore};
+use strata::storage::{Availability, BucketStore, ObjectStore};
 
-use crate::servers::{
-    AzuriteServer, MotoServer, AZURITE_ACCOUNT, AZURITE_KEY, MOTO_KEY_ID, MOTO_SECRET,
-};
+use crate::servers::{bucket_store, AzuriteServer, MotoServer, AZURITE_KEY};
 use crate::util::*;
 
 /// The cold packs in `cold`, which every test here expects archived.
@@ -152,14 +150,7 @@ fn glacier_repo(server: &MotoServer) -> (TestRepo, BucketStore) {
 
 /// The moto store at `url`, for a look at its objects.
 fn moto_store(server: &MotoServer, url: &str, staging: &std::path::Path) -> BucketStore {
-    let access = Access {
-        endpoint: Some(server.endpoint()),
-        region: Some("us-east-1".into()),
-        key_id: Some(MOTO_KEY_ID.into()),
-        secret: Some(MOTO_SECRET.into()),
-        ..Access::default()
-    };
-    BucketStore::open(&Location::parse(url).unwrap(), &access, staging, None).unwrap()
+    bucket_store(url, &server.access(), staging, None)
 }
 
 #[test]
@@ -260,17 +251,7 @@ fn archive_tier_blobs_on_azure_are_rehydrated_by_thaw_and_archived_again() {
             "archive",
         ],
     );
-    let access = Access {
-        endpoint: Some(format!(
-            "http://127.0.0.1:{}/{AZURITE_ACCOUNT}",
-            server.port
-        )),
-        key_id: Some(AZURITE_ACCOUNT.into()),
-        secret: Some(AZURITE_KEY.into()),
-        ..Access::default()
-    };
-    let location = Location::parse("azblob://archive/cold").unwrap();
-    let cold = BucketStore::open(&location, &access, &t.path("probe"), None).unwrap();
+    let cold = bucket_store("azblob://archive/cold", &server.access(AZURITE_KEY), &t.path("probe"), None);
     archived_restore_points_thaw_through_restore_requests(&t, &cold, true, 72);
 }
 

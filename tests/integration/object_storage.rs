@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
-use strata::storage::{Access, BucketStore, Location, ObjectStore};
+use strata::storage::{BucketStore, ObjectStore};
 
 use crate::mount::{fuse_available, MountGuard};
 use crate::util::*;
 
 pub use crate::servers::S3Server;
-use crate::servers::{S3S_KEY_ID, S3S_SECRET};
+use crate::servers::S3S_SECRET;
 
 /// What these tests ask of an s3s-fs server beyond starting and stopping
 /// it (`crate::servers`): its objects as files, and how to reach it.
@@ -28,20 +28,9 @@ impl S3Server {
         self.env(S3S_SECRET)
     }
 
-    /// How to reach the server, for an in-process open.
-    pub fn access(&self) -> Access {
-        Access {
-            endpoint: Some(self.endpoint()),
-            region: Some("us-east-1".into()),
-            key_id: Some(S3S_KEY_ID.into()),
-            secret: Some(S3S_SECRET.into()),
-            ..Access::default()
-        }
-    }
-
     /// The store at `url`, for a test that looks at objects directly.
     pub fn store(&self, url: &str, staging: &Path) -> BucketStore {
-        BucketStore::open(&Location::parse(url).unwrap(), &self.access(), staging, None).unwrap()
+        crate::servers::bucket_store(url, &self.access(), staging, None)
     }
 }
 

@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
-use strata::storage::{Access, BucketStore, Location, ObjectStore};
+use strata::storage::{BucketStore, ObjectStore};
 
 use crate::object_storage::{backs_up_restores_and_checks, mount_reads_the_latest_backup};
 use crate::util::*;
 
-use crate::servers::{AzuriteServer, GarageServer, GcsServer, GARAGE_KEY_ID, GARAGE_REGION, GARAGE_SECRET};
+use crate::servers::{bucket_store, AzuriteServer, GarageServer, GcsServer, GARAGE_SECRET};
 
 /// A test repository at `url`, reached through `env` (a server's
 /// endpoint and credentials), its state in the test's temporary directory.
@@ -25,14 +25,7 @@ fn repo_in(env: Vec<(String, String)>, url: &str, init: &[&str]) -> TestRepo {
 
 /// The Garage store at `url`, for a test that looks at objects directly.
 fn garage_store(server: &GarageServer, url: &str, staging: &Path) -> BucketStore {
-    let access = Access {
-        endpoint: Some(server.endpoint()),
-        region: Some(GARAGE_REGION.into()),
-        key_id: Some(GARAGE_KEY_ID.into()),
-        secret: Some(GARAGE_SECRET.into()),
-        ..Access::default()
-    };
-    BucketStore::open(&Location::parse(url).unwrap(), &access, staging, None).unwrap()
+    bucket_store(url, &server.access(GARAGE_SECRET), staging, None)
 }
 
 fn pack_count(store: &BucketStore) -> usize {

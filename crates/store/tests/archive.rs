@@ -9,40 +9,15 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
-use common::{AzuriteServer, MotoServer, AZURITE_ACCOUNT, AZURITE_KEY, MOTO_KEY_ID, MOTO_SECRET};
+use common::{bucket_store, AzuriteServer, MotoServer, AZURITE_KEY};
 use strata_store::{Access, Availability, BucketStore, Location, ObjectStore, RestorePriority};
 
 fn moto_store(server: &MotoServer, url: &str, class: Option<&str>, staging: &Path) -> BucketStore {
-    let access = Access {
-        endpoint: Some(server.endpoint()),
-        region: Some("us-east-1".into()),
-        key_id: Some(MOTO_KEY_ID.into()),
-        secret: Some(MOTO_SECRET.into()),
-        ..Access::default()
-    };
-    BucketStore::open(&Location::parse(url).unwrap(), &access, staging, class).unwrap()
+    bucket_store(url, &server.access(), staging, class)
 }
 
-fn azurite_access(server: &AzuriteServer, key: &str) -> Access {
-    Access {
-        endpoint: Some(format!(
-            "http://127.0.0.1:{}/{AZURITE_ACCOUNT}",
-            server.port
-        )),
-        key_id: Some(AZURITE_ACCOUNT.into()),
-        secret: Some(key.into()),
-        ..Access::default()
-    }
-}
-
-fn azurite_store(
-    server: &AzuriteServer,
-    url: &str,
-    class: Option<&str>,
-    staging: &Path,
-) -> BucketStore {
-    let access = azurite_access(server, AZURITE_KEY);
-    BucketStore::open(&Location::parse(url).unwrap(), &access, staging, class).unwrap()
+fn azurite_store(server: &AzuriteServer, url: &str, class: Option<&str>, staging: &Path) -> BucketStore {
+    bucket_store(url, &server.access(AZURITE_KEY), staging, class)
 }
 
 /// 3 MiB streamed in pieces, as a pack is.
@@ -189,9 +164,7 @@ fn a_wrong_azure_key_is_refused_without_showing_it() {
     good.put("packs/aa/x.pack", b"x").unwrap();
     // A valid base64 key that is not the account's.
     let wrong_key = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
-    let access = azurite_access(&server, wrong_key);
-    let location = Location::parse("azblob://cold").unwrap();
-    let wrong = BucketStore::open(&location, &access, staging.path(), Some("Archive")).unwrap();
+    let wrong = bucket_store("azblob://cold", &server.access(wrong_key), staging.path(), Some("Archive"));
     let refused = wrong
         .request_restore("packs/aa/x.pack", 1, RestorePriority::Standard)
         .unwrap_err()

@@ -9,32 +9,11 @@ use std::path::Path;
 
 mod common;
 
-use common::{AzuriteServer, S3Server, AZURITE_ACCOUNT, AZURITE_KEY, S3S_KEY_ID, S3S_SECRET};
+use common::{bucket_store, AzuriteServer, S3Server, AZURITE_KEY};
 use strata_store::{conformance, Access, BucketOptions, BucketStore, Faults, Location, ObjectStore};
 
-/// How the store reaches an s3s-fs server.
-fn s3_access(server: &S3Server) -> Access {
-    Access {
-        endpoint: Some(server.endpoint()),
-        region: Some("us-east-1".into()),
-        key_id: Some(S3S_KEY_ID.into()),
-        secret: Some(S3S_SECRET.into()),
-        ..Access::default()
-    }
-}
-
 fn s3_store(server: &S3Server, url: &str, staging: &Path) -> BucketStore {
-    BucketStore::open(&Location::parse(url).unwrap(), &s3_access(server), staging, None).unwrap()
-}
-
-/// How the store reaches an Azurite server.
-fn azure_access(server: &AzuriteServer) -> Access {
-    Access {
-        endpoint: Some(format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", server.port)),
-        key_id: Some(AZURITE_ACCOUNT.into()),
-        secret: Some(AZURITE_KEY.into()),
-        ..Access::default()
-    }
+    bucket_store(url, &server.access(), staging, None)
 }
 
 #[test]
@@ -62,11 +41,11 @@ fn an_azure_container_behaves_like_every_store() {
     server.create_container("conformance");
     let staging = tempfile::tempdir().unwrap();
     let location = Location::parse("azblob://conformance/repo").unwrap();
-    let store = BucketStore::open(&location, &azure_access(&server), staging.path(), None).unwrap();
+    let store = BucketStore::open(&location, &server.access(AZURITE_KEY), staging.path(), None).unwrap();
     conformance::check_all(&store);
     let outside = BucketStore::open(
         &Location::parse("azblob://conformance").unwrap(),
-        &azure_access(&server),
+        &server.access(AZURITE_KEY),
         staging.path(),
         None,
     )
@@ -109,7 +88,7 @@ fn wrong_credentials_and_a_missing_bucket_are_clear_errors() {
     let staging = tempfile::tempdir().unwrap();
     let wrong = Access {
         secret: Some("not the secret".into()),
-        ..s3_access(&server)
+        ..server.access()
     };
     let store = BucketStore::open(&Location::parse("s3://present").unwrap(), &wrong, staging.path(), None).unwrap();
     let err = store.put("config.json", b"{}").unwrap_err().to_string();
@@ -154,7 +133,7 @@ fn faulty_store(server: &S3Server, url: &str, staging: &Path, faults: &Faults, t
         faults: Some(faults.clone()),
         ..BucketOptions::default()
     };
-    BucketStore::open_with(&Location::parse(url).unwrap(), &s3_access(server), staging, &options).unwrap()
+    BucketStore::open_with(&Location::parse(url).unwrap(), &server.access(), staging, &options).unwrap()
 }
 
 #[test]

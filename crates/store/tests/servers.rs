@@ -9,31 +9,15 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
-use common::{GarageServer, GcsServer, GARAGE_KEY_ID, GARAGE_REGION, GARAGE_SECRET};
+use common::{bucket_store, GarageServer, GcsServer, GARAGE_SECRET};
 use strata_store::{conformance, Access, BucketStore, Location, ObjectStore};
 
-fn garage_access(server: &GarageServer, secret: &str) -> Access {
-    Access {
-        endpoint: Some(server.endpoint()),
-        region: Some(GARAGE_REGION.into()),
-        key_id: Some(GARAGE_KEY_ID.into()),
-        secret: Some(secret.into()),
-        ..Access::default()
-    }
-}
-
 fn garage_store(server: &GarageServer, url: &str, staging: &Path) -> BucketStore {
-    let access = garage_access(server, GARAGE_SECRET);
-    BucketStore::open(&Location::parse(url).unwrap(), &access, staging, None).unwrap()
+    bucket_store(url, &server.access(GARAGE_SECRET), staging, None)
 }
 
 fn gcs_store(server: &GcsServer, url: &str, staging: &Path) -> BucketStore {
-    let access = Access {
-        endpoint: Some(server.endpoint()),
-        anonymous: true,
-        ..Access::default()
-    };
-    BucketStore::open(&Location::parse(url).unwrap(), &access, staging, None).unwrap()
+    bucket_store(url, &server.access(), staging, None)
 }
 
 /// Every object of the store at the bucket's root, for a check that
@@ -137,7 +121,7 @@ fn wrong_credentials_and_a_missing_bucket_are_clear_errors_on_garage() {
     };
     let staging = tempfile::tempdir().unwrap();
     let wrong_secret = "not-the-secret-at-all-0123456789";
-    let wrong = garage_access(&server, wrong_secret);
+    let wrong = server.access(wrong_secret);
     let store = BucketStore::open(
         &Location::parse("s3://present/repo").unwrap(),
         &wrong,
@@ -163,7 +147,7 @@ fn wrong_credentials_and_a_missing_bucket_are_clear_errors_on_garage() {
     }
     let unknown_key = Access {
         key_id: Some("GK000000000000000000000000".into()),
-        ..garage_access(&server, GARAGE_SECRET)
+        ..server.access(GARAGE_SECRET)
     };
     let store = BucketStore::open(
         &Location::parse("s3://present").unwrap(),

@@ -10,7 +10,8 @@
 //!
 //! Shared by the store's tests (`crates/store/tests/servers.rs`) and the
 //! command-line tests (`tests/integration/object_storage_servers.rs`),
-//! which include this file by path: it depends on std and tempfile only.
+//! which include this file by path: it depends on std, tempfile and the
+//! store crate (how to reach each server: an `Access`).
 
 #![allow(dead_code)]
 
@@ -18,6 +19,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use strata_store::{Access, BucketStore, Location};
 
 /// Where `tools/setup` installs the test servers.
 pub fn tools_dir() -> PathBuf {
@@ -39,6 +42,12 @@ pub fn installed(relative: &str, what: &str) -> Option<PathBuf> {
         eprintln!("skipped: {what} is not installed (tools/setup installs it)");
         None
     }
+}
+
+/// The bucket store at `url`, reached with `access`, new objects in
+/// `class`, for a test that looks at objects directly.
+pub fn bucket_store(url: &str, access: &Access, staging: &Path, class: Option<&str>) -> BucketStore {
+    BucketStore::open(&Location::parse(url).unwrap(), access, staging, class).unwrap()
 }
 
 pub fn free_port() -> u16 {
@@ -119,6 +128,17 @@ pub struct GarageServer {
 }
 
 impl GarageServer {
+    /// How to reach the node with the test key and `secret`.
+    pub fn access(&self, secret: &str) -> Access {
+        Access {
+            endpoint: Some(self.endpoint()),
+            region: Some(GARAGE_REGION.into()),
+            key_id: Some(GARAGE_KEY_ID.into()),
+            secret: Some(secret.into()),
+            ..Access::default()
+        }
+    }
+
     /// A started node with `buckets`, each readable and writable with the
     /// test key; `None` when Garage is not installed.
     pub fn start(buckets: &[&str]) -> Option<GarageServer> {
@@ -294,6 +314,15 @@ pub struct GcsServer {
 }
 
 impl GcsServer {
+    /// How to reach the server: unsigned requests.
+    pub fn access(&self) -> Access {
+        Access {
+            endpoint: Some(self.endpoint()),
+            anonymous: true,
+            ..Access::default()
+        }
+    }
+
     /// A started server holding the empty `buckets`; `None` when
     /// fake-gcs-server is not installed.
     pub fn start(buckets: &[&str]) -> Option<GcsServer> {
@@ -387,6 +416,22 @@ require("http").request({
 "#;
 
 impl AzuriteServer {
+    /// How to reach the server as the development account, signing with
+    /// `key`.
+    pub fn access(&self, key: &str) -> Access {
+        Access {
+            endpoint: Some(self.endpoint()),
+            key_id: Some(AZURITE_ACCOUNT.into()),
+            secret: Some(key.into()),
+            ..Access::default()
+        }
+    }
+
+    /// The account's endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
     pub fn start() -> Option<AzuriteServer> {
         let binary = installed("azurite/node_modules/.bin/azurite-blob", "Azurite")?;
         // A free port can be taken by a server another test starts at the
@@ -449,10 +494,7 @@ impl AzuriteServer {
 
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            (
-                "AZURE_STORAGE_ENDPOINT".into(),
-                format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port),
-            ),
+            ("AZURE_STORAGE_ENDPOINT".into(), self.endpoint()),
             ("AZURE_STORAGE_ACCOUNT".into(), AZURITE_ACCOUNT.into()),
             ("AZURE_STORAGE_KEY".into(), AZURITE_KEY.into()),
         ]
@@ -506,6 +548,17 @@ pub struct S3Server {
 }
 
 impl S3Server {
+    /// How to reach the server with the test key.
+    pub fn access(&self) -> Access {
+        Access {
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            key_id: Some(S3S_KEY_ID.into()),
+            secret: Some(S3S_SECRET.into()),
+            ..Access::default()
+        }
+    }
+
     /// A started server with one bucket; `None` when s3s-fs is not
     /// installed.
     pub fn start(bucket: &str) -> Option<S3Server> {
@@ -611,6 +664,17 @@ pub const MOTO_KEY_ID: &str = "strata-moto-key";
 pub const MOTO_SECRET: &str = "strata-moto-secret";
 
 impl MotoServer {
+    /// How to reach the server (any key does).
+    pub fn access(&self) -> Access {
+        Access {
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            key_id: Some(MOTO_KEY_ID.into()),
+            secret: Some(MOTO_SECRET.into()),
+            ..Access::default()
+        }
+    }
+
     /// A started server holding the empty `buckets`; `None` when moto is
     /// not installed.
     pub fn start(buckets: &[&str]) -> Option<MotoServer> {
