@@ -178,6 +178,7 @@ fn open_options() -> strata::repository::OpenOptions {
         read_cache_bytes: READ_CACHE_BYTES.get().copied(),
         access: None,
         bucket_retries: number("STRATA_BUCKET_RETRIES"),
+        key_withheld: false,
     }
 }
 

@@ -18,7 +18,7 @@ pub fn run(
 ) -> Result<Status> {
     let repo = open(path)?;
     let shown = mountpoint.display().to_string();
-    strata::mount::mount(repo, mountpoint, options, cancel, || {
+    strata::mount::mount(std::sync::Arc::new(repo), mountpoint, options, cancel, || {
         let _ = writeln!(
             std::io::stdout(),
             "mounted {} at {shown}; unmount with Ctrl-C or `strata umount {shown}`",

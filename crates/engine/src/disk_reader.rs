@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use crate::disk_map::{page_of, DiskMapPage, PageRef};
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 
 /// Reads and decodes one disk map page.
-pub fn read_page<M>(repo: &Repository<M>, id: &ChunkId) -> Result<DiskMapPage> {
+pub fn read_page(repo: &dyn RepositoryReader, id: &ChunkId) -> Result<DiskMapPage> {
     DiskMapPage::decode(id, &repo.read_chunk(id)?)
 }
 
@@ -51,14 +51,14 @@ impl PageCache {
 }
 
 /// A stored disk's map, read through a cache.
-pub struct DiskMapReader<'r, M> {
-    repo: &'r Repository<M>,
+pub struct DiskMapReader<'r> {
+    repo: &'r dyn RepositoryReader,
     pages: &'r [PageRef],
     cache: &'r PageCache,
 }
 
-impl<'r, M> DiskMapReader<'r, M> {
-    pub fn new(repo: &'r Repository<M>, pages: &'r [PageRef], cache: &'r PageCache) -> Self {
+impl<'r> DiskMapReader<'r> {
+    pub fn new(repo: &'r dyn RepositoryReader, pages: &'r [PageRef], cache: &'r PageCache) -> Self {
         DiskMapReader { repo, pages, cache }
     }
 

@@ -5,13 +5,13 @@
 
 use crate::error::Result;
 use crate::id::ChunkId;
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::tree::{Node, NodeKind};
 
 /// Yields each entry with its path relative to the listed directory:
 /// names joined by `/`, as raw bytes (names need not be UTF-8).
-pub struct TreeListing<'r, M> {
-    repo: &'r Repository<M>,
+pub struct TreeListing<'r> {
+    repo: &'r dyn RepositoryReader,
     recursive: bool,
     /// Directories being listed, innermost last, with their paths.
     open: Vec<(Vec<u8>, std::vec::IntoIter<Node>)>,
@@ -21,7 +21,7 @@ pub struct TreeListing<'r, M> {
     root: Option<ChunkId>,
 }
 
-impl<M> TreeListing<'_, M> {
+impl TreeListing<'_> {
     fn step(&mut self) -> Result<Option<(Vec<u8>, Node)>> {
         if let Some(root) = self.root.take() {
             self.open
@@ -50,7 +50,7 @@ impl<M> TreeListing<'_, M> {
     }
 }
 
-impl<M> Iterator for TreeListing<'_, M> {
+impl Iterator for TreeListing<'_> {
     type Item = Result<(Vec<u8>, Node)>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -60,7 +60,7 @@ impl<M> Iterator for TreeListing<'_, M> {
 
 /// The entries of the directory whose tree is `tree`; with `recursive`,
 /// those of its subdirectories too, each right after its directory.
-pub fn list_tree<M>(repo: &Repository<M>, tree: ChunkId, recursive: bool) -> TreeListing<'_, M> {
+pub fn list_tree(repo: &dyn RepositoryReader, tree: ChunkId, recursive: bool) -> TreeListing<'_> {
     TreeListing {
         repo,
         recursive,

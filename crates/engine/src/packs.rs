@@ -341,6 +341,14 @@ impl Packs {
         self.read_verified_into(self.warm_reads.as_ref(), &name, id, entry, buffers)
     }
 
+    /// A chunk's stored bytes from the thawed copy of cold pack `id`.
+    pub fn read_thawed_stored(&self, id: &PackId, entry: &PackEntry) -> Result<Vec<u8>> {
+        let name = crate::thaw_record::thaw_object_name(id);
+        let mut stored = Vec::new();
+        Self::read_stored_into(self.warm_reads.as_ref(), &name, entry, &mut stored)?;
+        Ok(stored)
+    }
+
     /// Copies cold pack `id` whole to its thaw name on the warm tier, after
     /// checking that it still hashes to its name (a damaged archival copy
     /// is never made readable). Returns its size.

@@ -72,6 +72,9 @@ pub struct OpenOptions {
     /// Retries of each bucket request; fewer where a dead server should
     /// fail a run quickly (scripts that retry themselves, tests).
     pub bucket_retries: Option<usize>,
+    /// Opens an encrypted repository without its key (a repository
+    /// server): it stores and indexes sealed objects and never opens one.
+    pub key_withheld: bool,
 }
 
 /// The read cache of a repository in a bucket: 2 GiB.
@@ -144,7 +147,7 @@ impl Repository<ReadOnly> {
     pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Self> {
         let site = site::open(root, options)?;
         let (protection, unlocked) =
-            keys::protection_for(site.stores.warm.as_ref(), &site.config, options.password.as_ref())?;
+            unlock(&site, options)?;
         require_index(&site)?;
         let index = RocksIndex::open(&site.state.index_dir(), IndexAccess::Secondary)?;
         Ok(Self::assemble(site, protection, index, unlocked, Locks::default()))
@@ -280,7 +283,7 @@ impl Repository<Exclusive> {
         let site = site::open(root, options)?;
         let (protection, unlocked) = match unlocked {
             Some(unlocked) => (unlocked.protection(), Some(unlocked)),
-            None => keys::protection_for(site.stores.warm.as_ref(), &site.config, options.password.as_ref())?,
+            None => unlock(&site, options)?,
         };
         require_index(&site)?;
         // Unlocked before locking: a wrong password leaves no trace.
@@ -310,7 +313,14 @@ impl Repository<Exclusive> {
         }
         for id in stored.difference(&catalogued) {
             let bytes = self.store().get(&restore_point::object_name(id))?;
-            if let Err(e) = Manifest::open(self.protection(), id, &bytes) {
+            // Without the key a manifest cannot be judged here; readers,
+            // who hold it, verify every manifest they open.
+            let checked = if self.protection().is_withheld() {
+                Ok(())
+            } else {
+                Manifest::open(self.protection(), id, &bytes).map(|_| ())
+            };
+            if let Err(e) = checked {
                 // Not this writer's to judge: check names it, prune refuses
                 // to run beside it, and repair sets it aside.
                 tracing::warn!(restore_point = %id, error = %e, "damaged manifest not catalogued; run `strata repair index`");
@@ -329,6 +339,22 @@ impl Repository<Exclusive> {
         self.store().put(&restore_point::object_name(&id), &bytes)?;
         self.index.add_restore_point(&id, &bytes)?;
         Ok(id)
+    }
+
+    /// Makes a restore point visible from its stored (sealed) form, as a
+    /// repository server commits what a remote mover sealed. The caller
+    /// guarantees what [`Self::commit_restore_point`] requires; an id
+    /// already committed is left as it is.
+    pub fn commit_stored_restore_point(&self, id: &RestorePointId, stored: &[u8]) -> Result<()> {
+        let name = restore_point::object_name(id);
+        match self.store().size(&name) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        self.store().put(&name, stored)?;
+        self.index.add_restore_point(id, stored)?;
+        Ok(())
     }
 
     /// Seals a pack and indexes every chunk in it: durable first, then
@@ -372,7 +398,7 @@ impl Repository<Exclusive> {
     pub fn open_for_repair(root: &Path, command: &str, options: &OpenOptions) -> Result<Self> {
         let site = site::open(root, options)?;
         let (protection, unlocked) =
-            keys::protection_for(site.stores.warm.as_ref(), &site.config, options.password.as_ref())?;
+            unlock(&site, options)?;
         // A new machine has no state for a bucket yet: repair builds it.
         std::fs::create_dir_all(site.state.root()).at("creating", site.state.root())?;
         let locks = Locks::acquire(&site.location, &site.state, &site.stores.warm, command)?;
@@ -417,6 +443,15 @@ impl Locks {
             _object: object,
         })
     }
+}
+
+/// The repository's protection: unlocked with the caller's password, or
+/// withheld when the caller asked to work without the key.
+fn unlock(site: &Site, options: &OpenOptions) -> Result<(Protection, Option<Arc<Unlocked>>)> {
+    if options.key_withheld && site.config.is_encrypted() {
+        return Ok((Protection::withheld(), None));
+    }
+    keys::protection_for(site.stores.warm.as_ref(), &site.config, options.password.as_ref())
 }
 
 /// A repository in a bucket opened on a machine that has no index for it
@@ -564,7 +599,9 @@ impl<Mode> Repository<Mode> {
         Err(Error::ChunkMissing { id: *id })
     }
 
-    /// Reads, decompresses and verifies one chunk.
+    /// Reads, decompresses and verifies one chunk (here rather than only
+    /// in [`crate::reader::RepositoryReader`], so the engine's own jobs
+    /// need no trait in scope).
     ///
     /// A reader beside a writer sees the index as it was when it last
     /// caught up; since then `prune` may have repacked the chunk or `tier
@@ -672,29 +709,38 @@ impl<Mode> Repository<Mode> {
         Ok(out)
     }
 
-    pub fn resolve(&self, selector: &str) -> Result<RestorePoint> {
-        let all = self.restore_points()?;
-        crate::selector::select(&all, selector).cloned()
+    /// Every committed restore point in its stored form (sealed when the
+    /// repository is encrypted), oldest name first: what a repository
+    /// server hands its clients, who open them.
+    pub fn stored_restore_points(&self) -> Result<Vec<(RestorePointId, Vec<u8>)>> {
+        let mut catalog: HashMap<RestorePointId, Vec<u8>> =
+            self.index.restore_points()?.into_iter().collect();
+        let mut out = Vec::new();
+        for name in self.store().list("manifests/") {
+            let name = name?;
+            let Some(id) = restore_point::id_from_object_name(&name) else {
+                continue;
+            };
+            let bytes = match catalog.remove(&id) {
+                Some(bytes) => bytes,
+                None => self.store().get(&name)?,
+            };
+            out.push((id, bytes));
+        }
+        Ok(out)
     }
 
-    /// Finds the node at `path` ("/etc/hosts") in a restore point; `/` or
-    /// an empty path is the root, returned as `None`.
-    pub fn lookup_path(&self, rp: &RestorePoint, path: &str) -> Result<Option<crate::tree::Node>> {
-        let not_found = || Error::PathNotInRestorePoint {
-            path: path.to_string(),
-            restore_point: rp.id.short(),
+    /// A chunk as stored (compressed, sealed when encrypted), with its
+    /// pack entry and pack, read where the index says it is: what a
+    /// repository server sends a client, which decodes and verifies it.
+    pub fn read_stored_chunk(&self, id: &ChunkId) -> Result<(crate::id::PackId, crate::pack::PackEntry, Vec<u8>)> {
+        let location = self.locate(id)?;
+        let (pack, entry) = (location.pack, location.entry);
+        let stored = match location.tier {
+            Tier::Warm => self.packs.read_stored(Tier::Warm, &pack, &entry)?,
+            Tier::Cold if self.is_thawed(&pack)? => self.packs.read_thawed_stored(&pack, &entry)?,
+            Tier::Cold => return Err(Error::Cold { chunk: entry.id, pack }),
         };
-        let mut current: Option<crate::tree::Node> = None;
-        let mut tree_id = Some(rp.manifest.root);
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            let tree = self.load_tree(&tree_id.ok_or_else(not_found)?)?;
-            let node = tree.find(part.as_bytes()).cloned().ok_or_else(not_found)?;
-            tree_id = match &node.kind {
-                crate::tree::NodeKind::Directory { subtree } => Some(*subtree),
-                _ => None,
-            };
-            current = Some(node);
-        }
-        Ok(current)
+        Ok((pack, entry, stored))
     }
 }

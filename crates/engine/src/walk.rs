@@ -13,7 +13,6 @@ use std::fmt;
 
 use crate::cancel::CancelToken;
 use crate::disk_map::{DiskMapPage, PAGE_ENTRIES};
-use crate::disk_reader::read_page;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::repository::Repository;
@@ -88,7 +87,7 @@ impl<M> Loader for Repository<M> {
     }
 
     fn disk_map_page(&self, id: &ChunkId) -> Result<DiskMapPage> {
-        read_page(self, id)
+        DiskMapPage::decode(id, &self.read_chunk(id)?)
     }
 }
 

@@ -230,11 +230,16 @@ impl Sealed<'_> {
 #[derive(Clone, Default)]
 pub struct Protection {
     keys: Option<Arc<Keys>>,
+    /// Encrypted, but this process holds no key: a repository server
+    /// stores and indexes sealed objects it can neither open nor make.
+    withheld: bool,
 }
 
 impl std::fmt::Debug for Protection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.is_encrypted() {
+        f.write_str(if self.withheld {
+            "Protection(encrypted, key withheld)"
+        } else if self.is_encrypted() {
             "Protection(encrypted)"
         } else {
             "Protection(none)"
@@ -245,17 +250,40 @@ impl std::fmt::Debug for Protection {
 impl Protection {
     /// Plain objects and plain BLAKE3 ids: repositories of format version 1.
     pub fn none() -> Self {
-        Protection { keys: None }
+        Protection::default()
     }
 
     pub fn encrypted(master: &MasterKey) -> Self {
         Protection {
             keys: Some(Arc::new(master.derive())),
+            withheld: false,
+        }
+    }
+
+    /// An encrypted repository whose key this process does not hold (a
+    /// repository server): sealing and opening fail, so nothing is ever
+    /// written in the clear or read as plaintext by mistake. Its ids are
+    /// never computed here, only compared.
+    pub fn withheld() -> Self {
+        Protection {
+            keys: None,
+            withheld: true,
         }
     }
 
     pub fn is_encrypted(&self) -> bool {
-        self.keys.is_some()
+        self.keys.is_some() || self.withheld
+    }
+
+    /// Whether the repository is encrypted and this process has no key.
+    pub fn is_withheld(&self) -> bool {
+        self.withheld
+    }
+
+    fn key_withheld() -> Error {
+        Error::InvalidInput(
+            "this process holds no key of the encrypted repository (a repository server stores sealed objects it cannot open or make)".into(),
+        )
     }
 
     /// How chunk and restore point ids are computed.
@@ -284,6 +312,7 @@ impl Protection {
     pub fn seal_into(&self, object: Sealed<'_>, plain: &[u8], out: &mut Vec<u8>) -> Result<()> {
         match &self.keys {
             Some(keys) => keys.objects.seal_into(&object.aad(), plain, out),
+            None if self.withheld => Err(Self::key_withheld()),
             None => {
                 out.extend_from_slice(plain);
                 Ok(())
@@ -292,16 +321,21 @@ impl Protection {
     }
 
     /// The plaintext of a stored object, opened in place: a sub-slice of
-    /// `stored` (all of it when not encrypted).
+    /// `stored` (all of it when not encrypted). Without the key nothing
+    /// opens.
     pub fn open_in_place<'a>(&self, object: Sealed<'_>, stored: &'a mut [u8]) -> Result<&'a mut [u8], AuthenticationFailed> {
         match &self.keys {
             Some(keys) => keys.objects.open_in_place(&object.aad(), stored),
+            None if self.withheld => Err(AuthenticationFailed),
             None => Ok(stored),
         }
     }
 
     /// The plaintext of a stored object; `what` names it in the error.
     pub fn open(&self, object: Sealed<'_>, stored: &[u8], what: impl FnOnce() -> String) -> Result<Vec<u8>> {
+        if self.withheld {
+            return Err(Self::key_withheld());
+        }
         if self.keys.is_none() {
             return Ok(stored.to_vec());
         }

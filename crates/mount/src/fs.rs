@@ -41,8 +41,8 @@ const DYNAMIC_TTL: Duration = Duration::from_secs(1);
 
 type Job = Box<dyn FnOnce() + Send>;
 
-pub struct StrataFs<M: Send + Sync + 'static> {
-    ns: Arc<Namespace<M>>,
+pub struct StrataFs {
+    ns: Arc<Namespace>,
     cache: Arc<ChunkCache>,
     pool: Sender<Job>,
     read_ahead: Arc<ReadAhead>,
@@ -53,9 +53,9 @@ pub struct StrataFs<M: Send + Sync + 'static> {
     kernel_acls: bool,
 }
 
-impl<M: Send + Sync + 'static> StrataFs<M> {
+impl StrataFs {
     pub fn new(
-        ns: Arc<Namespace<M>>,
+        ns: Arc<Namespace>,
         cache_bytes: u64,
         no_xattrs: bool,
         kernel_acls: bool,
@@ -149,7 +149,7 @@ type AddEntry<'a> = dyn FnMut(u64, i64, FileType, &OsStr, Option<(&Inode, &Durat
 /// would hold one per entry ever listed.
 const UNKNOWN_INO: u64 = 0xffff_ffff;
 
-impl<M: Send + Sync + 'static> StrataFs<M> {
+impl StrataFs {
     /// Walks a directory's entries from `offset` ("." and ".." first).
     /// With `plus`, every entry comes with its inode, made if need be.
     fn list(
@@ -222,7 +222,7 @@ impl<M: Send + Sync + 'static> StrataFs<M> {
     }
 }
 
-impl<M: Send + Sync + 'static> Filesystem for StrataFs<M> {
+impl Filesystem for StrataFs {
     fn init(
         &mut self,
         _req: &Request<'_>,

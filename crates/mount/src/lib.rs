@@ -32,7 +32,7 @@ use fuser::MountOption;
 
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 
 pub struct MountOptions {
     pub allow_other: bool,
@@ -108,8 +108,8 @@ fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
 
 /// Mounts and serves until unmounted (`strata umount`, `umount`) or until
 /// `cancel` is cancelled, then unmounts. `on_mounted` is called once mounted.
-pub fn mount<M: Send + Sync + 'static>(
-    repo: Repository<M>,
+pub fn mount(
+    repo: Arc<dyn RepositoryReader>,
     mountpoint: &Path,
     options: &MountOptions,
     cancel: &CancelToken,
@@ -121,7 +121,7 @@ pub fn mount<M: Send + Sync + 'static>(
     // may read them as xattrs.
     let acls_hidden = options.allow_other && options.no_xattrs;
     let kernel_acls = options.allow_other && !options.no_xattrs;
-    let ns = Arc::new(namespace::Namespace::new(Arc::new(repo), acls_hidden));
+    let ns = Arc::new(namespace::Namespace::new(repo, acls_hidden));
     let fs = fs::StrataFs::new(ns, options.cache_size, options.no_xattrs, kernel_acls);
     let mut mount_options = vec![
         MountOption::RO,

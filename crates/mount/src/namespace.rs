@@ -37,7 +37,7 @@ use super::xattr_names::XattrNames;
 use crate::disk_reader::PageCache;
 use crate::error::Result;
 use crate::id::{ChunkId, RestorePointId};
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::restore_point::RestorePoint;
 use crate::tree::{Extent, Node, NodeKind, Timestamp};
 use crate::vm::description::{FileOwner, VmDescription};
@@ -156,8 +156,8 @@ pub struct Inode {
     pub read_ahead_to: AtomicU64,
 }
 
-pub struct Namespace<M> {
-    pub repo: Arc<Repository<M>>,
+pub struct Namespace {
+    pub repo: Arc<dyn RepositoryReader>,
     pub inodes: InodeTable,
     catalog: Mutex<CatalogSnapshot>,
     descriptions: Mutex<HashMap<RestorePointId, Arc<VmDescription>>>,
@@ -187,11 +187,16 @@ pub(super) fn new_inode(ino: u64, parent: u64, kind: Kind) -> Arc<Inode> {
     })
 }
 
-impl<M: Sync + Send + 'static> Namespace<M> {
-    pub fn new(repo: Arc<Repository<M>>, acls_hidden: bool) -> Self {
-        let vm_owner = std::fs::metadata(repo.root())
-            .map(|m| (m.uid(), m.gid()))
-            .unwrap_or((0, 0));
+impl Namespace {
+    pub fn new(repo: Arc<dyn RepositoryReader>, acls_hidden: bool) -> Self {
+        // A repository behind a server has no local owner: its VM files
+        // are shown as the mounting user's.
+        let vm_owner = match repo.local_root() {
+            Some(root) => std::fs::metadata(root)
+                .map(|m| (m.uid(), m.gid()))
+                .unwrap_or((0, 0)),
+            None => (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()),
+        };
         Namespace {
             inodes: InodeTable::new(),
             catalog: Mutex::new((None, Arc::new(Catalog::default()))),
@@ -207,7 +212,7 @@ impl<M: Sync + Send + 'static> Namespace<M> {
     }
 }
 
-impl<M: Sync + Send> Namespace<M> {
+impl Namespace {
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
         self.inodes.get(ino)

@@ -18,7 +18,7 @@ pub const READ_AHEAD_BYTES: u64 = 32 << 20;
 
 /// Reads one chunk through the cache (waiting for a load of it already
 /// under way).
-pub fn load_chunk<M>(ns: &Namespace<M>, cache: &ChunkCache, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+pub fn load_chunk(ns: &Namespace, cache: &ChunkCache, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
     cache.get_or_load(id, || ns.repo.read_chunk(id))
 }
 
@@ -30,8 +30,8 @@ pub enum Source {
 }
 
 /// The chunks covering `[offset, offset + len)` of a disk, with offsets.
-pub fn disk_chunks<M: Send + Sync>(
-    ns: &Namespace<M>,
+pub fn disk_chunks(
+    ns: &Namespace,
     inode: &Inode,
     offset: u64,
     len: u64,
@@ -46,7 +46,7 @@ pub fn disk_chunks<M: Send + Sync>(
     let chunk = disk.chunk_size as u64;
     let mut out = Vec::new();
     let end = (offset + len).min(disk.capacity);
-    let map = DiskMapReader::new(&ns.repo, &disk.pages, &inode.pages);
+    let map = DiskMapReader::new(ns.repo.as_ref(), &disk.pages, &inode.pages);
     let mut index = offset / chunk;
     while index * chunk < end {
         let id = map.chunk_at(index)?;
@@ -73,8 +73,8 @@ impl Bytes {
 }
 
 /// The bytes `[offset, offset + size)` of a file.
-pub fn read_range<M: Send + Sync>(
-    ns: &Namespace<M>,
+pub fn read_range(
+    ns: &Namespace,
     cache: &ChunkCache,
     inode: &Inode,
     source: &Source,
@@ -144,8 +144,8 @@ fn extent_pieces(content: &FileContent, from: u64, to: u64) -> Vec<(u64, u64, Op
 
 /// The chunks that start in `[from, to)` of a file or disk, in order: what
 /// a sequential reader will want next.
-pub fn chunks_starting_in<M: Send + Sync>(
-    ns: &Namespace<M>,
+pub fn chunks_starting_in(
+    ns: &Namespace,
     inode: &Inode,
     source: &Source,
     from: u64,
@@ -165,8 +165,8 @@ pub fn chunks_starting_in<M: Send + Sync>(
 
 /// The first offset at or after `offset` that is data (or a hole), by the
 /// stored layout: holes of files and disks are known without reading.
-pub fn seek<M: Send + Sync>(
-    ns: &Namespace<M>,
+pub fn seek(
+    ns: &Namespace,
     inode: &Inode,
     offset: u64,
     size: u64,

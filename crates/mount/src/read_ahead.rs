@@ -66,9 +66,9 @@ impl ReadAhead {
     /// After a read of `inode` that ended at `end`: for a sequential
     /// reader, asks for the chunks up to a window past `end` that are not
     /// asked for yet; for any other, forgets its window.
-    pub fn follow<M: Send + Sync + 'static>(
+    pub fn follow(
         &self,
-        ns: &Arc<Namespace<M>>,
+        ns: &Arc<Namespace>,
         cache: &Arc<ChunkCache>,
         inode: &Inode,
         source: &Source,

@@ -22,7 +22,7 @@ use crossbeam_channel::{bounded, Sender};
 
 use crate::error::Result;
 use crate::id::{ChunkId, RestorePointId};
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::restore_point::{RestorePoint, RestorePointKind};
 use crate::tree::NodeKind;
 
@@ -49,7 +49,7 @@ struct State {
 
 impl XattrNames {
     /// Starts the scanning thread; it ends when this is dropped.
-    pub fn start<M: Send + Sync + 'static>(repo: Arc<Repository<M>>) -> Arc<Self> {
+    pub fn start(repo: Arc<dyn RepositoryReader>) -> Arc<Self> {
         let (wake, woken) = bounded(1);
         let names = Arc::new(XattrNames {
             state: Mutex::new(State::default()),
@@ -62,7 +62,7 @@ impl XattrNames {
             .name("xattr-names".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    scan(&repo, &weak);
+                    scan(repo.as_ref(), &weak);
                 }
             });
         match spawned {
@@ -135,7 +135,7 @@ impl Drop for XattrNames {
 /// complete (unless the catalog changed meanwhile: `cover` wakes the
 /// thread again). Holds `names` only to look at or record its state, and
 /// stops once it is dropped.
-fn scan<M: Send + Sync>(repo: &Repository<M>, names: &Weak<XattrNames>) {
+fn scan(repo: &dyn RepositoryReader, names: &Weak<XattrNames>) {
     loop {
         let Some(this) = names.upgrade() else { return };
         let (next, mut trees) = {
@@ -178,8 +178,8 @@ fn scan<M: Send + Sync>(repo: &Repository<M>, names: &Weak<XattrNames>) {
 
 /// Adds the xattr names of every node below tree `root` to `names`,
 /// reading only trees not in `seen`. False if `stop` said so first.
-fn collect<M: Send + Sync>(
-    repo: &Repository<M>,
+fn collect(
+    repo: &dyn RepositoryReader,
     root: ChunkId,
     seen: &mut HashSet<ChunkId>,
     names: &mut HashSet<Vec<u8>>,

@@ -38,7 +38,7 @@ use super::fsops;
 use crate::cancel::CancelToken;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::restore_point::RestorePoint;
 
 pub struct FilesRestore {
@@ -60,8 +60,8 @@ pub struct RestoreSummary {
     pub warnings: Vec<String>,
 }
 
-pub fn restore_files<M: Sync>(
-    repo: &Repository<M>,
+pub fn restore_files(
+    repo: &dyn RepositoryReader,
     rp: &RestorePoint,
     request: &FilesRestore,
     progress: &dyn Progress,
@@ -72,7 +72,7 @@ pub fn restore_files<M: Sync>(
     let _entered = span.enter();
     // Everything that can refuse the restore runs before anything is
     // created: the target, every name, cold data, free space.
-    let target = super::plan_target(repo.root(), &request.target)?;
+    let target = super::plan_target(repo.local_root(), &request.target)?;
     let selected = select(repo, rp, &request.paths)?;
     let mut needed = 0u64;
     for sel in &selected {

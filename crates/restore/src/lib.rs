@@ -31,7 +31,9 @@ pub struct RestoreTarget {
 /// Validates a restore destination without touching it: it exists or its
 /// nearest existing ancestor is a writable directory, it is a directory,
 /// and it is not inside the repository.
-pub fn plan_target(repo_root: &Path, target: &Path) -> Result<RestoreTarget> {
+/// `repo_root` is the repository's directory on this machine, if any: a
+/// restore never writes into it.
+pub fn plan_target(repo_root: Option<&Path>, target: &Path) -> Result<RestoreTarget> {
     let refuse = |why: String| {
         Error::InvalidInput(format!(
             "cannot use {} as restore target: {why}",
@@ -77,12 +79,14 @@ pub fn plan_target(repo_root: &Path, target: &Path) -> Result<RestoreTarget> {
     }
     nix::unistd::access(&existing, nix::unistd::AccessFlags::W_OK)
         .map_err(|e| refuse(format!("{} is not writable: {e}", existing.display())))?;
-    let repo_root = std::fs::canonicalize(repo_root).at("resolving", repo_root)?;
-    if path.starts_with(&repo_root) {
-        return Err(refuse(format!(
-            "it is inside the repository {}",
-            repo_root.display()
-        )));
+    if let Some(repo_root) = repo_root {
+        let repo_root = std::fs::canonicalize(repo_root).at("resolving", repo_root)?;
+        if path.starts_with(&repo_root) {
+            return Err(refuse(format!(
+                "it is inside the repository {}",
+                repo_root.display()
+            )));
+        }
     }
     Ok(RestoreTarget { path, existing })
 }

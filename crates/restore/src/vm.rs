@@ -20,7 +20,7 @@ use crate::cancel::CancelToken;
 use crate::disk_reader::{DiskMapReader, PageCache};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::restore_point::{RestorePoint, RestorePointKind};
 use crate::storage::local::fsync_dir;
 use strata_engine::vm::description::{DiskRecord, VmDescription};
@@ -57,7 +57,7 @@ pub struct VmRestoreSummary {
     pub duration_ms: u64,
 }
 
-pub fn load_description<M>(repo: &Repository<M>, rp: &RestorePoint) -> Result<VmDescription> {
+pub fn load_description(repo: &dyn RepositoryReader, rp: &RestorePoint) -> Result<VmDescription> {
     if rp.manifest.kind != RestorePointKind::Vm {
         return Err(Error::InvalidInput(format!(
             "restore point {} is a file tree, not a VM; use `strata restore files`",
@@ -84,8 +84,8 @@ fn select_disk<'d>(description: &'d VmDescription, selector: &str) -> Result<&'d
 
 /// Validates the target and its free space, then creates it: a refused
 /// restore creates nothing.
-fn prepare_dir<M>(repo: &Repository<M>, dir: &Path, needed: u64) -> Result<PathBuf> {
-    let target = super::plan_target(repo.root(), dir)?;
+fn prepare_dir(repo: &dyn RepositoryReader, dir: &Path, needed: u64) -> Result<PathBuf> {
+    let target = super::plan_target(repo.local_root(), dir)?;
     target.check_space(needed)?;
     target.create()
 }
@@ -138,8 +138,8 @@ fn minimal_vmx(name: &str, guest_os: &str, disk_file: &str, adapter: &str) -> St
     )
 }
 
-pub fn restore_vm<M: Sync>(
-    repo: &Repository<M>,
+pub fn restore_vm(
+    repo: &dyn RepositoryReader,
     rp: &RestorePoint,
     request: &VmRestore,
     progress: &dyn Progress,
@@ -252,7 +252,7 @@ pub fn restore_vm<M: Sync>(
 }
 
 /// Refuses a disk any of whose data is on the cold tier, before writing.
-fn check_readable<M>(repo: &Repository<M>, rp: &RestorePoint, disk: &DiskRecord) -> Result<()> {
+fn check_readable(repo: &dyn RepositoryReader, rp: &RestorePoint, disk: &DiskRecord) -> Result<()> {
     let cache = PageCache::keeping(1);
     let map = DiskMapReader::new(repo, &disk.pages, &cache);
     for (p, page_ref) in disk.pages.iter().enumerate() {
@@ -273,8 +273,8 @@ fn check_readable<M>(repo: &Repository<M>, rp: &RestorePoint, disk: &DiskRecord)
 /// Writes one disk's raw contents to a file (created sparse, under a
 /// temporary name renamed over the target only when complete) or a block
 /// device (written in place, holes written as zeros).
-pub fn restore_disk_raw<M: Sync>(
-    repo: &Repository<M>,
+pub fn restore_disk_raw(
+    repo: &dyn RepositoryReader,
     rp: &RestorePoint,
     selector: &str,
     path: &Path,

@@ -30,7 +30,8 @@ pub fn trailer_of(bytes: &[u8], object: &str) -> Result<Vec<PackEntry>> {
     )
 }
 
-pub fn check_header(header: &[u8], object: &str) -> Result<()> {
+/// Checks a pack's header; returns its version.
+pub fn check_header(header: &[u8], object: &str) -> Result<u32> {
     let mut d = Decoder::new(header, "pack header");
     d.expect_magic(&PACK_MAGIC)
         .map_err(|e| Error::decode(object, e))?;
@@ -46,7 +47,7 @@ pub fn check_header(header: &[u8], object: &str) -> Result<()> {
     if reserved != 0 {
         return Err(Error::corrupt(object, "reserved header field is not zero"));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Where the trailer starts (the end of the data area) and its hash, as

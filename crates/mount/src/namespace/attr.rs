@@ -32,7 +32,7 @@ fn encode_rdev(rdev: u64) -> u32 {
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
-impl<M: Sync + Send> Namespace<M> {
+impl Namespace {
     /// Permission bits and owner of a VM file: as backed up, or the
     /// restrictive default for records that did not keep them. Write bits
     /// are dropped: the mount is read-only.

@@ -24,7 +24,7 @@ pub(super) struct Catalog {
 /// The catalog as last read, and when.
 pub(super) type CatalogSnapshot = (Option<Instant>, Arc<Catalog>);
 
-impl<M: Sync + Send> Namespace<M> {
+impl Namespace {
     pub(super) fn catalog(&self) -> Result<Arc<Catalog>> {
         let mut catalog = self.catalog.lock().expect("catalog");
         if catalog.0.is_none_or(|at| at.elapsed() > CATALOG_MAX_AGE) {

@@ -28,7 +28,7 @@ fn disk_stem(description: &VmDescription, index: usize) -> String {
     }
 }
 
-impl<M: Sync + Send> Namespace<M> {
+impl Namespace {
     pub(super) fn compute_children(&self, inode: &Inode) -> Result<Vec<Child>> {
         let mut children: Vec<Child> = match &inode.kind {
             Kind::Root => vec![

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::restore_point::RestorePoint;
 use crate::tree::{validate_name, Extent, Node, NodeKind};
 
@@ -14,8 +14,8 @@ pub(super) struct Selected {
     pub(super) node: Option<Node>,
 }
 
-pub(super) fn select<M>(
-    repo: &Repository<M>,
+pub(super) fn select(
+    repo: &dyn RepositoryReader,
     rp: &RestorePoint,
     paths: &[String],
 ) -> Result<Vec<Selected>> {
@@ -67,8 +67,8 @@ fn file_data_bytes(node: &Node) -> Result<u64> {
 }
 
 /// Data bytes below a tree, validating every name on the way.
-pub(super) fn measure_tree<M>(
-    repo: &Repository<M>,
+pub(super) fn measure_tree(
+    repo: &dyn RepositoryReader,
     rp: &RestorePoint,
     id: &ChunkId,
 ) -> Result<u64> {
@@ -80,7 +80,7 @@ pub(super) fn measure_tree<M>(
     Ok(total)
 }
 
-pub(super) fn measure_node<M>(repo: &Repository<M>, rp: &RestorePoint, node: &Node) -> Result<u64> {
+pub(super) fn measure_node(repo: &dyn RepositoryReader, rp: &RestorePoint, node: &Node) -> Result<u64> {
     validate_name(&node.name, "restore point")?;
     match &node.kind {
         NodeKind::Directory { subtree } => measure_tree(repo, rp, subtree),

@@ -17,7 +17,7 @@ use super::Outcome;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::fsops::{self, os, SpecialKind};
 use crate::tree::{validate_name, Node, NodeKind};
 
@@ -46,8 +46,8 @@ impl Drop for OpenDir<'_> {
     }
 }
 
-pub(super) struct RestoreWalker<'a, 'r, M> {
-    pub(super) repo: &'r Repository<M>,
+pub(super) struct RestoreWalker<'a, 'r> {
+    pub(super) repo: &'r dyn RepositoryReader,
     pub(super) cancel: &'r CancelToken,
     pub(super) jobs: crossbeam_channel::Sender<Job<'a>>,
     pub(super) outcome: &'a Outcome,
@@ -59,7 +59,7 @@ pub(super) struct RestoreWalker<'a, 'r, M> {
     pub(super) root_tree: ChunkId,
 }
 
-impl<'a, M> RestoreWalker<'a, '_, M> {
+impl<'a> RestoreWalker<'a, '_> {
     pub(super) fn restore_selected(&mut self, sel: &Selected) -> Result<()> {
         let Some(node) = &sel.node else {
             let tree = self.repo.load_tree(&self.root_tree)?;

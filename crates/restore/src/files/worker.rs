@@ -16,7 +16,7 @@ use super::Outcome;
 use crate::cancel::CancelToken;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::fsops::{self, os};
 use crate::tree::{Extent, Node, NodeKind};
 
@@ -42,8 +42,8 @@ pub(super) enum Job<'a> {
 
 /// Runs one job; a failure is the entry's own and is reported, the rest of
 /// the restore goes on.
-pub(super) fn run_job<'a, M>(
-    repo: &Repository<M>,
+pub(super) fn run_job<'a>(
+    repo: &dyn RepositoryReader,
     job: Job<'a>,
     outcome: &Outcome,
     replacements: &Replacements<'a>,
@@ -126,8 +126,8 @@ pub(super) fn run_job<'a, M>(
 
 /// Writes a file's data, chunk by chunk as each is verified, and its
 /// metadata, into the partial file; the caller renames it into place.
-fn fill_file<M>(
-    repo: &Repository<M>,
+fn fill_file(
+    repo: &dyn RepositoryReader,
     file: &std::fs::File,
     node: &Node,
     shown: &Path,

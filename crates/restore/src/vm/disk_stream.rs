@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::packs::ChunkBuffers;
 use crate::progress::Progress;
-use crate::repository::Repository;
+use crate::reader::RepositoryReader;
 use crate::vmdk::is_zero;
 use crate::vmdk::writer::{DiskSink, RawWriter};
 use strata_engine::vm::description::DiskRecord;
@@ -59,8 +59,8 @@ struct Claim {
 
 /// Hands out the disk's chunks in order, reading its map one page at a
 /// time. Holes are skipped unless the target must have zeros written.
-struct Claims<'r, M> {
-    repo: &'r Repository<M>,
+struct Claims<'r> {
+    repo: &'r dyn RepositoryReader,
     disk: &'r DiskRecord,
     with_holes: bool,
     state: Mutex<ClaimState>,
@@ -74,7 +74,7 @@ struct ClaimState {
     exhausted: bool,
 }
 
-impl<'r, M> Claims<'r, M> {
+impl<'r> Claims<'r> {
     fn next(&self) -> Result<Option<Claim>> {
         let mut state = self.state.lock().expect("claims");
         let chunks = self.disk.chunk_count();
@@ -142,8 +142,8 @@ impl Failure {
 }
 
 /// Streams a stored disk into `target`; returns the data bytes written.
-pub fn write_disk<M: Sync>(
-    repo: &Repository<M>,
+pub fn write_disk(
+    repo: &dyn RepositoryReader,
     disk: &DiskRecord,
     target: DiskTarget,
     progress: &dyn Progress,
@@ -170,14 +170,14 @@ pub fn write_disk<M: Sync>(
     }
 }
 
-struct Stream<'r, M> {
-    claims: Claims<'r, M>,
+struct Stream<'r> {
+    claims: Claims<'r>,
     failure: Failure,
     progress: &'r dyn Progress,
     cancel: &'r CancelToken,
 }
 
-impl<M: Sync> Stream<'_, M> {
+impl Stream<'_> {
     /// Runs `work` for each claim on `threads` threads until the chunks
     /// run out or anything fails.
     fn run_workers<F>(&self, threads: usize, work: F)
