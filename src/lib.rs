@@ -14,6 +14,7 @@
 
 pub use strata_engine::*;
 pub use strata_mount as mount;
+pub use strata_remote as remote;
 pub use strata_movers as backup;
 pub use strata_movers::chunker;
 pub use strata_restore as restore;

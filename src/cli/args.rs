@@ -39,12 +39,40 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "CMD")]
     pub password_command: Option<String>,
 
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// How to reach a repository behind a server (`--repo https://HOST:PORT/NAME`).
+#[derive(Args, Clone)]
+pub struct RemoteArgs {
+    /// Read the server's API token from FILE; otherwise STRATA_TOKEN.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Trust the server whose certificate has this SHA-256 fingerprint
+    /// (printed by `strata server` at start).
+    #[arg(long, global = true, env = "STRATA_FINGERPRINT", value_name = "SHA256")]
+    pub fingerprint: Option<String>,
+
+    /// Trust a server certificate signed by the authorities in FILE (PEM)
+    /// instead of the system's.
+    #[arg(long, global = true, env = "STRATA_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// Upload at most this many bytes per second to the server (e.g. 50M).
+    #[arg(long, global = true, value_name = "BYTES", value_parser = parse_size)]
+    pub limit_upload: Option<u64>,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
+    /// Serve repositories to remote data movers, restores and mounts over
+    /// HTTPS, or manage the server's API tokens.
+    Server(ServerArgs),
     /// Create a new, empty repository.
     Init {
         /// The cold (archival) tier: a directory, e.g. on another disk, or
@@ -448,4 +476,81 @@ pub struct NewPasswordArgs {
     pub kdf: KdfArgs,
     #[command(flatten)]
     pub json: JsonFlag,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
+
+    /// Address and port to listen on; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8443")]
+    pub listen: std::net::SocketAddr,
+
+    /// The server's own state: API tokens, its certificate, what it knows
+    /// of each repository.
+    #[arg(long, value_name = "DIR", env = "STRATA_SERVER_DIR", default_value = "/var/lib/strata-server")]
+    pub dir: PathBuf,
+
+    /// A repository to serve, as NAME=LOCATION (a directory or a bucket
+    /// URL); clients use https://HOST:PORT/NAME. Repeat for more.
+    #[arg(long = "serve", value_name = "NAME=LOCATION")]
+    pub serve: Vec<String>,
+
+    /// The server's certificate chain (PEM); with --tls-key. Without
+    /// them a self-signed certificate is made in --dir and its
+    /// fingerprint printed for clients to pin.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Backup sessions served at once; more wait for a free slot.
+    #[arg(long, default_value_t = 16)]
+    pub max_sessions: usize,
+
+    /// A backup session whose mover is silent this many seconds ends, and
+    /// nothing of it is committed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_timeout: u64,
+}
+
+#[derive(Subcommand)]
+pub enum ServerCommand {
+    /// API tokens: who may back up, restore or administer.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it (once).
+    Add {
+        name: String,
+        /// backup: write restore points of its sources and read them;
+        /// restore: read them; admin: everything.
+        #[arg(long, value_parser = ["backup", "restore", "admin"])]
+        role: String,
+        /// Glob of the source names it may touch ('*' for all); repeat
+        /// for more.
+        #[arg(long = "sources", value_name = "GLOB", required = true)]
+        sources: Vec<String>,
+        #[arg(long, value_name = "DIR", env = "STRATA_SERVER_DIR", default_value = "/var/lib/strata-server")]
+        dir: PathBuf,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long, value_name = "DIR", env = "STRATA_SERVER_DIR", default_value = "/var/lib/strata-server")]
+        dir: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Remove a token: it is refused from the next request on.
+    Remove {
+        name: String,
+        #[arg(long, value_name = "DIR", env = "STRATA_SERVER_DIR", default_value = "/var/lib/strata-server")]
+        dir: PathBuf,
+    },
 }

@@ -10,7 +10,9 @@ use strata::backup::vm::{backup_vm, VmBackup, VmSource};
 use strata::cancel::CancelToken;
 use strata::restore_point::RestorePointKind;
 use strata::selector::{format_time_exact, parse_time};
-use strata::session::with_local_session;
+use strata::reader::RepositoryReader as _;
+use strata::remote::client::with_remote_session;
+use strata::session::{with_local_session, BackupSession};
 
 use super::args::{BackupCommand, DiskBackupArgs};
 use super::progress::TerminalProgress;
@@ -27,7 +29,6 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
             json,
         } => {
             let time = time.as_deref().map(parse_time).transpose()?;
-            let repo = open_exclusive(path, "strata backup files")?;
             let progress = TerminalProgress::bytes("backup", !json.json);
             let request = FilesBackup {
                 paths,
@@ -35,11 +36,11 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
                 tags,
                 time,
             };
-            let file_cache = FileCache::open(&repo.state().file_cache_dir(), repo.protection().name_key())?;
-            let outcome = with_local_session(&repo, |session| {
+            let (outcome, sent) = in_session(path, "strata backup files", |session, cache_dir| {
+                let file_cache = FileCache::open(cache_dir, session.settings().name_key)?;
                 backup_files(session, &file_cache, &request, &progress, cancel)
             })?;
-            render(&outcome, json.json)
+            render(&outcome, sent, json.json)
         }
         BackupCommand::Vm { vm, args } => {
             backup_disks(path, VmSource::Vm(vm), args, "strata backup vm", cancel)
@@ -75,7 +76,6 @@ fn backup_disks(
             .with_context(|| format!("--changed-extents {spec:?}: expected DISK=FILE"))?;
         changed_extents.push((disk.to_string(), PathBuf::from(file)));
     }
-    let repo = open_exclusive(path, command)?;
     let progress = TerminalProgress::bytes("backup", !args.json.json);
     let request = VmBackup {
         source,
@@ -83,17 +83,47 @@ fn backup_disks(
         full: args.full,
         changed_extents,
     };
-    let outcome = with_local_session(&repo, |session| {
+    let (outcome, sent) = in_session(path, command, |session, _| {
         backup_vm(session, &request, &progress, cancel)
     })?;
-    render(&outcome, args.json.json)
+    render(&outcome, sent, args.json.json)
 }
 
-fn render(outcome: &BackupOutcome, as_json: bool) -> Result<Status> {
+/// Runs `work` in a backup session on the repository at `path`: in this
+/// process, or through the server `path` names. `work` also gets where
+/// this machine keeps its file cache of the repository. Returns what
+/// `work` returned and, through a server, the bytes sent to it.
+fn in_session<R>(
+    path: &Path,
+    command: &str,
+    work: impl FnOnce(&dyn BackupSession, &Path) -> strata::Result<R>,
+) -> Result<(R, Option<u64>)> {
+    match super::remote::location(path)? {
+        None => {
+            let repo = open_exclusive(path, command)?;
+            let cache_dir = repo.state().file_cache_dir();
+            Ok((with_local_session(&repo, |session| work(session, &cache_dir))?, None))
+        }
+        Some(location) => {
+            let repo = super::remote::open(location)?;
+            let cache_dir = match super::STATE_DIR.get().cloned().flatten() {
+                Some(state) => state.join("file-cache"),
+                None => super::remote::cache_root()?
+                    .join(&repo.config().repository_id)
+                    .join("file-cache"),
+            };
+            let outcome = with_remote_session(&repo, |session| work(session, &cache_dir))?;
+            Ok((outcome, Some(repo.bytes_sent())))
+        }
+    }
+}
+
+fn render(outcome: &BackupOutcome, bytes_sent: Option<u64>, as_json: bool) -> Result<Status> {
     let m = &outcome.manifest;
     let s = &m.stats;
     if as_json {
         print_json(&json!({
+            "bytes_sent": bytes_sent,
             "restore_point": outcome.id.to_string(),
             "kind": m.kind,
             "source": m.source,

@@ -6,10 +6,11 @@ use anyhow::Result;
 use strata::selector::time_labels;
 
 use super::render::{escape_name, human_bytes, print_json, rp_json};
-use super::{open, Status};
+use super::{Status};
 
 pub fn run(path: &Path, as_json: bool) -> Result<Status> {
-    let repo = open(path)?;
+    let repo = super::remote::open_reader(path)?;
+    let repo = repo.as_ref();
     let points = repo.restore_points()?;
     if as_json {
         print_json(&serde_json::Value::Array(

@@ -2,22 +2,23 @@
 
 use std::path::Path;
 
+use strata::reader::RepositoryReader;
 use anyhow::Result;
 use strata::listing::list_tree;
-use strata::repository::Repository;
 use strata::restore::vm::load_description;
 use strata::restore_point::{RestorePoint, RestorePointKind};
 use strata::selector::format_time;
 use strata::tree::{Node, NodeKind};
 
 use super::render::escape_name;
-use super::{open, Status};
+use super::{Status};
 
 pub fn run(path: &Path, selector: &str, dir: Option<String>, recursive: bool) -> Result<Status> {
-    let repo = open(path)?;
+    let repo = super::remote::open_reader(path)?;
+    let repo = repo.as_ref();
     let rp = repo.resolve(selector)?;
     if rp.manifest.kind == RestorePointKind::Vm {
-        list_vm(&repo, &rp)?;
+        list_vm(repo, &rp)?;
         return Ok(Status::Ok);
     }
     let dir = dir.unwrap_or_else(|| "/".into());
@@ -34,7 +35,7 @@ pub fn run(path: &Path, selector: &str, dir: Option<String>, recursive: bool) ->
     };
     // The given path is shown as typed; the names below it are escaped.
     let prefix = dir.trim_end_matches('/');
-    for entry in list_tree(&repo, tree_id, recursive) {
+    for entry in list_tree(repo, tree_id, recursive) {
         let (path, node) = entry?;
         out!(
             "{}",
@@ -45,7 +46,7 @@ pub fn run(path: &Path, selector: &str, dir: Option<String>, recursive: bool) ->
 }
 
 /// A VM restore point lists its configuration and disks.
-fn list_vm(repo: &Repository, rp: &RestorePoint) -> Result<()> {
+fn list_vm(repo: &dyn RepositoryReader, rp: &RestorePoint) -> Result<()> {
     let d = load_description(repo, rp)?;
     if !d.vmx.is_empty() {
         let name = escape_name(d.name.as_bytes());

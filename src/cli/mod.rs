@@ -28,9 +28,11 @@ mod mount;
 pub mod password;
 mod progress;
 mod prune;
+mod remote;
 mod render;
 mod repair;
 mod restore;
+mod server;
 mod show;
 pub mod signals;
 mod stats;
@@ -68,12 +70,17 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
         file: cli.password_file.clone(),
         command: cli.password_command.clone(),
     });
+    remote::install(cli.remote.clone());
     let _ = STATE_DIR.set(cli.state.clone());
     let _ = READ_CACHE_BYTES.set(cli.read_cache_mib.saturating_mul(1 << 20));
     let repo = cli
         .repo
         .context("no repository given: use --repo DIR or set STRATA_REPO");
+    if let (Ok(path), Some(name)) = (&repo, local_only(&cli.command)) {
+        remote::refuse(path, name)?;
+    }
     match cli.command {
+        Command::Server(args) => server::run(args, cancel),
         Command::Init {
             cold,
             cold_storage_class,
@@ -201,6 +208,24 @@ fn unlock(path: &Path) -> Result<Status> {
         None => out!("{location} holds no lock"),
     }
     Ok(Status::Ok)
+}
+
+/// The commands that need the repository in this process (they hold its
+/// writer lock or read its index): not available through a server.
+fn local_only(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Init { .. } => "strata init",
+        Command::Unlock => "strata unlock",
+        Command::Key(_) => "strata key",
+        Command::Stats(_) => "strata stats",
+        Command::Check { .. } => "strata check",
+        Command::Repair(_) => "strata repair",
+        Command::Tier(_) => "strata tier",
+        Command::Thaw { .. } => "strata thaw",
+        Command::Forget(_) => "strata forget",
+        Command::Prune { .. } => "strata prune",
+        _ => return None,
+    })
 }
 
 fn open(path: &Path) -> Result<Repository> {

@@ -7,7 +7,7 @@ use anyhow::Result;
 use strata::cancel::CancelToken;
 use strata::mount::MountOptions;
 
-use super::{open, Status};
+use super::Status;
 
 /// Serves until unmounted or cancelled (Ctrl-C, SIGTERM).
 pub fn run(
@@ -16,9 +16,9 @@ pub fn run(
     options: &MountOptions,
     cancel: &CancelToken,
 ) -> Result<Status> {
-    let repo = open(path)?;
+    let repo = super::remote::open_reader(path)?;
     let shown = mountpoint.display().to_string();
-    strata::mount::mount(std::sync::Arc::new(repo), mountpoint, options, cancel, || {
+    strata::mount::mount(repo, mountpoint, options, cancel, || {
         let _ = writeln!(
             std::io::stdout(),
             "mounted {} at {shown}; unmount with Ctrl-C or `strata umount {shown}`",

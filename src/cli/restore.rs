@@ -11,7 +11,7 @@ use strata::restore_point::RestorePointKind;
 use super::args::{DiskFormatArg, RestoreCommand};
 use super::progress::TerminalProgress;
 use super::render::{escape_name, human_bytes, mb_per_s, print_json};
-use super::{open, Status};
+use super::{Status};
 
 pub fn run(path: &Path, command: RestoreCommand, cancel: &CancelToken) -> Result<Status> {
     match command {
@@ -81,13 +81,14 @@ fn vm(
     as_json: bool,
     cancel: &CancelToken,
 ) -> Result<()> {
-    let repo = open(path)?;
+    let repo = super::remote::open_reader(path)?;
+    let repo = repo.as_ref();
     let rp = repo.resolve(selector)?;
     let progress = TerminalProgress::bytes("restore", !as_json);
     let summary = match output {
-        VmOutput::Folder(request) => restore_vm(&repo, &rp, &request, &progress, cancel)?,
+        VmOutput::Folder(request) => restore_vm(repo, &rp, &request, &progress, cancel)?,
         VmOutput::Raw { disk, path } => {
-            restore_disk_raw(&repo, &rp, &disk, &path, &progress, cancel)?
+            restore_disk_raw(repo, &rp, &disk, &path, &progress, cancel)?
         }
     };
     render_vm(&summary, as_json)
@@ -101,7 +102,8 @@ fn files(
     as_json: bool,
     cancel: &CancelToken,
 ) -> Result<Status> {
-    let repo = open(path)?;
+    let repo = super::remote::open_reader(path)?;
+    let repo = repo.as_ref();
     let rp = repo.resolve(selector)?;
     if rp.manifest.kind == RestorePointKind::Vm {
         bail!(
@@ -114,7 +116,7 @@ fn files(
         paths,
         target: to.clone(),
     };
-    let summary = restore_files(&repo, &rp, &request, &progress, cancel)?;
+    let summary = restore_files(repo, &rp, &request, &progress, cancel)?;
     if as_json {
         print_json(&serde_json::to_value(&summary)?)?;
     } else {

@@ -2,20 +2,21 @@
 
 use std::path::Path;
 
+use strata::reader::RepositoryReader;
 use anyhow::Result;
 use serde_json::json;
 use strata::backup::vm::describe_format;
-use strata::repository::Repository;
 use strata::restore::vm::load_description;
 use strata::restore_point::{RestorePoint, RestorePointKind};
 use strata::selector::{select, time_labels};
 use strata::vm::description::VmDescription;
 
 use super::render::{describe_protection, escape_name, human_bytes, print_json, rp_json};
-use super::{open, Status};
+use super::{Status};
 
 pub fn run(path: &Path, selector: &str, as_json: bool) -> Result<Status> {
-    let repo = open(path)?;
+    let repo = super::remote::open_reader(path)?;
+    let repo = repo.as_ref();
     let points = repo.restore_points()?;
     let rp = select(&points, selector)?;
     if as_json {
@@ -25,17 +26,17 @@ pub fn run(path: &Path, selector: &str, as_json: bool) -> Result<Status> {
             "encryption": strata::stats::encryption_name(repo.config()),
         });
         if rp.manifest.kind == RestorePointKind::Vm {
-            value["vm"] = vm_json(&load_description(&repo, rp)?);
+            value["vm"] = vm_json(&load_description(repo, rp)?);
         }
         print_json(&value)?;
     } else {
-        render(&repo, rp, &time_labels(&points)[&rp.id])?;
+        render(repo, rp, &time_labels(&points)[&rp.id])?;
     }
     Ok(Status::Ok)
 }
 
 /// The VM's description is read only once the lines before it are out.
-fn render(repo: &Repository, rp: &RestorePoint, time: &str) -> Result<()> {
+fn render(repo: &dyn RepositoryReader, rp: &RestorePoint, time: &str) -> Result<()> {
     let m = &rp.manifest;
     let s = &m.stats;
     out!("restore point {}", rp.id);
