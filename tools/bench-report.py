@@ -225,6 +225,21 @@ def main():
             if mount:
                 print(f"The mount's read from the bucket: {big / 1e6 / mount['s3']:.0f} MB/s, "
                       f"{big / 1e6 / mount['s3'] / eight:.0%} of the server's eight-stream ceiling.")
+    elif section == "remote":
+        size, rss_kib, failed = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+        print(f"\nRepository server on loopback (HTTPS, HTTP/2) against the repository in a directory, same hyperfine run, medians, caches dropped; {size / 1e6:.0f} MB of files.\n")
+        print("| job | local | through the server | server speed vs local |")
+        print("|---|---|---|---|")
+        for name, label in (("remote-files-backup", "first file backup"), ("remote-restore", "file restore")):
+            m = hyperfine_medians(jdir, name)
+            if m:
+                print(f"| {label} | {m['local']:.2f} s | {m['remote']:.2f} s | {m['local'] / m['remote']:.0%} |")
+        first, second = hyperfine_medians(jdir, "remote-files-backup"), hyperfine_medians(jdir, "remote-second-mover")
+        if first and second:
+            print(f"\nA second mover backing up the same data (no file cache, every chunk already stored): {second['second']:.2f} s, "
+                  f"{first['remote'] / second['second']:.1f}x faster than the first mover's {first['remote']:.2f} s.")
+        print(f"\nEight backups at once (same data, eight sources): server peak resident memory {rss_kib / 1024:.0f} MiB"
+              f"{'' if failed == '0' else ' (a backup FAILED)'}.")
     elif section == "encryption":
         files, disk, big = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         print("\nEncryption: the same job on an unencrypted and an encrypted repository, same hyperfine run, medians, caches dropped.\n")

@@ -63,7 +63,9 @@ pub struct RemoteArgs {
     #[arg(long, global = true, env = "STRATA_CACERT", value_name = "FILE")]
     pub cacert: Option<PathBuf>,
 
-    /// Upload at most this many bytes per second to the server (e.g. 50M).
+    /// Upload at most this many bytes per second to the server (e.g. 50M);
+    /// for `strata server`, take in at most this many from all movers
+    /// together.
     #[arg(long, global = true, value_name = "BYTES", value_parser = parse_size)]
     pub limit_upload: Option<u64>,
 }

@@ -80,7 +80,7 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
         remote::refuse(path, name)?;
     }
     match cli.command {
-        Command::Server(args) => server::run(args, cancel),
+        Command::Server(args) => server::run(args, cli.remote.limit_upload, cancel),
         Command::Init {
             cold,
             cold_storage_class,

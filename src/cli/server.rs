@@ -14,14 +14,14 @@ use super::args::{ServerArgs, ServerCommand, TokenCommand};
 use super::render::print_json;
 use super::Status;
 
-pub fn run(args: ServerArgs, cancel: &CancelToken) -> Result<Status> {
+pub fn run(args: ServerArgs, limit_upload: Option<u64>, cancel: &CancelToken) -> Result<Status> {
     match args.command {
         Some(ServerCommand::Token(command)) => token(command),
-        None => run_server(args, cancel),
+        None => run_server(args, limit_upload, cancel),
     }
 }
 
-fn run_server(args: ServerArgs, cancel: &CancelToken) -> Result<Status> {
+fn run_server(args: ServerArgs, limit_upload: Option<u64>, cancel: &CancelToken) -> Result<Status> {
     let mut repositories = Vec::new();
     for spec in &args.serve {
         let (name, location) = spec
@@ -39,6 +39,7 @@ fn run_server(args: ServerArgs, cancel: &CancelToken) -> Result<Status> {
         tls: args.tls_cert.zip(args.tls_key),
         max_sessions: args.max_sessions,
         session_timeout: Duration::from_secs(args.session_timeout),
+        limit_upload,
         open: super::open_options(),
     };
     let stop = {

@@ -6,6 +6,7 @@
 //! it must do to packs, index and catalog.
 
 mod fixture;
+mod import;
 mod packs;
 mod prune;
 mod rebuild;

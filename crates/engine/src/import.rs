@@ -2,8 +2,9 @@
 //! repository: checked for everything that can be checked without the
 //! key, then stored and indexed exactly like a pack sealed here.
 //!
-//! A server cannot open a sealed chunk, so it cannot check that a chunk's
-//! bytes hash to its id; what it does check is that the pack is one of
+//! A server cannot open a sealed chunk, so in an encrypted repository it
+//! cannot check that a chunk's bytes hash to its id (in an unencrypted one
+//! it does); what it always checks is that the pack is one of
 //! this repository's packs in every other respect: named by the hash of
 //! its bytes, of this repository's pack version, its trailer intact, its
 //! chunks laid end to end with no bytes hidden between them, no id twice,
@@ -35,6 +36,18 @@ impl Repository<Exclusive> {
     /// the warm tier and indexes it: durable first, then visible.
     pub fn import_pack(&self, id: &PackId, bytes: &[u8]) -> Result<ImportedPack> {
         let (entries, metadata) = verify_pack(id, bytes, self.codec().pack_version(), self.protection().is_encrypted())?;
+        if !self.protection().is_encrypted() {
+            // Nothing is sealed, so every chunk can be checked against its
+            // id: an uploader cannot store wrong bytes under a real id.
+            let mut plain = Vec::new();
+            for entry in &entries {
+                let start = entry.offset as usize;
+                let stored = &bytes[start..start + entry.stored_len as usize];
+                self.codec()
+                    .decode_borrowed_into(entry, id, stored, &mut plain)
+                    .map_err(|e| Error::corrupt(format!("uploaded pack {id}"), e.to_string()))?;
+            }
+        }
         if self.pack_table().pack(id)?.is_some() {
             return Ok(ImportedPack { entries, metadata, already_stored: true });
         }

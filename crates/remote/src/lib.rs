@@ -14,5 +14,6 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod throttle;
 pub mod tls;
 pub mod tokens;

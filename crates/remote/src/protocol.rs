@@ -144,7 +144,7 @@ pub fn encode_ids<'a>(ids: impl IntoIterator<Item = &'a ChunkId>) -> Vec<u8> {
 }
 
 pub fn decode_ids(body: &[u8]) -> Result<Vec<ChunkId>> {
-    if body.len() % 32 != 0 {
+    if !body.len().is_multiple_of(32) {
         return Err(Error::InvalidInput(format!(
             "a batch of ids of {} bytes is not a whole number of 32-byte ids",
             body.len()

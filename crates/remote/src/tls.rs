@@ -87,7 +87,7 @@ impl ServerIdentity {
     pub fn server_config(self) -> Result<rustls::ServerConfig> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .and_then(|b| Ok(b.with_no_client_auth().with_single_cert(self.chain, self.key)?))
+            .and_then(|b| b.with_no_client_auth().with_single_cert(self.chain, self.key))
             .map_err(|e| Error::InvalidInput(format!("the server's certificate or key is unusable: {e}")))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)

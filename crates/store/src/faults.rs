@@ -75,7 +75,7 @@ impl FaultyTransport {
 impl HttpTransport for FaultyTransport {
     async fn fetch(&self, req: http::Request<Buffer>) -> opendal::Result<http::Response<HttpBody>> {
         let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        if n % self.faults.every == 0 {
+        if n.is_multiple_of(self.faults.every) {
             self.faults.injected.fetch_add(1, Ordering::SeqCst);
             return Ok(self.error_response());
         }

@@ -194,7 +194,7 @@ impl SparseVmdkWriter {
 
 impl DiskSink for SparseVmdkWriter {
     fn write_chunk(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        if offset % GRAIN_BYTES as u64 != 0 {
+        if !offset.is_multiple_of(GRAIN_BYTES as u64) {
             return Err(Error::InvalidInput(format!(
                 "chunk at {offset} is not grain-aligned"
             )));

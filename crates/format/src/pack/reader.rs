@@ -92,7 +92,7 @@ pub fn verified_trailer(
 /// Decodes trailer entries whose chunk bytes must lie in
 /// `[PACK_HEADER_LEN, data_end)`.
 pub(crate) fn decode_trailer(trailer: &[u8], data_end: u64) -> Result<Vec<PackEntry>, String> {
-    if trailer.len() % PACK_ENTRY_LEN != 0 {
+    if !trailer.len().is_multiple_of(PACK_ENTRY_LEN) {
         return Err(format!(
             "trailer of {} bytes is not a whole number of entries",
             trailer.len()

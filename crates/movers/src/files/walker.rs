@@ -354,7 +354,7 @@ impl<'a> Walker<'a> {
                 self.add_file(idx, slot, entry.path, &entry.stat, entry.cached)?;
             }
         }
-        if self.walked.directories % 64 == 0 {
+        if self.walked.directories.is_multiple_of(64) {
             self.progress
                 .message(format!("{} files", self.walked.files));
         }

@@ -6,8 +6,8 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::blocking::{Body, Client, Response};
 use reqwest::{Method, StatusCode};
@@ -15,6 +15,7 @@ use reqwest::{Method, StatusCode};
 use strata_engine::error::{Error, Result};
 
 use crate::protocol::{ErrorBody, RemoteLocation, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use crate::throttle::Throttle;
 use crate::tls::Trust;
 
 /// How to reach a server.
@@ -254,39 +255,11 @@ fn is_certificate_error(e: &reqwest::Error) -> bool {
 }
 
 fn jitter(wait: Duration) -> Duration {
-    let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
     wait + wait / 4 * (nanos % 100) / 100
-}
-
-/// A token bucket shared by every upload of one client.
-pub struct Throttle {
-    rate: u64,
-    next_free: Mutex<Instant>,
-}
-
-impl Throttle {
-    pub fn new(rate: u64) -> Throttle {
-        Throttle {
-            rate: rate.max(1),
-            next_free: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Waits until `n` more bytes may be sent.
-    pub fn take(&self, n: usize) {
-        let wait = {
-            let mut next = self.next_free.lock().expect("throttle lock");
-            let now = Instant::now();
-            // An idle link saves up at most a tenth of a second.
-            let floor = now.checked_sub(Duration::from_millis(100)).unwrap_or(now);
-            let start = (*next).max(floor);
-            *next = start + Duration::from_secs_f64(n as f64 / self.rate as f64);
-            next.saturating_duration_since(now)
-        };
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-    }
 }
 
 /// A pack's bytes read out at the throttle's pace.
@@ -302,7 +275,10 @@ impl Read for Throttled {
         if n == 0 {
             return Ok(0);
         }
-        self.throttle.take(n);
+        let wait = self.throttle.reserve(n);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
         buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
         self.at += n;
         Ok(n)

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_sessions: usize,
     pub session_timeout: Duration,
+    /// Most bytes per second the server takes in pack uploads, all
+    /// sessions together.
+    pub limit_upload: Option<u64>,
     /// How each repository is opened (state directories, bucket access);
     /// the key is always withheld.
     pub open: OpenOptions,
@@ -143,6 +146,7 @@ fn open_repositories(config: &ServerConfig) -> Result<ServerState> {
         session_timeout: config.session_timeout,
         pack_permits: tokio::sync::Semaphore::new(PACK_PERMITS),
         max_pack_bytes_extra: PACK_EXTRA_BYTES,
+        upload_limit: config.limit_upload.map(crate::throttle::Throttle::new),
     })
 }
 

@@ -331,7 +331,7 @@ async fn store_pack(
         .acquire()
         .await
         .map_err(|_| ApiError::internal("the server is stopping"))?;
-    let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+    let bytes = read_pack_body(body, usize::try_from(limit).unwrap_or(usize::MAX), state.upload_limit.as_ref())
         .await
         .map_err(|e| {
             tracing::warn!(token = %token.name, %session, error = %e, "pack upload refused or cut");
@@ -362,6 +362,32 @@ async fn store_pack(
     .await?;
     let status = if stored.already_stored { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(stored)).into_response())
+}
+
+/// A pack's body, refused past `limit` bytes, taken in no faster than
+/// the server's upload limit (HTTP/2 flow control then slows the sender).
+async fn read_pack_body(
+    mut body: Body,
+    limit: usize,
+    throttle: Option<&crate::throttle::Throttle>,
+) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt as _;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        let Ok(data) = frame.into_data() else { continue };
+        if out.len() + data.len() > limit {
+            return Err(format!("more than {limit} bytes"));
+        }
+        if let Some(throttle) = throttle {
+            let wait = throttle.reserve(data.len());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok(out)
 }
 
 async fn commit(

@@ -172,6 +172,8 @@ pub struct ServerState {
     /// Pack bodies held in memory at once; bounds the server's memory.
     pub pack_permits: tokio::sync::Semaphore,
     pub max_pack_bytes_extra: u64,
+    /// Most bytes per second of pack uploads, all sessions together.
+    pub upload_limit: Option<crate::throttle::Throttle>,
 }
 
 impl ServerState {
