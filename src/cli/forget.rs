@@ -3,14 +3,19 @@
 use std::path::Path;
 
 use anyhow::Result;
-use strata::forget::{forget, Decision, KeepPolicy};
+use strata::cancel::CancelToken;
+use strata::reader::RepositoryReader as _;
+use strata::forget::{choose, forget, Decision, KeepPolicy};
+use strata::remote::client::Maintenance;
 
 use super::args::ForgetArgs;
 use super::render::print_json;
 use super::{open_exclusive, Status};
 
-pub fn run(path: &Path, args: &ForgetArgs) -> Result<Status> {
-    let repo = open_exclusive(path, "strata forget")?;
+/// How long maintenance through a server waits for running backups.
+pub const MAINTENANCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+pub fn run(path: &Path, args: &ForgetArgs, cancel: &CancelToken) -> Result<Status> {
     let policy = KeepPolicy {
         last: args.keep_last,
         hourly: args.keep_hourly,
@@ -19,7 +24,29 @@ pub fn run(path: &Path, args: &ForgetArgs) -> Result<Status> {
         monthly: args.keep_monthly,
         yearly: args.keep_yearly,
     };
-    let decisions = forget(&repo, args.source.as_deref(), &policy, args.dry_run)?;
+    let decisions = match super::remote::location(path)? {
+        None => {
+            let repo = open_exclusive(path, "strata forget")?;
+            forget(&repo, args.source.as_deref(), &policy, args.dry_run)?
+        }
+        Some(location) => {
+            // The admin client decides (it can read the manifests); the
+            // server removes, under its maintenance lease.
+            let repo = super::remote::open(location)?;
+            let lease = Maintenance::begin(&repo, MAINTENANCE_PATIENCE, cancel)?;
+            let (points, decisions) = choose(repo.restore_points()?, args.source.as_deref(), &policy)?;
+            if !args.dry_run {
+                let gone: Vec<_> = points
+                    .iter()
+                    .zip(&decisions)
+                    .filter(|(_, d)| !d.keep)
+                    .map(|(rp, _)| rp.id)
+                    .collect();
+                lease.forget(&gone)?;
+            }
+            decisions
+        }
+    };
     if args.json.json {
         print_json(&serde_json::to_value(&decisions)?)?;
     } else {

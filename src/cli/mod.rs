@@ -147,7 +147,7 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
             },
             cancel,
         ),
-        Command::Forget(args) => forget::run(&repo?, &args),
+        Command::Forget(args) => forget::run(&repo?, &args, cancel),
         Command::Prune {
             repack_below,
             dry_run,
@@ -222,8 +222,6 @@ fn local_only(command: &Command) -> Option<&'static str> {
         Command::Repair(_) => "strata repair",
         Command::Tier(_) => "strata tier",
         Command::Thaw { .. } => "strata thaw",
-        Command::Forget(_) => "strata forget",
-        Command::Prune { .. } => "strata prune",
         _ => return None,
     })
 }

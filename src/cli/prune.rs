@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use strata::cancel::CancelToken;
 use strata::prune::{prune, PruneOptions, PruneReport};
+use strata::remote::client::Maintenance;
 
 use super::progress::TerminalProgress;
 use super::render::{human_bytes, print_json};
@@ -22,14 +23,25 @@ pub fn run(
     if !(0.0..=1.0).contains(&repack_below) {
         bail!("--repack-below must be between 0 and 1");
     }
-    let repo = open_exclusive(&path?, "strata prune")?;
-    let progress = TerminalProgress::bytes("prune", !as_json);
-    let options = PruneOptions {
-        repack_below,
-        repack_cold: true,
-        dry_run,
+    let path = path?;
+    let report = match super::remote::location(&path)? {
+        None => {
+            let repo = open_exclusive(&path, "strata prune")?;
+            let progress = TerminalProgress::bytes("prune", !as_json);
+            let options = PruneOptions {
+                repack_below,
+                repack_cold: true,
+                dry_run,
+            };
+            prune(&repo, &options, &progress, cancel)?
+        }
+        Some(location) => {
+            // This client walks (it holds the key); the server sweeps.
+            let repo = super::remote::open(location)?;
+            let lease = Maintenance::begin(&repo, super::forget::MAINTENANCE_PATIENCE, cancel)?;
+            lease.prune(repack_below, dry_run, cancel)?
+        }
     };
-    let report = prune(&repo, &options, &progress, cancel)?;
     if as_json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {

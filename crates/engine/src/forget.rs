@@ -114,6 +114,26 @@ pub fn decide(points: &[RestorePoint], policy: &KeepPolicy) -> Vec<Decision> {
         .collect()
 }
 
+/// The restore points of `source` (all when `None`) among `points`, and
+/// the policy's decision on each.
+pub fn choose(
+    points: Vec<RestorePoint>,
+    source: Option<&str>,
+    policy: &KeepPolicy,
+) -> Result<(Vec<RestorePoint>, Vec<Decision>)> {
+    if policy.is_empty() {
+        return Err(Error::InvalidInput(
+            "no --keep-* rule given: refusing to forget every restore point".into(),
+        ));
+    }
+    let points: Vec<RestorePoint> = points
+        .into_iter()
+        .filter(|rp| source.is_none_or(|s| rp.manifest.source == s))
+        .collect();
+    let decisions = decide(&points, policy);
+    Ok((points, decisions))
+}
+
 /// Decides and, unless `dry_run`, removes the restore points the policy
 /// does not keep. `source` limits the policy to one source.
 pub fn forget(
@@ -122,17 +142,7 @@ pub fn forget(
     policy: &KeepPolicy,
     dry_run: bool,
 ) -> Result<Vec<Decision>> {
-    if policy.is_empty() {
-        return Err(Error::InvalidInput(
-            "no --keep-* rule given: refusing to forget every restore point".into(),
-        ));
-    }
-    let points: Vec<RestorePoint> = repo
-        .restore_points()?
-        .into_iter()
-        .filter(|rp| source.is_none_or(|s| rp.manifest.source == s))
-        .collect();
-    let decisions = decide(&points, policy);
+    let (points, decisions) = choose(repo.restore_points()?, source, policy)?;
     if !dry_run {
         for (rp, decision) in points.iter().zip(&decisions) {
             if !decision.keep {
@@ -143,10 +153,11 @@ pub fn forget(
     Ok(decisions)
 }
 
-/// Deleting the manifest is the commit point of a removal; the catalog
-/// entry follows (and is reconciled on the next open if a crash comes
-/// between the two).
-fn remove(repo: &Repository<Exclusive>, id: &RestorePointId) -> Result<()> {
+/// Removes one restore point (a repository server removes those its admin
+/// client decided on). Deleting the manifest is the commit point of a
+/// removal; the catalog entry follows (and is reconciled on the next open
+/// if a crash comes between the two).
+pub fn remove(repo: &Repository<Exclusive>, id: &RestorePointId) -> Result<()> {
     repo.store().delete(&restore_point::object_name(id))?;
     repo.catalog().remove_restore_point(id)?;
     tracing::info!(restore_point = %id, "forgotten");

@@ -27,7 +27,8 @@ use crate::index::{PackRecord, Tier};
 use crate::pack::{self, CompressedChunk, PackEntry};
 use crate::packs::OpenPack;
 use crate::progress::Progress;
-use crate::reachability::{for_each_chunk, read_manifests, ChunkFilter};
+use crate::reachability::{for_each_chunk, read_manifests};
+pub use crate::reachability::ChunkFilter;
 use crate::repository::{Exclusive, Repository};
 
 pub struct PruneOptions {
@@ -40,7 +41,7 @@ pub struct PruneOptions {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PruneReport {
     pub restore_points: u64,
     pub packs_before: u64,
@@ -181,7 +182,12 @@ impl Repacker<'_> {
             }
             let bytes = packs.read_stored(record.tier, &old, entry)?;
             // Verify before copying: never spread damage into a new pack.
-            packs.codec().decode(entry, &old, &bytes)?;
+            // Without the key (a repository server) a sealed chunk cannot
+            // be verified; it is copied as it is, and its readers still
+            // refuse it if it is damaged.
+            if !packs.codec().protection().is_withheld() {
+                packs.codec().decode(entry, &old, &bytes)?;
+            }
             let writer = match self.writers.get_mut(&class) {
                 Some(w) => w,
                 None => self
@@ -311,6 +317,43 @@ pub fn prune(
     let _span = tracing::info_span!("prune", dry_run = options.dry_run).entered();
     let mut report = PruneReport::default();
     let filter = mark(repo, &mut report, cancel)?;
+    sweep(repo, options, filter, report, progress, cancel)
+}
+
+/// What was marked elsewhere: by a client that holds the key and walked
+/// every restore point of a repository whose server does not (the server
+/// checks the client walked exactly the restore points there are).
+pub struct Marked {
+    pub live: ChunkFilter,
+    pub restore_points: u64,
+}
+
+/// [`prune`] with the mark done elsewhere ([`Marked`]): the sweep, which
+/// needs no key (repacking copies chunks as stored).
+pub fn prune_marked(
+    repo: &Repository<Exclusive>,
+    options: &PruneOptions,
+    marked: Marked,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<PruneReport> {
+    let _span = tracing::info_span!("prune", dry_run = options.dry_run, marked_elsewhere = true).entered();
+    let report = PruneReport {
+        restore_points: marked.restore_points,
+        mark_filter_bytes: marked.live.bytes(),
+        ..PruneReport::default()
+    };
+    sweep(repo, options, marked.live, report, progress, cancel)
+}
+
+fn sweep(
+    repo: &Repository<Exclusive>,
+    options: &PruneOptions,
+    filter: ChunkFilter,
+    mut report: PruneReport,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<PruneReport> {
     let packs: Vec<(PackId, PackRecord)> = repo.pack_table().packs().collect::<Result<_>>()?;
     report.packs_before = packs.len() as u64;
     report.bytes_before = packs.iter().map(|(_, r)| r.size).sum();

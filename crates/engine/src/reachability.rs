@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::repository::Repository;
 use crate::restore_point::{self, Manifest, RestorePoint};
 use crate::storage::ObjectStore;
 use crate::walk::{walk, EachChunk, Place};
@@ -53,8 +52,8 @@ pub fn read_manifests(
 /// Calls `visit(id, is_data)` for every chunk `rp` references. Metadata
 /// chunks in `visited` are not read again (and their chunks not visited
 /// again), so shared trees cost once per walk.
-pub fn for_each_chunk<M>(
-    repo: &Repository<M>,
+pub fn for_each_chunk(
+    repo: &impl crate::walk::Loader,
     rp: &RestorePoint,
     visited: &mut HashSet<ChunkId>,
     cancel: &CancelToken,

@@ -91,6 +91,25 @@ impl<M> Loader for Repository<M> {
     }
 }
 
+/// A [`Loader`] over any [`crate::reader::RepositoryReader`]: walks a
+/// restore point of a repository behind a server, whose client holds the
+/// key (prune through a server marks what it walks here).
+pub struct ReaderLoader<'r>(pub &'r dyn crate::reader::RepositoryReader);
+
+impl Loader for ReaderLoader<'_> {
+    fn tree(&self, id: &ChunkId) -> Result<Tree> {
+        self.0.load_tree(id)
+    }
+
+    fn vm_description(&self, id: &ChunkId) -> Result<VmDescription> {
+        VmDescription::decode(id, &self.0.read_chunk(id)?)
+    }
+
+    fn disk_map_page(&self, id: &ChunkId) -> Result<DiskMapPage> {
+        DiskMapPage::decode(id, &self.0.read_chunk(id)?)
+    }
+}
+
 pub trait Visitor {
     /// Called for every chunk the walk meets, metadata before what it
     /// references. For a metadata chunk, `false` leaves it unread and

@@ -111,6 +111,25 @@ pub struct SessionOpened {
     pub max_pack_bytes: u64,
 }
 
+/// `POST …/maintenance`'s answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MaintenanceStarted {
+    pub maintenance: String,
+    /// Every restore point in the repository now (hex ids): a prune must
+    /// have walked exactly these.
+    pub restore_points: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+/// `POST …/maintenance/{m}/prune`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PruneRequest {
+    pub repack_below: f64,
+    pub dry_run: bool,
+    /// The restore points whose chunks the client sent as live (hex ids).
+    pub restore_points: Vec<String>,
+}
+
 /// `PUT …/packs/{pack}`'s answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PackStored {

@@ -215,8 +215,11 @@ fn open_session(reader: &RemoteRepository, request: &OpenSession) -> Result<Open
             }
             // The server runs as many sessions as it may: wait for a slot
             // rather than fail the backup.
-            Err(refusal) if refusal.code == "too_many_sessions" && started.elapsed() < Duration::from_secs(24 * 3600) => {
-                tracing::info!("the server is at its session limit; waiting for a slot");
+            Err(refusal)
+                if matches!(refusal.code.as_str(), "too_many_sessions" | "maintenance")
+                    && started.elapsed() < Duration::from_secs(24 * 3600) =>
+            {
+                tracing::info!(reason = %refusal.message, "waiting for the server to take a backup");
                 std::thread::sleep(Duration::from_secs(2));
             }
             Err(refusal) => return Err(reader.connection.refused(refusal)),

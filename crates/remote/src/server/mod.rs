@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod maintenance;
 pub mod routes;
 pub mod state;
 
@@ -232,7 +233,13 @@ async fn reap(state: Arc<ServerState>) {
     loop {
         tokio::time::sleep(period).await;
         for served in state.repos.values() {
-            let expired = served.arbiter.lock().expect("arbiter lock").expire(state.session_timeout);
+            let (expired, maintenance) = {
+                let mut arbiter = served.arbiter.lock().expect("arbiter lock");
+                (arbiter.expire(state.session_timeout), arbiter.expire_maintenance(state.session_timeout))
+            };
+            if let Some(id) = maintenance {
+                tracing::warn!(maintenance = %id, repository = %served.name, "maintenance lease timed out; backups may open again");
+            }
             for (id, session) in expired {
                 tracing::warn!(session = %id, token = %session.token, host = %session.host, repository = %served.name, "backup session timed out; its claims are released and nothing of it is committed");
             }

@@ -19,6 +19,7 @@ use strata_engine::reader::RepositoryReader;
 use strata_engine::restore_point::Manifest;
 
 use super::auth::{authorize, require_source};
+use super::maintenance;
 use super::error::ApiError;
 use super::state::{Served, ServerState, Session, SessionId};
 use crate::protocol::{
@@ -56,11 +57,16 @@ pub fn router(state: Arc<ServerState>) -> Router {
             post(commit).layer(DefaultBodyLimit::max(MAX_MANIFEST_BYTES)),
         )
         .route("/api/v1/repos/{repo}/sessions/{session}", delete(abort))
+        .route("/api/v1/repos/{repo}/maintenance", post(maintenance::begin))
+        .route("/api/v1/repos/{repo}/maintenance/{id}", delete(maintenance::end))
+        .route("/api/v1/repos/{repo}/maintenance/{id}/forget", post(maintenance::forget).layer(ids_limit))
+        .route("/api/v1/repos/{repo}/maintenance/{id}/live", post(maintenance::live).layer(ids_limit))
+        .route("/api/v1/repos/{repo}/maintenance/{id}/prune", post(maintenance::prune))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
 
-fn served(state: &ServerState, repo: &str) -> ApiResult<Arc<Served>> {
+pub(super) fn served(state: &ServerState, repo: &str) -> ApiResult<Arc<Served>> {
     state
         .repos
         .get(repo)
@@ -241,8 +247,18 @@ async fn open_session(
     let mut raw = [0u8; 16];
     strata_engine::crypto::random_bytes(&mut raw)?;
     let id = hex::encode(raw);
+    let mut arbiter = served.arbiter.lock().expect("arbiter lock");
+    if let Some(m) = &arbiter.maintenance {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "maintenance",
+            format!("token {} is maintaining the repository (forget, prune); backups wait until it ends", m.token),
+        );
+        e.retry_after = Some(5);
+        return Err(e);
+    }
     tracing::info!(session = %id, token = %token.name, host = %request.host, repository = %repo, "backup session opened");
-    served.arbiter.lock().expect("arbiter lock").sessions.insert(
+    arbiter.sessions.insert(
         id.clone(),
         Session {
             token: token.name.clone(),
@@ -251,6 +267,7 @@ async fn open_session(
             claims: Default::default(),
         },
     );
+    drop(arbiter);
     Ok(Json(SessionOpened {
         session: id,
         timeout_secs: state.session_timeout.as_secs().max(1),

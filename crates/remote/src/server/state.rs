@@ -38,6 +38,21 @@ pub struct Session {
 pub struct Arbiter {
     pub sessions: HashMap<SessionId, Session>,
     claimed_by: HashMap<ChunkId, SessionId>,
+    /// Maintenance (forget, prune) by an admin client: while it is held
+    /// no backup session opens, and it starts only when none is open, so
+    /// nothing a running backup was told is stored can be deleted.
+    pub maintenance: Option<Maintenance>,
+}
+
+pub struct Maintenance {
+    pub id: String,
+    pub token: String,
+    pub last_seen: Instant,
+    /// The chunks the admin client found referenced, as it sends them.
+    pub live: strata_engine::prune::ChunkFilter,
+    pub live_count: u64,
+    /// A prune is running: the lease does not expire under it.
+    pub running: bool,
 }
 
 impl Arbiter {
@@ -83,6 +98,15 @@ impl Arbiter {
             self.claimed_by.remove(id);
         }
         Some(ended)
+    }
+
+    /// Ends a maintenance lease whose client went silent; returns its id.
+    pub fn expire_maintenance(&mut self, timeout: Duration) -> Option<String> {
+        let stale = self
+            .maintenance
+            .as_ref()
+            .is_some_and(|m| !m.running && m.last_seen.elapsed() > timeout);
+        stale.then(|| self.maintenance.take().map(|m| m.id)).flatten()
     }
 
     /// Ends every session not heard from within `timeout`; returns them.
