@@ -61,9 +61,12 @@ pub async fn authorize(
 ) -> Result<TokenRecord, ApiError> {
     if let Some(secs) = state.failures.blocked_for(peer) {
         tracing::warn!(%peer, action, "refused: too many failed authentications");
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many failed authentications from {peer}; try again in {secs} s"));
-        e.retry_after = Some(secs);
-        return Err(e);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many failed authentications from {peer}; try again in {secs} s"),
+        )
+        .retry_after(secs));
     }
     let presented = headers
         .get("authorization")

@@ -26,6 +26,12 @@ impl ApiError {
         }
     }
 
+    /// Tells the client when to try again.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }

@@ -33,9 +33,7 @@ type Shared = State<Arc<ServerState>>;
 type ApiResult<T> = Result<T, ApiError>;
 
 fn busy(message: String) -> ApiError {
-    let mut e = ApiError::new(StatusCode::CONFLICT, "busy", message);
-    e.retry_after = Some(5);
-    e
+    ApiError::new(StatusCode::CONFLICT, "busy", message).retry_after(5)
 }
 
 fn stored_ids(served: &Served) -> ApiResult<BTreeSet<RestorePointId>> {
@@ -104,6 +102,22 @@ fn touch(served: &Served, id: &str, token: &str) -> ApiResult<()> {
     }
 }
 
+/// The token and repository of a request under lease `id`, once the
+/// token is an admin's and the lease is live and its own.
+async fn holder(
+    state: &ServerState,
+    headers: &HeaderMap,
+    peer: Peer,
+    repo: &str,
+    id: &str,
+    action: &str,
+) -> ApiResult<(crate::tokens::TokenRecord, Arc<Served>)> {
+    let token = authorize(state, headers, peer.0.ip(), Role::Admin, action).await?;
+    let served = served(state, repo)?;
+    touch(&served, id, &token.name)?;
+    Ok((token, served))
+}
+
 pub async fn forget(
     State(state): Shared,
     Extension(peer): Extension<Peer>,
@@ -111,9 +125,7 @@ pub async fn forget(
     Path((repo, id)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Admin, "forget restore points").await?;
-    let served = served(&state, &repo)?;
-    touch(&served, &id, &token.name)?;
+    let (token, served) = holder(&state, &headers, peer, &repo, &id, "forget restore points").await?;
     let ids: Vec<RestorePointId> = decode_ids(&body)?.into_iter().map(|c| RestorePointId(c.0)).collect();
     tokio::task::spawn_blocking(move || {
         let stored = stored_ids(&served)?;
@@ -139,9 +151,7 @@ pub async fn live(
     Path((repo, id)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Admin, "mark live chunks").await?;
-    let served = served(&state, &repo)?;
-    touch(&served, &id, &token.name)?;
+    let (_, served) = holder(&state, &headers, peer, &repo, &id, "mark live chunks").await?;
     let ids = decode_ids(&body)?;
     let mut arbiter = served.arbiter.lock().expect("arbiter lock");
     if let Some(m) = &mut arbiter.maintenance {
@@ -160,9 +170,7 @@ pub async fn prune(
     Path((repo, id)): Path<(String, String)>,
     Json(request): Json<PruneRequest>,
 ) -> ApiResult<Json<PruneReport>> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Admin, "prune").await?;
-    let served = served(&state, &repo)?;
-    touch(&served, &id, &token.name)?;
+    let (_, served) = holder(&state, &headers, peer, &repo, &id, "prune").await?;
     if !(0.0..=1.0).contains(&request.repack_below) {
         return Err(ApiError::bad_request("repack_below must be between 0 and 1"));
     }
@@ -215,9 +223,7 @@ pub async fn end(
     headers: HeaderMap,
     Path((repo, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Admin, "end maintenance").await?;
-    let served = served(&state, &repo)?;
-    touch(&served, &id, &token.name)?;
+    let (_, served) = holder(&state, &headers, peer, &repo, &id, "end maintenance").await?;
     served.arbiter.lock().expect("arbiter lock").maintenance = None;
     tracing::info!(maintenance = %id, "maintenance ended; backups may open again");
     Ok(StatusCode::NO_CONTENT)

@@ -236,26 +236,24 @@ async fn open_session(
     let served = served(&state, &repo)?;
     if state.live_sessions() >= state.max_sessions {
         tracing::info!(token = %token.name, host = %request.host, "session refused: the server is at --max-sessions");
-        let mut e = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_sessions",
             format!("the server runs {} backup sessions, its limit; try again shortly", state.max_sessions),
-        );
-        e.retry_after = Some(2);
-        return Err(e);
+        )
+        .retry_after(2));
     }
     let mut raw = [0u8; 16];
     strata_engine::crypto::random_bytes(&mut raw)?;
     let id = hex::encode(raw);
     let mut arbiter = served.arbiter.lock().expect("arbiter lock");
     if let Some(m) = &arbiter.maintenance {
-        let mut e = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "maintenance",
             format!("token {} is maintaining the repository (forget, prune); backups wait until it ends", m.token),
-        );
-        e.retry_after = Some(5);
-        return Err(e);
+        )
+        .retry_after(5));
     }
     tracing::info!(session = %id, token = %token.name, host = %request.host, repository = %repo, "backup session opened");
     arbiter.sessions.insert(
@@ -296,6 +294,22 @@ fn touch(served: &Served, session: &SessionId, token: &TokenRecord) -> ApiResult
     }
 }
 
+/// The token and repository of a request in session `session`, once the
+/// token may back up and the session is live and its own.
+async fn owner(
+    state: &ServerState,
+    headers: &HeaderMap,
+    peer: Peer,
+    repo: &str,
+    session: &SessionId,
+    action: &str,
+) -> ApiResult<(TokenRecord, Arc<Served>)> {
+    let token = authorize(state, headers, peer.0.ip(), Role::Backup, action).await?;
+    let served = served(state, repo)?;
+    touch(&served, session, &token)?;
+    Ok((token, served))
+}
+
 async fn known(
     State(state): Shared,
     Extension(peer): Extension<Peer>,
@@ -303,9 +317,7 @@ async fn known(
     Path((repo, session)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Backup, "ask which chunks to upload").await?;
-    let served = served(&state, &repo)?;
-    touch(&served, &session, &token)?;
+    let (_, served) = owner(&state, &headers, peer, &repo, &session, "ask which chunks to upload").await?;
     let ids = decode_ids(&body)?;
     let answers = blocking(move || {
         // Under the arbiter's lock: a pack stored meanwhile is either
@@ -324,8 +336,7 @@ async fn heartbeat(
     headers: HeaderMap,
     Path((repo, session)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Backup, "keep a session open").await?;
-    touch(&*served(&state, &repo)?, &session, &token)?;
+    owner(&state, &headers, peer, &repo, &session, "keep a session open").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -336,9 +347,7 @@ async fn store_pack(
     Path((repo, session, pack)): Path<(String, String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Backup, "upload a pack").await?;
-    let served = served(&state, &repo)?;
-    touch(&served, &session, &token)?;
+    let (token, served) = owner(&state, &headers, peer, &repo, &session, "upload a pack").await?;
     let id: PackId = pack
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{pack:?} is not a pack id")))?;
@@ -414,9 +423,7 @@ async fn commit(
     Path((repo, session)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Committed>> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Backup, "commit a restore point").await?;
-    let served = served(&state, &repo)?;
-    touch(&served, &session, &token)?;
+    let (token, served) = owner(&state, &headers, peer, &repo, &session, "commit a restore point").await?;
     let source = headers
         .get(SOURCE_HEADER)
         .and_then(|v| hex::decode(v.as_bytes()).ok())
@@ -475,9 +482,7 @@ async fn abort(
     headers: HeaderMap,
     Path((repo, session)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let token = authorize(&state, &headers, peer.0.ip(), Role::Backup, "abort a session").await?;
-    let served = served(&state, &repo)?;
-    touch(&served, &session, &token)?;
+    let (_, served) = owner(&state, &headers, peer, &repo, &session, "abort a session").await?;
     served.arbiter.lock().expect("arbiter lock").end(&session);
     tracing::info!(%session, "backup session aborted by its mover");
     Ok(StatusCode::NO_CONTENT)
