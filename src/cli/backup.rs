@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::json;
 use strata::backup::file_cache::FileCache;
-use strata::backup::files::{backup_files, BackupOutcome, FilesBackup};
+use strata::backup::files::{backup_files, default_source, BackupOutcome, FilesBackup};
 use strata::backup::vm::{backup_vm, VmBackup, VmSource};
 use strata::cancel::CancelToken;
 use strata::restore_point::RestorePointKind;
@@ -36,8 +36,9 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
                 tags,
                 time,
             };
+            let source = request.source.clone().unwrap_or_else(default_source);
             let (outcome, sent) = in_session(path, "strata backup files", |session, cache_dir| {
-                let file_cache = FileCache::open(cache_dir, session.settings().name_key)?;
+                let file_cache = FileCache::open(&cache_dir(&source), session.settings().name_key)?;
                 backup_files(session, &file_cache, &request, &progress, cancel)
             })?;
             render(&outcome, sent, json.json)
@@ -91,28 +92,35 @@ fn backup_disks(
 
 /// Runs `work` in a backup session on the repository at `path`: in this
 /// process, or through the server `path` names. `work` also gets where
-/// this machine keeps its file cache of the repository. Returns what
-/// `work` returned and, through a server, the bytes sent to it.
+/// this machine keeps its file cache of a source of the repository.
+/// Returns what `work` returned and, through a server, the bytes sent to
+/// it.
 fn in_session<R>(
     path: &Path,
     command: &str,
-    work: impl FnOnce(&dyn BackupSession, &Path) -> strata::Result<R>,
+    work: impl FnOnce(&dyn BackupSession, &dyn Fn(&str) -> PathBuf) -> strata::Result<R>,
 ) -> Result<(R, Option<u64>)> {
     match super::remote::location(path)? {
         None => {
+            // One writer at a time: one cache for every source.
             let repo = open_exclusive(path, command)?;
             let cache_dir = repo.state().file_cache_dir();
-            Ok((with_local_session(&repo, |session| work(session, &cache_dir))?, None))
+            let outcome = with_local_session(&repo, |session| work(session, &|_| cache_dir.clone()))?;
+            Ok((outcome, None))
         }
         Some(location) => {
             let repo = super::remote::open(location)?;
-            let cache_dir = match super::STATE_DIR.get().cloned().flatten() {
+            let base = match super::STATE_DIR.get().cloned().flatten() {
                 Some(state) => state.join("file-cache"),
                 None => super::remote::cache_root()?
                     .join(&repo.config().repository_id)
                     .join("file-cache"),
             };
-            let outcome = with_remote_session(&repo, |session| work(session, &cache_dir))?;
+            // Backups of different sources run at once on one mover: each
+            // source has a cache of its own (named by a hash, not by the
+            // source's name).
+            let per_source = |source: &str| base.join(&blake3::hash(source.as_bytes()).to_hex()[..32]);
+            let outcome = with_remote_session(&repo, |session| work(session, &per_source))?;
             Ok((outcome, Some(repo.bytes_sent())))
         }
     }

@@ -21,6 +21,7 @@ mod mount_security;
 mod mount_xattr_probes;
 mod object_storage;
 mod object_storage_servers;
+mod remote;
 mod repair;
 mod restore_safety;
 mod retention;

@@ -34,6 +34,11 @@ pub trait RepositoryReader: Send + Sync {
     /// Sees what a writer committed since this reader was opened.
     fn catch_up(&self) -> Result<()>;
 
+    /// A hint that these chunks will be read soon, about in this order: a
+    /// repository behind a server fetches them many per request. A
+    /// repository in this process has nothing to gain.
+    fn prefetch(&self, _ids: &[ChunkId]) {}
+
     /// The repository's directory on this machine, if it has one: a
     /// restore never writes into it, and a mount shows VM files as owned
     /// by its owner.

@@ -184,8 +184,13 @@ impl Connection {
                 bytes.len()
             }
         };
-        self.bytes_sent.fetch_add(sent as u64, Ordering::Relaxed);
-        request.send()
+        let response = request.send();
+        // Counted once the server answered: a refused connection sent
+        // nothing.
+        if response.is_ok() {
+            self.bytes_sent.fetch_add(sent as u64, Ordering::Relaxed);
+        }
+        response
     }
 
     /// [`Self::call`], with a refusal turned into an error.

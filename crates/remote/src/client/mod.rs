@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod maintenance;
+mod prefetch;
 pub mod repository;
 pub mod session;
 

@@ -20,12 +20,20 @@ use strata_engine::restore_point::{Manifest, RestorePoint};
 use strata_engine::storage::{ObjectStore, ObjectWriter};
 
 use super::connection::{ClientOptions, Connection, Payload};
+use super::prefetch::Prefetcher;
 use crate::protocol::{decode_chunk_frames, decode_manifest_frames, encode_ids, RemoteLocation, MAX_IDS_PER_REQUEST};
 
 pub struct RemoteRepository {
     pub(crate) connection: Arc<Connection>,
     config: RepoConfig,
     codec: ChunkCodec,
+    prefetch: Arc<Prefetcher>,
+}
+
+impl Drop for RemoteRepository {
+    fn drop(&mut self) {
+        self.prefetch.close();
+    }
 }
 
 impl RemoteRepository {
@@ -58,6 +66,7 @@ impl RemoteRepository {
             connection,
             config,
             codec,
+            prefetch: Arc::default(),
         })
     }
 
@@ -118,6 +127,13 @@ impl RepositoryReader for RemoteRepository {
     }
 
     fn read_chunk_into(&self, id: &ChunkId, buffers: &mut ChunkBuffers) -> Result<()> {
+        if let Some(fetched) = self.prefetch.take(id) {
+            buffers.stored.clear();
+            buffers.stored.extend_from_slice(&fetched.stored);
+            return self
+                .codec
+                .decode_into(&fetched.entry, &fetched.pack, &mut buffers.stored, &mut buffers.plain);
+        }
         let body = self
             .connection
             .call(Method::POST, "/chunks/read", Payload::Bytes(id.as_bytes()), &[])?
@@ -146,6 +162,10 @@ impl RepositoryReader for RemoteRepository {
             1 | 2 => Ok(true),
             _ => Ok(false),
         }
+    }
+
+    fn prefetch(&self, ids: &[ChunkId]) {
+        self.prefetch.hint(&self.connection, ids);
     }
 
     fn catch_up(&self) -> Result<()> {

@@ -78,7 +78,19 @@ pub async fn begin(
         });
     }
     tracing::info!(maintenance = %id, token = %token.name, repository = %repo, "maintenance started; backups wait");
-    let restore_points = stored_ids(&served)?.iter().map(ToString::to_string).collect();
+    let listed = {
+        let served = Arc::clone(&served);
+        tokio::task::spawn_blocking(move || stored_ids(&served))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    };
+    let restore_points = match listed {
+        Ok(ids) => ids.iter().map(ToString::to_string).collect(),
+        Err(e) => {
+            served.arbiter.lock().expect("arbiter lock").maintenance = None;
+            return Err(e);
+        }
+    };
     Ok(Json(MaintenanceStarted {
         maintenance: id,
         restore_points,

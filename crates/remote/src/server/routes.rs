@@ -63,6 +63,12 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/api/v1/repos/{repo}/maintenance/{id}/live", post(maintenance::live).layer(ids_limit))
         .route("/api/v1/repos/{repo}/maintenance/{id}/prune", post(maintenance::prune))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        // A bug that panics in a handler answers 500 (and is logged)
+        // instead of leaving its client waiting on a stream that never
+        // ends.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::internal("the server failed handling this request (a bug: see its log)").into_response()
+        }))
         .with_state(state)
 }
 
@@ -347,7 +353,8 @@ async fn store_pack(
     Path((repo, session, pack)): Path<(String, String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (token, served) = owner(&state, &headers, peer, &repo, &session, "upload a pack").await?;
+    let token = authorize(&state, &headers, peer.0.ip(), Role::Backup, "upload a pack").await?;
+    let served = served(&state, &repo)?;
     let id: PackId = pack
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{pack:?} is not a pack id")))?;
@@ -357,6 +364,10 @@ async fn store_pack(
         .acquire()
         .await
         .map_err(|_| ApiError::internal("the server is stopping"))?;
+    // The body is read before the session is judged: an answer sent while
+    // a client is still sending reaches it as a broken upload, not as the
+    // answer, and a client told its session is unknown (after a restart)
+    // must hear it to open a new one.
     let bytes = read_pack_body(body, usize::try_from(limit).unwrap_or(usize::MAX), state.upload_limit.as_ref())
         .await
         .map_err(|e| {
@@ -367,6 +378,7 @@ async fn store_pack(
                 format!("the pack body was cut or is larger than this repository's limit of {limit} bytes: {e}"),
             )
         })?;
+    touch(&served, &session, &token)?;
     let stored = blocking(move || {
         let imported = served.repo.import_pack(&id, &bytes).map_err(|e| match e {
             strata_engine::Error::Corrupt { .. } => {

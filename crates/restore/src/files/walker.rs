@@ -63,6 +63,7 @@ impl<'a> RestoreWalker<'a, '_> {
     pub(super) fn restore_selected(&mut self, sel: &Selected) -> Result<()> {
         let Some(node) = &sel.node else {
             let tree = self.repo.load_tree(&self.root_tree)?;
+            self.prefetch_files(&tree);
             let root = self.root.clone();
             for child in &tree.nodes {
                 self.restore_node(&root, PathBuf::new(), child)?;
@@ -86,6 +87,27 @@ impl<'a> RestoreWalker<'a, '_> {
         self.restore_node(&dir, rel, node)
     }
 
+    /// Tells the repository which chunks this directory's files will
+    /// read, in the order the workers will read them.
+    fn prefetch_files(&self, tree: &crate::tree::Tree) {
+        let ids: Vec<ChunkId> = tree
+            .nodes
+            .iter()
+            .filter_map(|node| match &node.kind {
+                NodeKind::File { extents } => Some(extents),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|extent| match extent {
+                crate::tree::Extent::Data { id, .. } => Some(*id),
+                crate::tree::Extent::Hole { .. } => None,
+            })
+            .collect();
+        if !ids.is_empty() {
+            self.repo.prefetch(&ids);
+        }
+    }
+
     fn restore_node(
         &mut self,
         parent: &Arc<OpenDir<'a>>,
@@ -106,6 +128,7 @@ impl<'a> RestoreWalker<'a, '_> {
                     outcome: self.outcome,
                 });
                 let tree = self.repo.load_tree(subtree)?;
+                self.prefetch_files(&tree);
                 for child in &tree.nodes {
                     self.restore_node(&dir, rel.clone(), child)?;
                 }

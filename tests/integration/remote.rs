@@ -1,0 +1,1221 @@
+//! The repository server (`strata server`) and its clients as separate
+//! processes talking HTTPS on 127.0.0.1: backups, restores, mounts and
+//! disk images through the server; movers at the same time; what each
+//! role may not do; a mover and the server killed with kill -9; a pinned
+//! fingerprint that does not match; hostile requests sent with curl.
+//! Every server and every mover started in the background sits behind a
+//! guard that kills and reaps it when dropped, also on panic.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+
+use crate::mount::{fuse_available, is_mounted};
+use crate::util::*;
+use crate::vm::{convert, ext4_image};
+
+/// `strata server` serving the test repository as `main`, in a child
+/// process whose log (RUST_LOG=info) goes to `server.log` in the test's
+/// directory. Killed and reaped when dropped.
+struct RepoServer {
+    child: Option<Child>,
+    stdout: Option<BufReader<ChildStdout>>,
+    /// The server's own state (`--dir`): tokens, its certificate.
+    dir: PathBuf,
+    repo: PathBuf,
+    /// A bucket's endpoint, credentials and state directory, if any.
+    env: Vec<(String, String)>,
+    extra: Vec<String>,
+    log: PathBuf,
+    port: u16,
+    fingerprint: String,
+}
+
+impl RepoServer {
+    /// Starts a server on a free port with `--dir` in the test's
+    /// directory and `extra` options; returns once it said it listens.
+    fn start(t: &TestRepo, extra: &[&str]) -> RepoServer {
+        let mut server = RepoServer {
+            child: None,
+            stdout: None,
+            dir: t.path("server"),
+            repo: t.repo.clone(),
+            env: t.env.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: t.path("server.log"),
+            port: 0,
+            fingerprint: String::new(),
+        };
+        let (port, fingerprint) = server.spawn("127.0.0.1:0");
+        server.port = port;
+        server.fingerprint = fingerprint;
+        server
+    }
+
+    /// Starts the process and reads its one line: `listening ADDR
+    /// fingerprint FP`. The log is appended to, so a restarted server's
+    /// log follows the first one's.
+    fn spawn(&mut self, listen: &str) -> (u16, String) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(strata_bin())
+            .args(["server", "--listen", listen, "--dir"])
+            .arg(&self.dir)
+            .arg("--serve")
+            .arg(format!("main={}", self.repo.display()))
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // The server never holds the key: it runs without the password.
+            .env_remove("STRATA_PASSWORD")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        self.child = Some(child);
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        self.stdout = Some(stdout);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (Some(&"listening"), Some(address), Some(&"fingerprint"), Some(fingerprint), None) = (
+            words.first(),
+            words.get(1),
+            words.get(2),
+            words.get(3),
+            words.get(4),
+        ) else {
+            panic!(
+                "the server did not say it listens: {line:?}\nits log:\n{}",
+                self.log()
+            );
+        };
+        let port: u16 = address
+            .strip_prefix("127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("listening on {address:?}"));
+        let pairs: Vec<&str> = fingerprint.split(':').collect();
+        assert!(
+            pairs.len() == 32
+                && pairs
+                    .iter()
+                    .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())),
+            "not a SHA-256 fingerprint in pairs: {fingerprint}"
+        );
+        (port, fingerprint.to_string())
+    }
+
+    /// SIGTERM, as an operator stops it: it says `stopped` and exits 0.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("the server runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        self.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut rest)
+            .unwrap();
+        assert!(
+            status.success(),
+            "server exited with {status:?}\n{}",
+            self.log()
+        );
+        assert_eq!(rest.trim(), "stopped", "{}", self.log());
+    }
+
+    /// kill -9, as a crash would.
+    fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the server runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.stdout = None;
+    }
+
+    /// Starts the server again on the same port and `--dir`: it keeps its
+    /// certificate, so clients keep trusting it.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server still runs");
+        let (port, fingerprint) = self.spawn(&format!("127.0.0.1:{}", self.port));
+        assert_eq!(port, self.port);
+        assert_eq!(
+            fingerprint, self.fingerprint,
+            "the certificate changed on restart"
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing `needle`.
+    fn wait_for_log(&self, needle: &str) {
+        wait_until(&format!("{needle:?} in the server's log"), || {
+            self.log().contains(needle)
+        });
+    }
+
+    /// Makes a token with `strata server token add`; returns its secret.
+    fn token(&self, name: &str, role: &str, sources: &[&str]) -> String {
+        let mut cmd = Command::new(strata_bin());
+        cmd.args(["server", "token", "add", name, "--role", role, "--dir"])
+            .arg(&self.dir);
+        for glob in sources {
+            cmd.args(["--sources", glob]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "token add: {}", stderr_of(&out));
+        let secret = stdout_of(&out).trim().to_string();
+        let hex = secret
+            .strip_prefix(&format!("{name}:"))
+            .unwrap_or_else(|| panic!("token {secret:?} is not {name}:SECRET"));
+        assert!(
+            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{secret}"
+        );
+        secret
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/main", self.port)
+    }
+
+    /// The URL of `path` below the repository in the HTTP API.
+    fn api(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/api/v1/repos/main{path}", self.port)
+    }
+
+    /// A client presenting `token`, pinning this server's certificate,
+    /// with its own file cache in `host` (as a mover on its own machine).
+    fn client(&self, t: &TestRepo, host: &str, token: &str) -> Client {
+        Client {
+            url: self.url(),
+            token: token.to_string(),
+            fingerprint: self.fingerprint.clone(),
+            cache: t.path(&format!("host-{host}")),
+        }
+    }
+}
+
+impl Drop for RepoServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `strata` client of a server.
+struct Client {
+    url: String,
+    token: String,
+    fingerprint: String,
+    /// XDG_CACHE_HOME: where this client keeps its file cache.
+    cache: PathBuf,
+}
+
+impl Client {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = strata_command();
+        cmd.args(args)
+            .env("STRATA_REPO", &self.url)
+            .env("STRATA_TOKEN", &self.token)
+            .env("STRATA_FINGERPRINT", &self.fingerprint)
+            .env("XDG_CACHE_HOME", &self.cache)
+            .env_remove("STRATA_STATE")
+            .env("RUST_LOG", "error");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "strata {args:?} through the server failed with {:?}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            stdout_of(&out),
+            stderr_of(&out)
+        );
+        stdout_of(&out)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn backup(&self, path: &Path, source: &str) -> serde_json::Value {
+        self.json(&[
+            "backup",
+            "files",
+            path.to_str().unwrap(),
+            "--source",
+            source,
+        ])
+    }
+
+    fn restore(&self, rp: &str, to: &Path) {
+        self.ok(&["restore", "files", rp, "--to", to.to_str().unwrap()]);
+    }
+
+    /// The sources of the restore points this client sees, sorted.
+    fn sources(&self) -> Vec<String> {
+        let mut sources: Vec<String> = self
+            .json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rp| rp["source"].as_str().unwrap().to_string())
+            .collect();
+        sources.sort();
+        sources
+    }
+
+    /// Runs, expects exit status 1 and every one of `expected` in the
+    /// error output; returns it.
+    fn refused(&self, args: &[&str], expected: &[&str]) -> String {
+        let out = self.run(args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        for e in expected {
+            assert!(err.contains(e), "{args:?}: expected {e:?} in: {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    }
+
+    /// Starts `strata [GLOBAL…] backup files PATH --source SOURCE --json`
+    /// in the background, its output captured.
+    fn spawn_backup(&self, global: &[&str], path: &Path, source: &str) -> Reaped {
+        let mut args = global.to_vec();
+        args.extend([
+            "backup",
+            "files",
+            path.to_str().unwrap(),
+            "--source",
+            source,
+            "--json",
+        ]);
+        Reaped(Some(
+            self.command(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+}
+
+/// A child process killed and reaped when dropped.
+struct Reaped(Option<Child>);
+
+impl Reaped {
+    fn running(&mut self) -> bool {
+        self.0.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.0.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn output(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+
+    /// Waits for a backup with `--json`; asserts success; its summary.
+    fn summary(self) -> serde_json::Value {
+        let out = self.output();
+        assert!(
+            out.status.success(),
+            "backup failed with {:?}: {}",
+            out.status.code(),
+            stderr_of(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `ready`; a minute without it fails the test (a hang, not
+/// a slow machine).
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "waited a minute for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The repository's pack files (its objects as files, also in a bucket).
+fn pack_files(t: &TestRepo) -> BTreeSet<PathBuf> {
+    let packs = t.objects().join("packs");
+    if packs.exists() {
+        files_under(&packs).into_iter().collect()
+    } else {
+        BTreeSet::new()
+    }
+}
+
+/// Packs of 1 MiB instead of 32: a backup of some MB is many uploads, so
+/// a kill lands between them.
+fn small_packs(t: &TestRepo) {
+    let edit = |bytes: &[u8]| {
+        let mut config: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        config["pack_target_size"] = serde_json::json!(1 << 20);
+        serde_json::to_vec_pretty(&config).unwrap()
+    };
+    match &t.server {
+        Some(server) => {
+            use strata::storage::ObjectStore;
+            let store = server.store(t.repo.to_str().unwrap(), &t.path("config-staging"));
+            let config = store.get("config.json").unwrap();
+            store.put("config.json", &edit(&config)).unwrap();
+        }
+        None => {
+            let path = t.repo.join("config.json");
+            std::fs::write(&path, edit(&std::fs::read(&path).unwrap())).unwrap();
+        }
+    }
+}
+
+/// A directory of `files` files of `each` random bytes.
+fn random_tree(dir: &Path, files: usize, each: usize, seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..files {
+        std::fs::write(dir.join(format!("r{i}")), random_bytes(&mut rng, each)).unwrap();
+    }
+}
+
+fn number(summary: &serde_json::Value, field: &str) -> u64 {
+    summary[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {summary}"))
+}
+
+/// curl with the token; returns the HTTP status and body. `-k`: curl
+/// cannot pin a certificate's fingerprint, and what these requests test
+/// is the server's answer to them.
+fn curl(token: &str, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sSk", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    let text = stdout_of(&out);
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    let status = status
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {args:?}: {text} {}", stderr_of(&out)));
+    (status, body.to_string())
+}
+
+/// The error code of a JSON error body.
+fn error_code(body: &str) -> String {
+    let parsed: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not a JSON error: {body}"));
+    parsed["error"]["code"].as_str().unwrap().to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name a pack of `bytes` has: the first 16 bytes of their BLAKE3.
+fn pack_name(bytes: &[u8]) -> String {
+    hex(&blake3::hash(bytes).as_bytes()[..16])
+}
+
+#[test]
+fn backs_up_lists_shows_lists_files_and_restores_through_the_server() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    make_full_tree(&src, 81);
+    let mut server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "web01", &server.token("admin", "admin", &["*"]));
+
+    // The server holds the repository's writer lock while it runs.
+    let busy = t.run(&["prune"]);
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(stderr_of(&busy).contains("busy"), "{}", stderr_of(&busy));
+
+    let first = admin.backup(&src, "web01");
+    let rp = first["restore_point"].as_str().unwrap().to_string();
+    let sent = number(&first, "bytes_sent");
+    assert!(
+        sent >= number(&first, "bytes_stored") && number(&first, "bytes_stored") > 5_000_000,
+        "{first}"
+    );
+
+    let listed = admin.json(&["list"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], rp.as_str());
+    assert_eq!(listed[0]["source"], "web01");
+    let shown = admin.ok(&["show", "web01@latest"]);
+    assert!(shown.contains(&rp) && shown.contains("web01"), "{shown}");
+    let files = admin.ok(&["ls", "-R", "web01@latest"]);
+    for path in [
+        "small.txt",
+        "dir/sub/deeper/f3",
+        "dir/sub/hard-b",
+        "link-dangling",
+    ] {
+        let full = src.join(path);
+        assert!(
+            files.contains(full.to_str().unwrap()),
+            "{path} not in:\n{files}"
+        );
+    }
+
+    let target = t.path("restored");
+    admin.restore("web01@latest", &target);
+    assert_same_tree(&src, &under(&target, &src));
+
+    // An incremental backup sends about nothing: one changed small file.
+    std::fs::write(src.join("small.txt"), b"changed").unwrap();
+    let second = admin.backup(&src, "web01");
+    assert!(
+        number(&second, "bytes_sent") * 50 < sent && number(&second, "chunks_new") <= 8,
+        "first {first}\nsecond {second}"
+    );
+    let target = t.path("restored-2");
+    admin.restore("web01@latest", &target);
+    assert_same_tree(&src, &under(&target, &src));
+
+    server.stop();
+    assert_eq!(t.json(&["list"]).as_array().unwrap().len(), 2);
+    t.ok(&["check", "--read-data"]);
+}
+
+/// `strata mount` through the server, unmounted when dropped.
+struct RemoteMount {
+    path: PathBuf,
+    child: Option<Child>,
+}
+
+impl RemoteMount {
+    fn mount(client: &Client, path: &Path) -> RemoteMount {
+        std::fs::create_dir_all(path).unwrap();
+        let child = client
+            .command(&["mount", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut mount = RemoteMount {
+            path: path.to_path_buf(),
+            child: Some(child),
+        };
+        wait_until("the mount", || {
+            assert!(
+                mount.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+                "strata mount exited"
+            );
+            is_mounted(path)
+        });
+        mount
+    }
+
+    /// SIGTERM: unmounts; returns whether it exited 0.
+    fn stop(&mut self) -> bool {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap().success()
+    }
+}
+
+impl Drop for RemoteMount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+#[test]
+fn a_mount_through_the_server_reads_the_source_bytes() {
+    if !fuse_available() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let t = TestRepo::new();
+    let src = t.path("src");
+    make_full_tree(&src, 82);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(82);
+    let big = random_bytes(&mut rng, 12_000_000);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let server = RepoServer::start(&t, &[]);
+    let mover = server.client(&t, "mover", &server.token("mover", "backup", &["web*"]));
+    mover.backup(&src, "web01");
+
+    // Mounted with a token that may only read.
+    let reader = server.client(&t, "reader", &server.token("reader", "restore", &["web*"]));
+    let mnt = t.path("mnt");
+    let mut mount = RemoteMount::mount(&reader, &mnt);
+    let mounted = under(&mnt.join("files/web01/latest"), &src);
+    assert_same_tree(&src, &mounted);
+    // Reads at offsets that start and end inside chunks.
+    let file = std::fs::File::open(mounted.join("big.bin")).unwrap();
+    for (offset, len) in [
+        (0, 4096),
+        (1_234_567, 700_000),
+        (11_999_000, 1000),
+        (5_000_001, 3),
+    ] {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset as u64).unwrap();
+        assert!(buf == big[offset..offset + len], "bytes at {offset} differ");
+    }
+    drop(file);
+    assert!(mount.stop(), "strata mount did not exit 0 on SIGTERM");
+    assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
+}
+
+#[test]
+fn a_disk_image_backs_up_and_restores_through_the_server_byte_for_byte() {
+    let t = TestRepo::new();
+    let raw = ext4_image(t.dir.path(), "disk", 32, 83);
+    let vmdk = t.path("disk.vmdk");
+    convert(&raw, "monolithicSparse", &vmdk);
+    let server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "vmhost", &server.token("admin", "admin", &["*"]));
+
+    let first = admin.json(&["backup", "image", vmdk.to_str().unwrap(), "--name", "disk"]);
+    assert_eq!(first["kind"], "vm", "{first}");
+    let out = t.path("disk.restored");
+    admin.ok(&[
+        "restore",
+        "disk",
+        "disk@latest",
+        "image",
+        "--raw-to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&raw).unwrap(),
+        "the disk restored through the server differs from the source image"
+    );
+    // The same image again: its chunks are all stored, and not sent.
+    let second = admin.json(&["backup", "image", vmdk.to_str().unwrap(), "--name", "disk"]);
+    assert!(
+        number(&second, "bytes_sent") * 20 < number(&first, "bytes_sent"),
+        "first {first}\nsecond {second}"
+    );
+}
+
+#[test]
+fn two_movers_with_different_sources_back_up_at_once() {
+    let t = TestRepo::new();
+    let (a, b) = (t.path("a"), t.path("b"));
+    random_tree(&a, 4, 3_000_000, 84);
+    random_tree(&b, 4, 3_000_000, 85);
+    let server = RepoServer::start(&t, &[]);
+    let secret = server.token("movers", "backup", &["host-*"]);
+    // Two machines, each with its own file cache.
+    let (on_a, on_b) = (
+        server.client(&t, "a", &secret),
+        server.client(&t, "b", &secret),
+    );
+    let run_a = on_a.spawn_backup(&[], &a, "host-a");
+    let run_b = on_b.spawn_backup(&[], &b, "host-b");
+    run_a.summary();
+    run_b.summary();
+    assert_eq!(on_a.sources(), ["host-a", "host-b"]);
+    for (dir, source) in [(&a, "host-a"), (&b, "host-b")] {
+        let target = t.path(&format!("restored-{source}"));
+        on_a.restore(&format!("{source}@latest"), &target);
+        assert_same_tree(dir, &under(&target, dir));
+    }
+}
+
+/// Two `strata backup` processes on one machine (one file cache) into
+/// one server at once: both must complete.
+#[test]
+fn two_movers_on_one_machine_back_up_at_once() {
+    let t = TestRepo::new();
+    let (a, b) = (t.path("a"), t.path("b"));
+    random_tree(&a, 4, 3_000_000, 86);
+    random_tree(&b, 4, 3_000_000, 87);
+    let server = RepoServer::start(&t, &[]);
+    let one_host = server.client(&t, "one", &server.token("mover", "backup", &["*"]));
+    let run_a = one_host.spawn_backup(&[], &a, "a");
+    let run_b = one_host.spawn_backup(&[], &b, "b");
+    run_a.summary();
+    run_b.summary();
+    for (dir, source) in [(&a, "a"), (&b, "b")] {
+        let target = t.path(&format!("restored-{source}"));
+        one_host.restore(&format!("{source}@latest"), &target);
+        assert_same_tree(dir, &under(&target, dir));
+    }
+}
+
+#[test]
+fn two_movers_with_the_same_data_upload_it_about_once() {
+    let t = TestRepo::new();
+    let data = t.path("data");
+    random_tree(&data, 3, 8_000_000, 88);
+    let size = 24_000_000u64;
+    let server = RepoServer::start(&t, &[]);
+    let secret = server.token("movers", "backup", &["copy-*"]);
+    let (on_a, on_b) = (
+        server.client(&t, "a", &secret),
+        server.client(&t, "b", &secret),
+    );
+    // Both upload slowly, so that each asks for chunks while the other
+    // still uploads them.
+    let run_a = on_a.spawn_backup(&["--limit-upload", "8M"], &data, "copy-a");
+    let run_b = on_b.spawn_backup(&["--limit-upload", "8M"], &data, "copy-b");
+    let (a, b) = (run_a.summary(), run_b.summary());
+
+    // Both sessions were open before either committed.
+    let log = server.log();
+    let opened: Vec<usize> = log
+        .match_indices("backup session opened")
+        .map(|(i, _)| i)
+        .collect();
+    let committed = log.find("restore point committed").unwrap();
+    assert!(opened.len() == 2 && opened[1] < committed, "{log}");
+
+    let stored = number(&a, "bytes_stored") + number(&b, "bytes_stored");
+    assert!(
+        stored >= size && stored * 2 < size * 3,
+        "{stored} bytes stored for {size} bytes of random data\n{a}\n{b}"
+    );
+    for source in ["copy-a", "copy-b"] {
+        let target = t.path(&format!("restored-{source}"));
+        on_a.restore(&format!("{source}@latest"), &target);
+        assert_same_tree(&data, &under(&target, &data));
+    }
+}
+
+#[test]
+fn each_role_is_refused_what_it_may_not_do() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    random_tree(&src, 2, 500_000, 89);
+    // Made before the server: in an encrypted repository the server
+    // cannot read its source, so only tokens for '*' see it.
+    t.backup(&src, "web-local");
+    let server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "admin", &server.token("admin", "admin", &["*"]));
+    let mover = server.client(&t, "web", &server.token("web-mover", "backup", &["web*"]));
+    let reader = server.client(
+        &t,
+        "reader",
+        &server.token("web-reader", "restore", &["web*"]),
+    );
+
+    // A backup token backs up its sources, and only those.
+    mover.backup(&src, "web01");
+    mover.refused(
+        &["backup", "files", src.to_str().unwrap(), "--source", "db01"],
+        &["may not back up source \"db01\""],
+    );
+    server.wait_for_log("refused: source");
+    admin.backup(&src, "db01");
+    assert_eq!(admin.sources(), ["db01", "web-local", "web01"]);
+    // It sees its sources' restore points, not the others'.
+    let mut expected = if encrypted() {
+        vec![]
+    } else {
+        vec!["web-local"]
+    };
+    expected.push("web01");
+    assert_eq!(mover.sources(), expected);
+    mover.refused(&["ls", "db01@latest"], &["no restore point matches"]);
+
+    // A restore token reads its sources and backs up nothing.
+    reader.refused(
+        &[
+            "backup",
+            "files",
+            src.to_str().unwrap(),
+            "--source",
+            "web02",
+        ],
+        &["has role restore", "back up needs role backup"],
+    );
+    server.wait_for_log("refused: role");
+    assert_eq!(reader.sources(), expected);
+    let target = t.path("restored");
+    reader.restore("web01@latest", &target);
+    assert_same_tree(&src, &under(&target, &src));
+    reader.refused(
+        &[
+            "restore",
+            "files",
+            "db01@latest",
+            "--to",
+            t.path("no").to_str().unwrap(),
+        ],
+        &["no restore point matches"],
+    );
+    assert!(!t.path("no").exists());
+
+    // What needs the repository itself is refused to every token.
+    for args in [
+        &["check"][..],
+        &["check", "--read-data"],
+        &["tier", "run"],
+        &["tier", "status"],
+        &["thaw", "web01@latest"],
+        &["key", "list"],
+        &["stats"],
+        &["init"],
+        &["repair", "index"],
+        &["unlock"],
+    ] {
+        for client in [&admin, &mover, &reader] {
+            client.refused(args, &["not available through a repository server"]);
+        }
+    }
+    // Deleting is never a backup or restore token's to do.
+    for args in [&["forget", "--keep-last", "1"][..], &["prune"]] {
+        for client in [&mover, &reader] {
+            let err = client.refused(args, &[]);
+            assert!(
+                err.contains("not available through a repository server")
+                    || err.contains("needs role admin"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(admin.sources(), ["db01", "web-local", "web01"]);
+
+    // A wrong secret: 401, and a clear error.
+    let wrong = Client {
+        token: "admin:0000000000000000000000000000000000000000000000000000000000000000".into(),
+        ..server.client(&t, "admin", "")
+    };
+    wrong.refused(&["list"], &["no valid API token", "unauthorized"]);
+    let (status, body) = curl(&wrong.token, &[&server.api("/restore-points")]);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "unauthorized"),
+        "{body}"
+    );
+    server.wait_for_log("refused: no valid token");
+
+    // Tokens are listed without their secrets; a removed one is refused.
+    let list = Command::new(strata_bin())
+        .args(["server", "token", "list", "--json", "--dir"])
+        .arg(&server.dir)
+        .output()
+        .unwrap();
+    let listed = stdout_of(&list);
+    for name in ["\"admin\"", "\"web-mover\"", "\"web-reader\""] {
+        assert!(listed.contains(name), "{listed}");
+    }
+    assert!(
+        !listed.contains(reader.token.split_once(':').unwrap().1),
+        "{listed}"
+    );
+    let removed = Command::new(strata_bin())
+        .args(["server", "token", "remove", "web-reader", "--dir"])
+        .arg(&server.dir)
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{}", stderr_of(&removed));
+    reader.refused(&["list"], &["no valid API token"]);
+    assert_eq!(admin.sources(), ["db01", "web-local", "web01"]);
+}
+
+#[test]
+fn repeated_wrong_tokens_are_refused_for_the_rest_of_the_minute() {
+    let t = TestRepo::new();
+    let server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "admin", &server.token("admin", "admin", &["*"]));
+    admin.ok(&["list"]);
+    let guesser = Client {
+        token: "admin:1111111111111111111111111111111111111111111111111111111111111111".into(),
+        ..server.client(&t, "guesser", "")
+    };
+    // One try per request, so that a refusal is not waited out.
+    let guess = || {
+        let out = guesser
+            .command(&["list"])
+            .env("STRATA_REMOTE_TRIES", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        stderr_of(&out)
+    };
+    for attempt in 1..=10 {
+        let err = guess();
+        assert!(
+            err.contains("no valid API token"),
+            "attempt {attempt}: {err}"
+        );
+    }
+    let err = guess();
+    assert!(err.contains("too many failed"), "{err}");
+    let (status, body) = curl(&guesser.token, &[&server.api("/restore-points")]);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (429, "rate_limited"),
+        "{body}"
+    );
+    // The address is refused whatever it presents until the minute ends.
+    let out = admin
+        .command(&["list"])
+        .env("STRATA_REMOTE_TRIES", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("too many failed"),
+        "{}",
+        stderr_of(&out)
+    );
+    server.wait_for_log("refused: too many failed authentications");
+}
+
+#[test]
+fn a_mover_killed_mid_upload_commits_nothing_and_prune_reclaims_what_it_sent() {
+    let t = TestRepo::new();
+    small_packs(&t);
+    let big = t.path("big");
+    random_tree(&big, 1, 30_000_000, 90);
+    let mut server = RepoServer::start(&t, &["--session-timeout", "2"]);
+    let admin = server.client(&t, "mover", &server.token("admin", "admin", &["*"]));
+
+    let before = pack_files(&t);
+    let mut mover = admin.spawn_backup(&["--limit-upload", "2M"], &big, "big");
+    wait_until("packs of the mover", || {
+        pack_files(&t).len() >= before.len() + 3
+    });
+    assert!(mover.running(), "the backup ended before it was killed");
+    mover.kill9();
+    let orphans: BTreeSet<PathBuf> = pack_files(&t).difference(&before).cloned().collect();
+    assert!(!orphans.is_empty());
+
+    server.wait_for_log("backup session timed out");
+    assert_eq!(
+        admin.sources(),
+        Vec::<String>::new(),
+        "a restore point appeared"
+    );
+    // Another backup, of other data, succeeds.
+    let other = t.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(90);
+    std::fs::write(other.join("notes"), text_bytes(&mut rng, 2_000_000)).unwrap();
+    admin.backup(&other, "other");
+    let target = t.path("restored");
+    admin.restore("other@latest", &target);
+    assert_same_tree(&other, &under(&target, &other));
+
+    // Prune through the server, by the admin client: it walks, the
+    // server sweeps what the killed mover left.
+    let pruned = admin.json(&["prune"]);
+    assert!(
+        number(&pruned, "packs_deleted") >= orphans.len() as u64,
+        "{} orphan packs: {pruned}",
+        orphans.len()
+    );
+    let left: Vec<_> = orphans.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "prune kept orphan packs: {left:?}");
+    server.wait_for_log("maintenance ended");
+    server.stop();
+    t.ok(&["check", "--read-data"]);
+    assert_eq!(
+        t.staging_leftovers(),
+        Vec::<PathBuf>::new(),
+        "staging leftovers remain"
+    );
+    let target = t.path("restored-locally");
+    t.restore("other@latest", &target);
+    assert_same_tree(&other, &under(&target, &other));
+}
+
+#[test]
+fn a_server_killed_mid_backup_and_restarted_lets_the_mover_finish() {
+    let t = TestRepo::new();
+    small_packs(&t);
+    let big = t.path("big");
+    random_tree(&big, 3, 10_000_000, 91);
+    let size = 30_000_000u64;
+    let mut server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "mover", &server.token("admin", "admin", &["*"]));
+
+    let before = pack_files(&t);
+    // Default tries: the mover rides out the restart.
+    let mut mover = admin.spawn_backup(&["--limit-upload", "4M"], &big, "big");
+    wait_until("packs of the mover", || {
+        pack_files(&t).len() >= before.len() + 8
+    });
+    assert!(
+        mover.running(),
+        "the backup ended before the server was killed"
+    );
+    server.kill9();
+    server.restart();
+    let summary = mover.summary();
+    // What was stored before the kill was not sent again.
+    assert!(number(&summary, "bytes_sent") < 2 * size, "{summary}");
+
+    let target = t.path("restored");
+    admin.restore("big@latest", &target);
+    assert_same_tree(&big, &under(&target, &big));
+    server.stop();
+    t.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn a_wrong_fingerprint_is_refused_before_anything_is_sent() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    random_tree(&src, 1, 100_000, 92);
+    let server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "admin", &server.token("admin", "admin", &["*"]));
+    // The same fingerprint with its last digit changed.
+    let mut wrong = server.fingerprint.clone();
+    let last = if wrong.ends_with('0') { "1" } else { "0" };
+    wrong.replace_range(wrong.len() - 1.., last);
+    let fooled = Client {
+        fingerprint: wrong.clone(),
+        ..server.client(&t, "admin", &admin.token)
+    };
+    fooled.refused(&["list"], &["fingerprint"]);
+    fooled.refused(
+        &["backup", "files", src.to_str().unwrap(), "--source", "s"],
+        &["fingerprint"],
+    );
+    // With a wrong secret too: had any request been sent, the server
+    // would have refused the secret.
+    let guesser = Client {
+        fingerprint: wrong,
+        token: "admin:2222222222222222222222222222222222222222222222222222222222222222".into(),
+        ..server.client(&t, "guesser", "")
+    };
+    guesser.refused(&["list"], &["fingerprint"]);
+    server.wait_for_log("TLS handshake failed");
+    let log = server.log();
+    assert!(
+        !log.contains("refused") && !log.contains("session opened"),
+        "{log}"
+    );
+
+    // The right fingerprint, written in capitals without colons, is the
+    // same fingerprint.
+    let pinned = server.fingerprint.replace(':', "").to_uppercase();
+    let out = admin
+        .command(&["--fingerprint", &pinned, "list"])
+        .env_remove("STRATA_FINGERPRINT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(admin.sources(), Vec::<String>::new());
+}
+
+#[test]
+fn hostile_requests_are_refused_and_the_server_keeps_serving() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    random_tree(&src, 2, 2_000_000, 93);
+    t.backup(&src, "before");
+    let real_pack = pack_files(&t)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let real = std::fs::read(&real_pack).unwrap();
+    let real_name = real_pack.file_stem().unwrap().to_str().unwrap().to_string();
+    assert_eq!(pack_name(&real), real_name);
+
+    let mut server = RepoServer::start(&t, &[]);
+    let secret = server.token("mover", "backup", &["*"]);
+    let (status, body) = curl(
+        &secret,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"host":"hostile"}"#,
+            &server.api("/sessions"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let opened: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let session = opened["session"].as_str().unwrap().to_string();
+    let before = pack_files(&t);
+
+    let body_file = |name: &str, bytes: &[u8]| {
+        let path = t.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        format!("@{}", path.display())
+    };
+    let put_pack = |name: &str, file: &str| {
+        curl(
+            &secret,
+            &[
+                "-X",
+                "PUT",
+                "--data-binary",
+                file,
+                &server.api(&format!("/sessions/{session}/packs/{name}")),
+            ],
+        )
+    };
+
+    // Ids that are not a whole number of ids.
+    let odd = body_file("odd-ids", &[7u8; 33]);
+    let (status, body) = curl(
+        &secret,
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &odd,
+            &server.api(&format!("/sessions/{session}/known")),
+        ],
+    );
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "bad_request"),
+        "{body}"
+    );
+
+    // A real pack cut short: under its name, and under the name of what
+    // is left (the name matches, the trailer is gone).
+    let cut = &real[..real.len() / 2];
+    let cut_file = body_file("cut.pack", cut);
+    for name in [real_name.clone(), pack_name(cut)] {
+        let (status, body) = put_pack(&name, &cut_file);
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (422, "pack_invalid"),
+            "{name}: {body}"
+        );
+    }
+    // Garbage, under its own name.
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(93);
+    let garbage = random_bytes(&mut rng, 300_000);
+    let (status, body) = put_pack(&pack_name(&garbage), &body_file("garbage.pack", &garbage));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (422, "pack_invalid"),
+        "{body}"
+    );
+    server.wait_for_log("refused an invalid pack");
+
+    // 120 MiB of zeros, streamed: more than any pack may be. Over
+    // HTTP/1.1: curl 7.88 reports an HTTP/2 stream reset after an early
+    // answer as a framing error and drops the answer.
+    let script = format!(
+        "head -c {} /dev/zero | curl -sSk --http1.1 -w '\\n%{{http_code}}' -H 'Authorization: Bearer {secret}' -X PUT -T - '{}'",
+        120u64 << 20,
+        server.api(&format!("/sessions/{session}/packs/{real_name}"))
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let text = stdout_of(&out);
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert_eq!(
+        (status.trim(), error_code(body).as_str()),
+        ("413", "too_large"),
+        "{text} {}",
+        stderr_of(&out)
+    );
+    server.wait_for_log("pack upload refused or cut");
+
+    // Nothing was added, and the server serves normally.
+    assert_eq!(pack_files(&t), before);
+    let admin = server.client(&t, "admin", &server.token("admin", "admin", &["*"]));
+    assert_eq!(admin.sources(), ["before"]);
+    let later = t.path("later");
+    random_tree(&later, 2, 1_000_000, 94);
+    admin.backup(&later, "later");
+    let target = t.path("restored");
+    admin.restore("later@latest", &target);
+    assert_same_tree(&later, &under(&target, &later));
+    admin.restore("before@latest", &t.path("restored-before"));
+    assert_same_tree(&src, &under(&t.path("restored-before"), &src));
+
+    server.stop();
+    t.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn an_admin_forgets_and_prunes_through_the_server_and_what_is_kept_still_restores() {
+    let t = TestRepo::new();
+    small_packs(&t);
+    let src = t.path("src");
+    random_tree(&src, 2, 3_000_000, 7);
+    let mut server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "web01", &server.token("admin", "admin", &["*"]));
+    admin.backup(&src, "web01");
+    // Replace the data: the first restore point alone references the old.
+    std::fs::remove_dir_all(&src).unwrap();
+    random_tree(&src, 2, 3_000_000, 8);
+    let kept = admin.backup(&src, "web01")["restore_point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let dry = admin.json(&["prune", "--dry-run"]);
+    assert_eq!(number(&dry, "packs_deleted"), 0, "{dry}");
+    let forgot = admin.json(&["forget", "--keep-last", "1"]);
+    let removed: Vec<_> = forgot
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == false)
+        .collect();
+    assert_eq!(removed.len(), 1, "{forgot}");
+    assert_eq!(admin.sources(), ["web01"]);
+    let before = pack_files(&t);
+    let pruned = admin.json(&["prune"]);
+    assert!(number(&pruned, "packs_deleted") > 0, "{pruned}");
+    assert!(number(&pruned, "bytes_freed") >= 6_000_000, "{pruned}");
+    assert!(pack_files(&t).len() < before.len());
+    server.wait_for_log("maintenance ended");
+
+    // What is kept restores, through the server and locally afterwards.
+    let target = t.path("restored");
+    admin.restore(&kept, &target);
+    assert_same_tree(&src, &under(&target, &src));
+    server.stop();
+    t.ok(&["check", "--read-data"]);
+}
