@@ -1219,3 +1219,67 @@ fn an_admin_forgets_and_prunes_through_the_server_and_what_is_kept_still_restore
     server.stop();
     t.ok(&["check", "--read-data"]);
 }
+
+#[test]
+fn a_backup_beyond_max_sessions_waits_for_a_slot_and_then_runs() {
+    let t = TestRepo::new();
+    let (slow, quick) = (t.path("slow"), t.path("quick"));
+    random_tree(&slow, 1, 8_000_000, 31);
+    random_tree(&quick, 1, 1_000_000, 32);
+    let server = RepoServer::start(&t, &["--max-sessions", "1"]);
+    let admin = server.client(&t, "mover", &server.token("admin", "admin", &["*"]));
+    let first = admin.spawn_backup(&["--limit-upload", "2M"], &slow, "slow");
+    server.wait_for_log("backup session opened");
+    let second = admin.spawn_backup(&[], &quick, "quick");
+    server.wait_for_log("the server is at --max-sessions");
+    let (first, second) = (first.summary(), second.summary());
+    let restored = t.path("restored");
+    for (summary, src) in [(&first, &slow), (&second, &quick)] {
+        admin.restore(summary["restore_point"].as_str().unwrap(), &restored);
+        assert_same_tree(src, &under(&restored, src));
+    }
+}
+
+/// A tmpfs mounted at a path for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {}", path.display());
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_on_the_server_gives_the_mover_a_clear_error() {
+    if directory_only("a full file system under the repository") || !is_root() {
+        return;
+    }
+    let t = TestRepo::uninitialized();
+    let _full = Tmpfs::mount(&t.repo, "12m");
+    t.ok(&init_args());
+    let big = t.path("big");
+    random_tree(&big, 1, 30_000_000, 41);
+    let mut server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "mover", &server.token("admin", "admin", &["*"]));
+    let err = admin.refused(&["backup", "files", big.to_str().unwrap(), "--source", "big"], &[]);
+    assert!(
+        err.contains("insufficient_storage") && err.contains("No space left"),
+        "{err}"
+    );
+    // Nothing was committed, and the server still answers.
+    assert_eq!(admin.sources(), Vec::<String>::new());
+    server.stop();
+}

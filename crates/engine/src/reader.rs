@@ -31,6 +31,18 @@ pub trait RepositoryReader: Send + Sync {
     /// copy.
     fn is_readable(&self, id: &ChunkId) -> Result<bool>;
 
+    /// [`Self::is_readable`] for many chunks at once (`None`: not in the
+    /// repository); a repository behind a server answers in one request.
+    fn readable_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<bool>>> {
+        ids.iter()
+            .map(|id| match self.is_readable(id) {
+                Ok(readable) => Ok(Some(readable)),
+                Err(Error::ChunkMissing { .. }) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
     /// Sees what a writer committed since this reader was opened.
     fn catch_up(&self) -> Result<()>;
 
@@ -38,6 +50,11 @@ pub trait RepositoryReader: Send + Sync {
     /// repository behind a server fetches them many per request. A
     /// repository in this process has nothing to gain.
     fn prefetch(&self, _ids: &[ChunkId]) {}
+
+    /// A hint that the caller will read the whole directory tree `root`:
+    /// its trees and files, depth first in tree order (as a restore
+    /// does). A repository behind a server reads ahead of it.
+    fn prefetch_tree(&self, _root: &ChunkId) {}
 
     /// The repository's directory on this machine, if it has one: a
     /// restore never writes into it, and a mount shows VM files as owned

@@ -259,11 +259,16 @@ fn check_readable(repo: &dyn RepositoryReader, rp: &RestorePoint, disk: &DiskRec
         if page_ref.data_chunks == 0 {
             continue;
         }
-        for id in map.page(p)?.entries.iter().flatten() {
-            if !repo.is_readable(id)? {
-                return Err(Error::RestorePointCold {
-                    restore_point: rp.id.short(),
-                });
+        let ids: Vec<_> = map.page(p)?.entries.iter().flatten().copied().collect();
+        for (id, readable) in ids.iter().zip(repo.readable_chunks(&ids)?) {
+            match readable {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(Error::RestorePointCold {
+                        restore_point: rp.id.short(),
+                    })
+                }
+                None => return Err(Error::ChunkMissing { id: *id }),
             }
         }
     }

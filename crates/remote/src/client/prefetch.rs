@@ -18,13 +18,18 @@ use std::sync::{Arc, Condvar, Mutex};
 use reqwest::Method;
 
 use strata_engine::id::{ChunkId, PackId};
-use strata_engine::pack::PackEntry;
+use strata_engine::pack::{ChunkCodec, PackEntry};
 
 use super::connection::{Connection, Payload};
 use crate::protocol::{decode_chunk_frames, encode_ids};
 
 /// Bytes fetched ahead and not yet read, at most.
 const READY_LIMIT: usize = 256 << 20;
+/// Ids waiting to be fetched before a scout waits.
+const QUEUE_LIMIT: usize = 8192;
+/// How deep a scout follows directories (a hostile tree cannot exhaust
+/// its stack; below this the restore fetches for itself).
+const SCOUT_DEPTH: usize = 256;
 /// Ids asked for in one request; the server stops at 32 MiB of chunks and
 /// the rest are asked for again.
 const IDS_PER_FETCH: usize = 512;
@@ -78,6 +83,86 @@ impl Prefetcher {
             }
         }
         self.changed.notify_all();
+    }
+
+    /// Queues `ids`, waiting while enough is queued or fetched already:
+    /// for a scout, which must not drop hints the way [`Self::hint`] does.
+    fn hint_waiting(self: &Arc<Self>, connection: &Arc<Connection>, ids: &[ChunkId]) -> bool {
+        {
+            let mut state = self.state.lock().expect("prefetch lock");
+            while !state.closed && (state.queue.len() >= QUEUE_LIMIT || state.ready_bytes >= READY_LIMIT) {
+                state = self.changed.wait(state).expect("prefetch lock");
+            }
+            if state.closed {
+                return false;
+            }
+            for id in ids {
+                if !state.ready.contains_key(id) && state.pending.insert(*id) {
+                    state.queue.push_back(*id);
+                }
+            }
+        }
+        // Starts fetchers if none run yet.
+        self.hint(connection, &[]);
+        true
+    }
+
+    /// Starts a scout that reads the directory tree `root` ahead of a
+    /// restore, in the order the restore will (depth first, a
+    /// directory's entries in order, each subdirectory where it appears),
+    /// and queues every tree and file chunk it finds.
+    pub fn scout(self: &Arc<Self>, connection: &Arc<Connection>, codec: ChunkCodec, root: ChunkId) {
+        let (me, connection) = (Arc::clone(self), Arc::clone(connection));
+        let started = std::thread::Builder::new().name("scout".into()).spawn(move || {
+            if let Err(e) = me.scout_tree(&connection, &codec, &root, 0) {
+                tracing::debug!(error = %e, "reading ahead of the restore stopped");
+            }
+        });
+        if let Err(e) = started {
+            tracing::debug!(error = %e, "no thread to read ahead of the restore");
+        }
+    }
+
+    fn scout_tree(
+        self: &Arc<Self>,
+        connection: &Arc<Connection>,
+        codec: &ChunkCodec,
+        id: &ChunkId,
+        depth: usize,
+    ) -> strata_engine::error::Result<()> {
+        if depth > SCOUT_DEPTH || self.state.lock().expect("prefetch lock").closed {
+            return Ok(());
+        }
+        // The scout's own copy of the tree; the restore takes the one
+        // queued for it.
+        let body = connection.expect(Method::POST, "/chunks/read", Payload::Bytes(id.as_bytes()), &[])?;
+        let frames = decode_chunk_frames(&body)?;
+        let Some(frame) = frames.first().filter(|f| f.entry.id == *id) else {
+            return Ok(());
+        };
+        let plain = codec.decode(&frame.entry, &frame.pack, frame.stored)?;
+        let tree = strata_engine::tree::Tree::decode(id, &plain)?;
+        let mut ahead = Vec::new();
+        for node in &tree.nodes {
+            match &node.kind {
+                strata_engine::tree::NodeKind::File { extents } => {
+                    ahead.extend(extents.iter().filter_map(|e| match e {
+                        strata_engine::tree::Extent::Data { id, .. } => Some(*id),
+                        strata_engine::tree::Extent::Hole { .. } => None,
+                    }));
+                }
+                strata_engine::tree::NodeKind::Directory { subtree } => {
+                    ahead.push(*subtree);
+                    if !self.hint_waiting(connection, &std::mem::take(&mut ahead)) {
+                        return Ok(());
+                    }
+                    self.scout_tree(connection, codec, subtree, depth + 1)?;
+                }
+                _ => {}
+            }
+        }
+        self.hint_waiting(connection, &ahead);
+        Ok(())
     }
 
     /// The chunk if it was fetched ahead (waiting for it if it is on its

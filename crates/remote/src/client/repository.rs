@@ -168,6 +168,22 @@ impl RepositoryReader for RemoteRepository {
         self.prefetch.hint(&self.connection, ids);
     }
 
+    fn prefetch_tree(&self, root: &ChunkId) {
+        self.prefetch.scout(&self.connection, self.codec.clone(), *root);
+    }
+
+    fn readable_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<bool>>> {
+        Ok(self
+            .presence(ids)?
+            .into_iter()
+            .map(|p| match p {
+                0 => None,
+                1 | 2 => Some(true),
+                _ => Some(false),
+            })
+            .collect())
+    }
+
     fn catch_up(&self) -> Result<()> {
         // Every question goes to the server, which always answers from
         // its current state.

@@ -49,6 +49,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let message = e.to_string();
         let (status, code) = match &e {
+            e if e.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             Error::InvalidInput(_) | Error::UnsafeName { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::ChunkMissing { .. } | Error::RestorePointNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             Error::Cold { .. } | Error::RestorePointCold { .. } => (StatusCode::CONFLICT, "chunk_cold"),

@@ -73,10 +73,32 @@ pub(super) fn measure_tree(
     id: &ChunkId,
 ) -> Result<u64> {
     let tree = repo.load_tree(id)?;
+    // Its subdirectories are read next: fetched together from a server.
+    let subtrees: Vec<ChunkId> = tree
+        .nodes
+        .iter()
+        .filter_map(|node| match &node.kind {
+            NodeKind::Directory { subtree } => Some(*subtree),
+            _ => None,
+        })
+        .collect();
+    repo.prefetch(&subtrees);
     let mut total = 0;
+    // One question about every file of the directory (one request to a
+    // server), not one per chunk.
+    let mut data = Vec::new();
     for node in &tree.nodes {
-        total += measure_node(repo, rp, node)?;
+        validate_name(&node.name, "restore point")?;
+        match &node.kind {
+            NodeKind::Directory { subtree } => total += measure_tree(repo, rp, subtree)?,
+            NodeKind::File { extents } => {
+                data.extend(data_ids(extents));
+                total += file_data_bytes(node)?;
+            }
+            _ => total += file_data_bytes(node)?,
+        }
     }
+    refuse_cold(repo, rp, &data)?;
     Ok(total)
 }
 
@@ -85,24 +107,31 @@ pub(super) fn measure_node(repo: &dyn RepositoryReader, rp: &RestorePoint, node:
     match &node.kind {
         NodeKind::Directory { subtree } => measure_tree(repo, rp, subtree),
         NodeKind::File { extents } => {
-            // Cold data is refused before anything is written. A chunk the
-            // index lacks (lost to damage) fails its own file when it is
-            // restored, not the whole restore.
-            for extent in extents {
-                if let Extent::Data { id, .. } = extent {
-                    match repo.is_readable(id) {
-                        Ok(true) | Err(Error::ChunkMissing { .. }) => {}
-                        Ok(false) => {
-                            return Err(Error::RestorePointCold {
-                                restore_point: rp.id.short(),
-                            })
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
+            refuse_cold(repo, rp, &data_ids(extents).collect::<Vec<_>>())?;
             file_data_bytes(node)
         }
         _ => file_data_bytes(node),
     }
+}
+
+fn data_ids(extents: &[Extent]) -> impl Iterator<Item = ChunkId> + '_ {
+    extents.iter().filter_map(|extent| match extent {
+        Extent::Data { id, .. } => Some(*id),
+        Extent::Hole { .. } => None,
+    })
+}
+
+/// Cold data is refused before anything is written. A chunk the index
+/// lacks (lost to damage) fails its own file when it is restored, not the
+/// whole restore.
+fn refuse_cold(repo: &dyn RepositoryReader, rp: &RestorePoint, ids: &[ChunkId]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    if repo.readable_chunks(ids)?.contains(&Some(false)) {
+        return Err(Error::RestorePointCold {
+            restore_point: rp.id.short(),
+        });
+    }
+    Ok(())
 }

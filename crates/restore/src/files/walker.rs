@@ -62,6 +62,7 @@ pub(super) struct RestoreWalker<'a, 'r> {
 impl<'a> RestoreWalker<'a, '_> {
     pub(super) fn restore_selected(&mut self, sel: &Selected) -> Result<()> {
         let Some(node) = &sel.node else {
+            self.repo.prefetch_tree(&self.root_tree);
             let tree = self.repo.load_tree(&self.root_tree)?;
             self.prefetch_files(&tree);
             let root = self.root.clone();
@@ -70,6 +71,9 @@ impl<'a> RestoreWalker<'a, '_> {
             }
             return Ok(());
         };
+        if let NodeKind::Directory { subtree } = &node.kind {
+            self.repo.prefetch_tree(subtree);
+        }
         // The ancestors get their metadata once the node below is done.
         let mut dir = self.root.clone();
         let mut rel = PathBuf::new();
