@@ -51,13 +51,53 @@ struct TokensFile {
 /// The token file of a server's state directory.
 pub struct Tokens {
     path: PathBuf,
+    /// The file as last read, by its identity and modification time: a
+    /// server answers thousands of requests a second, and each would
+    /// otherwise read and parse the file again.
+    cached: std::sync::Mutex<Option<(FileStamp, Vec<TokenRecord>)>>,
+}
+
+/// What changes when the token file is replaced or written.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+        })
+    }
 }
 
 impl Tokens {
     pub fn in_state(state: &Path) -> Tokens {
         Tokens {
             path: state.join(TOKENS_FILE),
+            cached: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The tokens, read again only when the file changed (`add` and
+    /// `remove` replace it by renaming, which changes its inode).
+    fn current(&self) -> Result<Vec<TokenRecord>> {
+        let stamp = FileStamp::of(&self.path);
+        let mut cached = self.cached.lock().expect("token cache lock");
+        if let (Some(stamp), Some((seen, tokens))) = (stamp, cached.as_ref()) {
+            if stamp == *seen {
+                return Ok(tokens.clone());
+            }
+        }
+        let tokens = self.load()?.tokens;
+        *cached = stamp.map(|stamp| (stamp, tokens.clone()));
+        Ok(tokens)
     }
 
     pub fn path(&self) -> &Path {
@@ -155,15 +195,15 @@ impl Tokens {
     }
 
     /// The token `presented` (`NAME:SECRET`) names, if its secret is right.
-    /// Read from the file each time, so tokens added or removed while the
-    /// server runs count at once.
+    /// The file is checked on each call, so tokens added or removed while
+    /// the server runs count at once.
     pub fn authenticate(&self, presented: &str) -> Result<Option<TokenRecord>> {
         let Some((name, secret)) = presented.rsplit_once(':') else {
             return Ok(None);
         };
         let hash = blake3::hash(secret.as_bytes());
         // blake3::Hash compares in constant time.
-        Ok(self.load()?.tokens.into_iter().find(|t| {
+        Ok(self.current()?.into_iter().find(|t| {
             t.name == name && blake3::Hash::from_hex(&t.hash).is_ok_and(|stored| stored == hash)
         }))
     }
