@@ -688,23 +688,16 @@ impl<Mode> Repository<Mode> {
     /// Every committed restore point, oldest first. Manifests are the
     /// truth; the catalog saves reading them.
     pub fn restore_points(&self) -> Result<Vec<RestorePoint>> {
-        let mut catalog: HashMap<RestorePointId, Vec<u8>> =
-            self.index.restore_points()?.into_iter().collect();
-        let mut out = Vec::new();
-        for name in self.store().list("manifests/") {
-            let name = name?;
-            let Some(id) = restore_point::id_from_object_name(&name) else {
-                continue;
-            };
-            let bytes = match catalog.remove(&id) {
-                Some(bytes) => bytes,
-                None => self.store().get(&name)?,
-            };
-            out.push(RestorePoint {
-                id,
-                manifest: Manifest::open(self.protection(), &id, &bytes)?,
-            });
-        }
+        let mut out = self
+            .stored_restore_points()?
+            .into_iter()
+            .map(|(id, bytes)| {
+                Ok(RestorePoint {
+                    id,
+                    manifest: Manifest::open(self.protection(), &id, &bytes)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         out.sort_by_key(|rp| (rp.manifest.time.as_nanos(), rp.id));
         Ok(out)
     }

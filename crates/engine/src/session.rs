@@ -47,6 +47,20 @@ pub struct MoverSettings {
 }
 
 impl MoverSettings {
+    /// The settings of a repository with `config`, protected by
+    /// `protection`: the same for a mover in this process and one behind a
+    /// server.
+    pub fn of(config: &crate::config::RepoConfig, protection: &crate::crypto::Protection) -> Self {
+        MoverSettings {
+            chunker: config.chunker,
+            disk_chunk_size: config.disk_chunk_size,
+            warm_days: config.tiers.warm_days,
+            ids: protection.ids(),
+            chunker_seed: protection.chunker_seed(),
+            name_key: protection.name_key(),
+        }
+    }
+
     /// Whether a restore point taken at `time` is younger than the warm
     /// days, so that none of its data can have gone cold: only such a
     /// restore point may be built on.

@@ -96,7 +96,7 @@ impl ServerIdentity {
 
 /// Writes a file readable by its owner only, durably, under its name at
 /// once (a crash leaves the old file or the new one).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let staging = path.with_extension("tmp");

@@ -127,24 +127,11 @@ impl Tokens {
     }
 
     fn save(&self, file: &TokensFile) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).at("creating", dir)?;
         }
-        let staging = self.path.with_extension("json.tmp");
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staging)
-            .at("creating", &staging)?;
         let bytes = serde_json::to_vec_pretty(file).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        out.write_all(&bytes).at("writing", &staging)?;
-        out.sync_all().at("syncing", &staging)?;
-        std::fs::rename(&staging, &self.path).at("renaming into place", &self.path)?;
-        Ok(())
+        crate::tls::write_private(&self.path, &bytes)
     }
 
     /// Makes a token; returns the secret to hand to its user, shown once.

@@ -200,15 +200,7 @@ impl LocalSession<'_> {
 
 impl BackupSession for LocalSession<'_> {
     fn settings(&self) -> MoverSettings {
-        let config = self.repo.config();
-        MoverSettings {
-            chunker: config.chunker,
-            disk_chunk_size: config.disk_chunk_size,
-            warm_days: config.tiers.warm_days,
-            ids: self.repo.ids(),
-            chunker_seed: self.repo.protection().chunker_seed(),
-            name_key: self.repo.protection().name_key(),
-        }
+        MoverSettings::of(self.repo.config(), self.repo.protection())
     }
 
     fn local_root(&self) -> Option<&Path> {

@@ -549,16 +549,7 @@ impl RemoteSession<'_> {
 
 impl BackupSession for RemoteSession<'_> {
     fn settings(&self) -> MoverSettings {
-        let config = self.reader.config();
-        let protection = self.reader.protection();
-        MoverSettings {
-            chunker: config.chunker,
-            disk_chunk_size: config.disk_chunk_size,
-            warm_days: config.tiers.warm_days,
-            ids: protection.ids(),
-            chunker_seed: protection.chunker_seed(),
-            name_key: protection.name_key(),
-        }
+        MoverSettings::of(self.reader.config(), self.reader.protection())
     }
 
     fn local_root(&self) -> Option<&Path> {
