@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 use strata::key_slot::SlotId;
-use strata::keys::{self, NewKey};
+use strata::keys::{self, NewKey, Unlocked};
+use strata::reader::RepositoryReader;
+use strata::storage::ObjectStore;
 
 use super::args::{KeyCommand, NewPasswordArgs};
 use super::init::kdf_params;
@@ -13,10 +15,32 @@ use super::render::print_json;
 use super::{open, open_exclusive, password, Status};
 
 pub fn run(path: &Path, command: KeyCommand) -> Result<Status> {
+    if let Some(location) = super::remote::location(path)? {
+        // The slots are sealed and opened here; the server stores them
+        // (admin tokens only) and never removes the last one.
+        let repo = super::remote::open(location)?;
+        let repository_id = repo.config().repository_id.clone();
+        return manage(&repo.key_slots(), &repository_id, repo.unlocked()?, command);
+    }
+    let name = match &command {
+        KeyCommand::List(_) => {
+            let repo = open(path)?;
+            return manage(repo.store(), &repo.config().repository_id, repo.unlocked()?, command);
+        }
+        KeyCommand::Add(_) => "strata key add",
+        KeyCommand::Remove { .. } => "strata key remove",
+        KeyCommand::Passwd(_) => "strata key passwd",
+    };
+    let repo = open_exclusive(path, name)?;
+    manage(repo.store(), &repo.config().repository_id, repo.unlocked()?, command)
+}
+
+/// Runs `command` on the key slots in `store`, with the slot the
+/// password opened.
+fn manage(store: &dyn ObjectStore, repository_id: &str, unlocked: &Unlocked, command: KeyCommand) -> Result<Status> {
     match command {
         KeyCommand::List(json) => {
-            let repo = open(path)?;
-            let slots = keys::list(repo.store(), repo.unlocked()?)?;
+            let slots = keys::list(store, unlocked)?;
             if json.json {
                 print_json(&serde_json::to_value(&slots)?)?;
                 return Ok(Status::Ok);
@@ -37,22 +61,15 @@ pub fn run(path: &Path, command: KeyCommand) -> Result<Status> {
             }
         }
         KeyCommand::Add(args) => {
-            let repo = open_exclusive(path, "strata key add")?;
-            let id = with_new_key(&args, |key| {
-                keys::add(repo.store(), &repo.config().repository_id, repo.unlocked()?, key)
-            })?;
+            let id = with_new_key(&args, |key| keys::add(store, repository_id, unlocked, key))?;
             report("added key slot", &id.to_string(), args.json.json)?;
         }
         KeyCommand::Remove { id, force } => {
-            let repo = open_exclusive(path, "strata key remove")?;
-            let removed = keys::remove(repo.store(), repo.unlocked()?, &id, force)?;
+            let removed = keys::remove(store, unlocked, &id, force)?;
             out!("removed key slot {removed}");
         }
         KeyCommand::Passwd(args) => {
-            let repo = open_exclusive(path, "strata key passwd")?;
-            let id = with_new_key(&args, |key| {
-                keys::change_password(repo.store(), &repo.config().repository_id, repo.unlocked()?, key)
-            })?;
+            let id = with_new_key(&args, |key| keys::change_password(store, repository_id, unlocked, key))?;
             report("password changed; new key slot", &id.to_string(), args.json.json)?;
         }
     }

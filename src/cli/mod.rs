@@ -216,12 +216,7 @@ fn local_only(command: &Command) -> Option<&'static str> {
     Some(match command {
         Command::Init { .. } => "strata init",
         Command::Unlock => "strata unlock",
-        Command::Key(_) => "strata key",
-        Command::Stats(_) => "strata stats",
-        Command::Check { .. } => "strata check",
         Command::Repair(_) => "strata repair",
-        Command::Tier(_) => "strata tier",
-        Command::Thaw { .. } => "strata thaw",
         _ => return None,
     })
 }

@@ -3,12 +3,22 @@
 use std::path::Path;
 
 use anyhow::Result;
+use strata::reader::RepositoryReader;
 
 use super::render::{human_bytes, print_json};
 use super::{open, Status};
 
 pub fn run(path: &Path, as_json: bool) -> Result<Status> {
-    let s = strata::stats::stats(&open(path)?)?;
+    let s = match super::remote::location(path)? {
+        None => strata::stats::stats(&open(path)?)?,
+        Some(location) => {
+            // The server counts what it stores; the restore points, which
+            // only the key opens, are counted here.
+            let repo = super::remote::open(location)?;
+            let storage = repo.storage()?;
+            strata::stats::combine(repo.config(), storage.stored, &repo.restore_points()?)
+        }
+    };
     if as_json {
         print_json(&serde_json::to_value(&s)?)?;
         return Ok(Status::Ok);

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use strata::cancel::CancelToken;
-use strata::repository::{Exclusive, Repository};
+use strata::reader::RepositoryReader;
+use strata::remote::client::maintenance::data_chunks;
+use strata::remote::client::Maintenance;
+use strata::storage::Location;
 use strata::restore_point::RestorePoint;
 use strata::storage::RestorePriority;
 use strata::thaw::{ThawOptions, ThawReport};
@@ -39,33 +42,70 @@ pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Sta
         plan: args.plan,
         priority: args.priority,
     };
-    // The first round resolves the restore point; later ones keep it, so
-    // that a backup made while the thaw waits cannot change what
-    // `SOURCE@latest` names.
-    let repo = open_exclusive(path, "strata thaw")?;
-    let rp = repo.resolve(args.restore_point)?;
-    let config = repo.config().clone();
-    let location = repo.location().clone();
+    match super::remote::location(path)? {
+        None => {
+            // The first round resolves the restore point; later ones keep
+            // it, so that a backup made while the thaw waits cannot change
+            // what `SOURCE@latest` names.
+            let repo = open_exclusive(path, "strata thaw")?;
+            let rp = repo.resolve(args.restore_point)?;
+            let config = repo.config().clone();
+            let trusted_root = match repo.location() {
+                Location::Directory(root) => Some(root.clone()),
+                _ => None,
+            };
+            let mut first = Some(repo);
+            let mut next_round = |cancel: &CancelToken| -> Result<ThawReport> {
+                // Each round holds the writer lock only while it requests
+                // and copies: a backup may run while the provider restores
+                // archived packs.
+                let repo = match first.take() {
+                    Some(repo) => repo,
+                    None => open_exclusive(path, "strata thaw")?,
+                };
+                let progress = TerminalProgress::bytes("thaw", !args.as_json && !args.plan);
+                Ok(strata::thaw::thaw(&repo, &rp, &options, &progress, cancel)?)
+            };
+            let thawed = rounds(&mut next_round, args, cancel);
+            finish(&rp, &config, trusted_root.as_deref(), thawed, args)
+        }
+        Some(location) => {
+            // This client walks the restore point (it holds the key) and
+            // seals the thaw records; each round the server requests and
+            // copies under the maintenance lease.
+            let repo = super::remote::open(location)?;
+            let rp = repo.resolve(args.restore_point)?;
+            let chunks = data_chunks(&repo, &rp, cancel)?;
+            let mut next_round = |cancel: &CancelToken| -> Result<ThawReport> {
+                let lease = Maintenance::begin(&repo, args.poll, cancel)?;
+                Ok(lease.thaw(&rp.id, &chunks, &options, cancel)?)
+            };
+            let thawed = rounds(&mut next_round, args, cancel);
+            finish(&rp, repo.config(), None, thawed, args)
+        }
+    }
+}
+
+/// Runs rounds until the thaw is complete, planned, or not to be waited
+/// for; returns the last round's report with the counts of every round.
+fn rounds(
+    next_round: &mut dyn FnMut(&CancelToken) -> Result<ThawReport>,
+    args: &ThawArgs<'_>,
+    cancel: &CancelToken,
+) -> Result<ThawReport> {
     let mut totals = Totals::default();
-    let mut thawed = round(repo, &rp, &options, args, &mut totals, cancel);
+    let mut thawed = round(next_round, args, &mut totals, cancel);
     let mut failed_rounds = 0;
-    // Each round holds the writer lock only while it requests and copies:
-    // a backup may run while the provider restores archived packs, and a
-    // round that finds one running waits for the next.
     while is_waiting(&thawed, args) {
         if let Err(e) = pause(args.poll, cancel) {
             thawed = Err(e);
             break;
         }
-        let next = match open_exclusive(path, "strata thaw") {
-            Ok(repo) => round(repo, &rp, &options, args, &mut totals, cancel),
+        match round(next_round, args, &mut totals, cancel) {
+            // A backup (or an admin) holds the repository: check later.
             Err(e) if is_busy(&e) => {
                 say(args, format!("{e}; checking again in {} s", args.poll.as_secs()))?;
-                continue;
             }
-            Err(e) => Err(e),
-        };
-        match next {
             Err(e) if failed_rounds < FAILED_ROUNDS_MAX && !is_interrupted(&e) => {
                 failed_rounds += 1;
                 tracing::warn!("a thaw round failed ({failed_rounds} in a row): {e:#}");
@@ -77,12 +117,23 @@ pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Sta
             }
         }
     }
+    thawed.map(|last| totals.over_all_rounds(last))
+}
+
+/// Notifies, once the thaw is finished or has failed, and reports.
+fn finish(
+    rp: &RestorePoint,
+    config: &strata::config::RepoConfig,
+    trusted_root: Option<&Path>,
+    thawed: Result<ThawReport>,
+    args: &ThawArgs<'_>,
+) -> Result<Status> {
     // The notification runs after the writer lock is released, once the
     // thaw is finished or has failed.
     let finished = thawed.as_ref().map_or(true, |report| report.complete);
     if !args.plan && finished {
         let notice = strata::notify::ThawNotice {
-            restore_point: &rp,
+            restore_point: rp,
             ok: thawed.is_ok(),
             until: thawed.as_ref().ok().map(|r| r.until.as_str()),
         };
@@ -90,13 +141,13 @@ pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Sta
             Some(argv) => strata::notify::Notifier::Given(argv),
             None => strata::notify::Notifier::Configured,
         };
-        strata::notify::notify_thaw(&location, &config, &notice, notifier);
+        strata::notify::notify_thaw(trusted_root, config, &notice, notifier);
     }
-    let report = totals.over_all_rounds(thawed?);
+    let report = thawed?;
     if args.as_json {
         print_json(&serde_json::to_value(&report)?)?;
     } else if args.plan {
-        render_plan(&rp, &report)?;
+        render_plan(rp, &report)?;
     } else if report.complete {
         out!(
             "thawed {} until {}: fetched {} packs ({}), {} already thawed",
@@ -122,18 +173,14 @@ pub fn run(path: &Path, args: &ThawArgs<'_>, cancel: &CancelToken) -> Result<Sta
     Ok(Status::Ok)
 }
 
-/// One round of a thaw on a freshly opened repository, which it closes.
+/// One round of a thaw.
 fn round(
-    repo: Repository<Exclusive>,
-    rp: &RestorePoint,
-    options: &ThawOptions,
+    next_round: &mut dyn FnMut(&CancelToken) -> Result<ThawReport>,
     args: &ThawArgs<'_>,
     totals: &mut Totals,
     cancel: &CancelToken,
 ) -> Result<ThawReport> {
-    let progress = TerminalProgress::bytes("thaw", !args.as_json && !args.plan);
-    let report = strata::thaw::thaw(&repo, rp, options, &progress, cancel)?;
-    drop(repo);
+    let report = next_round(cancel)?;
     totals.add(&report);
     if waits_for_provider(&report, args) {
         say(

@@ -5,6 +5,9 @@ use std::path::Path;
 use anyhow::Result;
 use strata::cancel::CancelToken;
 use strata::progress::NoProgress;
+use strata::reader::RepositoryReader;
+use strata::remote::client::Maintenance;
+use strata::remote::protocol::RemoteLocation;
 use strata::tier::{TierReport, TierStatus};
 
 use super::args::TierCommand;
@@ -12,6 +15,9 @@ use super::render::{human_bytes, print_json};
 use super::{open, open_exclusive, Status};
 
 pub fn run(path: &Path, command: TierCommand, cancel: &CancelToken) -> Result<Status> {
+    if let Some(location) = super::remote::location(path)? {
+        return run_remote(location, command, cancel);
+    }
     match command {
         TierCommand::Status(json) => {
             let status = strata::tier::status(&open(path)?)?;
@@ -24,6 +30,38 @@ pub fn run(path: &Path, command: TierCommand, cancel: &CancelToken) -> Result<St
         TierCommand::Run { warm_days, json } => {
             let repo = open_exclusive(path, "strata tier run")?;
             let report = strata::tier::run(&repo, warm_days, &NoProgress, cancel)?;
+            if json.json {
+                print_json(&serde_json::to_value(&report)?)?;
+            } else {
+                render_run(&report)?;
+            }
+        }
+    }
+    Ok(Status::Ok)
+}
+
+/// Through a server: the server counts packs and thaws, this client the
+/// restore points; for a run, this client walks and the server moves and
+/// sweeps under the maintenance lease.
+fn run_remote(location: RemoteLocation, command: TierCommand, cancel: &CancelToken) -> Result<Status> {
+    let repo = super::remote::open(location)?;
+    match command {
+        TierCommand::Status(json) => {
+            let mut status = repo.storage()?.tiers;
+            strata::tier::count_restore_points(&mut status, &repo.restore_points()?);
+            if json.json {
+                print_json(&serde_json::to_value(&status)?)?;
+            } else {
+                render_status(&status)?;
+            }
+        }
+        TierCommand::Run { warm_days, json } => {
+            let days = warm_days.unwrap_or(repo.config().tiers.warm_days);
+            let lease = Maintenance::begin(&repo, super::forget::MAINTENANCE_PATIENCE, cancel)?;
+            if repo.config().tiers.cold_dir.is_none() {
+                anyhow::bail!("{} has no cold tier: `strata init --cold` makes one", repo.location());
+            }
+            let report = lease.tier(days, cancel)?;
             if json.json {
                 print_json(&serde_json::to_value(&report)?)?;
             } else {

@@ -417,6 +417,18 @@ fn random_tree(dir: &Path, files: usize, each: usize, seed: u64) {
     }
 }
 
+/// `key add` of the password "another password", written to a file in
+/// the test's directory, at a cheap cost.
+fn key_add_args(t: &TestRepo) -> Vec<String> {
+    let password_file = t.path("new-password");
+    std::fs::write(&password_file, "another password").unwrap();
+    ["key", "add", "--new-password-file", password_file.to_str().unwrap()]
+        .into_iter()
+        .chain(["--kdf-memory-mib", "8", "--kdf-passes", "1"])
+        .map(str::to_string)
+        .collect()
+}
+
 fn number(summary: &serde_json::Value, field: &str) -> u64 {
     summary[field]
         .as_u64()
@@ -794,31 +806,31 @@ fn each_role_is_refused_what_it_may_not_do() {
     assert!(!t.path("no").exists());
 
     // What needs the repository itself is refused to every token.
-    for args in [
-        &["check"][..],
-        &["check", "--read-data"],
-        &["tier", "run"],
-        &["tier", "status"],
-        &["thaw", "web01@latest"],
-        &["key", "list"],
-        &["stats"],
-        &["init"],
-        &["repair", "index"],
-        &["unlock"],
-    ] {
+    for args in [&["init"][..], &["repair", "index"], &["unlock"]] {
         for client in [&admin, &mover, &reader] {
             client.refused(args, &["not available through a repository server"]);
         }
     }
-    // Deleting is never a backup or restore token's to do.
-    for args in [&["forget", "--keep-last", "1"][..], &["prune"]] {
+    // Deleting, tiering, thawing, checking, the repository's figures and
+    // its key slots are never a backup or restore token's to do.
+    let key_add = key_add_args(&t);
+    let key_add: Vec<&str> = key_add.iter().map(String::as_str).collect();
+    for args in [
+        &["forget", "--keep-last", "1"][..],
+        &["prune"],
+        &["tier", "run"],
+        &["tier", "status"],
+        &["thaw", "web01@latest"],
+        &["check"],
+        &["check", "--read-data"],
+        &["stats"],
+        &key_add[..],
+    ] {
+        if args[0] == "key" && !encrypted() {
+            continue;
+        }
         for client in [&mover, &reader] {
-            let err = client.refused(args, &[]);
-            assert!(
-                err.contains("not available through a repository server")
-                    || err.contains("needs role admin"),
-                "{args:?}: {err}"
-            );
+            client.refused(args, &["needs role admin"]);
         }
     }
     assert_eq!(admin.sources(), ["db01", "web-local", "web01"]);
@@ -1000,6 +1012,125 @@ fn a_server_killed_mid_backup_and_restarted_lets_the_mover_finish() {
     assert_same_tree(&big, &under(&target, &big));
     server.stop();
     t.ok(&["check", "--read-data"]);
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server, whose open connections
+/// the test can cut at once, as a network drop would (the proxy itself
+/// keeps accepting, as a network that comes back). Its threads end when
+/// it is dropped.
+struct CuttableLink {
+    port: u16,
+    /// Bytes carried from clients to the server, cut requests included.
+    upstream: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CuttableLink {
+    fn to(port: u16) -> CuttableLink {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap().port();
+        let open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>> = Default::default();
+        let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let upstream: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
+        let accepter = {
+            let (open, stop, upstream) = (open.clone(), stop.clone(), upstream.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+                    let mut both = open.lock().unwrap();
+                    for (from, to, counted) in [(&client, &server, true), (&server, &client, false)] {
+                        let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                        let upstream = upstream.clone();
+                        std::thread::spawn(move || {
+                            use std::io::Write;
+                            let mut buf = vec![0u8; 64 << 10];
+                            while let Ok(n @ 1..) = from.read(&mut buf) {
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                if counted {
+                                    upstream.fetch_add(n as u64, Ordering::Relaxed);
+                                }
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                    both.push(client);
+                    both.push(server);
+                }
+            })
+        };
+        CuttableLink {
+            port: local,
+            upstream,
+            open,
+            stop,
+            accepter: Some(accepter),
+        }
+    }
+
+    /// Cuts every connection open now.
+    fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for CuttableLink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accepting thread, which then sees the stop.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        self.cut();
+        if let Some(accepter) = self.accepter.take() {
+            let _ = accepter.join();
+        }
+    }
+}
+
+/// The network between a mover and the server drops twice mid-upload:
+/// the mover reconnects and finishes, sending again at most the packs
+/// that were in flight, and the restore point restores byte for byte.
+#[test]
+fn a_network_cut_mid_upload_is_ridden_out_without_sending_it_all_again() {
+    let t = TestRepo::new();
+    small_packs(&t);
+    let big = t.path("big");
+    random_tree(&big, 3, 8_000_000, 92);
+    let size = 24_000_000u64;
+    let server = RepoServer::start(&t, &[]);
+    let link = CuttableLink::to(server.port);
+    let admin = server.client(&t, "mover", &server.token("admin", "admin", &["*"]));
+    let through_link = Client {
+        url: format!("https://127.0.0.1:{}/main", link.port),
+        ..server.client(&t, "mover", &admin.token)
+    };
+
+    let before = pack_files(&t).len();
+    let mover = through_link.spawn_backup(&["--limit-upload", "4M"], &big, "big");
+    for packs in [4, 10] {
+        wait_until("packs of the mover", || pack_files(&t).len() >= before + packs);
+        link.cut();
+    }
+    let summary = mover.summary();
+    // What crossed the link: the data once, plus at most the three packs
+    // in flight at each cut (1 MiB each) and the protocol's own bytes.
+    let carried = link.upstream.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(carried < size + 8 * (1 << 20), "{carried} bytes carried for {size}: {summary}");
+    assert!(number(&summary, "bytes_sent") < size + 8 * (1 << 20), "{summary}");
+
+    let target = t.path("restored");
+    admin.restore("big@latest", &target);
+    assert_same_tree(&big, &under(&target, &big));
 }
 
 #[test]
@@ -1218,6 +1349,138 @@ fn an_admin_forgets_and_prunes_through_the_server_and_what_is_kept_still_restore
     assert_same_tree(&src, &under(&target, &src));
     server.stop();
     t.ok(&["check", "--read-data"]);
+}
+
+/// `tier run`, `tier status`, `thaw`, `stats`, `check` and `key` by an
+/// admin client: it walks and seals with the key, the server moves,
+/// copies, counts and checks without it; and the same repository, opened
+/// directly once the server stops, agrees.
+#[test]
+fn an_admin_tiers_thaws_counts_and_checks_through_the_server() {
+    let t = TestRepo::with_cold();
+    small_packs(&t);
+    let (src, old, old_data) = crate::object_storage::old_and_young_backups(&t, 41);
+    let mut server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "admin", &server.token("admin", "admin", &["*"]));
+
+    let tiered = admin.json(&["tier", "run"]);
+    assert_eq!(tiered["restore_points_cold"], 1, "{tiered}");
+    assert_eq!(tiered["restore_points_warm"], 1, "{tiered}");
+    assert!(number(&tiered, "chunks_moved") >= 1, "{tiered}");
+    assert!(number(&tiered, "bytes_moved") >= old_data.len() as u64, "{tiered}");
+    assert!(number(&tiered, "cold_packs_written") >= 1, "{tiered}");
+    let status = admin.json(&["tier", "status"]);
+    assert!(number(&status, "cold_packs") >= 1, "{status}");
+    assert_eq!(status["restore_points_cold"], 1, "{status}");
+    assert!(!files_under(&t.cold_objects().join("packs")).is_empty());
+
+    // Cold data is not read without a thaw; a thaw through the server
+    // makes it readable, and is then found thawed already.
+    let out = admin.run(&["restore", "files", &old, "--to", t.path("cold").to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "a cold restore point restored without a thaw");
+    assert!(stderr_of(&out).contains("strata thaw"), "{}", stderr_of(&out));
+    let plan = admin.json(&["thaw", &old, "--plan"]);
+    assert!(!plan["packs"].as_object().unwrap().is_empty(), "{plan}");
+    assert_eq!(plan["complete"], false, "{plan}");
+    let thawed = admin.json(&["thaw", &old]);
+    assert_eq!(thawed["complete"], true, "{thawed}");
+    assert!(number(&thawed, "packs_fetched") >= 1, "{thawed}");
+    let again = admin.json(&["thaw", &old]);
+    assert_eq!(again["packs_fetched"], 0, "{again}");
+    assert_eq!(again["packs_already_thawed"], thawed["packs_fetched"], "{again}");
+    let target = t.path("thawed");
+    admin.restore(&old, &target);
+    assert_eq!(std::fs::read(under(&target, &src).join("old-only")).unwrap(), old_data);
+
+    let stats = admin.json(&["stats"]);
+    assert_eq!(stats["restore_points"], 2, "{stats}");
+    let check = admin.json(&["check", "--read-data"]);
+    assert_eq!(check["errors"].as_array().unwrap().len(), 0, "{check}");
+    assert!(number(&check, "bytes_verified") > 0, "{check}");
+    assert_eq!(check["restore_points"], 2, "{check}");
+
+    if encrypted() {
+        // A second password, added through the server, opens the
+        // repository; the last slot is never removed.
+        let key_add = key_add_args(&t);
+        let added = admin.json(&key_add.iter().map(String::as_str).collect::<Vec<_>>());
+        let slot = added["id"].as_str().unwrap().to_string();
+        let other = admin.command(&["list"]).env("STRATA_PASSWORD", "another password").output().unwrap();
+        assert!(other.status.success(), "{}", stderr_of(&other));
+        let slots = admin.json(&["key", "list"]);
+        assert_eq!(slots.as_array().unwrap().len(), 2, "{slots}");
+        admin.ok(&["key", "remove", &slot]);
+        let slots = admin.json(&["key", "list"]);
+        assert_eq!(slots.as_array().unwrap().len(), 1, "{slots}");
+        let in_use = slots[0]["id"].as_str().unwrap().to_string();
+        admin.refused(&["key", "remove", &in_use, "--force"], &["last"]);
+        // The server refuses it too, to a client that would not.
+        let (status, body) = curl(
+            &admin.token,
+            &["-X", "DELETE", &server.api(&format!("/objects/keys/{in_use}"))],
+        );
+        assert_eq!((status, error_code(&body).as_str()), (409, "last_key"), "{body}");
+        // And it takes only a key slot, and only one that decodes.
+        let garbage = t.path("garbage");
+        std::fs::write(&garbage, b"not a key slot").unwrap();
+        let (status, body) = curl(
+            &admin.token,
+            &["-X", "PUT", "--data-binary", &format!("@{}", garbage.display()), &server.api(&format!("/objects/keys/{}", "ab".repeat(8)))],
+        );
+        assert_eq!((status, error_code(&body).as_str()), (400, "bad_request"), "{body}");
+        let (status, _) = curl(
+            &admin.token,
+            &["-X", "PUT", "--data-binary", "x", &server.api("/objects/config.json")],
+        );
+        assert_eq!(status, 403);
+    } else {
+        admin.refused(&["key", "list"], &["not encrypted"]);
+    }
+
+    // The repository opened directly agrees with what the server said.
+    server.stop();
+    let local = t.json(&["stats"]);
+    for field in ["restore_points", "packs", "chunks", "unique_bytes", "stored_bytes", "logical_bytes"] {
+        assert_eq!(stats[field], local[field], "{field}: {stats} vs {local}");
+    }
+    t.ok(&["check", "--read-data"]);
+}
+
+/// A byte flipped in a stored pack: the server says the pack does not
+/// hash to its name, the admin client's read of the chunks names the
+/// damaged chunk and the file using it, and check exits non-zero.
+#[test]
+fn a_check_through_the_server_finds_a_flipped_byte() {
+    if directory_only("flips a byte in a pack file the server may hold in its read cache") {
+        return;
+    }
+    let t = TestRepo::new();
+    let src = t.path("src");
+    random_tree(&src, 1, 4_000_000, 43);
+    t.backup(&src, "web01");
+    let packs = pack_files(&t);
+    // The largest pack holds the file's data.
+    let pack = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let len = std::fs::metadata(pack).unwrap().len();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(pack).unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, len / 2).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], len / 2).unwrap();
+
+    let server = RepoServer::start(&t, &[]);
+    let admin = server.client(&t, "admin", &server.token("admin", "admin", &["*"]));
+    let out = admin.run(&["check", "--read-data", "--json"]);
+    assert_ne!(out.status.code(), Some(0), "a damaged repository checked clean");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("does not hash to its name"), "{report}");
+    let damaged = report["damaged"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{report}");
+    let affected = damaged[0]["affected"].to_string();
+    assert!(affected.contains("web01") && affected.contains("r0"), "{report}");
+    // Without reading data, the structure is whole.
+    let quick = admin.json(&["check"]);
+    assert_eq!(quick["errors"].as_array().unwrap().len(), 0, "{quick}");
 }
 
 #[test]

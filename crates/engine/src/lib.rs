@@ -36,6 +36,7 @@ pub mod progress;
 pub mod prune;
 pub mod reader;
 pub mod reachability;
+pub mod reference_check;
 pub mod repair;
 pub mod repository;
 pub mod session;

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use crate::config::{NotifyCommand, RepoConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::restore_point::RestorePoint;
-use crate::storage::Location;
 
 /// What the notification is told.
 pub struct ThawNotice<'a> {
@@ -43,7 +42,10 @@ pub enum Notifier<'a> {
 
 /// Runs the notification, if there is one. Its failure is logged, never
 /// fatal: the thaw itself has finished either way.
-pub fn notify_thaw(location: &Location, config: &RepoConfig, notice: &ThawNotice, notifier: Notifier<'_>) {
+/// `trusted_root` is the directory of a repository this process opened,
+/// whose `config.json` may name the program to run; a repository in a
+/// bucket or behind a server has none (its configuration is not trusted).
+pub fn notify_thaw(trusted_root: Option<&Path>, config: &RepoConfig, notice: &ThawNotice, notifier: Notifier<'_>) {
     let result = if notice.ok { "ok" } else { "failed" };
     tracing::info!(restore_point = %notice.restore_point.id.short(), result, until = notice.until.unwrap_or(""), "thaw finished");
     let timeout = config
@@ -66,10 +68,10 @@ pub fn notify_thaw(location: &Location, config: &RepoConfig, notice: &ThawNotice
                     return;
                 }
             }
-            let Location::Directory(repo_root) = location else {
+            let Some(repo_root) = trusted_root else {
                 tracing::warn!(
                     "thaw notification not run: tiers.notify_command of a repository in a bucket \
-                     is not trusted; give the program with `strata thaw --notify PROGRAM`"
+                     or behind a server is not trusted; give the program with `strata thaw --notify PROGRAM`"
                 );
                 return;
             };

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::repository::Repository;
+use crate::restore_point::RestorePoint;
 
 /// Field names are those of `strata stats --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,35 +31,54 @@ pub struct RepoStats {
     pub compression_ratio: f64,
 }
 
-pub fn stats<M>(repo: &Repository<M>) -> Result<RepoStats> {
-    let (mut packs, mut pack_bytes) = (0u64, 0u64);
+/// What the index says is stored: the part of [`RepoStats`] that needs no
+/// key (a server computes it; its admin client adds the restore points).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct StoredTotals {
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub chunks: u64,
+    pub unique_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+pub fn stored_totals<M>(repo: &Repository<M>) -> Result<StoredTotals> {
+    let mut totals = StoredTotals::default();
     for pack in repo.pack_table().packs() {
         let (_, record) = pack?;
-        packs += 1;
-        pack_bytes += record.size;
+        totals.packs += 1;
+        totals.pack_bytes += record.size;
     }
-    let (mut chunks, mut unique_bytes, mut stored_bytes) = (0u64, 0u64, 0u64);
     for chunk in repo.chunk_index().chunks() {
         let chunk = chunk?;
-        chunks += 1;
-        unique_bytes += chunk.entry.raw_len as u64;
-        stored_bytes += chunk.entry.stored_len as u64;
+        totals.chunks += 1;
+        totals.unique_bytes += chunk.entry.raw_len as u64;
+        totals.stored_bytes += chunk.entry.stored_len as u64;
     }
-    let points = repo.restore_points()?;
+    Ok(totals)
+}
+
+pub fn stats<M>(repo: &Repository<M>) -> Result<RepoStats> {
+    Ok(combine(repo.config(), stored_totals(repo)?, &repo.restore_points()?))
+}
+
+/// The statistics of a repository with `config`, given what it stores and
+/// its restore points.
+pub fn combine(config: &crate::config::RepoConfig, totals: StoredTotals, points: &[RestorePoint]) -> RepoStats {
     let logical_bytes: u64 = points.iter().map(|rp| rp.manifest.stats.bytes_total).sum();
-    Ok(RepoStats {
-        format_version: repo.config().format_version,
-        encryption: encryption_name(repo.config()),
+    RepoStats {
+        format_version: config.format_version,
+        encryption: encryption_name(config),
         restore_points: points.len(),
-        packs,
-        pack_bytes,
-        chunks,
-        unique_bytes,
-        stored_bytes,
+        packs: totals.packs,
+        pack_bytes: totals.pack_bytes,
+        chunks: totals.chunks,
+        unique_bytes: totals.unique_bytes,
+        stored_bytes: totals.stored_bytes,
         logical_bytes,
-        dedup_ratio: ratio(logical_bytes, unique_bytes),
-        compression_ratio: ratio(unique_bytes, stored_bytes),
-    })
+        dedup_ratio: ratio(logical_bytes, totals.unique_bytes),
+        compression_ratio: ratio(totals.unique_bytes, totals.stored_bytes),
+    }
 }
 
 /// How a repository's objects are protected, as commands name it.

@@ -12,12 +12,12 @@
 //! a thaw resumes across runs and machines: the provider keeps the state
 //! of its restores, the warm tier the copies already made.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::cancel::CancelToken;
 use crate::clock::now;
 use crate::error::Result;
-use crate::id::PackId;
+use crate::id::{ChunkId, PackId, RestorePointId};
 use crate::index::Tier;
 use crate::pack;
 use crate::progress::Progress;
@@ -26,7 +26,9 @@ use crate::repository::{Exclusive, Repository};
 use crate::restore_point::RestorePoint;
 use crate::selector::format_time;
 use crate::storage::{Availability, RestorePriority};
-use crate::thaw_record::{restore_point_thaw_record_name, seal_thaw_record, thaw_object_name};
+use crate::thaw_record::{
+    pack_thaw_record_name, restore_point_thaw_record_name, seal_thaw_record, thaw_object_name,
+};
 use crate::tier::record_pack_thaw;
 
 const DAY: i64 = 86_400;
@@ -47,7 +49,7 @@ pub struct ThawOptions {
     pub priority: RestorePriority,
 }
 
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ThawReport {
     pub restore_point: String,
     pub until: String,
@@ -68,35 +70,63 @@ pub struct ThawReport {
     pub complete: bool,
 }
 
-/// The cold packs holding data of `rp`, with their sizes.
-fn cold_packs(
-    repo: &Repository<Exclusive>,
-    rp: &RestorePoint,
-    cancel: &CancelToken,
-) -> Result<BTreeMap<PackId, u64>> {
-    let sizes: std::collections::HashMap<PackId, u64> = repo
-        .pack_table()
-        .packs()
-        .filter_map(|p| p.ok())
-        .filter(|(_, r)| r.tier == Tier::Cold)
-        .map(|(id, r)| (id, r.size))
-        .collect();
-    let mut packs = BTreeMap::new();
-    let mut visited = HashSet::new();
-    for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
-        if is_data {
-            if let Some(location) = repo.chunk_index().chunk(id)? {
-                if location.tier == Tier::Cold {
-                    packs.insert(
-                        location.pack,
-                        sizes.get(&location.pack).copied().unwrap_or(0),
-                    );
-                }
-            }
+/// The sealed thaw records a thaw writes beside its copies: sealed here
+/// with the repository's key, or, by a server that lacks it, taken from
+/// those its admin client sealed for the packs a planning round named.
+pub enum ThawRecords {
+    /// Seal with the repository's own protection, keeping copies until
+    /// `days` from now.
+    Sealed { days: u32 },
+    /// Records sealed elsewhere, by object name, all keeping copies until
+    /// `until` (Unix seconds).
+    Given { until: i64, records: HashMap<String, Vec<u8>> },
+}
+
+impl ThawRecords {
+    fn until(&self) -> i64 {
+        match self {
+            ThawRecords::Sealed { days } => now().sec + *days as i64 * DAY,
+            ThawRecords::Given { until, .. } => *until,
         }
-        Ok(())
-    })?;
-    Ok(packs)
+    }
+
+    fn record(&self, repo: &Repository<Exclusive>, name: &str, until: i64) -> Result<Vec<u8>> {
+        match self {
+            ThawRecords::Sealed { .. } => seal_thaw_record(repo.protection(), name, until),
+            ThawRecords::Given { records, .. } => records.get(name).cloned().ok_or_else(|| {
+                crate::error::Error::InvalidInput(format!(
+                    "no sealed thaw record {name} was given: the restore point's cold packs changed since the plan"
+                ))
+            }),
+        }
+    }
+}
+
+/// Sizes of the cold packs, to find those a restore point's chunks are in.
+fn cold_pack_sizes(repo: &Repository<Exclusive>) -> Result<HashMap<PackId, u64>> {
+    let mut sizes = HashMap::new();
+    for pack in repo.pack_table().packs() {
+        let (id, record) = pack?;
+        if record.tier == Tier::Cold {
+            sizes.insert(id, record.size);
+        }
+    }
+    Ok(sizes)
+}
+
+/// Adds the cold pack holding data chunk `id` (if it is cold) to `packs`.
+fn add_cold_pack(
+    repo: &Repository<Exclusive>,
+    sizes: &HashMap<PackId, u64>,
+    id: &ChunkId,
+    packs: &mut BTreeMap<PackId, u64>,
+) -> Result<()> {
+    if let Some(location) = repo.chunk_index().chunk(id)? {
+        if location.tier == Tier::Cold {
+            packs.insert(location.pack, sizes.get(&location.pack).copied().unwrap_or(0));
+        }
+    }
+    Ok(())
 }
 
 /// Thaws what of `rp` can be thawed now; see the module's description.
@@ -110,10 +140,54 @@ pub fn thaw(
 ) -> Result<ThawReport> {
     let _span =
         tracing::info_span!("thaw", restore_point = %rp.id.short(), days = options.days).entered();
-    let until = now().sec + options.days as i64 * DAY;
-    let packs = cold_packs(repo, rp, cancel)?;
+    let sizes = cold_pack_sizes(repo)?;
+    let mut packs = BTreeMap::new();
+    let mut visited = HashSet::new();
+    for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
+        if is_data {
+            add_cold_pack(repo, &sizes, id, &mut packs)?;
+        }
+        Ok(())
+    })?;
+    let records = ThawRecords::Sealed { days: options.days };
+    thaw_packs(repo, &rp.id, packs, options, &records, progress, cancel)
+}
+
+/// [`thaw`] with the walk done elsewhere (by an admin client of a server,
+/// which lacks the key to read trees): `data_chunks` are the data chunks
+/// of restore point `rp`. A plan needs no records; a thaw of an encrypted
+/// repository needs those sealed for the packs its plan named.
+pub fn thaw_named(
+    repo: &Repository<Exclusive>,
+    rp: &RestorePointId,
+    data_chunks: &[ChunkId],
+    options: &ThawOptions,
+    records: &ThawRecords,
+    cancel: &CancelToken,
+) -> Result<ThawReport> {
+    let _span = tracing::info_span!("thaw", restore_point = %rp.short(), days = options.days, marked_elsewhere = true)
+        .entered();
+    let sizes = cold_pack_sizes(repo)?;
+    let mut packs = BTreeMap::new();
+    for id in data_chunks {
+        cancel.check()?;
+        add_cold_pack(repo, &sizes, id, &mut packs)?;
+    }
+    thaw_packs(repo, rp, packs, options, records, &crate::progress::NoProgress, cancel)
+}
+
+fn thaw_packs(
+    repo: &Repository<Exclusive>,
+    rp: &RestorePointId,
+    packs: BTreeMap<PackId, u64>,
+    options: &ThawOptions,
+    records: &ThawRecords,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<ThawReport> {
+    let until = records.until();
     let mut report = ThawReport {
-        restore_point: rp.id.to_string(),
+        restore_point: rp.to_string(),
         until: format_time(crate::tree::Timestamp {
             sec: until,
             nsec: 0,
@@ -140,23 +214,23 @@ pub fn thaw(
                 // return to the archive, should that run have stopped
                 // before it).
                 if !options.plan {
-                    record_pack_thaw(repo, pack, until)?;
+                    let record = records.record(repo, &pack_thaw_record_name(pack), until)?;
+                    record_pack_thaw(repo, pack, until, record)?;
                     return_to_archive(repo, pack);
                     progress.advance(*size);
                 }
                 report.packs_already_thawed += 1;
                 continue;
             }
-            if thaw_pack(repo, pack, *size, until, options, &mut report)? && !options.plan {
+            if thaw_pack(repo, pack, *size, until, options, records, &mut report)? && !options.plan {
                 progress.advance(*size);
             }
         }
         report.complete = report.restoring_packs == 0 && !options.plan;
         if report.complete {
-            let name = restore_point_thaw_record_name(&rp.id);
-            repo.store()
-                .put(&name, &seal_thaw_record(repo.protection(), &name, until)?)?;
-            repo.thaw_table().set_restore_point_thawed(&rp.id, until)?;
+            let name = restore_point_thaw_record_name(rp);
+            repo.store().put(&name, &records.record(repo, &name, until)?)?;
+            repo.thaw_table().set_restore_point_thawed(rp, until)?;
         }
         Ok(())
     })();
@@ -173,6 +247,7 @@ fn thaw_pack(
     size: u64,
     until: i64,
     options: &ThawOptions,
+    records: &ThawRecords,
     report: &mut ThawReport,
 ) -> Result<bool> {
     let cold = repo.cold_store()?;
@@ -193,8 +268,9 @@ fn thaw_pack(
     match availability {
         Availability::Readable if options.plan => Ok(true),
         Availability::Readable => {
+            let record = records.record(repo, &pack_thaw_record_name(pack), until)?;
             let fetched = repo.packs().copy_to_thaw_area(pack)?;
-            record_pack_thaw(repo, pack, until)?;
+            record_pack_thaw(repo, pack, until, record)?;
             report.packs_fetched += 1;
             report.bytes_fetched += fetched;
             return_to_archive(repo, pack);

@@ -22,11 +22,11 @@ use crate::index::{ThawMark, ThawTarget, Tier};
 use crate::pack::{ChunkEncoder, CompressedChunk, Compression};
 use crate::packs::OpenPack;
 use crate::progress::{NoProgress, Progress};
+use crate::prune::Marked;
 use crate::reachability::{for_each_chunk, ChunkFilter};
+use crate::walk::Loader;
 use crate::repository::{Exclusive, Repository};
-use crate::thaw_record::{
-    pack_thaw_record_name, seal_thaw_record, restore_point_thaw_record_name, thaw_object_name,
-};
+use crate::thaw_record::{pack_thaw_record_name, restore_point_thaw_record_name, thaw_object_name};
 use crate::restore_point::RestorePoint;
 use crate::selector::format_time;
 
@@ -36,11 +36,10 @@ const COLD_COMPRESSION_LEVEL: i32 = 12;
 const DAY: i64 = 86_400;
 
 /// Records a pack's thaw: durably beside the copy first (the truth, which
-/// `repair index` reads), then in the index.
-pub(crate) fn record_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId, until: i64) -> Result<()> {
-    let name = pack_thaw_record_name(pack);
-    repo.store()
-        .put(&name, &seal_thaw_record(repo.protection(), &name, until)?)?;
+/// `repair index` reads), then in the index. `record` is the sealed thaw
+/// record, from [`crate::thaw::ThawRecords`].
+pub(crate) fn record_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId, until: i64, record: Vec<u8>) -> Result<()> {
+    repo.store().put(&pack_thaw_record_name(pack), &record)?;
     repo.thaw_table().set_pack_thawed(pack, until)
 }
 
@@ -52,7 +51,7 @@ pub fn remove_pack_thaw(repo: &Repository<Exclusive>, pack: &PackId) -> Result<(
     repo.store().delete(&pack_thaw_record_name(pack))
 }
 
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TierReport {
     pub warm_days: u32,
     pub restore_points_cold: u64,
@@ -65,7 +64,7 @@ pub struct TierReport {
     pub thaw_copies_expired: u64,
 }
 
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TierStatus {
     pub warm_days: u32,
     pub cold_dir: Option<String>,
@@ -87,6 +86,14 @@ fn is_cold(rp: &RestorePoint, cutoff: i64) -> bool {
 }
 
 pub fn status<M>(repo: &Repository<M>) -> Result<TierStatus> {
+    let mut status = stored_status(repo)?;
+    count_restore_points(&mut status, &repo.restore_points()?);
+    Ok(status)
+}
+
+/// [`status`] but for the restore point counts: what a server (without
+/// the key) says; its client adds them with [`count_restore_points`].
+pub fn stored_status<M>(repo: &Repository<M>) -> Result<TierStatus> {
     let config = &repo.config().tiers;
     let mut status = TierStatus {
         warm_days: config.warm_days,
@@ -105,14 +112,6 @@ pub fn status<M>(repo: &Repository<M>) -> Result<TierStatus> {
                 status.cold_packs += 1;
                 status.cold_bytes += record.size;
             }
-        }
-    }
-    let cutoff = now().sec - config.warm_days as i64 * DAY;
-    for rp in repo.restore_points()? {
-        if is_cold(&rp, cutoff) {
-            status.restore_points_cold += 1;
-        } else {
-            status.restore_points_warm += 1;
         }
     }
     let current = now().sec;
@@ -134,6 +133,18 @@ pub fn status<M>(repo: &Repository<M>) -> Result<TierStatus> {
     Ok(status)
 }
 
+/// Counts `points` as warm or cold by the policy age in `status`.
+pub fn count_restore_points(status: &mut TierStatus, points: &[RestorePoint]) {
+    let cutoff = now().sec - status.warm_days as i64 * DAY;
+    for rp in points {
+        if is_cold(rp, cutoff) {
+            status.restore_points_cold += 1;
+        } else {
+            status.restore_points_warm += 1;
+        }
+    }
+}
+
 /// Moves chunks into cold packs, one open pack at a time.
 struct ColdPacker<'r> {
     repo: &'r Repository<Exclusive>,
@@ -144,7 +155,17 @@ struct ColdPacker<'r> {
     report: &'r mut TierReport,
 }
 
-impl ColdPacker<'_> {
+impl<'r> ColdPacker<'r> {
+    fn new(repo: &'r Repository<Exclusive>, report: &'r mut TierReport) -> Result<Self> {
+        Ok(ColdPacker {
+            repo,
+            encoder: repo.codec().encoder_at(COLD_COMPRESSION_LEVEL)?,
+            writer: None,
+            pending: HashSet::new(),
+            report,
+        })
+    }
+
     fn move_chunk(&mut self, id: &ChunkId, cancel: &CancelToken) -> Result<()> {
         cancel.check()?;
         if self.pending.contains(id) {
@@ -158,14 +179,16 @@ impl ColdPacker<'_> {
         }
         let packs = self.repo.packs();
         let stored = packs.read_stored(Tier::Warm, &location.pack, &location.entry)?;
-        let plain = packs
-            .codec()
-            .decode(&location.entry, &location.pack, &stored)?;
         // A chunk stored raw did not compress at level 3; it will not at a
-        // higher level either.
+        // higher level either. Without the key (a server) it moves as
+        // stored: opening it is what the key is withheld for.
         let recompressed = match location.entry.compression {
+            _ if self.repo.protection().is_withheld() => None,
             Compression::None => None,
-            Compression::Zstd => Some(self.encoder.encode(*id, location.entry.kind, &plain)?),
+            Compression::Zstd => {
+                let plain = packs.codec().decode(&location.entry, &location.pack, &stored)?;
+                Some(self.encoder.encode(*id, location.entry.kind, &plain)?)
+            }
         };
         let chunk =
             if let Some(recompressed) = recompressed.filter(|r| r.bytes.len() < stored.len()) {
@@ -216,6 +239,52 @@ impl ColdPacker<'_> {
     }
 }
 
+/// Splits restore points into cold ones (older than `warm_days`, by their
+/// own time) and warm ones.
+pub fn split_by_age(points: Vec<RestorePoint>, warm_days: u32) -> (Vec<RestorePoint>, Vec<RestorePoint>) {
+    let cutoff = now().sec - warm_days as i64 * DAY;
+    points.into_iter().partition(|rp| is_cold(rp, cutoff))
+}
+
+/// The walk of a tier run, the part that needs the key: calls `to_move`
+/// once for each data chunk that only cold restore points use, and
+/// `referenced` for every chunk any restore point uses (what the sweep
+/// after the move must keep).
+pub fn mark(
+    loader: &impl Loader,
+    cold: &[RestorePoint],
+    warm: &[RestorePoint],
+    filter_capacity: u64,
+    cancel: &CancelToken,
+    to_move: &mut dyn FnMut(&ChunkId) -> Result<()>,
+    referenced: &mut dyn FnMut(&ChunkId) -> Result<()>,
+) -> Result<()> {
+    // Chunks any warm restore point uses stay warm (a filter false
+    // positive only leaves a chunk warm).
+    let mut keep_warm = ChunkFilter::with_capacity(filter_capacity);
+    let mut visited = HashSet::new();
+    for rp in warm {
+        for_each_chunk(loader, rp, &mut visited, cancel, &mut |id, is_data| {
+            if is_data {
+                keep_warm.insert(id);
+            }
+            referenced(id)
+        })?;
+    }
+    let mut visited = HashSet::new();
+    let mut named = HashSet::new();
+    for rp in cold {
+        cancel.check()?;
+        for_each_chunk(loader, rp, &mut visited, cancel, &mut |id, is_data| {
+            if is_data && !keep_warm.contains(id) && named.insert(*id) {
+                to_move(id)?;
+            }
+            referenced(id)
+        })?;
+    }
+    Ok(())
+}
+
 pub fn run(
     repo: &Repository<Exclusive>,
     warm_days: Option<u32>,
@@ -225,58 +294,78 @@ pub fn run(
     let days = warm_days.unwrap_or(repo.config().tiers.warm_days);
     let _span = tracing::info_span!("tier_run", warm_days = days).entered();
     repo.cold_store()?;
+    let (cold, warm) = split_by_age(repo.restore_points()?, days);
     let mut report = TierReport {
         warm_days: days,
+        restore_points_cold: cold.len() as u64,
+        restore_points_warm: warm.len() as u64,
         ..Default::default()
     };
-    let cutoff = now().sec - days as i64 * DAY;
-    let (cold, warm): (Vec<RestorePoint>, Vec<RestorePoint>) = repo
-        .restore_points()?
-        .into_iter()
-        .partition(|rp| is_cold(rp, cutoff));
-    report.restore_points_cold = cold.len() as u64;
-    report.restore_points_warm = warm.len() as u64;
-
-    // Chunks any warm restore point uses stay warm (a filter false positive
-    // only leaves a chunk warm).
-    let mut keep_warm = ChunkFilter::with_capacity(repo.chunk_index().chunks().count() as u64);
-    let mut visited = HashSet::new();
-    for rp in &warm {
-        for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
-            if is_data {
-                keep_warm.insert(id);
-            }
-            Ok(())
-        })?;
-    }
-    let mut packer = ColdPacker {
-        repo,
-        encoder: repo.codec().encoder_at(COLD_COMPRESSION_LEVEL)?,
-        writer: None,
-        pending: HashSet::new(),
-        report: &mut report,
-    };
-    let mut visited = HashSet::new();
-    let result = (|| -> Result<()> {
-        for rp in &cold {
-            cancel.check()?;
-            for_each_chunk(repo, rp, &mut visited, cancel, &mut |id, is_data| {
-                if is_data && !keep_warm.contains(id) {
-                    progress.advance(1);
-                    packer.move_chunk(id, cancel)?;
-                }
+    let capacity = repo.chunk_index().chunks().count() as u64;
+    let mut live = ChunkFilter::with_capacity(capacity);
+    let mut packer = ColdPacker::new(repo, &mut report)?;
+    let moved = (|| -> Result<()> {
+        mark(
+            repo,
+            &cold,
+            &warm,
+            capacity,
+            cancel,
+            &mut |id| {
+                progress.advance(1);
+                packer.move_chunk(id, cancel)
+            },
+            &mut |id| {
+                live.insert(id);
                 Ok(())
-            })?;
-        }
+            },
+        )?;
         packer.seal()
     })();
     // An open pack dropped on an error leaves nothing behind.
-    result?;
+    moved?;
+    let restore_points = (cold.len() + warm.len()) as u64;
+    finish(repo, &mut report, Marked { live, restore_points }, cancel)?;
+    progress.finish();
+    Ok(report)
+}
 
-    // The warm copies of moved chunks are now unindexed: reclaim them.
-    // Packs left mostly dead by the move are rewritten, so moving data
-    // really frees warm space.
-    let swept = crate::prune::prune(
+/// A tier run whose walk was done elsewhere ([`mark`], by an admin client
+/// of a server that lacks the key): moves the chunks `to_move` names, then
+/// sweeps keeping what `marked` holds live. Without the key, chunks move
+/// as stored rather than recompressed.
+pub fn run_marked(
+    repo: &Repository<Exclusive>,
+    mut report: TierReport,
+    to_move: &[ChunkId],
+    marked: Marked,
+    cancel: &CancelToken,
+) -> Result<TierReport> {
+    let _span = tracing::info_span!("tier_run", warm_days = report.warm_days, marked_elsewhere = true).entered();
+    repo.cold_store()?;
+    let mut packer = ColdPacker::new(repo, &mut report)?;
+    let moved = (|| -> Result<()> {
+        for id in to_move {
+            packer.move_chunk(id, cancel)?;
+        }
+        packer.seal()
+    })();
+    moved?;
+    finish(repo, &mut report, marked, cancel)?;
+    Ok(report)
+}
+
+/// After the move: the warm copies of moved chunks are now unindexed, so
+/// the sweep reclaims them. Packs left mostly dead by the move are
+/// rewritten, so moving data really frees warm space. Then expired thaws
+/// go.
+fn finish(
+    repo: &Repository<Exclusive>,
+    report: &mut TierReport,
+    marked: Marked,
+    cancel: &CancelToken,
+) -> Result<()> {
+    let swept = crate::prune::prune_marked(
         repo,
         &crate::prune::PruneOptions {
             repack_below: 0.8,
@@ -285,13 +374,13 @@ pub fn run(
             repack_cold: false,
             dry_run: false,
         },
+        marked,
         &NoProgress,
         cancel,
     )?;
     report.warm_bytes_freed += swept.bytes_freed;
     report.thaw_copies_expired = expire_thaws(repo)?;
-    progress.finish();
-    Ok(report)
+    Ok(())
 }
 
 /// Removes thaw copies and marks whose time has passed.

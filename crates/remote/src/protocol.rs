@@ -130,6 +130,58 @@ pub struct PruneRequest {
     pub restore_points: Vec<String>,
 }
 
+/// `POST …/maintenance/{m}/tier`: move the chunks named under the lease
+/// to the cold tier, then sweep keeping the live marks.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TierRequest {
+    pub warm_days: u32,
+    /// The restore points the client walked (hex ids): all of them.
+    pub restore_points: Vec<String>,
+    /// How many of them are older than `warm_days`.
+    pub restore_points_cold: u64,
+}
+
+/// `POST …/maintenance/{m}/thaw`: thaw the restore point whose data
+/// chunks were named under the lease.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ThawRequest {
+    pub restore_point: String,
+    pub days: u32,
+    /// Only say what a thaw would fetch (and which thaw records it needs).
+    pub plan: bool,
+    /// `standard` or `expedited`.
+    pub priority: String,
+    /// When the thawed copies expire (Unix seconds).
+    pub until: i64,
+    /// The sealed thaw records, by object name, in hex: one per pack the
+    /// plan named and one for the restore point.
+    pub records: std::collections::BTreeMap<String, String>,
+}
+
+impl ThawRequest {
+    pub fn priority(&self) -> strata_engine::storage::RestorePriority {
+        match self.priority.as_str() {
+            "expedited" => strata_engine::storage::RestorePriority::Expedited,
+            _ => strata_engine::storage::RestorePriority::Standard,
+        }
+    }
+}
+
+/// `GET …/storage`'s answer: what the server can say of the repository
+/// without the key; its client adds what the restore points say.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StorageAnswer {
+    pub stored: strata_engine::stats::StoredTotals,
+    pub tiers: strata_engine::tier::TierStatus,
+}
+
+/// `POST …/check`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckRequest {
+    /// Read every warm pack whole and check it against its name.
+    pub read_data: bool,
+}
+
 /// `PUT …/packs/{pack}`'s answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PackStored {

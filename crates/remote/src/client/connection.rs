@@ -44,6 +44,7 @@ pub struct Connection {
 }
 
 /// What a request sends.
+#[derive(Clone)]
 pub enum Payload<'a> {
     None,
     Bytes(&'a [u8]),

@@ -12,7 +12,9 @@ use strata_engine::config::RepoConfig;
 use strata_engine::crypto::Protection;
 use strata_engine::error::{Error, Result};
 use strata_engine::id::ChunkId;
-use strata_engine::keys::PasswordSource;
+use strata_engine::check::CheckReport;
+use strata_engine::key_slot::SlotId;
+use strata_engine::keys::{PasswordSource, Unlocked};
 use strata_engine::pack::ChunkCodec;
 use strata_engine::packs::ChunkBuffers;
 use strata_engine::reader::RepositoryReader;
@@ -21,12 +23,14 @@ use strata_engine::storage::{ObjectStore, ObjectWriter};
 
 use super::connection::{ClientOptions, Connection, Payload};
 use super::prefetch::Prefetcher;
-use crate::protocol::{decode_chunk_frames, decode_manifest_frames, encode_ids, RemoteLocation, MAX_IDS_PER_REQUEST};
+use crate::protocol::{CheckRequest, StorageAnswer, decode_chunk_frames, decode_manifest_frames, encode_ids, RemoteLocation, MAX_IDS_PER_REQUEST};
 
 pub struct RemoteRepository {
     pub(crate) connection: Arc<Connection>,
     config: RepoConfig,
     codec: ChunkCodec,
+    /// The key slot this client's password opened (encrypted only).
+    unlocked: Option<Unlocked>,
     prefetch: Arc<Prefetcher>,
 }
 
@@ -49,7 +53,7 @@ impl RemoteRepository {
             connection: Arc::clone(&connection),
         };
         let config = strata_engine::config_file::load_from(&objects)?;
-        let protection = if config.is_encrypted() {
+        let unlocked = if config.is_encrypted() {
             let Some(source) = password else {
                 return Err(Error::PasswordRequired {
                     repository: objects.location(),
@@ -57,15 +61,17 @@ impl RemoteRepository {
                 });
             };
             let password = source.password(&objects.location())?;
-            strata_engine::keys::unlock(&objects, &config.repository_id, &password)?.protection()
+            Some(strata_engine::keys::unlock(&objects, &config.repository_id, &password)?)
         } else {
-            Protection::none()
+            None
         };
+        let protection = unlocked.as_ref().map_or_else(Protection::none, Unlocked::protection);
         let codec = ChunkCodec::with_protection(config.compression_level, protection);
         Ok(RemoteRepository {
             connection,
             config,
             codec,
+            unlocked,
             prefetch: Arc::default(),
         })
     }
@@ -80,6 +86,36 @@ impl RemoteRepository {
 
     pub fn codec(&self) -> &ChunkCodec {
         &self.codec
+    }
+
+    /// The key slots, as `strata key` manages them through the server: read
+    /// by any client, written and removed by an admin's (the server checks
+    /// each slot's form and never removes the last one).
+    pub fn key_slots(&self) -> impl ObjectStore {
+        ServerObjects {
+            connection: Arc::clone(&self.connection),
+        }
+    }
+
+    /// The key slot this client's password opened, for `strata key`.
+    pub fn unlocked(&self) -> Result<&Unlocked> {
+        self.unlocked.as_ref().ok_or_else(|| {
+            Error::InvalidInput(format!("{} is not encrypted: it has no key slots", self.connection.location))
+        })
+    }
+
+    /// What the server says of the repository without the key (admin).
+    pub fn storage(&self) -> Result<StorageAnswer> {
+        let body = self.connection.expect(Method::GET, "/storage", Payload::None, &[])?;
+        serde_json::from_slice(&body).map_err(|e| self.bad_answer(e.to_string()))
+    }
+
+    /// The server's half of `strata check` (admin): its packs against its
+    /// index and, with `read_data`, each pack against its name.
+    pub fn check_stored(&self, read_data: bool) -> Result<CheckReport> {
+        let request = serde_json::to_vec(&CheckRequest { read_data }).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let body = self.connection.expect(Method::POST, "/check", Payload::Json(request), &[])?;
+        serde_json::from_slice(&body).map_err(|e| self.bad_answer(e.to_string()))
     }
 
     /// Bytes this client has sent the server so far.
@@ -196,8 +232,9 @@ impl RepositoryReader for RemoteRepository {
 }
 
 /// The objects a client reads by name to open a repository through a
-/// server: `config.json` and the key slots. Read-only; anything else is
-/// refused, by this adapter and by the server.
+/// server: `config.json` and the key slots. Only key slots are written
+/// and removed (by an admin's client); anything else is refused, by this
+/// adapter and by the server.
 struct ServerObjects {
     connection: Arc<Connection>,
 }
@@ -216,8 +253,13 @@ impl ObjectStore for ServerObjects {
         self.connection.location.to_string()
     }
 
-    fn put(&self, _name: &str, _data: &[u8]) -> Result<()> {
-        Err(self.read_only())
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        if SlotId::from_object_name(name).is_none() {
+            return Err(self.read_only());
+        }
+        self.connection
+            .expect(Method::PUT, &format!("/objects/{name}"), Payload::Bytes(data), &[])?;
+        Ok(())
     }
 
     fn writer(&self) -> Result<Box<dyn ObjectWriter>> {
@@ -261,7 +303,12 @@ impl ObjectStore for ServerObjects {
         Ok(names)
     }
 
-    fn delete(&self, _name: &str) -> Result<()> {
-        Err(self.read_only())
+    fn delete(&self, name: &str) -> Result<()> {
+        if SlotId::from_object_name(name).is_none() {
+            return Err(self.read_only());
+        }
+        self.connection
+            .expect(Method::DELETE, &format!("/objects/{name}"), Payload::None, &[])?;
+        Ok(())
     }
 }

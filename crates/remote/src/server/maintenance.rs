@@ -1,5 +1,5 @@
-//! Maintenance through the server: `forget` and `prune` for an admin
-//! client, which holds the key the server lacks.
+//! Maintenance through the server: `forget`, `prune`, `tier run` and
+//! `thaw` for an admin client, which holds the key the server lacks.
 //!
 //! The client takes the repository's maintenance lease (granted only
 //! while no backup session is open; no session opens while it is held),
@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 
 use strata_engine::cancel::CancelToken;
-use strata_engine::id::RestorePointId;
+use strata_engine::id::{ChunkId, RestorePointId};
 use strata_engine::progress::NoProgress;
 use strata_engine::prune::{prune_marked, ChunkFilter, Marked, PruneOptions, PruneReport};
 
@@ -27,7 +27,7 @@ use super::auth::authorize;
 use super::error::ApiError;
 use super::routes::{served, Peer};
 use super::state::{Maintenance, Served, ServerState};
-use crate::protocol::{decode_ids, MaintenanceStarted, PruneRequest, Role};
+use crate::protocol::{decode_ids, MaintenanceStarted, PruneRequest, Role, MAX_IDS_PER_REQUEST};
 
 type Shared = State<Arc<ServerState>>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -72,9 +72,12 @@ pub async fn begin(
             id: id.clone(),
             token: token.name.clone(),
             last_seen: Instant::now(),
-            live: ChunkFilter::with_capacity(chunks),
+            live: Some(ChunkFilter::with_capacity(chunks)),
             live_count: 0,
+            named: Arc::default(),
+            named_limit: usize::try_from(chunks).unwrap_or(usize::MAX).saturating_mul(2) + MAX_IDS_PER_REQUEST,
             running: false,
+            finished: None,
         });
     }
     tracing::info!(maintenance = %id, token = %token.name, repository = %repo, "maintenance started; backups wait");
@@ -106,17 +109,13 @@ fn touch(served: &Served, id: &str, token: &str) -> ApiResult<()> {
             m.last_seen = Instant::now();
             Ok(())
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "maintenance_unknown",
-            format!("no live maintenance lease {id} of this token (it ended or timed out): start again"),
-        )),
+        _ => Err(lease_gone(id)),
     }
 }
 
 /// The token and repository of a request under lease `id`, once the
 /// token is an admin's and the lease is live and its own.
-async fn holder(
+pub(super) async fn holder(
     state: &ServerState,
     headers: &HeaderMap,
     peer: Peer,
@@ -139,7 +138,8 @@ pub async fn forget(
 ) -> ApiResult<StatusCode> {
     let (token, served) = holder(&state, &headers, peer, &repo, &id, "forget restore points").await?;
     let ids: Vec<RestorePointId> = decode_ids(&body)?.into_iter().map(|c| RestorePointId(c.0)).collect();
-    tokio::task::spawn_blocking(move || {
+    let digest = request_digest("forget", &body);
+    operate(served, digest, Marks::Named, move |served, _, _| {
         let stored = stored_ids(&served)?;
         for rp in &ids {
             if !stored.contains(rp) {
@@ -150,10 +150,10 @@ pub async fn forget(
             strata_engine::forget::remove(&served.repo, rp)?;
             tracing::info!(restore_point = %rp, token = %token.name, "forgotten by an admin client");
         }
-        Ok(StatusCode::NO_CONTENT)
+        Ok(Vec::new())
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn live(
@@ -163,15 +163,59 @@ pub async fn live(
     Path((repo, id)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let (_, served) = holder(&state, &headers, peer, &repo, &id, "mark live chunks").await?;
-    let ids = decode_ids(&body)?;
-    let mut arbiter = served.arbiter.lock().expect("arbiter lock");
-    if let Some(m) = &mut arbiter.maintenance {
+    take_ids(&state, &headers, peer, (&repo, &id), "mark live chunks", &body, |m, ids| {
+        let live = m.live.as_mut().ok_or_else(marks_used)?;
         for chunk in &ids {
-            m.live.insert(chunk);
+            live.insert(chunk);
         }
         m.live_count += ids.len() as u64;
-    }
+        Ok(())
+    })
+    .await
+}
+
+/// Chunks the client names for the next operation: to move (tier run) or
+/// to thaw.
+pub async fn named(
+    State(state): Shared,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path((repo, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    take_ids(&state, &headers, peer, (&repo, &id), "name chunks", &body, |m, ids| {
+        if m.running {
+            return Err(still_running());
+        }
+        if m.named.len() + ids.len() > m.named_limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_chunks",
+                format!("more chunks named than twice the {} the repository holds", m.named_limit / 2),
+            ));
+        }
+        Arc::make_mut(&mut m.named).extend(ids);
+        Ok(())
+    })
+    .await
+}
+
+/// A batch of chunk ids sent under lease `id` of `repo`, handed to `take`
+/// with the lease.
+async fn take_ids(
+    state: &ServerState,
+    headers: &HeaderMap,
+    peer: Peer,
+    (repo, id): (&str, &str),
+    action: &str,
+    body: &[u8],
+    take: impl FnOnce(&mut Maintenance, Vec<ChunkId>) -> ApiResult<()>,
+) -> ApiResult<StatusCode> {
+    let (_, served) = holder(state, headers, peer, repo, id, action).await?;
+    let ids = decode_ids(body)?;
+    let mut arbiter = served.arbiter.lock().expect("arbiter lock");
+    let m = arbiter.maintenance.as_mut().ok_or_else(|| lease_gone(id))?;
+    take(m, ids)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -180,53 +224,148 @@ pub async fn prune(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     Path((repo, id)): Path<(String, String)>,
-    Json(request): Json<PruneRequest>,
+    body: Bytes,
 ) -> ApiResult<Json<PruneReport>> {
     let (_, served) = holder(&state, &headers, peer, &repo, &id, "prune").await?;
+    let request: PruneRequest = parse_json(&body)?;
     if !(0.0..=1.0).contains(&request.repack_below) {
         return Err(ApiError::bad_request("repack_below must be between 0 and 1"));
     }
-    let walked: BTreeSet<RestorePointId> = request
-        .restore_points
-        .iter()
-        .map(|s| s.parse().map_err(|_| ApiError::bad_request(format!("{s:?} is not a restore point id"))))
-        .collect::<ApiResult<_>>()?;
-    let (live, count) = {
-        let mut arbiter = served.arbiter.lock().expect("arbiter lock");
-        let m = arbiter.maintenance.as_mut().expect("touched above");
-        m.running = true;
-        (std::mem::replace(&mut m.live, ChunkFilter::with_capacity(0)), m.live_count)
-    };
+    let walked = parse_restore_points(&request.restore_points)?;
     let options = PruneOptions {
         repack_below: request.repack_below,
         repack_cold: true,
         dry_run: request.dry_run,
     };
-    let worker = Arc::clone(&served);
-    let outcome = tokio::task::spawn_blocking(move || {
-        let stored = stored_ids(&worker)?;
-        if stored != walked {
-            let missing = stored.difference(&walked).count();
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "walk_incomplete",
-                format!("the client walked {} restore points, the repository has {} ({missing} not walked): nothing was pruned", walked.len(), stored.len()),
-            ));
-        }
-        tracing::info!(restore_points = stored.len(), live_chunks = count, dry_run = options.dry_run, "prune marked by an admin client");
+    let answer = operate(served, request_digest("prune", &body), Marks::Live, move |served, live, _| {
+        let stored = require_walked(&served, &walked)?;
+        tracing::info!(restore_points = stored, dry_run = options.dry_run, "prune marked by an admin client");
         let marked = Marked {
-            live,
-            restore_points: stored.len() as u64,
+            live: live.expect("asked for the live marks"),
+            restore_points: stored,
         };
-        Ok(prune_marked(&worker.repo, &options, marked, &NoProgress, &CancelToken::new())?)
+        json(&prune_marked(&served.repo, &options, marked, &NoProgress, &CancelToken::new())?)
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()));
+    .await?;
+    Ok(Json(serde_json::from_slice(&answer).map_err(|e| ApiError::internal(e.to_string()))?))
+}
+
+/// What an operation takes from the lease.
+#[derive(PartialEq)]
+pub(super) enum Marks {
+    /// The live marks, which the operation's sweep uses up.
+    Live,
+    /// Only the chunks named (a thaw), or nothing (a forget).
+    Named,
+}
+
+/// Runs `operation` on a blocking thread once for this request under the
+/// lease (see the module's description), and gives its JSON answer.
+pub(super) async fn operate(
+    served: Arc<Served>,
+    digest: [u8; 32],
+    marks: Marks,
+    operation: impl FnOnce(Arc<Served>, Option<ChunkFilter>, Arc<Vec<ChunkId>>) -> ApiResult<Vec<u8>> + Send + 'static,
+) -> ApiResult<Vec<u8>> {
+    let (live, named) = {
+        let mut arbiter = served.arbiter.lock().expect("arbiter lock");
+        let Some(m) = arbiter.maintenance.as_mut() else {
+            return Err(lease_gone("of this request"));
+        };
+        if m.running {
+            return Err(still_running());
+        }
+        if let Some((done, answer)) = &m.finished {
+            if *done == digest {
+                return Ok(answer.clone());
+            }
+        }
+        let live = match marks {
+            Marks::Live => Some(m.live.take().ok_or_else(marks_used)?),
+            Marks::Named => None,
+        };
+        m.running = true;
+        (live, Arc::clone(&m.named))
+    };
+    let worker = Arc::clone(&served);
+    let outcome = tokio::task::spawn_blocking(move || operation(worker, live, named))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))
+        .and_then(|answer| answer);
     if let Some(m) = served.arbiter.lock().expect("arbiter lock").maintenance.as_mut() {
         m.running = false;
         m.last_seen = Instant::now();
+        if let Ok(answer) = &outcome {
+            m.finished = Some((digest, answer.clone()));
+        }
     }
-    Ok(Json(outcome??))
+    outcome
+}
+
+pub(super) fn request_digest(operation: &str, body: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(operation.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(body);
+    *hasher.finalize().as_bytes()
+}
+
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body: {e}")))
+}
+
+pub(super) fn json<T: serde::Serialize>(value: &T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+pub(super) fn parse_restore_points(ids: &[String]) -> ApiResult<BTreeSet<RestorePointId>> {
+    ids.iter()
+        .map(|s| s.parse().map_err(|_| ApiError::bad_request(format!("{s:?} is not a restore point id"))))
+        .collect()
+}
+
+/// Checks the client walked exactly the repository's restore points;
+/// returns how many there are.
+pub(super) fn require_walked(served: &Served, walked: &BTreeSet<RestorePointId>) -> ApiResult<u64> {
+    let stored = stored_ids(served)?;
+    if stored != *walked {
+        let missing = stored.difference(walked).count();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "walk_incomplete",
+            format!(
+                "the client walked {} restore points, the repository has {} ({missing} not walked): nothing was changed",
+                walked.len(),
+                stored.len()
+            ),
+        ));
+    }
+    Ok(stored.len() as u64)
+}
+
+fn lease_gone(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "maintenance_unknown",
+        format!("no live maintenance lease {id} (it ended or timed out): start again"),
+    )
+}
+
+fn still_running() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "running",
+        "an operation is running under this lease; its answer comes when it ends",
+    )
+    .retry_after(2)
+}
+
+fn marks_used() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "marks_used",
+        "the live marks of this lease were used by an operation already: end it and start again",
+    )
 }
 
 pub async fn end(

@@ -13,7 +13,9 @@
 
 pub mod auth;
 pub mod error;
+pub mod admin;
 pub mod maintenance;
+pub mod tiers;
 pub mod routes;
 pub mod state;
 

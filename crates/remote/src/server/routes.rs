@@ -19,7 +19,7 @@ use strata_engine::reader::RepositoryReader;
 use strata_engine::restore_point::Manifest;
 
 use super::auth::{authorize, require_source};
-use super::maintenance;
+use super::{admin, maintenance, tiers};
 use super::error::ApiError;
 use super::state::{Served, ServerState, Session, SessionId};
 use crate::protocol::{
@@ -39,7 +39,12 @@ pub fn router(state: Arc<ServerState>) -> Router {
     let ids_limit = DefaultBodyLimit::max(crate::protocol::MAX_IDS_PER_REQUEST * 32);
     Router::new()
         .route("/api/v1", get(info))
-        .route("/api/v1/repos/{repo}/objects/{*name}", get(object))
+        .route(
+            "/api/v1/repos/{repo}/objects/{*name}",
+            get(object).put(admin::put_key_slot).delete(admin::delete_key_slot),
+        )
+        .route("/api/v1/repos/{repo}/storage", get(admin::storage))
+        .route("/api/v1/repos/{repo}/check", post(admin::check))
         .route("/api/v1/repos/{repo}/keys", get(key_names))
         .route("/api/v1/repos/{repo}/restore-points", get(restore_points))
         .route("/api/v1/repos/{repo}/chunks/read", post(read_chunks).layer(ids_limit))
@@ -61,7 +66,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/api/v1/repos/{repo}/maintenance/{id}", delete(maintenance::end))
         .route("/api/v1/repos/{repo}/maintenance/{id}/forget", post(maintenance::forget).layer(ids_limit))
         .route("/api/v1/repos/{repo}/maintenance/{id}/live", post(maintenance::live).layer(ids_limit))
+        .route("/api/v1/repos/{repo}/maintenance/{id}/chunks", post(maintenance::named).layer(ids_limit))
         .route("/api/v1/repos/{repo}/maintenance/{id}/prune", post(maintenance::prune))
+        .route("/api/v1/repos/{repo}/maintenance/{id}/tier", post(tiers::tier))
+        .route("/api/v1/repos/{repo}/maintenance/{id}/thaw", post(tiers::thaw))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         // A bug that panics in a handler answers 500 (and is logged)
         // instead of leaving its client waiting on a stream that never

@@ -48,11 +48,23 @@ pub struct Maintenance {
     pub id: String,
     pub token: String,
     pub last_seen: Instant,
-    /// The chunks the admin client found referenced, as it sends them.
-    pub live: strata_engine::prune::ChunkFilter,
+    /// The chunks the admin client found referenced, as it sends them;
+    /// taken by the one operation (prune, tier run) that sweeps with it.
+    pub live: Option<strata_engine::prune::ChunkFilter>,
     pub live_count: u64,
-    /// A prune is running: the lease does not expire under it.
+    /// Chunk ids the client named: for a tier run the chunks to move, for
+    /// a thaw the restore point's data chunks.
+    pub named: Arc<Vec<ChunkId>>,
+    /// Most ids `named` may hold: twice the chunks the index held when the
+    /// lease began (room for batches sent again after a lost answer).
+    pub named_limit: usize,
+    /// An operation is running: the lease does not expire under it, and
+    /// the same request sent again waits for it.
     pub running: bool,
+    /// The last operation finished under the lease: a digest of its
+    /// request, and its answer, given again to the same request (a client
+    /// that lost the answer to a dropped connection asks again).
+    pub finished: Option<([u8; 32], Vec<u8>)>,
 }
 
 impl Arbiter {
