@@ -171,8 +171,14 @@ impl Prefetcher {
         let mut state = self.state.lock().expect("prefetch lock");
         loop {
             if let Some(fetched) = state.ready.remove(id) {
+                let was_full = state.ready_bytes >= READY_LIMIT;
                 state.ready_bytes -= fetched.stored.len();
-                self.changed.notify_all();
+                // Only fetchers and scouts waiting for room care that a
+                // chunk was taken; waking every reader for each of tens of
+                // thousands of chunks cost more than the restore's own work.
+                if was_full && state.ready_bytes < READY_LIMIT {
+                    self.changed.notify_all();
+                }
                 return Some(fetched);
             }
             if !state.pending.contains(id) || state.closed {
