@@ -13,6 +13,7 @@
 //! examples and benchmarks use.
 
 pub use strata_engine::*;
+pub use strata_coordinator as coordinator;
 pub use strata_mount as mount;
 pub use strata_remote as remote;
 pub use strata_movers as backup;

@@ -66,7 +66,7 @@ pub struct RemoteArgs {
     /// Upload at most this many bytes per second to the server (e.g. 50M);
     /// for `strata server`, take in at most this many from all movers
     /// together.
-    #[arg(long, global = true, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, global = true, env = "STRATA_LIMIT_UPLOAD", value_name = "BYTES", value_parser = parse_size)]
     pub limit_upload: Option<u64>,
 }
 
@@ -75,6 +75,38 @@ pub enum Command {
     /// Serve repositories to remote data movers, restores and mounts over
     /// HTTPS, or manage the server's API tokens.
     Server(ServerArgs),
+    /// Run the coordinator of a pool of data movers (one is active; more
+    /// stand by and take over when it dies).
+    Coordinator(CoordinatorArgs),
+    /// Run a data mover of the pool (backups go to --repo), or list them.
+    Mover(MoverArgs),
+    /// The sources the coordinator backs up.
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Queue a backup of sources now: it runs as soon as a mover that
+    /// reaches each one has a free stream.
+    BackupNow {
+        #[arg(required = true)]
+        sources: Vec<String>,
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// The coordinator's jobs: list, show, cancel.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Most running tasks per datastore or per host.
+    Limit {
+        #[arg(value_parser = ["datastore", "host"])]
+        scope: String,
+        /// The datastore or host, or '*' for the default.
+        name: String,
+        #[arg(value_parser = clap::value_parser!(i32).range(1..))]
+        max_tasks: i32,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Create a new, empty repository.
     Init {
         /// The cold (archival) tier: a directory, e.g. on another disk, or
@@ -554,5 +586,126 @@ pub enum TokenCommand {
         name: String,
         #[arg(long, value_name = "DIR", env = "STRATA_SERVER_DIR", default_value = "/var/lib/strata-server")]
         dir: PathBuf,
+    },
+}
+
+/// The coordinator's database.
+#[derive(Args, Clone)]
+pub struct DbArg {
+    /// PostgreSQL URL of the coordinator's database
+    /// (postgres://USER[:PASSWORD]@HOST:PORT/DB).
+    #[arg(long = "db", alias = "coordinator", env = "STRATA_DB", value_name = "URL")]
+    pub url: String,
+}
+
+/// A listing from the coordinator's database.
+#[derive(Args)]
+pub struct DbListArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// A mover silent this many seconds is lost; its tasks run elsewhere
+    /// once their leases expire.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub mover_timeout: u64,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MoverArgs {
+    #[command(subcommand)]
+    pub command: Option<MoverCommand>,
+    #[command(flatten)]
+    pub run: MoverRunArgs,
+}
+
+#[derive(Args)]
+pub struct MoverRunArgs {
+    /// PostgreSQL URL of the coordinator's database.
+    #[arg(long = "db", alias = "coordinator", env = "STRATA_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// This mover's name in the pool (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The host it runs on (default: this machine's host name).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// A datastore it reaches; repeat for more.
+    #[arg(long = "datastore", value_name = "NAME")]
+    pub datastores: Vec<String>,
+    /// Cores to count for its streams (default: this machine's).
+    #[arg(long)]
+    pub cores: Option<i32>,
+    /// Memory to count for its streams, in MiB (default: this machine's).
+    #[arg(long, value_name = "MIB")]
+    pub memory_mib: Option<i64>,
+    /// Tasks run at once (default: one per core, at most one per 2 GiB).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub streams: Option<i32>,
+    /// Seconds a task stays this mover's without a heartbeat.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..))]
+    pub lease: u64,
+}
+
+#[derive(Subcommand)]
+pub enum MoverCommand {
+    /// The movers: streams in use, last heartbeat.
+    List(DbListArgs),
+}
+
+#[derive(Subcommand)]
+pub enum SourceCommand {
+    /// Add a source (or change one).
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["files", "vm", "image"])]
+        kind: String,
+        /// The file tree, the VM folder (its .vmx) or the disk image.
+        #[arg(long)]
+        path: String,
+        /// The host it is on.
+        #[arg(long)]
+        host: String,
+        /// The datastore it is on.
+        #[arg(long)]
+        datastore: String,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Its size in bytes, if known: larger sources go first among
+        /// those of equal priority.
+        #[arg(long, default_value_t = 0)]
+        size_hint: i64,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List the sources.
+    List(DbListArgs),
+}
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// Every job, with its tasks' states.
+    List(DbListArgs),
+    /// A job and each of its tasks: mover, times, bytes, result.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Cancel a job: queued tasks never start, running ones stop.
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        db: DbArg,
     },
 }

@@ -25,6 +25,7 @@ mod key;
 mod list;
 mod ls;
 mod mount;
+mod pool;
 pub mod password;
 mod progress;
 mod prune;
@@ -81,6 +82,12 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
     }
     match cli.command {
         Command::Server(args) => server::run(args, cli.remote.limit_upload, cancel),
+        Command::Coordinator(args) => pool::coordinator(args, cancel),
+        Command::Mover(args) => pool::mover(args, repo, cancel),
+        Command::Source(command) => pool::source(command),
+        Command::BackupNow { sources, db, json } => pool::backup_now(&db, &sources, json.json),
+        Command::Job(command) => pool::job(command),
+        Command::Limit { scope, name, max_tasks, db } => pool::limit(&db, &scope, &name, max_tasks),
         Command::Init {
             cold,
             cold_storage_class,

@@ -9,6 +9,7 @@ mod servers;
 mod archive_tier;
 mod backup_restore;
 mod cli_output;
+mod coordinator;
 mod encryption;
 mod encryption_keys;
 mod encryption_tamper;

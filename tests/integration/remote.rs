@@ -22,7 +22,7 @@ use crate::vm::{convert, ext4_image};
 /// `strata server` serving the test repository as `main`, in a child
 /// process whose log (RUST_LOG=info) goes to `server.log` in the test's
 /// directory. Killed and reaped when dropped.
-struct RepoServer {
+pub(crate) struct RepoServer {
     child: Option<Child>,
     stdout: Option<BufReader<ChildStdout>>,
     /// The server's own state (`--dir`): tokens, its certificate.
@@ -39,7 +39,7 @@ struct RepoServer {
 impl RepoServer {
     /// Starts a server on a free port with `--dir` in the test's
     /// directory and `extra` options; returns once it said it listens.
-    fn start(t: &TestRepo, extra: &[&str]) -> RepoServer {
+    pub(crate) fn start(t: &TestRepo, extra: &[&str]) -> RepoServer {
         let mut server = RepoServer {
             child: None,
             stdout: None,
@@ -115,7 +115,7 @@ impl RepoServer {
     }
 
     /// SIGTERM, as an operator stops it: it says `stopped` and exits 0.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let mut child = self.child.take().expect("the server runs");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
@@ -169,7 +169,7 @@ impl RepoServer {
     }
 
     /// Makes a token with `strata server token add`; returns its secret.
-    fn token(&self, name: &str, role: &str, sources: &[&str]) -> String {
+    pub(crate) fn token(&self, name: &str, role: &str, sources: &[&str]) -> String {
         let mut cmd = Command::new(strata_bin());
         cmd.args(["server", "token", "add", name, "--role", role, "--dir"])
             .arg(&self.dir);
@@ -189,7 +189,7 @@ impl RepoServer {
         secret
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://127.0.0.1:{}/main", self.port)
     }
 
@@ -200,7 +200,7 @@ impl RepoServer {
 
     /// A client presenting `token`, pinning this server's certificate,
     /// with its own file cache in `host` (as a mover on its own machine).
-    fn client(&self, t: &TestRepo, host: &str, token: &str) -> Client {
+    pub(crate) fn client(&self, t: &TestRepo, host: &str, token: &str) -> Client {
         Client {
             url: self.url(),
             token: token.to_string(),
@@ -220,16 +220,16 @@ impl Drop for RepoServer {
 }
 
 /// A `strata` client of a server.
-struct Client {
-    url: String,
-    token: String,
-    fingerprint: String,
+pub(crate) struct Client {
+    pub(crate) url: String,
+    pub(crate) token: String,
+    pub(crate) fingerprint: String,
     /// XDG_CACHE_HOME: where this client keeps its file cache.
     cache: PathBuf,
 }
 
 impl Client {
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = strata_command();
         cmd.args(args)
             .env("STRATA_REPO", &self.url)
@@ -246,7 +246,7 @@ impl Client {
     }
 
     /// Runs and asserts success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -258,7 +258,7 @@ impl Client {
         stdout_of(&out)
     }
 
-    fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.push("--json");
         serde_json::from_str(&self.ok(&all)).unwrap()
@@ -368,7 +368,7 @@ impl Drop for Reaped {
 
 /// Waits until `ready`; a minute without it fails the test (a hang, not
 /// a slow machine).
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready() {
         assert!(Instant::now() < deadline, "waited a minute for {what}");
@@ -409,7 +409,7 @@ fn small_packs(t: &TestRepo) {
 }
 
 /// A directory of `files` files of `each` random bytes.
-fn random_tree(dir: &Path, files: usize, each: usize, seed: u64) {
+pub(crate) fn random_tree(dir: &Path, files: usize, each: usize, seed: u64) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..files {

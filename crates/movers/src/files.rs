@@ -152,6 +152,9 @@ pub fn backup_files(
         stats,
         missed: walked.missed,
     };
+    // The last moment to stop: a backup stopped while its chunks were
+    // still being stored (a data mover losing its task) commits nothing.
+    cancel.check()?;
     let id = session.commit(&manifest)?;
     // Only now may the next run trust the directory records of this one.
     file_cache.record_run(&manifest.source, &run, &id)?;

@@ -340,6 +340,9 @@ pub fn backup_vm(
         stats,
         missed: Vec::new(),
     };
+    // The last moment to stop: a backup stopped while its chunks were
+    // still being stored commits nothing.
+    cancel.check()?;
     let id = session.commit(&manifest)?;
     tracing::info!(restore_point = %id, vm = %vm.name, "committed");
     Ok(BackupOutcome { id, manifest })

@@ -1,0 +1,335 @@
+//! The coordinator and its data movers on PostgreSQL (`strata
+//! coordinator`, `mover`, `source`, `backup-now`, `job`, `limit`). A mover
+//! runs each task as a `strata backup …` child process of itself, with
+//! its own environment (token, fingerprint, password) and `--repo`, so a
+//! task taken from it is stopped by a signal, never half-committed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use strata::cancel::CancelToken;
+use strata::coordinator::dispatch::{Claimed, Outcome};
+use strata::coordinator::{coordinator, db, inventory, mover, queue};
+
+use super::args::{CoordinatorArgs, DbArg, DbListArgs, JobCommand, MoverArgs, MoverCommand, SourceCommand};
+use super::render::print_json;
+use super::Status;
+
+pub fn coordinator(args: CoordinatorArgs, cancel: &CancelToken) -> Result<Status> {
+    let settings = coordinator::Settings {
+        mover_timeout: Duration::from_secs(args.mover_timeout),
+        ..Default::default()
+    };
+    match coordinator::run(&args.db.url, &settings, &|| cancel.is_cancelled()) {
+        Err(strata::coordinator::Error::Interrupted(_)) => Ok(Status::Ok),
+        outcome => {
+            outcome?;
+            Ok(Status::Ok)
+        }
+    }
+}
+
+pub fn mover(args: MoverArgs, repo: Result<PathBuf>, cancel: &CancelToken) -> Result<Status> {
+    if let Some(MoverCommand::List(DbListArgs { db, json })) = args.command {
+        let movers = inventory::movers(&mut db::open(&db.url)?)?;
+        if json.json {
+            print_json(&serde_json::to_value(&movers)?)?;
+        } else {
+            for m in movers {
+                out!(
+                    "{} on {}: {}/{} streams in use, {} cores, {} MiB, datastores [{}], last heartbeat {}{}",
+                    m.name,
+                    m.host,
+                    m.streams_in_use,
+                    m.streams,
+                    m.cores,
+                    m.memory_mib,
+                    m.datastores.join(", "),
+                    m.last_heartbeat,
+                    if m.alive { "" } else { " (lost)" }
+                );
+            }
+        }
+        return Ok(Status::Ok);
+    }
+    let run = args.run;
+    let url = run.db.context("strata mover needs the coordinator's database: --db URL or STRATA_DB")?;
+    let repo = repo?;
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    let spec = inventory::MoverSpec {
+        name: run.name.unwrap_or_else(|| hostname.clone()),
+        host: run.host.unwrap_or(hostname),
+        cores: run.cores.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| i32::try_from(n.get()).unwrap_or(i32::MAX))
+        }),
+        memory_mib: run.memory_mib.unwrap_or_else(memory_mib),
+        streams: run.streams,
+        datastores: run.datastores,
+        transports: vec!["direct".into()],
+    };
+    let lease = Duration::from_secs(run.lease);
+    let settings = mover::Settings {
+        lease,
+        heartbeat: lease / 5,
+        poll: Duration::from_secs(1),
+    };
+    let runner = Arc::new(ChildBackup {
+        strata: std::env::current_exe().context("finding this program to run backups with")?,
+        repo,
+    });
+    mover::run(&url, &spec, &settings, runner, &|| cancel.is_cancelled())?;
+    Ok(Status::Ok)
+}
+
+/// This machine's memory, in MiB.
+fn memory_mib() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .map_or(1024, |kib| kib / 1024)
+}
+
+/// Runs a task as `strata --repo REPO backup … --json`.
+struct ChildBackup {
+    strata: PathBuf,
+    repo: PathBuf,
+}
+
+/// How long a stopped backup gets to end by itself before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl ChildBackup {
+    fn command(&self, task: &Claimed) -> std::result::Result<Command, String> {
+        let mut cmd = Command::new(&self.strata);
+        cmd.arg("--repo").arg(&self.repo).args(["backup", &task.kind]);
+        match task.kind.as_str() {
+            "files" => cmd.args([&task.path, "--source", &task.source]),
+            "vm" => cmd.arg(&task.path),
+            "image" => cmd.args([&task.path, "--name", &task.source]),
+            other => return Err(format!("source {} has kind {other:?}, which this mover cannot back up", task.source)),
+        };
+        cmd.arg("--json").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A mover killed outright takes its backups with it: one left
+        // running could commit a task the coordinator gives to another
+        // mover. (The signal comes when the thread that started the
+        // child ends, and that thread waits for the child.)
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent.
+        let parent = std::process::id();
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The mover died before the signal was armed.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    return Err(std::io::Error::other("the mover ended"));
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+impl mover::Runner for ChildBackup {
+    fn run(&self, task: &Claimed, stop: &AtomicBool) -> std::result::Result<Outcome, String> {
+        if !Path::new(&task.path).exists() {
+            return Err(format!("source {}: {} is not reachable from this mover", task.source, task.path));
+        }
+        let mut child = self
+            .command(task)?
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.strata.display()))?;
+        let output = wait_or_stop(&mut child, stop)?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+            return Err(format!("the backup of {} failed ({}): {last}", task.source, output.status));
+        }
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("the backup of {} said something unreadable: {e}", task.source))?;
+        let number = |field: &str| summary[field].as_u64().and_then(|n| i64::try_from(n).ok());
+        Ok(Outcome {
+            restore_point: summary["restore_point"].as_str().map(str::to_string),
+            bytes_read: number("bytes_read"),
+            bytes_new: number("bytes_new"),
+            bytes_stored: number("bytes_stored"),
+        })
+    }
+}
+
+/// Waits for `child`; if `stop` is set first, SIGTERM (a backup then ends
+/// without committing), and SIGKILL after [`STOP_GRACE`].
+fn wait_or_stop(child: &mut Child, stop: &AtomicBool) -> std::result::Result<std::process::Output, String> {
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let mut stopped_at: Option<Instant> = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for the backup: {e}")),
+        }
+        if stop.load(Ordering::SeqCst) {
+            match stopped_at {
+                None => {
+                    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                    stopped_at = Some(Instant::now());
+                }
+                Some(at) if at.elapsed() > STOP_GRACE => {
+                    let _ = child.kill();
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    };
+    if stopped_at.is_some() {
+        return Err("stopped: the task was taken from this mover".into());
+    }
+    Ok(output)
+}
+
+/// Reads a child's pipe to its end on a thread of its own (two pipes
+/// read one after the other could fill and block the child).
+fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+pub fn source(command: SourceCommand) -> Result<Status> {
+    match command {
+        SourceCommand::Add {
+            name,
+            kind,
+            path,
+            host,
+            datastore,
+            priority,
+            size_hint,
+            db,
+        } => {
+            let source = inventory::Source {
+                name,
+                kind,
+                path,
+                host,
+                datastore,
+                size_hint,
+                priority,
+            };
+            inventory::add_source(&mut db::open(&db.url)?, &source)?;
+            out!("source {} added", source.name);
+        }
+        SourceCommand::List(DbListArgs { db, json }) => {
+            let sources = inventory::sources(&mut db::open(&db.url)?)?;
+            if json.json {
+                print_json(&serde_json::to_value(&sources)?)?;
+            } else {
+                for s in sources {
+                    out!(
+                        "{} ({}) {} on host {}, datastore {}, priority {}",
+                        s.name,
+                        s.kind,
+                        s.path,
+                        s.host,
+                        s.datastore,
+                        s.priority
+                    );
+                }
+            }
+        }
+    }
+    Ok(Status::Ok)
+}
+
+pub fn backup_now(db: &DbArg, sources: &[String], as_json: bool) -> Result<Status> {
+    let job = queue::backup_now(&mut db::open(&db.url)?, sources)?;
+    if as_json {
+        print_json(&serde_json::json!({ "job": job, "tasks": sources.len() }))?;
+    } else {
+        out!("job {job} queued: {} tasks", sources.len());
+    }
+    Ok(Status::Ok)
+}
+
+pub fn job(command: JobCommand) -> Result<Status> {
+    match command {
+        JobCommand::List(DbListArgs { db, json }) => {
+            let jobs = queue::jobs(&mut db::open(&db.url)?)?;
+            if json.json {
+                print_json(&serde_json::to_value(&jobs)?)?;
+            } else {
+                for j in jobs {
+                    out!(
+                        "job {} ({}) {}: {} tasks, {} queued, {} running, {} done, {} failed, {} skipped, {} cancelled",
+                        j.id,
+                        j.kind,
+                        j.state,
+                        j.tasks,
+                        j.queued,
+                        j.running,
+                        j.done,
+                        j.failed,
+                        j.skipped,
+                        j.cancelled
+                    );
+                }
+            }
+        }
+        JobCommand::Show { id, db, json } => {
+            let (job, tasks) = queue::job(&mut db::open(&db.url)?, id)?;
+            if json.json {
+                print_json(&serde_json::json!({ "job": job, "tasks": tasks }))?;
+            } else {
+                out!("job {} ({}) {}, created {}", job.id, job.kind, job.state, job.created);
+                for t in tasks {
+                    out!(
+                        "  task {} {}: {} after {} attempts on {}{}{}",
+                        t.id,
+                        t.source,
+                        t.state,
+                        t.attempts,
+                        t.mover.as_deref().unwrap_or("-"),
+                        t.restore_point.map(|rp| format!(", restore point {rp}")).unwrap_or_default(),
+                        t.error.map(|e| format!(": {e}")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        JobCommand::Cancel { id, db } => {
+            let cancelled = queue::cancel(&mut db::open(&db.url)?, id)?;
+            out!("job {id} cancelled: {cancelled} tasks stopped or never started");
+        }
+    }
+    Ok(Status::Ok)
+}
+
+pub fn limit(db: &DbArg, scope: &str, name: &str, max_tasks: i32) -> Result<Status> {
+    inventory::set_limit(&mut db::open(&db.url)?, scope, name, max_tasks)?;
+    out!("at most {max_tasks} running tasks per {scope} {name}");
+    Ok(Status::Ok)
+}

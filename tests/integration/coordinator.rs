@@ -1,0 +1,457 @@
+//! The coordinator and its pool of data movers, as separate processes, on
+//! a real PostgreSQL started by the test (Debian's, run as the `postgres`
+//! user when the suite runs as root) and a repository server: every
+//! source backed up once, the datastore and host limits never exceeded at
+//! any moment (checked from the recorded start and end of every run),
+//! placement preferring a source's own host, a mover and the active
+//! coordinator killed with kill -9 mid-run. Every process sits behind a
+//! guard that kills it when dropped, also on panic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::remote::{random_tree, Client, RepoServer};
+use crate::util::*;
+
+/// A PostgreSQL server in a temporary directory, on its own port of
+/// 127.0.0.1; stopped (immediately: it holds nothing to keep) when
+/// dropped.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PgServer {
+    /// `None` (after saying so) when PostgreSQL is not installed.
+    pub fn start() -> Option<PgServer> {
+        let Some(bin) = postgres_bin() else {
+            eprintln!("skipped: PostgreSQL is not installed (tools/setup installs it)");
+            return None;
+        };
+        let dir = tempfile::Builder::new().prefix("strata-pg").tempdir().unwrap();
+        let port = free_port();
+        let server = PgServer { dir, bin, port };
+        if is_root() {
+            // initdb refuses root: the cluster belongs to `postgres`.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            let status = Command::new("chown").arg("postgres:postgres").arg(server.dir.path()).status().unwrap();
+            assert!(status.success(), "chown of the PostgreSQL directory");
+        }
+        let data = server.data();
+        server.run(&["initdb", "-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -c fsync=off -c unix_socket_directories={} -c max_connections=200",
+            server.dir.path().display()
+        );
+        let log = server.dir.path().join("postgres.log");
+        server.run(&["pg_ctl", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &options, "-w", "start"]);
+        Some(server)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// One of PostgreSQL's programs, to run as `postgres` when root.
+    fn program(&self, name: &str) -> Command {
+        let program = self.bin.join(name);
+        if is_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(&program);
+            cmd
+        } else {
+            Command::new(&program)
+        }
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = self
+            .program(args[0])
+            .args(&args[1..]).current_dir(self.dir.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            stdout_of(&out),
+            stderr_of(&out)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Rows of `sql` as psql prints them unaligned (`|` between fields).
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        let out = Command::new("psql")
+            .args([&self.url(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", stderr_of(&out));
+        stdout_of(&out).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self
+            .program("pg_ctl")
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The newest PostgreSQL's programs, as Debian installs them.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin): &(u32, PathBuf)| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `strata` process of the pool, killed and reaped when dropped.
+struct Process {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(mut cmd: Command, log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Process { child: Some(child), log }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The pool's side of a test: the database, the repository server, and
+/// the client whose environment (token, fingerprint, password) movers
+/// inherit.
+struct Pool {
+    pg: PgServer,
+    client: Client,
+    dir: PathBuf,
+}
+
+impl Pool {
+    fn strata(&self, args: &[&str]) -> Command {
+        let mut cmd = self.client.command(args);
+        cmd.env("STRATA_DB", self.pg.url());
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.strata(args).output().unwrap();
+        assert!(out.status.success(), "strata {args:?}: {}", stderr_of(&out));
+        stdout_of(&out)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn coordinator(&self, name: &str) -> Process {
+        let cmd = self.strata(&["coordinator", "--mover-timeout", "3"]);
+        Process::start(cmd, self.dir.join(format!("{name}.log")))
+    }
+
+    /// A mover named `name` on `host`, reaching `datastores`, running
+    /// `streams` tasks at once, with a lease of 5 s (heartbeat each
+    /// second); its backups send at most 2 MB/s, so that tasks overlap.
+    fn mover(&self, name: &str, host: &str, datastores: &[&str], streams: u32) -> Process {
+        let streams = streams.to_string();
+        let mut args = vec!["mover", "--name", name, "--host", host, "--streams", &streams, "--lease", "5"];
+        for ds in datastores {
+            args.extend(["--datastore", ds]);
+        }
+        let mut cmd = self.strata(&args);
+        cmd.env("XDG_CACHE_HOME", self.dir.join(format!("cache-{name}")))
+            .env("STRATA_LIMIT_UPLOAD", "2M");
+        Process::start(cmd, self.dir.join(format!("mover-{name}.log")))
+    }
+
+    fn add_source(&self, name: &str, path: &Path, host: &str, datastore: &str) {
+        self.ok(&[
+            "source",
+            "add",
+            name,
+            "--kind",
+            "files",
+            "--path",
+            path.to_str().unwrap(),
+            "--host",
+            host,
+            "--datastore",
+            datastore,
+        ]);
+    }
+
+    /// Waits until job `id` has ended; its `job show --json`.
+    fn wait_for_job(&self, id: u64, limit: Duration, logs: &[&Process]) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let shown = self.json(&["job", "show", &id.to_string()]);
+            if shown["job"]["state"] != "running" {
+                return shown;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
+                panic!("job {id} did not end: {shown:#}\n{}", logs.join("\n----\n"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn start_pool(t: &TestRepo) -> Option<(Pool, RepoServer)> {
+    let pg = PgServer::start()?;
+    let server = RepoServer::start(t, &[]);
+    let client = server.client(t, "pool", &server.token("pool", "admin", &["*"]));
+    let pool = Pool {
+        pg,
+        client,
+        dir: t.path("pool"),
+    };
+    std::fs::create_dir_all(&pool.dir).unwrap();
+    Some((pool, server))
+}
+
+/// One run of a task: `(task, attempt, mover, host, datastore, started,
+/// finished)` with times in microseconds since the epoch.
+struct Run {
+    source: String,
+    mover: String,
+    host: String,
+    datastore: String,
+    result: String,
+    started: i64,
+    finished: i64,
+}
+
+fn runs(pg: &PgServer) -> Vec<Run> {
+    pg.query(
+        "SELECT t.source, r.mover, t.host, t.datastore, coalesce(r.result, ''),
+                (extract(epoch FROM r.started) * 1e6)::bigint,
+                (extract(epoch FROM coalesce(r.finished, now())) * 1e6)::bigint
+         FROM task_runs r JOIN tasks t ON t.id = r.task_id ORDER BY r.started",
+    )
+    .iter()
+    .map(|line| {
+        let f: Vec<&str> = line.split('|').collect();
+        Run {
+            source: f[0].into(),
+            mover: f[1].into(),
+            host: f[2].into(),
+            datastore: f[3].into(),
+            result: f[4].into(),
+            started: f[5].parse().unwrap(),
+            finished: f[6].parse().unwrap(),
+        }
+    })
+    .collect()
+}
+
+/// The most runs of one key (datastore, host, mover) at any moment.
+fn peak_by(runs: &[Run], key: impl Fn(&Run) -> &str) -> BTreeMap<String, usize> {
+    let mut peaks = BTreeMap::new();
+    for run in runs {
+        // At each start, count the runs of the same key under way.
+        let at = run.started;
+        let under_way = runs
+            .iter()
+            .filter(|r| key(r) == key(run) && r.started <= at && r.finished > at)
+            .count();
+        let peak = peaks.entry(key(run).to_string()).or_insert(0);
+        *peak = (*peak).max(under_way);
+    }
+    peaks
+}
+
+/// Twelve sources on five datastores of three hosts; three movers (one on
+/// each of two hosts, one proxy reaching everything); limits of one task
+/// per datastore and two per host. The active coordinator is killed with
+/// kill -9 mid-run and its standby finishes the job.
+#[test]
+fn a_pool_backs_up_every_source_once_within_its_limits_across_a_coordinator_failover() {
+    let t = TestRepo::new();
+    let Some((pool, _server)) = start_pool(&t) else {
+        return;
+    };
+    let mut active = pool.coordinator("coordinator-a");
+    // The schema exists once the first coordinator has migrated.
+    crate::remote::wait_until("the coordinator's schema", || {
+        pool.strata(&["source", "list"]).output().unwrap().status.success()
+    });
+    let standby = pool.coordinator("coordinator-b");
+    let layout = [("h0", "ds0"), ("h0", "ds1"), ("h1", "ds2"), ("h1", "ds3"), ("h2", "ds4")];
+    let mut names = Vec::new();
+    for i in 0..12 {
+        let (host, ds) = layout[i % layout.len()];
+        let path = t.path(&format!("src/s{i:02}"));
+        random_tree(&path, 3, 300_000, 500 + i as u64);
+        let name = format!("s{i:02}");
+        pool.add_source(&name, &path, host, ds);
+        names.push(name);
+    }
+    pool.ok(&["limit", "datastore", "*", "1"]);
+    pool.ok(&["limit", "host", "*", "2"]);
+    let movers = [
+        pool.mover("m0", "h0", &["ds0", "ds1", "ds4"], 2),
+        pool.mover("m1", "h1", &["ds2", "ds3", "ds4"], 2),
+        pool.mover("proxy", "h9", &["ds0", "ds1", "ds2", "ds3", "ds4"], 1),
+    ];
+    let mut args = vec!["backup-now"];
+    args.extend(names.iter().map(String::as_str));
+    let job = pool.json(&args)["job"].as_u64().unwrap();
+
+    // Kill the active coordinator once work is under way.
+    crate::remote::wait_until("a task done", || {
+        pool.pg.query("SELECT count(*) FROM tasks WHERE state = 'done'")[0] != "0"
+    });
+    active.kill9();
+    let mut logs: Vec<&Process> = movers.iter().collect();
+    logs.push(&standby);
+    let shown = pool.wait_for_job(job, Duration::from_secs(240), &logs);
+    assert_eq!(shown["job"]["state"], "done", "{shown:#}");
+    assert!(standby.log().contains("this coordinator is active"), "{}", standby.log());
+
+    // Every source once, in the database and in the repository.
+    let tasks = shown["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), names.len());
+    assert!(tasks.iter().all(|t| t["state"] == "done" && t["restore_point"].is_string()), "{shown:#}");
+    let listed: Vec<String> = pool.client.json(&["list"]).as_array().unwrap().iter()
+        .map(|rp| rp["source"].as_str().unwrap().to_string())
+        .collect();
+    let listed_set: BTreeSet<&String> = listed.iter().collect();
+    assert_eq!(listed.len(), names.len(), "{listed:?}");
+    assert_eq!(listed_set, names.iter().collect::<BTreeSet<_>>());
+
+    // The limits held at every moment, and movers ran at most their
+    // streams.
+    let runs = runs(&pool.pg);
+    assert!(runs.iter().all(|r| r.result == "done"), "a run did not end well");
+    for (ds, peak) in peak_by(&runs, |r| &r.datastore) {
+        assert!(peak <= 1, "datastore {ds} ran {peak} tasks at once");
+    }
+    for (host, peak) in peak_by(&runs, |r| &r.host) {
+        assert!(peak <= 2, "host {host} ran {peak} tasks at once");
+    }
+    let streams = BTreeMap::from([("m0", 2), ("m1", 2), ("proxy", 1)]);
+    for (mover, peak) in peak_by(&runs, |r| &r.mover) {
+        assert!(peak <= streams[mover.as_str()], "mover {mover} ran {peak} tasks at once");
+    }
+    // Placement: a task of h0 or h1 ran elsewhere than on its host's
+    // mover only while that mover had no free stream.
+    for run in &runs {
+        let own = match run.host.as_str() {
+            "h0" => "m0",
+            "h1" => "m1",
+            _ => continue,
+        };
+        if run.mover != own {
+            let busy = runs
+                .iter()
+                .filter(|r| r.mover == own && r.started <= run.started && r.finished > run.started)
+                .count();
+            assert_eq!(busy, 2, "{} of host {} ran on {} while {own} had a free stream", run.source, run.host, run.mover);
+        }
+    }
+    let listed_movers = pool.json(&["mover", "list"]);
+    assert_eq!(listed_movers.as_array().unwrap().len(), 3, "{listed_movers}");
+}
+
+/// A mover killed with kill -9 in the middle of a backup: its backup dies
+/// with it, nothing of it is committed, and once its lease expires the
+/// task runs on the other mover. A backup-now queued while every stream
+/// is busy waits and runs.
+#[test]
+fn a_mover_killed_mid_task_loses_its_task_to_another_and_nothing_is_duplicated() {
+    let t = TestRepo::new();
+    let Some((pool, _server)) = start_pool(&t) else {
+        return;
+    };
+    let _coordinator = pool.coordinator("coordinator");
+    crate::remote::wait_until("the coordinator's schema", || {
+        pool.strata(&["source", "list"]).output().unwrap().status.success()
+    });
+    let big = t.path("big");
+    random_tree(&big, 4, 5_000_000, 77);
+    pool.add_source("big", &big, "h0", "ds0");
+    let small = t.path("small");
+    random_tree(&small, 2, 100_000, 78);
+    pool.add_source("small", &small, "h1", "ds1");
+
+    let mut first = pool.mover("first", "h0", &["ds0"], 1);
+    let job = pool.json(&["backup-now", "big"])["job"].as_u64().unwrap();
+    crate::remote::wait_until("the big backup running", || {
+        pool.pg.query("SELECT count(*) FROM tasks WHERE state = 'running' AND mover = 'first'")[0] == "1"
+    });
+    // Every stream is busy: this waits in the queue (the only mover that
+    // reaches ds1 is not up yet).
+    let queued = pool.json(&["backup-now", "small"])["job"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    first.kill9();
+    let other = pool.mover("other", "h1", &["ds0", "ds1"], 1);
+    let shown = pool.wait_for_job(job, Duration::from_secs(120), &[&other]);
+    assert_eq!(shown["job"]["state"], "done", "{shown:#}");
+    let task = &shown["tasks"][0];
+    assert_eq!(task["mover"], "other", "{shown:#}");
+    assert_eq!(task["attempts"], 2, "{shown:#}");
+    let results = pool.pg.query("SELECT mover || ':' || result FROM task_runs ORDER BY task_id, attempt");
+    assert_eq!(results[..2], ["first:lost".to_string(), "other:done".to_string()], "{results:?}");
+    let small_job = pool.wait_for_job(queued, Duration::from_secs(60), &[&other]);
+    assert_eq!(small_job["job"]["state"], "done", "{small_job:#}");
+
+    // One restore point per source, and the big one restores whole.
+    let sources: Vec<String> = pool.client.json(&["list"]).as_array().unwrap().iter()
+        .map(|rp| rp["source"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sources.len(), 2, "{sources:?}");
+    let target = t.path("restored");
+    pool.client.ok(&["restore", "files", "big@latest", "--to", target.to_str().unwrap()]);
+    assert_same_tree(&big, &under(&target, &big));
+    let lost = pool.json(&["mover", "list"]);
+    let first_row = lost.as_array().unwrap().iter().find(|m| m["name"] == "first").unwrap();
+    assert_eq!(first_row["alive"], false, "{lost}");
+}
