@@ -93,9 +93,22 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// The coordinator's jobs: list, show, cancel.
+    /// The coordinator's jobs: list, show, cancel, queue a restore.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Policies: when the coordinator backs up which sources.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// What the pool did in one day: successes, failures, skips, volumes.
+    Report {
+        /// The UTC day, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        day: Option<String>,
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Most running tasks per datastore or per host.
     Limit {
         #[arg(value_parser = ["datastore", "host"])]
@@ -708,4 +721,86 @@ pub enum JobCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Queue a restore, run by a mover on HOST (or reaching DATASTORE)
+    /// once one has a free stream; it waits while none is up.
+    Restore {
+        restore_point: String,
+        /// Where to restore: a directory on that host.
+        #[arg(long, value_name = "DIR")]
+        to: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Restore a whole VM (a new VM folder) instead of a file tree.
+        #[arg(long)]
+        vm: bool,
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Add a policy (or change one).
+    Add {
+        name: String,
+        /// Cron expression in UTC, e.g. "0 2 * * *" (five fields, or six
+        /// with seconds first).
+        #[arg(long)]
+        schedule: String,
+        /// Glob of the source names it backs up.
+        #[arg(long)]
+        sources: String,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// A task that has not started this long after its run's time
+        /// is skipped and reported (e.g. 6h, 90m, 30s).
+        #[arg(long, default_value = "6h", value_parser = parse_duration_secs)]
+        window: i64,
+        #[arg(long)]
+        keep_last: Option<i32>,
+        #[arg(long)]
+        keep_daily: Option<i32>,
+        #[arg(long)]
+        keep_weekly: Option<i32>,
+        #[arg(long)]
+        keep_monthly: Option<i32>,
+        /// Move restore points older than this many days to the cold tier.
+        #[arg(long, value_name = "DAYS")]
+        tier_after: Option<i32>,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List the policies and when each runs next.
+    List(DbListArgs),
+    /// Remove a policy (its past jobs stay).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+/// `30s`, `90m`, `6h`, `2d` (or bare seconds) as seconds.
+fn parse_duration_secs(text: &str) -> std::result::Result<i64, String> {
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: i64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s, 90m, 6h or 2d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    match number.checked_mul(unit) {
+        Some(secs) if secs > 0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a positive duration")),
+    }
 }

@@ -87,6 +87,8 @@ pub fn run(cli: Cli, cancel: &CancelToken) -> Result<Status> {
         Command::Source(command) => pool::source(command),
         Command::BackupNow { sources, db, json } => pool::backup_now(&db, &sources, json.json),
         Command::Job(command) => pool::job(command),
+        Command::Policy(command) => pool::policy(command),
+        Command::Report { day, db, json } => pool::report(&db, day, json.json),
         Command::Limit { scope, name, max_tasks, db } => pool::limit(&db, &scope, &name, max_tasks),
         Command::Init {
             cold,

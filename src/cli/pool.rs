@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use strata::cancel::CancelToken;
 use strata::coordinator::dispatch::{Claimed, Outcome};
-use strata::coordinator::{coordinator, db, inventory, mover, queue};
+use strata::coordinator::{coordinator, db, inventory, mover, policy, queue, report};
 
-use super::args::{CoordinatorArgs, DbArg, DbListArgs, JobCommand, MoverArgs, MoverCommand, SourceCommand};
-use super::render::print_json;
+use super::args::{CoordinatorArgs, DbArg, DbListArgs, JobCommand, MoverArgs, MoverCommand, PolicyCommand, SourceCommand};
+use super::render::{human_bytes, print_json};
 use super::Status;
 
 pub fn coordinator(args: CoordinatorArgs, cancel: &CancelToken) -> Result<Status> {
@@ -112,12 +112,14 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 impl ChildBackup {
     fn command(&self, task: &Claimed) -> std::result::Result<Command, String> {
         let mut cmd = Command::new(&self.strata);
-        cmd.arg("--repo").arg(&self.repo).args(["backup", &task.kind]);
+        cmd.arg("--repo").arg(&self.repo);
         match task.kind.as_str() {
-            "files" => cmd.args([&task.path, "--source", &task.source]),
-            "vm" => cmd.arg(&task.path),
-            "image" => cmd.args([&task.path, "--name", &task.source]),
-            other => return Err(format!("source {} has kind {other:?}, which this mover cannot back up", task.source)),
+            "files" => cmd.args(["backup", "files", &task.path, "--source", &task.source]),
+            "vm" => cmd.args(["backup", "vm", &task.path]),
+            "image" => cmd.args(["backup", "image", &task.path, "--name", &task.source]),
+            "restore-files" => cmd.args(["restore", "files", &task.source, "--to", &task.path]),
+            "restore-vm" => cmd.args(["restore", "vm", &task.source, "--to", &task.path]),
+            other => return Err(format!("task of kind {other:?} for {}: this mover cannot run it", task.source)),
         };
         cmd.arg("--json").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // A mover killed outright takes its backups with it: one left
@@ -145,8 +147,13 @@ impl ChildBackup {
 
 impl mover::Runner for ChildBackup {
     fn run(&self, task: &Claimed, stop: &AtomicBool) -> std::result::Result<Outcome, String> {
-        if !Path::new(&task.path).exists() {
-            return Err(format!("source {}: {} is not reachable from this mover", task.source, task.path));
+        let needed = match task.kind.as_str() {
+            // A restore makes its target; its parent must be here.
+            "restore-files" | "restore-vm" => Path::new(&task.path).parent().unwrap_or(Path::new("/")),
+            _ => Path::new(&task.path),
+        };
+        if !needed.exists() {
+            return Err(format!("{}: {} is not reachable from this mover", task.source, needed.display()));
         }
         let mut child = self
             .command(task)?
@@ -320,6 +327,22 @@ pub fn job(command: JobCommand) -> Result<Status> {
                 }
             }
         }
+        JobCommand::Restore {
+            restore_point,
+            to,
+            host,
+            datastore,
+            vm,
+            db,
+            json,
+        } => {
+            let job = queue::restore(&mut db::open(&db.url)?, &restore_point, vm, &to, &host, datastore.as_deref())?;
+            if json.json {
+                print_json(&serde_json::json!({ "job": job }))?;
+            } else {
+                out!("job {job} queued: restore {restore_point} to {to} on {host}");
+            }
+        }
         JobCommand::Cancel { id, db } => {
             let cancelled = queue::cancel(&mut db::open(&db.url)?, id)?;
             out!("job {id} cancelled: {cancelled} tasks stopped or never started");
@@ -331,5 +354,100 @@ pub fn job(command: JobCommand) -> Result<Status> {
 pub fn limit(db: &DbArg, scope: &str, name: &str, max_tasks: i32) -> Result<Status> {
     inventory::set_limit(&mut db::open(&db.url)?, scope, name, max_tasks)?;
     out!("at most {max_tasks} running tasks per {scope} {name}");
+    Ok(Status::Ok)
+}
+
+pub fn policy(command: PolicyCommand) -> Result<Status> {
+    match command {
+        PolicyCommand::Add {
+            name,
+            schedule,
+            sources,
+            priority,
+            window,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            tier_after,
+            db,
+        } => {
+            let policy = policy::Policy {
+                name,
+                schedule,
+                sources,
+                priority,
+                window_secs: window,
+                keep_last,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                tier_after_days: tier_after,
+            };
+            let next = policy::add(&mut db::open(&db.url)?, &policy)?;
+            out!("policy {} added; it runs next at {next}", policy.name);
+        }
+        PolicyCommand::List(DbListArgs { db, json }) => {
+            let policies = policy::list(&mut db::open(&db.url)?)?;
+            if json.json {
+                print_json(&serde_json::to_value(&policies)?)?;
+            } else {
+                for p in policies {
+                    out!(
+                        "{}: \"{}\" sources {} priority {} window {} s, next run {}",
+                        p.policy.name,
+                        p.policy.schedule,
+                        p.policy.sources,
+                        p.policy.priority,
+                        p.policy.window_secs,
+                        p.next_run
+                    );
+                }
+            }
+        }
+        PolicyCommand::Remove { name, db } => {
+            policy::remove(&mut db::open(&db.url)?, &name)?;
+            out!("policy {name} removed");
+        }
+    }
+    Ok(Status::Ok)
+}
+
+pub fn report(db: &DbArg, day: Option<String>, as_json: bool) -> Result<Status> {
+    let day = day.unwrap_or_else(|| {
+        let now = time::OffsetDateTime::now_utc();
+        format!("{:04}-{:02}-{:02}", now.year(), u8::from(now.month()), now.day())
+    });
+    let report = report::daily(&mut db::open(&db.url)?, &day)?;
+    if as_json {
+        print_json(&serde_json::to_value(&report)?)?;
+        return Ok(Status::Ok);
+    }
+    out!(
+        "{}: {} jobs; {} tasks succeeded, {} failed, {} skipped, {} cancelled",
+        report.day,
+        report.jobs,
+        report.succeeded,
+        report.failed,
+        report.skipped,
+        report.cancelled
+    );
+    out!(
+        "read {}, new {}, stored {}",
+        human_bytes(u64::try_from(report.bytes_read).unwrap_or(0)),
+        human_bytes(u64::try_from(report.bytes_new).unwrap_or(0)),
+        human_bytes(u64::try_from(report.bytes_stored).unwrap_or(0))
+    );
+    for p in &report.problems {
+        out!(
+            "  {} task {} (job {}) {}{}: {}",
+            p.state,
+            p.task,
+            p.job,
+            p.source,
+            p.mover.as_deref().map(|m| format!(" on {m}")).unwrap_or_default(),
+            p.reason
+        );
+    }
     Ok(Status::Ok)
 }

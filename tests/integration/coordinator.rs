@@ -196,6 +196,15 @@ impl Pool {
         Process::start(cmd, self.dir.join(format!("{name}.log")))
     }
 
+    /// The first coordinator, once it has made the schema.
+    fn first_coordinator(&self, name: &str) -> Process {
+        let coordinator = self.coordinator(name);
+        crate::remote::wait_until("the coordinator's schema", || {
+            self.strata(&["source", "list"]).output().unwrap().status.success()
+        });
+        coordinator
+    }
+
     /// A mover named `name` on `host`, reaching `datastores`, running
     /// `streams` tasks at once, with a lease of 5 s (heartbeat each
     /// second); its backups send at most 2 MB/s, so that tasks overlap.
@@ -318,11 +327,7 @@ fn a_pool_backs_up_every_source_once_within_its_limits_across_a_coordinator_fail
     let Some((pool, _server)) = start_pool(&t) else {
         return;
     };
-    let mut active = pool.coordinator("coordinator-a");
-    // The schema exists once the first coordinator has migrated.
-    crate::remote::wait_until("the coordinator's schema", || {
-        pool.strata(&["source", "list"]).output().unwrap().status.success()
-    });
+    let mut active = pool.first_coordinator("coordinator-a");
     let standby = pool.coordinator("coordinator-b");
     let layout = [("h0", "ds0"), ("h0", "ds1"), ("h1", "ds2"), ("h1", "ds3"), ("h2", "ds4")];
     let mut names = Vec::new();
@@ -411,10 +416,7 @@ fn a_mover_killed_mid_task_loses_its_task_to_another_and_nothing_is_duplicated()
     let Some((pool, _server)) = start_pool(&t) else {
         return;
     };
-    let _coordinator = pool.coordinator("coordinator");
-    crate::remote::wait_until("the coordinator's schema", || {
-        pool.strata(&["source", "list"]).output().unwrap().status.success()
-    });
+    let _coordinator = pool.first_coordinator("coordinator");
     let big = t.path("big");
     random_tree(&big, 4, 5_000_000, 77);
     pool.add_source("big", &big, "h0", "ds0");
@@ -454,4 +456,67 @@ fn a_mover_killed_mid_task_loses_its_task_to_another_and_nothing_is_duplicated()
     let lost = pool.json(&["mover", "list"]);
     let first_row = lost.as_array().unwrap().iter().find(|m| m["name"] == "first").unwrap();
     assert_eq!(first_row["alive"], false, "{lost}");
+}
+
+/// A six-field schedule naming one second `seconds` from now.
+fn once_in(seconds: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);
+    format!("{} {} {} {} {} *", at.second(), at.minute(), at.hour(), at.day(), u8::from(at.month()))
+}
+
+/// A policy's run on its schedule: the source a mover reaches is backed
+/// up; one whose path the mover cannot see and one no mover reaches are
+/// skipped when their window closes, each with why, and the daily report
+/// says so. A restore submitted as a task waits for a mover on its host
+/// and runs when one registers.
+#[test]
+fn a_policy_runs_on_schedule_skips_what_cannot_start_and_restores_run_as_tasks() {
+    let t = TestRepo::new();
+    let Some((pool, _server)) = start_pool(&t) else {
+        return;
+    };
+    let _coordinator = pool.first_coordinator("coordinator");
+    let web = t.path("web01");
+    random_tree(&web, 3, 200_000, 81);
+    pool.add_source("web01", &web, "h0", "ds0");
+    pool.add_source("gone", &t.path("not-there"), "h0", "ds0");
+    pool.add_source("orphan", &t.path("elsewhere"), "h5", "ds9");
+    let _mover = pool.mover("m0", "h0", &["ds0"], 2);
+    pool.ok(&["policy", "add", "nightly", "--schedule", &once_in(3), "--sources", "*", "--window", "8s", "--priority", "5"]);
+    let listed = pool.json(&["policy", "list"]);
+    assert_eq!(listed[0]["name"], "nightly", "{listed}");
+
+    crate::remote::wait_until("the scheduled job", || !pool.pg.query("SELECT id FROM jobs WHERE kind = 'scheduled'").is_empty());
+    let job: u64 = pool.pg.query("SELECT id FROM jobs WHERE kind = 'scheduled'")[0].parse().unwrap();
+    let shown = pool.wait_for_job(job, Duration::from_secs(60), &[&_mover]);
+    let task = |source: &str| shown["tasks"].as_array().unwrap().iter().find(|t| t["source"] == source).unwrap().clone();
+    assert_eq!(task("web01")["state"], "done", "{shown:#}");
+    let gone = task("gone");
+    assert_eq!(gone["state"], "skipped", "{shown:#}");
+    assert!(gone["error"].as_str().unwrap().contains("not reachable"), "{shown:#}");
+    let orphan = task("orphan");
+    assert_eq!(orphan["state"], "skipped", "{shown:#}");
+    assert!(orphan["error"].as_str().unwrap().contains("no live mover reaches host h5"), "{shown:#}");
+
+    let report = pool.json(&["report"]);
+    assert_eq!(report["succeeded"], 1, "{report:#}");
+    assert_eq!(report["skipped"], 2, "{report:#}");
+    assert_eq!(report["problems"].as_array().unwrap().len(), 2, "{report:#}");
+    assert!(report["bytes_read"].as_u64().unwrap() >= 600_000, "{report:#}");
+    let text = pool.ok(&["report"]);
+    assert!(text.contains("1 tasks succeeded") && text.contains("no live mover reaches"), "{text}");
+
+    // A restore for a host no mover is on waits, then runs on the mover
+    // that registers there.
+    let rp = task("web01")["restore_point"].as_str().unwrap().to_string();
+    let target = t.path("restored");
+    let restore = pool.json(&["job", "restore", &rp, "--to", target.to_str().unwrap(), "--host", "h7"])["job"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let waiting = pool.json(&["job", "show", &restore.to_string()]);
+    assert_eq!(waiting["tasks"][0]["state"], "queued", "{waiting:#}");
+    let late = pool.mover("m7", "h7", &[], 1);
+    let restored = pool.wait_for_job(restore, Duration::from_secs(60), &[&late]);
+    assert_eq!(restored["job"]["state"], "done", "{restored:#}");
+    assert_eq!(restored["tasks"][0]["mover"], "m7", "{restored:#}");
+    assert_same_tree(&web, &under(&target, &web));
 }

@@ -2,6 +2,8 @@
 //! lock, which PostgreSQL releases when its connection dies, so a standby
 //! waiting for it takes over), migrating the schema at start and then,
 //! every tick:
+//! - starting a job for each policy whose time has come, and skipping
+//!   (with the reason) the queued tasks whose window has closed;
 //! - marking movers whose heartbeat is older than the timeout lost;
 //! - putting the tasks whose lease expired (their mover died or lost the
 //!   network) back in the queue, or failing them after their last attempt;
@@ -38,6 +40,8 @@ impl Default for Settings {
 /// What one tick did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Tick {
+    pub jobs_started: u64,
+    pub tasks_skipped: u64,
     pub movers_lost: u64,
     pub tasks_requeued: u64,
     pub tasks_failed: u64,
@@ -95,6 +99,8 @@ pub fn tick(db: &mut Client, settings: &Settings) -> Result<Tick> {
         movers_lost: lost.len() as u64,
         ..Tick::default()
     };
+    result.jobs_started = crate::policy::start_due(&mut tx)?.len() as u64;
+    result.tasks_skipped = crate::policy::skip_expired(&mut tx)?;
     for row in &expired {
         let (task, attempt, state): (i64, i32, String) = (row.get(0), row.get(1), row.get(2));
         tx.execute(

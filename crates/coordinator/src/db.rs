@@ -11,14 +11,17 @@ use postgres::{Client, NoTls};
 use crate::error::{DbContext, Error, Result};
 
 /// `(version, name, SQL)`, in order.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "inventory and queue",
-    include_str!("../migrations/0001_inventory_and_queue.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "inventory and queue", include_str!("../migrations/0001_inventory_and_queue.sql")),
+    (
+        2,
+        "policies, windows and restores",
+        include_str!("../migrations/0002_policies_windows_restores.sql"),
+    ),
+];
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x5354_5241_5441_0001;

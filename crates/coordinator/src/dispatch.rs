@@ -29,8 +29,12 @@ pub struct Claimed {
     pub task: i64,
     pub job: i64,
     pub attempt: i32,
+    /// The source to back up, or the restore point to restore.
     pub source: String,
+    /// The source's kind (`files`, `vm`, `image`), or `restore-files`,
+    /// `restore-vm`.
     pub kind: String,
+    /// The source's path, or where to restore.
     pub path: String,
 }
 
@@ -58,9 +62,10 @@ WITH ds_running AS (
 ), host_limit AS (
     SELECT name, max_tasks FROM limits WHERE scope = 'host'
 )
-SELECT t.id, t.job_id, t.attempts, t.source, s.kind, s.path
+SELECT t.id, t.job_id, t.attempts, coalesce(t.source, t.restore_from),
+       CASE WHEN t.kind = 'backup' THEN s.kind ELSE t.kind END, coalesce(s.path, t.restore_to)
 FROM tasks t
-JOIN sources s ON s.name = t.source
+LEFT JOIN sources s ON s.name = t.source
 LEFT JOIN ds_running dr ON dr.datastore = t.datastore
 LEFT JOIN host_running hr ON hr.host = t.host
 WHERE t.state = 'queued' AND t.not_before <= now()

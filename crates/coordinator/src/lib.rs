@@ -21,6 +21,8 @@ pub mod dispatch;
 pub mod error;
 pub mod inventory;
 pub mod mover;
+pub mod policy;
+pub mod report;
 pub mod queue;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Jobs and their tasks as people see them: `backup-now` queues a job of
-//! one task per source; `job list|show|cancel`.
+//! one task per source, `job restore` a job of one restore; `job
+//! list|show|cancel`.
 
 use postgres::Client;
 use serde::Serialize;
@@ -39,6 +40,46 @@ pub fn backup_now(db: &mut Client, sources: &[String]) -> Result<i64> {
     Ok(job)
 }
 
+/// Queues a job restoring restore point `restore_point` to `to` on
+/// `host` (or on a mover that reaches `datastore`): it runs when such a
+/// mover has a free stream, and waits in the queue while none is up.
+pub fn restore(
+    db: &mut Client,
+    restore_point: &str,
+    vm: bool,
+    to: &str,
+    host: &str,
+    datastore: Option<&str>,
+) -> Result<i64> {
+    if !to.starts_with('/') {
+        return Err(Error::InvalidInput(format!("the restore target {to:?} is not an absolute path")));
+    }
+    if restore_point.is_empty() || host.is_empty() {
+        return Err(Error::InvalidInput("a restore task needs a restore point and a host".into()));
+    }
+    let mut tx = db.transaction().doing(|| "queueing a restore".into())?;
+    let job: i64 = tx
+        .query_one("INSERT INTO jobs (kind) VALUES ('restore') RETURNING id", &[])
+        .doing(|| "creating the restore job".into())?
+        .get(0);
+    tx.execute(
+        "INSERT INTO tasks (job_id, kind, restore_from, restore_to, host, datastore, size_hint, priority)
+         VALUES ($1, $6, $2, $3, $4, $5, 0, 100)",
+        &[
+            &job,
+            &restore_point,
+            &to,
+            &host,
+            &datastore.unwrap_or(""),
+            &if vm { "restore-vm" } else { "restore-files" },
+        ],
+    )
+    .doing(|| format!("queueing the restore of job {job}"))?;
+    tx.execute("NOTIFY strata_tasks", &[]).doing(|| "waking the movers".into())?;
+    tx.commit().doing(|| format!("committing job {job}"))?;
+    Ok(job)
+}
+
 #[derive(Debug, Serialize)]
 pub struct JobRow {
     pub id: i64,
@@ -58,6 +99,9 @@ pub struct JobRow {
 #[derive(Debug, Serialize)]
 pub struct TaskRow {
     pub id: i64,
+    /// `backup`, `restore-files` or `restore-vm`.
+    pub kind: String,
+    /// The source backed up, or the restore point restored.
     pub source: String,
     pub state: String,
     pub attempts: i32,
@@ -120,7 +164,7 @@ pub fn job(db: &mut Client, id: i64) -> Result<(JobRow, Vec<TaskRow>)> {
     let tasks = db
         .query(
             &format!(
-                "SELECT id, source, state, attempts, mover,
+                "SELECT id, kind, coalesce(source, restore_from), state, attempts, mover,
                         to_char(started AT TIME ZONE 'UTC', {TIME}), to_char(finished AT TIME ZONE 'UTC', {TIME}),
                         restore_point, bytes_read, bytes_new, bytes_stored, error
                  FROM tasks WHERE job_id = $1 ORDER BY id"
@@ -132,17 +176,18 @@ pub fn job(db: &mut Client, id: i64) -> Result<(JobRow, Vec<TaskRow>)> {
         .iter()
         .map(|r| TaskRow {
             id: r.get(0),
-            source: r.get(1),
-            state: r.get(2),
-            attempts: r.get(3),
-            mover: r.get(4),
-            started: r.get(5),
-            finished: r.get(6),
-            restore_point: r.get(7),
-            bytes_read: r.get(8),
-            bytes_new: r.get(9),
-            bytes_stored: r.get(10),
-            error: r.get(11),
+            kind: r.get(1),
+            source: r.get(2),
+            state: r.get(3),
+            attempts: r.get(4),
+            mover: r.get(5),
+            started: r.get(6),
+            finished: r.get(7),
+            restore_point: r.get(8),
+            bytes_read: r.get(9),
+            bytes_new: r.get(10),
+            bytes_stored: r.get(11),
+            error: r.get(12),
         })
         .collect();
     Ok((job_row(&row), tasks))

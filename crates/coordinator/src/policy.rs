@@ -1,0 +1,231 @@
+//! Policies: a schedule (cron, UTC), the sources it covers (a glob), the
+//! priority of its tasks and the window they must start in; the
+//! coordinator turns each due policy into a scheduled job.
+
+use chrono::{DateTime, Utc};
+use postgres::Client;
+use serde::Serialize;
+
+use crate::error::{DbContext, Error, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    pub name: String,
+    /// Five fields: minute hour day-of-month month day-of-week, UTC (or
+    /// six, with seconds first).
+    pub schedule: String,
+    /// A glob over source names: `*` any run of characters, `?` one.
+    pub sources: String,
+    pub priority: i32,
+    /// Seconds after a run's time within which its tasks must start.
+    pub window_secs: i64,
+    pub keep_last: Option<i32>,
+    pub keep_daily: Option<i32>,
+    pub keep_weekly: Option<i32>,
+    pub keep_monthly: Option<i32>,
+    pub tier_after_days: Option<i32>,
+}
+
+/// The first time after `after` that `schedule` names.
+pub fn next_run(schedule: &str, after: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    let cron = croner::Cron::new(schedule)
+        .with_seconds_optional()
+        .parse()
+        .map_err(|e| Error::InvalidInput(format!("schedule {schedule:?}: {e}")))?;
+    cron.find_next_occurrence(&after, false)
+        .map_err(|e| Error::InvalidInput(format!("schedule {schedule:?} names no time after {after}: {e}")))
+}
+
+/// A glob as a LIKE pattern (with `\` escaping LIKE's own wildcards).
+pub fn like_pattern(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len());
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn add(db: &mut Client, policy: &Policy) -> Result<String> {
+    if policy.name.is_empty() || policy.name.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!("policy name {:?}", policy.name)));
+    }
+    if policy.window_secs <= 0 {
+        return Err(Error::InvalidInput(format!("policy {}: the window must be positive", policy.name)));
+    }
+    let first = next_run(&policy.schedule, Utc::now())?;
+    db.execute(
+        "INSERT INTO policies (name, schedule, sources, priority, window_secs, keep_last, keep_daily,
+                               keep_weekly, keep_monthly, tier_after_days, next_run)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (name) DO UPDATE SET schedule = $2, sources = $3, priority = $4, window_secs = $5,
+             keep_last = $6, keep_daily = $7, keep_weekly = $8, keep_monthly = $9, tier_after_days = $10,
+             next_run = $11",
+        &[
+            &policy.name,
+            &policy.schedule,
+            &policy.sources,
+            &policy.priority,
+            &policy.window_secs,
+            &policy.keep_last,
+            &policy.keep_daily,
+            &policy.keep_weekly,
+            &policy.keep_monthly,
+            &policy.tier_after_days,
+            &first,
+        ],
+    )
+    .doing(|| format!("adding policy {}", policy.name))?;
+    Ok(first.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyRow {
+    #[serde(flatten)]
+    pub policy: Policy,
+    pub next_run: String,
+}
+
+pub fn list(db: &mut Client) -> Result<Vec<PolicyRow>> {
+    let rows = db
+        .query(
+            "SELECT name, schedule, sources, priority, window_secs, keep_last, keep_daily, keep_weekly,
+                    keep_monthly, tier_after_days, next_run FROM policies ORDER BY name",
+            &[],
+        )
+        .doing(|| "listing policies".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| PolicyRow {
+            policy: Policy {
+                name: r.get(0),
+                schedule: r.get(1),
+                sources: r.get(2),
+                priority: r.get(3),
+                window_secs: r.get(4),
+                keep_last: r.get(5),
+                keep_daily: r.get(6),
+                keep_weekly: r.get(7),
+                keep_monthly: r.get(8),
+                tier_after_days: r.get(9),
+            },
+            next_run: r
+                .get::<_, DateTime<Utc>>(10)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+        .collect())
+}
+
+pub fn remove(db: &mut Client, name: &str) -> Result<()> {
+    let removed = db
+        .execute("DELETE FROM policies WHERE name = $1", &[&name])
+        .doing(|| format!("removing policy {name}"))?;
+    if removed == 0 {
+        return Err(Error::NotFound(format!("no policy {name:?}")));
+    }
+    Ok(())
+}
+
+/// Turns every due policy into a scheduled job, in `tx`: one task per
+/// source the glob matches, to start before the run's time plus the
+/// window. A source whose previous task has not ended gets a skipped task
+/// instead (reported, not queued behind the first). Returns the jobs
+/// made.
+pub fn start_due(tx: &mut postgres::Transaction<'_>) -> Result<Vec<i64>> {
+    let due = tx
+        .query(
+            "SELECT name, schedule, sources, priority, window_secs, next_run FROM policies
+             WHERE next_run <= now() FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .doing(|| "finding due policies".into())?;
+    let mut jobs = Vec::new();
+    for row in due {
+        let (name, schedule, sources, priority, window, due_at): (String, String, String, i32, i64, DateTime<Utc>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+        let job: i64 = tx
+            .query_one("INSERT INTO jobs (kind, policy) VALUES ('scheduled', $1) RETURNING id", &[&name])
+            .doing(|| format!("starting a run of policy {name}"))?
+            .get(0);
+        let pattern = like_pattern(&sources);
+        let deadline = due_at + chrono::Duration::seconds(window);
+        tx.execute(
+            "INSERT INTO tasks (job_id, source, host, datastore, size_hint, priority, deadline, state, finished, error)
+             SELECT $1, s.name, s.host, s.datastore, s.size_hint, $3, $4,
+                    CASE WHEN busy.source IS NULL THEN 'queued' ELSE 'skipped' END,
+                    CASE WHEN busy.source IS NULL THEN NULL ELSE now() END,
+                    CASE WHEN busy.source IS NULL THEN NULL
+                         ELSE 'its previous backup (job ' || busy.job_id || ') has not ended' END
+             FROM sources s
+             LEFT JOIN LATERAL (SELECT t.source, t.job_id FROM tasks t
+                                WHERE t.source = s.name AND t.state IN ('queued', 'running') LIMIT 1) busy ON true
+             WHERE s.name LIKE $2 ESCAPE '\\'",
+            &[&job, &pattern, &priority, &deadline],
+        )
+        .doing(|| format!("queueing the tasks of policy {name}"))?;
+        // A coordinator that was down over several times runs one: the
+        // next time is the first after now.
+        let next = next_run(&schedule, Utc::now().max(due_at))?;
+        tx.execute("UPDATE policies SET next_run = $2 WHERE name = $1", &[&name, &next])
+            .doing(|| format!("scheduling policy {name}"))?;
+        tracing::info!(policy = %name, job, next = %next, "scheduled run started");
+        jobs.push(job);
+    }
+    if !jobs.is_empty() {
+        tx.execute("NOTIFY strata_tasks", &[]).doing(|| "waking the movers".into())?;
+    }
+    Ok(jobs)
+}
+
+/// Skips, in `tx`, the queued tasks whose window has closed, each with
+/// why it could not start. Returns how many.
+pub fn skip_expired(tx: &mut postgres::Transaction<'_>) -> Result<u64> {
+    let skipped = tx
+        .query(
+            "UPDATE tasks t SET state = 'skipped', finished = now(), error = CASE
+                 WHEN NOT EXISTS (SELECT 1 FROM movers m WHERE m.alive
+                                  AND (m.host = t.host OR t.datastore = ANY (m.datastores)))
+                     THEN 'no live mover reaches host ' || t.host || ' or datastore ' || t.datastore
+                 WHEN t.error IS NOT NULL
+                     THEN 'its window closed after failed attempts: ' || t.error
+                 ELSE 'no free stream before its window closed' END
+             WHERE t.state = 'queued' AND t.deadline < now()
+             RETURNING t.id, coalesce(t.source, ''), t.error",
+            &[],
+        )
+        .doing(|| "skipping tasks whose window closed".into())?;
+    for row in &skipped {
+        tracing::warn!(task = row.get::<_, i64>(0), source = row.get::<_, String>(1), reason = row.get::<_, String>(2), "task skipped");
+    }
+    Ok(skipped.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn globs_become_like_patterns_with_their_wildcards_escaped() {
+        assert_eq!(like_pattern("web*"), "web%");
+        assert_eq!(like_pattern("db?"), "db_");
+        assert_eq!(like_pattern("50%_off\\"), "50\\%\\_off\\\\");
+    }
+
+    #[test]
+    fn the_next_run_follows_the_schedule_in_utc() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 28, 10, 15, 0).unwrap();
+        assert_eq!(next_run("0 2 * * *", at).unwrap(), Utc.with_ymd_and_hms(2026, 11, 29, 2, 0, 0).unwrap());
+        assert_eq!(next_run("*/20 * * * *", at).unwrap(), Utc.with_ymd_and_hms(2026, 11, 28, 10, 20, 0).unwrap());
+        assert_eq!(next_run("30 15 10 * * *", at).unwrap(), Utc.with_ymd_and_hms(2026, 11, 28, 10, 15, 30).unwrap());
+        assert!(next_run("61 * * * *", at).is_err());
+        assert!(next_run("not a schedule", at).is_err());
+    }
+}
