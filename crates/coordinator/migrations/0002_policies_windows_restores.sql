@@ -34,3 +34,8 @@ ALTER TABLE tasks ADD COLUMN restore_from text;
 ALTER TABLE tasks ADD COLUMN restore_to text;
 ALTER TABLE tasks ADD COLUMN deadline timestamptz;
 CREATE INDEX tasks_deadline ON tasks (deadline) WHERE state = 'queued' AND deadline IS NOT NULL;
+
+-- The claim looks at datastores and takes the best queued task of each
+-- from this index; the second finds its own host's datastores.
+CREATE INDEX tasks_queued_by_datastore ON tasks (datastore, priority DESC, size_hint DESC, id) WHERE state = 'queued';
+CREATE INDEX tasks_queued_by_host ON tasks (host) WHERE state = 'queued';

@@ -18,10 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "policies, windows and restores",
         include_str!("../migrations/0002_policies_windows_restores.sql"),
     ),
+    (3, "the claim as one function", include_str!("../migrations/0003_claim_function.sql")),
 ];
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x5354_5241_5441_0001;

@@ -1,8 +1,16 @@
 //! How a mover takes work, keeps it, and gives it back: the claim, the
 //! lease and the report. Every rule of placement and throttling is in the
-//! claim's one query, run under a transaction-scoped advisory lock so the
-//! limits it checks are still true when it takes the task (two movers
-//! claiming at once would each see one free slot on a datastore).
+//! claim, the SQL function `strata_claim` (migrations/0003), one round
+//! trip: it first looks, without waiting for anything, whether anything
+//! this mover reaches is queued at all; if so it takes a transaction-scoped
+//! advisory lock (key 0x5354_5241_5441_0002), so the limits it checks are
+//! still true when it takes the task (two movers claiming at once would
+//! each see one free slot on a datastore). It looks at datastores, not
+//! tasks: those this mover may take from (the ones it reaches, and those
+//! of its own host's queued tasks) that are under their limit, and on each
+//! the best queued task (from the queued-by-datastore index), then the
+//! best of those; so a claim costs a few index probes per datastore
+//! however long the queue is.
 //!
 //! A mover claims only when it has a free stream. Among the queued tasks
 //! it may run (its own host's, or on a datastore it reaches), it takes:
@@ -19,9 +27,6 @@ use std::time::Duration;
 use postgres::Client;
 
 use crate::error::{DbContext, Result};
-
-/// Key of the advisory lock a claim holds for its transaction.
-const DISPATCH_LOCK: i64 = 0x5354_5241_5441_0002;
 
 /// A task a mover took.
 #[derive(Debug, Clone)]
@@ -47,79 +52,55 @@ pub struct Outcome {
     pub bytes_stored: Option<i64>,
 }
 
-const CLAIM: &str = "
-WITH ds_running AS (
-    SELECT datastore, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY datastore
-), host_running AS (
-    SELECT host, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY host
-), mover_running AS (
-    SELECT mover, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY mover
-), idle_hosts AS (
-    SELECT DISTINCT m.host FROM movers m LEFT JOIN mover_running r ON r.mover = m.name
-    WHERE m.alive AND m.name <> $1 AND coalesce(r.n, 0) < m.streams
-), ds_limit AS (
-    SELECT name, max_tasks FROM limits WHERE scope = 'datastore'
-), host_limit AS (
-    SELECT name, max_tasks FROM limits WHERE scope = 'host'
-)
-SELECT t.id, t.job_id, t.attempts, coalesce(t.source, t.restore_from),
-       CASE WHEN t.kind = 'backup' THEN s.kind ELSE t.kind END, coalesce(s.path, t.restore_to)
-FROM tasks t
-LEFT JOIN sources s ON s.name = t.source
-LEFT JOIN ds_running dr ON dr.datastore = t.datastore
-LEFT JOIN host_running hr ON hr.host = t.host
-WHERE t.state = 'queued' AND t.not_before <= now()
-  AND (t.host = $2 OR t.datastore = ANY($3))
-  AND coalesce(dr.n, 0) < coalesce((SELECT max_tasks FROM ds_limit WHERE name = t.datastore),
-                                   (SELECT max_tasks FROM ds_limit WHERE name = '*'), 1)
-  AND coalesce(hr.n, 0) < coalesce((SELECT max_tasks FROM host_limit WHERE name = t.host),
-                                   (SELECT max_tasks FROM host_limit WHERE name = '*'), 1)
-  AND (t.host = $2 OR t.host NOT IN (SELECT host FROM idle_hosts))
-ORDER BY (t.host = $2) DESC, coalesce(dr.n, 0), t.priority DESC, t.size_hint DESC, t.id
-LIMIT 1
-FOR UPDATE OF t SKIP LOCKED";
+/// The claim: one call of `strata_claim` (migration 3), prepared once per
+/// connection, so a claim is one round trip.
+pub struct Claimer {
+    statement: postgres::Statement,
+}
 
-/// Takes the next task `mover` (on `host`, reaching `datastores`) should
-/// run, leased for `lease`; `None` when there is none it may run now.
-pub fn claim(
+impl Claimer {
+    pub fn prepare(db: &mut Client) -> Result<Claimer> {
+        Ok(Claimer {
+            statement: db
+                .prepare("SELECT * FROM strata_claim($1, $2, $3, $4)")
+                .doing(|| "preparing the claim".into())?,
+        })
+    }
+
+    /// Takes the next task `mover` (on `host`, reaching `datastores`)
+    /// should run, leased for `lease`; `None` when there is none it may
+    /// run now. `db` is the connection the claim was prepared on.
+    pub fn claim(
+        &self,
+        db: &mut Client,
+        mover: &str,
+        host: &str,
+        datastores: &[String],
+        lease: Duration,
+    ) -> Result<Option<Claimed>> {
+        claim(db, &self.statement, mover, host, datastores, lease)
+    }
+}
+
+fn claim(
     db: &mut Client,
+    statement: &postgres::Statement,
     mover: &str,
     host: &str,
     datastores: &[String],
     lease: Duration,
 ) -> Result<Option<Claimed>> {
-    let mut tx = db.transaction().doing(|| format!("claiming a task for mover {mover}"))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DISPATCH_LOCK])
-        .doing(|| "waiting for the dispatch lock".into())?;
-    let Some(row) = tx
-        .query_opt(CLAIM, &[&mover, &host, &datastores])
-        .doing(|| format!("finding a task for mover {mover}"))?
-    else {
-        return Ok(None);
-    };
-    let claimed = Claimed {
+    let row = db
+        .query_opt(statement, &[&mover, &host, &datastores, &lease.as_secs_f64()])
+        .doing(|| format!("claiming a task for mover {mover}"))?;
+    Ok(row.map(|row| Claimed {
         task: row.get(0),
         job: row.get(1),
-        attempt: row.get::<_, i32>(2) + 1,
+        attempt: row.get(2),
         source: row.get(3),
         kind: row.get(4),
         path: row.get(5),
-    };
-    let seconds = lease.as_secs_f64();
-    tx.execute(
-        "UPDATE tasks SET state = 'running', mover = $2, attempts = $3, started = now(),
-             lease_until = now() + make_interval(secs => $4), error = NULL
-         WHERE id = $1",
-        &[&claimed.task, &mover, &claimed.attempt, &seconds],
-    )
-    .doing(|| format!("leasing task {} to mover {mover}", claimed.task))?;
-    tx.execute(
-        "INSERT INTO task_runs (task_id, attempt, mover, started) VALUES ($1, $2, $3, now())",
-        &[&claimed.task, &claimed.attempt, &mover],
-    )
-    .doing(|| format!("recording the run of task {}", claimed.task))?;
-    tx.commit().doing(|| format!("committing the claim of task {}", claimed.task))?;
-    Ok(Some(claimed))
+    }))
 }
 
 /// A mover's heartbeat: says it is alive and extends the leases of the

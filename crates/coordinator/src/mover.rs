@@ -55,6 +55,7 @@ pub fn run(url: &str, spec: &MoverSpec, settings: &Settings, runner: Arc<dyn Run
     tracing::info!(mover = %spec.name, host = %spec.host, streams, "mover registered");
     db.batch_execute("LISTEN strata_tasks")
         .map_err(|source| crate::Error::Db { what: "listening for new tasks".into(), source })?;
+    let claimer = dispatch::Claimer::prepare(&mut db)?;
     let running: Running = Arc::default();
     let (finished_tx, finished_rx) = std::sync::mpsc::channel::<i64>();
     let quit = Arc::new(AtomicBool::new(false));
@@ -73,7 +74,7 @@ pub fn run(url: &str, spec: &MoverSpec, settings: &Settings, runner: Arc<dyn Run
                 let _ = finished_rx.recv_timeout(settings.poll);
                 continue;
             }
-            let Some(claimed) = dispatch::claim(&mut db, &spec.name, &spec.host, &spec.datastores, settings.lease)? else {
+            let Some(claimed) = claimer.claim(&mut db, &spec.name, &spec.host, &spec.datastores, settings.lease)? else {
                 // Nothing to do now: wait for new tasks, a freed stream
                 // elsewhere or the next poll.
                 let _ = db.notifications().timeout_iter(settings.poll).next();
