@@ -378,6 +378,9 @@ pub struct DiskBackupArgs {
     /// Read every allocated block even when an earlier restore point exists.
     #[arg(long)]
     pub full: bool,
+    /// Tag the restore point (repeatable).
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
     /// Changed-block list of a disk (slot, file name or name without .vmdk)
     /// as JSON [{"start": bytes, "length": bytes}, …], as VMware's
     /// QueryChangedDiskAreas returns it (repeatable).

@@ -83,6 +83,7 @@ fn backup_disks(
         time,
         full: args.full,
         changed_extents,
+        tags: args.tags,
     };
     let (outcome, sent) = in_session(path, command, |session, _| {
         backup_vm(session, &request, &progress, cancel)

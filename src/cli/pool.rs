@@ -113,19 +113,26 @@ impl ChildBackup {
     fn command(&self, task: &Claimed) -> std::result::Result<Command, String> {
         let mut cmd = Command::new(&self.strata);
         cmd.arg("--repo").arg(&self.repo);
+        let tag = task_tag(task);
         match task.kind.as_str() {
-            "files" => cmd.args(["backup", "files", &task.path, "--source", &task.source]),
-            "vm" => cmd.args(["backup", "vm", &task.path]),
-            "image" => cmd.args(["backup", "image", &task.path, "--name", &task.source]),
+            "files" => cmd.args(["backup", "files", &task.path, "--source", &task.source, "--tag", &tag]),
+            "vm" => cmd.args(["backup", "vm", &task.path, "--tag", &tag]),
+            "image" => cmd.args(["backup", "image", &task.path, "--name", &task.source, "--tag", &tag]),
             "restore-files" => cmd.args(["restore", "files", &task.source, "--to", &task.path]),
             "restore-vm" => cmd.args(["restore", "vm", &task.source, "--to", &task.path]),
             other => return Err(format!("task of kind {other:?} for {}: this mover cannot run it", task.source)),
         };
         cmd.arg("--json").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // A mover killed outright takes its backups with it: one left
+        // A mover killed outright stops its backups (SIGTERM: a backup
+        // then ends its server session, so that its chunk claims do not
+        // hold back the next attempt, and commits nothing): one left
         // running could commit a task the coordinator gives to another
         // mover. (The signal comes when the thread that started the
-        // child ends, and that thread waits for the child.)
+        // child ends, and that thread waits for the child.) A backup
+        // already committing when the signal comes finishes within
+        // moments, long before the lease expires and the task runs
+        // again; the next attempt then finds its restore point by its
+        // tag and reports it instead of backing up again.
         // SAFETY: prctl is async-signal-safe and touches no memory of the
         // parent.
         let parent = std::process::id();
@@ -145,8 +152,53 @@ impl ChildBackup {
     }
 }
 
+/// The tag a task's restore point carries: a later attempt of the task
+/// finds an earlier one's commit by it.
+fn task_tag(task: &Claimed) -> String {
+    format!("strata-task-{}", task.task)
+}
+
+impl ChildBackup {
+    /// The restore point an earlier attempt of `task` committed, if any:
+    /// its mover may have died between committing and reporting.
+    fn committed_before(&self, task: &Claimed) -> std::result::Result<Option<String>, String> {
+        let output = Command::new(&self.strata)
+            .arg("--repo")
+            .arg(&self.repo)
+            .args(["list", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("listing restore points: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "listing restore points: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        let listed: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| format!("listing restore points: {e}"))?;
+        let tag = serde_json::Value::String(task_tag(task));
+        Ok(listed.as_array().into_iter().flatten().find_map(|rp| {
+            rp["tags"]
+                .as_array()
+                .is_some_and(|tags| tags.contains(&tag))
+                .then(|| rp["id"].as_str().map(str::to_string))
+                .flatten()
+        }))
+    }
+}
+
 impl mover::Runner for ChildBackup {
     fn run(&self, task: &Claimed, stop: &AtomicBool) -> std::result::Result<Outcome, String> {
+        if task.attempt > 1 && !task.kind.starts_with("restore-") {
+            if let Some(restore_point) = self.committed_before(task)? {
+                tracing::info!(%restore_point, "an earlier attempt of the task committed it");
+                return Ok(Outcome {
+                    restore_point: Some(restore_point),
+                    ..Outcome::default()
+                });
+            }
+        }
         let needed = match task.kind.as_str() {
             // A restore makes its target; its parent must be here.
             "restore-files" | "restore-vm" => Path::new(&task.path).parent().unwrap_or(Path::new("/")),

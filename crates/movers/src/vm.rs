@@ -56,6 +56,8 @@ pub struct VmBackup {
     /// file name, or file name without `.vmdk` (for a single-disk image,
     /// also by the VM name).
     pub changed_extents: Vec<(String, PathBuf)>,
+    /// Tags of the restore point (a data mover's task id, for one).
+    pub tags: Vec<String>,
 }
 
 struct SourceDisk {
@@ -333,7 +335,7 @@ pub fn backup_vm(
         source: vm.name.clone(),
         time: request.time.unwrap_or_else(crate::clock::now),
         hostname: super::files::default_source(),
-        tags: Vec::new(),
+        tags: request.tags.clone(),
         paths: vec![std::os::unix::ffi::OsStrExt::as_bytes(vm.origin.as_os_str()).to_vec()],
         root: description_id,
         parent: parent.map(|p| p.id),
