@@ -764,17 +764,6 @@ pub enum PolicyCommand {
         /// is skipped and reported (e.g. 6h, 90m, 30s).
         #[arg(long, default_value = "6h", value_parser = parse_duration_secs)]
         window: i64,
-        #[arg(long)]
-        keep_last: Option<i32>,
-        #[arg(long)]
-        keep_daily: Option<i32>,
-        #[arg(long)]
-        keep_weekly: Option<i32>,
-        #[arg(long)]
-        keep_monthly: Option<i32>,
-        /// Move restore points older than this many days to the cold tier.
-        #[arg(long, value_name = "DAYS")]
-        tier_after: Option<i32>,
         #[command(flatten)]
         db: DbArg,
     },

@@ -417,11 +417,6 @@ pub fn policy(command: PolicyCommand) -> Result<Status> {
             sources,
             priority,
             window,
-            keep_last,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            tier_after,
             db,
         } => {
             let policy = policy::Policy {
@@ -430,11 +425,6 @@ pub fn policy(command: PolicyCommand) -> Result<Status> {
                 sources,
                 priority,
                 window_secs: window,
-                keep_last,
-                keep_daily,
-                keep_weekly,
-                keep_monthly,
-                tier_after_days: tier_after,
             };
             let next = policy::add(&mut db::open(&db.url)?, &policy)?;
             out!("policy {} added; it runs next at {next}", policy.name);

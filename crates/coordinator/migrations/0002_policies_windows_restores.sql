@@ -11,11 +11,6 @@ CREATE TABLE policies (
     -- A task of a scheduled run that has not started this many seconds
     -- after the run's time is skipped, and reported.
     window_secs     bigint NOT NULL CHECK (window_secs > 0),
-    keep_last       integer,
-    keep_daily      integer,
-    keep_weekly     integer,
-    keep_monthly    integer,
-    tier_after_days integer,
     next_run        timestamptz NOT NULL,
     created         timestamptz NOT NULL DEFAULT now()
 );

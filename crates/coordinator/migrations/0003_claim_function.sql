@@ -2,7 +2,9 @@
 -- is one round trip. The rules are described in src/dispatch.rs and
 -- docs/COORDINATOR.md. In PL/pgSQL every statement takes a new snapshot,
 -- so the counts the claim reads after taking the dispatch lock include
--- every claim committed before it.
+-- every claim committed before it. Its start time is the clock's after
+-- the lock (clock_timestamp(), not the transaction's now()), so recorded
+-- runs never seem to overlap a run whose report it waited for.
 
 CREATE FUNCTION strata_claim(p_mover text, p_host text, p_datastores text[], p_lease_secs double precision)
 RETURNS TABLE (claimed_task bigint, claimed_job bigint, claimed_attempt integer,
@@ -67,10 +69,11 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    UPDATE tasks SET state = 'running', mover = p_mover, attempts = chosen.attempts + 1, started = now(),
+    UPDATE tasks SET state = 'running', mover = p_mover, attempts = chosen.attempts + 1, started = clock_timestamp(),
            lease_until = now() + make_interval(secs => p_lease_secs), error = NULL
      WHERE id = chosen.id;
-    INSERT INTO task_runs (task_id, attempt, mover, started) VALUES (chosen.id, chosen.attempts + 1, p_mover, now());
+    INSERT INTO task_runs (task_id, attempt, mover, started)
+    VALUES (chosen.id, chosen.attempts + 1, p_mover, clock_timestamp());
     claimed_task := chosen.id;
     claimed_job := chosen.job_id;
     claimed_attempt := chosen.attempts + 1;

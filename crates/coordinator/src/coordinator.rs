@@ -87,7 +87,7 @@ pub fn tick(db: &mut Client, settings: &Settings) -> Result<Tick> {
         .query(
             "UPDATE tasks SET
                  state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-                 finished = CASE WHEN attempts >= max_attempts THEN now() END,
+                 finished = CASE WHEN attempts >= max_attempts THEN clock_timestamp() END,
                  error = 'its mover ' || mover || ' stopped answering',
                  mover = NULL, lease_until = NULL
              WHERE state = 'running' AND lease_until < now()
@@ -104,7 +104,7 @@ pub fn tick(db: &mut Client, settings: &Settings) -> Result<Tick> {
     for row in &expired {
         let (task, attempt, state): (i64, i32, String) = (row.get(0), row.get(1), row.get(2));
         tx.execute(
-            "UPDATE task_runs SET finished = now(), result = 'lost', error = 'lease expired'
+            "UPDATE task_runs SET finished = clock_timestamp(), result = 'lost', error = 'lease expired'
              WHERE task_id = $1 AND attempt = $2 AND finished IS NULL",
             &[&task, &attempt],
         )

@@ -129,7 +129,7 @@ pub fn report_done(db: &mut Client, mover: &str, claimed: &Claimed, outcome: &Ou
     let mut tx = db.transaction().doing(|| format!("reporting task {}", claimed.task))?;
     let updated = tx
         .execute(
-            "UPDATE tasks SET state = 'done', finished = now(), lease_until = NULL,
+            "UPDATE tasks SET state = 'done', finished = clock_timestamp(), lease_until = NULL,
                  restore_point = $4, bytes_read = $5, bytes_new = $6, bytes_stored = $7
              WHERE id = $1 AND mover = $2 AND attempts = $3 AND state = 'running'",
             &[
@@ -162,7 +162,7 @@ pub fn report_failed(db: &mut Client, mover: &str, claimed: &Claimed, error: &st
     tx.execute(
         "UPDATE tasks SET
              state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-             finished = CASE WHEN attempts >= max_attempts THEN now() END,
+             finished = CASE WHEN attempts >= max_attempts THEN clock_timestamp() END,
              not_before = now() + make_interval(secs => $5),
              mover = NULL, lease_until = NULL, error = $4
          WHERE id = $1 AND mover = $2 AND attempts = $3 AND state = 'running'",
@@ -175,10 +175,13 @@ pub fn report_failed(db: &mut Client, mover: &str, claimed: &Claimed, error: &st
 }
 
 /// Records how a run ended, unless it was recorded already (as lost by
-/// the coordinator, or cancelled).
+/// the coordinator, or cancelled). Run times are the clock's when they
+/// are written, not their transaction's start (`now()`): a claim that
+/// waited for the dispatch lock starts after the report it waited for,
+/// and the recorded times must say so.
 fn finish_run(tx: &mut postgres::Transaction<'_>, claimed: &Claimed, result: &str, error: Option<&str>) -> Result<()> {
     tx.execute(
-        "UPDATE task_runs SET finished = now(), result = $3, error = $4
+        "UPDATE task_runs SET finished = clock_timestamp(), result = $3, error = $4
          WHERE task_id = $1 AND attempt = $2 AND finished IS NULL",
         &[&claimed.task, &claimed.attempt, &result, &error],
     )
@@ -189,7 +192,7 @@ fn finish_run(tx: &mut postgres::Transaction<'_>, claimed: &Claimed, result: &st
 /// Records that a run stopped because its task was taken from it.
 pub fn report_stopped(db: &mut Client, claimed: &Claimed) -> Result<()> {
     db.execute(
-        "UPDATE task_runs SET finished = now(), result = 'cancelled'
+        "UPDATE task_runs SET finished = clock_timestamp(), result = 'cancelled'
          WHERE task_id = $1 AND attempt = $2 AND finished IS NULL",
         &[&claimed.task, &claimed.attempt],
     )

@@ -19,11 +19,6 @@ pub struct Policy {
     pub priority: i32,
     /// Seconds after a run's time within which its tasks must start.
     pub window_secs: i64,
-    pub keep_last: Option<i32>,
-    pub keep_daily: Option<i32>,
-    pub keep_weekly: Option<i32>,
-    pub keep_monthly: Option<i32>,
-    pub tier_after_days: Option<i32>,
 }
 
 /// The first time after `after` that `schedule` names.
@@ -62,23 +57,16 @@ pub fn add(db: &mut Client, policy: &Policy) -> Result<String> {
     }
     let first = next_run(&policy.schedule, Utc::now())?;
     db.execute(
-        "INSERT INTO policies (name, schedule, sources, priority, window_secs, keep_last, keep_daily,
-                               keep_weekly, keep_monthly, tier_after_days, next_run)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        "INSERT INTO policies (name, schedule, sources, priority, window_secs, next_run)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (name) DO UPDATE SET schedule = $2, sources = $3, priority = $4, window_secs = $5,
-             keep_last = $6, keep_daily = $7, keep_weekly = $8, keep_monthly = $9, tier_after_days = $10,
-             next_run = $11",
+             next_run = $6",
         &[
             &policy.name,
             &policy.schedule,
             &policy.sources,
             &policy.priority,
             &policy.window_secs,
-            &policy.keep_last,
-            &policy.keep_daily,
-            &policy.keep_weekly,
-            &policy.keep_monthly,
-            &policy.tier_after_days,
             &first,
         ],
     )
@@ -96,8 +84,7 @@ pub struct PolicyRow {
 pub fn list(db: &mut Client) -> Result<Vec<PolicyRow>> {
     let rows = db
         .query(
-            "SELECT name, schedule, sources, priority, window_secs, keep_last, keep_daily, keep_weekly,
-                    keep_monthly, tier_after_days, next_run FROM policies ORDER BY name",
+            "SELECT name, schedule, sources, priority, window_secs, next_run FROM policies ORDER BY name",
             &[],
         )
         .doing(|| "listing policies".into())?;
@@ -110,14 +97,9 @@ pub fn list(db: &mut Client) -> Result<Vec<PolicyRow>> {
                 sources: r.get(2),
                 priority: r.get(3),
                 window_secs: r.get(4),
-                keep_last: r.get(5),
-                keep_daily: r.get(6),
-                keep_weekly: r.get(7),
-                keep_monthly: r.get(8),
-                tier_after_days: r.get(9),
             },
             next_run: r
-                .get::<_, DateTime<Utc>>(10)
+                .get::<_, DateTime<Utc>>(5)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         })
         .collect())
