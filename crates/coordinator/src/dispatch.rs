@@ -78,29 +78,18 @@ impl Claimer {
         datastores: &[String],
         lease: Duration,
     ) -> Result<Option<Claimed>> {
-        claim(db, &self.statement, mover, host, datastores, lease)
+        let row = db
+            .query_opt(&self.statement, &[&mover, &host, &datastores, &lease.as_secs_f64()])
+            .doing(|| format!("claiming a task for mover {mover}"))?;
+        Ok(row.map(|row| Claimed {
+            task: row.get(0),
+            job: row.get(1),
+            attempt: row.get(2),
+            source: row.get(3),
+            kind: row.get(4),
+            path: row.get(5),
+        }))
     }
-}
-
-fn claim(
-    db: &mut Client,
-    statement: &postgres::Statement,
-    mover: &str,
-    host: &str,
-    datastores: &[String],
-    lease: Duration,
-) -> Result<Option<Claimed>> {
-    let row = db
-        .query_opt(statement, &[&mover, &host, &datastores, &lease.as_secs_f64()])
-        .doing(|| format!("claiming a task for mover {mover}"))?;
-    Ok(row.map(|row| Claimed {
-        task: row.get(0),
-        job: row.get(1),
-        attempt: row.get(2),
-        source: row.get(3),
-        kind: row.get(4),
-        path: row.get(5),
-    }))
 }
 
 /// A mover's heartbeat: says it is alive and extends the leases of the

@@ -247,7 +247,8 @@ pub fn split_by_age(points: Vec<RestorePoint>, warm_days: u32) -> (Vec<RestorePo
 }
 
 /// The walk of a tier run, the part that needs the key: calls `to_move`
-/// once for each data chunk that only cold restore points use, and
+/// for each data chunk that only cold restore points use (a chunk used
+/// twice comes twice: the mover skips what it moved already), and
 /// `referenced` for every chunk any restore point uses (what the sweep
 /// after the move must keep).
 pub fn mark(
@@ -272,11 +273,10 @@ pub fn mark(
         })?;
     }
     let mut visited = HashSet::new();
-    let mut named = HashSet::new();
     for rp in cold {
         cancel.check()?;
         for_each_chunk(loader, rp, &mut visited, cancel, &mut |id, is_data| {
-            if is_data && !keep_warm.contains(id) && named.insert(*id) {
+            if is_data && !keep_warm.contains(id) {
                 to_move(id)?;
             }
             referenced(id)

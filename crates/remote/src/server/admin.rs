@@ -18,7 +18,7 @@ use strata_engine::progress::NoProgress;
 use super::auth::authorize;
 use super::error::ApiError;
 use super::maintenance::parse_json;
-use super::routes::{served, Peer};
+use super::routes::{blocking, served, Peer};
 use super::state::ServerState;
 use crate::protocol::{CheckRequest, Role, StorageAnswer};
 
@@ -28,12 +28,6 @@ type ApiResult<T> = Result<T, ApiError>;
 /// A key slot is a few hundred bytes; this leaves room for any KDF
 /// parameters while refusing a body meant to fill the disk.
 const MAX_KEY_SLOT_BYTES: usize = 16 << 10;
-
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::internal(format!("a worker thread failed: {e}")))?
-}
 
 pub async fn storage(
     State(state): Shared,

@@ -16,16 +16,17 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use strata_engine::cancel::CancelToken;
 use strata_engine::id::{ChunkId, RestorePointId};
 use strata_engine::progress::NoProgress;
-use strata_engine::prune::{prune_marked, ChunkFilter, Marked, PruneOptions, PruneReport};
+use strata_engine::prune::{prune_marked, ChunkFilter, Marked, PruneOptions};
 
 use super::auth::authorize;
 use super::error::ApiError;
-use super::routes::{served, Peer};
+use super::routes::{blocking, served, Peer};
 use super::state::{Maintenance, Served, ServerState};
 use crate::protocol::{decode_ids, MaintenanceStarted, PruneRequest, Role, MAX_IDS_PER_REQUEST};
 
@@ -53,9 +54,7 @@ pub async fn begin(
     let id = hex::encode(raw);
     let chunks = {
         let served = Arc::clone(&served);
-        tokio::task::spawn_blocking(move || served.repo.chunk_index().chunks().count() as u64)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+        blocking(move || Ok(served.repo.chunk_index().chunks().count() as u64)).await?
     };
     {
         let mut arbiter = served.arbiter.lock().expect("arbiter lock");
@@ -83,9 +82,7 @@ pub async fn begin(
     tracing::info!(maintenance = %id, token = %token.name, repository = %repo, "maintenance started; backups wait");
     let listed = {
         let served = Arc::clone(&served);
-        tokio::task::spawn_blocking(move || stored_ids(&served))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+        blocking(move || stored_ids(&served)).await
     };
     let restore_points = match listed {
         Ok(ids) => ids.iter().map(ToString::to_string).collect(),
@@ -225,7 +222,7 @@ pub async fn prune(
     headers: HeaderMap,
     Path((repo, id)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<Json<PruneReport>> {
+) -> ApiResult<Response> {
     let (_, served) = holder(&state, &headers, peer, &repo, &id, "prune").await?;
     let request: PruneRequest = parse_json(&body)?;
     if !(0.0..=1.0).contains(&request.repack_below) {
@@ -247,7 +244,7 @@ pub async fn prune(
         json(&prune_marked(&served.repo, &options, marked, &NoProgress, &CancelToken::new())?)
     })
     .await?;
-    Ok(Json(serde_json::from_slice(&answer).map_err(|e| ApiError::internal(e.to_string()))?))
+    Ok(json_response(answer))
 }
 
 /// What an operation takes from the lease.
@@ -288,10 +285,7 @@ pub(super) async fn operate(
         (live, Arc::clone(&m.named))
     };
     let worker = Arc::clone(&served);
-    let outcome = tokio::task::spawn_blocking(move || operation(worker, live, named))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))
-        .and_then(|answer| answer);
+    let outcome = blocking(move || operation(worker, live, named)).await;
     if let Some(m) = served.arbiter.lock().expect("arbiter lock").maintenance.as_mut() {
         m.running = false;
         m.last_seen = Instant::now();
@@ -312,6 +306,12 @@ pub(super) fn request_digest(operation: &str, body: &[u8]) -> [u8; 32] {
 
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body: {e}")))
+}
+
+/// An operation's JSON answer, sent as it was made (a repeated request
+/// gets the same bytes).
+pub(super) fn json_response(answer: Vec<u8>) -> Response {
+    ([("content-type", "application/json")], answer).into_response()
 }
 
 pub(super) fn json<T: serde::Serialize>(value: &T) -> ApiResult<Vec<u8>> {

@@ -89,7 +89,7 @@ pub(super) fn served(state: &ServerState, repo: &str) -> ApiResult<Arc<Served>> 
 }
 
 /// Runs blocking engine work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::internal(format!("a worker thread failed: {e}")))?

@@ -12,15 +12,16 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::{Extension, Json};
+use axum::response::Response;
+use axum::Extension;
 
 use strata_engine::cancel::CancelToken;
 use strata_engine::prune::Marked;
-use strata_engine::thaw::{ThawOptions, ThawRecords, ThawReport};
+use strata_engine::thaw::{ThawOptions, ThawRecords};
 use strata_engine::tier::TierReport;
 
 use super::error::ApiError;
-use super::maintenance::{holder, json, operate, parse_json, parse_restore_points, request_digest, require_walked, Marks};
+use super::maintenance::{holder, json, json_response, operate, parse_json, parse_restore_points, request_digest, require_walked, Marks};
 use super::routes::Peer;
 use super::state::ServerState;
 use crate::protocol::{ThawRequest, TierRequest};
@@ -34,7 +35,7 @@ pub async fn tier(
     headers: HeaderMap,
     Path((repo, id)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<Json<TierReport>> {
+) -> ApiResult<Response> {
     let (token, served) = holder(&state, &headers, peer, &repo, &id, "move restore points to the cold tier").await?;
     let request: TierRequest = parse_json(&body)?;
     let walked = parse_restore_points(&request.restore_points)?;
@@ -57,7 +58,7 @@ pub async fn tier(
         json(&strata_engine::tier::run_marked(&served.repo, report, &named, marked, &CancelToken::new())?)
     })
     .await?;
-    Ok(Json(serde_json::from_slice(&answer).map_err(|e| ApiError::internal(e.to_string()))?))
+    Ok(json_response(answer))
 }
 
 pub async fn thaw(
@@ -66,7 +67,7 @@ pub async fn thaw(
     headers: HeaderMap,
     Path((repo, id)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<Json<ThawReport>> {
+) -> ApiResult<Response> {
     let (token, served) = holder(&state, &headers, peer, &repo, &id, "thaw a restore point").await?;
     let request: ThawRequest = parse_json(&body)?;
     let rp = request
@@ -99,5 +100,5 @@ pub async fn thaw(
         json(&strata_engine::thaw::thaw_named(&served.repo, &rp, &named, &options, &records, &CancelToken::new())?)
     })
     .await?;
-    Ok(Json(serde_json::from_slice(&answer).map_err(|e| ApiError::internal(e.to_string()))?))
+    Ok(json_response(answer))
 }
