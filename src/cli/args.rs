@@ -262,9 +262,9 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct ForgetArgs {
-    /// Apply the policy to this source only.
-    #[arg(long)]
-    pub source: Option<String>,
+    /// Apply the policy to this source only (repeatable).
+    #[arg(long = "source", value_name = "SOURCE")]
+    pub sources: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub keep_last: usize,
     #[arg(long, default_value_t = 0)]
@@ -399,6 +399,10 @@ pub enum TierCommand {
         /// Age in days after which restore points become cold (default: the config's).
         #[arg(long)]
         warm_days: Option<u32>,
+        /// Make only this source's old restore points cold (repeatable):
+        /// the others count as warm, and the data they share stays warm.
+        #[arg(long = "source", value_name = "SOURCE")]
+        sources: Vec<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -668,6 +672,10 @@ pub struct MoverRunArgs {
     /// Seconds a task stays this mover's without a heartbeat.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..))]
     pub lease: u64,
+    /// Run the policies' retention (forget, prune) and tiering: the
+    /// repository credentials this mover has must be an admin's.
+    #[arg(long)]
+    pub maintenance: bool,
 }
 
 #[derive(Subcommand)]
@@ -765,6 +773,12 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "6h", value_parser = parse_duration_secs)]
         window: i64,
         #[command(flatten)]
+        keep: PolicyKeepArgs,
+        /// Move the policy's restore points older than this many days
+        /// (e.g. 90d) to the cold tier after each run.
+        #[arg(long, value_name = "DAYS", value_parser = parse_days)]
+        tier_after: Option<i32>,
+        #[command(flatten)]
         db: DbArg,
     },
     /// List the policies and when each runs next.
@@ -775,6 +789,37 @@ pub enum PolicyCommand {
         #[command(flatten)]
         db: DbArg,
     },
+}
+
+/// A policy's retention: after each run, its sources' restore points
+/// these rules do not keep are forgotten and their data pruned.
+#[derive(Args)]
+pub struct PolicyKeepArgs {
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
+    pub keep_last: i32,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
+    pub keep_hourly: i32,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
+    pub keep_daily: i32,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
+    pub keep_weekly: i32,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
+    pub keep_monthly: i32,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
+    pub keep_yearly: i32,
+}
+
+/// `90d` (or bare days) as days, at least one.
+fn parse_days(text: &str) -> std::result::Result<i32, String> {
+    let days: i32 = text
+        .strip_suffix('d')
+        .unwrap_or(text)
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of days like 90d"))?;
+    if days < 1 {
+        return Err(format!("{text:?}: at least 1 day"));
+    }
+    Ok(days)
 }
 
 /// `30s`, `90m`, `6h`, `2d` (or bare seconds) as seconds.

@@ -27,14 +27,14 @@ pub fn run(path: &Path, args: &ForgetArgs, cancel: &CancelToken) -> Result<Statu
     let decisions = match super::remote::location(path)? {
         None => {
             let repo = open_exclusive(path, "strata forget")?;
-            forget(&repo, args.source.as_deref(), &policy, args.dry_run)?
+            forget(&repo, &args.sources, &policy, args.dry_run)?
         }
         Some(location) => {
             // The admin client decides (it can read the manifests); the
             // server removes, under its maintenance lease.
             let repo = super::remote::open(location)?;
             let lease = Maintenance::begin(&repo, MAINTENANCE_PATIENCE, cancel)?;
-            let (points, decisions) = choose(repo.restore_points()?, args.source.as_deref(), &policy)?;
+            let (points, decisions) = choose(repo.restore_points()?, &args.sources, &policy)?;
             if !args.dry_run {
                 let gone: Vec<_> = points
                     .iter()

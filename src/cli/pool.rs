@@ -73,6 +73,7 @@ pub fn mover(args: MoverArgs, repo: Result<PathBuf>, cancel: &CancelToken) -> Re
         streams: run.streams,
         datastores: run.datastores,
         transports: vec!["direct".into()],
+        maintenance: run.maintenance,
     };
     let lease = Duration::from_secs(run.lease);
     let settings = mover::Settings {
@@ -80,7 +81,7 @@ pub fn mover(args: MoverArgs, repo: Result<PathBuf>, cancel: &CancelToken) -> Re
         heartbeat: lease / 5,
         poll: Duration::from_secs(1),
     };
-    let runner = Arc::new(ChildBackup {
+    let runner = Arc::new(ChildTask {
         strata: std::env::current_exe().context("finding this program to run backups with")?,
         repo,
     });
@@ -100,28 +101,25 @@ fn memory_mib() -> i64 {
         .map_or(1024, |kib| kib / 1024)
 }
 
-/// Runs a task as `strata --repo REPO backup … --json`.
-struct ChildBackup {
+/// Runs a task as a child `strata --repo REPO … --json`: `backup`,
+/// `restore`, or a policy's maintenance (`forget`, `prune`, `tier run`).
+struct ChildTask {
     strata: PathBuf,
     repo: PathBuf,
 }
 
-/// How long a stopped backup gets to end by itself before SIGKILL.
+/// How long a stopped child gets to end by itself before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-impl ChildBackup {
-    fn command(&self, task: &Claimed) -> std::result::Result<Command, String> {
+impl ChildTask {
+    /// `strata --repo REPO ARGS… --json`, stopped when the mover dies.
+    fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut cmd = Command::new(&self.strata);
-        cmd.arg("--repo").arg(&self.repo);
-        let tag = task_tag(task);
-        match task.kind.as_str() {
-            "files" => cmd.args(["backup", "files", &task.path, "--source", &task.source, "--tag", &tag]),
-            "vm" => cmd.args(["backup", "vm", &task.path, "--tag", &tag]),
-            "image" => cmd.args(["backup", "image", &task.path, "--name", &task.source, "--tag", &tag]),
-            "restore-files" => cmd.args(["restore", "files", &task.source, "--to", &task.path]),
-            "restore-vm" => cmd.args(["restore", "vm", &task.source, "--to", &task.path]),
-            other => return Err(format!("task of kind {other:?} for {}: this mover cannot run it", task.source)),
-        };
+        cmd.arg("--repo").arg(&self.repo).args(args);
         cmd.arg("--json").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // A mover killed outright stops its backups (SIGTERM: a backup
         // then ends its server session, so that its chunk claims do not
@@ -148,35 +146,26 @@ impl ChildBackup {
                 Ok(())
             });
         }
-        Ok(cmd)
+        cmd
     }
-}
 
-/// The tag a task's restore point carries: a later attempt of the task
-/// finds an earlier one's commit by it.
-fn task_tag(task: &Claimed) -> String {
-    format!("strata-task-{}", task.task)
-}
+    /// Runs `cmd` to its end (or until `stop`) and reads its JSON summary.
+    fn run_child(&self, mut cmd: Command, what: &str, stop: &AtomicBool) -> std::result::Result<serde_json::Value, String> {
+        let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", self.strata.display()))?;
+        let output = wait_or_stop(&mut child, stop)?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+            return Err(format!("{what} failed ({}): {last}", output.status));
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("{what} said something unreadable: {e}"))
+    }
 
-impl ChildBackup {
     /// The restore point an earlier attempt of `task` committed, if any:
     /// its mover may have died between committing and reporting.
     fn committed_before(&self, task: &Claimed) -> std::result::Result<Option<String>, String> {
-        let output = Command::new(&self.strata)
-            .arg("--repo")
-            .arg(&self.repo)
-            .args(["list", "--json"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("listing restore points: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "listing restore points: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        let listed: serde_json::Value =
-            serde_json::from_slice(&output.stdout).map_err(|e| format!("listing restore points: {e}"))?;
+        // Nothing stops a listing: it is quick.
+        let listed = self.run_child(self.command(["list"]), "listing restore points", &AtomicBool::new(false))?;
         let tag = serde_json::Value::String(task_tag(task));
         Ok(listed.as_array().into_iter().flatten().find_map(|rp| {
             rp["tags"]
@@ -186,10 +175,9 @@ impl ChildBackup {
                 .flatten()
         }))
     }
-}
 
-impl mover::Runner for ChildBackup {
-    fn run(&self, task: &Claimed, stop: &AtomicBool) -> std::result::Result<Outcome, String> {
+    /// A backup or a restore.
+    fn transfer(&self, task: &Claimed, stop: &AtomicBool) -> std::result::Result<Outcome, String> {
         if task.attempt > 1 && !task.kind.starts_with("restore-") {
             if let Some(restore_point) = self.committed_before(task)? {
                 tracing::info!(%restore_point, "an earlier attempt of the task committed it");
@@ -207,25 +195,72 @@ impl mover::Runner for ChildBackup {
         if !needed.exists() {
             return Err(format!("{}: {} is not reachable from this mover", task.source, needed.display()));
         }
-        let mut child = self
-            .command(task)?
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", self.strata.display()))?;
-        let output = wait_or_stop(&mut child, stop)?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
-            return Err(format!("the backup of {} failed ({}): {last}", task.source, output.status));
-        }
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .map_err(|e| format!("the backup of {} said something unreadable: {e}", task.source))?;
+        let tag = task_tag(task);
+        let (path, source) = (task.path.as_str(), task.source.as_str());
+        let cmd = match task.kind.as_str() {
+            "files" => self.command(["backup", "files", path, "--source", source, "--tag", &tag]),
+            "vm" => self.command(["backup", "vm", path, "--tag", &tag]),
+            "image" => self.command(["backup", "image", path, "--name", source, "--tag", &tag]),
+            "restore-files" => self.command(["restore", "files", source, "--to", path]),
+            "restore-vm" => self.command(["restore", "vm", source, "--to", path]),
+            other => return Err(format!("task of kind {other:?} for {source}: this mover cannot run it")),
+        };
+        let what = if task.kind.starts_with("restore-") { "the restore of " } else { "the backup of " };
+        let summary = self.run_child(cmd, &format!("{what}{source}"), stop)?;
         let number = |field: &str| summary[field].as_u64().and_then(|n| i64::try_from(n).ok());
         Ok(Outcome {
             restore_point: summary["restore_point"].as_str().map(str::to_string),
             bytes_read: number("bytes_read"),
             bytes_new: number("bytes_new"),
             bytes_stored: number("bytes_stored"),
+            recorded_source: summary["source"].as_str().map(str::to_string),
         })
+    }
+
+    /// A policy's retention (forget what its keep rules do not keep, then
+    /// prune) and tiering, over its sources' restore points only.
+    fn maintain(&self, task: &Claimed, stop: &AtomicBool) -> std::result::Result<Outcome, String> {
+        let args = task.maintenance()?;
+        let _span = tracing::info_span!("maintenance", policy = %args.policy).entered();
+        if args.sources.is_empty() {
+            tracing::info!("none of the policy's sources has a restore point yet");
+            return Ok(Outcome::default());
+        }
+        let sources: Vec<String> = args.sources.iter().flat_map(|s| ["--source".to_string(), s.clone()]).collect();
+        let keep = args.keep();
+        if !keep.keeps_everything() {
+            let mut forget = vec!["forget".to_string()];
+            forget.extend(sources.iter().cloned());
+            forget.extend(keep.rules().iter().flat_map(|(rule, n)| [format!("--keep-{rule}"), n.to_string()]));
+            let decisions = self.run_child(self.command(&forget), &format!("the retention of policy {}", args.policy), stop)?;
+            let removed = decisions.as_array().map_or(0, |d| d.iter().filter(|d| d["keep"] == false).count());
+            tracing::info!(removed, "retention applied");
+            let pruned = self.run_child(self.command(["prune"]), &format!("the prune after policy {}", args.policy), stop)?;
+            tracing::info!(summary = %pruned, "pruned");
+        }
+        if let Some(days) = args.tier_after_days {
+            let mut tier = vec!["tier".to_string(), "run".into(), "--warm-days".into(), days.to_string()];
+            tier.extend(sources);
+            let report = self.run_child(self.command(&tier), &format!("the tiering of policy {}", args.policy), stop)?;
+            tracing::info!(summary = %report, "tiered");
+        }
+        Ok(Outcome::default())
+    }
+}
+
+/// The tag a task's restore point carries: a later attempt of the task
+/// finds an earlier one's commit by it.
+fn task_tag(task: &Claimed) -> String {
+    format!("strata-task-{}", task.task)
+}
+
+impl mover::Runner for ChildTask {
+    fn run(&self, task: &Claimed, stop: &AtomicBool) -> std::result::Result<Outcome, String> {
+        if task.kind == "maintenance" {
+            self.maintain(task, stop)
+        } else {
+            self.transfer(task, stop)
+        }
     }
 }
 
@@ -417,6 +452,8 @@ pub fn policy(command: PolicyCommand) -> Result<Status> {
             sources,
             priority,
             window,
+            keep,
+            tier_after,
             db,
         } => {
             let policy = policy::Policy {
@@ -425,6 +462,15 @@ pub fn policy(command: PolicyCommand) -> Result<Status> {
                 sources,
                 priority,
                 window_secs: window,
+                keep: policy::Keep {
+                    last: keep.keep_last,
+                    hourly: keep.keep_hourly,
+                    daily: keep.keep_daily,
+                    weekly: keep.keep_weekly,
+                    monthly: keep.keep_monthly,
+                    yearly: keep.keep_yearly,
+                },
+                tier_after_days: tier_after,
             };
             let next = policy::add(&mut db::open(&db.url)?, &policy)?;
             out!("policy {} added; it runs next at {next}", policy.name);
@@ -435,13 +481,23 @@ pub fn policy(command: PolicyCommand) -> Result<Status> {
                 print_json(&serde_json::to_value(&policies)?)?;
             } else {
                 for p in policies {
+                    let keep = p
+                        .policy
+                        .keep
+                        .rules()
+                        .iter()
+                        .filter(|(_, n)| *n > 0)
+                    .map(|(rule, n)| format!(" {rule} {n}"))
+                    .collect::<String>();
                     out!(
-                        "{}: \"{}\" sources {} priority {} window {} s, next run {}",
+                        "{}: \"{}\" sources {} priority {} window {} s, keep{}, tier {}, next run {}",
                         p.policy.name,
                         p.policy.schedule,
                         p.policy.sources,
                         p.policy.priority,
                         p.policy.window_secs,
+                        if keep.is_empty() { " everything".to_string() } else { keep },
+                        p.policy.tier_after_days.map_or("never".to_string(), |d| format!("after {d} days")),
                         p.next_run
                     );
                 }

@@ -27,9 +27,9 @@ pub fn run(path: &Path, command: TierCommand, cancel: &CancelToken) -> Result<St
                 render_status(&status)?;
             }
         }
-        TierCommand::Run { warm_days, json } => {
+        TierCommand::Run { warm_days, sources, json } => {
             let repo = open_exclusive(path, "strata tier run")?;
-            let report = strata::tier::run(&repo, warm_days, &NoProgress, cancel)?;
+            let report = strata::tier::run(&repo, warm_days, &sources, &NoProgress, cancel)?;
             if json.json {
                 print_json(&serde_json::to_value(&report)?)?;
             } else {
@@ -55,13 +55,13 @@ fn run_remote(location: RemoteLocation, command: TierCommand, cancel: &CancelTok
                 render_status(&status)?;
             }
         }
-        TierCommand::Run { warm_days, json } => {
+        TierCommand::Run { warm_days, sources, json } => {
             let days = warm_days.unwrap_or(repo.config().tiers.warm_days);
             let lease = Maintenance::begin(&repo, super::forget::MAINTENANCE_PATIENCE, cancel)?;
             if repo.config().tiers.cold_dir.is_none() {
                 anyhow::bail!("{} has no cold tier: `strata init --cold` makes one", repo.location());
             }
-            let report = lease.tier(days, cancel)?;
+            let report = lease.tier(days, &sources, cancel)?;
             if json.json {
                 print_json(&serde_json::to_value(&report)?)?;
             } else {

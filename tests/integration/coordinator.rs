@@ -209,8 +209,14 @@ impl Pool {
     /// `streams` tasks at once, with a lease of 5 s (heartbeat each
     /// second); its backups send at most 2 MB/s, so that tasks overlap.
     fn mover(&self, name: &str, host: &str, datastores: &[&str], streams: u32) -> Process {
+        self.mover_with(name, host, datastores, streams, &[])
+    }
+
+    /// [`Pool::mover`] with more arguments (`--maintenance`).
+    fn mover_with(&self, name: &str, host: &str, datastores: &[&str], streams: u32, more: &[&str]) -> Process {
         let streams = streams.to_string();
         let mut args = vec!["mover", "--name", name, "--host", host, "--streams", &streams, "--lease", "5"];
+        args.extend(more);
         for ds in datastores {
             args.extend(["--datastore", ds]);
         }
@@ -519,6 +525,87 @@ fn a_policy_runs_on_schedule_skips_what_cannot_start_and_restores_run_as_tasks()
     assert_eq!(restored["job"]["state"], "done", "{restored:#}");
     assert_eq!(restored["tasks"][0]["mover"], "m7", "{restored:#}");
     assert_same_tree(&web, &under(&target, &web));
+}
+
+/// A policy's retention and tiering after its run: its sources' restore
+/// points the keep rules do not keep are forgotten and pruned, those
+/// older than its tiering age go cold, and another source's restore
+/// points, old as they are, are left alone. Only a mover started with
+/// `--maintenance` runs it, and the job ends after it.
+#[test]
+fn a_policy_forgets_prunes_and_tiers_its_own_sources_after_each_run() {
+    let t = TestRepo::with_cold();
+    let Some((pool, _server)) = start_pool(&t) else {
+        return;
+    };
+    let _coordinator = pool.first_coordinator("coordinator");
+    let days_ago = |days: i64| {
+        (time::OffsetDateTime::now_utc() - time::Duration::days(days))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let backup = |tree: &Path, source: &str, days: i64| -> String {
+        pool.json(&["backup", "files", tree.to_str().unwrap(), "--source", source, "--time", &days_ago(days)])
+            ["restore_point"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (oldest, old, web, other) = (t.path("oldest"), t.path("old"), t.path("web01"), t.path("other"));
+    random_tree(&oldest, 2, 400_000, 91);
+    random_tree(&old, 2, 400_000, 92);
+    random_tree(&web, 2, 400_000, 93);
+    random_tree(&other, 2, 400_000, 94);
+    let forgotten = backup(&oldest, "web01", 200);
+    let cold = backup(&old, "web01", 150);
+    let recent = backup(&web, "web01", 10);
+    let untouched = backup(&other, "db01", 200);
+    pool.add_source("web01", &web, "h0", "ds0");
+    pool.add_source("db01", &other, "h0", "ds0");
+
+    // A mover without --maintenance backs up but never maintains.
+    let _mover = pool.mover("m0", "h0", &["ds0"], 1);
+    pool.ok(&[
+        "policy", "add", "web", "--schedule", &once_in(3), "--sources", "web*", "--window", "60s",
+        "--keep-last", "3", "--tier-after", "90d",
+    ]);
+    let listed = pool.ok(&["policy", "list"]);
+    assert!(listed.contains("keep last 3") && listed.contains("tier after 90 days"), "{listed}");
+    crate::remote::wait_until("the scheduled job", || {
+        !pool.pg.query("SELECT id FROM tasks WHERE kind = 'maintenance'").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pool.pg.query("SELECT state FROM tasks WHERE kind = 'maintenance'"),
+        ["queued"],
+        "only a maintenance mover may take it"
+    );
+    let job: u64 = pool.pg.query("SELECT id FROM jobs WHERE kind = 'scheduled'")[0].parse().unwrap();
+    let maintainer = pool.mover_with("admin", "h9", &[], 1, &["--maintenance"]);
+    let shown = pool.wait_for_job(job, Duration::from_secs(120), &[&_mover, &maintainer]);
+    assert_eq!(shown["job"]["state"], "done", "{shown:#}");
+    let tasks = shown["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2, "the backup of web01 and the maintenance: {shown:#}");
+    assert!(tasks.iter().all(|t| t["state"] == "done"), "{shown:#}");
+    let newest = tasks.iter().find_map(|t| t["restore_point"].as_str()).unwrap().to_string();
+
+    let listed: BTreeSet<String> = pool.json(&["list"]).as_array().unwrap().iter().map(|rp| rp["id"].as_str().unwrap().to_string()).collect();
+    assert!(!listed.contains(&forgotten), "the fourth newest of web01 stays: {listed:?}");
+    for kept in [&cold, &recent, &newest, &untouched] {
+        assert!(listed.contains(kept), "{kept} is gone: {listed:?}");
+    }
+    // Pruned: the forgotten restore point's data is gone from the
+    // repository; a check finds everything else whole.
+    pool.ok(&["check"]);
+    // Tiered: web01's 150-day-old restore point is cold, db01's
+    // 200-day-old one (not the policy's) is warm and restores at once.
+    let status = pool.json(&["tier", "status"]);
+    assert!(status["cold_packs"].as_u64().unwrap() >= 1, "{status:#}");
+    let out = pool.strata(&["restore", "files", &cold, "--to", t.path("r-cold").to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success() && stderr_of(&out).contains("strata thaw"), "{}", stderr_of(&out));
+    let restored = t.path("r-other");
+    pool.ok(&["restore", "files", &untouched, "--to", restored.to_str().unwrap()]);
+    assert_same_tree(&other, &under(&restored, &other));
 }
 
 /// A VM folder in VMware's layout: `NAME.vmx` and one small

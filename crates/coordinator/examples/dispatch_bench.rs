@@ -1,7 +1,8 @@
 //! How fast the pool's dispatch hands out work: 10,000 queued tasks on
 //! 200 datastores of 100 hosts, taken by 50 in-process movers (each a
 //! thread with its own connection, reaching the datastores of two hosts,
-//! every task reported done as soon as it is taken), with the default
+//! claiming as many tasks as it has streams (4), every task reported done
+//! as soon as it is taken), with the default
 //! limits of one running task per datastore and two per host. Prints the time to
 //! dispatch them all, the claims per second, and the database's bytes
 //! per task. `tools/bench coordinator` starts PostgreSQL and runs it.
@@ -20,6 +21,8 @@ use strata_coordinator::{db, queue};
 /// how many were asked for (empty ones too).
 static CLAIM_MICROS: AtomicU64 = AtomicU64::new(0);
 static CLAIMS: AtomicU64 = AtomicU64::new(0);
+/// Time spent in reports.
+static REPORT_MICROS: AtomicU64 = AtomicU64::new(0);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -64,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 streams: None,
                 datastores: reach,
                 transports: vec!["direct".into()],
+                maintenance: false,
             },
         )?;
     }
@@ -81,27 +85,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .query_one("SELECT host, datastores FROM movers WHERE name = $1", &[&name])
                 .map_err(|e| e.to_string())?;
             let (host, reach): (String, Vec<String>) = (row.get(0), row.get(1));
-            let claimer = dispatch::Claimer::prepare(&mut db).map_err(|e| e.to_string())?;
+            let (claimer, reporter, streams) = (
+                dispatch::Claimer::prepare(&mut db).map_err(|e| e.to_string())?,
+                dispatch::Reporter::prepare(&mut db).map_err(|e| e.to_string())?,
+                inventory::streams_for(4, 16_384),
+            );
             let mut mine = 0;
             let mut idle = 0;
             while done.load(Ordering::Relaxed) < tasks as u64 && idle < 200 {
                 let asked = Instant::now();
-                let claimed = claimer.claim(&mut db, &name, &host, &reach, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+                let claimed = claimer
+                    .claim(&mut db, &name, &host, &reach, Duration::from_secs(60), streams)
+                    .map_err(|e| e.to_string())?;
                 CLAIM_MICROS.fetch_add(asked.elapsed().as_micros() as u64, Ordering::Relaxed);
                 CLAIMS.fetch_add(1, Ordering::Relaxed);
-                match claimed {
-                    Some(claimed) => {
-                        idle = 0;
-                        dispatch::report_done(&mut db, &name, &claimed, &Outcome::default()).map_err(|e| e.to_string())?;
-                        done.fetch_add(1, Ordering::Relaxed);
-                        mine += 1;
-                    }
+                if claimed.is_empty() {
                     // Nothing for it now: a real mover waits for a
                     // notification or its next poll.
-                    None => {
-                        idle += 1;
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                    idle += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                idle = 0;
+                for claimed in &claimed {
+                    let reporting = Instant::now();
+                    reporter.done(&mut db, &name, claimed, &Outcome::default()).map_err(|e| e.to_string())?;
+                    REPORT_MICROS.fetch_add(reporting.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    done.fetch_add(1, Ordering::Relaxed);
+                    mine += 1;
                 }
             }
             Ok(mine)
@@ -121,9 +132,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get(0);
     per_mover.sort_unstable();
     eprintln!(
-        "{} claims asked, {:.2} ms each on average (lock wait included)",
+        "{} claims asked, {:.2} ms each on average (lock wait included); reports {:.2} ms each",
         CLAIMS.load(Ordering::Relaxed),
-        CLAIM_MICROS.load(Ordering::Relaxed) as f64 / 1000.0 / CLAIMS.load(Ordering::Relaxed).max(1) as f64
+        CLAIM_MICROS.load(Ordering::Relaxed) as f64 / 1000.0 / CLAIMS.load(Ordering::Relaxed).max(1) as f64,
+        REPORT_MICROS.load(Ordering::Relaxed) as f64 / 1000.0 / dispatched.max(1) as f64
     );
     println!(
         "dispatched {dispatched} of {tasks} tasks to {movers} movers in {:.2} s ({:.0} claims/s); \

@@ -7,6 +7,8 @@
 //! - marking movers whose heartbeat is older than the timeout lost;
 //! - putting the tasks whose lease expired (their mover died or lost the
 //!   network) back in the queue, or failing them after their last attempt;
+//! - adding to each scheduled job whose backups have ended its policy's
+//!   maintenance task (retention and tiering);
 //! - ending jobs whose every task has ended.
 //!
 //! All of its state is in the database: a restarted coordinator picks up
@@ -45,6 +47,7 @@ pub struct Tick {
     pub movers_lost: u64,
     pub tasks_requeued: u64,
     pub tasks_failed: u64,
+    pub maintenance_queued: u64,
     pub jobs_finished: u64,
 }
 
@@ -119,6 +122,7 @@ pub fn tick(db: &mut Client, settings: &Settings) -> Result<Tick> {
     if result.tasks_requeued > 0 {
         tx.execute("NOTIFY strata_tasks", &[]).doing(|| "waking the movers".into())?;
     }
+    result.maintenance_queued = crate::policy::queue_maintenance(&mut tx)?;
     result.jobs_finished = tx
         .execute(
             "UPDATE jobs j SET finished = now(),
@@ -130,6 +134,9 @@ pub fn tick(db: &mut Client, settings: &Settings) -> Result<Tick> {
         )
         .doing(|| "ending finished jobs".into())?;
     tx.commit().doing(|| "committing a coordinator tick".into())?;
+    if result.jobs_started > 0 {
+        crate::db::refresh_statistics(db)?;
+    }
     Ok(result)
 }
 

@@ -19,10 +19,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0002_policies_windows_restores.sql"),
     ),
     (3, "the claim as one function", include_str!("../migrations/0003_claim_function.sql")),
+    (
+        4,
+        "batched claims, retention and tiering",
+        include_str!("../migrations/0004_batched_claims_and_maintenance.sql"),
+    ),
 ];
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x5354_5241_5441_0001;
@@ -103,6 +108,19 @@ pub fn open(url: &str) -> Result<Client> {
     }
 }
 
+/// A job of at least this many tasks changes the queue enough for the
+/// planner's statistics to be refreshed at once.
+pub const MANY_TASKS: usize = 500;
+
+/// Refreshes the planner's statistics of the queue. The claim's plans
+/// depend on how many tasks are queued per host and datastore: with the
+/// statistics of an empty queue just after a large job was queued, the
+/// planner scans the whole queue per claim (autovacuum would analyze only
+/// a minute later).
+pub fn refresh_statistics(db: &mut Client) -> Result<()> {
+    db.batch_execute("ANALYZE tasks").doing(|| "refreshing the statistics of the queue".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,3 +132,4 @@ mod tests {
         assert_eq!(redact("host=db user=strata"), "host=db user=strata");
     }
 }
+

@@ -1,19 +1,20 @@
 //! How a mover takes work, keeps it, and gives it back: the claim, the
 //! lease and the report. Every rule of placement and throttling is in the
-//! claim, the SQL function `strata_claim` (migrations/0003), one round
-//! trip: it first looks, without waiting for anything, whether anything
-//! this mover reaches is queued at all; if so it takes a transaction-scoped
-//! advisory lock (key 0x5354_5241_5441_0002), so the limits it checks are
-//! still true when it takes the task (two movers claiming at once would
-//! each see one free slot on a datastore). It looks at datastores, not
-//! tasks: those this mover may take from (the ones it reaches, and those
-//! of its own host's queued tasks) that are under their limit, and on each
-//! the best queued task (from the queued-by-datastore index), then the
-//! best of those; so a claim costs a few index probes per datastore
-//! however long the queue is.
+//! claim, the SQL function `strata_claim` (migrations/0004), one round
+//! trip that takes as many tasks as the mover has free streams: it first
+//! looks, without waiting for anything, whether anything this mover may
+//! take is queued at all; if so it takes a transaction-scoped advisory
+//! lock (key 0x5354_5241_5441_0002), so the limits it checks are still
+//! true when it takes the tasks (two movers claiming at once would each
+//! see one free slot on a datastore). Under the lock it reads once which
+//! datastores it may take from are under their limit, and which hosts are
+//! closed to it; then, for each task, it probes the best queued task of
+//! each open datastore (from the queued-by-datastore index) and takes the
+//! best of those, updating both lists. A claim so costs a few index
+//! probes per open datastore however long the queue is.
 //!
-//! A mover claims only when it has a free stream. Among the queued tasks
-//! it may run (its own host's, or on a datastore it reaches), it takes:
+//! Among the queued tasks a mover may run (its own host's, or on a
+//! datastore it reaches), it takes:
 //! 1. none on a datastore or host already at its limit (throttling comes
 //!    before priority);
 //! 2. none on a host that has an idle mover of its own, unless this mover
@@ -21,6 +22,10 @@
 //! 3. first its own host's, then the datastore with the fewest running
 //!    tasks (different datastores before a second task on one), then the
 //!    highest priority, then the largest, then the oldest.
+//!
+//! A maintenance task (a policy's retention and tiering) goes only to a
+//! mover registered with `maintenance`, one at a time in the pool, before
+//! any backup.
 
 use std::time::Duration;
 
@@ -41,6 +46,46 @@ pub struct Claimed {
     pub kind: String,
     /// The source's path, or where to restore.
     pub path: String,
+    /// A maintenance task's arguments (JSON, see [`MaintenanceArgs`]).
+    pub args: Option<String>,
+}
+
+/// What a maintenance task does: forget (then prune) the restore points
+/// of `sources` the keep rules do not keep, and move those of `sources`
+/// older than `tier_after_days` to the cold tier.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MaintenanceArgs {
+    pub policy: String,
+    /// The source names the restore points were recorded under.
+    pub sources: Vec<String>,
+    pub keep_last: i32,
+    pub keep_hourly: i32,
+    pub keep_daily: i32,
+    pub keep_weekly: i32,
+    pub keep_monthly: i32,
+    pub keep_yearly: i32,
+    pub tier_after_days: Option<i32>,
+}
+
+impl MaintenanceArgs {
+    pub fn keep(&self) -> crate::policy::Keep {
+        crate::policy::Keep {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+        }
+    }
+}
+
+impl Claimed {
+    /// The arguments of a maintenance task.
+    pub fn maintenance(&self) -> std::result::Result<MaintenanceArgs, String> {
+        let args = self.args.as_deref().ok_or_else(|| format!("task {} has no maintenance arguments", self.task))?;
+        serde_json::from_str(args).map_err(|e| format!("task {}: unreadable maintenance arguments: {e}", self.task))
+    }
 }
 
 /// What a finished run reports.
@@ -50,9 +95,12 @@ pub struct Outcome {
     pub bytes_read: Option<i64>,
     pub bytes_new: Option<i64>,
     pub bytes_stored: Option<i64>,
+    /// The source name the backup recorded its restore point under (a
+    /// VM's display name may differ from its name in the inventory).
+    pub recorded_source: Option<String>,
 }
 
-/// The claim: one call of `strata_claim` (migration 3), prepared once per
+/// The claim: one call of `strata_claim` (migration 4), prepared once per
 /// connection, so a claim is one round trip.
 pub struct Claimer {
     statement: postgres::Statement,
@@ -62,13 +110,13 @@ impl Claimer {
     pub fn prepare(db: &mut Client) -> Result<Claimer> {
         Ok(Claimer {
             statement: db
-                .prepare("SELECT * FROM strata_claim($1, $2, $3, $4)")
+                .prepare("SELECT * FROM strata_claim($1, $2, $3, $4, $5)")
                 .doing(|| "preparing the claim".into())?,
         })
     }
 
-    /// Takes the next task `mover` (on `host`, reaching `datastores`)
-    /// should run, leased for `lease`; `None` when there is none it may
+    /// Takes up to `max` tasks `mover` (on `host`, reaching `datastores`)
+    /// should run, each leased for `lease`; none when there is none it may
     /// run now. `db` is the connection the claim was prepared on.
     pub fn claim(
         &self,
@@ -77,18 +125,23 @@ impl Claimer {
         host: &str,
         datastores: &[String],
         lease: Duration,
-    ) -> Result<Option<Claimed>> {
-        let row = db
-            .query_opt(&self.statement, &[&mover, &host, &datastores, &lease.as_secs_f64()])
-            .doing(|| format!("claiming a task for mover {mover}"))?;
-        Ok(row.map(|row| Claimed {
-            task: row.get(0),
-            job: row.get(1),
-            attempt: row.get(2),
-            source: row.get(3),
-            kind: row.get(4),
-            path: row.get(5),
-        }))
+        max: i32,
+    ) -> Result<Vec<Claimed>> {
+        let rows = db
+            .query(&self.statement, &[&mover, &host, &datastores, &lease.as_secs_f64(), &max.max(1)])
+            .doing(|| format!("claiming tasks for mover {mover}"))?;
+        Ok(rows
+            .iter()
+            .map(|row| Claimed {
+                task: row.get(0),
+                job: row.get(1),
+                attempt: row.get(2),
+                source: row.get(3),
+                kind: row.get(4),
+                path: row.get(5),
+                args: row.get(6),
+            })
+            .collect())
     }
 }
 
@@ -112,31 +165,6 @@ pub fn heartbeat(db: &mut Client, mover: &str, lease: Duration) -> Result<Vec<(i
     Ok(held.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Reports a run that finished well. Only the run holding the lease may:
-/// returns false (and changes nothing) if the task was taken from it.
-pub fn report_done(db: &mut Client, mover: &str, claimed: &Claimed, outcome: &Outcome) -> Result<bool> {
-    let mut tx = db.transaction().doing(|| format!("reporting task {}", claimed.task))?;
-    let updated = tx
-        .execute(
-            "UPDATE tasks SET state = 'done', finished = clock_timestamp(), lease_until = NULL,
-                 restore_point = $4, bytes_read = $5, bytes_new = $6, bytes_stored = $7
-             WHERE id = $1 AND mover = $2 AND attempts = $3 AND state = 'running'",
-            &[
-                &claimed.task,
-                &mover,
-                &claimed.attempt,
-                &outcome.restore_point,
-                &outcome.bytes_read,
-                &outcome.bytes_new,
-                &outcome.bytes_stored,
-            ],
-        )
-        .doing(|| format!("reporting task {}", claimed.task))?;
-    finish_run(&mut tx, claimed, "done", None)?;
-    tx.commit().doing(|| format!("committing the report of task {}", claimed.task))?;
-    Ok(updated == 1)
-}
-
 /// Backoff before attempt `attempt + 1`: 5 s, 20 s, 80 s, … at most 10
 /// minutes.
 pub fn backoff(attempt: i32) -> Duration {
@@ -144,38 +172,69 @@ pub fn backoff(attempt: i32) -> Duration {
     Duration::from_secs((5 * 4u64.pow(exponent)).min(600))
 }
 
-/// Reports a run that failed: the task goes back to the queue after a
-/// backoff, or fails for good after its last attempt.
-pub fn report_failed(db: &mut Client, mover: &str, claimed: &Claimed, error: &str, retry_after: Duration) -> Result<()> {
-    let mut tx = db.transaction().doing(|| format!("reporting task {}", claimed.task))?;
-    tx.execute(
-        "UPDATE tasks SET
-             state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-             finished = CASE WHEN attempts >= max_attempts THEN clock_timestamp() END,
-             not_before = now() + make_interval(secs => $5),
-             mover = NULL, lease_until = NULL, error = $4
-         WHERE id = $1 AND mover = $2 AND attempts = $3 AND state = 'running'",
-        &[&claimed.task, &mover, &claimed.attempt, &error, &retry_after.as_secs_f64()],
-    )
-    .doing(|| format!("reporting task {}", claimed.task))?;
-    finish_run(&mut tx, claimed, "failed", Some(error))?;
-    tx.commit().doing(|| format!("committing the report of task {}", claimed.task))?;
-    Ok(())
+/// The report of a run: one call of `strata_report` (migration 4),
+/// prepared once per connection, so a report is one round trip. Only the
+/// run holding the lease may report; a report from a run whose task was
+/// taken from it changes nothing but the end of its run.
+pub struct Reporter {
+    statement: postgres::Statement,
 }
 
-/// Records how a run ended, unless it was recorded already (as lost by
-/// the coordinator, or cancelled). Run times are the clock's when they
-/// are written, not their transaction's start (`now()`): a claim that
-/// waited for the dispatch lock starts after the report it waited for,
-/// and the recorded times must say so.
-fn finish_run(tx: &mut postgres::Transaction<'_>, claimed: &Claimed, result: &str, error: Option<&str>) -> Result<()> {
-    tx.execute(
-        "UPDATE task_runs SET finished = clock_timestamp(), result = $3, error = $4
-         WHERE task_id = $1 AND attempt = $2 AND finished IS NULL",
-        &[&claimed.task, &claimed.attempt, &result, &error],
-    )
-    .doing(|| format!("recording the end of task {}", claimed.task))?;
-    Ok(())
+impl Reporter {
+    pub fn prepare(db: &mut Client) -> Result<Reporter> {
+        Ok(Reporter {
+            statement: db
+                .prepare("SELECT strata_report($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+                .doing(|| "preparing the report".into())?,
+        })
+    }
+
+    /// Reports a run that finished well; false if the task was taken from
+    /// it.
+    pub fn done(&self, db: &mut Client, mover: &str, claimed: &Claimed, outcome: &Outcome) -> Result<bool> {
+        let row = db
+            .query_one(
+                &self.statement,
+                &[
+                    &claimed.task,
+                    &mover,
+                    &claimed.attempt,
+                    &"done",
+                    &outcome.restore_point,
+                    &outcome.bytes_read,
+                    &outcome.bytes_new,
+                    &outcome.bytes_stored,
+                    &outcome.recorded_source,
+                    &None::<String>,
+                    &0f64,
+                ],
+            )
+            .doing(|| format!("reporting task {}", claimed.task))?;
+        Ok(row.get(0))
+    }
+
+    /// Reports a run that failed: the task goes back to the queue after
+    /// `retry_after`, or fails for good after its last attempt.
+    pub fn failed(&self, db: &mut Client, mover: &str, claimed: &Claimed, error: &str, retry_after: Duration) -> Result<()> {
+        db.query_one(
+            &self.statement,
+            &[
+                &claimed.task,
+                &mover,
+                &claimed.attempt,
+                &"failed",
+                &None::<String>,
+                &None::<i64>,
+                &None::<i64>,
+                &None::<i64>,
+                &None::<String>,
+                &error,
+                &retry_after.as_secs_f64(),
+            ],
+        )
+        .doing(|| format!("reporting task {}", claimed.task))?;
+        Ok(())
+    }
 }
 
 /// Records that a run stopped because its task was taken from it.

@@ -29,6 +29,8 @@ pub struct MoverSpec {
     pub streams: Option<i32>,
     pub datastores: Vec<String>,
     pub transports: Vec<String>,
+    /// It holds an admin token: it may run policies' retention and tiering.
+    pub maintenance: bool,
 }
 
 /// A mover as `strata mover list` shows it.
@@ -44,6 +46,7 @@ pub struct MoverRow {
     pub transports: Vec<String>,
     pub last_heartbeat: String,
     pub alive: bool,
+    pub maintenance: bool,
 }
 
 fn check_name(what: &str, name: &str) -> Result<()> {
@@ -68,11 +71,20 @@ pub fn register_mover(db: &mut Client, spec: &MoverSpec) -> Result<i32> {
         None => streams_for(spec.cores, spec.memory_mib),
     };
     db.execute(
-        "INSERT INTO movers (name, host, cores, memory_mib, streams, datastores, transports)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO movers (name, host, cores, memory_mib, streams, datastores, transports, maintenance)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (name) DO UPDATE SET host = $2, cores = $3, memory_mib = $4, streams = $5,
-             datastores = $6, transports = $7, last_heartbeat = now(), alive = true",
-        &[&spec.name, &spec.host, &spec.cores, &spec.memory_mib, &streams, &spec.datastores, &spec.transports],
+             datastores = $6, transports = $7, maintenance = $8, last_heartbeat = now(), alive = true",
+        &[
+            &spec.name,
+            &spec.host,
+            &spec.cores,
+            &spec.memory_mib,
+            &streams,
+            &spec.datastores,
+            &spec.transports,
+            &spec.maintenance,
+        ],
     )
     .doing(|| format!("registering mover {}", spec.name))?;
     Ok(streams)
@@ -84,7 +96,8 @@ pub fn movers(db: &mut Client) -> Result<Vec<MoverRow>> {
             "SELECT m.name, m.host, m.cores, m.memory_mib, m.streams,
                     (SELECT count(*) FROM tasks t WHERE t.state = 'running' AND t.mover = m.name),
                     m.datastores, m.transports,
-                    to_char(m.last_heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), m.alive
+                    to_char(m.last_heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), m.alive,
+                    m.maintenance
              FROM movers m ORDER BY m.name",
             &[],
         )
@@ -102,6 +115,7 @@ pub fn movers(db: &mut Client) -> Result<Vec<MoverRow>> {
             transports: r.get(7),
             last_heartbeat: r.get(8),
             alive: r.get(9),
+            maintenance: r.get(10),
         })
         .collect())
 }

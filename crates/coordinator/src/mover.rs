@@ -64,7 +64,11 @@ pub fn run(url: &str, spec: &MoverSpec, settings: &Settings, runner: Arc<dyn Run
             (url.to_string(), spec.name.clone(), settings.clone(), Arc::clone(&running), Arc::clone(&quit));
         std::thread::spawn(move || heartbeats(&url, &name, &settings, &running, &quit))
     };
-    let reporter = Arc::new(Mutex::new(crate::db::open(url)?));
+    let reporter = {
+        let mut db = crate::db::open(url)?;
+        let reporter = dispatch::Reporter::prepare(&mut db)?;
+        Arc::new(Mutex::new(ReportLine { db, reporter }))
+    };
     let mut workers = Vec::new();
     let outcome = (|| -> Result<()> {
         while !stop() {
@@ -74,30 +78,34 @@ pub fn run(url: &str, spec: &MoverSpec, settings: &Settings, runner: Arc<dyn Run
                 let _ = finished_rx.recv_timeout(settings.poll);
                 continue;
             }
-            let Some(claimed) = claimer.claim(&mut db, &spec.name, &spec.host, &spec.datastores, settings.lease)? else {
+            let free = i32::try_from(usize::try_from(streams).unwrap_or(1) - busy).unwrap_or(1);
+            let claimed = claimer.claim(&mut db, &spec.name, &spec.host, &spec.datastores, settings.lease, free)?;
+            if claimed.is_empty() {
                 // Nothing to do now: wait for new tasks, a freed stream
                 // elsewhere or the next poll.
                 let _ = db.notifications().timeout_iter(settings.poll).next();
                 continue;
-            };
-            tracing::info!(task = claimed.task, source = %claimed.source, attempt = claimed.attempt, "task taken");
-            let flag = Arc::new(AtomicBool::new(false));
-            running
-                .lock()
-                .expect("running lock")
-                .insert(claimed.task, (claimed.attempt, Arc::clone(&flag)));
-            let (runner, reporter, running, finished, mover) = (
-                Arc::clone(&runner),
-                Arc::clone(&reporter),
-                Arc::clone(&running),
-                finished_tx.clone(),
-                spec.name.clone(),
-            );
-            workers.push(std::thread::spawn(move || {
-                work(&*runner, &reporter, &mover, &claimed, &flag);
-                running.lock().expect("running lock").remove(&claimed.task);
-                let _ = finished.send(claimed.task);
-            }));
+            }
+            for claimed in claimed {
+                tracing::info!(task = claimed.task, source = %claimed.source, attempt = claimed.attempt, "task taken");
+                let flag = Arc::new(AtomicBool::new(false));
+                running
+                    .lock()
+                    .expect("running lock")
+                    .insert(claimed.task, (claimed.attempt, Arc::clone(&flag)));
+                let (runner, reporter, running, finished, mover) = (
+                    Arc::clone(&runner),
+                    Arc::clone(&reporter),
+                    Arc::clone(&running),
+                    finished_tx.clone(),
+                    spec.name.clone(),
+                );
+                workers.push(std::thread::spawn(move || {
+                    work(&*runner, &reporter, &mover, &claimed, &flag);
+                    running.lock().expect("running lock").remove(&claimed.task);
+                    let _ = finished.send(claimed.task);
+                }));
+            }
             workers.retain(|w| !w.is_finished());
         }
         Ok(())
@@ -110,20 +118,27 @@ pub fn run(url: &str, spec: &MoverSpec, settings: &Settings, runner: Arc<dyn Run
     outcome
 }
 
+/// The connection the mover's tasks report on, shared by its streams.
+struct ReportLine {
+    db: Client,
+    reporter: dispatch::Reporter,
+}
+
 /// Runs one claimed task and reports how it ended.
-fn work(runner: &dyn Runner, reporter: &Mutex<Client>, mover: &str, claimed: &Claimed, stop: &AtomicBool) {
+fn work(runner: &dyn Runner, line: &Mutex<ReportLine>, mover: &str, claimed: &Claimed, stop: &AtomicBool) {
     let _span = tracing::info_span!("task", task = claimed.task, source = %claimed.source, attempt = claimed.attempt).entered();
     let started = Instant::now();
     let result = runner.run(claimed, stop);
-    let mut db = reporter.lock().expect("reporter lock");
+    let mut line = line.lock().expect("report line lock");
+    let ReportLine { db, reporter } = &mut *line;
     let reported = match &result {
-        _ if stop.load(Ordering::SeqCst) => dispatch::report_stopped(&mut db, claimed).map(|_| ()),
-        Ok(outcome) => dispatch::report_done(&mut db, mover, claimed, outcome).map(|held| {
+        _ if stop.load(Ordering::SeqCst) => dispatch::report_stopped(db, claimed).map(|_| ()),
+        Ok(outcome) => reporter.done(db, mover, claimed, outcome).map(|held| {
             if !held {
                 tracing::warn!("the task was taken from this mover before it reported");
             }
         }),
-        Err(error) => dispatch::report_failed(&mut db, mover, claimed, error, dispatch::backoff(claimed.attempt)),
+        Err(error) => reporter.failed(db, mover, claimed, error, dispatch::backoff(claimed.attempt)),
     };
     match (&result, reported) {
         (_, Err(e)) => tracing::error!(error = %e, "reporting the task failed; its lease will expire and it runs again"),

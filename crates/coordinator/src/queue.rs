@@ -37,6 +37,9 @@ pub fn backup_now(db: &mut Client, sources: &[String]) -> Result<i64> {
     .doing(|| format!("queueing the tasks of job {job}"))?;
     tx.execute("NOTIFY strata_tasks", &[]).doing(|| "waking the movers".into())?;
     tx.commit().doing(|| format!("committing job {job}"))?;
+    if sources.len() >= crate::db::MANY_TASKS {
+        crate::db::refresh_statistics(db)?;
+    }
     Ok(job)
 }
 
@@ -164,7 +167,7 @@ pub fn job(db: &mut Client, id: i64) -> Result<(JobRow, Vec<TaskRow>)> {
     let tasks = db
         .query(
             &format!(
-                "SELECT id, kind, coalesce(source, restore_from), state, attempts, mover,
+                "SELECT id, kind, coalesce(source, restore_from, 'policy ' || (args ->> 'policy'), ''), state, attempts, mover,
                         to_char(started AT TIME ZONE 'UTC', {TIME}), to_char(finished AT TIME ZONE 'UTC', {TIME}),
                         restore_point, bytes_read, bytes_new, bytes_stored, error
                  FROM tasks WHERE job_id = $1 ORDER BY id"

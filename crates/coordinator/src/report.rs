@@ -59,7 +59,7 @@ pub fn daily(db: &mut Client, day: &str) -> Result<DailyReport> {
     let problems = db
         .query(
             &format!(
-                "SELECT t.id, t.job_id, coalesce(t.source, t.restore_from, ''), t.state, t.mover,
+                "SELECT t.id, t.job_id, coalesce(t.source, t.restore_from, 'policy ' || (t.args ->> 'policy'), ''), t.state, t.mover,
                         coalesce(t.error, '')
                  FROM tasks t WHERE {range} AND t.state IN ('failed', 'skipped') ORDER BY t.finished, t.id"
             ),

@@ -114,11 +114,11 @@ pub fn decide(points: &[RestorePoint], policy: &KeepPolicy) -> Vec<Decision> {
         .collect()
 }
 
-/// The restore points of `source` (all when `None`) among `points`, and
-/// the policy's decision on each.
+/// The restore points of `sources` (all when it names none) among
+/// `points`, and the policy's decision on each.
 pub fn choose(
     points: Vec<RestorePoint>,
-    source: Option<&str>,
+    sources: &[String],
     policy: &KeepPolicy,
 ) -> Result<(Vec<RestorePoint>, Vec<Decision>)> {
     if policy.is_empty() {
@@ -128,21 +128,21 @@ pub fn choose(
     }
     let points: Vec<RestorePoint> = points
         .into_iter()
-        .filter(|rp| source.is_none_or(|s| rp.manifest.source == s))
+        .filter(|rp| sources.is_empty() || sources.contains(&rp.manifest.source))
         .collect();
     let decisions = decide(&points, policy);
     Ok((points, decisions))
 }
 
 /// Decides and, unless `dry_run`, removes the restore points the policy
-/// does not keep. `source` limits the policy to one source.
+/// does not keep. `sources`, when it names any, limits the policy to them.
 pub fn forget(
     repo: &Repository<Exclusive>,
-    source: Option<&str>,
+    sources: &[String],
     policy: &KeepPolicy,
     dry_run: bool,
 ) -> Result<Vec<Decision>> {
-    let (points, decisions) = choose(repo.restore_points()?, source, policy)?;
+    let (points, decisions) = choose(repo.restore_points()?, sources, policy)?;
     if !dry_run {
         for (rp, decision) in points.iter().zip(&decisions) {
             if !decision.keep {
@@ -285,5 +285,24 @@ mod tests {
             .collect();
         assert_eq!(kept, vec![4, 3, 2]);
         assert!(KeepPolicy::default().is_empty());
+    }
+
+    #[test]
+    fn a_choice_for_some_sources_leaves_the_others_out() {
+        let points = vec![
+            point(1, "a", "2026-01-01T10:00:00Z"),
+            point(2, "b", "2026-01-02T10:00:00Z"),
+            point(3, "c", "2026-01-03T10:00:00Z"),
+        ];
+        let last = KeepPolicy {
+            last: 1,
+            ..Default::default()
+        };
+        let (chosen, decisions) = choose(points.clone(), &["a".into(), "c".into()], &last).unwrap();
+        let ids: Vec<u8> = chosen.iter().map(|p| p.id.0[0]).collect();
+        assert_eq!(ids, vec![1, 3]);
+        assert!(decisions.iter().all(|d| d.keep));
+        let (all, _) = choose(points, &[], &last).unwrap();
+        assert_eq!(all.len(), 3);
     }
 }

@@ -240,10 +240,18 @@ impl<'r> ColdPacker<'r> {
 }
 
 /// Splits restore points into cold ones (older than `warm_days`, by their
-/// own time) and warm ones.
-pub fn split_by_age(points: Vec<RestorePoint>, warm_days: u32) -> (Vec<RestorePoint>, Vec<RestorePoint>) {
+/// own time, and of `only_sources` when it names any: a policy tiers its
+/// own sources) and warm ones. A restore point of another source counts
+/// as warm, so the data it shares with a cold one stays warm.
+pub fn split_by_age(
+    points: Vec<RestorePoint>,
+    warm_days: u32,
+    only_sources: &[String],
+) -> (Vec<RestorePoint>, Vec<RestorePoint>) {
     let cutoff = now().sec - warm_days as i64 * DAY;
-    points.into_iter().partition(|rp| is_cold(rp, cutoff))
+    points.into_iter().partition(|rp| {
+        is_cold(rp, cutoff) && (only_sources.is_empty() || only_sources.contains(&rp.manifest.source))
+    })
 }
 
 /// The walk of a tier run, the part that needs the key: calls `to_move`
@@ -288,13 +296,14 @@ pub fn mark(
 pub fn run(
     repo: &Repository<Exclusive>,
     warm_days: Option<u32>,
+    only_sources: &[String],
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<TierReport> {
     let days = warm_days.unwrap_or(repo.config().tiers.warm_days);
     let _span = tracing::info_span!("tier_run", warm_days = days).entered();
     repo.cold_store()?;
-    let (cold, warm) = split_by_age(repo.restore_points()?, days);
+    let (cold, warm) = split_by_age(repo.restore_points()?, days, only_sources);
     let mut report = TierReport {
         warm_days: days,
         restore_points_cold: cold.len() as u64,

@@ -308,7 +308,7 @@ impl Fixture {
             last: 1,
             ..Default::default()
         };
-        forget::forget(&self.repo, Some(source), &policy, false)
+        forget::forget(&self.repo, &[source.to_string()], &policy, false)
             .expect("forgetting")
             .into_iter()
             .filter(|d| !d.keep)

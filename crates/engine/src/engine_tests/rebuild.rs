@@ -128,7 +128,7 @@ fn a_rebuild_keeps_cold_locations_and_thaws() {
         &dir([("young", file(&[&young_only])), ("shared", file(&[&shared]))]),
     );
     let cancel = super::fixture::no_cancel();
-    let tiered = crate::tier::run(&fx.repo, Some(90), &NoProgress, &cancel).unwrap();
+    let tiered = crate::tier::run(&fx.repo, Some(90), &[], &NoProgress, &cancel).unwrap();
     assert_eq!(tiered.chunks_moved, 1);
     let rp = fx.restore_point(&old.id);
     crate::thaw::thaw(&fx.repo, &rp, &thaw_options(3, false), &NoProgress, &cancel).unwrap();

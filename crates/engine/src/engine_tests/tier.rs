@@ -62,7 +62,7 @@ fn scenario() -> Scenario {
 }
 
 fn run(fx: &Fixture, warm_days: u32) -> TierReport {
-    tier::run(&fx.repo, Some(warm_days), &NoProgress, &no_cancel()).unwrap()
+    tier::run(&fx.repo, Some(warm_days), &[], &NoProgress, &no_cancel()).unwrap()
 }
 
 /// The scenario after a tier run at 90 days, with the old restore point
@@ -214,6 +214,30 @@ fn young_restore_points_stay_warm() {
 }
 
 #[test]
+fn a_run_for_some_sources_leaves_the_old_restore_points_of_others_warm() {
+    let s = scenario();
+    let fx = &s.fx;
+    let other_only = noise("other only", 20_000);
+    fx.commit_files(
+        "other",
+        now() - 300 * DAY,
+        &dir([("lib", dir([("shared.so", file(&[&s.shared]))])), ("o.bin", file(&[&other_only]))]),
+    );
+    let report = tier::run(&fx.repo, Some(90), &["host".to_string()], &NoProgress, &no_cancel()).unwrap();
+    assert_eq!((report.restore_points_cold, report.restore_points_warm), (1, 2));
+    for old in &s.old_only {
+        assert_eq!(fx.location(&fx.id(old)).tier, Tier::Cold);
+    }
+    // The other source's data, and what it shares with the cold one,
+    // stay warm.
+    assert_eq!(fx.location(&fx.id(&other_only)).tier, Tier::Warm);
+    assert_eq!(fx.location(&fx.id(&s.shared)).tier, Tier::Warm);
+    // A source no restore point has makes nothing cold.
+    let none = tier::run(&fx.repo, Some(90), &["nobody".to_string()], &NoProgress, &no_cancel()).unwrap();
+    assert_eq!((none.restore_points_cold, none.chunks_moved), (0, 0));
+}
+
+#[test]
 fn a_new_backup_of_cold_data_stores_a_warm_copy() {
     let s = scenario();
     let fx = &s.fx;
@@ -233,7 +257,7 @@ fn a_new_backup_of_cold_data_stores_a_warm_copy() {
 fn tiering_needs_a_cold_tier() {
     let fx = Fixture::new();
     fx.commit_files("host", now() - 400 * DAY, &dir([("f", file(&[b"x"]))]));
-    let err = tier::run(&fx.repo, Some(1), &NoProgress, &no_cancel()).unwrap_err();
+    let err = tier::run(&fx.repo, Some(1), &[], &NoProgress, &no_cancel()).unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 }
 

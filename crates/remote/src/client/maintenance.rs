@@ -108,9 +108,10 @@ impl<'r> Maintenance<'r> {
     /// than `warm_days` use and sends every referenced chunk as live; the
     /// server moves the named chunks to the cold tier (as stored: it
     /// cannot recompress what it cannot open) and sweeps.
-    pub fn tier(&self, warm_days: u32, cancel: &CancelToken) -> Result<TierReport> {
+    /// `only_sources`, when it names any, limits the cold ones to theirs.
+    pub fn tier(&self, warm_days: u32, only_sources: &[String], cancel: &CancelToken) -> Result<TierReport> {
         let points = self.every_restore_point()?;
-        let (cold, warm) = strata_engine::tier::split_by_age(points, warm_days);
+        let (cold, warm) = strata_engine::tier::split_by_age(points, warm_days, only_sources);
         let capacity = self.reader.storage()?.stored.chunks;
         let loader = ReaderLoader(self.reader as &dyn RepositoryReader);
         let mut live = Sender::new(self, "/live");
