@@ -5,7 +5,7 @@
 //! workspace of crates, one per layer (see `docs/ARCHITECTURE.md`):
 //!
 //! ```text
-//! strata-format ◀─ strata-store, strata-vmdk ◀─ strata-engine
+//! strata-format ◀─ strata-store, strata-vmdk ◀─ strata-engine ◀─ strata-guest
 //!               ◀─ strata-movers, strata-restore, strata-mount ◀─ strata (CLI)
 //! ```
 //!
@@ -14,6 +14,7 @@
 
 pub use strata_engine::*;
 pub use strata_coordinator as coordinator;
+pub use strata_guest as guest;
 pub use strata_mount as mount;
 pub use strata_remote as remote;
 pub use strata_movers as backup;

@@ -166,7 +166,8 @@ pub enum Command {
     /// List the entries of a directory in a restore point.
     Ls {
         restore_point: String,
-        /// Path inside the restore point (default: /).
+        /// Path inside the restore point (default: /); for a VM,
+        /// `<disk>/<volume>/<path inside>` lists the guest's files.
         path: Option<String>,
         /// Descend into subdirectories.
         #[arg(short = 'R', long)]
@@ -416,10 +417,12 @@ pub enum RepairCommand {
 
 #[derive(Subcommand)]
 pub enum RestoreCommand {
-    /// Restore a file tree, or selected paths of it, under a directory.
+    /// Restore a file tree, or selected paths of it (of a VM: files inside
+    /// its disks), under a directory.
     Files {
         restore_point: String,
-        /// Paths inside the restore point (default: everything).
+        /// Paths inside the restore point (default: everything); for a VM,
+        /// `<disk>/<volume>/<path inside>` (see `strata show`).
         paths: Vec<String>,
         /// Target directory; the restore point's absolute paths are
         /// recreated below it (`--to /` restores to the original location).

@@ -14,11 +14,15 @@ use super::render::escape_name;
 use super::{Status};
 
 pub fn run(path: &Path, selector: &str, dir: Option<String>, recursive: bool) -> Result<Status> {
-    let repo = super::remote::open_reader(path)?;
-    let repo = repo.as_ref();
+    let shared = super::remote::open_reader(path)?;
+    let repo = shared.as_ref();
     let rp = repo.resolve(selector)?;
     if rp.manifest.kind == RestorePointKind::Vm {
-        list_vm(repo, &rp)?;
+        match dir {
+            // Inside a disk: <disk>/<volume>/<path>.
+            Some(guest_path) => super::guest::ls(&super::guest::view(&shared, &rp)?, &guest_path, recursive)?,
+            None => list_vm(repo, &rp)?,
+        }
         return Ok(Status::Ok);
     }
     let dir = dir.unwrap_or_else(|| "/".into());

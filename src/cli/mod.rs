@@ -20,6 +20,7 @@ pub mod args;
 mod backup;
 mod check;
 mod forget;
+mod guest;
 mod init;
 mod key;
 mod list;

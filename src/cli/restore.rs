@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use strata::cancel::CancelToken;
 use strata::restore::files::{restore_files, FilesRestore, RestoreSummary};
+use strata::restore::guest::{restore_guest_files, GuestRestore};
 use strata::restore::vm::{restore_disk_raw, restore_vm, DiskOutput, VmRestore, VmRestoreSummary};
 use strata::restore_point::RestorePointKind;
 
@@ -102,21 +103,31 @@ fn files(
     as_json: bool,
     cancel: &CancelToken,
 ) -> Result<Status> {
-    let repo = super::remote::open_reader(path)?;
-    let repo = repo.as_ref();
+    let shared = super::remote::open_reader(path)?;
+    let repo = shared.as_ref();
     let rp = repo.resolve(selector)?;
-    if rp.manifest.kind == RestorePointKind::Vm {
-        bail!(
-            "restore point {} is a VM; use `strata restore vm` or `strata restore disk`",
-            rp.id.short()
-        );
-    }
     let progress = TerminalProgress::bytes("restore", !as_json);
-    let request = FilesRestore {
-        paths,
-        target: to.clone(),
+    let summary = if rp.manifest.kind == RestorePointKind::Vm {
+        // Files inside the VM's disks: <disk>/<volume>/<path>.
+        if paths.is_empty() {
+            bail!(
+                "restore point {} is a VM: name guest paths (<disk>/<volume>/<path>, see `strata show`), or use `strata restore vm` or `strata restore disk`",
+                rp.id.short()
+            );
+        }
+        let view = super::guest::view(&shared, &rp)?;
+        let request = GuestRestore {
+            paths,
+            target: to.clone(),
+        };
+        restore_guest_files(&view, &request, &progress, cancel)?
+    } else {
+        let request = FilesRestore {
+            paths,
+            target: to.clone(),
+        };
+        restore_files(repo, &rp, &request, &progress, cancel)?
     };
-    let summary = restore_files(repo, &rp, &request, &progress, cancel)?;
     if as_json {
         print_json(&serde_json::to_value(&summary)?)?;
     } else {

@@ -15,8 +15,8 @@ use super::render::{describe_protection, escape_name, human_bytes, print_json, r
 use super::{Status};
 
 pub fn run(path: &Path, selector: &str, as_json: bool) -> Result<Status> {
-    let repo = super::remote::open_reader(path)?;
-    let repo = repo.as_ref();
+    let shared = super::remote::open_reader(path)?;
+    let repo = shared.as_ref();
     let points = repo.restore_points()?;
     let rp = select(&points, selector)?;
     if as_json {
@@ -27,10 +27,14 @@ pub fn run(path: &Path, selector: &str, as_json: bool) -> Result<Status> {
         });
         if rp.manifest.kind == RestorePointKind::Vm {
             value["vm"] = vm_json(&load_description(repo, rp)?);
+            value["vm"]["guest"] = super::guest::volumes_json(&super::guest::view(&shared, rp)?);
         }
         print_json(&value)?;
     } else {
         render(repo, rp, &time_labels(&points)[&rp.id])?;
+        if rp.manifest.kind == RestorePointKind::Vm {
+            super::guest::render_volumes(&super::guest::view(&shared, rp)?)?;
+        }
     }
     Ok(Status::Ok)
 }

@@ -14,6 +14,7 @@ mod encryption;
 mod encryption_keys;
 mod encryption_tamper;
 mod faults;
+mod guest;
 mod incremental;
 mod mount;
 mod mount_lifecycle;

@@ -21,6 +21,7 @@ pub use strata_store as storage;
 
 pub mod cancel;
 pub mod check;
+pub mod chunk_cache;
 pub mod clock;
 pub mod config_file;
 pub mod disk_reader;

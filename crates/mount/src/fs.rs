@@ -27,7 +27,7 @@ use fuser::{
 };
 use libc::{EIO, ENODATA, ENOENT, ENOTDIR, ERANGE};
 
-use super::cache::ChunkCache;
+use crate::chunk_cache::ChunkCache;
 use super::namespace::{Inode, Kind, Namespace};
 use super::read::{read_range, seek, Source};
 use super::read_ahead::ReadAhead;

@@ -3,7 +3,7 @@
 //! [`namespace`] decides what the tree looks like, [`inodes`] which inode
 //! is what while the kernel holds it, [`fs`] answers the kernel, [`read`]
 //! finds and reads the bytes, [`read_ahead`] loads them ahead of sequential
-//! readers, [`cache`] keeps decompressed chunks, [`xattr_names`] knows
+//! readers through the engine's chunk cache, [`xattr_names`] knows
 //! which xattr names no file has.
 //! Mounting goes through the mount syscall when run as root (fuser without
 //! libfuse) and through fusermount3 otherwise.
@@ -16,7 +16,6 @@ use strata_engine::*;
 use strata_vmdk as vmdk;
 
 
-pub mod cache;
 pub mod fs;
 pub mod inodes;
 pub mod namespace;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::cache::ChunkCache;
+use crate::chunk_cache::ChunkCache;
 use super::namespace::{FileContent, Inode, Kind, Namespace};
 use crate::disk_reader::DiskMapReader;
 use crate::error::{Error, Result};

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Sender};
 
-use super::cache::ChunkCache;
+use crate::chunk_cache::ChunkCache;
 use super::namespace::{Inode, Namespace};
 use super::read::{chunks_starting_in, load_chunk, Source, READ_AHEAD_BYTES};
 

@@ -16,7 +16,7 @@
 //! one.
 
 mod links;
-mod metadata;
+pub(crate) mod metadata;
 mod plan;
 mod replace;
 mod walker;

@@ -11,6 +11,7 @@ use strata_vmdk as vmdk;
 
 pub mod files;
 pub mod fsops;
+pub mod guest;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -15,11 +15,39 @@ pub(super) fn timespec(t: Timestamp) -> TimeSpec {
     TimeSpec::new(t.sec, t.nsec as i64)
 }
 
-/// Owner, mode, xattrs and times, in that order: chown clears setuid bits,
-/// and every later change would move the times.
+/// What an entry gets back: from a tree node, or from a guest file
+/// system's stat.
+pub(crate) struct EntryMetadata<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub xattrs: &'a [(Vec<u8>, Vec<u8>)],
+    pub atime: TimeSpec,
+    pub mtime: TimeSpec,
+}
+
 pub(super) fn apply_metadata(
     fd: std::os::fd::BorrowedFd,
     node: &Node,
+    shown: &Path,
+    is_root: bool,
+) -> Result<()> {
+    let metadata = EntryMetadata {
+        uid: node.uid,
+        gid: node.gid,
+        mode: node.mode,
+        xattrs: &node.xattrs,
+        atime: timespec(node.atime),
+        mtime: timespec(node.mtime),
+    };
+    apply(fd, &metadata, shown, is_root)
+}
+
+/// Owner, mode, xattrs and times, in that order: chown clears setuid bits,
+/// and every later change would move the times.
+pub(crate) fn apply(
+    fd: std::os::fd::BorrowedFd,
+    metadata: &EntryMetadata,
     shown: &Path,
     is_root: bool,
 ) -> Result<()> {
@@ -27,19 +55,19 @@ pub(super) fn apply_metadata(
     if is_root {
         nix::unistd::fchown(
             raw,
-            Some(Uid::from_raw(node.uid)),
-            Some(Gid::from_raw(node.gid)),
+            Some(Uid::from_raw(metadata.uid)),
+            Some(Gid::from_raw(metadata.gid)),
         )
         .at("setting owner of", shown)?;
     }
-    nix::sys::stat::fchmod(raw, Mode::from_bits_truncate(node.mode))
+    nix::sys::stat::fchmod(raw, Mode::from_bits_truncate(metadata.mode))
         .at("setting mode of", shown)?;
-    if !node.xattrs.is_empty() {
+    if !metadata.xattrs.is_empty() {
         let file = std::fs::File::from(
             fd.try_clone_to_owned()
                 .at("duplicating descriptor of", shown)?,
         );
-        for (name, value) in &node.xattrs {
+        for (name, value) in metadata.xattrs {
             use xattr::FileExt;
             if let Err(e) = file.set_xattr(os(name), value) {
                 // Some file systems or namespaces refuse some attributes
@@ -48,6 +76,6 @@ pub(super) fn apply_metadata(
             }
         }
     }
-    nix::sys::stat::futimens(raw, &timespec(node.atime), &timespec(node.mtime))
+    nix::sys::stat::futimens(raw, &metadata.atime, &metadata.mtime)
         .at("setting times of", shown)
 }

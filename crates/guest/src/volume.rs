@@ -1,0 +1,132 @@
+//! The volumes of a disk, as the mount's `guest/<disk>/` lists them: its
+//! partitions (`p1`, `p2`, …), or `whole` when a file system (or an LVM2
+//! physical volume) covers the disk without a table, and every linear
+//! logical volume of an LVM2 physical volume found on any of them
+//! (`<vg>-<lv>`). A volume that cannot be read is still listed, with why.
+
+use std::sync::Arc;
+
+use crate::partition::{self, Scheme};
+use crate::probe::{probe, Content};
+use crate::source::{ByteSource, Window};
+
+/// One volume of a disk.
+#[derive(Clone)]
+pub struct Volume {
+    /// `p1`, `whole`, `vg0-root`.
+    pub name: String,
+    /// Its bytes; `None` when it cannot be read (see `problem`).
+    pub device: Option<Window>,
+    pub content: Content,
+    /// Why it shows nothing: a partition past the disk's end, an
+    /// encrypted or unknown volume, damaged LVM metadata, …
+    pub problem: Option<String>,
+    /// The partition's table (`mbr`, `gpt`), `lvm`, or `none`.
+    pub source: &'static str,
+}
+
+impl Volume {
+    pub fn len(&self) -> u64 {
+        self.device.as_ref().map_or(0, ByteSource::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every volume of `disk`, in the order a person reads them: partitions
+/// by number, then logical volumes by name. `disk_name` names the disk in
+/// messages. Never fails: what cannot be read is a volume with a problem.
+pub fn volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Vec<Volume> {
+    let mut out = Vec::new();
+    match partition::read(disk.as_ref()) {
+        Err(e) => out.push(unreadable("table", &e.to_string(), "none")),
+        Ok(None) => match Window::range(Arc::clone(&disk), 0, disk.len()) {
+            Ok(whole) => out.push(volume("whole".into(), whole, "none")),
+            Err(e) => out.push(unreadable("whole", &e.to_string(), "none")),
+        },
+        Ok(Some(table)) => {
+            let source = match table.scheme {
+                Scheme::Mbr => "mbr",
+                Scheme::Gpt => "gpt",
+            };
+            for p in table.partitions {
+                let name = format!("p{}", p.number);
+                if matches!(p.kind.as_str(), "0x05" | "0x0f" | "0x85") {
+                    continue;
+                }
+                match p.problem {
+                    Some(problem) => out.push(unreadable(&name, &problem, source)),
+                    None => match Window::range(Arc::clone(&disk), p.offset, p.len) {
+                        Ok(w) => out.push(volume(name, w, source)),
+                        Err(e) => out.push(unreadable(&name, &e.to_string(), source)),
+                    },
+                }
+            }
+        }
+    }
+    let mut logical = Vec::new();
+    for v in &out {
+        if v.content != Content::LvmPhysicalVolume {
+            continue;
+        }
+        let Some(device) = &v.device else { continue };
+        let pv_name = format!("{disk_name}/{}", v.name);
+        match crate::lvm::logical_volumes(Arc::new(device.clone()), &pv_name) {
+            Ok(lvs) => {
+                for lv in lvs {
+                    let name = format!("{}-{}", lv.vg, lv.name);
+                    match lv.device {
+                        Ok(w) => logical.push(volume(name, w, "lvm")),
+                        Err(why) => logical.push(unreadable(&name, &why, "lvm")),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(volume = %pv_name, error = %e, "LVM2 metadata unreadable");
+                logical.push(unreadable(&format!("{}-lvm", v.name), &e.to_string(), "lvm"));
+            }
+        }
+    }
+    logical.sort_by(|a, b| a.name.cmp(&b.name));
+    out.extend(logical);
+    out
+}
+
+fn volume(name: String, device: Window, source: &'static str) -> Volume {
+    let (content, problem) = match probe(&device) {
+        Ok(content) => (content, why_empty(content)),
+        Err(e) => (Content::Unknown, Some(format!("reading its first bytes: {e}"))),
+    };
+    Volume {
+        name,
+        device: Some(device),
+        content,
+        problem,
+        source,
+    }
+}
+
+fn unreadable(name: &str, why: &str, source: &'static str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        device: None,
+        content: Content::Unknown,
+        problem: Some(why.to_string()),
+        source,
+    }
+}
+
+/// Why a volume with this content shows no files (`None`: it has a file
+/// system to read, or is an LVM physical volume, whose logical volumes
+/// are listed on their own).
+fn why_empty(content: Content) -> Option<String> {
+    match content {
+        Content::Luks | Content::BitLocker => Some(format!("{}: its files cannot be read without its key", content.name())),
+        Content::Swap => Some("swap space: no files".into()),
+        Content::Unknown => Some("no file system Strata reads (ext2/3/4, XFS, NTFS, FAT, exFAT) was found on it".into()),
+        Content::LvmPhysicalVolume => Some("an LVM2 physical volume: its logical volumes are listed beside it".into()),
+        Content::Ext | Content::Xfs | Content::Ntfs | Content::Fat | Content::Exfat => None,
+    }
+}

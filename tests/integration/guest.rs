@@ -1,0 +1,214 @@
+//! Files inside VM disks, without a helper VM, a loop device or root: a
+//! VM whose disk holds an MBR with primary and logical partitions (ext4
+//! and ext2 made by `mke2fs -d` from a known tree, an empty one) and a
+//! second disk with a GPT, backed up with `strata backup vm`, then shown,
+//! listed and restored by guest path, and compared with the source tree
+//! (names, kinds, modes, owners as root, times, content, symlinks, hard
+//! links, xattrs). A damaged superblock, a partition past the disk's end
+//! and an unknown volume are named as such while the rest still reads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rand::SeedableRng;
+
+use crate::util::*;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", stderr_of(&out));
+}
+
+/// The guest's tree: configuration, a large file, a symlink, a hard link,
+/// an xattr, modes; every time a whole second (mke2fs keeps seconds).
+fn guest_tree(root: &Path) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(16);
+    std::fs::create_dir_all(root.join("etc/nginx/conf.d")).unwrap();
+    std::fs::create_dir_all(root.join("var/www")).unwrap();
+    std::fs::write(root.join("etc/nginx/nginx.conf"), b"worker_processes 4;\n").unwrap();
+    std::fs::write(root.join("etc/nginx/conf.d/site.conf"), text_bytes(&mut rng, 5000)).unwrap();
+    std::fs::write(root.join("var/www/big.bin"), random_bytes(&mut rng, 5 << 20)).unwrap();
+    std::os::unix::fs::symlink("nginx/nginx.conf", root.join("etc/nginx.conf")).unwrap();
+    std::fs::hard_link(root.join("var/www/big.bin"), root.join("var/www/big-link.bin")).unwrap();
+    xattr::set(root.join("etc/nginx/nginx.conf"), "user.origin", b"guest").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("etc/nginx/conf.d/site.conf"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    if is_root() {
+        run(Command::new("chown").args(["-h", "1234:5678"]).arg(root.join("etc/nginx/conf.d/site.conf")));
+    }
+    let mut stack = vec![root.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            all.push(p);
+        }
+    }
+    // Deepest first, so a directory's time is set after its content.
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in all.iter().chain([&root.to_path_buf()]) {
+        if std::fs::symlink_metadata(p).unwrap().file_type().is_symlink() {
+            run(Command::new("touch").args(["-h", "-d", "@1700000000"]).arg(p));
+        } else {
+            set_mtime(p, 1_700_000_000, 0);
+        }
+    }
+}
+
+/// A 96 MiB disk: MBR p1 ext4 (the tree, label "root"), p2 extended with
+/// p5 ext2 (label "boot") and p6 with nothing on it, and p3 pointing past
+/// the disk's end.
+fn mbr_disk(dir: &Path, src: &Path) -> PathBuf {
+    let raw = dir.join("system.raw");
+    std::fs::File::create(&raw).unwrap().set_len(96 << 20).unwrap();
+    let mut sfdisk = Command::new("sfdisk").arg("-q").arg(&raw).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(
+        sfdisk.stdin.as_mut().unwrap(),
+        b"label: dos\nstart=2048, size=81920, type=83\nstart=83968, size=90112, type=5\n\
+          start=86016, size=40960, type=83\nstart=129024, size=20480, type=83\n",
+    )
+    .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-L", "root", "-E", "offset=1048576", "-d"]).arg(src).arg(&raw).arg("40M"));
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::write(boot.join("vmlinuz"), b"kernel").unwrap();
+    run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext2", "-L", "boot", "-E", &format!("offset={}", 86016 * 512), "-d"]).arg(&boot).arg(&raw).arg("20M"));
+    // p3: a primary entry whose end lies past the disk's (sfdisk refuses
+    // to write one; the table is patched).
+    let mut bytes = std::fs::read(&raw).unwrap();
+    let entry = &mut bytes[446 + 32..446 + 48];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&180_000u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&100_000u32.to_le_bytes());
+    std::fs::write(&raw, bytes).unwrap();
+    raw
+}
+
+/// A 32 MiB disk: GPT with one ext4 partition whose superblock is damaged
+/// (a block size of 2^32 KiB) and one with ext4 (label "data").
+fn gpt_disk(dir: &Path, src: &Path) -> PathBuf {
+    let raw = dir.join("data.raw");
+    std::fs::File::create(&raw).unwrap().set_len(32 << 20).unwrap();
+    run(Command::new("sgdisk").args(["-o", "-n", "1:2048:+8M", "-n", "2:0:+16M", "-c", "2:data"]).arg(&raw));
+    run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-E", "offset=1048576"]).arg(&raw).arg("8M"));
+    let p2 = (2048 + 16384) * 512u64;
+    run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-L", "data", "-E", &format!("offset={p2}"), "-d"]).arg(src.join("etc")).arg(&raw).arg("16M"));
+    let mut bytes = std::fs::read(&raw).unwrap();
+    let log_block_size = (1 << 20) + 1024 + 24;
+    bytes[log_block_size] = 32;
+    std::fs::write(&raw, bytes).unwrap();
+    raw
+}
+
+fn guest_vm(t: &TestRepo) -> Option<(PathBuf, PathBuf)> {
+    if !["sfdisk", "sgdisk", "mke2fs", "qemu-img"].iter().all(|t| have(t)) {
+        eprintln!("skipped: guest tests need sfdisk, sgdisk, mke2fs and qemu-img (tools/setup installs them)");
+        return None;
+    }
+    let src = t.path("guest-src");
+    guest_tree(&src);
+    let folder = t.path("vms/web01");
+    std::fs::create_dir_all(&folder).unwrap();
+    let system = mbr_disk(&t.path("."), &src);
+    let data = gpt_disk(&t.path("."), &src);
+    crate::vm::convert(&system, "monolithicSparse", &folder.join("web01.vmdk"));
+    crate::vm::convert(&data, "monolithicSparse", &folder.join("web01_1.vmdk"));
+    std::fs::write(
+        folder.join("web01.vmx"),
+        "displayName = \"web01\"\nguestOS = \"ubuntu-64\"\nscsi0:0.fileName = \"web01.vmdk\"\nscsi0:1.fileName = \"web01_1.vmdk\"\n",
+    )
+    .unwrap();
+    t.ok(&["backup", "vm", folder.to_str().unwrap()]);
+    Some((src, folder))
+}
+
+#[test]
+fn guest_volumes_are_shown_listed_and_restored_with_their_metadata() {
+    let t = TestRepo::new();
+    let Some((src, _)) = guest_vm(&t) else { return };
+
+    let shown = t.json(&["show", "web01@latest"]);
+    let guest = &shown["vm"]["guest"];
+    let volumes = |disk: usize| -> Vec<serde_json::Value> { guest[disk]["volumes"].as_array().unwrap().clone() };
+    assert_eq!(guest[0]["disk"], "web01");
+    let system = volumes(0);
+    assert_eq!(names_of(&system), ["p1", "p3", "p5", "p6"], "{guest:#}");
+    let by_name = |vols: &[serde_json::Value], name: &str| vols.iter().find(|v| v["name"] == name).unwrap().clone();
+    assert_eq!(by_name(&system, "p1")["filesystem"], "ext2/3/4");
+    assert_eq!(by_name(&system, "p1")["label"], "root");
+    assert_eq!(by_name(&system, "p1")["size"], 40 << 20);
+    assert_eq!(by_name(&system, "p5")["label"], "boot");
+    assert!(by_name(&system, "p3")["problem"].as_str().unwrap().contains("disk has"), "{guest:#}");
+    assert!(by_name(&system, "p6")["problem"].as_str().unwrap().contains("no file system"), "{guest:#}");
+    let data = volumes(1);
+    assert_eq!(names_of(&data), ["p1", "p2"]);
+    let damaged = by_name(&data, "p1")["problem"].as_str().unwrap().to_string();
+    assert!(damaged.contains("damaged") && damaged.contains("block size"), "{damaged}");
+    assert_eq!(by_name(&data, "p2")["label"], "data");
+    let text = t.ok(&["show", "web01@latest"]);
+    assert!(text.contains("volume       web01/p1: ext2/3/4 \"root\", 40.0 MiB"), "{text}");
+    assert!(text.contains("volume       web01/p6: 10.0 MiB, no files: no file system"), "{text}");
+
+    // ls: a directory, a file, recursively.
+    let listed = t.ok(&["ls", "web01@latest", "web01/p1/etc/nginx"]);
+    assert!(listed.contains("web01/p1/etc/nginx/nginx.conf") && listed.contains("conf.d"), "{listed}");
+    let link = t.ok(&["ls", "web01@latest", "web01/p1/etc/nginx.conf"]);
+    assert!(link.starts_with('l') && link.contains("-> nginx/nginx.conf"), "{link}");
+    let all = t.ok(&["ls", "-R", "web01@latest", "web01/p1/"]);
+    assert!(all.contains("web01/p1/var/www/big-link.bin") && all.contains("lost+found"), "{all}");
+    let boot = t.ok(&["ls", "web01@latest", "web01_1/p2/nginx/nginx.conf"]);
+    assert!(boot.contains("20 "), "{boot}");
+
+    // restore files: two trees of the guest, compared with the source.
+    let target = t.path("restored");
+    let out = t.json(&["restore", "files", "web01@latest", "web01/p1/etc", "web01/p1/var", "--to", target.to_str().unwrap()]);
+    assert_eq!(out["failed"].as_array().unwrap().len(), 0, "{out}");
+    assert!(out["files"].as_u64().unwrap() >= 4, "{out}");
+    assert_same_tree(&src.join("etc"), &target.join("etc"));
+    assert_same_tree(&src.join("var"), &target.join("var"));
+    // The hard link is a hard link again.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(target.join("var/www/big.bin")).unwrap().ino(),
+        std::fs::metadata(target.join("var/www/big-link.bin")).unwrap().ino()
+    );
+    // One file, from the GPT disk.
+    let one = t.path("one");
+    t.ok(&["restore", "files", "web01@latest", "web01_1/p2/nginx/nginx.conf", "--to", one.to_str().unwrap()]);
+    assert_eq!(std::fs::read(one.join("nginx/nginx.conf")).unwrap(), b"worker_processes 4;\n");
+}
+
+fn names_of(volumes: &[serde_json::Value]) -> Vec<&str> {
+    volumes.iter().map(|v| v["name"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn unreadable_volumes_and_bad_guest_paths_are_named_and_fail_cleanly() {
+    let t = TestRepo::new();
+    let Some(_) = guest_vm(&t) else { return };
+    let cases: &[(&[&str], &str)] = &[
+        (&["ls", "web01@latest", "web01_1/p1/"], "is damaged: block size"),
+        (&["ls", "web01@latest", "web01/p3/"], "disk has"),
+        (&["ls", "web01@latest", "web01/p6/"], "no file system"),
+        (&["ls", "web01@latest", "web01/p9/"], "no such volume"),
+        (&["ls", "web01@latest", "nodisk/p1/"], "no such disk"),
+        (&["ls", "web01@latest", "web01/p1/etc/missing"], "no such file"),
+        (&["ls", "web01@latest", "web01"], "<disk>/<volume>/<path inside>"),
+        (&["restore", "files", "web01@latest", "web01/p1/nope", "--to", "/tmp/strata-guest-never"], "no such file"),
+        (&["restore", "files", "web01@latest", "--to", "/tmp/strata-guest-never"], "name guest paths"),
+    ];
+    for (args, message) in cases {
+        let out = t.run(args);
+        assert_ne!(out.status.code(), Some(0), "{args:?} succeeded");
+        assert!(stderr_of(&out).contains(message), "{args:?}: {}", stderr_of(&out));
+    }
+    assert!(!Path::new("/tmp/strata-guest-never").exists(), "a refused restore wrote its target");
+}
