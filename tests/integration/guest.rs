@@ -212,3 +212,50 @@ fn unreadable_volumes_and_bad_guest_paths_are_named_and_fail_cleanly() {
     }
     assert!(!Path::new("/tmp/strata-guest-never").exists(), "a refused restore wrote its target");
 }
+
+/// The mount's `guest/` folder: each disk's volumes, the guest's tree with
+/// its own metadata (hard links share an inode, xattrs read back), files
+/// read byte for byte, and volumes without files as empty folders.
+#[test]
+fn the_mount_shows_guest_files_with_their_metadata() {
+    if !crate::mount::fuse_available() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let t = TestRepo::new();
+    let Some((src, _)) = guest_vm(&t) else { return };
+    let mnt = t.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _mount = crate::mount::MountGuard::mount(&t, &mnt);
+    let guest = mnt.join("vms/web01/latest/guest");
+    let disks: Vec<String> = sorted_names(&guest);
+    assert_eq!(disks, ["web01", "web01_1"]);
+    assert_eq!(sorted_names(&guest.join("web01")), ["p1", "p3", "p5", "p6"]);
+    // Volumes without files are empty folders; the rest of the disk reads.
+    assert!(sorted_names(&guest.join("web01/p3")).is_empty());
+    assert!(sorted_names(&guest.join("web01/p6")).is_empty());
+    assert!(sorted_names(&guest.join("web01_1/p1")).is_empty());
+    assert_eq!(std::fs::read(guest.join("web01/p5/vmlinuz")).unwrap(), b"kernel");
+    let root = guest.join("web01/p1");
+    assert_same_tree(&src.join("etc"), &root.join("etc"));
+    assert_same_tree(&src.join("var"), &root.join("var"));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(root.join("var/www/big.bin")).unwrap().ino(),
+        std::fs::metadata(root.join("var/www/big-link.bin")).unwrap().ino(),
+        "hard links share an inode"
+    );
+    // `cp` out of the mount, as a person copying one file would.
+    let copied = t.path("copied.conf");
+    run(Command::new("cp").arg(root.join("etc/nginx/nginx.conf")).arg(&copied));
+    assert_eq!(std::fs::read(&copied).unwrap(), b"worker_processes 4;\n");
+}
+
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}

@@ -616,6 +616,12 @@ impl Ext4 {
     }
 }
 
+/// glibc's `makedev`.
+fn dev_t(major: u32, minor: u32) -> u64 {
+    let (major, minor) = (u64::from(major), u64::from(minor));
+    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
+}
+
 /// Whether group `group` holds a superblock backup.
 fn group_has_super(group: u64, sparse: bool) -> bool {
     if group <= 1 || !sparse {
@@ -670,13 +676,15 @@ impl GuestFs for Ext4 {
         let inode = self.inode(Self::node(node)?)?;
         let kind = inode.kind()?;
         let rdev = if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
-            // Old encoding in i_block[0], new in i_block[1].
+            // Linux's old 16-bit encoding in i_block[0], or its new one in
+            // i_block[1].
             let (old, new) = (le32(&inode.block, 0), le32(&inode.block, 4));
-            if old != 0 {
-                u64::from(old)
+            let (major, minor) = if old != 0 {
+                ((old >> 8) & 0xff, old & 0xff)
             } else {
-                u64::from(new)
-            }
+                ((new & 0xfff00) >> 8, (new & 0xff) | ((new >> 12) & 0xfff00))
+            };
+            dev_t(major, minor)
         } else {
             0
         };

@@ -43,7 +43,7 @@ pub struct Stat {
     pub atime: Time,
     pub mtime: Time,
     pub ctime: Time,
-    /// A device node's number (Linux's encoding).
+    /// A device node's number, as `makedev` makes it.
     pub rdev: u64,
 }
 

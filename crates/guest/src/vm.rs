@@ -4,7 +4,8 @@
 //! node. What `strata show`, `strata ls`, `strata restore files` and the
 //! mount's `guest/` folder browse.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use strata_engine::chunk_cache::ChunkCache;
 use strata_engine::reader::RepositoryReader;
@@ -26,6 +27,9 @@ pub struct GuestDisk {
     pub name: String,
     pub disk: Arc<StoredDisk>,
     volumes: OnceLock<Vec<Volume>>,
+    /// File systems opened, by volume: opening reads the superblock and
+    /// every group descriptor, once.
+    opened: Mutex<HashMap<String, Arc<dyn GuestFs>>>,
 }
 
 impl GuestDisk {
@@ -38,7 +42,10 @@ impl GuestDisk {
     }
 
     /// The file system of volume `name`, or why it has none.
-    pub fn open(&self, name: &str) -> Result<Box<dyn GuestFs>> {
+    pub fn open(&self, name: &str) -> Result<Arc<dyn GuestFs>> {
+        if let Some(fs) = self.opened.lock().expect("opened file systems").get(name) {
+            return Ok(Arc::clone(fs));
+        }
         let volume = self
             .volumes()
             .iter()
@@ -46,7 +53,11 @@ impl GuestDisk {
             .ok_or_else(|| Error::NotFound(format!("{}/{name} (no such volume)", self.name)))?;
         let shown = format!("{}/{}", self.name, volume.name);
         match (&volume.device, &volume.problem) {
-            (Some(device), None) => fs::open(volume.content, device.clone(), &shown),
+            (Some(device), None) => {
+                let fs: Arc<dyn GuestFs> = Arc::from(fs::open(volume.content, device.clone(), &shown)?);
+                self.opened.lock().expect("opened file systems").insert(name.to_string(), Arc::clone(&fs));
+                Ok(fs)
+            }
             (_, problem) => Err(Error::unsupported(
                 format!("volume {shown}"),
                 problem.clone().unwrap_or_else(|| "it cannot be read".into()),
@@ -76,6 +87,7 @@ impl GuestView {
                     name,
                     disk: Arc::new(StoredDisk::new(Arc::clone(&repo), record.clone(), Arc::clone(&cache))),
                     volumes: OnceLock::new(),
+                    opened: Mutex::new(HashMap::new()),
                 }
             })
             .collect();
@@ -91,7 +103,7 @@ impl GuestView {
 
     /// `<disk>/<volume>/<path>`: the volume's file system, the node, and
     /// the path inside the volume (`/` for its root).
-    pub fn resolve(&self, guest_path: &str) -> Result<(Box<dyn GuestFs>, NodeId, String)> {
+    pub fn resolve(&self, guest_path: &str) -> Result<(Arc<dyn GuestFs>, NodeId, String)> {
         let mut parts = guest_path.trim_start_matches('/').splitn(3, '/');
         let (disk, volume) = match (parts.next(), parts.next()) {
             (Some(d), Some(v)) if !d.is_empty() && !v.is_empty() => (d, v),

@@ -78,8 +78,8 @@ impl StrataFs {
                 .expect("spawning a FUSE worker");
         }
         StrataFs {
+            cache: ns.cache.clone(),
             ns,
-            cache: Arc::new(ChunkCache::new(cache_bytes)),
             pool,
             read_ahead: ReadAhead::new(cache_bytes),
             no_xattrs,
@@ -132,6 +132,17 @@ fn may_see_trusted(req: &Request<'_>) -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// A guest node's xattrs; one that cannot be read has none (logged).
+fn guest_xattrs(inode: &Inode) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Kind::GuestNode { fs, stat, path, .. } = &inode.kind else {
+        return Vec::new();
+    };
+    fs.xattrs(stat.node).unwrap_or_else(|e| {
+        tracing::error!(path = %path, error = %e, "guest xattrs unreadable");
+        Vec::new()
+    })
 }
 
 fn errno(e: &Error) -> i32 {
@@ -291,6 +302,13 @@ impl Filesystem for StrataFs {
                 NodeKind::Symlink { target } => reply.data(target),
                 _ => reply.error(libc::EINVAL),
             },
+            Kind::GuestNode { fs, stat, path, .. } => match fs.read_link(stat.node) {
+                Ok(target) => reply.data(&target),
+                Err(e) => {
+                    tracing::error!(path = %path, error = %e, "guest symlink unreadable");
+                    reply.error(EIO)
+                }
+            },
             _ => reply.error(libc::EINVAL),
         }
     }
@@ -327,6 +345,11 @@ impl Filesystem for StrataFs {
                 Some(content) => Source::Extents(content),
                 None => return reply.error(libc::EINVAL),
             },
+            Kind::GuestNode { fs, stat, .. } if stat.kind == strata_guest::fs::FileKind::File => Source::Guest {
+                fs: fs.clone(),
+                node: stat.node,
+            },
+            Kind::GuestNode { .. } => return reply.error(libc::EINVAL),
             _ => return reply.error(libc::EISDIR),
         };
         let offset = offset.max(0) as u64;
@@ -349,6 +372,7 @@ impl Filesystem for StrataFs {
                     let (rp, path) = match &inode.kind {
                         Kind::Entry { rp, path, .. } => (rp.id.short(), path.clone()),
                         Kind::FlatDisk { rp, path, .. } => (rp.id.short(), path.clone()),
+                        Kind::GuestNode { rp, path, .. } => (rp.id.short(), format!("guest/{path}")),
                         _ => (String::new(), String::new()),
                     };
                     tracing::error!(restore_point = %rp, path = %path, offset, error = %e, "read failed");
@@ -493,6 +517,19 @@ impl Filesystem for StrataFs {
                 .iter()
                 .find(|(n, _)| n.as_slice() == name.as_bytes())
                 .map(|(_, v)| v.clone()),
+            // The guest's own names, whatever the file trees hold.
+            Kind::GuestNode { .. } => {
+                let value = guest_xattrs(&inode)
+                    .into_iter()
+                    .find(|(n, _)| n.as_slice() == name.as_bytes())
+                    .map(|(_, v)| v);
+                return match value {
+                    None => reply.error(ENODATA),
+                    Some(v) if size == 0 => reply.size(v.len() as u32),
+                    Some(v) if v.len() > size as usize => reply.error(ERANGE),
+                    Some(v) => reply.data(&v),
+                };
+            }
             _ => None,
         };
         match value {
@@ -513,6 +550,17 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(e),
         };
         let mut list = Vec::new();
+        if let Kind::GuestNode { .. } = &inode.kind {
+            let xattrs = guest_xattrs(&inode);
+            let show_trusted = may_see_trusted(req);
+            for (name, _) in &xattrs {
+                if is_trusted(name) && !show_trusted {
+                    continue;
+                }
+                list.extend_from_slice(name);
+                list.push(0);
+            }
+        }
         if let Kind::Entry { node, .. } | Kind::Dir { node, .. } = &inode.kind {
             let show_trusted =
                 node.xattrs.iter().any(|(n, _)| is_trusted(n)) && may_see_trusted(req);

@@ -26,6 +26,9 @@ use crate::id::RestorePointId;
 const UNREFERENCED_MAX: usize = 1024;
 
 type NameKey = (u64, Vec<u8>);
+/// A hard-linked file: its restore point, the guest volume it is in (empty
+/// for a file tree), and its link id or guest inode number.
+type LinkKey = (RestorePointId, Arc<str>, u64);
 
 struct Slot {
     inode: Arc<Inode>,
@@ -37,7 +40,7 @@ struct Slot {
 struct Table {
     slots: HashMap<u64, Slot>,
     names: HashMap<NameKey, u64>,
-    links: HashMap<(RestorePointId, u64), u64>,
+    links: HashMap<LinkKey, u64>,
     next_ino: u64,
     unreferenced: VecDeque<u64>,
 }
@@ -60,9 +63,14 @@ fn same_object(existing: &Kind, wanted: &Kind) -> bool {
     }
 }
 
-fn link_key(kind: &Kind) -> Option<(RestorePointId, u64)> {
+fn link_key(kind: &Kind) -> Option<LinkKey> {
     match kind {
-        Kind::Entry { rp, node, .. } if node.link_id != 0 => Some((rp.id, node.link_id)),
+        Kind::Entry { rp, node, .. } if node.link_id != 0 => Some((rp.id, Arc::from(""), node.link_id)),
+        Kind::GuestNode { rp, stat, volume, .. }
+            if stat.nlink > 1 && stat.kind != strata_guest::fs::FileKind::Dir =>
+        {
+            Some((rp.id, volume.clone(), stat.node))
+        }
         _ => None,
     }
 }
@@ -153,7 +161,7 @@ impl InodeTable {
             }
         }
         let link = link_key(&child.kind);
-        if let Some(ino) = link.and_then(|l| t.links.get(&l).copied()) {
+        if let Some(ino) = link.as_ref().and_then(|l| t.links.get(l).copied()) {
             return t.bind(key, ino);
         }
         let ino = t.next_ino;

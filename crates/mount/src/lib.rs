@@ -120,7 +120,8 @@ pub fn mount(
     // may read them as xattrs.
     let acls_hidden = options.allow_other && options.no_xattrs;
     let kernel_acls = options.allow_other && !options.no_xattrs;
-    let ns = Arc::new(namespace::Namespace::new(repo, acls_hidden));
+    let cache = Arc::new(crate::chunk_cache::ChunkCache::new(options.cache_size));
+    let ns = Arc::new(namespace::Namespace::new(repo, acls_hidden, cache));
     let fs = fs::StrataFs::new(ns, options.cache_size, options.no_xattrs, kernel_acls);
     let mut mount_options = vec![
         MountOption::RO,

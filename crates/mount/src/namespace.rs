@@ -7,6 +7,7 @@
 //! /vms/<vm>/<time>/<vm>.vmx                  the .vmx as backed up
 //! /vms/<vm>/<time>/<disk>.vmdk               monolithicFlat descriptor
 //! /vms/<vm>/<time>/<disk>-flat.vmdk          the raw disk, holes included
+//! /vms/<vm>/<time>/guest/<disk>/<volume>/…    the guest's files (strata-guest)
 //! /vms/<vm>/latest -> <time>
 //! ```
 //! Restore points that share a printed time are named `<time>-<id>`. The
@@ -30,10 +31,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use fuser::FileType;
+use strata_guest::fs::{FileKind as GuestKind, GuestFs, Stat};
+use strata_guest::vm::GuestView;
 
 use self::catalog::{Catalog, CatalogSnapshot};
 use super::inodes::InodeTable;
 use super::xattr_names::XattrNames;
+use crate::chunk_cache::ChunkCache;
 use crate::disk_reader::PageCache;
 use crate::error::Result;
 use crate::id::{ChunkId, RestorePointId};
@@ -43,6 +47,9 @@ use crate::tree::{Extent, Node, NodeKind, Timestamp};
 use crate::vm::description::{FileOwner, VmDescription};
 
 pub const ROOT: u64 = 1;
+
+/// VM restore points whose guest views are kept at once.
+const GUEST_VIEWS: usize = 16;
 
 #[derive(Clone)]
 pub enum Kind {
@@ -79,6 +86,28 @@ pub enum Kind {
         disk: usize,
         path: String,
     },
+    /// `guest/` of a VM restore point: a folder per disk.
+    GuestRoot(Arc<RestorePoint>),
+    /// A disk's folder of volumes.
+    GuestDisk {
+        rp: Arc<RestorePoint>,
+        disk: usize,
+    },
+    /// A volume that shows no files, and why (logged when listed).
+    GuestEmpty {
+        rp: Arc<RestorePoint>,
+        why: Arc<str>,
+    },
+    /// A node of a guest file system; a volume's folder is its root.
+    GuestNode {
+        rp: Arc<RestorePoint>,
+        fs: Arc<dyn GuestFs>,
+        stat: Arc<Stat>,
+        /// `<disk>/<volume>/<path>`, for messages and hard links.
+        path: Arc<str>,
+        /// `<disk>/<volume>`: hard links are within one volume.
+        volume: Arc<str>,
+    },
 }
 
 impl Kind {
@@ -93,6 +122,15 @@ impl Kind {
         match self {
             Kind::Latest(_) => FileType::Symlink,
             Kind::Blob { .. } | Kind::FlatDisk { .. } => FileType::RegularFile,
+            Kind::GuestNode { stat, .. } => match stat.kind {
+                GuestKind::File => FileType::RegularFile,
+                GuestKind::Dir => FileType::Directory,
+                GuestKind::Symlink => FileType::Symlink,
+                GuestKind::Fifo => FileType::NamedPipe,
+                GuestKind::CharDevice => FileType::CharDevice,
+                GuestKind::BlockDevice => FileType::BlockDevice,
+                GuestKind::Socket => FileType::Socket,
+            },
             Kind::Entry { node, .. } => match node.kind {
                 NodeKind::File { .. } => FileType::RegularFile,
                 NodeKind::Directory { .. } => FileType::Directory,
@@ -161,6 +199,11 @@ pub struct Namespace {
     pub inodes: InodeTable,
     catalog: Mutex<CatalogSnapshot>,
     descriptions: Mutex<HashMap<RestorePointId, Arc<VmDescription>>>,
+    /// Guests of the VM restore points browsed lately (their disks' page
+    /// caches and open file systems); inodes keep what they use.
+    guests: Mutex<HashMap<RestorePointId, Arc<GuestView>>>,
+    /// Decompressed chunks, shared by every reader of the mount.
+    pub cache: Arc<ChunkCache>,
     mounted_at: SystemTime,
     uid: u32,
     gid: u32,
@@ -188,7 +231,7 @@ pub(super) fn new_inode(ino: u64, parent: u64, kind: Kind) -> Arc<Inode> {
 }
 
 impl Namespace {
-    pub fn new(repo: Arc<dyn RepositoryReader>, acls_hidden: bool) -> Self {
+    pub fn new(repo: Arc<dyn RepositoryReader>, acls_hidden: bool, cache: Arc<ChunkCache>) -> Self {
         // A repository behind a server has no local owner: its VM files
         // are shown as the mounting user's.
         let vm_owner = match repo.local_root() {
@@ -201,6 +244,8 @@ impl Namespace {
             inodes: InodeTable::new(),
             catalog: Mutex::new((None, Arc::new(Catalog::default()))),
             descriptions: Mutex::new(HashMap::new()),
+            guests: Mutex::new(HashMap::new()),
+            cache,
             mounted_at: SystemTime::now(),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
@@ -213,6 +258,21 @@ impl Namespace {
 }
 
 impl Namespace {
+
+    /// The guest view of a VM restore point, made on first use.
+    pub fn guest(&self, rp: &RestorePoint) -> Result<Arc<GuestView>> {
+        if let Some(view) = self.guests.lock().expect("guest views").get(&rp.id) {
+            return Ok(Arc::clone(view));
+        }
+        let description = self.description(rp)?;
+        let view = Arc::new(GuestView::new(Arc::clone(&self.repo), &description, Arc::clone(&self.cache)));
+        let mut guests = self.guests.lock().expect("guest views");
+        if guests.len() >= GUEST_VIEWS {
+            guests.clear();
+        }
+        guests.insert(rp.id, Arc::clone(&view));
+        Ok(view)
+    }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
         self.inodes.get(ino)

@@ -27,6 +27,12 @@ pub enum Source {
     Extents(Arc<FileContent>),
     Disk,
     Blob(Arc<Vec<u8>>),
+    /// A file inside a VM disk, read by its guest file system (through
+    /// the same chunk cache and verification as the disk).
+    Guest {
+        fs: Arc<dyn strata_guest::fs::GuestFs>,
+        node: strata_guest::fs::NodeId,
+    },
 }
 
 /// The chunks covering `[offset, offset + len)` of a disk, with offsets.
@@ -90,6 +96,21 @@ pub fn read_range(
         }
         Source::Extents(content) => extent_pieces(content, offset, want_end),
         Source::Disk => disk_chunks(ns, inode, offset, size as u64)?,
+        Source::Guest { fs, node } => {
+            let mut out = vec![0u8; size as usize];
+            let mut done = 0;
+            while done < out.len() {
+                let n = fs
+                    .read_at(*node, offset + done as u64, &mut out[done..])
+                    .map_err(|e| Error::corrupt("a guest file", e))?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            out.truncate(done);
+            return Ok(Bytes::Owned(out));
+        }
     };
     // Each piece: a chunk (None for a hole) and the range of it wanted.
     let mut parts = Vec::with_capacity(pieces.len());
@@ -152,7 +173,8 @@ pub fn chunks_starting_in(
     to: u64,
 ) -> Result<Vec<ChunkId>> {
     let pieces = match source {
-        Source::Blob(_) => Vec::new(),
+        // A guest file's blocks are found by its file system as it reads.
+        Source::Blob(_) | Source::Guest { .. } => Vec::new(),
         Source::Extents(content) => extent_pieces(content, from, to),
         Source::Disk => disk_chunks(ns, inode, from, to.saturating_sub(from))?,
     };

@@ -62,7 +62,35 @@ impl Namespace {
             flags: 0,
         };
         match &inode.kind {
-            Kind::FilesPoint(rp) | Kind::VmPoint(rp) => dir(to_system_time(rp.manifest.time)),
+            Kind::FilesPoint(rp)
+            | Kind::VmPoint(rp)
+            | Kind::GuestRoot(rp)
+            | Kind::GuestDisk { rp, .. }
+            | Kind::GuestEmpty { rp, .. } => dir(to_system_time(rp.manifest.time)),
+            Kind::GuestNode { stat, .. } => {
+                let time = |t: strata_guest::fs::Time| to_system_time(Timestamp { sec: t.sec, nsec: t.nsec });
+                FileAttr {
+                    ino: inode.ino,
+                    size: stat.size,
+                    blocks: stat.size.div_ceil(512),
+                    atime: time(stat.atime),
+                    mtime: time(stat.mtime),
+                    ctime: time(stat.ctime),
+                    crtime: time(stat.mtime),
+                    kind: inode.kind.file_type(),
+                    perm: (stat.mode & 0o7777) as u16,
+                    nlink: stat.nlink.max(1),
+                    uid: stat.uid,
+                    gid: stat.gid,
+                    rdev: if matches!(inode.kind.file_type(), FileType::CharDevice | FileType::BlockDevice) {
+                        encode_rdev(stat.rdev)
+                    } else {
+                        0
+                    },
+                    blksize: 128 * 1024,
+                    flags: 0,
+                }
+            }
             Kind::Latest(target) => FileAttr {
                 kind: FileType::Symlink,
                 perm: 0o777,

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use strata_guest::fs::{FileKind as GuestKind, GuestFs, NodeId};
+
 use super::{Child, Inode, Kind, Namespace};
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
@@ -48,6 +50,12 @@ impl Namespace {
             Kind::FilesPoint(rp) => self.tree_children(rp, &rp.manifest.root, "")?,
             Kind::Dir { rp, tree, path, .. } => self.tree_children(rp, tree, path)?,
             Kind::VmPoint(rp) => self.vm_files(rp)?,
+            Kind::GuestRoot(rp) => self.guest_disks(rp)?,
+            Kind::GuestDisk { rp, disk } => self.guest_volumes(rp, *disk)?,
+            Kind::GuestEmpty { .. } => Vec::new(),
+            Kind::GuestNode { rp, fs, stat, path, volume } if stat.kind == GuestKind::Dir => {
+                self.guest_children(rp, fs, stat.node, path, volume)?
+            }
             _ => return Err(Error::InvalidInput("not a directory".into())),
         };
         children.sort_by(|a, b| a.name.cmp(&b.name));
@@ -116,6 +124,12 @@ impl Namespace {
                 },
             });
         }
+        if !d.disks.is_empty() {
+            c.push(Child {
+                name: b"guest".to_vec(),
+                kind: Kind::GuestRoot(rp.clone()),
+            });
+        }
         for (i, disk) in d.disks.iter().enumerate() {
             let stem = disk_stem(&d, i);
             let flat = format!("{stem}-flat.vmdk");
@@ -144,6 +158,102 @@ impl Namespace {
             });
         }
         Ok(c)
+    }
+
+    /// `guest/`: a folder per disk, named as `strata ls` names them.
+    fn guest_disks(&self, rp: &Arc<RestorePoint>) -> Result<Vec<Child>> {
+        let view = self.guest(rp)?;
+        Ok(view
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Child {
+                name: d.name.clone().into_bytes(),
+                kind: Kind::GuestDisk { rp: rp.clone(), disk: i },
+            })
+            .collect())
+    }
+
+    /// A disk's volumes: each the root of its file system, or an empty
+    /// folder when it has none Strata reads (the reason is logged).
+    fn guest_volumes(&self, rp: &Arc<RestorePoint>, disk: usize) -> Result<Vec<Child>> {
+        let view = self.guest(rp)?;
+        let disk = &view.disks[disk];
+        let mut out = Vec::new();
+        for v in disk.volumes() {
+            let volume: Arc<str> = format!("{}/{}", disk.name, v.name).into();
+            let opened = disk.open(&v.name).and_then(|fs| {
+                let stat = fs.stat(fs.root())?;
+                Ok((fs, stat))
+            });
+            let kind = match opened {
+                Ok((fs, stat)) if stat.kind == GuestKind::Dir => Kind::GuestNode {
+                    rp: rp.clone(),
+                    fs,
+                    stat: Arc::new(stat),
+                    path: volume.clone(),
+                    volume,
+                },
+                Ok(_) => Kind::GuestEmpty {
+                    rp: rp.clone(),
+                    why: "its root is not a directory".into(),
+                },
+                Err(e) => {
+                    tracing::warn!(restore_point = %rp.id.short(), volume = %volume, reason = %e, "guest volume shows no files");
+                    Kind::GuestEmpty {
+                        rp: rp.clone(),
+                        why: e.to_string().into(),
+                    }
+                }
+            };
+            out.push(Child {
+                name: v.name.clone().into_bytes(),
+                kind,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A guest directory's entries, each with its stat (what `ls -l`
+    /// asks for next). An entry whose inode cannot be read is logged and
+    /// left out, never shown with made-up metadata.
+    fn guest_children(
+        &self,
+        rp: &Arc<RestorePoint>,
+        fs: &Arc<dyn GuestFs>,
+        dir: NodeId,
+        path: &Arc<str>,
+        volume: &Arc<str>,
+    ) -> Result<Vec<Child>> {
+        let entries = fs
+            .read_dir(dir)
+            .map_err(|e| Error::corrupt(format!("guest directory {path} of {}", rp.id.short()), e))?;
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let name = String::from_utf8_lossy(&entry.name);
+            let child_path: Arc<str> = format!("{path}/{name}").into();
+            if crate::tree::validate_name(&entry.name, "mount").is_err() {
+                tracing::error!(restore_point = %rp.id.short(), path = %child_path, "unsafe guest name hidden");
+                continue;
+            }
+            match fs.stat(entry.node) {
+                Ok(stat) => out.push(Child {
+                    name: entry.name,
+                    kind: Kind::GuestNode {
+                        rp: rp.clone(),
+                        fs: fs.clone(),
+                        stat: Arc::new(stat),
+                        path: child_path,
+                        volume: volume.clone(),
+                    },
+                }),
+                Err(e) => tracing::error!(restore_point = %rp.id.short(), path = %child_path, error = %e, "guest entry unreadable; hidden"),
+            }
+        }
+        // A damaged directory may name one entry twice: keep the first.
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
+        Ok(out)
     }
 
     fn tree_children(
