@@ -77,10 +77,17 @@ fn mbr_disk(dir: &Path, src: &Path) -> PathBuf {
     .unwrap();
     assert!(sfdisk.wait().unwrap().success());
     run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-L", "root", "-E", "offset=1048576", "-d"]).arg(src).arg(&raw).arg("40M"));
+    // p5: ext2 with a directory loop (grub/loop is a second name of
+    // grub, as a damaged file system may have), made apart and copied in.
     let boot = dir.join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::create_dir_all(boot.join("grub/fonts")).unwrap();
     std::fs::write(boot.join("vmlinuz"), b"kernel").unwrap();
-    run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext2", "-L", "boot", "-E", &format!("offset={}", 86016 * 512), "-d"]).arg(&boot).arg(&raw).arg("20M"));
+    std::fs::write(boot.join("grub/grub.cfg"), b"menuentry\n").unwrap();
+    let boot_img = dir.join("boot.img");
+    run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext2", "-L", "boot", "-d"]).arg(&boot).arg(&boot_img).arg("20M"));
+    run(Command::new("debugfs").args(["-w", "-R", "ln /grub /grub/fonts/loop"]).arg(&boot_img));
+    let disk = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&disk, &std::fs::read(&boot_img).unwrap(), 86016 * 512).unwrap();
     // p3: a primary entry whose end lies past the disk's (sfdisk refuses
     // to write one; the table is patched).
     let mut bytes = std::fs::read(&raw).unwrap();
@@ -93,14 +100,23 @@ fn mbr_disk(dir: &Path, src: &Path) -> PathBuf {
 }
 
 /// A 32 MiB disk: GPT with one ext4 partition whose superblock is damaged
-/// (a block size of 2^32 KiB) and one with ext4 (label "data").
+/// (a block size of 2^32 KiB), one with ext4 (label "data") and an EFI
+/// system partition (FAT16 from mkfs.vfat, a file put in by mcopy).
 fn gpt_disk(dir: &Path, src: &Path) -> PathBuf {
     let raw = dir.join("data.raw");
     std::fs::File::create(&raw).unwrap().set_len(32 << 20).unwrap();
-    run(Command::new("sgdisk").args(["-o", "-n", "1:2048:+8M", "-n", "2:0:+16M", "-c", "2:data"]).arg(&raw));
+    run(Command::new("sgdisk")
+        .args(["-o", "-n", "1:2048:+8M", "-n", "2:0:+16M", "-c", "2:data", "-n", "3:0:+6M", "-t", "3:ef00", "-c", "3:EFI"])
+        .arg(&raw));
     run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-E", "offset=1048576"]).arg(&raw).arg("8M"));
     let p2 = (2048 + 16384) * 512u64;
     run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-L", "data", "-E", &format!("offset={p2}"), "-d"]).arg(src.join("etc")).arg(&raw).arg("16M"));
+    // p3 starts after p1 (8 MiB) and p2 (16 MiB), at sector 51200.
+    run(Command::new("mkfs.vfat").args(["-F", "16", "-s", "1", "-n", "EFI", "--offset", "51200"]).arg(&raw).arg("6144"));
+    let efi = dir.join("BOOTX64.EFI");
+    std::fs::write(&efi, b"MZ efi loader").unwrap();
+    run(Command::new("mmd").arg("-i").arg(format!("{}@@{}", raw.display(), 51200 * 512)).args(["::/EFI", "::/EFI/BOOT"]));
+    run(Command::new("mcopy").arg("-i").arg(format!("{}@@{}", raw.display(), 51200 * 512)).arg(&efi).arg("::/EFI/BOOT/BOOTX64.EFI"));
     let mut bytes = std::fs::read(&raw).unwrap();
     let log_block_size = (1 << 20) + 1024 + 24;
     bytes[log_block_size] = 32;
@@ -109,8 +125,8 @@ fn gpt_disk(dir: &Path, src: &Path) -> PathBuf {
 }
 
 fn guest_vm(t: &TestRepo) -> Option<(PathBuf, PathBuf)> {
-    if !["sfdisk", "sgdisk", "mke2fs", "qemu-img"].iter().all(|t| have(t)) {
-        eprintln!("skipped: guest tests need sfdisk, sgdisk, mke2fs and qemu-img (tools/setup installs them)");
+    if !["sfdisk", "sgdisk", "mke2fs", "mkfs.vfat", "mcopy", "qemu-img"].iter().all(|t| have(t)) {
+        eprintln!("skipped: guest tests need sfdisk, sgdisk, mke2fs, mkfs.vfat, mtools and qemu-img (tools/setup installs them)");
         return None;
     }
     let src = t.path("guest-src");
@@ -149,7 +165,8 @@ fn guest_volumes_are_shown_listed_and_restored_with_their_metadata() {
     assert!(by_name(&system, "p3")["problem"].as_str().unwrap().contains("disk has"), "{guest:#}");
     assert!(by_name(&system, "p6")["problem"].as_str().unwrap().contains("no file system"), "{guest:#}");
     let data = volumes(1);
-    assert_eq!(names_of(&data), ["p1", "p2"]);
+    assert_eq!(names_of(&data), ["p1", "p2", "p3"]);
+    assert_eq!((by_name(&data, "p3")["filesystem"].as_str(), by_name(&data, "p3")["label"].as_str()), (Some("fat"), Some("EFI")));
     let damaged = by_name(&data, "p1")["problem"].as_str().unwrap().to_string();
     assert!(damaged.contains("damaged") && damaged.contains("block size"), "{damaged}");
     assert_eq!(by_name(&data, "p2")["label"], "data");
@@ -166,6 +183,8 @@ fn guest_volumes_are_shown_listed_and_restored_with_their_metadata() {
     assert!(all.contains("web01/p1/var/www/big-link.bin") && all.contains("lost+found"), "{all}");
     let boot = t.ok(&["ls", "web01@latest", "web01_1/p2/nginx/nginx.conf"]);
     assert!(boot.contains("20 "), "{boot}");
+    let efi = t.ok(&["ls", "-R", "web01@latest", "web01_1/p3"]);
+    assert!(efi.contains("web01_1/p3/EFI/BOOT/BOOTX64.EFI"), "{efi}");
 
     // restore files: two trees of the guest, compared with the source.
     let target = t.path("restored");
@@ -204,6 +223,7 @@ fn unreadable_volumes_and_bad_guest_paths_are_named_and_fail_cleanly() {
         (&["ls", "web01@latest", "web01"], "<disk>/<volume>/<path inside>"),
         (&["restore", "files", "web01@latest", "web01/p1/nope", "--to", "/tmp/strata-guest-never"], "no such file"),
         (&["restore", "files", "web01@latest", "--to", "/tmp/strata-guest-never"], "name guest paths"),
+        (&["restore", "files", "web01@latest", "web01/p5/grub", "--to", "/tmp/strata-guest-never"], "contains itself"),
     ];
     for (args, message) in cases {
         let out = t.run(args);
@@ -211,6 +231,11 @@ fn unreadable_volumes_and_bad_guest_paths_are_named_and_fail_cleanly() {
         assert!(stderr_of(&out).contains(message), "{args:?}: {}", stderr_of(&out));
     }
     assert!(!Path::new("/tmp/strata-guest-never").exists(), "a refused restore wrote its target");
+    // ls -R names the loop and goes on; the rest of the volume lists.
+    let out = t.run(&["ls", "-R", "web01@latest", "web01/p5/"]);
+    assert!(stderr_of(&out).contains("contains itself"), "{}", stderr_of(&out));
+    let listed = stdout_of(&out);
+    assert!(listed.contains("web01/p5/vmlinuz") && listed.contains("web01/p5/grub/grub.cfg"), "{listed}");
 }
 
 /// The mount's `guest/` folder: each disk's volumes, the guest's tree with
@@ -236,6 +261,11 @@ fn the_mount_shows_guest_files_with_their_metadata() {
     assert!(sorted_names(&guest.join("web01/p6")).is_empty());
     assert!(sorted_names(&guest.join("web01_1/p1")).is_empty());
     assert_eq!(std::fs::read(guest.join("web01/p5/vmlinuz")).unwrap(), b"kernel");
+    assert_eq!(std::fs::read(guest.join("web01_1/p3/EFI/BOOT/BOOTX64.EFI")).unwrap(), b"MZ efi loader");
+    // A directory loop of a damaged volume: find ends, naming it.
+    let find = Command::new("find").arg(guest.join("web01/p5")).output().unwrap();
+    let found = stdout_of(&find);
+    assert!(found.contains("grub/grub.cfg") && found.lines().count() < 20, "{found}{}", stderr_of(&find));
     let root = guest.join("web01/p1");
     assert_same_tree(&src.join("etc"), &root.join("etc"));
     assert_same_tree(&src.join("var"), &root.join("var"));

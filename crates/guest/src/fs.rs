@@ -74,6 +74,7 @@ pub trait GuestFs: Send + Sync {
 pub fn open(content: Content, device: Window, name: &str) -> Result<Box<dyn GuestFs>> {
     match content {
         Content::Ext => Ok(Box::new(crate::ext4::Ext4::open(device, name)?)),
+        Content::Fat => Ok(Box::new(crate::fat::Fat::open(device, name)?)),
         other => Err(Error::unsupported(
             format!("volume {name}"),
             format!("its {} file system is not read yet", other.name()),

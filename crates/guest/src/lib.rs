@@ -1,7 +1,7 @@
 //! What is inside a VM disk, read-only: partition tables
 //! ([`partition`]), LVM2 linear volumes ([`lvm`]), what each volume holds
 //! ([`probe`]), the volumes a person browses ([`volume`]), and their file
-//! systems ([`fs`]: [`ext4`]). Every reader takes a
+//! systems ([`fs`]: [`ext4`], [`fat`]). Every reader takes a
 //! [`source::ByteSource`] (a disk of a restore point read through the
 //! repository's chunk cache, [`stored`], so damaged data is an error,
 //! never wrong bytes) and treats every byte as hostile.
@@ -9,6 +9,7 @@
 mod bytes;
 pub mod error;
 pub mod ext4;
+pub mod fat;
 pub mod fs;
 pub mod lvm;
 pub mod partition;

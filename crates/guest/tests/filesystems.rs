@@ -345,3 +345,149 @@ fn damaged_ext4_images_give_errors_never_panics() {
         }
     }
 }
+
+/// FAT12, FAT16 and FAT32 from `mkfs.vfat` and `mcopy`: names (long ones
+/// too), sizes, content and modification times (FAT keeps two-second
+/// steps, in local time: the tools run in UTC here).
+#[test]
+fn fat12_fat16_and_fat32_read_back_as_their_source() {
+    if !have("mkfs.vfat") || !have("mcopy") {
+        eprintln!("skipped: FAT tests need dosfstools and mtools (tools/setup installs them)");
+        return;
+    }
+    let dir = TempDir::new("fat");
+    let src = dir.0.join("src");
+    std::fs::create_dir_all(src.join("EFI/BOOT")).unwrap();
+    std::fs::create_dir_all(src.join("a directory with a long name/and another one")).unwrap();
+    std::fs::write(src.join("EFI/BOOT/BOOTX64.EFI"), noise(7, 300_000)).unwrap();
+    std::fs::write(src.join("a directory with a long name/and another one/Mixed Case File.txt"), b"hello fat\n").unwrap();
+    std::fs::write(src.join("big.bin"), noise(8, 3 << 20)).unwrap();
+    std::fs::write(src.join("empty"), b"").unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("file-{i:02}.cfg")), format!("{i}\n")).unwrap();
+    }
+    // Whole, even seconds: what FAT can keep.
+    let stamp = |p: &Path| run(Command::new("touch").args(["-d", "@1700000000"]).arg(p));
+    for p in walk_paths(&src) {
+        stamp(&p);
+    }
+    for (name, fat, kib) in [("fat12", "12", 8192u64), ("fat16", "16", 32768), ("fat32", "32", 65536)] {
+        let img = dir.0.join(format!("{name}.img"));
+        run(Command::new("mkfs.vfat").args(["-F", fat, "-n", &name.to_uppercase(), "-C"]).arg(&img).arg(kib.to_string()));
+        let entries: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+        run(Command::new("mcopy").env("TZ", "UTC").args(["-s", "-m", "-i"]).arg(&img).args(&entries).arg("::/"));
+        let fs = fs::open(Content::Fat, window(&img), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(fs.describe(), (Content::Fat, Some(name.to_uppercase())));
+        let seen = compare_fat(fs.as_ref(), fs.root(), &src);
+        assert_eq!(seen, walk_paths(&src).len(), "{name}");
+        let node = fs::lookup(fs.as_ref(), "/a directory with a long name/and another one/Mixed Case File.txt").unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(fs.read_at(node, 6, &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"fat\n");
+        let disk: Arc<dyn ByteSource> = Arc::new(std::fs::File::open(&img).unwrap());
+        let vols = volumes(disk, name);
+        assert_eq!((vols[0].name.as_str(), vols[0].content), ("whole", Content::Fat));
+    }
+}
+
+fn walk_paths(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_paths(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+fn compare_fat(fs: &dyn GuestFs, node: NodeId, src: &Path) -> usize {
+    let mut seen = 0;
+    let mut listed: Vec<_> = fs.read_dir(node).unwrap();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut expected: Vec<_> = std::fs::read_dir(src).unwrap().map(|e| e.unwrap().file_name().into_encoded_bytes()).collect();
+    expected.sort();
+    assert_eq!(listed.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), expected, "{}", src.display());
+    for entry in listed {
+        let path = src.join(String::from_utf8(entry.name.clone()).unwrap());
+        let meta = std::fs::metadata(&path).unwrap();
+        let stat = fs.stat(entry.node).unwrap();
+        assert_eq!(stat.mtime.sec, meta.mtime(), "mtime of {}", path.display());
+        seen += 1;
+        if meta.is_dir() {
+            assert_eq!(stat.kind, FileKind::Dir);
+            seen += compare_fat(fs, entry.node, &path);
+        } else {
+            assert_eq!((stat.kind, stat.size, stat.mode), (FileKind::File, meta.len(), 0o644));
+            let mut got = vec![0u8; meta.len() as usize + 10];
+            let mut done = 0;
+            while done < got.len() {
+                let n = fs.read_at(entry.node, done as u64, &mut got[done..]).unwrap();
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            got.truncate(done);
+            assert!(got == std::fs::read(&path).unwrap(), "content of {}", path.display());
+        }
+    }
+    seen
+}
+
+/// Flipped bytes in a FAT32 volume's boot sector, FATs and directories:
+/// errors or data, never a panic.
+#[test]
+fn damaged_fat_volumes_give_errors_never_panics() {
+    if !have("mkfs.vfat") || !have("mcopy") {
+        return;
+    }
+    let dir = TempDir::new("fat-damaged");
+    let src = dir.0.join("src");
+    source_tree_small(&src);
+    let img = dir.0.join("fat.img");
+    run(Command::new("mkfs.vfat").args(["-F", "32", "-C"]).arg(&img).arg("40000"));
+    let entries: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+    run(Command::new("mcopy").args(["-s", "-i"]).arg(&img).args(&entries).arg("::/"));
+    let original = std::fs::read(&img).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let metadata_end = original.len().min(1 << 20);
+    for _ in 0..200 {
+        let mut bytes = original.clone();
+        for _ in 0..1 + next() % 6 {
+            let at = (next() % metadata_end as u64) as usize;
+            bytes[at] = next() as u8;
+        }
+        let len = bytes.len() as u64;
+        let Ok(fs) = fs::open(Content::Fat, Window::range(Arc::new(bytes), 0, len).unwrap(), "damaged") else { continue };
+        let mut stack = vec![(fs.root(), 0usize)];
+        while let Some((node, depth)) = stack.pop() {
+            let Ok(entries) = fs.read_dir(node) else { continue };
+            for e in entries.into_iter().take(64) {
+                let Ok(stat) = fs.stat(e.node) else { continue };
+                if stat.kind == FileKind::Dir && depth < 70 {
+                    stack.push((e.node, depth + 1));
+                } else {
+                    let mut buf = vec![0u8; 65536];
+                    let _ = fs.read_at(e.node, 0, &mut buf);
+                }
+            }
+        }
+    }
+}
+
+fn source_tree_small(root: &Path) {
+    std::fs::create_dir_all(root.join("dir/sub")).unwrap();
+    std::fs::write(root.join("dir/sub/file.txt"), noise(9, 50_000)).unwrap();
+    std::fs::write(root.join("top.bin"), noise(10, 200_000)).unwrap();
+    for i in 0..30 {
+        std::fs::write(root.join(format!("dir/f{i}")), format!("{i}")).unwrap();
+    }
+}

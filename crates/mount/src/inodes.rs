@@ -66,8 +66,11 @@ fn same_object(existing: &Kind, wanted: &Kind) -> bool {
 fn link_key(kind: &Kind) -> Option<LinkKey> {
     match kind {
         Kind::Entry { rp, node, .. } if node.link_id != 0 => Some((rp.id, Arc::from(""), node.link_id)),
+        // A guest directory too: a second name of one (a loop of a
+        // damaged file system) is then the same inode, which the kernel
+        // refuses to place below itself instead of descending forever.
         Kind::GuestNode { rp, stat, volume, .. }
-            if stat.nlink > 1 && stat.kind != strata_guest::fs::FileKind::Dir =>
+            if stat.nlink > 1 || stat.kind == strata_guest::fs::FileKind::Dir =>
         {
             Some((rp.id, volume.clone(), stat.node))
         }
