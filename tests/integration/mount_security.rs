@@ -273,3 +273,42 @@ fn a_second_mount_on_a_live_mount_point_is_refused() {
     assert_eq!(count, 1, "{mounts}");
     assert!(is_mounted(&mnt));
 }
+
+/// The guest files of a root-only disk are root's too: their own modes
+/// (here a world-readable file) do not open them to others, because the
+/// disk's folder under `guest/` carries the disk's mode and owner.
+#[test]
+fn guest_files_of_a_root_only_disk_are_not_readable_by_other_users() {
+    let Some((t, _)) = fuse_test_repo() else {
+        return;
+    };
+    open_test_dir(&t);
+    let content = t.path("guest-content");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("shadow"), b"root:secret\n").unwrap();
+    std::fs::set_permissions(content.join("shadow"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let raw = t.path("sys01.raw");
+    let status = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&content)
+        .arg(&raw)
+        .arg("8M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let folder = t.path("sys01");
+    std::fs::create_dir_all(&folder).unwrap();
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", raw.to_str().unwrap(), folder.join("sys01.vmdk").to_str().unwrap()]);
+    std::fs::write(folder.join("sys01.vmx"), "displayName = \"sys01\"\nscsi0:0.fileName = \"sys01.vmdk\"\n").unwrap();
+    std::fs::set_permissions(folder.join("sys01.vmdk"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    t.ok(&["backup", "vm", folder.to_str().unwrap()]);
+    let mnt = t.path("mnt");
+    let _guard = MountGuard::mount_with(&t, &mnt, &["--allow-other"]);
+    let disk = mnt.join("vms/sys01/latest/guest/sys01");
+    let shadow = disk.join("whole/shadow");
+    assert_eq!(std::fs::read(&shadow).unwrap(), b"root:secret\n", "root reads it");
+    let meta = std::fs::metadata(&disk).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o500, 0), "the disk's folder");
+    assert!(!nobody_reads(&shadow).status.success(), "nobody read a guest file of a root-only disk");
+    assert!(!as_nobody("ls", &[disk.to_str().unwrap()]).status.success(), "nobody listed a root-only disk's volumes");
+}

@@ -62,11 +62,29 @@ impl Namespace {
             flags: 0,
         };
         match &inode.kind {
-            Kind::FilesPoint(rp)
-            | Kind::VmPoint(rp)
-            | Kind::GuestRoot(rp)
-            | Kind::GuestDisk { rp, .. }
-            | Kind::GuestEmpty { rp, .. } => dir(to_system_time(rp.manifest.time)),
+            Kind::FilesPoint(rp) | Kind::VmPoint(rp) | Kind::GuestRoot(rp) | Kind::GuestEmpty { rp, .. } => {
+                dir(to_system_time(rp.manifest.time))
+            }
+            // The gate to a disk's guest files: no one enters who may not
+            // read the disk itself (its flat file's mode and owner, read
+            // bits made read-and-search), whatever modes the guest's own
+            // files have. With --allow-other the kernel checks it.
+            Kind::GuestDisk { rp, disk } => {
+                let (perm, uid, gid) = match self.description(rp) {
+                    Ok(d) => d.disks.get(*disk).map_or((0o500, self.vm_owner.0, self.vm_owner.1), |d| {
+                        let (perm, uid, gid) = self.vm_file_owner(d.owner.as_ref());
+                        let read = perm & 0o444;
+                        (read | (read >> 2), uid, gid)
+                    }),
+                    Err(_) => (0o500, self.vm_owner.0, self.vm_owner.1),
+                };
+                FileAttr {
+                    perm,
+                    uid,
+                    gid,
+                    ..dir(to_system_time(rp.manifest.time))
+                }
+            }
             Kind::GuestNode { stat, .. } => {
                 let time = |t: strata_guest::fs::Time| to_system_time(Timestamp { sec: t.sec, nsec: t.nsec });
                 FileAttr {
