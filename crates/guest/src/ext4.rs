@@ -52,6 +52,12 @@ const MAX_GROUPS: u64 = 1 << 24;
 /// Most bytes of one directory read (a directory of millions of entries
 /// is a few hundred MiB; more is damage).
 const MAX_DIR_BYTES: u64 = 1 << 30;
+/// The largest extended attribute value (the kernel's XATTR_SIZE_MAX).
+const MAX_XATTR_VALUE: usize = 64 << 10;
+/// Most runs of one file's blocks, and most extent tree nodes visited
+/// for one file (index entries of a damaged tree may all name one child).
+const MAX_RUNS: usize = 1 << 22;
+const MAX_EXTENT_NODES: usize = 1 << 16;
 /// Files whose block lists stay cached.
 const CACHED_MAPS: usize = 256;
 
@@ -303,7 +309,8 @@ impl Ext4 {
         let file_blocks = inode.size.div_ceil(self.block_size);
         let mut runs = Vec::new();
         if inode.flags & FLAG_EXTENTS != 0 {
-            self.extent_node(inode, &inode.block, MAX_EXTENT_DEPTH, &mut runs)?;
+            let mut visited = 0;
+            self.extent_node(inode, &inode.block, MAX_EXTENT_DEPTH, &mut runs, &mut visited)?;
         } else {
             self.block_map(inode, file_blocks, &mut runs)?;
         }
@@ -322,8 +329,12 @@ impl Ext4 {
         Ok(runs)
     }
 
-    fn extent_node(&self, inode: &Inode, node: &[u8], depth_left: u16, runs: &mut Vec<Run>) -> Result<()> {
+    fn extent_node(&self, inode: &Inode, node: &[u8], depth_left: u16, runs: &mut Vec<Run>, visited: &mut usize) -> Result<()> {
         let what = || self.what(inode.number);
+        *visited += 1;
+        if *visited > MAX_EXTENT_NODES {
+            return Err(Error::damaged(what(), format!("an extent tree of more than {MAX_EXTENT_NODES} nodes")));
+        }
         if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
             return Err(Error::damaged(what(), "an extent tree node without its magic"));
         }
@@ -351,13 +362,13 @@ impl Ext4 {
                     len,
                     physical: (!unwritten).then_some(start),
                 });
-                if runs.len() > (1 << 24) {
-                    return Err(Error::damaged(what(), "more than 16 million extents"));
+                if runs.len() > MAX_RUNS {
+                    return Err(Error::damaged(what(), format!("more than {MAX_RUNS} extents")));
                 }
             } else {
                 let child = u64::from(le32(e, 4)) | (u64::from(le16(e, 8)) << 32);
                 let block = self.read_block(child, &what())?;
-                self.extent_node(inode, &block, depth, runs)?;
+                self.extent_node(inode, &block, depth, runs, visited)?;
             }
         }
         Ok(())
@@ -425,6 +436,9 @@ impl Ext4 {
         for i in 0..per as usize {
             if *logical >= file_blocks {
                 return Ok(());
+            }
+            if runs.len() > MAX_RUNS {
+                return Err(Error::damaged(self.what(inode.number), format!("more than {MAX_RUNS} runs of blocks")));
             }
             let b = u64::from(le32(&bytes, 4 * i));
             if level == 1 {
@@ -556,14 +570,19 @@ impl Ext4 {
                     continue;
                 }
             };
+            if value_len > MAX_XATTR_VALUE {
+                return Err(damaged(format!("a value of {value_len} bytes (the kernel allows {MAX_XATTR_VALUE})")));
+            }
             let value = if value_inode != 0 {
                 let ea = self.inode(value_inode)?;
-                if ea.flags & FLAG_EA_INODE == 0 {
-                    return Err(damaged(format!("value inode {value_inode} is not an attribute inode")));
+                // An attribute inode holds its value in blocks: one with
+                // inline data (whose bytes are in its own attributes) or
+                // another length is damage, and would let a value name
+                // itself.
+                if ea.flags & FLAG_EA_INODE == 0 || ea.flags & FLAG_INLINE_DATA != 0 || ea.size != value_len as u64 {
+                    return Err(damaged(format!("value inode {value_inode} is not an attribute inode of {value_len} bytes")));
                 }
-                let mut v = self.content(&ea, 64 << 20)?;
-                v.truncate(value_len);
-                v
+                self.content(&ea, MAX_XATTR_VALUE as u64)?
             } else {
                 region
                     .get(value_at..value_at + value_len)
@@ -742,6 +761,9 @@ impl GuestFs for Ext4 {
         if inode.kind()? != FileKind::Symlink {
             return Err(Error::unsupported(self.what(inode.number), "not a symbolic link"));
         }
+        if inode.flags & FLAG_ENCRYPT != 0 {
+            return Err(Error::unsupported(self.what(inode.number), "the link is encrypted (fscrypt)"));
+        }
         let ea_blocks = if inode.file_acl != 0 { self.block_size / 512 } else { 0 };
         let fast = inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA) == 0 && inode.blocks_512.saturating_sub(ea_blocks) == 0;
         let target = if fast {
@@ -797,7 +819,7 @@ impl Ext4 {
                 return Err(damaged(format!("an inline entry at byte {at} has record length {rec_len}")));
             }
             let name = &bytes[at + 8..at + 8 + name_len];
-            if entry_inode != 0 && !name.is_empty() {
+            if entry_inode != 0 && !name.is_empty() && name != b"." && name != b".." {
                 if entry_inode > self.inodes || name.contains(&b'/') || name.contains(&0) {
                     return Err(damaged(format!("an inline entry names inode {entry_inode}")));
                 }

@@ -27,6 +27,8 @@ use crate::source::{ByteSource, Window};
 
 /// Deepest directory nesting read.
 pub const MAX_DEPTH: usize = 64;
+/// Most entries of one directory (FAT's own limit).
+const MAX_ENTRIES: usize = 65_536;
 const ROOT: NodeId = 1;
 
 /// The volume as `fatfs` wants it: a position, reads, and writes that
@@ -171,7 +173,12 @@ fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, volume: &str, incom
                         fs.root_dir().open_dir(&node.path.join("/")).map_err(|e| Error::io(what(&node), e))?
                     };
                     let mut out = Vec::new();
-                    for entry in dir.iter() {
+                    for (count, entry) in dir.iter().enumerate() {
+                        // A directory's cluster chain may loop: FAT allows
+                        // 65,536 entries.
+                        if count >= MAX_ENTRIES {
+                            return Err(Error::damaged(what(&node), format!("more than {MAX_ENTRIES} entries: a looping cluster chain")));
+                        }
                         let entry = entry.map_err(|e| Error::io(what(&node), e))?;
                         let name = entry.file_name();
                         if name == "." || name == ".." || name.is_empty() || name.contains('/') || name.contains('\0') {
@@ -325,7 +332,7 @@ mod tests {
     fn civil_dates_count_days_from_the_epoch() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2026, 11, 28), 20_420);
+        assert_eq!(days_from_civil(2026, 11, 28), 20_785);
         assert_eq!(days_from_civil(1980, 1, 1), 3_652);
     }
 }

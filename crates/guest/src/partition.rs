@@ -137,7 +137,7 @@ fn logical(disk: &dyn ByteSource, ext: &MbrEntry, out: &mut Vec<Partition>) -> R
     let mut ebr = base;
     let mut seen = std::collections::HashSet::new();
     let mut number = 5;
-    while out.len() < MAX_LOGICAL + 4 {
+    for _ in 0..MAX_LOGICAL {
         if !seen.insert(ebr) {
             return Err(Error::damaged("the extended partition", format!("its chain of logical partitions loops at sector {ebr}")));
         }

@@ -69,10 +69,13 @@ fn link_key(kind: &Kind) -> Option<LinkKey> {
         // A guest directory too: a second name of one (a loop of a
         // damaged file system) is then the same inode, which the kernel
         // refuses to place below itself instead of descending forever.
-        Kind::GuestNode { rp, stat, volume, .. }
+        // Keyed by the open file system too: FAT numbers its nodes as it
+        // lists them, so another instance of one volume numbers anew.
+        Kind::GuestNode { rp, fs, stat, volume, .. }
             if stat.nlink > 1 || stat.kind == strata_guest::fs::FileKind::Dir =>
         {
-            Some((rp.id, volume.clone(), stat.node))
+            let instance = Arc::as_ptr(fs) as *const () as usize;
+            Some((rp.id, Arc::from(format!("{volume}#{instance:x}")), stat.node))
         }
         _ => None,
     }

@@ -67,7 +67,7 @@ pub fn restore_guest_files(
     let mut needed = 0u64;
     for path in &request.paths {
         let (fs, node, inside) = view.resolve(path).map_err(|e| guest_error(path, e))?;
-        needed += measure(fs.as_ref(), node, path, &mut HashSet::new(), cancel)?;
+        needed = needed.saturating_add(measure(fs.as_ref(), node, path, &mut HashSet::new(), cancel)?);
         selected.push((fs, node, inside, path.clone()));
     }
     target.check_space(needed)?;
@@ -107,10 +107,15 @@ fn measure(fs: &dyn GuestFs, node: NodeId, shown: &str, dirs: &mut HashSet<NodeI
                     "guest path {shown}: the directory contains itself (the file system is damaged: a directory loop)"
                 )));
             }
-            let mut total = 0;
+            let mut total = 0u64;
             for entry in fs.read_dir(node).map_err(|e| guest_error(shown, e))? {
                 let name = String::from_utf8_lossy(&entry.name);
-                total += measure(fs, entry.node, &format!("{shown}/{name}"), dirs, cancel)?;
+                // Every name is checked before anything is written: a
+                // guest's "..", "." or "a/b" must never reach the target's
+                // directory calls.
+                crate::tree::validate_name(&entry.name, "a guest file system")
+                    .map_err(|e| Error::InvalidInput(format!("guest path {shown}: {e}")))?;
+                total = total.saturating_add(measure(fs, entry.node, &format!("{shown}/{name}"), dirs, cancel)?);
             }
             dirs.remove(&node);
             Ok(total)
@@ -137,6 +142,10 @@ impl Restorer<'_> {
         let mut shown = target.to_path_buf();
         let mut parents = Vec::new();
         let mut at = fs.root();
+        for part in &parts {
+            crate::tree::validate_name(part.as_bytes(), "a guest path")
+                .map_err(|e| Error::InvalidInput(format!("guest path {inside}: {e}")))?;
+        }
         for part in parts.iter().take(parts.len().saturating_sub(1)) {
             shown.push(part);
             at = strata_guest::fs::lookup_child(fs, at, part.as_bytes()).map_err(|e| guest_error(inside, e))?;
@@ -167,6 +176,11 @@ impl Restorer<'_> {
         for entry in entries {
             self.cancel.check()?;
             let child = shown.join(fsops::os(&entry.name));
+            // Checked by the plan already; checked again where it matters.
+            if let Err(e) = crate::tree::validate_name(&entry.name, "a guest file system") {
+                self.fail(&child, &e.to_string());
+                continue;
+            }
             self.restore_entry(fs, entry.node, dir, &entry.name, &child)?;
         }
         Ok(())
@@ -338,5 +352,61 @@ impl Restorer<'_> {
     fn fail(&mut self, shown: &Path, why: &str) {
         tracing::error!(path = %shown.display(), error = why, "restore failed");
         self.summary.failed.push((shown.display().to_string(), why.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_guest::fs::DirEntry;
+    use strata_guest::probe::Content;
+
+    /// A guest directory that names its parent as an entry, as a damaged
+    /// or hostile file system may.
+    struct Hostile;
+
+    impl GuestFs for Hostile {
+        fn describe(&self) -> (Content, Option<String>) {
+            (Content::Ext, None)
+        }
+        fn root(&self) -> NodeId {
+            1
+        }
+        fn stat(&self, node: NodeId) -> strata_guest::Result<Stat> {
+            Ok(Stat {
+                node,
+                kind: if node == 1 { FileKind::Dir } else { FileKind::File },
+                size: 3,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                nlink: 1,
+                atime: Time::default(),
+                mtime: Time::default(),
+                ctime: Time::default(),
+                rdev: 0,
+            })
+        }
+        fn read_dir(&self, _: NodeId) -> strata_guest::Result<Vec<DirEntry>> {
+            Ok(vec![
+                DirEntry { name: b"ok".to_vec(), node: 2 },
+                DirEntry { name: b"..".to_vec(), node: 3 },
+            ])
+        }
+        fn read_link(&self, _: NodeId) -> strata_guest::Result<Vec<u8>> {
+            Ok(Vec::new())
+        }
+        fn xattrs(&self, _: NodeId) -> strata_guest::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            Ok(Vec::new())
+        }
+        fn read_at(&self, _: NodeId, _: u64, _: &mut [u8]) -> strata_guest::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_guest_entry_named_dotdot_refuses_the_restore_before_anything_is_written() {
+        let err = measure(&Hostile, 1, "vm/p1/", &mut HashSet::new(), &CancelToken::new()).unwrap_err();
+        assert!(err.to_string().contains(".."), "{err}");
     }
 }
