@@ -135,13 +135,7 @@ fn line(fs: &dyn GuestFs, stat: &Stat, path: &str) -> String {
         FileKind::Fifo => 'p',
         FileKind::Socket => 's',
     };
-    let mut mode = String::from(letter);
-    for shift in [6, 3, 0] {
-        let bits = (stat.mode >> shift) & 7;
-        mode.push(if bits & 4 != 0 { 'r' } else { '-' });
-        mode.push(if bits & 2 != 0 { 'w' } else { '-' });
-        mode.push(if bits & 1 != 0 { 'x' } else { '-' });
-    }
+    let mode = super::ls::mode_string(letter, stat.mode);
     let mut line = format!(
         "{mode} {:>3} {:<8} {:<8} {:>12} {} {path}",
         stat.nlink,

@@ -67,11 +67,12 @@ fn list_vm(repo: &dyn RepositoryReader, rp: &RestorePoint) -> Result<()> {
     Ok(())
 }
 
-fn mode_string(node: &Node) -> String {
+/// `ls -l`'s first column: the kind's letter and the permission bits.
+pub fn mode_string(letter: char, mode: u32) -> String {
     let mut s = String::with_capacity(10);
-    s.push(node.kind.letter());
+    s.push(letter);
     for shift in [6, 3, 0] {
-        let bits = (node.mode >> shift) & 7;
+        let bits = (mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
         s.push(if bits & 1 != 0 { 'x' } else { '-' });
@@ -92,7 +93,7 @@ fn ls_line(node: &Node, path: &str) -> String {
     };
     let mut line = format!(
         "{} {:>3} {:<8} {:<8} {:>12} {} {}",
-        mode_string(node),
+        mode_string(node.kind.letter(), node.mode),
         node.nlink,
         owner,
         group,

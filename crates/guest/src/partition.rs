@@ -194,7 +194,7 @@ fn past_end(disk: &dyn ByteSource, offset: u64, len: u64) -> Option<String> {
 
 /// A GUID as text, in its mixed-endian form (the first three fields
 /// little-endian).
-pub fn guid(b: &[u8]) -> String {
+fn guid(b: &[u8]) -> String {
     format!(
         "{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
         le32(b, 0),

@@ -30,10 +30,6 @@ impl StoredDisk {
             cache,
         }
     }
-
-    pub fn record(&self) -> &DiskRecord {
-        &self.disk
-    }
 }
 
 impl ByteSource for StoredDisk {

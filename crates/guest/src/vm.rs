@@ -72,19 +72,13 @@ pub struct GuestView {
 
 impl GuestView {
     pub fn new(repo: Arc<dyn RepositoryReader>, description: &VmDescription, cache: Arc<ChunkCache>) -> GuestView {
-        let stems: Vec<&str> = description.disks.iter().map(|d| d.stem()).collect();
         let disks = description
             .disks
             .iter()
-            .map(|record| {
-                let stem = record.stem();
-                let name = if stems.iter().filter(|s| **s == stem).count() > 1 {
-                    format!("{stem}-{}", record.slot.replace(':', "-"))
-                } else {
-                    stem.to_string()
-                };
+            .enumerate()
+            .map(|(i, record)| {
                 GuestDisk {
-                    name,
+                    name: description.disk_name(i),
                     disk: Arc::new(StoredDisk::new(Arc::clone(&repo), record.clone(), Arc::clone(&cache))),
                     volumes: OnceLock::new(),
                     opened: Mutex::new(HashMap::new()),

@@ -53,9 +53,6 @@ pub fn volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Vec<Volume> {
             };
             for p in table.partitions {
                 let name = format!("p{}", p.number);
-                if matches!(p.kind.as_str(), "0x05" | "0x0f" | "0x85") {
-                    continue;
-                }
                 match p.problem {
                     Some(problem) => out.push(unreadable(&name, &problem, source)),
                     None => match Window::range(Arc::clone(&disk), p.offset, p.len) {

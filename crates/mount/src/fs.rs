@@ -517,23 +517,16 @@ impl Filesystem for StrataFs {
                 .iter()
                 .find(|(n, _)| n.as_slice() == name.as_bytes())
                 .map(|(_, v)| v.clone()),
-            // The guest's own names, whatever the file trees hold.
-            Kind::GuestNode { .. } => {
-                let value = guest_xattrs(&inode)
-                    .into_iter()
-                    .find(|(n, _)| n.as_slice() == name.as_bytes())
-                    .map(|(_, v)| v);
-                return match value {
-                    None => reply.error(ENODATA),
-                    Some(v) if size == 0 => reply.size(v.len() as u32),
-                    Some(v) if v.len() > size as usize => reply.error(ERANGE),
-                    Some(v) => reply.data(&v),
-                };
-            }
+            Kind::GuestNode { .. } => guest_xattrs(&inode)
+                .into_iter()
+                .find(|(n, _)| n.as_slice() == name.as_bytes())
+                .map(|(_, v)| v),
             _ => None,
         };
+        // The file-tree census says nothing of a guest's names.
+        let guest = matches!(inode.kind, Kind::GuestNode { .. });
         match value {
-            None if self.absent_everywhere(name.as_bytes()) => reply.error(libc::EOPNOTSUPP),
+            None if !guest && self.absent_everywhere(name.as_bytes()) => reply.error(libc::EOPNOTSUPP),
             None => reply.error(ENODATA),
             Some(v) if size == 0 => reply.size(v.len() as u32),
             Some(v) if v.len() > size as usize => reply.error(ERANGE),
@@ -550,27 +543,22 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(e),
         };
         let mut list = Vec::new();
-        if let Kind::GuestNode { .. } = &inode.kind {
-            let xattrs = guest_xattrs(&inode);
-            let show_trusted = may_see_trusted(req);
-            for (name, _) in &xattrs {
-                if is_trusted(name) && !show_trusted {
-                    continue;
-                }
-                list.extend_from_slice(name);
-                list.push(0);
+        let guest;
+        let xattrs: &[(Vec<u8>, Vec<u8>)] = match &inode.kind {
+            Kind::Entry { node, .. } | Kind::Dir { node, .. } => &node.xattrs,
+            Kind::GuestNode { .. } => {
+                guest = guest_xattrs(&inode);
+                &guest
             }
-        }
-        if let Kind::Entry { node, .. } | Kind::Dir { node, .. } = &inode.kind {
-            let show_trusted =
-                node.xattrs.iter().any(|(n, _)| is_trusted(n)) && may_see_trusted(req);
-            for (name, _) in &node.xattrs {
-                if is_trusted(name) && !show_trusted {
-                    continue;
-                }
-                list.extend_from_slice(name);
-                list.push(0);
+            _ => &[],
+        };
+        let show_trusted = xattrs.iter().any(|(n, _)| is_trusted(n)) && may_see_trusted(req);
+        for (name, _) in xattrs {
+            if is_trusted(name) && !show_trusted {
+                continue;
             }
+            list.extend_from_slice(name);
+            list.push(0);
         }
         if size == 0 {
             reply.size(list.len() as u32)

@@ -166,6 +166,20 @@ fn format_from(code: u8) -> Option<DiskFormat> {
 }
 
 impl VmDescription {
+    /// Disk `index`'s name as the mount and guest paths show it: its
+    /// file's stem, with its slot when another disk of the VM has the
+    /// same stem.
+    pub fn disk_name(&self, index: usize) -> String {
+        let disk = &self.disks[index];
+        let stem = disk.stem();
+        let clash = self.disks.iter().enumerate().any(|(i, d)| i != index && d.stem() == stem);
+        if clash {
+            format!("{stem}-{}", disk.slot.replace(':', "-"))
+        } else {
+            stem.to_string()
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new();
         e.raw(&VM_DESCRIPTION_MAGIC)

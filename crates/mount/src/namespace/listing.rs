@@ -12,23 +12,6 @@ use crate::id::ChunkId;
 use crate::restore_point::{RestorePoint, RestorePointKind};
 use crate::selector::format_time;
 use crate::tree::NodeKind;
-use crate::vm::description::VmDescription;
-
-/// The disk's base name as shown in the mount.
-fn disk_stem(description: &VmDescription, index: usize) -> String {
-    let disk = &description.disks[index];
-    let stem = disk.stem().to_string();
-    let clash = description
-        .disks
-        .iter()
-        .enumerate()
-        .any(|(i, d)| i != index && d.stem() == stem);
-    if clash {
-        format!("{stem}-{}", disk.slot.replace(':', "-"))
-    } else {
-        stem
-    }
-}
 
 impl Namespace {
     pub(super) fn compute_children(&self, inode: &Inode) -> Result<Vec<Child>> {
@@ -131,7 +114,7 @@ impl Namespace {
             });
         }
         for (i, disk) in d.disks.iter().enumerate() {
-            let stem = disk_stem(&d, i);
+            let stem = d.disk_name(i);
             let flat = format!("{stem}-flat.vmdk");
             let text =
                 crate::vmdk::writer::flat_descriptor_text(&flat, disk.capacity, &disk.adapter_type);
