@@ -275,6 +275,13 @@ fn the_mount_shows_guest_files_with_their_metadata() {
         std::fs::metadata(root.join("var/www/big-link.bin")).unwrap().ino(),
         "hard links share an inode"
     );
+    // The census of attribute names covers guests too: a name no file of
+    // the mount has is "not supported" (so `ls -l` stops asking every
+    // file), a name a guest file has is "no data" on the others.
+    use crate::mount_xattr_probes::{probe, wait_for_errno};
+    wait_for_errno(&root.join("var/www/big.bin"), "security.selinux", libc::EOPNOTSUPP);
+    assert_eq!(probe(&root.join("var/www/big.bin"), "user.origin").0, libc::ENODATA);
+    assert_eq!(probe(&root.join("etc/nginx/nginx.conf"), "user.origin"), (0, b"guest".to_vec()));
     // `cp` out of the mount, as a person copying one file would.
     let copied = t.path("copied.conf");
     run(Command::new("cp").arg(root.join("etc/nginx/nginx.conf")).arg(&copied));
@@ -288,4 +295,150 @@ fn sorted_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A file system image mounted on the host to be filled (the kernel's
+/// XFS, ntfs-3g, exfat-fuse), unmounted and its loop device detached on
+/// drop, also when filling fails.
+struct FillMount {
+    at: PathBuf,
+    loop_device: Option<String>,
+}
+
+impl Drop for FillMount {
+    fn drop(&mut self) {
+        if !Command::new("umount").arg(&self.at).status().is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+        if let Some(device) = &self.loop_device {
+            let _ = Command::new("losetup").arg("-d").arg(device).status();
+        }
+    }
+}
+
+/// An image of `mib` MiB made by `mkfs` (the image's path is its last
+/// argument), mounted by `mount` (the image, or a loop device of it where
+/// the driver wants a block device, and the mount point are appended) and
+/// filled with a copy of `src`.
+#[allow(clippy::too_many_arguments)]
+fn filled_image(dir: &Path, name: &str, mib: u64, mkfs: &[&str], mount: &[&str], on_loop: bool, copy: &[&str], src: &Path) -> PathBuf {
+    let img = dir.join(format!("{name}.img"));
+    std::fs::File::create(&img).unwrap().set_len(mib << 20).unwrap();
+    run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&img));
+    let at = dir.join(format!("{name}.mnt"));
+    std::fs::create_dir_all(&at).unwrap();
+    let loop_device = on_loop.then(|| {
+        let out = Command::new("losetup").args(["-f", "--show"]).arg(&img).output().unwrap();
+        assert!(out.status.success(), "losetup: {}", stderr_of(&out));
+        stdout_of(&out).trim().to_string()
+    });
+    let mounted = FillMount { at: at.clone(), loop_device };
+    let device = mounted.loop_device.clone().map_or(img.clone(), PathBuf::from);
+    let status = Command::new(mount[0]).args(&mount[1..]).arg(&device).arg(&at).status().unwrap();
+    assert!(status.success(), "{mount:?} {}", device.display());
+    run(Command::new("cp").args(copy).arg(format!("{}/.", src.display())).arg(&at));
+    drop(mounted);
+    img
+}
+
+/// Writes `img` into `disk` at byte `offset`.
+fn place(img: &Path, disk: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let disk = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    let bytes = std::fs::read(img).unwrap();
+    // Only the non-zero 64 KiB pieces: the disk stays sparse.
+    for (i, piece) in bytes.chunks(64 << 10).enumerate() {
+        if piece.iter().any(|&b| b != 0) {
+            disk.write_all_at(piece, offset + (i as u64) * (64 << 10)).unwrap();
+        }
+    }
+}
+
+/// Every file's content and every symlink's target below `expected`, the
+/// same below `actual` (for file systems that keep no Unix modes).
+fn assert_same_content(expected: &Path, actual: &Path) {
+    let mut want: Vec<String> = std::fs::read_dir(expected).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    want.sort();
+    assert_eq!(sorted_names(actual), want, "entries of {}", actual.display());
+    for name in want {
+        let (e, a) = (expected.join(&name), actual.join(&name));
+        let meta = std::fs::symlink_metadata(&e).unwrap();
+        if meta.is_dir() {
+            assert_same_content(&e, &a);
+        } else if meta.file_type().is_symlink() {
+            assert_eq!(std::fs::read_link(&e).unwrap(), std::fs::read_link(&a).unwrap(), "{}", a.display());
+        } else {
+            assert!(std::fs::read(&e).unwrap() == std::fs::read(&a).unwrap(), "content of {}", a.display());
+        }
+    }
+}
+
+/// A RHEL-like volume (XFS, filled through the kernel's driver with `cp
+/// -a`: owners, modes, times, xattrs, links), a Windows one (NTFS through
+/// ntfs-3g) and an exFAT one (through exfat-fuse) on one GPT disk of a VM:
+/// shown, restored by guest path and read through the mount.
+#[test]
+fn xfs_ntfs_and_exfat_guests_are_shown_restored_and_mounted() {
+    let tools = ["sgdisk", "mkfs.xfs", "mkntfs", "ntfs-3g", "mkfs.exfat", "mount.exfat-fuse", "qemu-img"];
+    if !is_root() || !tools.iter().all(|t| have(t)) || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: needs root, /dev/fuse, loop devices and {tools:?} (tools/setup installs them)");
+        return;
+    }
+    let t = TestRepo::new();
+    let src = t.path("guest-src");
+    guest_tree(&src);
+    let small = t.path("small-src");
+    std::fs::create_dir_all(small.join("EFI/BOOT")).unwrap();
+    std::fs::write(small.join("EFI/BOOT/BOOTX64.EFI"), b"MZ efi loader").unwrap();
+    std::fs::write(small.join("Photo 2026 – Zürich.jpg"), random_bytes(&mut rand::rngs::SmallRng::seed_from_u64(17), 300_000)).unwrap();
+    let dir = t.path(".");
+    let xfs = filled_image(&dir, "rhel", 300, &["mkfs.xfs", "-q", "-L", "root"], &["mount"], true, &["-a"], &src);
+    let copy = ["-R", "--preserve=timestamps,links", "--no-dereference"];
+    let ntfs = filled_image(&dir, "win", 32, &["mkntfs", "-F", "-Q", "-q", "-L", "Windows"], &["ntfs-3g"], false, &copy, &src);
+    let exfat = filled_image(&dir, "usb", 16, &["mkfs.exfat", "-L", "STICK"], &["mount.exfat-fuse"], true, &["-R"], &small);
+    let raw = t.path("win01.raw");
+    std::fs::File::create(&raw).unwrap().set_len(352 << 20).unwrap();
+    run(Command::new("sgdisk").args(["-o", "-n", "1:2048:+300M", "-n", "2:0:+32M", "-n", "3:0:+16M"]).arg(&raw));
+    let mib = 1u64 << 20;
+    place(&xfs, &raw, mib);
+    place(&ntfs, &raw, 301 * mib);
+    place(&exfat, &raw, 333 * mib);
+    let folder = t.path("vms/win01");
+    std::fs::create_dir_all(&folder).unwrap();
+    crate::vm::convert(&raw, "monolithicSparse", &folder.join("win01.vmdk"));
+    std::fs::write(folder.join("win01.vmx"), "displayName = \"win01\"\nguestOS = \"windows2019srv-64\"\nscsi0:0.fileName = \"win01.vmdk\"\n").unwrap();
+    t.ok(&["backup", "vm", folder.to_str().unwrap()]);
+
+    let shown = t.json(&["show", "win01@latest"]);
+    let volumes = shown["vm"]["guest"][0]["volumes"].as_array().unwrap().clone();
+    let described: Vec<(&str, &str, &str)> = volumes
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["filesystem"].as_str().unwrap_or(""), v["label"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(described, [("p1", "xfs", "root"), ("p2", "ntfs", "Windows"), ("p3", "exfat", "STICK")], "{shown:#}");
+
+    // XFS keeps everything a Linux tree has: compared in full.
+    let target = t.path("restored");
+    let out = t.json(&["restore", "files", "win01@latest", "win01/p1/etc", "win01/p1/var", "win01/p3/EFI", "--to", target.to_str().unwrap()]);
+    assert_eq!(out["failed"].as_array().unwrap().len(), 0, "{out}");
+    assert_same_tree(&src.join("etc"), &target.join("etc"));
+    assert_same_tree(&src.join("var"), &target.join("var"));
+    // NTFS's and exFAT's files restore by content (they keep no Unix modes).
+    let ntfs_target = t.path("restored-ntfs");
+    t.ok(&["restore", "files", "win01@latest", "win01/p2/etc", "win01/p2/var", "--to", ntfs_target.to_str().unwrap()]);
+    assert_same_content(&src.join("etc"), &ntfs_target.join("etc"));
+    assert_same_content(&src.join("var"), &ntfs_target.join("var"));
+    assert_same_content(&small.join("EFI"), &target.join("EFI"));
+
+    if !crate::mount::fuse_available() {
+        return;
+    }
+    let mnt = t.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _mount = crate::mount::MountGuard::mount(&t, &mnt);
+    let guest = mnt.join("vms/win01/latest/guest/win01");
+    assert_eq!(sorted_names(&guest), ["p1", "p2", "p3"]);
+    assert_same_tree(&src.join("var"), &guest.join("p1/var"));
+    assert_same_content(&src.join("etc"), &guest.join("p2/etc"));
+    assert_same_content(&small, &guest.join("p3"));
 }

@@ -10,7 +10,7 @@ use crate::mount::{fuse_test_repo, MountGuard};
 use crate::util::TestRepo;
 
 /// The errno of getxattr(`name`) on `path`, or 0 with the value.
-fn probe(path: &Path, name: &str) -> (i32, Vec<u8>) {
+pub fn probe(path: &Path, name: &str) -> (i32, Vec<u8>) {
     match xattr::get(path, name) {
         Ok(Some(value)) => (0, value),
         Ok(None) => (libc::ENODATA, Vec::new()),
@@ -20,7 +20,7 @@ fn probe(path: &Path, name: &str) -> (i32, Vec<u8>) {
 
 /// Polls until getxattr(`name`) on `path` fails with `errno`: the names
 /// are collected in the background after the catalog is read.
-fn wait_for_errno(path: &Path, name: &str, errno: i32) {
+pub fn wait_for_errno(path: &Path, name: &str, errno: i32) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (got, _) = probe(path, name);

@@ -24,6 +24,7 @@ use crate::bytes::{le16, le32};
 use crate::error::{Error, Result};
 use crate::fs::{DirEntry, FileKind, GuestFs, NodeId, Stat, Time};
 use crate::probe::Content;
+use crate::runs::{read_runs, Run};
 use crate::source::{read_vec, ByteSource, Window};
 
 const MAGIC: u16 = 0xEF53;
@@ -79,15 +80,6 @@ pub struct Ext4 {
     maps: Mutex<HashMap<u32, Arc<Vec<Run>>>>,
 }
 
-/// A run of a file's blocks: `len` blocks from logical `logical` at
-/// physical `physical` (`None`: a hole or an unwritten extent, zeros).
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    logical: u64,
-    len: u64,
-    physical: Option<u64>,
-}
-
 /// What an inode says, as far as this reader uses it.
 #[derive(Clone)]
 struct Inode {
@@ -110,20 +102,9 @@ struct Inode {
 
 impl Inode {
     fn kind(&self) -> Result<FileKind> {
-        Ok(match self.mode & 0xF000 {
-            0x4000 => FileKind::Dir,
-            0x8000 => FileKind::File,
-            0xA000 => FileKind::Symlink,
-            0x2000 => FileKind::CharDevice,
-            0x6000 => FileKind::BlockDevice,
-            0x1000 => FileKind::Fifo,
-            0xC000 => FileKind::Socket,
-            other => {
-                return Err(Error::damaged(
-                    format!("inode {}", self.number),
-                    format!("file type {other:#x} is none of ext4's"),
-                ))
-            }
+        FileKind::from_mode(u32::from(self.mode)).ok_or_else(|| {
+            let other = self.mode & 0xF000;
+            Error::damaged(format!("inode {}", self.number), format!("file type {other:#x} is none of ext4's"))
         })
     }
 }
@@ -491,29 +472,7 @@ impl Ext4 {
             return Ok(len);
         }
         let runs = self.runs(inode)?;
-        let mut done = 0usize;
-        while done < len {
-            let at = offset + done as u64;
-            let block = at / self.block_size;
-            let within = at % self.block_size;
-            let i = runs.partition_point(|r| r.logical + r.len <= block);
-            let run = runs.get(i).filter(|r| r.logical <= block);
-            // Bytes until the run (or the hole before the next run) ends.
-            let until = match (run, runs.get(i)) {
-                (Some(r), _) => (r.logical + r.len) * self.block_size - at,
-                (None, Some(next)) => next.logical * self.block_size - at,
-                (None, None) => u64::MAX,
-            };
-            let n = (until.min((len - done) as u64)) as usize;
-            match run.and_then(|r| r.physical.map(|p| p + (block - r.logical))) {
-                Some(physical) => self
-                    .device
-                    .read_exact_at(physical * self.block_size + within, &mut buf[done..done + n])
-                    .map_err(|e| Error::io(self.what(inode.number), e))?,
-                None => buf[done..done + n].fill(0),
-            }
-            done += n;
-        }
+        read_runs(&self.device, self.block_size, &runs, offset, buf).map_err(|e| Error::io(self.what(inode.number), e))?;
         Ok(len)
     }
 
@@ -636,11 +595,6 @@ impl Ext4 {
 }
 
 /// glibc's `makedev`.
-fn dev_t(major: u32, minor: u32) -> u64 {
-    let (major, minor) = (u64::from(major), u64::from(minor));
-    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
-}
-
 /// Whether group `group` holds a superblock backup.
 fn group_has_super(group: u64, sparse: bool) -> bool {
     if group <= 1 || !sparse {
@@ -703,7 +657,7 @@ impl GuestFs for Ext4 {
             } else {
                 ((new & 0xfff00) >> 8, (new & 0xff) | ((new >> 12) & 0xfff00))
             };
-            dev_t(major, minor)
+            crate::fs::makedev(major, minor)
         } else {
             0
         };

@@ -21,9 +21,9 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::fs::{DirEntry, FileKind, GuestFs, NodeId, Stat, Time};
+use crate::fs::{days_from_civil, DirEntry, FileKind, GuestFs, NodeId, Stat, Time};
 use crate::probe::Content;
-use crate::source::{ByteSource, Window};
+use crate::source::{Cursor, Window};
 
 /// Deepest directory nesting read.
 pub const MAX_DEPTH: usize = 64;
@@ -31,41 +31,14 @@ pub const MAX_DEPTH: usize = 64;
 const MAX_ENTRIES: usize = 65_536;
 const ROOT: NodeId = 1;
 
-/// The volume as `fatfs` wants it: a position, reads, and writes that
-/// fail.
-struct ReadOnly {
-    device: Window,
-    position: u64,
-}
-
-impl Read for ReadOnly {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.device.len().saturating_sub(self.position)) as usize;
-        self.device.read_exact_at(self.position, &mut buf[..n])?;
-        self.position += n as u64;
-        Ok(n)
-    }
-}
-
-impl io::Write for ReadOnly {
+/// `fatfs` wants `Write` even to read: every write fails.
+impl io::Write for Cursor {
     fn write(&mut self, _: &[u8]) -> io::Result<usize> {
         Err(io::Error::new(io::ErrorKind::PermissionDenied, "a guest volume is read-only"))
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-impl Seek for ReadOnly {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let position = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.device.len().checked_add_signed(d),
-            SeekFrom::Current(d) => self.position.checked_add_signed(d),
-        };
-        self.position = position.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
-        Ok(self.position)
     }
 }
 
@@ -96,7 +69,7 @@ impl Fat {
         std::thread::Builder::new()
             .name(format!("fat {name}"))
             .spawn(move || {
-                let storage = ReadOnly { device, position: 0 };
+                let storage = Cursor::new(device, u64::MAX);
                 let fs = match fatfs::FileSystem::new(storage, fatfs::FsOptions::new()) {
                     Ok(fs) => fs,
                     Err(e) => {
@@ -280,21 +253,13 @@ fn date_time(t: fatfs::DateTime) -> Time {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let doy = (153 * month_index + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 impl GuestFs for Fat {
     fn describe(&self) -> (Content, Option<String>) {
         (Content::Fat, self.label.clone())
+    }
+
+    fn has_xattrs(&self) -> bool {
+        false
     }
 
     fn root(&self) -> NodeId {

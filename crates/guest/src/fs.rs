@@ -4,6 +4,8 @@
 //! symlink targets, extended attributes, and reads at an offset. Readers
 //! are `Sync`: the mount's threads call them at once.
 
+use std::collections::HashSet;
+
 use crate::error::{Error, Result};
 use crate::probe::Content;
 use crate::source::Window;
@@ -20,6 +22,23 @@ pub enum FileKind {
     BlockDevice,
     Fifo,
     Socket,
+}
+
+impl FileKind {
+    /// The kind a Unix mode's type bits (`S_IFMT`) name, as ext and XFS
+    /// store them.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & 0xF000 {
+            0x4000 => FileKind::Dir,
+            0x8000 => FileKind::File,
+            0xA000 => FileKind::Symlink,
+            0x2000 => FileKind::CharDevice,
+            0x6000 => FileKind::BlockDevice,
+            0x1000 => FileKind::Fifo,
+            0xC000 => FileKind::Socket,
+            _ => return None,
+        })
+    }
 }
 
 /// A time as the file system keeps it.
@@ -67,6 +86,66 @@ pub trait GuestFs: Send + Sync {
     fn xattrs(&self, node: NodeId) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Bytes of a regular file at `offset`; fewer only at its end.
     fn read_at(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<usize>;
+
+    /// Whether any node can have extended attributes (FAT's cannot).
+    fn has_xattrs(&self) -> bool {
+        true
+    }
+}
+
+/// Every extended attribute name some node of `fs` has, by a walk of its
+/// tree from the root (each node once, so a directory loop ends), or
+/// `None` if `stop` said so first. A node that cannot be read adds
+/// nothing: the mount answers for it with no attributes either.
+pub fn xattr_names(fs: &dyn GuestFs, stop: &dyn Fn() -> bool) -> Option<HashSet<Vec<u8>>> {
+    let mut names = HashSet::new();
+    if !fs.has_xattrs() {
+        return Some(names);
+    }
+    let root = fs.root();
+    let mut seen = HashSet::from([root]);
+    let mut pending = vec![root];
+    let mut add = |node| {
+        if let Ok(xattrs) = fs.xattrs(node) {
+            names.extend(xattrs.into_iter().map(|(name, _)| name));
+        }
+    };
+    add(root);
+    while let Some(dir) = pending.pop() {
+        if stop() {
+            return None;
+        }
+        let Ok(entries) = fs.read_dir(dir) else { continue };
+        for entry in entries {
+            if !seen.insert(entry.node) {
+                continue;
+            }
+            add(entry.node);
+            if fs.stat(entry.node).is_ok_and(|s| s.kind == FileKind::Dir) {
+                pending.push(entry.node);
+            }
+        }
+    }
+    Some(names)
+}
+
+/// A device number from its major and minor, as glibc's `makedev`
+/// makes it (what [`Stat::rdev`] holds).
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    let (major, minor) = (u64::from(major), u64::from(minor));
+    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// algorithm), for the file systems that store dates (FAT, exFAT).
+pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let doy = (153 * month_index + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Opens the file system on `device`, which [`crate::probe`] found to
@@ -75,6 +154,9 @@ pub fn open(content: Content, device: Window, name: &str) -> Result<Box<dyn Gues
     match content {
         Content::Ext => Ok(Box::new(crate::ext4::Ext4::open(device, name)?)),
         Content::Fat => Ok(Box::new(crate::fat::Fat::open(device, name)?)),
+        Content::Exfat => crate::exfat::open(device, name),
+        Content::Ntfs => Ok(Box::new(crate::ntfs::Ntfs::open(device, name)?)),
+        Content::Xfs => crate::xfs::open(device, name),
         other => Err(Error::unsupported(
             format!("volume {name}"),
             format!("its {} file system is not read yet", other.name()),

@@ -147,6 +147,52 @@ impl ByteSource for Window {
     }
 }
 
+/// A position in a window, for parsers that want `Read + Seek`. Reads
+/// fail once `budget` bytes have been read: a parser led in circles by
+/// damaged metadata (a B-tree node naming its own ancestor) stops there.
+pub struct Cursor {
+    device: Window,
+    position: u64,
+    budget: u64,
+}
+
+impl Cursor {
+    pub fn new(device: Window, budget: u64) -> Cursor {
+        Cursor {
+            device,
+            position: 0,
+            budget,
+        }
+    }
+}
+
+impl io::Read for Cursor {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.device.len().saturating_sub(self.position)) as usize;
+        self.budget = self.budget.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "read more than the structure can hold: a loop in damaged metadata",
+            )
+        })?;
+        self.device.read_exact_at(self.position, &mut buf[..n])?;
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Seek for Cursor {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let position = match to {
+            io::SeekFrom::Start(p) => Some(p),
+            io::SeekFrom::End(d) => self.device.len().checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.position.checked_add_signed(d),
+        };
+        self.position = position.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        Ok(self.position)
+    }
+}
+
 /// `len` bytes at `offset` of `source`, as a vector (for the small
 /// structures the readers parse).
 pub fn read_vec(source: &dyn ByteSource, offset: u64, len: usize) -> io::Result<Vec<u8>> {

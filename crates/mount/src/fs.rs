@@ -523,10 +523,8 @@ impl Filesystem for StrataFs {
                 .map(|(_, v)| v),
             _ => None,
         };
-        // The file-tree census says nothing of a guest's names.
-        let guest = matches!(inode.kind, Kind::GuestNode { .. });
         match value {
-            None if !guest && self.absent_everywhere(name.as_bytes()) => reply.error(libc::EOPNOTSUPP),
+            None if self.absent_everywhere(name.as_bytes()) => reply.error(libc::EOPNOTSUPP),
             None => reply.error(ENODATA),
             Some(v) if size == 0 => reply.size(v.len() as u32),
             Some(v) if v.len() > size as usize => reply.error(ERANGE),

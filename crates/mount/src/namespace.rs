@@ -240,6 +240,7 @@ impl Namespace {
                 .unwrap_or((0, 0)),
             None => (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()),
         };
+        let xattr_names = XattrNames::start(repo.clone(), Arc::clone(&cache));
         Namespace {
             inodes: InodeTable::new(),
             catalog: Mutex::new((None, Arc::new(Catalog::default()))),
@@ -251,7 +252,7 @@ impl Namespace {
             gid: nix::unistd::getgid().as_raw(),
             vm_owner,
             acls_hidden,
-            xattr_names: XattrNames::start(repo.clone()),
+            xattr_names,
             repo,
         }
     }

@@ -6,8 +6,10 @@
 //! run once one answers EOPNOTSUPP. That answer is only true of a name
 //! that no file of the mount has, so a background thread reads every tree
 //! of every file-tree restore point (each distinct tree once: unchanged
-//! directories are shared between restore points) and collects the names.
-//! Until it has covered every restore point the catalog lists, a missing
+//! directories are shared between restore points) and walks every guest
+//! file system of every VM restore point (a guest's names are known only
+//! once all of its inodes are read), and collects the names. Until it has
+//! covered every restore point the catalog lists, a missing
 //! attribute is ENODATA, as before; when the catalog gains a restore point
 //! it goes back to that until the new one is covered too. A tree that
 //! cannot be read stops the scan for good: the mount then never claims a
@@ -20,11 +22,15 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
 
+use strata_guest::vm::GuestView;
+
+use crate::chunk_cache::ChunkCache;
 use crate::error::Result;
 use crate::id::{ChunkId, RestorePointId};
 use crate::reader::RepositoryReader;
 use crate::restore_point::{RestorePoint, RestorePointKind};
 use crate::tree::NodeKind;
+use crate::vm::description::VmDescription;
 
 const POSIX_ACL: &[u8] = b"system.posix_acl_";
 
@@ -39,8 +45,9 @@ pub struct XattrNames {
 
 #[derive(Default)]
 struct State {
-    /// File-tree restore points of the last catalog, with their root trees.
-    wanted: Vec<(RestorePointId, ChunkId)>,
+    /// The restore points of the last catalog, file trees first (they
+    /// are the cheaper to scan).
+    wanted: Vec<Arc<RestorePoint>>,
     covered: HashSet<RestorePointId>,
     trees: HashSet<ChunkId>,
     names: HashSet<Vec<u8>>,
@@ -48,8 +55,10 @@ struct State {
 }
 
 impl XattrNames {
-    /// Starts the scanning thread; it ends when this is dropped.
-    pub fn start(repo: Arc<dyn RepositoryReader>) -> Arc<Self> {
+    /// Starts the scanning thread; it ends when this is dropped. Guests
+    /// are read through `cache`, the mount's own, so the inodes read are
+    /// there when someone browses them.
+    pub fn start(repo: Arc<dyn RepositoryReader>, cache: Arc<ChunkCache>) -> Arc<Self> {
         let (wake, woken) = bounded(1);
         let names = Arc::new(XattrNames {
             state: Mutex::new(State::default()),
@@ -62,7 +71,7 @@ impl XattrNames {
             .name("xattr-names".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    scan(repo.as_ref(), &weak);
+                    scan(&repo, &cache, &weak);
                 }
             });
         match spawned {
@@ -99,13 +108,11 @@ impl XattrNames {
     /// `absent_everywhere` off before its files can be asked.
     pub fn cover(&self, points: &[Arc<RestorePoint>]) {
         let mut s = self.state();
-        s.wanted = points
-            .iter()
-            .filter(|rp| rp.manifest.kind == RestorePointKind::Files)
-            .map(|rp| (rp.id, rp.manifest.root))
-            .collect();
-        if s.wanted.iter().all(|(id, _)| s.covered.contains(id)) {
-            // Also a catalog without file trees, which no scan completes.
+        let mut wanted = points.to_vec();
+        wanted.sort_by_key(|rp| rp.manifest.kind != RestorePointKind::Files);
+        s.wanted = wanted;
+        if s.wanted.iter().all(|rp| s.covered.contains(&rp.id)) {
+            // Also an empty catalog, which no scan completes.
             self.complete.store(!s.failed, Ordering::Release);
             return;
         }
@@ -135,16 +142,12 @@ impl Drop for XattrNames {
 /// complete (unless the catalog changed meanwhile: `cover` wakes the
 /// thread again). Holds `names` only to look at or record its state, and
 /// stops once it is dropped.
-fn scan(repo: &dyn RepositoryReader, names: &Weak<XattrNames>) {
+fn scan(repo: &Arc<dyn RepositoryReader>, cache: &Arc<ChunkCache>, names: &Weak<XattrNames>) {
     loop {
         let Some(this) = names.upgrade() else { return };
-        let (next, mut trees) = {
+        let (rp, mut trees) = {
             let mut s = this.state();
-            let next = s
-                .wanted
-                .iter()
-                .find(|(id, _)| !s.covered.contains(id))
-                .copied();
+            let next = s.wanted.iter().find(|rp| !s.covered.contains(&rp.id)).cloned();
             match next {
                 Some(next) => (next, std::mem::take(&mut s.trees)),
                 None => {
@@ -154,21 +157,23 @@ fn scan(repo: &dyn RepositoryReader, names: &Weak<XattrNames>) {
             }
         };
         drop(this);
-        let (rp, root) = next;
         let mut found = HashSet::new();
         let dropped = || names.strong_count() == 0;
-        let result = collect(repo, root, &mut trees, &mut found, &dropped);
+        let result = match rp.manifest.kind {
+            RestorePointKind::Files => collect(repo.as_ref(), rp.manifest.root, &mut trees, &mut found, &dropped),
+            RestorePointKind::Vm => collect_guest(repo, cache, &rp, &mut found, &dropped),
+        };
         let Some(this) = names.upgrade() else { return };
         let mut s = this.state();
         s.trees = trees;
         s.names.extend(found);
         match result {
             Ok(true) => {
-                s.covered.insert(rp);
+                s.covered.insert(rp.id);
             }
             Ok(false) => return,
             Err(e) => {
-                tracing::warn!(restore_point = %rp.short(), error = %e, "cannot list the xattr names of a restore point; missing xattrs stay ENODATA");
+                tracing::warn!(restore_point = %rp.id.short(), error = %e, "cannot list the xattr names of a restore point; missing xattrs stay ENODATA");
                 s.failed = true;
                 return;
             }
@@ -201,6 +206,31 @@ fn collect(
                 if seen.insert(subtree) {
                     pending.push(subtree);
                 }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Adds the xattr names of every node of every guest file system of VM
+/// restore point `rp` to `names`. A volume without a readable file system
+/// shows no files, so it adds nothing. False if `stop` said so first.
+fn collect_guest(
+    repo: &Arc<dyn RepositoryReader>,
+    cache: &Arc<ChunkCache>,
+    rp: &RestorePoint,
+    names: &mut HashSet<Vec<u8>>,
+    stop: &dyn Fn() -> bool,
+) -> Result<bool> {
+    let _span = tracing::debug_span!("guest_xattr_names", restore_point = %rp.id.short()).entered();
+    let description = VmDescription::decode(&rp.manifest.root, &repo.read_chunk(&rp.manifest.root)?)?;
+    let view = GuestView::new(Arc::clone(repo), &description, Arc::clone(cache));
+    for disk in &view.disks {
+        for volume in disk.volumes() {
+            let Ok(fs) = disk.open(&volume.name) else { continue };
+            match strata_guest::fs::xattr_names(fs.as_ref(), stop) {
+                Some(found) => names.extend(found),
+                None => return Ok(false),
             }
         }
     }
