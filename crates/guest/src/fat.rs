@@ -107,6 +107,34 @@ impl Fat {
     }
 }
 
+/// The entry at `path` (`None`: the root), each name matched exactly as
+/// listed. `fatfs`'s own lookup by path ignores case and matches short
+/// names too, so on a damaged or crafted volume it could open another
+/// entry than the one listed under that name.
+fn entry_at<'a, T: fatfs::ReadWriteSeek>(fs: &'a fatfs::FileSystem<T>, path: &[String]) -> io::Result<Option<fatfs::DirEntry<'a, T>>> {
+    let mut found: Option<fatfs::DirEntry<'a, T>> = None;
+    for name in path {
+        let dir = match &found {
+            None => fs.root_dir(),
+            Some(entry) if entry.is_dir() => entry.to_dir(),
+            Some(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "a file where a directory was listed")),
+        };
+        let mut next = None;
+        for (count, entry) in dir.iter().enumerate() {
+            if count >= MAX_ENTRIES {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("more than {MAX_ENTRIES} entries in a directory")));
+            }
+            let entry = entry?;
+            if entry.file_name() == *name {
+                next = Some(entry);
+                break;
+            }
+        }
+        found = Some(next.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name}: no longer listed")))?);
+    }
+    Ok(found)
+}
+
 /// The owner thread: answers until every handle is dropped.
 fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, volume: &str, incoming: std::sync::mpsc::Receiver<Request>) {
     let mut nodes: HashMap<NodeId, Node> = HashMap::new();
@@ -140,12 +168,13 @@ fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, volume: &str, incom
                             format!("directories nested deeper than {MAX_DEPTH}: a loop of a damaged volume"),
                         ));
                     }
-                    let dir = if node.path.is_empty() {
-                        fs.root_dir()
-                    } else {
-                        fs.root_dir().open_dir(&node.path.join("/")).map_err(|e| Error::io(what(&node), e))?
+                    let dir = match entry_at(fs, &node.path).map_err(|e| Error::io(what(&node), e))? {
+                        None => fs.root_dir(),
+                        Some(entry) if entry.is_dir() => entry.to_dir(),
+                        Some(_) => return Err(Error::NotADirectory(what(&node))),
                     };
                     let mut out = Vec::new();
+                    let mut listed = std::collections::HashSet::new();
                     for (count, entry) in dir.iter().enumerate() {
                         // A directory's cluster chain may loop: FAT allows
                         // 65,536 entries.
@@ -155,6 +184,12 @@ fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, volume: &str, incom
                         let entry = entry.map_err(|e| Error::io(what(&node), e))?;
                         let name = entry.file_name();
                         if name == "." || name == ".." || name.is_empty() || name.contains('/') || name.contains('\0') {
+                            continue;
+                        }
+                        // A second entry of one name (a damaged volume):
+                        // its path would lead to the first.
+                        if !listed.insert(name.clone()) {
+                            tracing::warn!(directory = %what(&node), name = %name, "a second FAT entry of one name is not shown");
                             continue;
                         }
                         let mut path = node.path.clone();
@@ -196,7 +231,11 @@ fn serve<T: fatfs::ReadWriteSeek>(fs: &fatfs::FileSystem<T>, volume: &str, incom
                     }
                     let want = (len as u64).min(node.stat.size.saturating_sub(offset)) as usize;
                     if open.as_ref().is_none_or(|(o, _, _)| *o != id) {
-                        let file = fs.root_dir().open_file(&node.path.join("/")).map_err(|e| Error::io(what(&node), e))?;
+                        let entry = entry_at(fs, &node.path).map_err(|e| Error::io(what(&node), e))?;
+                        let file = match entry {
+                            Some(entry) if !entry.is_dir() => entry.to_file(),
+                            _ => return Err(Error::unsupported(what(&node), "not a regular file")),
+                        };
                         open = Some((id, file, 0));
                     }
                     let (_, file, position) = open.as_mut().expect("just opened");

@@ -32,6 +32,8 @@ const MDA_MAGIC: &[u8; 16] = b" LVM2 x[5A%r0N*>";
 const LVM_CRC_INITIAL: u32 = 0xf597_a6cf;
 /// Most bytes of metadata text read (LVM's default area is 1 MiB).
 const MAX_METADATA: u64 = 16 << 20;
+/// A metadata area whose copy LVM does not keep current (`metadataignore`).
+const RAW_LOCN_IGNORED: u32 = 0x1;
 /// Deepest nesting of sections, and most segments per volume.
 const MAX_DEPTH: usize = 16;
 const MAX_SEGMENTS: usize = 4096;
@@ -108,19 +110,50 @@ pub fn logical_volumes(device: Arc<dyn ByteSource>, pv_name: &str) -> Result<Vec
         }
     }
     let [_, metadata_areas] = lists;
-    let &(mda_offset, mda_size) = metadata_areas
-        .first()
-        .ok_or_else(|| Error::unsupported(what("the PV header"), "no metadata area on this physical volume"))?;
-    let text = metadata_text(device.as_ref(), mda_offset, mda_size).map_err(|e| match e {
-        Error::Damaged { why, .. } => Error::damaged(what("the metadata area"), why),
-        other => other,
-    })?;
-    let config = parse(&text).map_err(|why| Error::damaged(what("the metadata text"), why))?;
-    volumes(&config, &pv_uuid, device, pv_name)
+    if metadata_areas.is_empty() {
+        return Err(Error::unsupported(what("the PV header"), "no metadata area on this physical volume"));
+    }
+    // A physical volume may keep two copies (`--metadatacopies 2`), and
+    // one marked ignored (`--metadataignore`) is not kept current: the
+    // newest copy not ignored is the volume group's metadata.
+    let mut newest: Option<(u64, BTreeMap<String, Value>)> = None;
+    let mut failed = None;
+    for &(mda_offset, mda_size) in &metadata_areas {
+        let config = match metadata_text(device.as_ref(), mda_offset, mda_size) {
+            Ok(None) => continue,
+            Ok(Some(text)) => parse(&text).map_err(|why| Error::damaged(what("the metadata text"), why)),
+            Err(Error::Damaged { why, .. }) => Err(Error::damaged(what("the metadata area"), why)),
+            Err(other) => Err(other),
+        };
+        match config {
+            Ok(config) => {
+                let seqno = sequence_number(&config);
+                if newest.as_ref().is_none_or(|(n, _)| seqno > *n) {
+                    newest = Some((seqno, config));
+                }
+            }
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    match (newest, failed) {
+        (Some((_, config)), _) => volumes(&config, &pv_uuid, device, pv_name),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(Error::unsupported(
+            what("the metadata areas"),
+            "every one is marked ignored: the volume group's metadata is kept on another physical volume",
+        )),
+    }
 }
 
-/// The current metadata text of the area at `offset` of `size` bytes.
-fn metadata_text(device: &dyn ByteSource, offset: u64, size: u64) -> Result<String> {
+/// The volume group's sequence number (`seqno`), which grows with every
+/// change of its metadata; 0 if the text has none.
+fn sequence_number(config: &BTreeMap<String, Value>) -> u64 {
+    config.values().filter_map(Value::section).find_map(|vg| number(vg, "seqno").ok()).unwrap_or(0)
+}
+
+/// The current metadata text of the area at `offset` of `size` bytes;
+/// `None` if the area is marked ignored.
+fn metadata_text(device: &dyn ByteSource, offset: u64, size: u64) -> Result<Option<String>> {
     let end = offset.checked_add(size).filter(|&end| end <= device.len() && size > SECTOR);
     if end.is_none() {
         return Err(Error::damaged("", format!("{size} bytes at {offset} do not lie on the device")));
@@ -132,7 +165,10 @@ fn metadata_text(device: &dyn ByteSource, offset: u64, size: u64) -> Result<Stri
     if &h[4..20] != MDA_MAGIC || le32(&h, 20) != 1 || le64(&h, 24) != offset || le64(&h, 32) != size {
         return Err(Error::damaged("", "its header has the wrong magic, version, start or size"));
     }
-    let (text_offset, text_size, text_crc) = (le64(&h, 40), le64(&h, 48), le32(&h, 56));
+    let (text_offset, text_size, text_crc, flags) = (le64(&h, 40), le64(&h, 48), le32(&h, 56), le32(&h, 60));
+    if flags & RAW_LOCN_IGNORED != 0 {
+        return Ok(None);
+    }
     if text_size == 0 || text_size > MAX_METADATA || text_size > size - SECTOR || !(SECTOR..size).contains(&text_offset) {
         return Err(Error::damaged("", format!("its metadata of {text_size} bytes at {text_offset} does not fit")));
     }
@@ -146,7 +182,7 @@ fn metadata_text(device: &dyn ByteSource, offset: u64, size: u64) -> Result<Stri
         return Err(Error::damaged("", "the metadata text fails its checksum"));
     }
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-    String::from_utf8(text[..end].to_vec()).map_err(|_| Error::damaged("", "the metadata text is not UTF-8"))
+    String::from_utf8(text[..end].to_vec()).map(Some).map_err(|_| Error::damaged("", "the metadata text is not UTF-8"))
 }
 
 /// A value of LVM's configuration syntax.
@@ -413,7 +449,7 @@ fn linear_map(
             return Err("a stripe is not [\"pvN\", extent]".into());
         };
         if pv != pv_key {
-            return Err(format!("it lies on physical volume {pv}, not on this disk"));
+            return Err(format!("it lies on physical volume {pv}, not on this one"));
         }
         let pv_extent = u64::try_from(*pv_extent).map_err(|_| "a negative extent".to_string())?;
         if pv_extent.checked_add(extents).is_none_or(|end| end > pe_count) {

@@ -74,20 +74,44 @@ pub fn volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Vec<Volume> {
             Ok(lvs) => {
                 for lv in lvs {
                     let name = format!("{}-{}", lv.vg, lv.name);
-                    match lv.device {
-                        Ok(w) => logical.push(volume(name, w, "lvm")),
-                        Err(why) => logical.push(unreadable(&name, &why, "lvm")),
-                    }
+                    let found = match lv.device {
+                        Ok(w) => volume(name, w, "lvm"),
+                        Err(why) => unreadable(&name, &why, "lvm"),
+                    };
+                    logical.push((v.name.clone(), found));
                 }
             }
             Err(e) => {
                 tracing::warn!(volume = %pv_name, error = %e, "LVM2 metadata unreadable");
-                logical.push(unreadable(&format!("{}-lvm", v.name), &e.to_string(), "lvm"));
+                logical.push((v.name.clone(), unreadable(&format!("{}-lvm", v.name), &e.to_string(), "lvm")));
             }
         }
     }
-    logical.sort_by(|a, b| a.name.cmp(&b.name));
-    out.extend(logical);
+    out.extend(one_per_name(logical));
+    out
+}
+
+/// The logical volumes found on a disk's physical volumes (each with the
+/// partition it was found on), one per name, by name. A volume group on
+/// several of the disk's physical volumes lists each of its volumes on
+/// every one of them, readable only through the one that holds it: that
+/// one is kept. Two readable volumes of one name (two volume groups of
+/// one name, as disks cloned from one template have) are both kept, the
+/// later one named after its partition too (`vg0-root~p3`: LVM names
+/// have no `~`).
+fn one_per_name(mut found: Vec<(String, Volume)>) -> Vec<Volume> {
+    found.sort_by(|(_, a), (_, b)| a.name.cmp(&b.name).then(b.device.is_some().cmp(&a.device.is_some())));
+    let mut out: Vec<Volume> = Vec::with_capacity(found.len());
+    for (partition, mut volume) in found {
+        match out.iter().rfind(|kept| kept.name == volume.name || kept.name.starts_with(&format!("{}~", volume.name))) {
+            None => out.push(volume),
+            Some(kept) if kept.device.is_some() && volume.device.is_some() => {
+                volume.name = format!("{}~{partition}", volume.name);
+                out.push(volume);
+            }
+            Some(_) => {}
+        }
+    }
     out
 }
 
@@ -125,5 +149,40 @@ fn why_empty(content: Content) -> Option<String> {
         Content::Unknown => Some("no file system Strata reads (ext2/3/4, XFS, NTFS, FAT, exFAT) was found on it".into()),
         Content::LvmPhysicalVolume => Some("an LVM2 physical volume: its logical volumes are listed beside it".into()),
         Content::Ext | Content::Xfs | Content::Ntfs | Content::Fat | Content::Exfat => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lv(name: &str, readable: bool) -> Volume {
+        let disk: Arc<dyn ByteSource> = Arc::new(vec![0u8; 4096]);
+        match readable {
+            true => volume(name.into(), Window::range(disk, 0, 4096).unwrap(), "lvm"),
+            false => unreadable(name, "it lies on physical volume pv0, not on this one", "lvm"),
+        }
+    }
+
+    #[test]
+    fn a_volume_seen_through_two_physical_volumes_is_listed_once_readable() {
+        let found = vec![
+            ("p2".to_string(), lv("vg0-root", false)),
+            ("p3".to_string(), lv("vg0-root", true)),
+            ("p3".to_string(), lv("vg0-swap", false)),
+            ("p2".to_string(), lv("vg0-swap", false)),
+            ("p2".to_string(), lv("vg0-home", true)),
+            ("p5".to_string(), lv("vg0-home", true)),
+        ];
+        let listed: Vec<(String, bool)> = one_per_name(found).into_iter().map(|v| (v.name, v.device.is_some())).collect();
+        assert_eq!(
+            listed,
+            [
+                ("vg0-home".to_string(), true),
+                ("vg0-home~p5".to_string(), true),
+                ("vg0-root".to_string(), true),
+                ("vg0-swap".to_string(), false),
+            ]
+        );
     }
 }

@@ -158,3 +158,32 @@ fn damaged_fat_volumes_give_errors_never_panics() {
     flip_rounds(Content::Fat, &std::fs::read(&img).unwrap(), 200, 1 << 20, 0x9e37_79b9_7f4a_7c15, |_| {});
 }
 
+
+/// Two FAT entries whose names differ only in case (a crafted or damaged
+/// volume: FAT compares names without case): each reads as itself, never
+/// as the other, though FAT's own lookup would find the first for both.
+#[test]
+fn fat_entries_differing_only_in_case_read_as_themselves() {
+    if !have("mkfs.vfat") || !have("mcopy") {
+        return;
+    }
+    let dir = TempDir::new("fat-case");
+    let (first, second) = (dir.0.join("AAAA.TXT"), dir.0.join("BBBB.TXT"));
+    std::fs::write(&first, b"first\n").unwrap();
+    std::fs::write(&second, b"second!\n").unwrap();
+    let img = dir.0.join("fat.img");
+    run(Command::new("mkfs.vfat").args(["-F", "12", "-C"]).arg(&img).arg("4096"));
+    run(Command::new("mcopy").arg("-i").arg(&img).arg(&first).arg(&second).arg("::/"));
+    let mut bytes = std::fs::read(&img).unwrap();
+    let at = bytes.windows(11).position(|w| w == b"BBBB    TXT").expect("the second entry");
+    bytes[at..at + 4].copy_from_slice(b"AAAA");
+    // NT's flags for a lowercase base name and extension: "aaaa.txt".
+    bytes[at + 12] |= 0x18;
+    std::fs::write(&img, bytes).unwrap();
+    let fs = fs::open(Content::Fat, window(&img), "fat").unwrap();
+    let mut names: Vec<_> = fs.read_dir(fs.root()).unwrap().into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["AAAA.TXT", "aaaa.txt"]);
+    assert_eq!(read_all(fs.as_ref(), fs::lookup(fs.as_ref(), "/aaaa.txt").unwrap(), 100), b"second!\n");
+    assert_eq!(read_all(fs.as_ref(), fs::lookup(fs.as_ref(), "/AAAA.TXT").unwrap(), 100), b"first\n");
+}

@@ -141,6 +141,38 @@ fn lvm2_linear_volumes_written_by_lvm2() {
     assert_eq!(vols[1].len(), 8 << 20);
 }
 
+/// A physical volume with two metadata copies, one of which LVM stops
+/// keeping current (`vgchange --vgmetadatacopies 1` marks the first one
+/// ignored): a volume made after that is read from the current copy.
+#[test]
+fn an_ignored_metadata_copy_is_passed_over_for_the_current_one() {
+    if !have("pvcreate") || !have("losetup") || !nix_is_root() {
+        eprintln!("skipped: LVM2 tests need root, losetup and lvm2 (tools/setup installs them)");
+        return;
+    }
+    let dir = tempfile_dir();
+    let img = image(dir.path(), "copies.img", 64);
+    let vg = format!("copies{}", std::process::id());
+    {
+        let lo = LoopDevice::attach(&img, 0, 64 << 20);
+        let lvm = |args: &[&str]| {
+            run(Command::new("lvm")
+                .args(args)
+                .args(["--config", "global { activation = 0 } devices { filter = [ \"a|/dev/loop.*|\", \"r|.*|\" ] }"])
+                .env("LVM_SUPPRESS_FD_WARNINGS", "1"))
+        };
+        lvm(&["pvcreate", "-q", "-ff", "-y", "--metadatacopies", "2", &lo.path]);
+        lvm(&["vgcreate", "-q", "-s", "4m", &vg, &lo.path]);
+        lvm(&["lvcreate", "-q", "-an", "-Zn", "-L", "8M", "-n", "early", &vg]);
+        lvm(&["vgchange", "-q", "--vgmetadatacopies", "1", &vg]);
+        lvm(&["lvcreate", "-q", "-an", "-Zn", "-L", "4M", "-n", "late", &vg]);
+        lvm(&["vgchange", "-q", "-an", &vg]);
+        lvm(&["vgexport", "-q", &vg]);
+    }
+    let names: Vec<String> = volumes(open(&img), "copies").into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["whole".to_string(), format!("{vg}-early"), format!("{vg}-late")]);
+}
+
 fn nix_is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
