@@ -95,10 +95,11 @@ pub fn restore_guest_files(
 }
 
 /// Bytes of regular files under `node`, checking every name and refusing
-/// a directory that contains itself.
+/// a directory that contains itself. What cannot be read counts nothing:
+/// the restore records it as failed and goes on with the rest.
 fn measure(fs: &dyn GuestFs, node: NodeId, shown: &str, dirs: &mut HashSet<NodeId>, cancel: &CancelToken) -> Result<u64> {
     cancel.check()?;
-    let stat = fs.stat(node).map_err(|e| guest_error(shown, e))?;
+    let Ok(stat) = fs.stat(node) else { return Ok(0) };
     match stat.kind {
         FileKind::File => Ok(stat.size),
         FileKind::Dir => {
@@ -108,7 +109,8 @@ fn measure(fs: &dyn GuestFs, node: NodeId, shown: &str, dirs: &mut HashSet<NodeI
                 )));
             }
             let mut total = 0u64;
-            for entry in fs.read_dir(node).map_err(|e| guest_error(shown, e))? {
+            let entries = fs.read_dir(node).unwrap_or_default();
+            for entry in entries {
                 let name = String::from_utf8_lossy(&entry.name);
                 // Every name is checked before anything is written: a
                 // guest's "..", "." or "a/b" must never reach the target's
@@ -171,8 +173,16 @@ impl Restorer<'_> {
         Ok(())
     }
 
+    /// A directory's entries; one that cannot be listed (damaged) is
+    /// recorded as failed and the rest of the restore goes on.
     fn restore_children(&mut self, fs: &dyn GuestFs, dir_node: NodeId, dir: &OwnedFd, shown: &Path) -> Result<()> {
-        let entries = fs.read_dir(dir_node).map_err(|e| guest_error(&shown.display().to_string(), e))?;
+        let entries = match fs.read_dir(dir_node) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.fail(shown, &e.to_string());
+                return Ok(());
+            }
+        };
         for entry in entries {
             self.cancel.check()?;
             let child = shown.join(fsops::os(&entry.name));
@@ -402,6 +412,63 @@ mod tests {
         fn read_at(&self, _: NodeId, _: u64, _: &mut [u8]) -> strata_guest::Result<usize> {
             Ok(0)
         }
+    }
+
+    /// A root with a readable file and a directory that cannot be listed.
+    struct HalfDamaged;
+
+    impl GuestFs for HalfDamaged {
+        fn describe(&self) -> (Content, Option<String>) {
+            (Content::Ext, None)
+        }
+        fn root(&self) -> NodeId {
+            1
+        }
+        fn stat(&self, node: NodeId) -> strata_guest::Result<Stat> {
+            let dir = node != 2;
+            Hostile.stat(node).map(|s| Stat { kind: if dir { FileKind::Dir } else { FileKind::File }, mode: if dir { 0o755 } else { 0o644 }, ..s })
+        }
+        fn read_dir(&self, node: NodeId) -> strata_guest::Result<Vec<DirEntry>> {
+            match node {
+                1 => Ok(vec![DirEntry { name: b"good".to_vec(), node: 2 }, DirEntry { name: b"bad".to_vec(), node: 3 }]),
+                _ => Err(strata_guest::Error::damaged("directory 3", "its block fails its checksum")),
+            }
+        }
+        fn read_link(&self, _: NodeId) -> strata_guest::Result<Vec<u8>> {
+            Ok(Vec::new())
+        }
+        fn xattrs(&self, _: NodeId) -> strata_guest::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            Ok(Vec::new())
+        }
+        fn read_at(&self, _: NodeId, offset: u64, buf: &mut [u8]) -> strata_guest::Result<usize> {
+            let data = b"ok\n".get(offset as usize..).unwrap_or_default();
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_unreadable_guest_directory_is_recorded_and_the_rest_restored() {
+        assert_eq!(measure(&HalfDamaged, 1, "vm/p1/", &mut HashSet::new(), &CancelToken::new()).unwrap(), 3);
+        let target = std::env::temp_dir().join(format!("strata-guest-half-{}", std::process::id()));
+        std::fs::create_dir_all(&target).unwrap();
+        let root = fsops::open_dir(None, target.as_os_str(), &target).unwrap();
+        let (progress, cancel) = (crate::progress::NoProgress, CancelToken::new());
+        let mut restorer = Restorer {
+            summary: RestoreSummary::default(),
+            is_root: false,
+            progress: &progress,
+            cancel: &cancel,
+            links: HashMap::new(),
+        };
+        restorer.restore_path(&HalfDamaged, 1, "/", &root, &target).unwrap();
+        let good = std::fs::read(target.join("good"));
+        let failed = restorer.summary.failed.clone();
+        let _ = std::fs::remove_dir_all(&target);
+        assert_eq!(good.unwrap(), b"ok\n");
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].0.ends_with("bad") && failed[0].1.contains("checksum"), "{failed:?}");
     }
 
     #[test]
