@@ -131,8 +131,11 @@ struct Restorer<'a> {
     is_root: bool,
     progress: &'a dyn Progress,
     cancel: &'a CancelToken,
-    /// The first restored name of each node with several links.
-    links: HashMap<NodeId, (OwnedFd, PathBuf)>,
+    /// The first restored name of each node with several links, and how
+    /// many of its names are still to come: the descriptor is closed once
+    /// all have been linked, so a guest of many hard-linked files does not
+    /// run the restore out of descriptors.
+    links: HashMap<NodeId, (OwnedFd, PathBuf, u32)>,
 }
 
 impl Restorer<'_> {
@@ -215,9 +218,13 @@ impl Restorer<'_> {
             }
             FileKind::File => {
                 if stat.nlink > 1 {
-                    if let Some((first, first_shown)) = self.links.get(&node) {
+                    if let Some((first, first_shown, to_come)) = self.links.get_mut(&node) {
                         fsops::link_in_place(first, parent, os_name, shown)
                             .map_err(|e| Error::InvalidInput(format!("linking {} to {}: {e}", shown.display(), first_shown.display())))?;
+                        *to_come -= 1;
+                        if *to_come == 0 {
+                            self.links.remove(&node);
+                        }
                         self.summary.files += 1;
                         return Ok(());
                     }
@@ -226,7 +233,7 @@ impl Restorer<'_> {
                     Ok(fd) => {
                         self.summary.files += 1;
                         if stat.nlink > 1 {
-                            self.links.insert(node, (fd, shown.to_path_buf()));
+                            self.links.insert(node, (fd, shown.to_path_buf(), stat.nlink - 1));
                         }
                     }
                     Err(e @ Error::Interrupted(_)) => return Err(e),
