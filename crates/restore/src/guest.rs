@@ -67,7 +67,7 @@ pub fn restore_guest_files(
     let mut needed = 0u64;
     for path in &request.paths {
         let (fs, node, inside) = view.resolve(path).map_err(|e| guest_error(path, e))?;
-        needed = needed.saturating_add(measure(fs.as_ref(), node, path, &mut HashSet::new(), cancel)?);
+        needed = needed.saturating_add(measure(fs.as_ref(), node, path, &mut Measured::default(), cancel)?);
         selected.push((fs, node, inside, path.clone()));
     }
     target.check_space(needed)?;
@@ -94,16 +94,26 @@ pub fn restore_guest_files(
     Ok(summary)
 }
 
+/// What measuring a guest tree keeps: the directories above the one
+/// measured (a loop is refused), and the hard-linked files counted (a
+/// second name is a link, not a second copy).
+#[derive(Default)]
+struct Measured {
+    dirs: HashSet<NodeId>,
+    linked: HashSet<NodeId>,
+}
+
 /// Bytes of regular files under `node`, checking every name and refusing
 /// a directory that contains itself. What cannot be read counts nothing:
 /// the restore records it as failed and goes on with the rest.
-fn measure(fs: &dyn GuestFs, node: NodeId, shown: &str, dirs: &mut HashSet<NodeId>, cancel: &CancelToken) -> Result<u64> {
+fn measure(fs: &dyn GuestFs, node: NodeId, shown: &str, seen: &mut Measured, cancel: &CancelToken) -> Result<u64> {
     cancel.check()?;
     let Ok(stat) = fs.stat(node) else { return Ok(0) };
     match stat.kind {
+        FileKind::File if stat.nlink > 1 && !seen.linked.insert(node) => Ok(0),
         FileKind::File => Ok(stat.size),
         FileKind::Dir => {
-            if !dirs.insert(node) {
+            if !seen.dirs.insert(node) {
                 return Err(Error::InvalidInput(format!(
                     "guest path {shown}: the directory contains itself (the file system is damaged: a directory loop)"
                 )));
@@ -117,9 +127,9 @@ fn measure(fs: &dyn GuestFs, node: NodeId, shown: &str, dirs: &mut HashSet<NodeI
                 // directory calls.
                 crate::tree::validate_name(&entry.name, "a guest file system")
                     .map_err(|e| Error::InvalidInput(format!("guest path {shown}: {e}")))?;
-                total = total.saturating_add(measure(fs, entry.node, &format!("{shown}/{name}"), dirs, cancel)?);
+                total = total.saturating_add(measure(fs, entry.node, &format!("{shown}/{name}"), seen, cancel)?);
             }
-            dirs.remove(&node);
+            seen.dirs.remove(&node);
             Ok(total)
         }
         _ => Ok(0),
@@ -457,7 +467,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_guest_directory_is_recorded_and_the_rest_restored() {
-        assert_eq!(measure(&HalfDamaged, 1, "vm/p1/", &mut HashSet::new(), &CancelToken::new()).unwrap(), 3);
+        assert_eq!(measure(&HalfDamaged, 1, "vm/p1/", &mut Measured::default(), &CancelToken::new()).unwrap(), 3);
         let target = std::env::temp_dir().join(format!("strata-guest-half-{}", std::process::id()));
         std::fs::create_dir_all(&target).unwrap();
         let root = fsops::open_dir(None, target.as_os_str(), &target).unwrap();
@@ -478,9 +488,41 @@ mod tests {
         assert!(failed[0].0.ends_with("bad") && failed[0].1.contains("checksum"), "{failed:?}");
     }
 
+    /// A root with two names of one file of two links.
+    struct Linked;
+
+    impl GuestFs for Linked {
+        fn describe(&self) -> (Content, Option<String>) {
+            (Content::Ext, None)
+        }
+        fn root(&self) -> NodeId {
+            1
+        }
+        fn stat(&self, node: NodeId) -> strata_guest::Result<Stat> {
+            HalfDamaged.stat(node).map(|s| Stat { nlink: if node == 2 { 2 } else { 1 }, ..s })
+        }
+        fn read_dir(&self, _: NodeId) -> strata_guest::Result<Vec<DirEntry>> {
+            Ok(vec![DirEntry { name: b"a".to_vec(), node: 2 }, DirEntry { name: b"b".to_vec(), node: 2 }])
+        }
+        fn read_link(&self, _: NodeId) -> strata_guest::Result<Vec<u8>> {
+            Ok(Vec::new())
+        }
+        fn xattrs(&self, _: NodeId) -> strata_guest::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            Ok(Vec::new())
+        }
+        fn read_at(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> strata_guest::Result<usize> {
+            HalfDamaged.read_at(node, offset, buf)
+        }
+    }
+
+    #[test]
+    fn a_hard_linked_file_needs_its_space_once() {
+        assert_eq!(measure(&Linked, 1, "vm/p1/", &mut Measured::default(), &CancelToken::new()).unwrap(), 3);
+    }
+
     #[test]
     fn a_guest_entry_named_dotdot_refuses_the_restore_before_anything_is_written() {
-        let err = measure(&Hostile, 1, "vm/p1/", &mut HashSet::new(), &CancelToken::new()).unwrap_err();
+        let err = measure(&Hostile, 1, "vm/p1/", &mut Measured::default(), &CancelToken::new()).unwrap_err();
         assert!(err.to_string().contains(".."), "{err}");
     }
 }
