@@ -1,10 +1,12 @@
-//! LVM2 physical volumes: the label, the metadata area and the text
-//! metadata in it, and the linear logical volumes it describes, each as a
-//! [`Window`] over the disk. No maintained crate reads LVM2; this reader
-//! checks every field it uses (the label's and the metadata's checksums,
-//! every offset and size against the device, every extent against the
-//! physical volume) and reads only what a linear volume needs. Layout
-//! (LVM2's `lib/format_text/layout.h`):
+//! LVM2 physical volumes: the label, the metadata areas and the text
+//! metadata in them, and the linear logical volumes of a disk's volume
+//! groups, each as a [`Window`] over the disk (a volume extended across
+//! several of the disk's physical volumes reads across them). No
+//! maintained crate reads LVM2; this reader checks every field it uses
+//! (the label's and the metadata's checksums, every offset and size
+//! against the device, every extent against the physical volume) and
+//! reads only what a linear volume needs. Layout (LVM2's
+//! `lib/format_text/layout.h`):
 //!
 //! - one of the first four sectors holds the label: `LABELONE`, its own
 //!   sector number, a CRC of the rest of the sector, the offset of the PV
@@ -13,8 +15,9 @@
 //!   pairs ending in zeros: data areas, then metadata areas;
 //! - a metadata area starts with a 512-byte header (CRC, magic
 //!   ` LVM2 x[5A%r0N*>`, version 1, its start and size, then raw locations
-//!   (offset, size, CRC, flags)); the first location is the current
-//!   metadata, text that may wrap around the end of the area's ring;
+//!   (offset, size, CRC, flags)); the first location is the area's
+//!   metadata, text that may wrap around the end of the area's ring,
+//!   unless its flags mark the area ignored (not kept current);
 //! - the text is LVM's configuration syntax: `name = value`, `name {
 //!   … }`, values are numbers, quoted strings or `[ … ]` lists.
 
@@ -76,23 +79,37 @@ fn label(device: &dyn ByteSource) -> Result<Option<(u64, usize)>> {
     Ok(None)
 }
 
-/// A linear logical volume of a volume group on this physical volume.
+/// A linear logical volume of a volume group of a disk.
 #[derive(Clone)]
 pub struct LogicalVolume {
     pub vg: String,
     pub name: String,
     /// The volume's bytes; `Err` says why it cannot be read (a RAID or
-    /// thin volume, one spanning a physical volume not on this disk).
+    /// thin volume, one on a physical volume not on this disk).
     pub device: std::result::Result<Window, String>,
+    /// Which of the physical volumes given held the metadata it comes from.
+    pub described_by: usize,
 }
 
-/// The logical volumes the current metadata of the physical volume
-/// `device` describes, in name order. `pv_name` names it in messages.
-pub fn logical_volumes(device: Arc<dyn ByteSource>, pv_name: &str) -> Result<Vec<LogicalVolume>> {
+/// An LVM2 physical volume: its UUID, and the newest metadata it keeps.
+pub struct PhysicalVolume {
+    /// Names it in messages (`web01/p2`).
+    pub name: String,
+    /// Without dashes, as in the PV header.
+    uuid: String,
+    device: Window,
+    /// `None`: every copy is marked ignored; the group's metadata is kept
+    /// on its other physical volumes.
+    metadata: Option<(u64, BTreeMap<String, Value>)>,
+}
+
+/// The physical volume `device` (a partition): its label, its header and
+/// the newest of its metadata copies. `pv_name` names it in messages.
+pub fn physical_volume(device: Window, pv_name: &str) -> Result<PhysicalVolume> {
     let what = |s: &str| format!("{s} of the LVM2 physical volume {pv_name}");
-    let (sector, offset) = label(device.as_ref())?
+    let (sector, offset) = label(&device)?
         .ok_or_else(|| Error::damaged(what("the label"), "none in the first four sectors"))?;
-    let header = read_vec(device.as_ref(), sector * SECTOR, SECTOR as usize).map_err(|e| Error::io(what("the label"), e))?;
+    let header = read_vec(&device, sector * SECTOR, SECTOR as usize).map_err(|e| Error::io(what("the label"), e))?;
     let pv_uuid = String::from_utf8_lossy(&header[offset..offset + 32]).to_string();
     let mut at = offset + 40;
     let mut lists: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
@@ -119,7 +136,7 @@ pub fn logical_volumes(device: Arc<dyn ByteSource>, pv_name: &str) -> Result<Vec
     let mut newest: Option<(u64, BTreeMap<String, Value>)> = None;
     let mut failed = None;
     for &(mda_offset, mda_size) in &metadata_areas {
-        let config = match metadata_text(device.as_ref(), mda_offset, mda_size) {
+        let config = match metadata_text(&device, mda_offset, mda_size) {
             Ok(None) => continue,
             Ok(Some(text)) => parse(&text).map_err(|why| Error::damaged(what("the metadata text"), why)),
             Err(Error::Damaged { why, .. }) => Err(Error::damaged(what("the metadata area"), why)),
@@ -135,20 +152,72 @@ pub fn logical_volumes(device: Arc<dyn ByteSource>, pv_name: &str) -> Result<Vec
             Err(e) => failed = failed.or(Some(e)),
         }
     }
-    match (newest, failed) {
-        (Some((_, config)), _) => volumes(&config, &pv_uuid, device, pv_name),
-        (None, Some(e)) => Err(e),
-        (None, None) => Err(Error::unsupported(
-            what("the metadata areas"),
-            "every one is marked ignored: the volume group's metadata is kept on another physical volume",
-        )),
+    if let (None, Some(e)) = (&newest, failed) {
+        return Err(e);
     }
+    Ok(PhysicalVolume {
+        name: pv_name.to_string(),
+        uuid: pv_uuid,
+        device,
+        metadata: newest,
+    })
+}
+
+/// The logical volumes of the volume groups on `pvs` (the physical
+/// volumes of one disk), in name order: each group read from the newest
+/// metadata any of them keeps, each volume mapped through whichever of
+/// them hold its extents. Also, by index into `pvs`, why a physical
+/// volume gives no volumes: its group's metadata is damaged, or kept only
+/// on physical volumes of other disks.
+pub fn logical_volumes(pvs: &[PhysicalVolume]) -> (Vec<LogicalVolume>, Vec<(usize, String)>) {
+    // The newest metadata of each group, by its id.
+    let mut groups: BTreeMap<String, (u64, usize)> = BTreeMap::new();
+    for (i, pv) in pvs.iter().enumerate() {
+        let Some((seqno, config)) = &pv.metadata else { continue };
+        let Some((name, vg)) = volume_group(config) else { continue };
+        let id = text(vg, "id").unwrap_or(name).to_string();
+        if groups.get(&id).is_none_or(|(newest, _)| seqno > newest) {
+            groups.insert(id, (*seqno, i));
+        }
+    }
+    let (mut out, mut problems) = (Vec::new(), Vec::new());
+    let mut described = vec![false; pvs.len()];
+    for &(_, from) in groups.values() {
+        let Some((_, config)) = &pvs[from].metadata else { continue };
+        match group_volumes(config, pvs, from) {
+            Ok((volumes, members)) => {
+                out.extend(volumes);
+                for i in members {
+                    described[i] = true;
+                }
+            }
+            Err(e) => {
+                described[from] = true;
+                problems.push((from, e.to_string()));
+            }
+        }
+    }
+    for (i, pv) in pvs.iter().enumerate() {
+        if !described[i] && pv.metadata.is_none() {
+            problems.push((
+                i,
+                format!("every metadata copy of {} is marked ignored, and no physical volume of this disk keeps its volume group's", pv.name),
+            ));
+        }
+    }
+    out.sort_by(|a, b| (&a.vg, &a.name).cmp(&(&b.vg, &b.name)));
+    (out, problems)
+}
+
+/// The volume group section of a metadata text, with its name.
+fn volume_group(config: &BTreeMap<String, Value>) -> Option<(&str, &BTreeMap<String, Value>)> {
+    config.iter().find_map(|(name, v)| v.section().map(|s| (name.as_str(), s)))
 }
 
 /// The volume group's sequence number (`seqno`), which grows with every
 /// change of its metadata; 0 if the text has none.
 fn sequence_number(config: &BTreeMap<String, Value>) -> u64 {
-    config.values().filter_map(Value::section).find_map(|vg| number(vg, "seqno").ok()).unwrap_or(0)
+    volume_group(config).and_then(|(_, vg)| number(vg, "seqno").ok()).unwrap_or(0)
 }
 
 /// The current metadata text of the area at `offset` of `size` bytes;
@@ -370,66 +439,64 @@ impl Parser<'_> {
     }
 }
 
-/// The logical volumes of the volume group in `config`, mapped through
-/// the physical volume `pv_uuid` (this one).
-fn volumes(
-    config: &BTreeMap<String, Value>,
-    pv_uuid: &str,
-    device: Arc<dyn ByteSource>,
-    pv_name: &str,
-) -> Result<Vec<LogicalVolume>> {
-    let damaged = |why: String| Error::damaged(format!("the LVM2 metadata of {pv_name}"), why);
-    let (vg_name, vg) = config
-        .iter()
-        .find_map(|(name, v)| v.section().map(|s| (name.clone(), s)))
-        .ok_or_else(|| damaged("no volume group".into()))?;
+/// Where a physical volume of a group lies: its window on the disk, its
+/// first extent's byte and its extent count.
+type Located<'a> = (&'a Window, u64, u64);
+
+/// The logical volumes of the volume group in `config` (read from
+/// `pvs[from]`), mapped through those of `pvs` that are its physical
+/// volumes, and the indexes of those.
+fn group_volumes(config: &BTreeMap<String, Value>, pvs: &[PhysicalVolume], from: usize) -> Result<(Vec<LogicalVolume>, Vec<usize>)> {
+    let damaged = |why: String| Error::damaged(format!("the LVM2 metadata of {}", pvs[from].name), why);
+    let (vg_name, vg) = volume_group(config).ok_or_else(|| damaged("no volume group".into()))?;
     let extent_size = number(vg, "extent_size").map_err(&damaged)?;
     let extent_bytes = extent_size
         .checked_mul(SECTOR)
         .filter(|&b| b > 0)
         .ok_or_else(|| damaged(format!("extent size {extent_size}")))?;
-    // This PV's name in the metadata (pv0, pv1, …), found by its UUID
-    // (written with dashes there, without them in the header).
-    let pvs = get(vg, "physical_volumes").ok().and_then(Value::section).ok_or_else(|| damaged("no physical_volumes".into()))?;
-    let mut this_pv = None;
-    for (name, pv) in pvs {
+    // The group's physical volumes by their name in the metadata (pv0,
+    // pv1, …), found on the disk by UUID (written with dashes there,
+    // without them in the header).
+    let listed = get(vg, "physical_volumes").ok().and_then(Value::section).ok_or_else(|| damaged("no physical_volumes".into()))?;
+    let mut located: BTreeMap<&str, Located> = BTreeMap::new();
+    let mut members = Vec::new();
+    for (key, pv) in listed {
         let Some(pv) = pv.section() else { continue };
-        if text(pv, "id").is_ok_and(|id| id.replace('-', "") == pv_uuid) {
-            let pe_start = number(pv, "pe_start").map_err(&damaged)?.checked_mul(SECTOR).ok_or_else(|| damaged("pe_start".into()))?;
-            let pe_count = number(pv, "pe_count").map_err(&damaged)?;
-            this_pv = Some((name.clone(), pe_start, pe_count));
-        }
+        let Ok(id) = text(pv, "id") else { continue };
+        let Some(i) = pvs.iter().position(|p| p.uuid == id.replace('-', "")) else { continue };
+        let pe_start = number(pv, "pe_start").map_err(&damaged)?.checked_mul(SECTOR).ok_or_else(|| damaged("pe_start".into()))?;
+        let pe_count = number(pv, "pe_count").map_err(&damaged)?;
+        located.insert(key.as_str(), (&pvs[i].device, pe_start, pe_count));
+        members.push(i);
     }
-    let (pv_key, pe_start, pe_count) = this_pv.ok_or_else(|| damaged(format!("the metadata does not list this physical volume ({pv_uuid})")))?;
+    if !members.contains(&from) {
+        return Err(damaged("the metadata does not list the physical volume it was read from".into()));
+    }
     let mut out = Vec::new();
     let Some(lvs) = get(vg, "logical_volumes").ok().and_then(Value::section) else {
-        return Ok(out);
+        return Ok((out, members));
     };
+    let disk = Arc::clone(pvs[from].device.disk());
     for (lv_name, lv) in lvs {
         let Some(lv) = lv.section() else { continue };
         let visible = matches!(get(lv, "status"), Ok(Value::List(flags)) if flags.contains(&Value::Text("VISIBLE".into())));
         if !visible {
             continue;
         }
-        let device = linear_map(lv, &pv_key, pe_start, pe_count, extent_bytes)
-            .and_then(|extents| Window::mapped(Arc::clone(&device), extents).map_err(|e| e.to_string()));
+        let device = linear_map(lv, &located, extent_bytes)
+            .and_then(|extents| Window::mapped(Arc::clone(&disk), extents).map_err(|e| e.to_string()));
         out.push(LogicalVolume {
-            vg: vg_name.clone(),
+            vg: vg_name.to_string(),
             name: lv_name.clone(),
             device,
+            described_by: from,
         });
     }
-    Ok(out)
+    Ok((out, members))
 }
 
-/// The extents of a linear volume on this PV, or why it is not one.
-fn linear_map(
-    lv: &BTreeMap<String, Value>,
-    pv_key: &str,
-    pe_start: u64,
-    pe_count: u64,
-    extent_bytes: u64,
-) -> std::result::Result<Vec<Extent>, String> {
+/// The extents of a linear volume on the disk, or why it cannot be read.
+fn linear_map(lv: &BTreeMap<String, Value>, located: &BTreeMap<&str, Located>, extent_bytes: u64) -> std::result::Result<Vec<Extent>, String> {
     let count = number(lv, "segment_count")? as usize;
     if count == 0 || count > MAX_SEGMENTS {
         return Err(format!("{count} segments"));
@@ -448,28 +515,37 @@ fn linear_map(
         let [Value::Text(pv), Value::Number(pv_extent)] = stripes.as_slice() else {
             return Err("a stripe is not [\"pvN\", extent]".into());
         };
-        if pv != pv_key {
-            return Err(format!("it lies on physical volume {pv}, not on this one"));
-        }
+        let &(device, pe_start, pe_count) = located
+            .get(pv.as_str())
+            .ok_or_else(|| format!("it lies on physical volume {pv}, which is not on this disk"))?;
         let pv_extent = u64::try_from(*pv_extent).map_err(|_| "a negative extent".to_string())?;
-        if pv_extent.checked_add(extents).is_none_or(|end| end > pe_count) {
+        if extents == 0 || pv_extent.checked_add(extents).is_none_or(|end| end > pe_count) {
             return Err(format!("extents {pv_extent}+{extents} lie past the physical volume's {pe_count}"));
         }
-        segments.push((start, extents, pv_extent));
+        segments.push((start, extents, device, pv_extent, pe_start));
     }
-    segments.sort_unstable();
+    segments.sort_unstable_by_key(|&(start, ..)| start);
     let mut next = 0;
     let mut map = Vec::with_capacity(segments.len());
-    for (start, extents, pv_extent) in segments {
+    for (start, extents, device, pv_extent, pe_start) in segments {
         if start != next {
             return Err(format!("its segments leave a gap or overlap at extent {start}"));
         }
+        let len = extents.checked_mul(extent_bytes).ok_or("extent overflow")?;
+        let at = pe_start
+            .checked_add(pv_extent.checked_mul(extent_bytes).ok_or("extent overflow")?)
+            .ok_or("extent overflow")?;
+        // Where the segment lies on the disk: within its partition, whole.
+        let first = device.disk_offset(at);
+        let last = at.checked_add(len - 1).and_then(|end| device.disk_offset(end));
+        let disk_offset = match (first, last) {
+            (Some(first), Some(last)) if last - first == len - 1 => first,
+            _ => return Err(format!("extents {pv_extent}+{extents} do not lie on their physical volume")),
+        };
         map.push(Extent {
             device_offset: start.checked_mul(extent_bytes).ok_or("extent overflow")?,
-            disk_offset: pe_start
-                .checked_add(pv_extent.checked_mul(extent_bytes).ok_or("extent overflow")?)
-                .ok_or("extent overflow")?,
-            len: extents.checked_mul(extent_bytes).ok_or("extent overflow")?,
+            disk_offset,
+            len,
         });
         next = start + extents;
     }
@@ -557,7 +633,9 @@ version = 1
     fn a_linear_volume_maps_its_segments_onto_the_physical_volume() {
         let disk: Arc<dyn ByteSource> = Arc::new(pv(METADATA));
         assert!(is_physical_volume(disk.as_ref()));
-        let lvs = logical_volumes(disk, "sda2").unwrap();
+        let whole = Window::range(Arc::clone(&disk), 0, disk.len()).unwrap();
+        let (lvs, problems) = logical_volumes(&[physical_volume(whole, "sda2").unwrap()]);
+        assert!(problems.is_empty(), "{problems:?}");
         let names: Vec<&str> = lvs.iter().map(|lv| lv.name.as_str()).collect();
         assert_eq!(names, ["root", "thin"]);
         let root = lvs[0].device.as_ref().unwrap();
@@ -594,7 +672,10 @@ version = 1
                 d[at] = rng.gen();
             }
             let disk: Arc<dyn ByteSource> = Arc::new(d);
-            let _ = logical_volumes(disk, "sda2");
+            let whole = Window::range(Arc::clone(&disk), 0, disk.len()).unwrap();
+            if let Ok(pv) = physical_volume(whole, "sda2") {
+                let _ = logical_volumes(&[pv]);
+            }
             // The text parser alone, on mutated text.
             let mut text = METADATA.as_bytes().to_vec();
             let at = rng.gen_range(0..text.len());

@@ -109,6 +109,11 @@ impl Window {
         })
     }
 
+    /// The disk below.
+    pub fn disk(&self) -> &Arc<dyn ByteSource> {
+        &self.disk
+    }
+
     /// Where on the disk the device's byte `offset` lies.
     pub fn disk_offset(&self, offset: u64) -> Option<u64> {
         let i = self.extents.partition_point(|e| e.device_offset + e.len <= offset);

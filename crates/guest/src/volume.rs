@@ -63,23 +63,21 @@ pub fn volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Vec<Volume> {
             }
         }
     }
+    // The disk's physical volumes, read together: a volume group may
+    // span several of them, and keep its metadata on only some.
     let mut logical = Vec::new();
+    let mut pvs = Vec::new();
+    let mut partitions = Vec::new();
     for v in &out {
         if v.content != Content::LvmPhysicalVolume {
             continue;
         }
         let Some(device) = &v.device else { continue };
         let pv_name = format!("{disk_name}/{}", v.name);
-        match crate::lvm::logical_volumes(Arc::new(device.clone()), &pv_name) {
-            Ok(lvs) => {
-                for lv in lvs {
-                    let name = format!("{}-{}", lv.vg, lv.name);
-                    let found = match lv.device {
-                        Ok(w) => volume(name, w, "lvm"),
-                        Err(why) => unreadable(&name, &why, "lvm"),
-                    };
-                    logical.push((v.name.clone(), found));
-                }
+        match crate::lvm::physical_volume(device.clone(), &pv_name) {
+            Ok(pv) => {
+                pvs.push(pv);
+                partitions.push(v.name.clone());
             }
             Err(e) => {
                 tracing::warn!(volume = %pv_name, error = %e, "LVM2 metadata unreadable");
@@ -87,18 +85,29 @@ pub fn volumes(disk: Arc<dyn ByteSource>, disk_name: &str) -> Vec<Volume> {
             }
         }
     }
+    let (lvs, problems) = crate::lvm::logical_volumes(&pvs);
+    for lv in lvs {
+        let name = format!("{}-{}", lv.vg, lv.name);
+        let found = match lv.device {
+            Ok(w) => volume(name, w, "lvm"),
+            Err(why) => unreadable(&name, &why, "lvm"),
+        };
+        logical.push((partitions[lv.described_by].clone(), found));
+    }
+    for (i, why) in problems {
+        tracing::warn!(volume = %pvs[i].name, error = %why, "LVM2 volumes unreadable");
+        logical.push((partitions[i].clone(), unreadable(&format!("{}-lvm", partitions[i]), &why, "lvm")));
+    }
     out.extend(one_per_name(logical));
     out
 }
 
 /// The logical volumes found on a disk's physical volumes (each with the
-/// partition it was found on), one per name, by name. A volume group on
-/// several of the disk's physical volumes lists each of its volumes on
-/// every one of them, readable only through the one that holds it: that
-/// one is kept. Two readable volumes of one name (two volume groups of
-/// one name, as disks cloned from one template have) are both kept, the
-/// later one named after its partition too (`vg0-root~p3`: LVM names
-/// have no `~`).
+/// partition whose metadata described it), one per name, by name. Two
+/// readable volumes of one name (two volume groups of one name, as disks
+/// cloned from one template have) are both kept, the later one named
+/// after its partition too (`vg0-root~p3`: LVM names have no `~`); of a
+/// readable and an unreadable one, the readable one.
 fn one_per_name(mut found: Vec<(String, Volume)>) -> Vec<Volume> {
     found.sort_by(|(_, a), (_, b)| a.name.cmp(&b.name).then(b.device.is_some().cmp(&a.device.is_some())));
     let mut out: Vec<Volume> = Vec::with_capacity(found.len());

@@ -42,9 +42,7 @@ fn an_mbr_with_logical_partitions_from_sfdisk() {
     let img = image(dir.path(), "mbr.img", 64);
     let script = "label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=40000, type=5\n\
                   start=12288, size=8192, type=83\nstart=22528, size=8192, type=8e\nstart=51200, size=8192, type=7\n";
-    let mut child = Command::new("sfdisk").args(["-q"]).arg(&img).stdin(std::process::Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    sfdisk(&img, script);
     let table = partition::read(open(&img).as_ref()).unwrap().unwrap();
     assert_eq!(table.scheme, Scheme::Mbr);
     let got: Vec<(u32, u64, u64, String)> =
@@ -100,18 +98,10 @@ fn lvm2_linear_volumes_written_by_lvm2() {
     }
     let dir = tempfile_dir();
     let img = image(dir.path(), "lvm.img", 64);
-    let mut child = Command::new("sfdisk").args(["-q"]).arg(&img).stdin(std::process::Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"label: dos\nstart=2048, size=100000, type=8e\n").unwrap();
-    assert!(child.wait().unwrap().success());
+    sfdisk(&img, "label: dos\nstart=2048, size=100000, type=8e\n");
     let vg = format!("strata{}", std::process::id());
     {
         let lo = LoopDevice::attach(&img, 2048 * 512, 100_000 * 512);
-        let lvm = |args: &[&str]| {
-            run(Command::new("lvm")
-                .args(args)
-                .args(["--config", "global { activation = 0 } devices { filter = [ \"a|/dev/loop.*|\", \"r|.*|\" ] }"])
-                .env("LVM_SUPPRESS_FD_WARNINGS", "1"))
-        };
         lvm(&["pvcreate", "-q", "-ff", "-y", &lo.path]);
         lvm(&["vgcreate", "-q", "-s", "4m", &vg, &lo.path]);
         lvm(&["lvcreate", "-q", "-an", "-Zn", "-L", "12M", "-n", "root", &vg]);
@@ -135,10 +125,47 @@ fn lvm2_linear_volumes_written_by_lvm2() {
     assert_eq!(root.len(), 20 << 20);
     assert_eq!(root.content, Content::Ext, "{:?}", root.problem);
     let device = root.device.as_ref().unwrap();
-    // Offsets within the physical volume (the partition).
-    assert_eq!(device.disk_offset(0), Some(root_start - pv_start));
-    assert_eq!(device.disk_offset(12 << 20), Some((1 << 20) + (20 << 20)));
+    // Offsets on the disk.
+    assert_eq!(device.disk_offset(0), Some(root_start));
+    assert_eq!(device.disk_offset(12 << 20), Some(pv_start + (1 << 20) + (20 << 20)));
     assert_eq!(vols[1].len(), 8 << 20);
+}
+
+/// A volume group on two partitions of one disk: a volume extended from
+/// the first onto the second reads across both, one on the second alone
+/// reads too, and each is listed once.
+#[test]
+fn a_volume_group_on_two_partitions_of_one_disk_reads_across_them() {
+    if !have("sfdisk") || !have("pvcreate") || !have("losetup") || !nix_is_root() {
+        eprintln!("skipped: LVM2 tests need root, losetup, sfdisk and lvm2 (tools/setup installs them)");
+        return;
+    }
+    let dir = tempfile_dir();
+    let img = image(dir.path(), "two.img", 64);
+    sfdisk(&img, "label: dos\nstart=2048, size=50000, type=8e\nstart=53248, size=50000, type=8e\n");
+    let vg = format!("two{}", std::process::id());
+    {
+        let (first, second) = (LoopDevice::attach(&img, 2048 * 512, 50_000 * 512), LoopDevice::attach(&img, 53_248 * 512, 50_000 * 512));
+        lvm(&["pvcreate", "-q", "-ff", "-y", &first.path, &second.path]);
+        lvm(&["vgcreate", "-q", "-s", "4m", &vg, &first.path, &second.path]);
+        lvm(&["lvcreate", "-q", "-an", "-Zn", "-L", "12M", "-n", "span", &vg, &first.path]);
+        lvm(&["lvcreate", "-q", "-an", "-Zn", "-L", "8M", "-n", "second", &vg, &second.path]);
+        lvm(&["lvextend", "-q", "-L", "20M", &format!("{vg}/span"), &second.path]);
+        lvm(&["vgchange", "-q", "-an", &vg]);
+        lvm(&["vgexport", "-q", &vg]);
+    }
+    let vols = volumes(open(&img), "two");
+    let listed: Vec<(&str, bool)> = vols.iter().map(|v| (v.name.as_str(), v.device.is_some())).collect();
+    let (span, second) = (format!("{vg}-span"), format!("{vg}-second"));
+    assert_eq!(listed, [("p1", true), ("p2", true), (second.as_str(), true), (span.as_str(), true)], "{:?}", vols.iter().map(|v| &v.problem).collect::<Vec<_>>());
+    let span = vols[3].device.as_ref().expect("span reads");
+    assert_eq!(span.len(), 20 << 20);
+    // PE start 1 MiB on each partition: span's first 12 MiB on p1, then
+    // 8 MiB on p2 after "second" (8 MiB).
+    let (p1, p2) = (2048 * 512u64, 53_248 * 512u64);
+    assert_eq!(span.disk_offset(0), Some(p1 + (1 << 20)));
+    assert_eq!(span.disk_offset(12 << 20), Some(p2 + (1 << 20) + (8 << 20)));
+    assert_eq!(vols[2].device.as_ref().unwrap().disk_offset(0), Some(p2 + (1 << 20)));
 }
 
 /// A physical volume with two metadata copies, one of which LVM stops
@@ -155,12 +182,6 @@ fn an_ignored_metadata_copy_is_passed_over_for_the_current_one() {
     let vg = format!("copies{}", std::process::id());
     {
         let lo = LoopDevice::attach(&img, 0, 64 << 20);
-        let lvm = |args: &[&str]| {
-            run(Command::new("lvm")
-                .args(args)
-                .args(["--config", "global { activation = 0 } devices { filter = [ \"a|/dev/loop.*|\", \"r|.*|\" ] }"])
-                .env("LVM_SUPPRESS_FD_WARNINGS", "1"))
-        };
         lvm(&["pvcreate", "-q", "-ff", "-y", "--metadatacopies", "2", &lo.path]);
         lvm(&["vgcreate", "-q", "-s", "4m", &vg, &lo.path]);
         lvm(&["lvcreate", "-q", "-an", "-Zn", "-L", "8M", "-n", "early", &vg]);
@@ -171,6 +192,22 @@ fn an_ignored_metadata_copy_is_passed_over_for_the_current_one() {
     }
     let names: Vec<String> = volumes(open(&img), "copies").into_iter().map(|v| v.name).collect();
     assert_eq!(names, ["whole".to_string(), format!("{vg}-early"), format!("{vg}-late")]);
+}
+
+/// LVM's tools on loop devices only, without device-mapper (there is
+/// none here): they write metadata and activate nothing.
+fn lvm(args: &[&str]) -> String {
+    run(Command::new("lvm")
+        .args(args)
+        .args(["--config", "global { activation = 0 } devices { filter = [ \"a|/dev/loop.*|\", \"r|.*|\" ] }"])
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1"))
+}
+
+/// Writes a partition table from an `sfdisk` script.
+fn sfdisk(img: &Path, script: &str) {
+    let mut child = Command::new("sfdisk").args(["-q"]).arg(img).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
 }
 
 fn nix_is_root() -> bool {
