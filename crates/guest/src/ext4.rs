@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bytes::{le16, le32};
 use crate::error::{Error, Result};
-use crate::fs::{DirEntry, FileKind, GuestFs, NodeId, Stat, Time};
+use crate::fs::{DirEntry, FileKind, GuestFs, KernelAcl, NodeId, Stat, Time};
 use crate::probe::Content;
 use crate::runs::{read_runs, Run};
 use crate::source::{read_vec, ByteSource, Window};
@@ -616,24 +616,15 @@ fn acl_to_kernel(value: &[u8]) -> Option<Vec<u8>> {
     if value.len() < 4 || le32(value, 0) != 1 {
         return None;
     }
-    let mut out = 2u32.to_le_bytes().to_vec();
+    let mut acl = KernelAcl::new();
     let mut at = 4;
     while at < value.len() {
         let tag = le16(value.get(at..at + 2)?, 0);
         let perm = le16(value.get(at + 2..at + 4)?, 0);
-        let (id, len) = match tag {
-            // ACL_USER, ACL_GROUP: with an id.
-            0x02 | 0x08 => (le32(value.get(at + 4..at + 8)?, 0), 8),
-            // ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER.
-            0x01 | 0x04 | 0x10 | 0x20 => (u32::MAX, 4),
-            _ => return None,
-        };
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-        at += len;
+        acl.push(tag, perm, || Some(le32(value.get(at + 4..at + 8)?, 0)))?;
+        at += if KernelAcl::tag_has_id(tag)? { 8 } else { 4 };
     }
-    Some(out)
+    Some(acl.into_bytes())
 }
 
 impl GuestFs for Ext4 {

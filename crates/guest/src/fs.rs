@@ -136,6 +136,42 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
     ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
 }
 
+/// An ACL in the kernel's `system.posix_acl_*` value format (version 2,
+/// then entries of tag, permissions and id, little-endian), which the
+/// file systems that store ACLs their own way convert to.
+pub(crate) struct KernelAcl(Vec<u8>);
+
+impl KernelAcl {
+    pub fn new() -> KernelAcl {
+        KernelAcl(2u32.to_le_bytes().to_vec())
+    }
+
+    /// Whether entries of `tag` name a user or group by id (`ACL_USER`,
+    /// `ACL_GROUP`) or not (the owner, owning group, mask and others);
+    /// `None` for a tag no ACL has.
+    pub fn tag_has_id(tag: u16) -> Option<bool> {
+        match tag {
+            0x02 | 0x08 => Some(true),
+            0x01 | 0x04 | 0x10 | 0x20 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Adds an entry; `id` is asked for only where the tag has one.
+    /// `None` for an unknown tag or a missing id.
+    pub fn push(&mut self, tag: u16, perm: u16, id: impl FnOnce() -> Option<u32>) -> Option<()> {
+        let id = if Self::tag_has_id(tag)? { id()? } else { u32::MAX };
+        self.0.extend_from_slice(&tag.to_le_bytes());
+        self.0.extend_from_slice(&perm.to_le_bytes());
+        self.0.extend_from_slice(&id.to_le_bytes());
+        Some(())
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
 /// algorithm), for the file systems that store dates (FAT, exFAT).
 pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {

@@ -105,11 +105,6 @@ impl Ntfs {
         Cursor::new(self.device.clone(), budget)
     }
 
-    /// The user file of record `node` (the root, or a record from 16 on).
-    fn file<'n>(&'n self, cursor: &mut Cursor, node: NodeId) -> ntfs::Result<NtfsFile<'n>> {
-        self.fs.file(cursor, node)
-    }
-
     fn check_node(&self, node: NodeId) -> Result<u64> {
         if node == ROOT || node >= FIRST_USER_RECORD {
             Ok(node)
@@ -120,44 +115,48 @@ impl Ntfs {
 
     fn record(&self, node: NodeId) -> Result<Record> {
         let number = self.check_node(node)?;
-        let what = self.what(number);
         let mut c = self.cursor(RECORD_BUDGET);
-        guarded(&what, || {
-            let file = self.file(&mut c, number)?;
-            let info = file.info()?;
-            let system = info.file_attributes().contains(NtfsFileAttributeFlags::SYSTEM);
-            let mut interix = None;
-            let mut names = 0u32;
-            let mut data: Option<(u64, NtfsAttributeFlags)> = None;
-            let mut reparse: Option<Vec<u8>> = None;
-            let mut attributes = file.attributes();
-            while let Some(item) = attributes.next(&mut c) {
-                let item = item?;
-                let attribute = item.to_attribute()?;
-                match attribute.ty()? {
-                    NtfsAttributeType::FileName => {
-                        let name = attribute.structured_value::<_, NtfsFileName>(&mut c)?;
-                        if name.namespace() != NtfsFileNamespace::Dos {
-                            names += 1;
-                        }
-                    }
-                    NtfsAttributeType::Data if attribute.name()?.is_empty() && data.is_none() => {
-                        let len = attribute.value_length();
-                        data = Some((len, attribute.flags()));
-                        if system && (INTERIX_HEADER..=INTERIX_MAX).contains(&len) {
-                            interix = Some(read_value(&attribute, &mut c, len as usize)?);
-                        }
-                    }
-                    NtfsAttributeType::ReparsePoint if reparse.is_none() => {
-                        let len = attribute.value_length().min(16 << 10) as usize;
-                        reparse = Some(read_value(&attribute, &mut c, len)?);
-                    }
-                    _ => {}
-                }
-            }
-            Ok(describe_record(&file, &info, names, data, reparse.as_deref(), interix.as_deref()))
+        guarded(&self.what(number), || {
+            let file = self.fs.file(&mut c, number)?;
+            read_record(&file, &mut c)
         })
     }
+}
+
+/// What the MFT record of `file` says, its attributes read once.
+fn read_record(file: &NtfsFile<'_>, c: &mut Cursor) -> ntfs::Result<Record> {
+    let info = file.info()?;
+    let system = info.file_attributes().contains(NtfsFileAttributeFlags::SYSTEM);
+    let mut interix = None;
+    let mut names = 0u32;
+    let mut data: Option<(u64, NtfsAttributeFlags)> = None;
+    let mut reparse: Option<Vec<u8>> = None;
+    let mut attributes = file.attributes();
+    while let Some(item) = attributes.next(c) {
+        let item = item?;
+        let attribute = item.to_attribute()?;
+        match attribute.ty()? {
+            NtfsAttributeType::FileName => {
+                let name = attribute.structured_value::<_, NtfsFileName>(c)?;
+                if name.namespace() != NtfsFileNamespace::Dos {
+                    names += 1;
+                }
+            }
+            NtfsAttributeType::Data if attribute.name()?.is_empty() && data.is_none() => {
+                let len = attribute.value_length();
+                data = Some((len, attribute.flags()));
+                if system && (INTERIX_HEADER..=INTERIX_MAX).contains(&len) {
+                    interix = Some(read_value(&attribute, c, len as usize)?);
+                }
+            }
+            NtfsAttributeType::ReparsePoint if reparse.is_none() => {
+                let len = attribute.value_length().min(16 << 10) as usize;
+                reparse = Some(read_value(&attribute, c, len)?);
+            }
+            _ => {}
+        }
+    }
+    Ok(describe_record(file, &info, names, data, reparse.as_deref(), interix.as_deref()))
 }
 
 /// A record's stat, and what keeps its data from being read.
@@ -328,7 +327,7 @@ impl GuestFs for Ntfs {
         let what = self.what(number);
         let mut c = self.cursor(DIR_BUDGET);
         guarded(&what, || {
-            let file = self.file(&mut c, number)?;
+            let file = self.fs.file(&mut c, number)?;
             let index = file.directory_index(&mut c)?;
             let mut entries = index.entries();
             let mut out = Vec::new();
@@ -375,21 +374,20 @@ impl GuestFs for Ntfs {
     }
 
     fn read_at(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let record = self.record(node)?;
-        let what = self.what(node);
-        if record.stat.kind != FileKind::File {
-            return Err(Error::unsupported(what, "not a regular file"));
-        }
-        if let Some(why) = record.unreadable {
-            return Err(Error::unsupported(what, why));
-        }
-        let want = (buf.len() as u64).min(record.stat.size.saturating_sub(offset)) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let mut c = self.cursor(RECORD_BUDGET + want as u64);
-        guarded(&what, || {
-            let file = self.file(&mut c, node)?;
+        let number = self.check_node(node)?;
+        let what = self.what(number);
+        let mut c = self.cursor(RECORD_BUDGET.saturating_add(buf.len() as u64));
+        // One parse of the record per read: what it is, then its data.
+        let read = guarded(&what, || {
+            let file = self.fs.file(&mut c, number)?;
+            let record = read_record(&file, &mut c)?;
+            if record.stat.kind != FileKind::File || record.unreadable.is_some() {
+                return Ok(Err(record));
+            }
+            let want = (buf.len() as u64).min(record.stat.size.saturating_sub(offset)) as usize;
+            if want == 0 {
+                return Ok(Ok(0));
+            }
             let Some(item) = file.data(&mut c, "") else {
                 return Err(ntfs::NtfsError::Io(std::io::Error::other("its data attribute is missing")));
             };
@@ -409,7 +407,11 @@ impl GuestFs for Ntfs {
                 }
                 done += n;
             }
-            Ok(done)
+            Ok(Ok(done))
+        })?;
+        read.map_err(|record| match record.unreadable {
+            Some(why) if record.stat.kind == FileKind::File => Error::unsupported(what, why),
+            _ => Error::unsupported(self.what(number), "not a regular file"),
         })
     }
 }

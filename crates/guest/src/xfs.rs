@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bytes::{be16, be32, be64};
 use crate::error::{Error, Result};
-use crate::fs::{DirEntry, FileKind, GuestFs, NodeId, Stat, Time};
+use crate::fs::{DirEntry, FileKind, GuestFs, KernelAcl, NodeId, Stat, Time};
 use crate::probe::Content;
 use crate::runs::{read_runs, Run};
 use crate::source::{read_vec, ByteSource, Window};
@@ -292,21 +292,11 @@ fn acl_to_kernel(value: &[u8]) -> Option<Vec<u8>> {
     if value.len() != 4 + count.checked_mul(12)? {
         return None;
     }
-    let mut out = 2u32.to_le_bytes().to_vec();
+    let mut acl = KernelAcl::new();
     for e in value[4..].chunks_exact(12) {
-        let tag = u16::try_from(be32(e, 0)).ok()?;
-        let id = match tag {
-            // ACL_USER, ACL_GROUP: with an id.
-            0x02 | 0x08 => be32(e, 4),
-            // ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER.
-            0x01 | 0x04 | 0x10 | 0x20 => u32::MAX,
-            _ => return None,
-        };
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&be16(e, 8).to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
+        acl.push(u16::try_from(be32(e, 0)).ok()?, be16(e, 8), || Some(be32(e, 4)))?;
     }
-    Some(out)
+    Some(acl.into_bytes())
 }
 
 /// Opens the XFS file system on `device`; `name` names the volume in

@@ -100,12 +100,7 @@ fn copy_in(src: &Path, to: &Path) {
 /// Compares the guest tree under `node` with `src`: names, kinds, sizes,
 /// content, times and links. Returns the entries seen.
 fn compare_ntfs(fs: &dyn GuestFs, node: NodeId, src: &Path, links: &mut std::collections::BTreeMap<u64, NodeId>) -> usize {
-    let mut listed = fs.read_dir(node).unwrap();
-    listed.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut expected: Vec<_> = std::fs::read_dir(src).unwrap().map(|e| e.unwrap().file_name().into_encoded_bytes()).collect();
-    expected.sort();
-    let names: Vec<_> = listed.iter().map(|e| e.name.clone()).collect();
-    assert_eq!(names, expected, "entries of {}", src.display());
+    let listed = listing_of(fs, node, src);
     let mut seen = 0;
     for entry in listed {
         let path = src.join(String::from_utf8(entry.name.clone()).unwrap());

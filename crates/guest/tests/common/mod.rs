@@ -233,13 +233,20 @@ pub fn walk_paths(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-pub fn compare_fat(fs: &dyn GuestFs, node: NodeId, src: &Path) -> usize {
-    let mut seen = 0;
-    let mut listed: Vec<_> = fs.read_dir(node).unwrap();
+/// The entries of guest directory `node`, by name, once their names are
+/// found to be exactly those of `src`'s entries.
+pub fn listing_of(fs: &dyn GuestFs, node: NodeId, src: &Path) -> Vec<strata_guest::fs::DirEntry> {
+    let mut listed = fs.read_dir(node).unwrap();
     listed.sort_by(|a, b| a.name.cmp(&b.name));
     let mut expected: Vec<_> = std::fs::read_dir(src).unwrap().map(|e| e.unwrap().file_name().into_encoded_bytes()).collect();
     expected.sort();
-    assert_eq!(listed.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), expected, "{}", src.display());
+    assert_eq!(listed.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), expected, "entries of {}", src.display());
+    listed
+}
+
+pub fn compare_fat(fs: &dyn GuestFs, node: NodeId, src: &Path) -> usize {
+    let mut seen = 0;
+    let listed = listing_of(fs, node, src);
     for entry in listed {
         let path = src.join(String::from_utf8(entry.name.clone()).unwrap());
         let meta = std::fs::metadata(&path).unwrap();
