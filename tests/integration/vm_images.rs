@@ -118,7 +118,7 @@ fn flat_disk(t: &TestRepo, name: &str, seed: u64) -> (PathBuf, String) {
 }
 
 #[test]
-fn descriptors_with_long_comment_headers_or_a_bom_are_read_as_vmdks() {
+fn descriptors_with_long_comment_headers_a_bom_or_a_stale_tail_are_read_as_vmdks() {
     let t = TestRepo::new();
     let (raw, text) = flat_disk(&t, "d", 22);
     let source = std::fs::read(&raw).unwrap();
@@ -130,6 +130,12 @@ fn descriptors_with_long_comment_headers_or_a_bom_are_read_as_vmdks() {
         (
             "bom",
             [b"\xEF\xBB\xBF".as_slice(), text.as_bytes()].concat(),
+        ),
+        // As qemu leaves a descriptor it rewrote with a shorter `CID=`
+        // (printed without leading zeros): the old end past the NUL.
+        (
+            "stale",
+            [text.as_bytes(), b"\0\"\n\0\0\0\0"].concat(),
         ),
     ] {
         let path = t.path(&format!("{name}.vmdk"));

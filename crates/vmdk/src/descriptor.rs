@@ -55,21 +55,26 @@ pub fn encode_1252(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The text of a prefix whose text ends at its first NUL and is followed
-/// only by NULs, as descriptors are padded (`None` if there is no text or
-/// data follows the padding).
+/// The text of a prefix, which ends at its first NUL (`None` if there is
+/// no text, or binary data follows it). What follows the NUL may be more
+/// text: qemu rewrites a descriptor in place when it sets a new `CID=`,
+/// which it prints without leading zeros, so a shorter descriptor leaves
+/// the old one's last bytes past its NUL; qemu itself reads only up to it.
 pub fn text_part(bytes: &[u8]) -> Option<&[u8]> {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    (end > 0 && bytes[end..].iter().all(|b| *b == 0)).then(|| &bytes[..end])
+    let after_text = &bytes[end..];
+    (end > 0 && after_text.iter().all(|&b| b == 0 || is_text_byte(b))).then(|| &bytes[..end])
 }
 
 /// True when `bytes` could be descriptor text: no control characters but
 /// tab, line breaks and form feed (NUL padding is cut off first).
 pub fn is_text(bytes: &[u8]) -> bool {
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
-    bytes
-        .iter()
-        .all(|&b| b >= 0x20 && b != 0x7F || matches!(b, b'\t' | b'\n' | b'\r' | 0x0C))
+    bytes.iter().all(|&b| is_text_byte(b))
+}
+
+fn is_text_byte(b: u8) -> bool {
+    b >= 0x20 && b != 0x7F || matches!(b, b'\t' | b'\n' | b'\r' | 0x0C)
 }
 
 /// True when a text prefix holds a line a descriptor has: the
@@ -324,7 +329,9 @@ mod tests {
             b"\xEF\xBB\xBF# Disk DescriptorFile\n"
         ));
         assert!(!looks_like_descriptor(b"just some text\nwith a = sign\n"));
-        assert!(!looks_like_descriptor(b"createType=\"x\"\0binary"));
+        assert!(!looks_like_descriptor(b"createType=\"x\"\0\x01\xffbinary"));
         assert!(looks_like_descriptor(b"createType=\"x\"\n\0\0\0"));
+        // What qemu leaves after giving a descriptor a shorter CID.
+        assert!(looks_like_descriptor(b"CID=f5270\ncreateType=\"x\"\n\0\"\n\0\0"));
     }
 }
