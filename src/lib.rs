@@ -16,6 +16,7 @@ pub use strata_engine::*;
 pub use strata_coordinator as coordinator;
 pub use strata_guest as guest;
 pub use strata_mount as mount;
+pub use strata_nbd as nbd;
 pub use strata_remote as remote;
 pub use strata_movers as backup;
 pub use strata_movers::chunker;

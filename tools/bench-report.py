@@ -1,5 +1,6 @@
 """Turns tools/bench's hyperfine results into the README's tables."""
 import json
+import subprocess
 import os
 import random
 import statistics
@@ -18,6 +19,19 @@ def make_changes(path, out):
             f.write(os.urandom(1 << 20))
             extents.append({"start": start, "length": 1 << 20})
     json.dump(extents, open(out, "w"))
+
+
+def make_changes_qemu(image):
+    """The same 64 scattered 1 MiB writes, through qemu-io into a qcow2
+    image, so that its persistent dirty bitmaps record them."""
+    random.seed(7)
+    size = int(json.loads(subprocess.run(["qemu-img", "info", "--output=json", image], check=True,
+                                         capture_output=True).stdout)["virtual-size"])
+    commands = []
+    for _ in range(64):
+        start = random.randrange(0, size - (1 << 20)) // 4096 * 4096
+        commands += ["-c", f"write -P {random.randrange(1, 256)} {start} 1M"]
+    subprocess.run(["qemu-io", "-f", "qcow2", *commands, image], check=True, capture_output=True)
 
 
 def make_tree(root, count):
@@ -131,6 +145,8 @@ def targets(jdir, mount_jdir):
 def main():
     if sys.argv[1] == "make-changes":
         return make_changes(sys.argv[2], sys.argv[3])
+    if sys.argv[1] == "make-changes-qemu":
+        return make_changes_qemu(sys.argv[2])
     if sys.argv[1] == "make-tree":
         return make_tree(sys.argv[2], int(sys.argv[3]))
     if sys.argv[1] == "make-small-tree":
@@ -254,6 +270,17 @@ def main():
         if m:
             print(f"\nOpening (`strata list` of a small repository): {m['plain'] * 1000:.0f} ms unencrypted, "
                   f"{m['encrypted-default-kdf'] * 1000:.0f} ms encrypted with the default Argon2id cost.")
+    elif section == "nbd":
+        allocated = int(sys.argv[3])
+        local, nbd, inc = med("nbd-local-first"), med("nbd-first"), med("nbd-incremental")
+        summary = json.load(open(os.path.join(jdir, "nbd-incremental-summary.json")))
+        print(f"\nNBD transport: the 4 GiB disk ({allocated / 1e9:.2f} GB allocated); medians, caches dropped before each run, same run.\n")
+        print("| task | time | MB/s allocated | vs local file |")
+        print("|---|---|---|---|")
+        print(f"| full backup, local file (`backup image`) | {local:.2f} s | {allocated / 1e6 / local:.0f} | 1.00x |")
+        print(f"| full backup over NBD, unix socket (`backup nbd`) | {nbd:.2f} s | {allocated / 1e6 / nbd:.0f} | {local / nbd:.2f}x |")
+        print(f"| incremental over NBD, 64 MiB dirty (`--bitmap`) | {inc:.2f} s | | |")
+        print(f"\nThe incremental read {summary['bytes_read'] / 2**20:.0f} MiB ({summary['disks'][0]['mode']}).")
     elif section == "vm-restore":
         logical, allocated = int(sys.argv[3]), int(sys.argv[4])
         m = hyperfine_medians(jdir, "vm2g-restore")

@@ -352,6 +352,32 @@ pub enum BackupCommand {
         #[command(flatten)]
         args: DiskBackupArgs,
     },
+    /// Back up disks exported over NBD (a running VM's disks served by
+    /// QEMU, qemu-storage-daemon, qemu-nbd or nbdkit) as a VM.
+    Nbd {
+        /// The export of a one-disk VM: nbd://HOST[:PORT]/EXPORT or
+        /// nbd+unix:///EXPORT?socket=PATH.
+        #[arg(value_name = "URI", required_unless_present = "disks", conflicts_with = "disks")]
+        uri: Option<String>,
+        /// Name of the VM.
+        #[arg(long)]
+        name: String,
+        /// Name of the disk read from URI (its file name in restores and
+        /// the mount is NAME.vmdk).
+        #[arg(long, value_name = "NAME", default_value = "disk", conflicts_with = "disks")]
+        disk_name: String,
+        /// One disk of a multi-disk VM (repeatable), instead of URI.
+        #[arg(long = "disk", value_name = "NAME=URI")]
+        disks: Vec<String>,
+        /// The QEMU dirty bitmap that holds the writes since the VM's latest
+        /// restore point: only the extents it marks dirty are read. A bitmap
+        /// the server does not offer, or a disk whose size changed, is read
+        /// in full, and the output says why.
+        #[arg(long, value_name = "NAME")]
+        bitmap: Option<String>,
+        #[command(flatten)]
+        args: DiskBackupArgs,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -452,13 +478,18 @@ pub enum RestoreCommand {
         #[arg(
             long,
             value_name = "DIR",
-            required_unless_present = "raw_to",
+            required_unless_present_any = ["raw_to", "to_nbd"],
             conflicts_with = "raw_to"
         )]
         to: Option<PathBuf>,
         /// Write the disk's raw contents to this file or block device.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "to_nbd")]
         raw_to: Option<PathBuf>,
+        /// Write the disk into this writable NBD export (at least the
+        /// disk's size): its data chunks are written, its holes zeroed
+        /// where the export does not already read zeros there.
+        #[arg(long, value_name = "URI", conflicts_with = "to")]
+        to_nbd: Option<String>,
         #[arg(long)]
         name: Option<String>,
         #[arg(long, value_enum, default_value = "vmdk")]

@@ -1,4 +1,4 @@
-//! `strata backup files`, `backup vm` and `backup image`.
+//! `strata backup files`, `backup vm`, `backup image` and `backup nbd`.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +7,7 @@ use serde_json::json;
 use strata::backup::file_cache::FileCache;
 use strata::backup::files::{backup_files, default_source, BackupOutcome, FilesBackup};
 use strata::backup::vm::{backup_vm, VmBackup, VmSource};
+use strata::nbd::NbdUri;
 use strata::cancel::CancelToken;
 use strata::restore_point::RestorePointKind;
 use strata::selector::{format_time_exact, parse_time};
@@ -44,7 +45,28 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
             render(&outcome, sent, json.json)
         }
         BackupCommand::Vm { vm, args } => {
-            backup_disks(path, VmSource::Vm(vm), args, "strata backup vm", cancel)
+            backup_disks(path, VmSource::Vm(vm), None, args, "strata backup vm", cancel)
+        }
+        BackupCommand::Nbd {
+            uri,
+            name,
+            disk_name,
+            disks,
+            bitmap,
+            args,
+        } => {
+            let mut named = Vec::new();
+            if let Some(uri) = uri {
+                named.push((disk_name, NbdUri::parse(&uri)?));
+            }
+            for spec in &disks {
+                let (disk, uri) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--disk {spec:?}: expected NAME=URI"))?;
+                named.push((disk.to_string(), NbdUri::parse(uri)?));
+            }
+            let source = VmSource::Nbd { name, disks: named };
+            backup_disks(path, source, bitmap, args, "strata backup nbd", cancel)
         }
         BackupCommand::Image {
             disk,
@@ -57,7 +79,7 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
                 name,
                 format: format.map(Into::into),
             };
-            backup_disks(path, source, args, "strata backup image", cancel)
+            backup_disks(path, source, None, args, "strata backup image", cancel)
         }
     }
 }
@@ -65,6 +87,7 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
 fn backup_disks(
     path: &Path,
     source: VmSource,
+    bitmap: Option<String>,
     args: DiskBackupArgs,
     command: &str,
     cancel: &CancelToken,
@@ -83,6 +106,7 @@ fn backup_disks(
         time,
         full: args.full,
         changed_extents,
+        bitmap,
         tags: args.tags,
     };
     let (outcome, sent) = in_session(path, command, |session, _| {
@@ -146,6 +170,7 @@ fn render(outcome: &BackupOutcome, bytes_sent: Option<u64>, as_json: bool) -> Re
             "chunks_new": s.chunks_new,
             "duration_ms": s.duration_ms,
             "missed": m.missed,
+            "disks": outcome.disks,
         }))?;
     } else {
         let what = match m.kind {
@@ -166,6 +191,11 @@ fn render(outcome: &BackupOutcome, bytes_sent: Option<u64>, as_json: bool) -> Re
         );
         for missed in &m.missed {
             eprintln!("missed {}: {}", escape_name(&missed.path), missed.reason);
+        }
+        for disk in &outcome.disks {
+            if let Some(why) = &disk.full_because {
+                eprintln!("strata: disk {} was read in full: {why}", disk.disk);
+            }
         }
     }
     if !m.missed.is_empty() {

@@ -6,7 +6,10 @@ use anyhow::{bail, Result};
 use strata::cancel::CancelToken;
 use strata::restore::files::{restore_files, FilesRestore, RestoreSummary};
 use strata::restore::guest::{restore_guest_files, GuestRestore};
-use strata::restore::vm::{restore_disk_raw, restore_vm, DiskOutput, VmRestore, VmRestoreSummary};
+use strata::nbd::NbdUri;
+use strata::restore::vm::{
+    restore_disk_nbd, restore_disk_raw, restore_vm, DiskOutput, VmRestore, VmRestoreSummary,
+};
 use strata::restore_point::RestorePointKind;
 
 use super::args::{DiskFormatArg, RestoreCommand};
@@ -31,14 +34,16 @@ pub fn run(path: &Path, command: RestoreCommand, cancel: &CancelToken) -> Result
             disk,
             to,
             raw_to,
+            to_nbd,
             name,
             disk_format,
             json,
         } => {
-            let output = match (to, raw_to) {
-                (_, Some(raw)) => VmOutput::Raw { disk, path: raw },
-                (Some(to), None) => VmOutput::Folder(folder(to, name, disk_format, Some(disk))),
-                (None, None) => bail!("give --to DIR or --raw-to PATH"),
+            let output = match (to, raw_to, to_nbd) {
+                (_, Some(raw), _) => VmOutput::Raw { disk, path: raw },
+                (_, _, Some(uri)) => VmOutput::Nbd { disk, uri: NbdUri::parse(&uri)? },
+                (Some(to), None, None) => VmOutput::Folder(folder(to, name, disk_format, Some(disk))),
+                (None, None, None) => bail!("give --to DIR, --raw-to PATH or --to-nbd URI"),
             };
             vm(path, &restore_point, output, json.json, cancel)?;
         }
@@ -56,6 +61,7 @@ pub fn run(path: &Path, command: RestoreCommand, cancel: &CancelToken) -> Result
 enum VmOutput {
     Folder(VmRestore),
     Raw { disk: String, path: PathBuf },
+    Nbd { disk: String, uri: NbdUri },
 }
 
 fn folder(
@@ -91,6 +97,7 @@ fn vm(
         VmOutput::Raw { disk, path } => {
             restore_disk_raw(repo, &rp, &disk, &path, &progress, cancel)?
         }
+        VmOutput::Nbd { disk, uri } => restore_disk_nbd(repo, &rp, &disk, &uri, &progress, cancel)?,
     };
     render_vm(&summary, as_json)
 }

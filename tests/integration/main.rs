@@ -15,6 +15,7 @@ mod encryption_keys;
 mod encryption_tamper;
 mod faults;
 mod guest;
+mod nbd;
 mod incremental;
 mod mount;
 mod mount_lifecycle;

@@ -43,6 +43,8 @@ pub struct FilesBackup {
 pub struct BackupOutcome {
     pub id: RestorePointId,
     pub manifest: Manifest,
+    /// How each disk of a VM backup was read (empty for file trees).
+    pub disks: Vec<crate::vm::DiskRead>,
 }
 
 pub fn default_source() -> String {
@@ -159,7 +161,7 @@ pub fn backup_files(
     // Only now may the next run trust the directory records of this one.
     file_cache.record_run(&manifest.source, &run, &id)?;
     tracing::info!(restore_point = %id, files = manifest.stats.files, bytes_new = manifest.stats.bytes_new, "committed");
-    Ok(BackupOutcome { id, manifest })
+    Ok(BackupOutcome { id, manifest, disks: Vec::new() })
 }
 
 /// A new run's id, and the earlier runs of `source` whose directory

@@ -1,5 +1,6 @@
 //! The VM data mover: backs up a VM folder (its `.vmx` and every disk it
-//! names) or a single disk image as a VM restore point.
+//! names), a single disk image, or disks exported over NBD as a VM
+//! restore point.
 //!
 //! Disks are cut into fixed, aligned chunks. Chunks that lie in holes of
 //! the image, or that read as all zeros, are stored as holes. The first
@@ -7,16 +8,23 @@
 //! against the latest restore point of the same VM: with changed-block
 //! tracking (`--changed-extents`) only chunks touching a changed extent are
 //! read and every untouched map page is reused by id; without it, every
-//! allocated chunk is read but only new chunks are stored.
+//! allocated chunk is read but only new chunks are stored. Disks read over
+//! NBD take their changed extents from a QEMU dirty bitmap (`--bitmap`).
 
 mod changed;
+mod nbd;
+mod opened;
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use self::changed::{cbt_source, changed_extents};
+pub use self::changed::{DiskRead, ReadMode};
+pub use self::opened::DiskLocation;
+use self::opened::OpenedDisk;
 use super::files::BackupOutcome;
 use crate::cancel::CancelToken;
 use crate::disk_map::{DiskMapPage, PageRef, PAGE_ENTRIES};
@@ -30,7 +38,7 @@ use crate::tree::Timestamp;
 use strata_engine::vm::description::{adapter_for_slot, DiskRecord, FileOwner, VmDescription};
 use strata_engine::vm::vmx::Vmx;
 use crate::vmdk::writer::ADAPTER_TYPES;
-use crate::vmdk::{DiskFormat, ImageFormat, VirtualDisk};
+use crate::vmdk::{DiskFormat, ImageFormat};
 
 const MAX_VMX_LEN: u64 = 4 << 20;
 
@@ -44,6 +52,12 @@ pub enum VmSource {
         name: Option<String>,
         format: Option<ImageFormat>,
     },
+    /// Disks exported over NBD, as a VM named `name` with a disk per
+    /// `(disk name, URI)`.
+    Nbd {
+        name: String,
+        disks: Vec<(String, strata_nbd::NbdUri)>,
+    },
 }
 
 pub struct VmBackup {
@@ -56,6 +70,9 @@ pub struct VmBackup {
     /// file name, or file name without `.vmdk` (for a single-disk image,
     /// also by the VM name).
     pub changed_extents: Vec<(String, PathBuf)>,
+    /// For NBD disks: the QEMU dirty bitmap holding the changes since the
+    /// VM's latest restore point.
+    pub bitmap: Option<String>,
     /// Tags of the restore point (a data mover's task id, for one).
     pub tags: Vec<String>,
 }
@@ -63,14 +80,14 @@ pub struct VmBackup {
 struct SourceDisk {
     slot: String,
     file_name: String,
-    path: PathBuf,
+    location: DiskLocation,
     owner: FileOwner,
-    format: Option<ImageFormat>,
 }
 
 struct ResolvedVm {
     name: String,
-    origin: PathBuf,
+    /// What the restore point records as its source paths.
+    origins: Vec<Vec<u8>>,
     vmx: Option<Vmx>,
     vmx_bytes: Vec<u8>,
     vmx_owner: Option<FileOwner>,
@@ -105,6 +122,22 @@ fn find_vmx(path: &Path) -> Result<PathBuf> {
                 .join(", ")
         ))),
     }
+}
+
+/// A disk's name becomes a file name (`NAME.vmdk`) in restores and the
+/// mount.
+fn check_disk_name(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.len() > 200
+        || name.chars().any(|c| c == '/' || c == '=' || c.is_control());
+    if bad {
+        return Err(Error::InvalidInput(format!(
+            "disk name {name:?} must be 1 to 200 characters without '/', '=' or control characters"
+        )));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -143,17 +176,52 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
                 .unwrap_or_default();
             Ok(ResolvedVm {
                 name,
-                origin: path.clone(),
+                origins: vec![path.as_os_str().as_bytes().to_vec()],
                 vmx: None,
                 vmx_bytes: Vec::new(),
                 vmx_owner: None,
                 disks: vec![SourceDisk {
                     slot: "image".into(),
                     file_name,
-                    path: path.clone(),
+                    location: DiskLocation::File { path: path.clone(), format: *format },
                     owner: FileOwner::of(&meta),
-                    format: *format,
                 }],
+            })
+        }
+        VmSource::Nbd { name, disks } => {
+            check_name(name)?;
+            if disks.is_empty() {
+                return Err(Error::InvalidInput(format!("VM {name}: no NBD disk given")));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (disk, _) in disks {
+                check_disk_name(disk)?;
+                if !seen.insert(disk.as_str()) {
+                    return Err(Error::InvalidInput(format!("VM {name}: disk {disk:?} is given twice")));
+                }
+            }
+            // Nothing on this machine owns an export's bytes: they are
+            // shown to the backup's own user only.
+            let owner = FileOwner {
+                mode: 0o600,
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+            };
+            Ok(ResolvedVm {
+                name: name.clone(),
+                origins: disks.iter().map(|(_, uri)| uri.to_string().into_bytes()).collect(),
+                vmx: None,
+                vmx_bytes: Vec::new(),
+                vmx_owner: None,
+                disks: disks
+                    .iter()
+                    .map(|(disk, uri)| SourceDisk {
+                        slot: disk.clone(),
+                        file_name: format!("{disk}.vmdk"),
+                        location: DiskLocation::Nbd(uri.clone()),
+                        owner,
+                    })
+                    .collect(),
             })
         }
         VmSource::Vm(path) => {
@@ -194,9 +262,8 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
                 disks.push(SourceDisk {
                     slot: disk.slot,
                     file_name: disk.file_name,
-                    path,
+                    location: DiskLocation::File { path, format: None },
                     owner: FileOwner::of(&meta),
-                    format: None,
                 });
             }
             if disks.is_empty() {
@@ -207,7 +274,7 @@ fn resolve(source: &VmSource) -> Result<ResolvedVm> {
             }
             Ok(ResolvedVm {
                 name,
-                origin: folder,
+                origins: vec![folder.as_os_str().as_bytes().to_vec()],
                 vmx: Some(vmx),
                 vmx_bytes: bytes,
                 vmx_owner: Some(FileOwner::of(&vmx_meta)),
@@ -224,19 +291,6 @@ fn overlapping(ranges: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)] {
     &ranges[first..last.max(first)]
 }
 
-/// The mode and owner the mount shows for a disk: a descriptor's own are
-/// narrowed by those of its extents, so a `0644` descriptor of a `0600`
-/// `-flat.vmdk` does not open the data to everyone.
-fn disk_owner(descriptor: FileOwner, image: &VirtualDisk) -> FileOwner {
-    image
-        .data_files()
-        .filter(|path| *path != image.path())
-        .filter_map(|path| std::fs::metadata(path).ok())
-        .fold(descriptor, |owner, meta| {
-            owner.narrowed_by(FileOwner::of(&meta))
-        })
-}
-
 pub fn backup_vm(
     session: &dyn BackupSession,
     request: &VmBackup,
@@ -245,6 +299,11 @@ pub fn backup_vm(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let vm = resolve(&request.source)?;
+    if request.bitmap.is_some() && !matches!(request.source, VmSource::Nbd { .. }) {
+        return Err(Error::InvalidInput(
+            "a dirty bitmap belongs to disks read over NBD (strata backup nbd)".into(),
+        ));
+    }
     let span = tracing::info_span!("backup_vm", vm = %vm.name, disks = vm.disks.len());
     let _entered = span.enter();
     let parent = session
@@ -262,7 +321,7 @@ pub fn backup_vm(
 
     let mut opened = Vec::new();
     for disk in &vm.disks {
-        opened.push(VirtualDisk::open(&disk.path, disk.format)?);
+        opened.push(OpenedDisk::open(disk, request.bitmap.as_deref())?);
     }
     let settings = session.settings();
     let parent_is_warm = parent
@@ -272,20 +331,19 @@ pub fn backup_vm(
 
     let chunk_size = settings.disk_chunk_size;
     let bytes_read = AtomicU64::new(0);
+    let mut disk_reads = Vec::new();
     let description_id = (|| -> Result<ChunkId> {
         let mut records = Vec::new();
         for (i, (disk, image)) in vm.disks.iter().zip(&opened).enumerate() {
-            let parent_disk = parent_description
-                .as_ref()
-                .and_then(|p| p.disks.iter().find(|d| d.slot == disk.slot))
-                .filter(|d| d.capacity == image.capacity() && d.chunk_size == chunk_size);
-            let cbt = cbt_source(
+            let (cbt, read) = cbt_source(
                 &disk.slot,
-                changed[i].as_ref(),
-                parent_disk,
+                image.capacity(),
+                chunk_size,
+                &changed[i],
+                parent_description.as_ref().map(|p| (p, parent_is_warm)),
                 request.full,
-                parent_is_warm,
             );
+            disk_reads.push(read);
             let _disk_span =
                 tracing::info_span!("disk", slot = %disk.slot, capacity = image.capacity())
                     .entered();
@@ -296,7 +354,7 @@ pub fn backup_vm(
                 file_name: disk.file_name.clone(),
                 source_format: image.format(),
                 adapter_type: adapter_type(&disk.slot, image),
-                owner: Some(disk_owner(disk.owner, image)),
+                owner: Some(image.owner(disk.owner)),
                 capacity: image.capacity(),
                 chunk_size,
                 pages,
@@ -326,7 +384,7 @@ pub fn backup_vm(
     let stats = session.counters().stats(
         vm.disks.len() as u64,
         0,
-        opened.iter().map(VirtualDisk::capacity).sum(),
+        opened.iter().map(OpenedDisk::capacity).sum(),
         bytes_read.load(Ordering::Relaxed),
         started,
     );
@@ -336,7 +394,7 @@ pub fn backup_vm(
         time: request.time.unwrap_or_else(crate::clock::now),
         hostname: super::files::default_source(),
         tags: request.tags.clone(),
-        paths: vec![std::os::unix::ffi::OsStrExt::as_bytes(vm.origin.as_os_str()).to_vec()],
+        paths: vm.origins.clone(),
         root: description_id,
         parent: parent.map(|p| p.id),
         stats,
@@ -347,12 +405,12 @@ pub fn backup_vm(
     cancel.check()?;
     let id = session.commit(&manifest)?;
     tracing::info!(restore_point = %id, vm = %vm.name, "committed");
-    Ok(BackupOutcome { id, manifest })
+    Ok(BackupOutcome { id, manifest, disks: disk_reads })
 }
 
 /// The adapter a restored descriptor names: IDE for a disk on an IDE
 /// slot, else the source descriptor's, else the slot's default.
-fn adapter_type(slot: &str, image: &VirtualDisk) -> String {
+fn adapter_type(slot: &str, image: &OpenedDisk) -> String {
     match image.adapter_type() {
         Some(adapter) if !slot.starts_with("ide") && ADAPTER_TYPES.contains(&adapter) => {
             adapter.to_string()
@@ -372,7 +430,7 @@ struct Job<'a> {
 /// Stores one disk; returns its map pages.
 fn backup_disk(
     session: &dyn BackupSession,
-    image: &VirtualDisk,
+    image: &OpenedDisk,
     chunk_size: u32,
     cbt: Option<(&[(u64, u64)], &DiskRecord)>,
     bytes_read: &AtomicU64,
@@ -436,7 +494,7 @@ fn backup_disk(
 /// Reads, hashes and submits the given chunks on all cores; returns each
 /// chunk's entry (`None` for chunks that are holes or all zeros).
 fn read_chunks(
-    image: &VirtualDisk,
+    image: &OpenedDisk,
     session: &dyn BackupSession,
     allocated: &[(u64, u64)],
     indices: &[u64],
@@ -447,10 +505,7 @@ fn read_chunks(
     let capacity = image.capacity();
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::with_capacity(indices.len()));
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(indices.len().max(1));
+    let threads = image.readers().min(indices.len().max(1));
     std::thread::scope(|scope| -> Result<()> {
         let workers: Vec<_> = (0..threads)
             .map(|_| {

@@ -12,6 +12,7 @@
 //! previous window in order.
 
 mod disk_stream;
+mod to_nbd;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +30,8 @@ use crate::vmdk::sparse::SECTOR;
 use crate::vmdk::writer::{
     vmdk_sectors, write_flat_descriptor, RawWriter, SparseVmdkWriter,
 };
-pub use disk_stream::{write_disk, DiskTarget};
+pub use disk_stream::{write_disk, DiskTarget, PositionalTarget};
+pub use to_nbd::restore_disk_nbd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskOutput {
@@ -119,22 +121,42 @@ fn create_vm_folder(dir: &Path, base: &str) -> Result<(String, FolderGuard)> {
     unreachable!("counters are unbounded")
 }
 
-fn minimal_vmx(name: &str, guest_os: &str, disk_file: &str, adapter: &str) -> String {
+/// A `.vmx` for a VM that came without one (a disk image, NBD exports),
+/// or for one disk of a VM restored alone: each disk on the controller
+/// its adapter type names, in order.
+fn minimal_vmx(name: &str, guest_os: &str, disks: &[(String, &str)]) -> String {
     let guest = if guest_os.is_empty() {
         "other-64"
     } else {
         guest_os
     };
-    // The disk goes where its descriptor's adapter type says it belongs.
-    let controller = match adapter {
-        "ide" => "ide0.present = \"TRUE\"\nide0:0.present = \"TRUE\"\nide0:0.fileName".to_string(),
-        _ => format!(
-            "scsi0.present = \"TRUE\"\nscsi0.virtualDev = \"{}\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName",
-            if adapter == "buslogic" { "buslogic" } else { "lsilogic" }
-        ),
-    };
+    let mut devices = String::new();
+    let mut present = std::collections::BTreeSet::new();
+    let (mut ide, mut scsi) = (0usize, 0usize);
+    for (file, adapter) in disks {
+        // Two IDE channels of two devices; SCSI units 0-15 but 7, which is
+        // the controller's own.
+        let slot = if *adapter == "ide" && ide < 4 {
+            ide += 1;
+            format!("ide{}:{}", (ide - 1) / 2, (ide - 1) % 2)
+        } else {
+            let (controller, unit) = (scsi / 15, scsi % 15);
+            scsi += 1;
+            let controller = format!("scsi{controller}");
+            if present.insert(controller.clone()) {
+                let device = if *adapter == "buslogic" { "buslogic" } else { "lsilogic" };
+                devices.push_str(&format!("{controller}.present = \"TRUE\"\n{controller}.virtualDev = \"{device}\"\n"));
+            }
+            format!("{controller}:{}", if unit >= 7 { unit + 1 } else { unit })
+        };
+        let controller = slot.split(':').next().unwrap_or_default().to_string();
+        if present.insert(controller.clone()) {
+            devices.push_str(&format!("{controller}.present = \"TRUE\"\n"));
+        }
+        devices.push_str(&format!("{slot}.present = \"TRUE\"\n{slot}.fileName = \"{file}\"\n"));
+    }
     format!(
-        ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"14\"\ndisplayName = \"{name}\"\nnumvcpus = \"1\"\nmemsize = \"128\"\nguestOS = \"{guest}\"\n{controller} = \"{disk_file}\"\n"
+        ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"14\"\ndisplayName = \"{name}\"\nnumvcpus = \"1\"\nmemsize = \"128\"\nguestOS = \"{guest}\"\n{devices}"
     )
 }
 
@@ -206,10 +228,10 @@ pub fn restore_vm(
                 )?;
                 files.push(flat.clone());
                 // The flat file holds the whole sectors its descriptor gives.
-                DiskTarget::Positional(RawWriter::create_new(
+                DiskTarget::Positional(Box::new(RawWriter::create_new(
                     &guard.path.join(&flat),
                     vmdk_sectors(disk.capacity) * SECTOR,
-                )?)
+                )?))
             }
         };
         bytes_written += write_disk(repo, disk, target, progress, cancel)?;
@@ -221,12 +243,14 @@ pub fn restore_vm(
             let text = String::from_utf8_lossy(&description.vmx).into_owned();
             Vmx::parse(&text, "the backed-up .vmx")?.rewrite(&changes)
         }
-        _ => minimal_vmx(
-            &name,
-            &description.guest_os,
-            &changes[1].1,
-            &disks[0].adapter_type,
-        ),
+        _ => {
+            let restored: Vec<(String, &str)> = changes[1..]
+                .iter()
+                .zip(&disks)
+                .map(|((_, file), disk)| (file.clone(), disk.adapter_type.as_str()))
+                .collect();
+            minimal_vmx(&name, &description.guest_os, &restored)
+        }
     };
     let vmx_name = format!("{name}.vmx");
     let vmx_path = guard.path.join(&vmx_name);
@@ -301,7 +325,7 @@ pub fn restore_disk_raw(
         prepare_dir(repo, parent, disk.allocated_bytes())?;
     }
     progress.add_total(disk.allocated_bytes());
-    let target = DiskTarget::Positional(RawWriter::replace(path, disk.capacity)?);
+    let target = DiskTarget::Positional(Box::new(RawWriter::replace(path, disk.capacity)?));
     let written = write_disk(repo, disk, target, progress, cancel)?;
     progress.finish();
     Ok(VmRestoreSummary {

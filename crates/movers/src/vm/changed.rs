@@ -4,22 +4,61 @@
 
 use std::path::Path;
 
+use super::opened::OpenedDisk;
 use super::{stem, ResolvedVm, VmBackup};
 use crate::error::{Error, IoContext, Result};
-use strata_engine::vm::description::DiskRecord;
-use crate::vmdk::VirtualDisk;
+use strata_engine::vm::description::{DiskRecord, VmDescription};
 
 /// Sorted, merged `[start, end)` byte ranges of a disk that changed.
 pub(super) type Ranges = Vec<(u64, u64)>;
 
-/// Each disk's changed extents, in the order of `vm.disks` (`None`: none
-/// given).
+/// How a disk was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadMode {
+    /// Every allocated byte.
+    Full,
+    /// Only chunks touching the extents given with `--changed-extents`.
+    ChangedExtents,
+    /// Only chunks touching the extents a QEMU dirty bitmap marks dirty.
+    DirtyBitmap,
+}
+
+/// How one disk of a backup was read, and why in full when changes were
+/// given but could not be trusted.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiskRead {
+    pub disk: String,
+    pub mode: ReadMode,
+    pub full_because: Option<String>,
+}
+
+/// What a disk says changed since the VM's latest restore point.
+pub(super) enum Changes {
+    /// Nothing: every allocated chunk is read.
+    Unknown,
+    Given(Ranges, ReadMode),
+    /// Changes were asked for but cannot be trusted, for this reason.
+    Unusable(String),
+}
+
+/// Each disk's changes, in the order of `vm.disks`.
 pub(super) fn changed_extents(
     vm: &ResolvedVm,
     request: &VmBackup,
-    opened: &[VirtualDisk],
-) -> Result<Vec<Option<Ranges>>> {
-    let mut changed: Vec<Option<Ranges>> = vec![None; vm.disks.len()];
+    opened: &[OpenedDisk],
+) -> Result<Vec<Changes>> {
+    let mut changed: Vec<Changes> = opened
+        .iter()
+        .map(|disk| match disk {
+            OpenedDisk::Nbd(nbd) => match nbd.dirty() {
+                None => Changes::Unknown,
+                Some(Ok(ranges)) => Changes::Given(ranges.clone(), ReadMode::DirtyBitmap),
+                Some(Err(why)) => Changes::Unusable(why.to_string()),
+            },
+            OpenedDisk::Image(_) => Changes::Unknown,
+        })
+        .collect();
     for (selector, file) in &request.changed_extents {
         let i = vm
             .disks
@@ -36,36 +75,69 @@ pub(super) fn changed_extents(
                     vm.name
                 ))
             })?;
-        changed[i] = Some(load_changed(file, opened[i].capacity())?);
+        if matches!(opened[i], OpenedDisk::Nbd(_)) {
+            return Err(Error::InvalidInput(format!(
+                "--changed-extents names disk {selector:?}, which is read over NBD: its changes come from --bitmap"
+            )));
+        }
+        changed[i] = Changes::Given(load_changed(file, opened[i].capacity())?, ReadMode::ChangedExtents);
     }
     Ok(changed)
 }
 
-/// The changed extents and parent map a disk is read against, or `None`
-/// to read the whole disk.
+/// A disk's changed extents and the parent's record of it, whose map
+/// pages the untouched parts reuse.
+pub(super) type Against<'a> = (&'a [(u64, u64)], &'a DiskRecord);
+
+/// What a disk is read against: its changed extents and the parent's map
+/// of it, or `None` to read the whole disk; and how it was read, for the
+/// outcome.
 pub(super) fn cbt_source<'a>(
     slot: &str,
-    changed: Option<&'a Ranges>,
-    parent_disk: Option<&'a DiskRecord>,
+    capacity: u64,
+    chunk_size: u32,
+    changes: &'a Changes,
+    parent: Option<(&'a VmDescription, bool)>,
     full: bool,
-    parent_is_warm: bool,
-) -> Option<(&'a [(u64, u64)], &'a DiskRecord)> {
-    match (changed, parent_disk) {
-        (Some(extents), Some(parent)) if !full && parent_is_warm => {
-            Some((extents.as_slice(), parent))
-        }
-        (Some(_), Some(_)) if !parent_is_warm => {
-            // Its data may be on the cold tier: reusing its map would
-            // make this restore point depend on data needing a thaw.
-            tracing::info!(disk = %slot, "the parent restore point is past the warm period; reading the whole disk");
-            None
-        }
-        (Some(_), None) => {
-            tracing::info!(disk = %slot, "no matching disk in a parent restore point; reading the whole disk");
-            None
-        }
-        _ => None,
+) -> (Option<Against<'a>>, DiskRead) {
+    let read = |mode, full_because: Option<String>| DiskRead {
+        disk: slot.to_string(),
+        mode,
+        full_because,
+    };
+    let (ranges, mode) = match changes {
+        Changes::Unknown => return (None, read(ReadMode::Full, None)),
+        Changes::Unusable(why) => return (None, read(ReadMode::Full, Some(why.clone()))),
+        Changes::Given(ranges, mode) => (ranges, *mode),
+    };
+    let why_full = |why: String| {
+        tracing::info!(disk = %slot, reason = %why, "reading the whole disk");
+        (None, read(ReadMode::Full, Some(why)))
+    };
+    if full {
+        return why_full("--full was given".into());
     }
+    let Some((description, warm)) = parent else {
+        return why_full("the VM has no earlier restore point to be incremental against".into());
+    };
+    let Some(disk) = description.disks.iter().find(|d| d.slot == slot) else {
+        return why_full("the VM's latest restore point has no such disk".into());
+    };
+    if disk.capacity != capacity {
+        return why_full(format!(
+            "the disk's size changed from {} to {capacity} bytes since the latest restore point",
+            disk.capacity
+        ));
+    }
+    if disk.chunk_size != chunk_size {
+        return why_full("the repository's disk chunk size changed since the latest restore point".into());
+    }
+    if !warm {
+        // Its data may be on the cold tier: reusing its map would make
+        // this restore point depend on data needing a thaw.
+        return why_full("the latest restore point is past the warm period".into());
+    }
+    (Some((ranges.as_slice(), disk)), read(mode, None))
 }
 
 #[derive(serde::Deserialize)]
@@ -103,7 +175,7 @@ fn load_changed(path: &Path, capacity: u64) -> Result<Vec<(u64, u64)>> {
     Ok(merge(ranges))
 }
 
-fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+pub(super) fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     ranges.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {

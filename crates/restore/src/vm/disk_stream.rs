@@ -45,9 +45,50 @@ const BLOCK: usize = 4096;
 /// Where a disk goes.
 pub enum DiskTarget {
     /// Written at each chunk's offset, by all workers at once.
-    Positional(RawWriter),
+    Positional(Box<dyn PositionalTarget>),
     /// Written in offset order by one thread (a sparse VMDK).
     InOrder(Box<dyn DiskSink>),
+}
+
+/// A target written at each chunk's offset by all workers at once: a raw
+/// file or block device, an NBD export.
+pub trait PositionalTarget: Sync {
+    /// Whether holes must be written: the target keeps what it held.
+    fn writes_holes(&self) -> bool;
+    /// Writes one chunk's plaintext at its offset.
+    fn write_chunk(&self, offset: u64, data: &[u8]) -> Result<()>;
+    /// Makes a hole of the disk read as zeros.
+    fn zero_at(&self, offset: u64, len: u64) -> Result<()>;
+    /// Everything from `from` for `len` bytes is written.
+    fn written_through(&self, _from: u64, _len: u64) {}
+    /// Makes the whole output durable (and, for a file, puts it in place).
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+impl PositionalTarget for RawWriter {
+    fn writes_holes(&self) -> bool {
+        RawWriter::writes_holes(self)
+    }
+
+    fn write_chunk(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.writes_holes() {
+            self.write_at(offset, data)
+        } else {
+            write_skipping_zeros(self, offset, data)
+        }
+    }
+
+    fn zero_at(&self, offset: u64, len: u64) -> Result<()> {
+        RawWriter::zero_at(self, offset, len)
+    }
+
+    fn written_through(&self, from: u64, len: u64) {
+        self.start_writeback(from, len);
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        DiskSink::finish(self)
+    }
 }
 
 /// One chunk a worker took on: `seq` counts claims from 0.
@@ -230,7 +271,7 @@ impl Stream<'_> {
         Ok(())
     }
 
-    fn positional(&self, raw: RawWriter, threads: usize) -> Result<u64> {
+    fn positional(&self, raw: Box<dyn PositionalTarget>, threads: usize) -> Result<u64> {
         let disk = self.claims.disk;
         let frontier = Frontier::default();
         let written = std::sync::atomic::AtomicU64::new(0);
@@ -241,17 +282,13 @@ impl Stream<'_> {
                 None => raw.zero_at(offset, len)?,
                 Some(id) => {
                     self.read(claim, id, buffers)?;
-                    if raw.writes_holes() {
-                        raw.write_at(offset, &buffers.plain)?;
-                    } else {
-                        write_skipping_zeros(&raw, offset, &buffers.plain)?;
-                    }
+                    raw.write_chunk(offset, &buffers.plain)?;
                     written.fetch_add(len, Ordering::Relaxed);
                     self.progress.advance(len);
                 }
             }
             if let Some((from, len)) = frontier.finished(claim.seq, offset + len) {
-                raw.start_writeback(from, len);
+                raw.written_through(from, len);
             }
             Ok(())
         });
@@ -261,7 +298,7 @@ impl Stream<'_> {
         if !self.claims.handed_out().0 {
             return Err(unfinished());
         }
-        Box::new(raw).finish()?;
+        raw.finish()?;
         Ok(written.into_inner())
     }
 
