@@ -15,6 +15,9 @@ mod encryption_keys;
 mod encryption_tamper;
 mod faults;
 mod guest;
+/// Certificates for the TLS tests, shared with the NBD client's own tests.
+#[path = "../../crates/nbd/tests/common/pki.rs"]
+mod pki;
 mod nbd;
 mod incremental;
 mod mount;

@@ -484,3 +484,29 @@ fn bad_uris_absent_servers_and_misplaced_options_get_clear_errors() {
     let stderr = stderr_of(&t.run(&["backup", "nbd", &right, "--name", "small", "--changed-extents", "disk=/x.json"]));
     assert!(stderr.contains("its changes come from --bitmap"), "{stderr}");
 }
+
+#[test]
+fn tls_exports_are_backed_up_and_restored_into_with_certificates() {
+    let t = TestRepo::new();
+    let pki = crate::pki::pki(t.dir.path());
+    let source = qcow2_with_ext4(t.dir.path(), "tls01");
+    let target = t.path("target.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", target.to_str().unwrap(), "256M"]);
+    let creds = format!("tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on", pki.join("server").display());
+    let tls = ["--object", creds.as_str(), "--tls-creds=tls0"];
+    let (_source_server, source_uri) = qemu_nbd(t.dir.path(), &source, "qcow2", &[&["--read-only"][..], &tls].concat());
+    let (target_server, target_uri) = qemu_nbd(t.dir.path(), &target, "qcow2", &tls);
+    let secure = |uri: &str| {
+        format!("{}&tls-certificates={}", uri.replacen("nbd+unix", "nbds+unix", 1), pki.join("client").display())
+    };
+    // The server will not talk in the clear.
+    let stderr = stderr_of(&t.run(&["backup", "nbd", &source_uri, "--name", "tls01"]));
+    assert!(stderr.contains("requires TLS"), "{stderr}");
+
+    let summary = t.json(&["backup", "nbd", &secure(&source_uri), "--name", "tls01"]);
+    assert_eq!(disk_read(&summary)["mode"], "full");
+    t.json(&["restore", "disk", "tls01@latest", "disk", "--to-nbd", &secure(&target_uri)]);
+    drop(target_server);
+    let compared = qemu_img(&["compare", "-U", "-f", "qcow2", "-F", "qcow2", target.to_str().unwrap(), source.to_str().unwrap()]);
+    assert!(compared.contains("Images are identical"), "{compared}");
+}

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::handshake::{ExportInfo, Handshake};
+use crate::transport::{client_config, server_name, Reader, Stream, TlsReader, TlsSession, Writer};
 use crate::uri::{Address, NbdUri};
 use crate::wire::*;
 
@@ -69,59 +70,6 @@ pub struct BlockStatus {
 impl BlockStatus {
     pub fn of(&self, context: &str) -> Option<&[Extent]> {
         self.contexts.iter().find(|(n, _)| n == context).map(|(_, e)| e.as_slice())
-    }
-}
-
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn try_clone(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-        })
-    }
-
-    fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
-            Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
-        }
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
-        }
     }
 }
 
@@ -188,7 +136,7 @@ fn lost(server: &str, why: &str) -> Error {
 pub struct Client {
     server: String,
     export: ExportInfo,
-    writer: Mutex<Stream>,
+    writer: Mutex<Writer>,
     shutdown_handle: Stream,
     shared: Arc<Shared>,
     next_cookie: AtomicU64,
@@ -198,11 +146,6 @@ pub struct Client {
 impl Client {
     pub fn connect(uri: &NbdUri, options: &ConnectOptions) -> Result<Client> {
         let server = uri.to_string();
-        if uri.tls {
-            return Err(Error::InvalidInput(format!(
-                "NBD server {server}: TLS (nbds://) is not supported by this build; serve the export on a unix socket or a trusted network"
-            )));
-        }
         let connect_error = |e| Error::io("connecting to NBD server", &server, e);
         let mut stream = match &uri.address {
             Address::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(connect_error)?),
@@ -229,40 +172,43 @@ impl Client {
         // A peer that accepts and never speaks (or stops mid-reply) is
         // an error after a while, never a hang.
         stream.set_read_timeout(READ_TIMEOUT).map_err(connect_error)?;
-        let mut handshake = Handshake { stream: &mut stream, server: &server };
-        handshake.greet()?;
-        let structured = handshake.structured_replies()?;
-        let contexts = if structured && !options.contexts.is_empty() {
-            let queries: Vec<&str> = options.contexts.iter().map(String::as_str).collect();
-            handshake.meta_contexts(&uri.export, &queries, false)?
-        } else {
-            Vec::new()
+        let mut tls = None;
+        {
+            let mut handshake = Handshake { stream: &mut stream, server: &server };
+            handshake.greet()?;
+            if uri.tls {
+                handshake.start_tls().map_err(|e| match e {
+                    Error::InvalidInput(m) => Error::InvalidInput(format!("{m}; the server does not offer TLS")),
+                    e => e,
+                })?;
+                let mut connection = rustls::ClientConnection::new(client_config(uri)?, server_name(uri)?)
+                    .map_err(|e| Error::InvalidInput(format!("NBD server {server}: TLS: {e}")))?;
+                while connection.is_handshaking() {
+                    connection
+                        .complete_io(&mut stream)
+                        .map_err(|e| Error::io("TLS handshake with NBD server", &server, e))?;
+                }
+                tls = Some(connection);
+            }
+        }
+        let negotiated = match &mut tls {
+            Some(connection) => negotiate(&mut rustls::Stream::new(connection, &mut stream), &server, uri, options)?,
+            None => negotiate(&mut stream, &server, uri, options)?,
         };
-        // Name what the server does offer when a bitmap asked for is
-        // missing, so the message can say which exist.
-        let missing_bitmap = options
-            .contexts
-            .iter()
-            .any(|c| c.starts_with(DIRTY_BITMAP_PREFIX) && !contexts.iter().any(|(_, n)| n == c));
-        let offered_bitmaps = if missing_bitmap {
-            handshake
-                .meta_contexts(&uri.export, &[DIRTY_BITMAP_PREFIX], true)?
-                .into_iter()
-                .filter_map(|(_, n)| n.strip_prefix(DIRTY_BITMAP_PREFIX).map(str::to_string))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let (size, transmission_flags, max_payload) = handshake.go(&uri.export).map_err(|e| match e {
-            Error::InvalidInput(m) => Error::InvalidInput(format!("{m} (export {:?})", uri.export)),
-            e => e,
-        })?;
+        let (structured, contexts, offered_bitmaps, (size, transmission_flags, max_payload)) = negotiated;
         let export = ExportInfo { size, transmission_flags, structured, contexts, offered_bitmaps, max_payload };
         tracing::debug!(server = %server, size, flags = transmission_flags, contexts = ?export.contexts, "NBD export opened");
 
         let clone = |s: &Stream| s.try_clone().map_err(|e| Error::io("connecting to NBD server", &server, e));
-        let reader = clone(&stream)?;
         let shutdown_handle = clone(&stream)?;
+        let (reader, writer) = match tls {
+            None => (Reader::Plain(clone(&stream)?), Writer::Plain(stream)),
+            Some(connection) => {
+                let session = TlsSession::new(connection, clone(&stream)?);
+                let reader = Reader::Tls(TlsReader::new(Arc::clone(&session), stream));
+                (reader, Writer::Tls(session))
+            }
+        };
         let shared = Arc::new(Shared { server: server.clone(), state: Mutex::new(State::default()) });
         let receiver = {
             let shared = Arc::clone(&shared);
@@ -288,7 +234,7 @@ impl Client {
         Ok(Client {
             server,
             export,
-            writer: Mutex::new(stream),
+            writer: Mutex::new(writer),
             shutdown_handle,
             shared,
             next_cookie: AtomicU64::new(1),
@@ -499,6 +445,44 @@ impl Client {
         }
         self.call(CMD_FLUSH, 0, 0, 0, &[], Expect::Done).map(|_| ())
     }
+}
+
+/// What the option phase settles: structured replies, the granted
+/// metadata contexts, the bitmaps offered when one asked for is missing,
+/// and the export's size, flags and largest payload.
+type Negotiated = (bool, Vec<(u32, String)>, Vec<String>, (u64, u16, u32));
+
+/// The options after the greeting (and TLS): structured replies, metadata
+/// contexts, then `NBD_OPT_GO`.
+fn negotiate<S: Read + Write>(stream: &mut S, server: &str, uri: &NbdUri, options: &ConnectOptions) -> Result<Negotiated> {
+    let mut handshake = Handshake { stream, server };
+    let structured = handshake.structured_replies()?;
+    let contexts = if structured && !options.contexts.is_empty() {
+        let queries: Vec<&str> = options.contexts.iter().map(String::as_str).collect();
+        handshake.meta_contexts(&uri.export, &queries, false)?
+    } else {
+        Vec::new()
+    };
+    // Name what the server does offer when a bitmap asked for is missing,
+    // so the message can say which exist.
+    let missing_bitmap = options
+        .contexts
+        .iter()
+        .any(|c| c.starts_with(DIRTY_BITMAP_PREFIX) && !contexts.iter().any(|(_, n)| n == c));
+    let offered_bitmaps = if missing_bitmap && structured {
+        handshake
+            .meta_contexts(&uri.export, &[DIRTY_BITMAP_PREFIX], true)?
+            .into_iter()
+            .filter_map(|(_, n)| n.strip_prefix(DIRTY_BITMAP_PREFIX).map(str::to_string))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let go = handshake.go(&uri.export).map_err(|e| match e {
+        Error::InvalidInput(m) => Error::InvalidInput(format!("{m} (export {:?})", uri.export)),
+        e => e,
+    })?;
+    Ok((structured, contexts, offered_bitmaps, go))
 }
 
 impl Drop for Client {

@@ -124,6 +124,15 @@ impl<S: Read + Write> Handshake<'_, S> {
         ))
     }
 
+    /// `NBD_OPT_STARTTLS`; the caller then runs the TLS handshake.
+    pub fn start_tls(&mut self) -> Result<()> {
+        self.send(&option(OPT_STARTTLS, &[]))?;
+        match self.reply(OPT_STARTTLS)? {
+            (REP_ACK, _) => Ok(()),
+            (kind, data) => Err(self.refused(OPT_STARTTLS, kind, &data)),
+        }
+    }
+
     /// Asks for structured replies; false when the server has none.
     pub fn structured_replies(&mut self) -> Result<bool> {
         self.send(&option(OPT_STRUCTURED_REPLY, &[]))?;

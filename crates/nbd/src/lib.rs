@@ -5,13 +5,14 @@
 //! backup needs of NBD is small: the fixed newstyle handshake, structured
 //! replies, metadata contexts (`base:allocation`, `qemu:dirty-bitmap:*`),
 //! reads, block status, and for restores writes, write-zeroes, trim and
-//! flush. Every reply is checked against the request it answers before a
-//! byte of it is used (see [`client`]).
+//! flush; TLS (`nbds`) through rustls. Every reply is checked against
+//! the request it answers before a byte of it is used (see [`client`]).
 
 pub(crate) use strata_format::error;
 
 pub mod client;
 mod handshake;
+mod transport;
 pub mod uri;
 mod wire;
 

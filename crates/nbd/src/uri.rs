@@ -28,6 +28,9 @@ pub struct NbdUri {
     /// `client-cert.pem` and `client-key.pem` when present (qemu's and
     /// libnbd's layout).
     pub tls_certificates: Option<PathBuf>,
+    /// `tls-hostname=NAME`: the name the server's certificate must carry
+    /// (default: the host, or `localhost` for a unix socket).
+    pub tls_hostname: Option<String>,
     text: String,
 }
 
@@ -68,6 +71,7 @@ impl NbdUri {
         }
         let mut socket = None;
         let mut tls_certificates = None;
+        let mut tls_hostname = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = decode(value).map_err(|e| bad(&e))?;
@@ -76,9 +80,11 @@ impl NbdUri {
                 "socket" => return Err(bad("socket= belongs to nbd+unix:// URIs")),
                 "tls-certificates" if tls => tls_certificates = Some(PathBuf::from(value)),
                 "tls-certificates" => return Err(bad("tls-certificates= needs an nbds URI")),
+                "tls-hostname" if tls => tls_hostname = Some(value),
+                "tls-hostname" => return Err(bad("tls-hostname= needs an nbds URI")),
                 _ => {
                     return Err(bad(&format!(
-                        "query parameter {key:?} is not supported (socket, tls-certificates)"
+                        "query parameter {key:?} is not supported (socket, tls-certificates, tls-hostname)"
                     )))
                 }
             }
@@ -97,6 +103,7 @@ impl NbdUri {
             export,
             tls,
             tls_certificates,
+            tls_hostname,
             text: text.to_string(),
         })
     }
@@ -165,6 +172,8 @@ mod tests {
         assert_eq!(u.export, "sda");
         assert!(u.tls);
         assert_eq!(u.tls_certificates, Some("/etc/pki".into()));
+        let u = NbdUri::parse("nbds://10.0.0.5/vda?tls-hostname=host.example").unwrap();
+        assert_eq!(u.tls_hostname.as_deref(), Some("host.example"));
     }
 
     #[test]
@@ -178,6 +187,7 @@ mod tests {
             ("nbd://h/x?socket=/s", "socket= belongs"),
             ("nbd://h/x?tls-certificates=/d", "needs an nbds"),
             ("nbd://h/x?tls-psk-file=/k", "not supported"),
+            ("nbd://h/x?tls-hostname=a", "needs an nbds"),
             ("nbd://h/%zz", "percent"),
             ("nbd://h/%ff", "UTF-8"),
             ("nbd+vsock://1:2/x", "vsock"),

@@ -10,6 +10,7 @@ pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1;
 pub const FLAG_NO_ZEROES: u16 = 2;
 
+pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
 pub const OPT_LIST_META_CONTEXT: u32 = 9;
@@ -99,6 +100,7 @@ pub fn put_string(out: &mut Vec<u8>, s: &str) {
 /// The name of an option, for messages.
 pub fn option_name(option: u32) -> &'static str {
     match option {
+        OPT_STARTTLS => "NBD_OPT_STARTTLS",
         OPT_GO => "NBD_OPT_GO",
         OPT_STRUCTURED_REPLY => "NBD_OPT_STRUCTURED_REPLY",
         OPT_LIST_META_CONTEXT => "NBD_OPT_LIST_META_CONTEXT",

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/pki.rs"]
+mod pki;
+use pki::pki;
+
 use strata_nbd::{dirty_bitmap_context, Client, ConnectOptions, NbdUri, BASE_ALLOCATION, STATE_DIRTY, STATE_ZERO};
 
 const MIB: u64 = 1 << 20;
@@ -327,4 +331,47 @@ fn a_server_that_is_not_nbd_or_lacks_the_export_is_named() {
     let uri = NbdUri::parse(&format!("nbd+unix:///vm?socket={}", dir.path().join("absent.sock").display())).unwrap();
     let e = Client::connect(&uri, &ConnectOptions::default()).err().unwrap().to_string();
     assert!(e.contains("connecting to NBD server"), "{e}");
+}
+
+#[test]
+fn tls_exports_are_read_with_certificates_and_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let image = qcow2(dir.path(), "disk.qcow2", "16M");
+    qemu_io(&image, "write -P 0x6c 1M 3M");
+    let expected = raw_of(dir.path(), &image);
+    let creds = format!("tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on", pki.join("server").display());
+    let server = QemuNbd::start(dir.path(), &image, &["--read-only", "--object", &creds, "--tls-creds=tls0"]);
+    let uri = |scheme: &str, certs: &str| {
+        NbdUri::parse(&format!(
+            "{scheme}:///?socket={}&tls-certificates={}",
+            server.socket.display(),
+            pki.join(certs).display()
+        ))
+        .unwrap()
+    };
+    let options = ConnectOptions { contexts: vec![BASE_ALLOCATION.into()] };
+    let client = Client::connect(&uri("nbds+unix", "client"), &options).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (client, expected) = (&client, &expected);
+            s.spawn(move || {
+                let mut buf = vec![0u8; 4 * MIB as usize];
+                client.read_at(t * MIB, &mut buf).unwrap();
+                assert!(buf == expected[(t * MIB) as usize..((t + 4) * MIB) as usize]);
+            });
+        }
+    });
+    let extents = all_extents(&client);
+    assert_eq!(ranges_with(&extents[0].1, |f| f & STATE_ZERO == 0), vec![(MIB, 4 * MIB)]);
+    drop(client);
+
+    let plain = NbdUri::parse(&format!("nbd+unix:///?socket={}", server.socket.display())).unwrap();
+    let e = Client::connect(&plain, &options).err().unwrap().to_string();
+    assert!(e.contains("requires TLS"), "{e}");
+    let e = Client::connect(&uri("nbds+unix", "stranger"), &options).err().unwrap().to_string();
+    assert!(e.contains("TLS handshake") && e.contains("certificate"), "{e}");
+    // The server asks for a client certificate (verify-peer=on).
+    std::fs::remove_file(pki.join("client/client-key.pem")).unwrap();
+    assert!(Client::connect(&uri("nbds+unix", "client"), &options).is_err());
 }
