@@ -121,6 +121,12 @@ def targets(jdir, mount_jdir):
     ratio = restore / mount if mount and restore else None
     row("mount sequential read vs strata restore of the same file", ">= 0.7x", ratio,
         ratio and f"{ratio:.2f}x ({mount:.2f} s vs {restore:.2f} s)", ratio and ratio >= 0.7)
+    local, nbd, incremental = one("nbd-local-first"), one("nbd-first"), one("nbd-incremental")
+    ratio = local / nbd if local and nbd else None
+    row("full NBD backup (unix socket) vs the same disk as a local file", ">= 0.8x", ratio,
+        ratio and f"{ratio:.2f}x ({nbd:.2f} s vs {local:.2f} s)", ratio and ratio >= 0.8)
+    row("NBD incremental, 64 MiB dirty (QEMU dirty bitmap)", "< 1 s", incremental,
+        incremental and f"{incremental:.2f} s", incremental is not None and incremental < 1)
     small_first, small_second = one("small-strata-first"), one("small-strata-second")
     ratio = small_second / small_first if small_first and small_second else None
     count_file = os.path.join(jdir, "small-files.count")

@@ -483,6 +483,12 @@ fn bad_uris_absent_servers_and_misplaced_options_get_clear_errors() {
     assert!(stderr.contains("less than the disk's 8388608"), "{stderr}");
     let stderr = stderr_of(&t.run(&["backup", "nbd", &right, "--name", "small", "--changed-extents", "disk=/x.json"]));
     assert!(stderr.contains("its changes come from --bitmap"), "{stderr}");
+    // A server claiming a disk larger than any disk may be.
+    let socket = t.path("huge.sock");
+    let _huge = nbdkit(&socket, &["null", "size=1P"]);
+    let huge = format!("nbd+unix:///?socket={}", socket.display());
+    let stderr = stderr_of(&t.run(&["backup", "nbd", &huge, "--name", "huge"]));
+    assert!(stderr.contains("larger than the 562949953421312 bytes a disk may be"), "{stderr}");
 }
 
 #[test]

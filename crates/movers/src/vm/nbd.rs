@@ -11,7 +11,7 @@
 use strata_nbd::{dirty_bitmap_context, Client, ConnectOptions, NbdUri, BASE_ALLOCATION, STATE_DIRTY, STATE_ZERO};
 
 use super::changed::{merge, Ranges};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub struct NbdDisk {
     client: Client,
@@ -28,6 +28,14 @@ impl NbdDisk {
         let client = Client::connect(uri, &ConnectOptions { contexts })?;
         let export = client.export();
         let size = client.size();
+        // What a restore can write back as a VMDK; a server claiming more
+        // is refused before its map is walked.
+        let largest = crate::vmdk::sparse::MAX_CAPACITY_SECTORS * crate::vmdk::sparse::SECTOR;
+        if size > largest {
+            return Err(Error::InvalidInput(format!(
+                "NBD export {uri} is {size} bytes, larger than the {largest} bytes a disk may be"
+            )));
+        }
         let has_allocation = export.context_id(BASE_ALLOCATION).is_some();
         let has_bitmap = bitmap_context.as_ref().is_some_and(|c| export.context_id(c).is_some());
         let (mut allocated, mut dirty) = (Vec::new(), Vec::new());
