@@ -723,9 +723,10 @@ pub enum SourceCommand {
     /// Add a source (or change one).
     Add {
         name: String,
-        #[arg(long, value_parser = ["files", "vm", "image"])]
+        #[arg(long, value_parser = ["files", "vm", "image", "nbd"])]
         kind: String,
-        /// The file tree, the VM folder (its .vmx) or the disk image.
+        /// The file tree, the VM folder (its .vmx), the disk image, or the
+        /// NBD URI of the disk (nbd kind).
         #[arg(long)]
         path: String,
         /// The host it is on.

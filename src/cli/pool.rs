@@ -190,6 +190,8 @@ impl ChildTask {
         let needed = match task.kind.as_str() {
             // A restore makes its target; its parent must be here.
             "restore-files" | "restore-vm" => Path::new(&task.path).parent().unwrap_or(Path::new("/")),
+            // An export is reached by connecting to it, which the backup does.
+            "nbd" => Path::new("/"),
             _ => Path::new(&task.path),
         };
         if !needed.exists() {
@@ -201,6 +203,7 @@ impl ChildTask {
             "files" => self.command(["backup", "files", path, "--source", source, "--tag", &tag]),
             "vm" => self.command(["backup", "vm", path, "--tag", &tag]),
             "image" => self.command(["backup", "image", path, "--name", source, "--tag", &tag]),
+            "nbd" => self.command(["backup", "nbd", path, "--name", source, "--tag", &tag]),
             "restore-files" => self.command(["restore", "files", source, "--to", path]),
             "restore-vm" => self.command(["restore", "vm", source, "--to", path]),
             other => return Err(format!("task of kind {other:?} for {source}: this mover cannot run it")),

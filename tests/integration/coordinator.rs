@@ -464,6 +464,33 @@ fn a_mover_killed_mid_task_loses_its_task_to_another_and_nothing_is_duplicated()
     assert_eq!(first_row["alive"], false, "{lost}");
 }
 
+#[test]
+fn a_mover_backs_up_an_nbd_source_and_the_source_must_be_a_uri() {
+    let t = TestRepo::new();
+    let Some((pool, _server)) = start_pool(&t) else {
+        return;
+    };
+    let _coordinator = pool.first_coordinator("coordinator");
+    let image = crate::nbd::qcow2_with_ext4(t.dir.path(), "kvm01");
+    let (_nbd, uri) = crate::nbd::qemu_nbd(t.dir.path(), &image, "qcow2", &["--read-only"]);
+    let refused = pool.strata(&["source", "add", "kvm01", "--kind", "nbd", "--path", "/dev/nbd0", "--host", "h0", "--datastore", "ds0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(stderr_of(&refused).contains("is not an NBD URI"), "{}", stderr_of(&refused));
+    pool.ok(&["source", "add", "kvm01", "--kind", "nbd", "--path", &uri, "--host", "h0", "--datastore", "ds0"]);
+    let mover = pool.mover("m0", "h0", &["ds0"], 1);
+    let job = pool.json(&["backup-now", "kvm01"])["job"].as_u64().unwrap();
+    let shown = pool.wait_for_job(job, Duration::from_secs(120), &[&mover]);
+    assert_eq!(shown["job"]["state"], "done", "{shown:#}");
+
+    let raw = t.path("restored.raw");
+    pool.client.ok(&["restore", "disk", "kvm01@latest", "disk", "--raw-to", raw.to_str().unwrap()]);
+    let source = t.path("source.raw");
+    crate::vm::qemu_img(&["convert", "-U", "-f", "qcow2", "-O", "raw", image.to_str().unwrap(), source.to_str().unwrap()]);
+    assert!(std::fs::read(&raw).unwrap() == std::fs::read(&source).unwrap());
+}
+
 /// A six-field schedule naming one second `seconds` from now.
 fn once_in(seconds: i64) -> String {
     let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);

@@ -39,7 +39,7 @@ fn wait_for(path: &Path, child: &mut Child, what: &str) {
 }
 
 /// A server process stopped by PID when dropped, also on a failed test.
-struct Server {
+pub struct Server {
     child: Child,
 }
 
@@ -124,8 +124,8 @@ impl StorageDaemon {
     }
 }
 
-/// qemu-nbd serving `image` on a unix socket (or 127.0.0.1 with `tcp`).
-fn qemu_nbd(dir: &Path, image: &Path, format: &str, extra: &[&str]) -> (Server, String) {
+/// qemu-nbd serving `image` on a unix socket.
+pub fn qemu_nbd(dir: &Path, image: &Path, format: &str, extra: &[&str]) -> (Server, String) {
     let socket = dir.join(format!(
         "qemu-nbd-{}.sock",
         image.file_name().unwrap().to_string_lossy()
@@ -222,7 +222,7 @@ fn dirty(extents: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
 }
 
 /// A qcow2 disk whose first part is an ext4 file system with files.
-fn qcow2_with_ext4(dir: &Path, name: &str) -> PathBuf {
+pub fn qcow2_with_ext4(dir: &Path, name: &str) -> PathBuf {
     let raw = ext4_image(dir, name, 48, 7);
     let image = dir.join(format!("{name}.qcow2"));
     qemu_img(&["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), image.to_str().unwrap()]);

@@ -24,10 +24,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "batched claims, retention and tiering",
         include_str!("../migrations/0004_batched_claims_and_maintenance.sql"),
     ),
+    (5, "sources read over NBD", include_str!("../migrations/0005_nbd_sources.sql")),
 ];
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x5354_5241_5441_0001;

@@ -139,13 +139,22 @@ pub fn add_source(db: &mut Client, source: &Source) -> Result<()> {
     check_name("source", &source.name)?;
     check_name("host", &source.host)?;
     check_name("datastore", &source.datastore)?;
-    if !["files", "vm", "image"].contains(&source.kind.as_str()) {
+    if !["files", "vm", "image", "nbd"].contains(&source.kind.as_str()) {
         return Err(Error::InvalidInput(format!(
-            "source {}: kind {:?} is not files, vm or image",
+            "source {}: kind {:?} is not files, vm, image or nbd",
             source.name, source.kind
         )));
     }
-    if !source.path.starts_with('/') {
+    if source.kind == "nbd" {
+        // The mover parses the URI fully; here only its scheme is checked.
+        let schemes = ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"];
+        if !schemes.iter().any(|s| source.path.starts_with(s)) {
+            return Err(Error::InvalidInput(format!(
+                "source {}: the path {:?} of an nbd source is not an NBD URI (nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)",
+                source.name, source.path
+            )));
+        }
+    } else if !source.path.starts_with('/') {
         return Err(Error::InvalidInput(format!("source {}: the path {:?} is not absolute", source.name, source.path)));
     }
     db.execute(
