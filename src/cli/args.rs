@@ -375,6 +375,12 @@ pub enum BackupCommand {
         /// in full, and the output says why.
         #[arg(long, value_name = "NAME")]
         bitmap: Option<String>,
+        /// The QEMU dirty bitmap that began recording when this backup's
+        /// view of the disks was taken (the one added in the transaction
+        /// that froze --bitmap). It is recorded: the next backup's --bitmap
+        /// must be it, or that backup reads in full.
+        #[arg(long, value_name = "NAME")]
+        next_bitmap: Option<String>,
         #[command(flatten)]
         args: DiskBackupArgs,
     },

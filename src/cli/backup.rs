@@ -45,7 +45,7 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
             render(&outcome, sent, json.json)
         }
         BackupCommand::Vm { vm, args } => {
-            backup_disks(path, VmSource::Vm(vm), None, args, "strata backup vm", cancel)
+            backup_disks(path, VmSource::Vm(vm), Bitmaps::default(), args, "strata backup vm", cancel)
         }
         BackupCommand::Nbd {
             uri,
@@ -53,6 +53,7 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
             disk_name,
             disks,
             bitmap,
+            next_bitmap,
             args,
         } => {
             let mut named = Vec::new();
@@ -66,7 +67,8 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
                 named.push((disk.to_string(), NbdUri::parse(uri)?));
             }
             let source = VmSource::Nbd { name, disks: named };
-            backup_disks(path, source, bitmap, args, "strata backup nbd", cancel)
+            let bitmaps = Bitmaps { read: bitmap, next: next_bitmap };
+            backup_disks(path, source, bitmaps, args, "strata backup nbd", cancel)
         }
         BackupCommand::Image {
             disk,
@@ -79,15 +81,23 @@ pub fn run(path: &Path, command: BackupCommand, cancel: &CancelToken) -> Result<
                 name,
                 format: format.map(Into::into),
             };
-            backup_disks(path, source, None, args, "strata backup image", cancel)
+            backup_disks(path, source, Bitmaps::default(), args, "strata backup image", cancel)
         }
     }
+}
+
+/// The QEMU dirty bitmaps of an NBD backup: the one read, and the one
+/// that started with it.
+#[derive(Default)]
+struct Bitmaps {
+    read: Option<String>,
+    next: Option<String>,
 }
 
 fn backup_disks(
     path: &Path,
     source: VmSource,
-    bitmap: Option<String>,
+    bitmaps: Bitmaps,
     args: DiskBackupArgs,
     command: &str,
     cancel: &CancelToken,
@@ -106,7 +116,8 @@ fn backup_disks(
         time,
         full: args.full,
         changed_extents,
-        bitmap,
+        bitmap: bitmaps.read,
+        next_bitmap: bitmaps.next,
         tags: args.tags,
     };
     let (outcome, sent) = in_session(path, command, |session, _| {

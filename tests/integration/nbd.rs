@@ -244,8 +244,9 @@ fn a_bitmap_incremental_reads_exactly_the_dirty_chunks_and_restores_identical() 
     let begin = daemon.bitmaps(&["begin"]);
     assert_eq!(begin["mode"], "full", "{begin}");
     let uri = begin["uri"].as_str().unwrap().to_string();
+    let next = begin["next"].as_str().unwrap().to_string();
     let allocation = map(&uri, "base:allocation");
-    let full = t.json(&["backup", "nbd", &uri, "--name", "web01", "--disk-name", "sda"]);
+    let full = t.json(&["backup", "nbd", &uri, "--name", "web01", "--disk-name", "sda", "--next-bitmap", &next]);
     assert_eq!(disk_read(&full)["mode"], "full");
     let everything = [(0, 256 * MIB, 0)];
     assert_eq!(full["bytes_read"].as_u64().unwrap(), bytes_read_for(&everything, &allocation));
@@ -260,12 +261,16 @@ fn a_bitmap_incremental_reads_exactly_the_dirty_chunks_and_restores_identical() 
     let begin = daemon.bitmaps(&["begin"]);
     assert_eq!(begin["mode"], "incremental", "{begin}");
     let bitmap = begin["bitmap"].as_str().unwrap();
+    assert_eq!(bitmap, next, "{begin}");
+    let next = begin["next"].as_str().unwrap();
     let uri = begin["uri"].as_str().unwrap().to_string();
     let dirty_extents = dirty(map(&uri, &format!("qemu:dirty-bitmap:{bitmap}")));
     assert!(!dirty_extents.is_empty());
     let allocation = map(&uri, "base:allocation");
     let started = Instant::now();
-    let incremental = t.json(&["backup", "nbd", &uri, "--name", "web01", "--disk-name", "sda", "--bitmap", bitmap]);
+    let incremental = t.json(&[
+        "backup", "nbd", &uri, "--name", "web01", "--disk-name", "sda", "--bitmap", bitmap, "--next-bitmap", next,
+    ]);
     eprintln!("incremental backup took {:?}", started.elapsed());
     assert_eq!(disk_read(&incremental)["mode"], "dirty-bitmap", "{incremental}");
     assert_eq!(disk_read(&incremental)["full_because"], serde_json::Value::Null);
@@ -298,6 +303,23 @@ fn a_bitmap_incremental_reads_exactly_the_dirty_chunks_and_restores_identical() 
     // The guest's files are there too.
     let listing = t.ok(&["ls", "web01@latest", "sda/whole/etc"]);
     assert!(listing.contains("file3.txt"), "{listing}");
+
+    // A backup outside the cycle (no bitmaps) becomes the latest restore
+    // point: the bitmap did not start with it, so the next one is full.
+    daemon.write("write -P 0x79 60M 1M");
+    let begin = daemon.bitmaps(&["begin"]);
+    let uri = begin["uri"].as_str().unwrap().to_string();
+    t.json(&["backup", "nbd", &uri, "--name", "web01", "--disk-name", "sda"]);
+    let (bitmap, next) = (begin["bitmap"].as_str().unwrap(), begin["next"].as_str().unwrap());
+    let summary = t.json(&[
+        "backup", "nbd", &uri, "--name", "web01", "--disk-name", "sda", "--bitmap", bitmap, "--next-bitmap", next,
+    ]);
+    assert_eq!(disk_read(&summary)["mode"], "full", "{summary}");
+    assert!(
+        disk_read(&summary)["full_because"].as_str().unwrap().contains("records no bitmap that started with it"),
+        "{summary}"
+    );
+    daemon.bitmaps(&["end", "--result", "ok"]);
     t.ok(&["check", "--read-data"]);
 }
 
@@ -307,7 +329,8 @@ fn an_inconsistent_bitmap_gives_a_full_backup_with_a_warning() {
     let image = qcow2_with_ext4(t.dir.path(), "db01");
     let mut daemon = StorageDaemon::start(t.dir.path(), &image);
     let begin = daemon.bitmaps(&["begin"]);
-    t.json(&["backup", "nbd", begin["uri"].as_str().unwrap(), "--name", "db01"]);
+    let next = begin["next"].as_str().unwrap();
+    t.json(&["backup", "nbd", begin["uri"].as_str().unwrap(), "--name", "db01", "--next-bitmap", next]);
     daemon.bitmaps(&["end", "--result", "ok"]);
     // A clean stop saves the bitmap in the image; the next daemon loads
     // it (marking it in use) and dies without saving it.

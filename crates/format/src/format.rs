@@ -52,6 +52,9 @@ pub const VM_DESCRIPTION_MAGIC: [u8; 4] = *b"STRV";
 /// the `.vmx` and disk files; version 1 is still read.
 pub const VM_DESCRIPTION_VERSION: u16 = 2;
 pub const VM_DESCRIPTION_VERSION_1: u16 = 1;
+/// Version 2 with each disk's tracking bitmap; written only when a disk
+/// has one.
+pub const VM_DESCRIPTION_VERSION_3: u16 = 3;
 
 /// First bytes of a thaw record (`thaw/…/<id>.until`): when a thaw expires,
 /// kept beside the thawed copy so that `repair index` can restore it.

@@ -73,6 +73,10 @@ pub struct VmBackup {
     /// For NBD disks: the QEMU dirty bitmap holding the changes since the
     /// VM's latest restore point.
     pub bitmap: Option<String>,
+    /// For NBD disks: the QEMU dirty bitmap that began recording when this
+    /// backup's view of the disks was taken, recorded so that the next
+    /// backup can check its `bitmap` is that one.
+    pub next_bitmap: Option<String>,
     /// Tags of the restore point (a data mover's task id, for one).
     pub tags: Vec<String>,
 }
@@ -299,7 +303,8 @@ pub fn backup_vm(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let vm = resolve(&request.source)?;
-    if request.bitmap.is_some() && !matches!(request.source, VmSource::Nbd { .. }) {
+    let bitmaps = request.bitmap.is_some() || request.next_bitmap.is_some();
+    if bitmaps && !matches!(request.source, VmSource::Nbd { .. }) {
         return Err(Error::InvalidInput(
             "a dirty bitmap belongs to disks read over NBD (strata backup nbd)".into(),
         ));
@@ -342,6 +347,7 @@ pub fn backup_vm(
                 &changed[i],
                 parent_description.as_ref().map(|p| (p, parent_is_warm)),
                 request.full,
+                request.bitmap.as_deref(),
             );
             disk_reads.push(read);
             let _disk_span =
@@ -358,6 +364,10 @@ pub fn backup_vm(
                 capacity: image.capacity(),
                 chunk_size,
                 pages,
+                tracking_bitmap: match image {
+                    OpenedDisk::Nbd(_) => request.next_bitmap.clone(),
+                    OpenedDisk::Image(_) => None,
+                },
             });
         }
         let description = VmDescription {

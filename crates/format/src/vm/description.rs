@@ -6,7 +6,10 @@
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::disk_map::PageRef;
 use crate::error::{Error, Result};
-use crate::format::{VM_DESCRIPTION_MAGIC, VM_DESCRIPTION_VERSION, VM_DESCRIPTION_VERSION_1};
+use crate::format::{
+    VM_DESCRIPTION_MAGIC, VM_DESCRIPTION_VERSION, VM_DESCRIPTION_VERSION_1,
+    VM_DESCRIPTION_VERSION_3,
+};
 use crate::id::ChunkId;
 use crate::disk_format::DiskFormat;
 
@@ -26,6 +29,11 @@ pub struct DiskRecord {
     pub capacity: u64,
     pub chunk_size: u32,
     pub pages: Vec<PageRef>,
+    /// The QEMU dirty bitmap that began recording the disk's writes when
+    /// this restore point's data was taken (`--next-bitmap`): only an
+    /// incremental reading that bitmap may use this restore point as its
+    /// parent. `None` before version 3 and for disks read otherwise.
+    pub tracking_bitmap: Option<String>,
 }
 
 /// Permission bits and owner of a VM file as backed up, which the mount
@@ -181,9 +189,13 @@ impl VmDescription {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        // Version 3 only where it says more: descriptions without tracking
+        // bitmaps keep their version 2 bytes (and ids).
+        let tracked = self.disks.iter().any(|d| d.tracking_bitmap.is_some());
+        let version = if tracked { VM_DESCRIPTION_VERSION_3 } else { VM_DESCRIPTION_VERSION };
         let mut e = Encoder::new();
         e.raw(&VM_DESCRIPTION_MAGIC)
-            .u16(VM_DESCRIPTION_VERSION)
+            .u16(version)
             .bytes(self.name.as_bytes())
             .u32(self.cpus)
             .u64(self.memory_mb)
@@ -201,6 +213,16 @@ impl VmDescription {
             for p in &d.pages {
                 e.raw(p.id.as_bytes()).u32(p.data_chunks);
             }
+            if tracked {
+                match &d.tracking_bitmap {
+                    None => {
+                        e.u8(0);
+                    }
+                    Some(name) => {
+                        e.u8(1).bytes(name.as_bytes());
+                    }
+                }
+            }
         }
         e.into_bytes()
     }
@@ -213,11 +235,11 @@ impl VmDescription {
             d.u16()
         })()
         .map_err(|e| Error::decode(object(), e))?;
-        if version != VM_DESCRIPTION_VERSION && version != VM_DESCRIPTION_VERSION_1 {
+        if ![VM_DESCRIPTION_VERSION_1, VM_DESCRIPTION_VERSION, VM_DESCRIPTION_VERSION_3].contains(&version) {
             return Err(Error::UnsupportedVersion {
                 what: object(),
                 found: version as u64,
-                supported: VM_DESCRIPTION_VERSION as u64,
+                supported: VM_DESCRIPTION_VERSION_3 as u64,
             });
         }
         let description =
@@ -275,6 +297,15 @@ impl VmDescription {
                     data_chunks: d.u32()?,
                 });
             }
+            let tracking_bitmap = if version == VM_DESCRIPTION_VERSION_3 {
+                match d.u8()? {
+                    0 => None,
+                    1 => Some(text(d)?),
+                    other => return Err(d.error(format!("tracking bitmap flag {other}"))),
+                }
+            } else {
+                None
+            };
             disks.push(DiskRecord {
                 slot,
                 file_name,
@@ -284,6 +315,7 @@ impl VmDescription {
                 capacity,
                 chunk_size,
                 pages,
+                tracking_bitmap,
             });
         }
         Ok(VmDescription {
@@ -330,6 +362,7 @@ mod tests {
                     id: ChunkId([9; 32]),
                     data_chunks: 2,
                 }],
+                tracking_bitmap: None,
             }],
         }
     }
@@ -352,6 +385,21 @@ mod tests {
         );
         assert_eq!(desc.disks[0].allocated_bytes(), 2 << 20);
         assert!(desc.find_disk("web01").is_some() && desc.find_disk("scsi0:0").is_some());
+        for len in 0..bytes.len() {
+            assert!(VmDescription::decode(&ChunkId([0; 32]), &bytes[..len]).is_err());
+        }
+    }
+
+    /// A disk read through a QEMU dirty bitmap records the bitmap that
+    /// started with it, in version 3; without one the bytes stay version 2.
+    #[test]
+    fn tracking_bitmaps_round_trip_in_version_3() {
+        let mut desc = sample("lsilogic", None);
+        assert_eq!(u16::from_le_bytes([desc.encode()[4], desc.encode()[5]]), VM_DESCRIPTION_VERSION);
+        desc.disks[0].tracking_bitmap = Some("strata-7".into());
+        let bytes = desc.encode();
+        crate::codec::assert_golden("vm_description_v3.bin", &bytes);
+        assert_eq!(VmDescription::decode(&ChunkId::of(&bytes), &bytes).unwrap(), desc);
         for len in 0..bytes.len() {
             assert!(VmDescription::decode(&ChunkId([0; 32]), &bytes[..len]).is_err());
         }

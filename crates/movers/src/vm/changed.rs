@@ -99,6 +99,7 @@ pub(super) fn cbt_source<'a>(
     changes: &'a Changes,
     parent: Option<(&'a VmDescription, bool)>,
     full: bool,
+    bitmap: Option<&str>,
 ) -> (Option<Against<'a>>, DiskRead) {
     let read = |mode, full_because: Option<String>| DiskRead {
         disk: slot.to_string(),
@@ -136,6 +137,24 @@ pub(super) fn cbt_source<'a>(
         // Its data may be on the cold tier: reusing its map would make
         // this restore point depend on data needing a thaw.
         return why_full("the latest restore point is past the warm period".into());
+    }
+    if let (ReadMode::DirtyBitmap, Some(bitmap)) = (mode, bitmap) {
+        // A bitmap holds the writes since it started: only a parent taken
+        // at that moment is one it is incremental against (not an older
+        // one, after the latest was forgotten or the bitmap replaced).
+        match &disk.tracking_bitmap {
+            Some(started) if started == bitmap => {}
+            Some(started) => {
+                return why_full(format!(
+                    "bitmap {bitmap:?} did not start with the VM's latest restore point ({started:?} did)"
+                ))
+            }
+            None => {
+                return why_full(format!(
+                    "the VM's latest restore point records no bitmap that started with it (back up with --next-bitmap), so {bitmap:?} may miss writes"
+                ))
+            }
+        }
     }
     (Some((ranges.as_slice(), disk)), read(mode, None))
 }
