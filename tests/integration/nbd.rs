@@ -504,6 +504,20 @@ fn bad_uris_absent_servers_and_misplaced_options_get_clear_errors() {
     let (_tiny, tiny_uri) = qemu_nbd(t.dir.path(), &tiny, "qcow2", &[]);
     let stderr = stderr_of(&t.run(&["restore", "disk", "small@latest", "disk", "--to-nbd", &tiny_uri]));
     assert!(stderr.contains("less than the disk's 8388608"), "{stderr}");
+    // A larger export: the disk, then zeros where it held other bytes.
+    let large = t.path("large.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", large.to_str().unwrap(), "16M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x55 0 16M", large.to_str().unwrap()]);
+    {
+        let (_large_server, large_uri) = qemu_nbd(t.dir.path(), &large, "qcow2", &[]);
+        let summary = t.json(&["restore", "disk", "small@latest", "disk", "--to-nbd", &large_uri]);
+        assert!(summary["files"][0].as_str().unwrap().contains("8388608 bytes past the disk now read as zeros"), "{summary}");
+    }
+    let restored = t.path("large.raw");
+    qemu_img(&["convert", "-f", "qcow2", "-O", "raw", large.to_str().unwrap(), restored.to_str().unwrap()]);
+    let bytes = std::fs::read(&restored).unwrap();
+    assert!(bytes[..1 << 20].iter().all(|b| *b == 1) && bytes[1 << 20..].iter().all(|b| *b == 0));
+
     let stderr = stderr_of(&t.run(&["backup", "nbd", &right, "--name", "small", "--changed-extents", "disk=/x.json"]));
     assert!(stderr.contains("its changes come from --bitmap"), "{stderr}");
     // A server claiming a disk larger than any disk may be.

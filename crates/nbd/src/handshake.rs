@@ -18,9 +18,13 @@ pub struct ExportInfo {
     /// When a dirty bitmap asked for was not granted: the names of the
     /// bitmaps the server lists for the export.
     pub offered_bitmaps: Vec<String>,
-    /// The largest request payload the server accepts (its maximum block
-    /// size, or the protocol's customary 32 MiB when it names none).
+    /// The largest request this client sends: the server's maximum block
+    /// size, at most the protocol's customary 32 MiB (also when it names
+    /// none).
     pub max_payload: u32,
+    /// The server's minimum block size: offsets and lengths of requests
+    /// are multiples of it (1 when it names none).
+    pub min_block: u32,
 }
 
 impl ExportInfo {
@@ -31,6 +35,14 @@ impl ExportInfo {
     pub fn context_id(&self, name: &str) -> Option<u32> {
         self.contexts.iter().find(|(_, n)| n == name).map(|(id, _)| *id)
     }
+}
+
+/// What `NBD_OPT_GO` settles about the export.
+pub(crate) struct Go {
+    pub size: u64,
+    pub flags: u16,
+    pub min_block: u32,
+    pub max_payload: u32,
 }
 
 /// The protocol's usual limit on a request's payload when the server
@@ -65,8 +77,7 @@ impl<S: Read + Write> Handshake<'_, S> {
         self.stream.write_all(bytes).map_err(|e| self.io(e))
     }
 
-    /// The server's greeting and our flags; returns whether the server
-    /// leaves out the 124 zero bytes of the old export-name reply.
+    /// The server's greeting, answered with our flags.
     pub fn greet(&mut self) -> Result<()> {
         let magic = self.read_u64()?;
         if magic != NBDMAGIC {
@@ -166,6 +177,9 @@ impl<S: Read + Write> Handshake<'_, S> {
                     if contexts.len() > 4096 {
                         return Err(self.protocol("more than 4096 metadata contexts"));
                     }
+                    if !list && contexts.iter().any(|(known, _)| *known == id) {
+                        return Err(self.protocol(format!("metadata context id {id} given twice")));
+                    }
                     contexts.push((id, name.to_string()));
                 }
                 (REP_ERR_UNSUP, _) => return Ok(Vec::new()),
@@ -174,41 +188,60 @@ impl<S: Read + Write> Handshake<'_, S> {
         }
     }
 
-    /// `NBD_OPT_GO`: selects the export and ends the handshake.
-    pub fn go(&mut self, export: &str) -> Result<(u64, u16, u32)> {
+    /// Ends the option phase without an export (the soft disconnect the
+    /// protocol asks of a client that gives up); best effort.
+    pub fn abort(&mut self) {
+        let _ = self.stream.write_all(&option(OPT_ABORT, &[]));
+    }
+
+    /// `NBD_OPT_GO`: selects the export and ends the handshake; returns
+    /// its size, transmission flags and block sizes.
+    pub fn go(&mut self, export: &str) -> Result<Go> {
         let mut data = Vec::new();
         put_string(&mut data, export);
         data.extend_from_slice(&1u16.to_be_bytes());
         data.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
         self.send(&option(OPT_GO, &data))?;
         let mut export_info = None;
-        let mut max_payload = DEFAULT_MAX_PAYLOAD;
+        let (mut min_block, mut max_payload) = (1, DEFAULT_MAX_PAYLOAD);
         loop {
             match self.reply(OPT_GO)? {
                 (REP_ACK, _) => {
                     let (size, flags) = export_info
                         .ok_or_else(|| self.protocol("it ended NBD_OPT_GO without the export's size"))?;
-                    return Ok((size, flags, max_payload));
+                    return Ok(Go { size, flags, min_block, max_payload });
                 }
                 (REP_INFO, data) => {
                     let mut f = Fields::new(&data);
                     match f.u16() {
                         Some(INFO_EXPORT) => {
-                            let (Some(size), Some(flags)) = (f.u64(), f.u16()) else {
-                                return Err(self.protocol("a short NBD_INFO_EXPORT"));
+                            let (Some(size), Some(flags), []) = (f.u64(), f.u16(), f.rest()) else {
+                                return Err(self.protocol(format!("an NBD_INFO_EXPORT of {} bytes, not 12", data.len())));
                             };
                             if size > i64::MAX as u64 {
                                 return Err(self.protocol(format!("an export of {size} bytes")));
                             }
+                            if flags & TRANSMIT_HAS_FLAGS == 0 {
+                                return Err(self.protocol("transmission flags without NBD_FLAG_HAS_FLAGS"));
+                            }
                             export_info = Some((size, flags));
                         }
                         Some(INFO_BLOCK_SIZE) => {
-                            let (Some(_min), Some(_preferred), Some(max)) = (f.u32(), f.u32(), f.u32()) else {
-                                return Err(self.protocol("a short NBD_INFO_BLOCK_SIZE"));
+                            let (Some(min), Some(_preferred), Some(max), []) = (f.u32(), f.u32(), f.u32(), f.rest()) else {
+                                return Err(self.protocol(format!("an NBD_INFO_BLOCK_SIZE of {} bytes, not 14", data.len())));
                             };
-                            // Servers may name a maximum above what we send
-                            // in one request; never take less than 64 KiB.
-                            max_payload = max.clamp(64 << 10, DEFAULT_MAX_PAYLOAD);
+                            // The protocol's rules for the limits kept here
+                            // (the preferred size is only a hint).
+                            let sane = min.is_power_of_two()
+                                && min <= 64 << 10
+                                && max >= min
+                                && (max.is_multiple_of(min) || max == u32::MAX);
+                            if !sane {
+                                return Err(self.protocol(format!(
+                                    "block sizes min {min}, max {max} break the protocol's rules"
+                                )));
+                            }
+                            (min_block, max_payload) = (min, max.min(DEFAULT_MAX_PAYLOAD));
                         }
                         Some(_) => {}
                         None => return Err(self.protocol("an NBD_REP_INFO without its type")),

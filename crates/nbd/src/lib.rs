@@ -12,6 +12,8 @@ pub(crate) use strata_format::error;
 
 pub mod client;
 mod handshake;
+mod inflight;
+mod replies;
 mod transport;
 pub mod uri;
 mod wire;

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -37,6 +37,13 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
             Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
+        }
+    }
+
+    pub fn set_write_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(Some(timeout)),
+            Stream::Unix(s) => s.set_write_timeout(Some(timeout)),
         }
     }
 
@@ -73,29 +80,68 @@ impl Write for Stream {
     }
 }
 
-/// A TLS session shared by the reply thread and the callers.
+/// A TLS session shared by the reply thread and the callers. Records are
+/// made under the session's lock and queued, in order, for a writer
+/// thread: no one holds the lock while the socket blocks, so a server
+/// slow to read never stops replies from being read.
 pub(crate) struct TlsSession {
     connection: Mutex<ClientConnection>,
-    /// Where TLS records are written (a clone of the socket).
-    socket: Mutex<Stream>,
+    records: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl TlsSession {
-    pub fn new(connection: ClientConnection, socket: Stream) -> Arc<TlsSession> {
-        Arc::new(TlsSession { connection: Mutex::new(connection), socket: Mutex::new(socket) })
+    pub fn new(connection: ClientConnection, mut socket: Stream) -> std::io::Result<Arc<TlsSession>> {
+        let (records, queue) = mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::Builder::new().name("nbd-tls-writer".into()).spawn(move || {
+            for bytes in queue {
+                if socket.write_all(&bytes).is_err() {
+                    // The reply thread then sees the connection end.
+                    socket.shutdown();
+                    return;
+                }
+            }
+        })?;
+        Ok(Arc::new(TlsSession {
+            connection: Mutex::new(connection),
+            records: Mutex::new(Some(records)),
+            writer: Mutex::new(Some(writer)),
+        }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ClientConnection> {
         self.connection.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends whatever TLS records the session has ready.
+    /// Queues whatever TLS records the session has ready (called with
+    /// its lock held, which keeps them in order).
     fn flush_records(&self, connection: &mut ClientConnection) -> std::io::Result<()> {
-        let mut socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bytes = Vec::new();
         while connection.wants_write() {
-            connection.write_tls(&mut *socket)?;
+            connection.write_tls(&mut bytes)?;
         }
-        Ok(())
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        match records.as_ref().map(|r| r.send(bytes)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Sends TLS's close_notify, then waits for the writer thread to
+    /// write what is queued and end.
+    pub fn close(&self) {
+        {
+            let mut connection = self.lock();
+            connection.send_close_notify();
+            let _ = self.flush_records(&mut connection);
+            self.records.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -222,11 +268,18 @@ pub(crate) fn client_config(uri: &NbdUri) -> Result<Arc<rustls::ClientConfig>> {
         roots.add(cert).map_err(|e| bad(&authorities, &e))?;
     }
     let builder = builder.with_root_certificates(roots);
-    let identity = uri
-        .tls_certificates
-        .as_ref()
-        .map(|dir| (dir.join("client-cert.pem"), dir.join("client-key.pem")))
-        .filter(|(cert, key)| cert.exists() && key.exists());
+    let identity = match &uri.tls_certificates {
+        None => None,
+        Some(dir) => {
+            let (cert, key) = (dir.join("client-cert.pem"), dir.join("client-key.pem"));
+            match (cert.exists(), key.exists()) {
+                (true, true) => Some((cert, key)),
+                (false, false) => None,
+                (true, false) => return Err(bad(&key, &"missing, while client-cert.pem is there")),
+                (false, true) => return Err(bad(&cert, &"missing, while client-key.pem is there")),
+            }
+        }
+    };
     let config = match identity {
         Some((cert, key)) => {
             let chain = CertificateDer::pem_file_iter(&cert)

@@ -118,6 +118,9 @@ fn host_and_port(authority: &str) -> std::result::Result<(String, u16), String> 
         (host, after.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err("an IPv6 address must be in brackets: nbd://[::1]:10809/EXPORT".into())
+            }
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
         }
@@ -141,9 +144,13 @@ fn decode(text: &str) -> std::result::Result<String, String> {
         if bytes[i] == b'%' {
             let hex = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("bad percent escape at byte {i}"))?;
+            if hex == 0 {
+                return Err("%00: NBD strings hold no NUL".into());
+            }
             out.push(hex);
             i += 3;
         } else {
@@ -189,6 +196,9 @@ mod tests {
             ("nbd://h/x?tls-psk-file=/k", "not supported"),
             ("nbd://h/x?tls-hostname=a", "needs an nbds"),
             ("nbd://h/%zz", "percent"),
+            ("nbd://h/%+a", "percent"),
+            ("nbd://h/a%00", "NUL"),
+            ("nbd://::1/x", "brackets"),
             ("nbd://h/%ff", "UTF-8"),
             ("nbd+vsock://1:2/x", "vsock"),
         ] {

@@ -10,6 +10,7 @@ pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1;
 pub const FLAG_NO_ZEROES: u16 = 2;
 
+pub const OPT_ABORT: u32 = 2;
 pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
@@ -31,6 +32,7 @@ pub const REP_ERR_BLOCK_SIZE_REQD: u32 = REP_FLAG_ERROR | 8;
 pub const INFO_EXPORT: u16 = 0;
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
+pub const TRANSMIT_HAS_FLAGS: u16 = 1 << 0;
 pub const TRANSMIT_READ_ONLY: u16 = 1 << 1;
 pub const TRANSMIT_SEND_FLUSH: u16 = 1 << 2;
 pub const TRANSMIT_SEND_TRIM: u16 = 1 << 5;

@@ -79,7 +79,13 @@ fn raw_of(dir: &Path, image: &Path) -> Vec<u8> {
 
 /// Every context's extents over the whole export.
 fn all_extents(client: &Client) -> Vec<(String, Vec<strata_nbd::Extent>)> {
-    let all = client.extents(client.size()).unwrap();
+    let mut all: Vec<(String, Vec<strata_nbd::Extent>)> = Vec::new();
+    client
+        .for_each_extent(client.size(), |name, extents| match all.iter_mut().find(|(n, _)| n == name) {
+            Some((_, known)) => known.extend_from_slice(extents),
+            None => all.push((name.to_string(), extents.to_vec())),
+        })
+        .unwrap();
     for (name, extents) in &all {
         let covered: u64 = extents.iter().map(|e| e.length).sum();
         assert_eq!(covered, client.size(), "{name} covers the export");
@@ -276,6 +282,14 @@ fn hostile_server(dir: &Path, reply: Reply) -> (NbdUri, std::thread::JoinHandle<
     (NbdUri::parse(&format!("nbd+unix:///?socket={}", socket.display())).unwrap(), handle)
 }
 
+fn simple(cookie: u64, error: u32, data: &[u8]) -> Vec<u8> {
+    let mut r = 0x6744_6698u32.to_be_bytes().to_vec();
+    r.extend_from_slice(&error.to_be_bytes());
+    r.extend_from_slice(&cookie.to_be_bytes());
+    r.extend_from_slice(data);
+    r
+}
+
 fn structured(cookie: u64, flags: u16, kind: u16, payload: &[u8]) -> Vec<u8> {
     let mut r = 0x668e_33efu32.to_be_bytes().to_vec();
     r.extend_from_slice(&flags.to_be_bytes());
@@ -289,7 +303,7 @@ fn structured(cookie: u64, flags: u16, kind: u16, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn replies_that_break_the_protocol_are_errors_not_wrong_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(Reply, &str); 6] = [
+    let cases: [(Reply, &str); 11] = [
         // Data placed before the read's offset.
         (|c| structured(c, 1, 1, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 2]), "before the read"),
         // Done after half the bytes.
@@ -308,6 +322,26 @@ fn replies_that_break_the_protocol_are_errors_not_wrong_bytes() {
         (|c| { let mut r = structured(c, 1, 1, &[]); r[16..20].copy_from_slice(&u32::MAX.to_be_bytes()); r }, "data chunk"),
         // Not NBD at all.
         (|_| b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(), "not NBD"),
+        // A simple reply to a read, after structured replies were agreed.
+        (|c| simple(c, 0, &[7u8; 512]), "simple reply to a read"),
+        // Chunks begun, then a simple reply claiming success.
+        (
+            |c| [structured(c, 0, 1, &[&4096u64.to_be_bytes()[..], &[7u8; 256][..]].concat()), simple(c, 0, &[])].concat(),
+            "had begun",
+        ),
+        // NONE must end a reply.
+        (|c| structured(c, 0, 0, &[]), "without NBD_REPLY_FLAG_DONE"),
+        // An error chunk: the read fails with the server's reason.
+        (|c| structured(c, 1, 0x8001, &[&5u32.to_be_bytes()[..], &4u16.to_be_bytes()[..], b"disk"].concat()), "failed a read"),
+        // A read in hundreds of one-byte holes.
+        (
+            |c| {
+                (0..512u64)
+                    .flat_map(|i| structured(c, u16::from(i == 511), 2, &[&(4096 + i).to_be_bytes()[..], &1u32.to_be_bytes()[..]].concat()))
+                    .collect()
+            },
+            "chunks",
+        ),
     ];
     for (reply, why) in cases {
         let (uri, server) = hostile_server(dir.path(), reply);

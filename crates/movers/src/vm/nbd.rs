@@ -40,19 +40,22 @@ impl NbdDisk {
         let has_bitmap = bitmap_context.as_ref().is_some_and(|c| export.context_id(c).is_some());
         let (mut allocated, mut dirty) = (Vec::new(), Vec::new());
         if has_allocation || has_bitmap {
-            for (context, extents) in client.extents(size)? {
-                let ranges = |wanted: fn(u32) -> bool| {
-                    extents
-                        .iter()
-                        .filter(move |e| wanted(e.flags))
-                        .map(|e| (e.offset, e.offset + e.length))
+            // Merged as they come: a fragmented disk's extents are many.
+            client.for_each_extent(size, |context, extents| {
+                let (wanted, into): (fn(u32) -> bool, &mut Ranges) = if context == BASE_ALLOCATION {
+                    (|flags| flags & STATE_ZERO == 0, &mut allocated)
+                } else if Some(context) == bitmap_context.as_deref() {
+                    (|flags| flags & STATE_DIRTY != 0, &mut dirty)
+                } else {
+                    return;
                 };
-                if context == BASE_ALLOCATION {
-                    allocated.extend(ranges(|flags| flags & STATE_ZERO == 0));
-                } else if Some(&context) == bitmap_context.as_ref() {
-                    dirty.extend(ranges(|flags| flags & STATE_DIRTY != 0));
+                for e in extents.iter().filter(|e| wanted(e.flags)) {
+                    match into.last_mut() {
+                        Some(last) if last.1 == e.offset => last.1 += e.length,
+                        _ => into.push((e.offset, e.offset + e.length)),
+                    }
                 }
-            }
+            })?;
         }
         if !has_allocation && size > 0 {
             // Nothing says what is unallocated: every byte is read.
@@ -63,7 +66,9 @@ impl NbdDisk {
                 Ok(merge(dirty))
             } else {
                 let offered = &export.offered_bitmaps;
-                let offered = if offered.is_empty() {
+                let offered = if !export.structured {
+                    "it has no structured replies, so no block status".to_string()
+                } else if offered.is_empty() {
                     "it offers none".to_string()
                 } else {
                     format!("it offers {}", offered.join(", "))

@@ -35,13 +35,21 @@ pub fn restore_disk_nbd(
     check_readable(repo, rp, disk)?;
     let _span = tracing::info_span!("restore_disk_nbd", disk = %disk.slot, target = %uri).entered();
     let target = NbdTarget::open(uri, disk.capacity)?;
+    let tail = target.client.size() - disk.capacity;
     progress.add_total(disk.allocated_bytes());
     let written = write_disk(repo, disk, DiskTarget::Positional(Box::new(target)), progress, cancel)?;
     progress.finish();
     Ok(VmRestoreSummary {
         folder: uri.to_string().into(),
         name: description.name.clone(),
-        files: vec![format!("{} ({} bytes) into {uri}", disk.file_name, disk.capacity)],
+        files: vec![if tail == 0 {
+            format!("{} ({} bytes) into {uri}", disk.file_name, disk.capacity)
+        } else {
+            format!(
+                "{} ({} bytes) into {uri}, whose {tail} bytes past the disk now read as zeros",
+                disk.file_name, disk.capacity
+            )
+        }],
         bytes_written: written,
         duration_ms: started.elapsed().as_millis() as u64,
     })
@@ -49,6 +57,7 @@ pub fn restore_disk_nbd(
 
 struct NbdTarget {
     client: Client,
+    capacity: u64,
     /// Sorted ranges the export already reads as zeros.
     zeros: Vec<(u64, u64)>,
 }
@@ -70,16 +79,16 @@ impl NbdTarget {
         }
         let mut zeros: Vec<(u64, u64)> = Vec::new();
         if client.export().context_id(BASE_ALLOCATION).is_some() {
-            for (_, extents) in client.extents(capacity)? {
+            client.for_each_extent(client.size(), |_, extents| {
                 for e in extents.iter().filter(|e| e.flags & STATE_ZERO != 0) {
                     match zeros.last_mut() {
                         Some(last) if last.1 == e.offset => last.1 += e.length,
                         _ => zeros.push((e.offset, e.offset + e.length)),
                     }
                 }
-            }
+            })?;
         }
-        Ok(NbdTarget { client, zeros })
+        Ok(NbdTarget { client, capacity, zeros })
     }
 
     fn reads_zeros(&self, offset: u64, len: u64) -> bool {
@@ -104,11 +113,25 @@ impl PositionalTarget for NbdTarget {
         if self.client.can_write_zeroes() {
             return self.client.write_zeroes(offset, len, true);
         }
-        let zeros = vec![0u8; len as usize];
-        self.client.write_at(offset, &zeros)
+        const PIECE: u64 = 4 << 20;
+        let zeros = vec![0u8; len.min(PIECE) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(PIECE);
+            self.client.write_at(at, &zeros[..n as usize])?;
+            at += n;
+        }
+        Ok(())
     }
 
+    /// An export larger than the disk reads as zeros past it, so that
+    /// nothing of what it held (a partition table's backup at its old
+    /// end) is taken for part of the restored disk; then all is flushed.
     fn finish(self: Box<Self>) -> Result<()> {
+        let size = self.client.size();
+        if size > self.capacity {
+            self.zero_at(self.capacity, size - self.capacity)?;
+        }
         self.client.flush()
     }
 }
