@@ -409,3 +409,54 @@ fn tls_exports_are_read_with_certificates_and_refused_without() {
     std::fs::remove_file(pki.join("client/client-key.pem")).unwrap();
     assert!(Client::connect(&uri("nbds+unix", "client"), &options).is_err());
 }
+
+#[test]
+fn requests_keep_to_a_strict_servers_block_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("strict.sock");
+    // Requests not aligned to 4 KiB or larger than 64 KiB fail with EINVAL.
+    let server = Killed(Command::new("nbdkit")
+        .args(["--foreground", "--exit-with-parent", "--unix"])
+        .arg(&socket)
+        .args([
+            "--filter=blocksize-policy",
+            "memory",
+            "size=8M",
+            "blocksize-minimum=4096",
+            "blocksize-preferred=65536",
+            "blocksize-maximum=65536",
+            "blocksize-error-policy=error",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nbdkit (tools/setup)"));
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "nbdkit did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uri = NbdUri::parse(&format!("nbd+unix:///?socket={}", socket.display())).unwrap();
+    let client = Client::connect(&uri, &ConnectOptions::default()).unwrap();
+    assert_eq!((client.export().min_block, client.export().max_payload), (4096, 65536));
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    client.write_at(1 << 20, &data).unwrap();
+    client.write_zeroes(3 << 20, 1 << 20, true).unwrap();
+    // Unaligned reads are read as the aligned range around them.
+    let mut piece = vec![0u8; 100_000];
+    client.read_at((1 << 20) + 12_345, &mut piece).unwrap();
+    assert!(piece == data[12_345..112_345]);
+    let e = client.write_at(100, &[1, 2, 3]).unwrap_err().to_string();
+    assert!(e.contains("minimum block size of 4096"), "{e}");
+    drop(client);
+    drop(server);
+}
+
+/// A child process killed (and reaped) when dropped, also on a failure.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
