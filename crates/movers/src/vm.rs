@@ -349,12 +349,15 @@ pub fn backup_vm(
                 request.full,
                 request.bitmap.as_deref(),
             );
+            // Over NBD only the dirty bytes cross the network: a chunk only
+            // partly dirty takes its clean bytes from the parent's chunk.
+            let patch = read.mode == ReadMode::DirtyBitmap;
             disk_reads.push(read);
             let _disk_span =
                 tracing::info_span!("disk", slot = %disk.slot, capacity = image.capacity())
                     .entered();
             let job = Job { progress, cancel };
-            let pages = backup_disk(session, image, chunk_size, cbt, &bytes_read, job)?;
+            let pages = backup_disk(session, image, chunk_size, cbt, patch, &bytes_read, job)?;
             records.push(DiskRecord {
                 slot: disk.slot.clone(),
                 file_name: disk.file_name.clone(),
@@ -443,6 +446,7 @@ fn backup_disk(
     image: &OpenedDisk,
     chunk_size: u32,
     cbt: Option<(&[(u64, u64)], &DiskRecord)>,
+    patch: bool,
     bytes_read: &AtomicU64,
     job: Job,
 ) -> Result<Vec<PageRef>> {
@@ -487,9 +491,12 @@ fn backup_disk(
         let to_read: Vec<u64> = (first..last)
             .filter(|i| !overlapping(wanted, i * chunk, ((i + 1) * chunk).min(capacity)).is_empty())
             .collect();
-        for (index, entry) in
-            read_chunks(image, session, &allocated, &to_read, chunk, bytes_read, job)?
-        {
+        let base = match cbt {
+            Some((changed, _)) if patch => Some(Base { changed, parent: &entries, first }),
+            _ => None,
+        };
+        let read = ChunkReads { image, session, allocated: &allocated, base, chunk, bytes_read, job };
+        for (index, entry) in read.run(&to_read)? {
             entries[(index - first) as usize] = entry;
         }
         let data_chunks = entries.iter().filter(|e| e.is_some()).count() as u32;
@@ -501,63 +508,118 @@ fn backup_disk(
     Ok(pages)
 }
 
-/// Reads, hashes and submits the given chunks on all cores; returns each
-/// chunk's entry (`None` for chunks that are holes or all zeros).
-fn read_chunks(
-    image: &OpenedDisk,
-    session: &dyn BackupSession,
-    allocated: &[(u64, u64)],
-    indices: &[u64],
+/// For a disk read through a dirty bitmap: its changed extents, and the
+/// parent's entries of the map page being read (chunk `first` on).
+#[derive(Clone, Copy)]
+struct Base<'a> {
+    changed: &'a [(u64, u64)],
+    parent: &'a [Option<ChunkId>],
+    first: u64,
+}
+
+/// The chunks of one map page to read, and what they are read from.
+struct ChunkReads<'a> {
+    image: &'a OpenedDisk,
+    session: &'a dyn BackupSession,
+    allocated: &'a [(u64, u64)],
+    /// `Some`: a chunk only partly changed takes its unchanged bytes from
+    /// the parent's chunk and reads only the changed ones.
+    base: Option<Base<'a>>,
     chunk: u64,
-    bytes_read: &AtomicU64,
-    job: Job,
-) -> Result<Vec<(u64, Option<ChunkId>)>> {
-    let capacity = image.capacity();
-    let next = AtomicUsize::new(0);
-    let results = Mutex::new(Vec::with_capacity(indices.len()));
-    let threads = image.readers().min(indices.len().max(1));
-    std::thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    let mut buf = vec![0u8; chunk as usize];
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&index) = indices.get(i) else {
-                            return Ok(());
-                        };
-                        job.cancel.check()?;
-                        let start = index * chunk;
-                        let end = (start + chunk).min(capacity);
-                        let window = &mut buf[..(end - start) as usize];
-                        window.fill(0);
-                        for &(a, b) in overlapping(allocated, start, end) {
-                            let (a, b) = (a.max(start), b.min(end));
-                            image.read_at(
-                                a,
-                                &mut window[(a - start) as usize..(b - start) as usize],
-                            )?;
-                            bytes_read.fetch_add(b - a, Ordering::Relaxed);
+    bytes_read: &'a AtomicU64,
+    job: Job<'a>,
+}
+
+impl ChunkReads<'_> {
+    /// Reads, hashes and submits the given chunks on the disk's reader
+    /// threads; returns each chunk's entry (`None` for chunks that are
+    /// holes or all zeros).
+    fn run(&self, indices: &[u64]) -> Result<Vec<(u64, Option<ChunkId>)>> {
+        let next = AtomicUsize::new(0);
+        let results = Mutex::new(Vec::with_capacity(indices.len()));
+        let threads = self.image.readers().min(indices.len().max(1));
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        let mut buf = vec![0u8; self.chunk as usize];
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&index) = indices.get(i) else {
+                                return Ok(());
+                            };
+                            self.job.cancel.check()?;
+                            let entry = self.one(index, &mut buf)?;
+                            results.lock().expect("results").push((index, entry));
                         }
-                        job.progress.advance(end - start);
-                        let entry = if strata_vmdk::is_zero(window) {
-                            None
-                        } else {
-                            let id = session.chunk_id(window);
-                            session.store_chunk(id, ChunkKind::Data, window)?;
-                            Some(id)
-                        };
-                        results.lock().expect("results").push((index, entry));
-                    }
+                    })
                 })
-            })
-            .collect();
-        for worker in workers {
-            worker.join().expect("disk reader panicked")?;
+                .collect();
+            for worker in workers {
+                worker.join().expect("disk reader panicked")?;
+            }
+            Ok(())
+        })?;
+        Ok(results.into_inner().expect("results"))
+    }
+
+    fn one(&self, index: u64, buf: &mut [u8]) -> Result<Option<ChunkId>> {
+        let capacity = self.image.capacity();
+        let start = index * self.chunk;
+        let end = (start + self.chunk).min(capacity);
+        let window = &mut buf[..(end - start) as usize];
+        let partly = self.base.filter(|b| !covers(b.changed, start, end));
+        match partly {
+            None => {
+                window.fill(0);
+                self.read_allocated(start, end, start, window)?;
+            }
+            Some(base) => {
+                match base.parent.get((index - base.first) as usize).copied().flatten() {
+                    None => window.fill(0),
+                    Some(id) => {
+                        let plain = self.session.read_chunk(&id)?;
+                        if plain.len() != window.len() {
+                            return Err(Error::corrupt(
+                                format!("chunk {id} of the parent's disk map at byte {start}"),
+                                format!("it holds {} bytes, expected {}", plain.len(), window.len()),
+                            ));
+                        }
+                        window.copy_from_slice(&plain);
+                    }
+                }
+                for &(a, b) in overlapping(base.changed, start, end) {
+                    let (a, b) = (a.max(start), b.min(end));
+                    window[(a - start) as usize..(b - start) as usize].fill(0);
+                    self.read_allocated(a, b, start, window)?;
+                }
+            }
+        }
+        self.job.progress.advance(end - start);
+        Ok(if strata_vmdk::is_zero(window) {
+            None
+        } else {
+            let id = self.session.chunk_id(window);
+            self.session.store_chunk(id, ChunkKind::Data, window)?;
+            Some(id)
+        })
+    }
+
+    /// Reads the allocated bytes of `[from, to)` into `window`, which
+    /// holds the disk from `origin`.
+    fn read_allocated(&self, from: u64, to: u64, origin: u64, window: &mut [u8]) -> Result<()> {
+        for &(a, b) in overlapping(self.allocated, from, to) {
+            let (a, b) = (a.max(from), b.min(to));
+            self.image.read_at(a, &mut window[(a - origin) as usize..(b - origin) as usize])?;
+            self.bytes_read.fetch_add(b - a, Ordering::Relaxed);
         }
         Ok(())
-    })?;
-    Ok(results.into_inner().expect("results"))
+    }
+}
+
+/// Whether the sorted, merged `ranges` cover all of `[a, b)`.
+fn covers(ranges: &[(u64, u64)], a: u64, b: u64) -> bool {
+    matches!(overlapping(ranges, a, b), [(x, y)] if *x <= a && *y >= b)
 }
 
 /// For messages: a disk image's format.
@@ -576,6 +638,15 @@ pub fn describe_format(format: DiskFormat) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covering_needs_one_range_around_the_whole_span() {
+        let r = [(0, 10), (10, 20), (30, 40)];
+        assert!(covers(&r[..1], 2, 8));
+        assert!(!covers(&r, 5, 15), "merged ranges are one; two touching ones are not");
+        assert!(!covers(&r, 25, 35));
+        assert!(covers(&r, 30, 40));
+    }
 
     #[test]
     fn overlap_finds_exactly_the_touching_ranges() {
