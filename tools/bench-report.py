@@ -286,6 +286,8 @@ def main():
         print(f"| full backup, local file (`backup image`) | {local:.2f} s | {allocated / 1e6 / local:.0f} | 1.00x |")
         print(f"| full backup over NBD, unix socket (`backup nbd`) | {nbd:.2f} s | {allocated / 1e6 / nbd:.0f} | {local / nbd:.2f}x |")
         print(f"| incremental over NBD, 64 MiB dirty (`--bitmap`) | {inc:.2f} s | | |")
+        copy = med("nbd-nbdcopy")
+        print(f"| reference: `nbdcopy --allocated … null:` (the transport alone) | {copy:.2f} s | {allocated / 1e6 / copy:.0f} | |")
         print(f"\nThe incremental read {summary['bytes_read'] / 2**20:.0f} MiB ({summary['disks'][0]['mode']}).")
     elif section == "vm-restore":
         logical, allocated = int(sys.argv[3]), int(sys.argv[4])

@@ -563,39 +563,40 @@ impl ChunkReads<'_> {
         Ok(results.into_inner().expect("results"))
     }
 
-    fn one(&self, index: u64, buf: &mut [u8]) -> Result<Option<ChunkId>> {
+    fn one(&self, index: u64, buf: &mut Vec<u8>) -> Result<Option<ChunkId>> {
         let capacity = self.image.capacity();
         let start = index * self.chunk;
         let end = (start + self.chunk).min(capacity);
-        let window = &mut buf[..(end - start) as usize];
+        let len = (end - start) as usize;
         let partly = self.base.filter(|b| !covers(b.changed, start, end));
         match partly {
             None => {
-                window.fill(0);
-                self.read_allocated(start, end, start, window)?;
+                buf[..len].fill(0);
+                self.read_allocated(start, end, start, buf)?;
             }
             Some(base) => {
                 match base.parent.get((index - base.first) as usize).copied().flatten() {
-                    None => window.fill(0),
+                    None => buf[..len].fill(0),
                     Some(id) => {
                         let plain = self.session.read_chunk(&id)?;
-                        if plain.len() != window.len() {
+                        if plain.len() != len {
                             return Err(Error::corrupt(
                                 format!("chunk {id} of the parent's disk map at byte {start}"),
-                                format!("it holds {} bytes, expected {}", plain.len(), window.len()),
+                                format!("it holds {} bytes, expected {len}", plain.len()),
                             ));
                         }
-                        window.copy_from_slice(&plain);
+                        buf[..len].copy_from_slice(&plain);
                     }
                 }
                 for &(a, b) in overlapping(base.changed, start, end) {
                     let (a, b) = (a.max(start), b.min(end));
-                    window[(a - start) as usize..(b - start) as usize].fill(0);
-                    self.read_allocated(a, b, start, window)?;
+                    buf[(a - start) as usize..(b - start) as usize].fill(0);
+                    self.read_allocated(a, b, start, buf)?;
                 }
             }
         }
         self.job.progress.advance(end - start);
+        let window = &buf[..len];
         Ok(if strata_vmdk::is_zero(window) {
             None
         } else {
@@ -605,12 +606,13 @@ impl ChunkReads<'_> {
         })
     }
 
-    /// Reads the allocated bytes of `[from, to)` into `window`, which
-    /// holds the disk from `origin`.
-    fn read_allocated(&self, from: u64, to: u64, origin: u64, window: &mut [u8]) -> Result<()> {
+    /// Reads the allocated bytes of `[from, to)` into `buf`, which holds
+    /// the disk from `origin`.
+    fn read_allocated(&self, from: u64, to: u64, origin: u64, buf: &mut Vec<u8>) -> Result<()> {
         for &(a, b) in overlapping(self.allocated, from, to) {
             let (a, b) = (a.max(from), b.min(to));
-            self.image.read_at(a, &mut window[(a - origin) as usize..(b - origin) as usize])?;
+            let span = (a - origin) as usize..(b - origin) as usize;
+            *buf = self.image.read_into(a, std::mem::take(buf), span)?;
             self.bytes_read.fetch_add(b - a, Ordering::Relaxed);
         }
         Ok(())

@@ -255,31 +255,49 @@ impl Client {
         self.check_range("a read", offset, buf.len() as u64)?;
         let min = u64::from(self.export.min_block);
         let end = offset + buf.len() as u64;
-        if !offset.is_multiple_of(min) || !end.is_multiple_of(min) {
-            let start = offset - offset % min;
-            let aligned_end = end.div_ceil(min).saturating_mul(min).min(self.export.size);
-            if !aligned_end.is_multiple_of(min) {
-                return Err(self.unaligned("a read", offset, buf.len() as u64));
-            }
-            let mut whole = vec![0u8; (aligned_end - start) as usize];
-            self.read_aligned(start, &mut whole)?;
-            buf.copy_from_slice(&whole[(offset - start) as usize..(end - start) as usize]);
-            return Ok(());
+        let start = offset - offset % min;
+        let aligned_end = end.div_ceil(min).saturating_mul(min).min(self.export.size);
+        if !aligned_end.is_multiple_of(min) {
+            return Err(self.unaligned("a read", offset, buf.len() as u64));
         }
-        self.read_aligned(offset, buf)
+        let n = (aligned_end - start) as usize;
+        let whole = self.read_into(start, vec![0u8; n], 0..n)?;
+        buf.copy_from_slice(&whole[(offset - start) as usize..(end - start) as usize]);
+        Ok(())
     }
 
-    fn read_aligned(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let max = self.export.max_payload as usize;
-        for (i, piece) in buf.chunks_mut(max).enumerate() {
-            let at = offset + (i * max) as u64;
-            let expect = Expect::Read { offset: at, data: vec![0u8; piece.len()], covered: Coverage::default() };
-            match self.call(CMD_READ, 0, at, piece.len() as u32, &[], expect)? {
-                Delivered::Data(data) => piece.copy_from_slice(&data),
-                _ => unreachable!("a read delivers data"),
-            }
+    /// Reads `span.len()` bytes at `offset` into `buf[span]` and returns
+    /// `buf`: the buffer travels with each request and the reply thread
+    /// fills it in place, so a read costs no allocation and no copy.
+    pub fn read_into(&self, offset: u64, mut buf: Vec<u8>, span: std::ops::Range<usize>) -> Result<Vec<u8>> {
+        let len = span.len() as u64;
+        if buf.get(span.clone()).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "NBD read of {len} bytes into a buffer of {} bytes at {}",
+                buf.len(),
+                span.start
+            )));
         }
-        Ok(())
+        self.check_range("a read", offset, len)?;
+        let min = u64::from(self.export.min_block);
+        if !offset.is_multiple_of(min) || !len.is_multiple_of(min) {
+            self.read_at(offset, &mut buf[span])?;
+            return Ok(buf);
+        }
+        let max = self.export.max_payload as usize;
+        let mut done = 0;
+        while done < span.len() {
+            let n = max.min(span.len() - done);
+            let at = offset + done as u64;
+            let piece = span.start + done..span.start + done + n;
+            let expect = Expect::Read { offset: at, data: buf, span: piece, covered: Coverage::default() };
+            buf = match self.call(CMD_READ, 0, at, n as u32, &[], expect)? {
+                Delivered::Data(data) => data,
+                _ => unreachable!("a read delivers data"),
+            };
+            done += n;
+        }
+        Ok(buf)
     }
 
     fn unaligned(&self, what: &str, offset: u64, length: u64) -> Error {

@@ -39,8 +39,9 @@ impl Coverage {
 
 /// What a request waits for, and what its reply has delivered so far.
 pub(crate) enum Expect {
-    /// `data.len()` bytes at `offset`; `covered` the pieces delivered.
-    Read { offset: u64, data: Vec<u8>, covered: Coverage },
+    /// `span.len()` bytes at `offset`, into `data[span]` (the caller's
+    /// buffer, filled in place); `covered` the pieces delivered.
+    Read { offset: u64, data: Vec<u8>, span: std::ops::Range<usize>, covered: Coverage },
     BlockStatus { extents: Vec<(u32, Vec<Descriptor>)> },
     Done,
 }

@@ -97,9 +97,9 @@ impl<R: Read> Receiver<'_, R> {
             Err(refused(server, pending.command, error, ""))
         } else {
             match &mut pending.expect {
-                Expect::Read { data, .. } => {
+                Expect::Read { data, span, .. } => {
                     let mut data = std::mem::take(data);
-                    if let Err(why) = self.read_exact(&mut data) {
+                    if let Err(why) = self.read_exact(&mut data[span.clone()]) {
                         let _ = pending.reply.send(Err(lost(server, &why)));
                         return Err(why);
                     }
@@ -156,12 +156,12 @@ impl<R: Read> Receiver<'_, R> {
         let server = &self.shared.server;
         Ok(match (pending.error.take(), std::mem::replace(&mut pending.expect, Expect::Done)) {
             (Some((error, message)), _) => Err(refused(server, pending.command, error, &message)),
-            (None, Expect::Read { data, covered, .. }) => {
+            (None, Expect::Read { data, span, covered, .. }) => {
                 // Pieces never overlap, so their sum is what was covered.
-                if covered.bytes != data.len() as u64 {
+                if covered.bytes != span.len() as u64 {
                     return Err(format!(
                         "the server ended a read of {} bytes having sent {} bytes of it",
-                        data.len(),
+                        span.len(),
                         covered.bytes
                     ));
                 }
@@ -199,20 +199,21 @@ impl<R: Read> Receiver<'_, R> {
         match (kind, &mut pending.expect) {
             (REPLY_TYPE_NONE, _) if length == 0 => Ok(()),
             (REPLY_TYPE_NONE, _) => Err(format!("an NBD_REPLY_TYPE_NONE of {length} bytes")),
-            (REPLY_TYPE_OFFSET_DATA, Expect::Read { offset, data, covered }) => {
-                if length < 8 || length - 8 > self.max_payload.max(data.len() as u32) {
+            (REPLY_TYPE_OFFSET_DATA, Expect::Read { offset, data, span, covered }) => {
+                if length < 8 || length - 8 > self.max_payload.max(span.len() as u32) {
                     return Err(format!("a data chunk of {length} bytes"));
                 }
                 let mut at = [0u8; 8];
                 self.input.read_exact(&mut at).map_err(|e| format!("reading a reply failed: {e}"))?;
-                let (start, len) = place(*offset, data.len(), u64::from_be_bytes(at), u64::from(length - 8))?;
+                let (start, len) = place(*offset, span.len(), u64::from_be_bytes(at), u64::from(length - 8))?;
                 covered.add(start, len)?;
+                let into = span.start + start as usize;
                 self.input
-                    .read_exact(&mut data[start as usize..(start + len) as usize])
+                    .read_exact(&mut data[into..into + len as usize])
                     .map_err(|e| format!("reading a reply failed: {e}"))?;
                 Ok(())
             }
-            (REPLY_TYPE_OFFSET_HOLE, Expect::Read { offset, data, covered }) => {
+            (REPLY_TYPE_OFFSET_HOLE, Expect::Read { offset, data, span, covered }) => {
                 if length != 12 {
                     return Err(format!("a hole chunk of {length} bytes, not 12"));
                 }
@@ -220,9 +221,10 @@ impl<R: Read> Receiver<'_, R> {
                 self.read_exact(&mut payload)?;
                 let mut f = Fields::new(&payload);
                 let (at, size) = (f.u64().unwrap_or(0), f.u32().unwrap_or(0));
-                let (start, len) = place(*offset, data.len(), at, u64::from(size))?;
+                let (start, len) = place(*offset, span.len(), at, u64::from(size))?;
                 covered.add(start, len)?;
-                data[start as usize..(start + len) as usize].fill(0);
+                let into = span.start + start as usize;
+                data[into..into + len as usize].fill(0);
                 Ok(())
             }
             (REPLY_TYPE_BLOCK_STATUS, Expect::BlockStatus { extents, .. }) => {

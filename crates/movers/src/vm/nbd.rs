@@ -102,7 +102,7 @@ impl NbdDisk {
         self.dirty.as_ref().map(|d| d.as_ref().map_err(String::as_str))
     }
 
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.client.read_at(offset, buf)
+    pub fn read_into(&self, offset: u64, buf: Vec<u8>, span: std::ops::Range<usize>) -> Result<Vec<u8>> {
+        self.client.read_into(offset, buf, span)
     }
 }

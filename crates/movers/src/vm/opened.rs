@@ -49,10 +49,15 @@ impl OpenedDisk {
         }
     }
 
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Reads `span.len()` bytes at `offset` into `buf[span]`; returns the
+    /// buffer (an NBD read fills it in place as the reply arrives).
+    pub fn read_into(&self, offset: u64, mut buf: Vec<u8>, span: std::ops::Range<usize>) -> Result<Vec<u8>> {
         match self {
-            OpenedDisk::Image(image) => image.read_at(offset, buf),
-            OpenedDisk::Nbd(disk) => disk.read_at(offset, buf),
+            OpenedDisk::Image(image) => {
+                image.read_at(offset, &mut buf[span])?;
+                Ok(buf)
+            }
+            OpenedDisk::Nbd(disk) => disk.read_into(offset, buf, span),
         }
     }
 
