@@ -244,9 +244,11 @@ fn disk_read(summary: &serde_json::Value) -> &serde_json::Value {
 }
 
 #[test]
-fn a_bitmap_incremental_reads_exactly_the_dirty_chunks_and_restores_identical() {
+fn a_bitmap_incremental_reads_exactly_the_dirty_bytes_and_restores_identical() {
     let t = TestRepo::new();
     let image = qcow2_with_ext4(t.dir.path(), "web01");
+    // Two map pages (512 chunks each), so reads span pages.
+    qemu_img(&["resize", "-q", image.to_str().unwrap(), "768M"]);
     let daemon = StorageDaemon::start(t.dir.path(), &image);
 
     // Full: no bitmap yet; the first one starts recording.
@@ -257,7 +259,7 @@ fn a_bitmap_incremental_reads_exactly_the_dirty_chunks_and_restores_identical() 
     let allocation = map(&uri, "base:allocation");
     let full = t.json(&["backup", "nbd", &uri, "--name", "web01", "--disk-name", "sda", "--next-bitmap", &next]);
     assert_eq!(disk_read(&full)["mode"], "full");
-    let everything = [(0, 256 * MIB, 0)];
+    let everything = [(0, 768 * MIB, 0)];
     assert_eq!(full["bytes_read"].as_u64().unwrap(), bytes_read_for(&everything, &allocation));
     daemon.bitmaps(&["end", "--result", "ok"]);
 
@@ -268,6 +270,7 @@ fn a_bitmap_incremental_reads_exactly_the_dirty_chunks_and_restores_identical() 
     daemon.write("write -P 0x77 100M 64k");
     daemon.write("write -P 0x78 150M 3M");
     daemon.write("write -z 152M 512k");
+    daemon.write("write -P 0x7a 629276672 64k"); // inside a chunk of the second page
 
     let begin = daemon.bitmaps(&["begin"]);
     assert_eq!(begin["mode"], "incremental", "{begin}");
@@ -300,7 +303,7 @@ fn a_bitmap_incremental_reads_exactly_the_dirty_chunks_and_restores_identical() 
 
     // Into a fresh qcow2 served by qemu-nbd: qemu-img compares them.
     let target = t.path("target.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", target.to_str().unwrap(), "256M"]);
+    qemu_img(&["create", "-q", "-f", "qcow2", target.to_str().unwrap(), "768M"]);
     {
         let (_server, target_uri) = qemu_nbd(t.dir.path(), &target, "qcow2", &[]);
         let summary = t.json(&["restore", "disk", "web01@latest", "sda", "--to-nbd", &target_uri]);
@@ -494,6 +497,7 @@ fn bad_uris_absent_servers_and_misplaced_options_get_clear_errors() {
         (vec!["backup", "nbd", "--name", "a", "--disk", &format!("../x={missing}")], "disk name"),
         (vec!["backup", "nbd", "--name", "a/b", "--disk", &format!("x={missing}")], "may not be empty or contain"),
         (vec!["restore", "disk", "a@latest", "x", "--to-nbd", "nbd://"], "missing host"),
+        (vec!["backup", "nbd", &missing, "--name", "a", "--bitmap", ""], "bitmap name"),
     ] {
         let out = t.run(&args);
         assert!(!out.status.success(), "{args:?} succeeded");

@@ -144,6 +144,17 @@ fn check_disk_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A QEMU bitmap's name, as QEMU takes it (at most 1023 bytes), and as
+/// it is recorded in restore points.
+fn check_bitmap_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 1023 || name.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!(
+            "bitmap name {name:?} must be 1 to 1023 bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.contains('@') || name.contains('\0') {
         return Err(Error::InvalidInput(format!(
@@ -303,6 +314,9 @@ pub fn backup_vm(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let vm = resolve(&request.source)?;
+    for name in request.bitmap.iter().chain(&request.next_bitmap) {
+        check_bitmap_name(name)?;
+    }
     let bitmaps = request.bitmap.is_some() || request.next_bitmap.is_some();
     if bitmaps && !matches!(request.source, VmSource::Nbd { .. }) {
         return Err(Error::InvalidInput(
@@ -440,6 +454,20 @@ struct Job<'a> {
     cancel: &'a CancelToken,
 }
 
+/// Chunks read in one round: map pages are gathered until this many of
+/// their chunks are to be read, so that scattered changes (a chunk or two
+/// per page) still keep every reader, and an export's request queue, busy.
+const ROUND_CHUNKS: usize = 256;
+
+/// A map page whose chunks are being read: its entries (the parent's
+/// until the round ends) and the chunks to read.
+struct PageWork {
+    page: usize,
+    first: u64,
+    entries: Vec<Option<ChunkId>>,
+    to_read: Vec<u64>,
+}
+
 /// Stores one disk; returns its map pages.
 fn backup_disk(
     session: &dyn BackupSession,
@@ -460,20 +488,32 @@ fn backup_disk(
     };
     job.progress
         .add_total(wanted.iter().map(|(a, b)| b - a).sum());
-    let mut pages = Vec::new();
     let page_span = PAGE_ENTRIES as u64;
-    for page in 0..chunks.div_ceil(page_span) {
+    let page_count = chunks.div_ceil(page_span) as usize;
+    let mut pages: Vec<Option<PageRef>> = vec![None; page_count];
+    let mut round: Vec<PageWork> = Vec::new();
+    let reads = ChunkReads {
+        image,
+        session,
+        allocated: &allocated,
+        wanted,
+        changed: cbt.filter(|_| patch).map(|(changed, _)| changed),
+        chunk,
+        bytes_read,
+        job,
+    };
+    for page in 0..page_count {
         job.cancel.check()?;
-        let first = page * page_span;
-        let last = ((page + 1) * page_span).min(chunks);
+        let first = page as u64 * page_span;
+        let last = (first + page_span).min(chunks);
         let (start, end) = (first * chunk, (last * chunk).min(capacity));
-        let mut entries = match cbt {
+        let entries = match cbt {
             Some((changed, parent)) => {
                 if overlapping(changed, start, end).is_empty() {
-                    pages.push(parent.pages[page as usize]);
+                    pages[page] = Some(parent.pages[page]);
                     continue;
                 }
-                let parent_page = &parent.pages[page as usize];
+                let parent_page = &parent.pages[page];
                 DiskMapPage::decode(&parent_page.id, &session.read_chunk(&parent_page.id)?)?.entries
             }
             None => vec![None; (last - first) as usize],
@@ -491,51 +531,61 @@ fn backup_disk(
         let to_read: Vec<u64> = (first..last)
             .filter(|i| !overlapping(wanted, i * chunk, ((i + 1) * chunk).min(capacity)).is_empty())
             .collect();
-        let base = match cbt {
-            Some((changed, _)) if patch => Some(Base { changed, parent: &entries, first }),
-            _ => None,
-        };
-        let read = ChunkReads { image, session, allocated: &allocated, base, chunk, bytes_read, job };
-        for (index, entry) in read.run(&to_read)? {
-            entries[(index - first) as usize] = entry;
+        round.push(PageWork { page, first, entries, to_read });
+        if round.iter().map(|w| w.to_read.len()).sum::<usize>() >= ROUND_CHUNKS || round.len() >= ROUND_CHUNKS {
+            reads.finish_round(&mut round, &mut pages)?;
         }
-        let data_chunks = entries.iter().filter(|e| e.is_some()).count() as u32;
-        let bytes = DiskMapPage { entries }.encode();
-        let id = session.chunk_id(&bytes);
-        session.store_chunk(id, ChunkKind::DiskMapPage, &bytes)?;
-        pages.push(PageRef { id, data_chunks });
     }
-    Ok(pages)
+    reads.finish_round(&mut round, &mut pages)?;
+    pages
+        .into_iter()
+        .enumerate()
+        .map(|(page, r)| r.ok_or_else(|| Error::Interrupted(format!("map page {page} was not written"))))
+        .collect()
 }
 
-/// For a disk read through a dirty bitmap: its changed extents, and the
-/// parent's entries of the map page being read (chunk `first` on).
-#[derive(Clone, Copy)]
-struct Base<'a> {
-    changed: &'a [(u64, u64)],
-    parent: &'a [Option<ChunkId>],
-    first: u64,
-}
-
-/// The chunks of one map page to read, and what they are read from.
+/// The chunks of a round of map pages to read, and what they are read
+/// from.
 struct ChunkReads<'a> {
     image: &'a OpenedDisk,
     session: &'a dyn BackupSession,
     allocated: &'a [(u64, u64)],
-    /// `Some`: a chunk only partly changed takes its unchanged bytes from
-    /// the parent's chunk and reads only the changed ones.
-    base: Option<Base<'a>>,
+    /// The extents read (allocated, or changed): what progress counts.
+    wanted: &'a [(u64, u64)],
+    /// For a disk read through a dirty bitmap: its changed extents. A
+    /// chunk only partly changed takes its unchanged bytes from the
+    /// parent's chunk and reads only the changed ones.
+    changed: Option<&'a [(u64, u64)]>,
     chunk: u64,
     bytes_read: &'a AtomicU64,
     job: Job<'a>,
 }
 
 impl ChunkReads<'_> {
+    /// Reads the round's chunks, then writes its map pages.
+    fn finish_round(&self, round: &mut Vec<PageWork>, pages: &mut [Option<PageRef>]) -> Result<()> {
+        let indices: Vec<u64> = round.iter().flat_map(|w| w.to_read.iter().copied()).collect();
+        for (index, entry) in self.run(&indices, round)? {
+            let at = page_index(round, index);
+            let work = &mut round[at];
+            work.entries[(index - work.first) as usize] = entry;
+        }
+        for work in round.drain(..) {
+            let data_chunks = work.entries.iter().filter(|e| e.is_some()).count() as u32;
+            let bytes = DiskMapPage { entries: work.entries }.encode();
+            let id = self.session.chunk_id(&bytes);
+            self.session.store_chunk(id, ChunkKind::DiskMapPage, &bytes)?;
+            pages[work.page] = Some(PageRef { id, data_chunks });
+        }
+        Ok(())
+    }
+
     /// Reads, hashes and submits the given chunks on the disk's reader
     /// threads; returns each chunk's entry (`None` for chunks that are
-    /// holes or all zeros).
-    fn run(&self, indices: &[u64]) -> Result<Vec<(u64, Option<ChunkId>)>> {
+    /// holes or all zeros). The first failure stops the other readers.
+    fn run(&self, indices: &[u64], round: &[PageWork]) -> Result<Vec<(u64, Option<ChunkId>)>> {
         let next = AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
         let results = Mutex::new(Vec::with_capacity(indices.len()));
         let threads = self.image.readers().min(indices.len().max(1));
         std::thread::scope(|scope| -> Result<()> {
@@ -543,39 +593,49 @@ impl ChunkReads<'_> {
                 .map(|_| {
                     scope.spawn(|| -> Result<()> {
                         let mut buf = vec![0u8; self.chunk as usize];
-                        loop {
+                        while !failed.load(Ordering::Relaxed) {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(&index) = indices.get(i) else {
                                 return Ok(());
                             };
-                            self.job.cancel.check()?;
-                            let entry = self.one(index, &mut buf)?;
-                            results.lock().expect("results").push((index, entry));
+                            let entry = self.job.cancel.check().and_then(|()| self.one(index, round, &mut buf));
+                            match entry {
+                                Ok(entry) => results.lock().expect("results").push((index, entry)),
+                                Err(e) => {
+                                    failed.store(true, Ordering::Relaxed);
+                                    return Err(e);
+                                }
+                            }
                         }
+                        Ok(())
                     })
                 })
                 .collect();
+            let mut first_error = None;
             for worker in workers {
-                worker.join().expect("disk reader panicked")?;
+                if let Err(e) = worker.join().expect("disk reader panicked") {
+                    first_error.get_or_insert(e);
+                }
             }
-            Ok(())
+            first_error.map_or(Ok(()), Err)
         })?;
         Ok(results.into_inner().expect("results"))
     }
 
-    fn one(&self, index: u64, buf: &mut Vec<u8>) -> Result<Option<ChunkId>> {
+    fn one(&self, index: u64, round: &[PageWork], buf: &mut Vec<u8>) -> Result<Option<ChunkId>> {
         let capacity = self.image.capacity();
         let start = index * self.chunk;
         let end = (start + self.chunk).min(capacity);
         let len = (end - start) as usize;
-        let partly = self.base.filter(|b| !covers(b.changed, start, end));
+        let partly = self.changed.filter(|changed| !covers(changed, start, end));
         match partly {
             None => {
                 buf[..len].fill(0);
                 self.read_allocated(start, end, start, buf)?;
             }
-            Some(base) => {
-                match base.parent.get((index - base.first) as usize).copied().flatten() {
+            Some(changed) => {
+                let work = &round[page_index(round, index)];
+                match work.entries[(index - work.first) as usize] {
                     None => buf[..len].fill(0),
                     Some(id) => {
                         let plain = self.session.read_chunk(&id)?;
@@ -588,14 +648,18 @@ impl ChunkReads<'_> {
                         buf[..len].copy_from_slice(&plain);
                     }
                 }
-                for &(a, b) in overlapping(base.changed, start, end) {
+                for &(a, b) in overlapping(changed, start, end) {
                     let (a, b) = (a.max(start), b.min(end));
                     buf[(a - start) as usize..(b - start) as usize].fill(0);
                     self.read_allocated(a, b, start, buf)?;
                 }
             }
         }
-        self.job.progress.advance(end - start);
+        let counted = overlapping(self.wanted, start, end)
+            .iter()
+            .map(|&(a, b)| b.min(end) - a.max(start))
+            .sum();
+        self.job.progress.advance(counted);
         let window = &buf[..len];
         Ok(if strata_vmdk::is_zero(window) {
             None
@@ -617,6 +681,12 @@ impl ChunkReads<'_> {
         }
         Ok(())
     }
+}
+
+/// Where in a round the page holding chunk `index` is (pages are in
+/// order, and every chunk read belongs to one of them).
+fn page_index(round: &[PageWork], index: u64) -> usize {
+    round.partition_point(|w| w.first + PAGE_ENTRIES as u64 <= index)
 }
 
 /// Whether the sorted, merged `ranges` cover all of `[a, b)`.

@@ -204,13 +204,11 @@ impl<R: Read> Receiver<'_, R> {
                     return Err(format!("a data chunk of {length} bytes"));
                 }
                 let mut at = [0u8; 8];
-                self.input.read_exact(&mut at).map_err(|e| format!("reading a reply failed: {e}"))?;
+                self.read_exact(&mut at)?;
                 let (start, len) = place(*offset, span.len(), u64::from_be_bytes(at), u64::from(length - 8))?;
                 covered.add(start, len)?;
                 let into = span.start + start as usize;
-                self.input
-                    .read_exact(&mut data[into..into + len as usize])
-                    .map_err(|e| format!("reading a reply failed: {e}"))?;
+                self.read_exact(&mut data[into..into + len as usize])?;
                 Ok(())
             }
             (REPLY_TYPE_OFFSET_HOLE, Expect::Read { offset, data, span, covered }) => {

@@ -138,7 +138,10 @@ pub(super) fn cbt_source<'a>(
         // this restore point depend on data needing a thaw.
         return why_full("the latest restore point is past the warm period".into());
     }
-    if let (ReadMode::DirtyBitmap, Some(bitmap)) = (mode, bitmap) {
+    if mode == ReadMode::DirtyBitmap {
+        let Some(bitmap) = bitmap else {
+            return why_full("no bitmap was named to check against the latest restore point".into());
+        };
         // A bitmap holds the writes since it started: only a parent taken
         // at that moment is one it is incremental against (not an older
         // one, after the latest was forgotten or the bitmap replaced).
