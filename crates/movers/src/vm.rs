@@ -457,7 +457,10 @@ struct Job<'a> {
 /// Chunks read in one round: map pages are gathered until this many of
 /// their chunks are to be read, so that scattered changes (a chunk or two
 /// per page) still keep every reader, and an export's request queue, busy.
-const ROUND_CHUNKS: usize = 256;
+/// Readers wait for each other at the end of a round, so rounds are long.
+const ROUND_CHUNKS: usize = 2048;
+/// Most map pages in a round (their entries are held until it ends).
+const ROUND_PAGES: usize = 256;
 
 /// A map page whose chunks are being read: its entries (the parent's
 /// until the round ends) and the chunks to read.
@@ -532,7 +535,7 @@ fn backup_disk(
             .filter(|i| !overlapping(wanted, i * chunk, ((i + 1) * chunk).min(capacity)).is_empty())
             .collect();
         round.push(PageWork { page, first, entries, to_read });
-        if round.iter().map(|w| w.to_read.len()).sum::<usize>() >= ROUND_CHUNKS || round.len() >= ROUND_CHUNKS {
+        if round.iter().map(|w| w.to_read.len()).sum::<usize>() >= ROUND_CHUNKS || round.len() >= ROUND_PAGES {
             reads.finish_round(&mut round, &mut pages)?;
         }
     }
