@@ -495,6 +495,7 @@ fn backup_disk(
     let page_count = chunks.div_ceil(page_span) as usize;
     let mut pages: Vec<Option<PageRef>> = vec![None; page_count];
     let mut round: Vec<PageWork> = Vec::new();
+    let mut round_chunks = 0;
     let reads = ChunkReads {
         image,
         session,
@@ -534,9 +535,11 @@ fn backup_disk(
         let to_read: Vec<u64> = (first..last)
             .filter(|i| !overlapping(wanted, i * chunk, ((i + 1) * chunk).min(capacity)).is_empty())
             .collect();
+        round_chunks += to_read.len();
         round.push(PageWork { page, first, entries, to_read });
-        if round.iter().map(|w| w.to_read.len()).sum::<usize>() >= ROUND_CHUNKS || round.len() >= ROUND_PAGES {
+        if round_chunks >= ROUND_CHUNKS || round.len() >= ROUND_PAGES {
             reads.finish_round(&mut round, &mut pages)?;
+            round_chunks = 0;
         }
     }
     reads.finish_round(&mut round, &mut pages)?;

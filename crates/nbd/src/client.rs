@@ -58,6 +58,17 @@ pub struct Extent {
     pub flags: u32,
 }
 
+/// Appends to sorted `ranges` the extents (given in order) whose flags
+/// are `wanted`, joining each to the range before it when they touch.
+pub fn add_ranges(ranges: &mut Vec<(u64, u64)>, extents: &[Extent], wanted: impl Fn(u32) -> bool) {
+    for e in extents.iter().filter(|e| wanted(e.flags)) {
+        match ranges.last_mut() {
+            Some(last) if last.1 == e.offset => last.1 += e.length,
+            _ => ranges.push((e.offset, e.offset + e.length)),
+        }
+    }
+}
+
 /// One block status reply: each context's extents (by name), all ending
 /// at `end`.
 #[derive(Debug, Clone)]
@@ -66,19 +77,12 @@ pub struct BlockStatus {
     pub contexts: Vec<(String, Vec<Extent>)>,
 }
 
-impl BlockStatus {
-    pub fn of(&self, context: &str) -> Option<&[Extent]> {
-        self.contexts.iter().find(|(n, _)| n == context).map(|(_, e)| e.as_slice())
-    }
-}
-
 /// A connected NBD client. `Sync`: share it between threads, each with
 /// its requests in flight.
 pub struct Client {
     server: String,
     export: ExportInfo,
     writer: Mutex<Writer>,
-    shutdown_handle: Stream,
     shared: Arc<Shared>,
     next_cookie: AtomicU64,
     receiver: Option<JoinHandle<()>>,
@@ -147,11 +151,11 @@ impl Client {
             max_payload: go.max_payload,
             min_block: go.min_block,
         };
-        let (size, transmission_flags) = (go.size, go.flags);
-        tracing::debug!(server = %server, size, flags = transmission_flags, contexts = ?export.contexts, "NBD export opened");
+        tracing::debug!(server = %server, size = go.size, flags = go.flags, contexts = ?export.contexts, "NBD export opened");
 
         let clone = |s: &Stream| s.try_clone().map_err(|e| Error::io("connecting to NBD server", &server, e));
-        let shutdown_handle = clone(&stream)?;
+        // Kept to shut the connection down from any side.
+        let socket = clone(&stream)?;
         let (reader, writer) = match tls {
             None => (Reader::Plain(clone(&stream)?), Writer::Plain(stream)),
             Some(connection) => {
@@ -164,7 +168,7 @@ impl Client {
         let shared = Arc::new(Shared {
             server: server.clone(),
             state: Mutex::new(State::default()),
-            socket: clone(&shutdown_handle)?,
+            socket,
         });
         let receiver = {
             let shared = Arc::clone(&shared);
@@ -193,7 +197,6 @@ impl Client {
             server,
             export,
             writer: Mutex::new(writer),
-            shutdown_handle,
             shared,
             next_cookie: AtomicU64::new(1),
             receiver: Some(receiver),
@@ -206,10 +209,6 @@ impl Client {
 
     pub fn size(&self) -> u64 {
         self.export.size
-    }
-
-    pub fn server(&self) -> &str {
-        &self.server
     }
 
     /// Sends one request and waits for its whole reply.
@@ -416,10 +415,6 @@ impl Client {
         self.export.transmission_flags & TRANSMIT_SEND_WRITE_ZEROES != 0
     }
 
-    pub fn can_trim(&self) -> bool {
-        self.export.transmission_flags & TRANSMIT_SEND_TRIM != 0
-    }
-
     /// Zeroes a range; `punch` lets the server deallocate it (a hole).
     pub fn write_zeroes(&self, offset: u64, length: u64, punch: bool) -> Result<()> {
         self.writable("write-zeroes", TRANSMIT_SEND_WRITE_ZEROES)?;
@@ -427,13 +422,6 @@ impl Client {
         self.check_aligned("a write-zeroes", offset, length)?;
         let flags = if punch { 0 } else { CMD_FLAG_NO_HOLE };
         self.ranged(CMD_WRITE_ZEROES, flags, offset, length)
-    }
-
-    pub fn trim(&self, offset: u64, length: u64) -> Result<()> {
-        self.writable("trim", TRANSMIT_SEND_TRIM)?;
-        self.check_range("a trim", offset, length)?;
-        self.check_aligned("a trim", offset, length)?;
-        self.ranged(CMD_TRIM, 0, offset, length)
     }
 
     /// A payload-less command over a range, in requests of at most the
@@ -518,7 +506,7 @@ impl Drop for Client {
                 session.close();
             }
         }
-        self.shutdown_handle.shutdown();
+        self.shared.socket.shutdown();
         if let Some(receiver) = self.receiver.take() {
             let _ = receiver.join();
         }
@@ -530,7 +518,6 @@ fn command_name(command: u16) -> &'static str {
         CMD_READ => "read",
         CMD_WRITE => "write",
         CMD_FLUSH => "flush",
-        CMD_TRIM => "trim",
         CMD_WRITE_ZEROES => "write-zeroes",
         CMD_BLOCK_STATUS => "block status",
         _ => "request",

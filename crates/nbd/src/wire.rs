@@ -35,7 +35,6 @@ pub const INFO_BLOCK_SIZE: u16 = 3;
 pub const TRANSMIT_HAS_FLAGS: u16 = 1 << 0;
 pub const TRANSMIT_READ_ONLY: u16 = 1 << 1;
 pub const TRANSMIT_SEND_FLUSH: u16 = 1 << 2;
-pub const TRANSMIT_SEND_TRIM: u16 = 1 << 5;
 pub const TRANSMIT_SEND_WRITE_ZEROES: u16 = 1 << 6;
 
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
@@ -46,7 +45,6 @@ pub const CMD_READ: u16 = 0;
 pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
-pub const CMD_TRIM: u16 = 4;
 pub const CMD_WRITE_ZEROES: u16 = 6;
 pub const CMD_BLOCK_STATUS: u16 = 7;
 

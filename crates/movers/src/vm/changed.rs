@@ -197,7 +197,7 @@ fn load_changed(path: &Path, capacity: u64) -> Result<Vec<(u64, u64)>> {
     Ok(merge(ranges))
 }
 
-pub(super) fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     ranges.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {

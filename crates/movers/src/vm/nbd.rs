@@ -8,9 +8,9 @@
 //! does not export one it marks inconsistent): the disk is read in full
 //! and the reason reported.
 
-use strata_nbd::{dirty_bitmap_context, Client, ConnectOptions, NbdUri, BASE_ALLOCATION, STATE_DIRTY, STATE_ZERO};
+use strata_nbd::{add_ranges, dirty_bitmap_context, Client, ConnectOptions, NbdUri, BASE_ALLOCATION, STATE_DIRTY, STATE_ZERO};
 
-use super::changed::{merge, Ranges};
+use super::changed::Ranges;
 use crate::error::{Error, Result};
 
 pub struct NbdDisk {
@@ -42,18 +42,10 @@ impl NbdDisk {
         if has_allocation || has_bitmap {
             // Merged as they come: a fragmented disk's extents are many.
             client.for_each_extent(size, |context, extents| {
-                let (wanted, into): (fn(u32) -> bool, &mut Ranges) = if context == BASE_ALLOCATION {
-                    (|flags| flags & STATE_ZERO == 0, &mut allocated)
+                if context == BASE_ALLOCATION {
+                    add_ranges(&mut allocated, extents, |flags| flags & STATE_ZERO == 0);
                 } else if Some(context) == bitmap_context.as_deref() {
-                    (|flags| flags & STATE_DIRTY != 0, &mut dirty)
-                } else {
-                    return;
-                };
-                for e in extents.iter().filter(|e| wanted(e.flags)) {
-                    match into.last_mut() {
-                        Some(last) if last.1 == e.offset => last.1 += e.length,
-                        _ => into.push((e.offset, e.offset + e.length)),
-                    }
+                    add_ranges(&mut dirty, extents, |flags| flags & STATE_DIRTY != 0);
                 }
             })?;
         }
@@ -63,7 +55,7 @@ impl NbdDisk {
         }
         let dirty = bitmap.map(|name| {
             if has_bitmap {
-                Ok(merge(dirty))
+                Ok(dirty)
             } else {
                 let offered = &export.offered_bitmaps;
                 let offered = if !export.structured {
@@ -85,7 +77,7 @@ impl NbdDisk {
             dirty = ?dirty.as_ref().map(|d| d.as_ref().map(|r| r.iter().map(|(a, b)| b - a).sum::<u64>())),
             "NBD disk opened"
         );
-        Ok(NbdDisk { client, allocated: merge(allocated), dirty })
+        Ok(NbdDisk { client, allocated, dirty })
     }
 
     pub fn capacity(&self) -> u64 {

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use strata_nbd::{Client, ConnectOptions, NbdUri, BASE_ALLOCATION, STATE_ZERO};
+use strata_nbd::{add_ranges, Client, ConnectOptions, NbdUri, BASE_ALLOCATION, STATE_ZERO};
 
 use super::disk_stream::{write_disk, DiskTarget, PositionalTarget};
 use super::{check_readable, load_description, select_disk, VmRestoreSummary};
@@ -80,12 +80,7 @@ impl NbdTarget {
         let mut zeros: Vec<(u64, u64)> = Vec::new();
         if client.export().context_id(BASE_ALLOCATION).is_some() {
             client.for_each_extent(client.size(), |_, extents| {
-                for e in extents.iter().filter(|e| e.flags & STATE_ZERO != 0) {
-                    match zeros.last_mut() {
-                        Some(last) if last.1 == e.offset => last.1 += e.length,
-                        _ => zeros.push((e.offset, e.offset + e.length)),
-                    }
-                }
+                add_ranges(&mut zeros, extents, |flags| flags & STATE_ZERO != 0);
             })?;
         }
         Ok(NbdTarget { client, capacity, zeros })
